@@ -1,0 +1,9 @@
+"""cnnnumba: train convolutional neural networks on the CPU, fast, with Numba kernels and a PyTorch-shaped API."""
+from . import functional
+from ._config import get_num_threads, manual_seed, set_num_threads
+from .autograd import GradcheckError, Tensor, enable_grad, gradcheck, is_grad_enabled, no_grad
+
+__version__ = "0.1.0"
+
+__all__ = ["GradcheckError", "Tensor", "enable_grad", "functional", "get_num_threads", "gradcheck",
+           "is_grad_enabled", "manual_seed", "no_grad", "set_num_threads"]

@@ -1,0 +1,8 @@
+"""Autograd: `Tensor`, the op base class `Function`, the backward walk, `no_grad` and `gradcheck`."""
+from .function import Function
+from .gradcheck import GradcheckError, gradcheck
+from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .tensor import Tensor
+
+__all__ = ["Function", "GradcheckError", "Tensor", "enable_grad", "gradcheck", "is_grad_enabled", "no_grad",
+           "set_grad_enabled"]

@@ -1,0 +1,95 @@
+"""The op base class and the backward walk: each op's forward and backward live side by side in one subclass."""
+import numpy as np
+
+from .grad_mode import is_grad_enabled
+
+
+class Function:
+    """One differentiable operation.
+
+    A subclass defines ``forward(*args, **options)`` on ndarrays (Tensors among the positional arguments are
+    unwrapped before it runs) returning one ndarray, and ``backward(grad_output)`` returning one gradient per
+    positional argument of forward, ``None`` where no gradient is needed (see ``needs_input_grad``). Forward
+    saves on ``self`` only what backward reads.
+    """
+
+    needs_input_grad = ()
+
+    def forward(self, *args, **options):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **options):
+        from .tensor import Tensor
+
+        op = cls()
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        record = is_grad_enabled() and any(needs)
+        op.needs_input_grad = needs if record else (False,) * len(args)
+        output = op.forward(*(a.data if isinstance(a, Tensor) else a for a in args), **options)
+        result = Tensor._wrap(output, record)
+        if record:
+            op.parents = tuple((i, a) for i, a in enumerate(args) if needs[i])
+            result._op = op
+        return result
+
+    def __repr__(self):
+        return f"<{type(self).__name__}Backward>"
+
+
+def _topological_order(root):
+    """Tensors reachable from root through recorded ops, every tensor after all tensors that consume it."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        tensor, expanded = stack.pop()
+        if expanded:
+            order.append(tensor)
+            continue
+        if id(tensor) in visited:
+            continue
+        visited.add(id(tensor))
+        stack.append((tensor, True))
+        if tensor._op is not None:
+            for _, parent in tensor._op.parents:
+                if id(parent) not in visited:
+                    stack.append((parent, False))
+    order.reverse()
+    return order
+
+
+def run_backward(root, grad):
+    """Propagate `grad` (d something / d root) to every leaf that requires grad, adding into `.grad`."""
+    pending = {id(root): grad}
+    for tensor in _topological_order(root):
+        grad_output = pending.pop(id(tensor), None)
+        if grad_output is None:
+            continue
+        op = tensor._op
+        if op is None:
+            if tensor.requires_grad:
+                if tensor.grad is None:
+                    tensor.grad = np.array(grad_output, dtype=tensor.dtype, copy=True)
+                else:
+                    tensor.grad += grad_output
+            continue
+        input_grads = op.backward(grad_output)
+        if not isinstance(input_grads, tuple):
+            input_grads = (input_grads,)
+        for index, parent in op.parents:
+            input_grad = input_grads[index]
+            if input_grad is None:
+                continue
+            if input_grad.shape != parent.shape:
+                raise RuntimeError(
+                    f"{type(op).__name__}.backward returned a gradient of shape {input_grad.shape} "
+                    f"for an input of shape {parent.shape}"
+                )
+            key = id(parent)
+            if key in pending:
+                pending[key] = pending[key] + input_grad
+            else:
+                pending[key] = input_grad

@@ -1,0 +1,1 @@
+"""Numba kernels: ndarrays in, ndarrays out; they know nothing of Tensor and trust their caller's validation."""
