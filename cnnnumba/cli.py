@@ -1,0 +1,182 @@
+"""The `cnnnumba` command line: train, info (and bench)."""
+import argparse
+import os
+import platform
+import sys
+
+DEFAULT_MODEL = {"digits": "small-cnn", "mnist": "lenet5", "cifar10": "cifar-cnn"}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, but got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, but got {text}")
+    return value
+
+
+def _dataset_spec(text):
+    name, _, path = text.partition(":")
+    if name == "digits" and not path:
+        return ("digits", None)
+    if name in ("mnist", "cifar10"):
+        if not path:
+            raise argparse.ArgumentTypeError(f"{name} needs a folder: --dataset {name}:PATH")
+        return (name, path)
+    raise argparse.ArgumentTypeError(f"expected digits, mnist:PATH or cifar10:PATH, but got {text!r}")
+
+
+def build_parser():
+    from .models import MODELS
+
+    parser = argparse.ArgumentParser(prog="cnnnumba", description="Train CNNs on the CPU with Numba kernels.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    train = commands.add_parser("train", help="train a CNN (default: a small CNN on the bundled 8×8 digits)")
+    train.add_argument("--model", choices=sorted(MODELS), help="model (default: small-cnn for digits, lenet5 for "
+                                                               "mnist, cifar-cnn for cifar10)")
+    train.add_argument("--dataset", type=_dataset_spec, default=("digits", None),
+                       help="digits (bundled), mnist:PATH (IDX files) or cifar10:PATH (binary version)")
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
+    train.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam")
+    train.add_argument("--threads", type=_positive_int, help="threads for the kernels (default: all cores)")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--checkpoint", metavar="PATH", help="save the training state here after every epoch")
+    train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --checkpoint")
+    train.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (needs matplotlib)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    commands.add_parser("info", help="versions, threads, CPU features and the compile cache")
+    return parser
+
+
+def _load_dataset(name, path):
+    from . import data
+
+    if name == "digits":
+        return data.load_digits()
+    if name == "mnist":
+        return data.load_mnist(path)
+    return data.load_cifar10(path)
+
+
+def _make_optimizer(name, parameters, lr):
+    from . import optim
+
+    if name == "sgd":
+        return optim.SGD(parameters, lr=lr, momentum=0.9)
+    if name == "adam":
+        return optim.Adam(parameters, lr=lr)
+    return optim.AdamW(parameters, lr=lr)
+
+
+def run_train(args, parser):
+    import cnnnumba as cn
+    from . import train as training
+    from .data import DataLoader
+    from .models import build_model
+
+    if args.threads is not None:
+        try:
+            cn.set_num_threads(args.threads)
+        except ValueError as error:
+            parser.error(f"argument --threads: {error}")
+    cn.manual_seed(args.seed)
+    name, path = args.dataset
+    try:
+        train_set, test_set = _load_dataset(name, path)
+    except (OSError, ValueError) as error:
+        parser.error(f"argument --dataset: {error}")
+    image = train_set[0][0]
+    labels = train_set.labels if hasattr(train_set, "labels") else [train_set[i][1] for i in range(len(train_set))]
+    num_classes = int(max(labels)) + 1
+    model_name = args.model or DEFAULT_MODEL[name]
+    try:
+        model = build_model(model_name, in_channels=image.shape[0], num_classes=num_classes, image_size=image.shape[-1])
+    except ValueError as error:
+        parser.error(f"argument --model: {error}")
+    optimizer = _make_optimizer(args.optimizer, model.parameters(), args.lr or DEFAULT_LR[args.optimizer])
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    test_loader = DataLoader(test_set, batch_size=256)
+    start_epoch, history = 0, []
+    if args.resume:
+        try:
+            start_epoch, history = training.load_training_state(args.resume, model, optimizer, None, train_loader)
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"argument --resume: cannot resume from {args.resume}: {error}")
+        print(f"resumed from {args.resume} after epoch {start_epoch}")
+    parameters = sum(p.size for p in model.parameters())
+    print(f"training {model_name} ({parameters:,} parameters) on {name}: {len(train_set)} train / {len(test_set)} "
+          f"test images, {args.optimizer} lr {args.lr or DEFAULT_LR[args.optimizer]}, batch {args.batch_size}, "
+          f"{cn.get_num_threads()} threads")
+    try:
+        history = training.fit(model, optimizer, train_loader, args.epochs, test_loader=test_loader,
+                               checkpoint_path=args.checkpoint, start_epoch=start_epoch, history=history,
+                               progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except training.NonFiniteLossError as error:
+        print(f"cnnnumba: error: {error}", file=sys.stderr)
+        return 1
+    if args.plot and history:
+        training.plot_history(history, args.plot)
+        print(f"plot written to {args.plot}")
+    result = training.evaluate(model, test_loader)
+    print(f"test accuracy: {result['accuracy']:.4f}")
+    return 0
+
+
+def run_info():
+    import llvmlite.binding as llvm
+    import numba
+    import numpy as np
+
+    import cnnnumba as cn
+    from .kernels.elementwise import relu_forward
+
+    relu_forward(np.zeros(4096, dtype=np.float32))  # a parallel kernel must run before the threading layer is known
+    features = sorted(f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+"))
+    simd = [f for f in features if f.startswith(("sse", "avx", "fma", "neon", "sve"))]
+    cache = numba.config.CACHE_DIR or os.path.join(os.path.dirname(cn.__file__), "**", "__pycache__")
+    print(f"cnnnumba {cn.__version__}")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
+    print(f"threads: {cn.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}; threading layer: "
+          f"{numba.threading_layer()}")
+    print(f"cpu: {llvm.get_host_cpu_name()}; SIMD: {' '.join(simd) or 'none detected'}")
+    print(f"numba cache: {cache}")
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return run_train(args, parser)
+    return run_info()

@@ -1,0 +1,181 @@
+"""The training loop: fit, evaluate, and training-state checkpoints that resume exactly."""
+import math
+import time
+
+import numpy as np
+
+from . import _config
+from .autograd import Tensor, no_grad
+from .io import load, save
+from .ops.loss import cross_entropy
+
+CHECKPOINT_KIND = "cnnnumba.training_state"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; nothing was written."""
+
+
+def evaluate(model, loader, loss_fn=cross_entropy):
+    """Mean loss and accuracy of `model` over `loader`, in eval mode and without recording gradients."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        with no_grad():
+            for images, labels in loader:
+                logits = model(Tensor(images))
+                total_loss += float(loss_fn(logits, labels, reduction="sum").item())
+                correct += int(np.sum(np.argmax(logits.data, axis=1) == labels))
+                count += len(labels)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return {"loss": total_loss / count, "accuracy": correct / count}
+
+
+def training_state(model, optimizer, scheduler, loader, epoch, history):
+    """Everything needed to continue training exactly where it stopped, as a checkpointable structure."""
+    return {
+        "kind": CHECKPOINT_KIND,
+        "epoch": int(epoch),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "loader": loader.state_dict(),
+        "rng": _config.get_rng_state(),
+        "history": list(history),
+    }
+
+
+def restore_training_state(state, model, optimizer, scheduler, loader):
+    """Load a `training_state` back into live objects; returns (epochs done, history)."""
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise ValueError("this checkpoint is not a cnnnumba training state (it may be a bare model state dict)")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        if state["scheduler"] is None:
+            raise ValueError("the checkpoint has no scheduler state, but a scheduler was given")
+        scheduler.load_state_dict(state["scheduler"])
+    loader.load_state_dict(state["loader"])
+    _config.set_rng_state(state["rng"])
+    return state["epoch"], list(state["history"])
+
+
+def save_training_state(path, model, optimizer, scheduler, loader, epoch, history):
+    state = training_state(model, optimizer, scheduler, loader, epoch, history)
+    for name, value in state["model"].items():
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise NonFiniteLossError(f"refusing to write a checkpoint: parameter {name!r} is not finite")
+    save(state, path)
+
+
+def load_training_state(path, model, optimizer, scheduler, loader):
+    return restore_training_state(load(path), model, optimizer, scheduler, loader)
+
+
+def _progress(total, description, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler=None, scheduler_per_step=False,
+        test_loader=None, checkpoint_path=None, start_epoch=0, history=None, progress=True, log=print):
+    """Train `model` for epochs start_epoch..epochs-1; returns the history, one dict per epoch.
+
+    Each epoch records train loss/accuracy, images per second and seconds, and test loss/accuracy when a
+    test loader is given. With `checkpoint_path` the full training state is saved after every epoch; on Ctrl-C
+    (KeyboardInterrupt) the state at the start of the interrupted epoch's data order, with the weights reached
+    so far, is saved before the interrupt propagates. A non-finite loss stops training with
+    NonFiniteLossError before anything is written.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, but got {epochs!r}")
+    history = list(history or [])
+    for epoch in range(start_epoch, epochs):
+        loader_state = train_loader.state_dict()
+        model.train()
+        total_loss, correct, count, started = 0.0, 0, 0, time.perf_counter()
+        bar = _progress(len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
+        try:
+            for step, (images, labels) in enumerate(train_loader):
+                optimizer.zero_grad()
+                logits = model(Tensor(images))
+                loss = loss_fn(logits, labels)
+                value = float(loss.item())
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                        "stopping without writing a checkpoint (try a lower learning rate)")
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None and scheduler_per_step:
+                    scheduler.step()
+                total_loss += value * len(labels)
+                correct += int(np.sum(np.argmax(logits.data, axis=1) == labels))
+                count += len(labels)
+                elapsed = time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / count:.4f}", img_s=f"{count / max(elapsed, 1e-9):.0f}")
+        except KeyboardInterrupt:
+            bar.close()
+            if checkpoint_path is not None:
+                current = train_loader.state_dict()
+                train_loader.load_state_dict(loader_state)
+                save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epoch, history)
+                train_loader.load_state_dict(current)
+                log(f"interrupted: checkpoint saved to {checkpoint_path}")
+            raise
+        bar.close()
+        if scheduler is not None and not scheduler_per_step:
+            scheduler.step()
+        seconds = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "train_loss": total_loss / max(count, 1),
+                  "train_accuracy": correct / max(count, 1), "images_per_second": count / max(seconds, 1e-9),
+                  "seconds": seconds}
+        if test_loader is not None:
+            result = evaluate(model, test_loader, loss_fn)
+            record["test_loss"], record["test_accuracy"] = result["loss"], result["accuracy"]
+        history.append(record)
+        if log is not None:
+            log(format_epoch(record, epochs))
+        if checkpoint_path is not None:
+            save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epoch + 1, history)
+    return history
+
+
+def format_epoch(record, epochs):
+    line = (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, "
+            f"train accuracy {record['train_accuracy']:.4f}")
+    if "test_accuracy" in record:
+        line += f", test loss {record['test_loss']:.4f}, test accuracy {record['test_accuracy']:.4f}"
+    return line + f", {record['images_per_second']:.0f} images/s, {record['seconds']:.1f} s"
+
+
+def plot_history(history, path):
+    """Save a PNG of loss and accuracy per epoch (needs matplotlib: pip install cnnnumba[plot])."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'cnnnumba[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axes.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    accuracy_axes.plot(epochs, [r["train_accuracy"] for r in history], marker="o", label="train")
+    if history and "test_loss" in history[0]:
+        loss_axes.plot(epochs, [r["test_loss"] for r in history], marker="o", label="test")
+        accuracy_axes.plot(epochs, [r["test_accuracy"] for r in history], marker="o", label="test")
+    for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(name)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
