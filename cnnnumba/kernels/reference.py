@@ -9,6 +9,109 @@ import numpy as np
 
 # ---- pool2d (twin of kernels/pool2d.py) ----
 
+
+def _pool_taps(out_index, stride, pad, kernel, dilation, in_size):
+    """The in-bounds input positions of one window along one axis, in scan order."""
+    start = out_index * stride - pad
+    return [start + k * dilation for k in range(kernel) if 0 <= start + k * dilation < in_size]
+
+
+def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w):
+    _, height, width, _ = x.shape
+    for oh in range(out.shape[1]):
+        rows = _pool_taps(oh, stride_h, pad_h, kernel_h, dilation_h, height)
+        for ow in range(out.shape[2]):
+            cols = _pool_taps(ow, stride_w, pad_w, kernel_w, dilation_w, width)
+            best = np.full(out[:, oh, ow].shape, -np.inf, dtype=out.dtype)
+            best_index = np.full(best.shape, rows[0] * width + cols[0] if rows and cols else -1, dtype=np.int64)
+            for ih in rows:
+                for iw in cols:
+                    value = x[:, ih, iw]
+                    take = (value > best) | np.isnan(value)
+                    best = np.where(take, value, best)
+                    best_index = np.where(take, ih * width + iw, best_index)
+            out[:, oh, ow] = best
+            indices[:, oh, ow] = best_index
+
+
+def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                        dilation_h, dilation_w):
+    batch, height, width, channels = grad_in.shape
+    flat = np.zeros((batch, height * width, channels), dtype=grad_in.dtype)
+    n_index, _, _, c_index = np.indices(indices.shape)
+    valid = indices >= 0
+    np.add.at(flat, (n_index[valid], indices[valid], c_index[valid]), grad_out[valid])
+    grad_in[...] = flat.reshape(grad_in.shape)
+
+
+def _avg_pool_divisor_mask(height, width, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                           count_include_pad):
+    """Canvas masks covering every window: where the input lies, and what the divisor counts."""
+    canvas_h = max((out_h - 1) * stride_h + kernel_h, height + pad_h)
+    canvas_w = max((out_w - 1) * stride_w + kernel_w, width + pad_w)
+    inside = np.zeros((canvas_h, canvas_w))
+    inside[pad_h:pad_h + height, pad_w:pad_w + width] = 1
+    counted = np.zeros_like(inside)
+    if count_include_pad:
+        counted[:height + 2 * pad_h, :width + 2 * pad_w] = 1
+    else:
+        counted[...] = inside
+    return inside, counted
+
+
+def avg_pool2d_forward(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad,
+                       divisor_override):
+    batch, height, width, channels = x.shape
+    inside, counted = _avg_pool_divisor_mask(height, width, out.shape[1], out.shape[2], kernel_h, kernel_w,
+                                             stride_h, stride_w, pad_h, pad_w, count_include_pad)
+    canvas = np.zeros((batch,) + inside.shape + (channels,), dtype=np.float64)
+    canvas[:, pad_h:pad_h + height, pad_w:pad_w + width] = x
+    for oh in range(out.shape[1]):
+        for ow in range(out.shape[2]):
+            window = (slice(oh * stride_h, oh * stride_h + kernel_h), slice(ow * stride_w, ow * stride_w + kernel_w))
+            if inside[window].sum() == 0:
+                out[:, oh, ow] = 0
+                continue
+            divisor = divisor_override or counted[window].sum()
+            out[:, oh, ow] = canvas[(slice(None),) + window].sum(axis=(1, 2)) / divisor
+
+
+def avg_pool2d_backward(grad_out, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                        count_include_pad, divisor_override):
+    batch, height, width, channels = grad_in.shape
+    inside, counted = _avg_pool_divisor_mask(height, width, grad_out.shape[1], grad_out.shape[2], kernel_h,
+                                             kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad)
+    canvas = np.zeros((batch,) + inside.shape + (channels,), dtype=np.float64)
+    for oh in range(grad_out.shape[1]):
+        for ow in range(grad_out.shape[2]):
+            window = (slice(oh * stride_h, oh * stride_h + kernel_h), slice(ow * stride_w, ow * stride_w + kernel_w))
+            if inside[window].sum() == 0:
+                continue
+            divisor = divisor_override or counted[window].sum()
+            canvas[(slice(None),) + window] += grad_out[:, oh, ow, None, None, :] / divisor
+    grad_in[...] = canvas[:, pad_h:pad_h + height, pad_w:pad_w + width]
+
+
+def _adaptive_windows(in_size, out_size):
+    return [(i * in_size // out_size, -(-(i + 1) * in_size // out_size)) for i in range(out_size)]
+
+
+def adaptive_avg_pool2d_forward(x, out):
+    for oh, (h_begin, h_end) in enumerate(_adaptive_windows(x.shape[1], out.shape[1])):
+        for ow, (w_begin, w_end) in enumerate(_adaptive_windows(x.shape[2], out.shape[2])):
+            with np.errstate(invalid="ignore"):
+                out[:, oh, ow] = x[:, h_begin:h_end, w_begin:w_end].astype(np.float64).mean(axis=(1, 2))
+
+
+def adaptive_avg_pool2d_backward(grad_out, grad_in):
+    grad = np.zeros(grad_in.shape, dtype=np.float64)
+    for oh, (h_begin, h_end) in enumerate(_adaptive_windows(grad_in.shape[1], grad_out.shape[1])):
+        for ow, (w_begin, w_end) in enumerate(_adaptive_windows(grad_in.shape[2], grad_out.shape[2])):
+            count = (h_end - h_begin) * (w_end - w_begin)
+            grad[:, h_begin:h_end, w_begin:w_end] += grad_out[:, oh, ow, None, None, :] / count
+    grad_in[...] = grad
+
 # ---- matmul (twin of kernels/matmul.py) ----
 
 # ---- elementwise (twin of kernels/elementwise.py) ----

@@ -1,0 +1,241 @@
+"""2-D pooling kernels (max, average, adaptive average) on NHWC buffers, forward and backward.
+
+Layout: every image buffer is (N, H, W, C), C-contiguous, so the channel loop is innermost and contiguous.
+Callers allocate the outputs (the graph executor reuses its buffers) and validate every size: output sizes
+come from `shapes.pool_output_size`, strides and dilations are positive, padding at most half the kernel.
+
+Forward kernels run a prange over (image, output row); backward kernels run a prange over (image, input row)
+and gather from the outputs whose windows cover each input pixel, so every iteration writes only its own row
+of the input gradient: no races, and the summation order does not depend on the thread count.
+
+Max-pool indices follow PyTorch: the flat position ih * W + iw inside the image plane. A NaN in a window wins
+(the last NaN in scan order gives the index), as in PyTorch. A window that holds no input element at all
+(possible only when a dilation steps over the whole input) gives -inf and index -1.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import jit, parallel_jit
+
+
+@jit
+def _first_tap(start, dilation):
+    """The first window position at or after 0, stepping by the dilation from a possibly negative start."""
+    while start < 0:
+        start += dilation
+    return start
+
+
+@parallel_jit
+def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w):
+    """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oh = job % out_h
+        h_begin = oh * stride_h - pad_h
+        h_end = min(h_begin + (kernel_h - 1) * dilation_h + 1, height)
+        h_begin = _first_tap(h_begin, dilation_h)
+        for ow in range(out_w):
+            w_begin = ow * stride_w - pad_w
+            w_end = min(w_begin + (kernel_w - 1) * dilation_w + 1, width)
+            w_begin = _first_tap(w_begin, dilation_w)
+            best = out[n, oh, ow]
+            best_index = indices[n, oh, ow]
+            first = h_begin * width + w_begin if (h_begin < h_end and w_begin < w_end) else -1
+            for c in range(channels):
+                best[c] = -np.inf
+                best_index[c] = first
+            for ih in range(h_begin, h_end, dilation_h):
+                for iw in range(w_begin, w_end, dilation_w):
+                    flat = ih * width + iw
+                    pixel = x[n, ih, iw]
+                    for c in range(channels):
+                        value = pixel[c]
+                        # `value > best` is False for NaN, so NaN is checked explicitly (PyTorch: NaN wins).
+                        if value > best[c] or np.isnan(value):
+                            best[c] = value
+                            best_index[c] = flat
+
+
+@parallel_jit
+def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                        dilation_h, dilation_w):
+    """grad_in[n, ih, iw, c] = sum of grad_out over the windows whose max was (ih, iw) in channel c."""
+    batch, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    for job in prange(batch * height):
+        n = job // height
+        ih = job % height
+        row = grad_in[n, ih]
+        row[:, :] = 0
+        for iw in range(width):
+            flat = ih * width + iw
+            target = row[iw]
+            # taps in decreasing order visit the covering outputs in increasing order, like PyTorch's scatter
+            for ki in range(kernel_h - 1, -1, -1):
+                t = ih + pad_h - ki * dilation_h
+                if t < 0 or t % stride_h != 0:
+                    continue
+                oh = t // stride_h
+                if oh >= out_h:
+                    continue
+                for kj in range(kernel_w - 1, -1, -1):
+                    u = iw + pad_w - kj * dilation_w
+                    if u < 0 or u % stride_w != 0:
+                        continue
+                    ow = u // stride_w
+                    if ow >= out_w:
+                        continue
+                    source_index = indices[n, oh, ow]
+                    source_grad = grad_out[n, oh, ow]
+                    for c in range(channels):
+                        if source_index[c] == flat:
+                            target[c] += source_grad[c]
+
+
+@jit
+def _avg_window(oh, ow, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                count_include_pad, divisor_override):
+    """PyTorch's clipped window (h_begin, h_end, w_begin, w_end) and its divisor (0 for an empty window).
+
+    The padded extent is clipped at the far padding edge before counting, so a window that ceil_mode pushes
+    past the padding is divided by fewer elements than kernel_h * kernel_w even with count_include_pad.
+    """
+    h_begin = oh * stride_h - pad_h
+    w_begin = ow * stride_w - pad_w
+    h_end = min(h_begin + kernel_h, height + pad_h)
+    w_end = min(w_begin + kernel_w, width + pad_w)
+    padded_size = (h_end - h_begin) * (w_end - w_begin)
+    h_begin = max(h_begin, 0)
+    w_begin = max(w_begin, 0)
+    h_end = min(h_end, height)
+    w_end = min(w_end, width)
+    if h_begin >= h_end or w_begin >= w_end:
+        return h_begin, h_end, w_begin, w_end, 0
+    if divisor_override != 0:
+        divisor = divisor_override
+    elif count_include_pad:
+        divisor = padded_size
+    else:
+        divisor = (h_end - h_begin) * (w_end - w_begin)
+    return h_begin, h_end, w_begin, w_end, divisor
+
+
+@parallel_jit
+def avg_pool2d_forward(x, out, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad,
+                       divisor_override):
+    """out[n, oh, ow, c] = window sum / divisor (divisor_override 0 means none); empty windows give 0."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oh = job % out_h
+        for ow in range(out_w):
+            h_begin, h_end, w_begin, w_end, divisor = _avg_window(
+                oh, ow, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                count_include_pad, divisor_override)
+            total = out[n, oh, ow]
+            total[:] = 0
+            if divisor == 0:
+                continue
+            for ih in range(h_begin, h_end):
+                for iw in range(w_begin, w_end):
+                    pixel = x[n, ih, iw]
+                    for c in range(channels):
+                        total[c] += pixel[c]
+            for c in range(channels):
+                total[c] = total[c] / divisor
+
+
+@parallel_jit
+def avg_pool2d_backward(grad_out, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                        count_include_pad, divisor_override):
+    """grad_in[n, ih, iw, c] = sum over the windows covering (ih, iw) of grad_out / that window's divisor."""
+    batch, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    for job in prange(batch * height):
+        n = job // height
+        ih = job % height
+        row = grad_in[n, ih]
+        row[:, :] = 0
+        # outputs whose window [o * stride - pad, o * stride - pad + kernel) covers ih
+        oh_first = max((ih + pad_h - kernel_h + stride_h) // stride_h, 0)
+        oh_last = min((ih + pad_h) // stride_h, out_h - 1)
+        for iw in range(width):
+            target = row[iw]
+            ow_first = max((iw + pad_w - kernel_w + stride_w) // stride_w, 0)
+            ow_last = min((iw + pad_w) // stride_w, out_w - 1)
+            for oh in range(oh_first, oh_last + 1):
+                for ow in range(ow_first, ow_last + 1):
+                    h_begin, h_end, w_begin, w_end, divisor = _avg_window(
+                        oh, ow, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                        count_include_pad, divisor_override)
+                    if divisor == 0:
+                        continue
+                    source_grad = grad_out[n, oh, ow]
+                    for c in range(channels):
+                        target[c] += source_grad[c] / divisor
+
+
+@jit
+def _adaptive_bounds(index, in_size, out_size):
+    """PyTorch's adaptive window: [floor(i * In / Out), ceil((i + 1) * In / Out))."""
+    return (index * in_size) // out_size, ((index + 1) * in_size + out_size - 1) // out_size
+
+
+@parallel_jit
+def adaptive_avg_pool2d_forward(x, out):
+    """out[n, oh, ow, c] = mean of x over the adaptive window of (oh, ow); an empty input gives NaN."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oh = job % out_h
+        h_begin, h_end = _adaptive_bounds(oh, height, out_h)
+        for ow in range(out_w):
+            w_begin, w_end = _adaptive_bounds(ow, width, out_w)
+            total = out[n, oh, ow]
+            total[:] = 0
+            count = (h_end - h_begin) * (w_end - w_begin)
+            if count == 0:
+                total[:] = np.nan  # the mean of nothing, as PyTorch gives it
+                continue
+            for ih in range(h_begin, h_end):
+                for iw in range(w_begin, w_end):
+                    pixel = x[n, ih, iw]
+                    for c in range(channels):
+                        total[c] += pixel[c]
+            for c in range(channels):
+                total[c] = total[c] / count
+
+
+@parallel_jit
+def adaptive_avg_pool2d_backward(grad_out, grad_in):
+    """grad_in[n, ih, iw, c] = sum over the adaptive windows covering (ih, iw) of grad_out / window size."""
+    batch, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    for job in prange(batch * height):
+        n = job // height
+        ih = job % height
+        row = grad_in[n, ih]
+        row[:, :] = 0
+        # the outputs covering ih are exactly [floor(ih * Out / In), ceil((ih + 1) * Out / In))
+        oh_first, oh_stop = _adaptive_bounds(ih, out_h, height)
+        for iw in range(width):
+            target = row[iw]
+            ow_first, ow_stop = _adaptive_bounds(iw, out_w, width)
+            for oh in range(oh_first, min(oh_stop, out_h)):
+                h_begin, h_end = _adaptive_bounds(oh, height, out_h)
+                if ih < h_begin or ih >= h_end:
+                    continue
+                for ow in range(ow_first, min(ow_stop, out_w)):
+                    w_begin, w_end = _adaptive_bounds(ow, width, out_w)
+                    if iw < w_begin or iw >= w_end:
+                        continue
+                    count = (h_end - h_begin) * (w_end - w_begin)
+                    source_grad = grad_out[n, oh, ow]
+                    for c in range(channels):
+                        target[c] += source_grad[c] / count
