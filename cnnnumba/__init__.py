@@ -7,3 +7,8 @@ __version__ = "0.1.0"
 
 __all__ = ["GradcheckError", "Tensor", "enable_grad", "functional", "get_num_threads", "gradcheck",
            "is_grad_enabled", "manual_seed", "no_grad", "set_num_threads"]
+
+from . import data  # noqa: E402  (layer 7: datasets, DataLoader, transforms)
+from .io import load, save  # noqa: E402
+
+__all__ += ["data", "load", "save"]
