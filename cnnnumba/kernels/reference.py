@@ -121,3 +121,35 @@ def adaptive_avg_pool2d_backward(grad_out, grad_in):
 # ---- loss (twin of kernels/loss.py) ----
 
 # ---- optim (twin of kernels/optim.py) ----
+
+def sgd_update(param, grad, momentum_buffer, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize,
+               first_step):
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    if momentum != 0:
+        if first_step:
+            momentum_buffer[...] = grad
+        else:
+            momentum_buffer[...] = momentum * momentum_buffer + one_minus_dampening * grad
+        grad = grad + momentum * momentum_buffer if nesterov else momentum_buffer
+    param -= lr * grad
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                weight_decay, decay_factor, step_size, bias_correction2_sqrt, amsgrad, maximize):
+    if decay_factor != 1:
+        param *= decay_factor
+    grad = -grad if maximize else grad
+    if weight_decay != 0:
+        grad = grad + weight_decay * param
+    if one_minus_beta1 < 0.5:
+        exp_avg += one_minus_beta1 * (grad - exp_avg)
+    else:
+        exp_avg[...] = grad - (grad - exp_avg) * beta1
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * grad * grad
+    second_moment = exp_avg_sq
+    if amsgrad:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second_moment = max_exp_avg_sq
+    param -= step_size * (exp_avg / (np.sqrt(second_moment) / bias_correction2_sqrt + eps))
