@@ -116,6 +116,68 @@ def adaptive_avg_pool2d_backward(grad_out, grad_in):
 
 # ---- elementwise (twin of kernels/elementwise.py) ----
 
+
+def relu_forward(x, out):
+    out[...] = np.where(x <= 0, 0, x)
+
+
+def relu_backward(grad, y, out):
+    out[...] = np.where(y > 0, grad, 0)
+
+
+def leaky_relu_forward(x, negative_slope, out):
+    out[...] = np.where(x > 0, x, x * negative_slope)
+
+
+def leaky_relu_backward(grad, x, negative_slope, out):
+    out[...] = np.where(x > 0, grad, grad * negative_slope)
+
+
+def _erf(x):
+    from math import erf
+    return np.vectorize(erf, otypes=[np.float64])(x)
+
+
+def gelu_forward(x, tanh_approximation, out):
+    x = x.astype(np.float64)
+    if tanh_approximation:
+        out[...] = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    else:
+        out[...] = 0.5 * x * (1 + _erf(x / np.sqrt(2)))
+
+
+def gelu_backward(grad, x, tanh_approximation, out):
+    x = x.astype(np.float64)
+    if tanh_approximation:
+        inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)
+        d_inner = np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x ** 2)
+        derivative = 0.5 * (1 + np.tanh(inner)) + 0.5 * x * (1 - np.tanh(inner) ** 2) * d_inner
+    else:
+        derivative = 0.5 * (1 + _erf(x / np.sqrt(2))) + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+    out[...] = grad * derivative
+
+
+def sigmoid_forward(x, out):
+    x = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        out[...] = np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+def sigmoid_backward(grad, y, out):
+    out[...] = grad * y * (1 - y)
+
+
+def tanh_forward(x, out):
+    out[...] = np.tanh(x)
+
+
+def tanh_backward(grad, y, out):
+    out[...] = grad * (1 - y * y)
+
+
+def dropout_apply(x, keep, scale, out):
+    out[...] = x * np.where(keep, scale, 0).astype(x.dtype)
+
 # ---- norm (twin of kernels/norm.py) ----
 
 # ---- loss (twin of kernels/loss.py) ----
