@@ -114,6 +114,22 @@ def adaptive_avg_pool2d_backward(grad_out, grad_in):
 
 # ---- matmul (twin of kernels/matmul.py) ----
 
+
+def linear_forward(x, weight, bias, out):
+    out[...] = x @ weight.T + (bias if bias.size else 0)
+
+
+def linear_backward_input(grad_out, weight, grad_x):
+    grad_x[...] = grad_out @ weight
+
+
+def linear_backward_weight(grad_out, x, grad_weight):
+    grad_weight[...] = grad_out.T @ x
+
+
+def linear_backward_bias(grad_out, grad_bias):
+    grad_bias[...] = grad_out.sum(axis=0)
+
 # ---- elementwise (twin of kernels/elementwise.py) ----
 
 

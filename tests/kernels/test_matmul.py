@@ -1,0 +1,55 @@
+"""Linear (matmul) kernels against their NumPy twins."""
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba.kernels import matmul, reference
+
+
+def _run(module, x, weight, bias, grad_out):
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    grad_x, grad_weight = np.empty_like(x), np.empty_like(weight)
+    grad_bias = np.empty(weight.shape[0], dtype=x.dtype)
+    module.linear_forward(x, weight, bias, out)
+    module.linear_backward_input(grad_out, weight, grad_x)
+    module.linear_backward_weight(grad_out, x, grad_weight)
+    module.linear_backward_bias(grad_out, grad_bias)
+    return out, grad_x, grad_weight, grad_bias
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, in_features, out_features, with_bias", [
+    (4, 3, 2, True),
+    (1, 5, 7, True),         # batch 1
+    (300, 17, 9, True),      # several bias chunks, the last one partial
+    (6, 4, 1, False),
+    (0, 3, 2, True),         # empty batch
+    (3, 0, 2, True),         # no input features: the output is the bias
+])
+def test_linear_kernels_match_reference(rows, in_features, out_features, with_bias, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, in_features)).astype(dtype)
+    weight = rng.standard_normal((out_features, in_features)).astype(dtype)
+    bias = rng.standard_normal(out_features if with_bias else 0).astype(dtype)
+    grad_out = rng.standard_normal((rows, out_features)).astype(dtype)
+    got = _run(matmul, x, weight, bias, grad_out)
+    expected = _run(reference, x, weight, bias, grad_out)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol)
+
+
+def test_bias_gradient_does_not_depend_on_thread_count():
+    grad_out = np.random.default_rng(0).standard_normal((1000, 33)).astype(np.float32)
+    previous = cn.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            grad_bias = np.empty(33, dtype=np.float32)
+            matmul.linear_backward_bias(grad_out, grad_bias)
+            results.append(grad_bias)
+    finally:
+        cn.set_num_threads(previous)
+    np.testing.assert_array_equal(results[0], results[1])
