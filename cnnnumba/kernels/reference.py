@@ -196,7 +196,99 @@ def dropout_apply(x, keep, scale, out):
 
 # ---- norm (twin of kernels/norm.py) ----
 
+
+def channel_statistics(x, rows_per_chunk=None):
+    """Per-channel mean and biased variance of x (rows, C), float64."""
+    x64 = x.astype(np.float64)
+    return x64.mean(axis=0), x64.var(axis=0)
+
+
+def batch_norm_normalize(x, mean, invstd, weight, bias):
+    return ((x - mean) * invstd * weight + bias).astype(x.dtype)
+
+
+def batch_norm_forward_train(x, weight, bias, eps, rows_per_chunk=None):
+    mean, variance = channel_statistics(x)
+    invstd = 1.0 / np.sqrt(variance + eps)
+    return batch_norm_normalize(x.astype(np.float64), mean, invstd, weight, bias).astype(x.dtype), mean, variance, invstd
+
+
+def batch_norm_forward_eval(x, running_mean, running_var, weight, bias, eps):
+    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    return batch_norm_normalize(x.astype(np.float64), running_mean, invstd, weight, bias).astype(x.dtype)
+
+
+def batch_norm_grad_sums(grad_y, x, mean, invstd, rows_per_chunk=None):
+    grad_y = grad_y.astype(np.float64)
+    return grad_y.sum(axis=0), (grad_y * (x.astype(np.float64) - mean) * invstd).sum(axis=0)
+
+
+def batch_norm_backward_train(grad_y, x, mean, invstd, weight, rows_per_chunk=None):
+    sum_dy, sum_dy_xhat = batch_norm_grad_sums(grad_y, x, mean, invstd)
+    x_hat = (x.astype(np.float64) - mean) * invstd
+    rows = x.shape[0]
+    grad_x = weight * invstd * (grad_y - sum_dy / rows - x_hat * sum_dy_xhat / rows)
+    return grad_x.astype(x.dtype), sum_dy_xhat, sum_dy
+
+
+def batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, eps, rows_per_chunk=None):
+    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    sum_dy, sum_dy_xhat = batch_norm_grad_sums(grad_y, x, running_mean.astype(np.float64), invstd)
+    return (grad_y * weight * invstd).astype(grad_y.dtype), sum_dy_xhat, sum_dy
+
+
 # ---- loss (twin of kernels/loss.py) ----
+
+
+def _logsumexp(x):
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=-1, keepdims=True)
+    return (m + np.log(np.exp(x64 - m).sum(axis=-1, keepdims=True)))[:, 0]
+
+
+def softmax_forward(x):
+    return np.exp(x.astype(np.float64) - _logsumexp(x)[:, None]).astype(x.dtype)
+
+
+def softmax_backward(grad_y, y):
+    dot = (grad_y.astype(np.float64) * y).sum(axis=-1, keepdims=True)
+    return (y * (grad_y - dot)).astype(y.dtype)
+
+
+def log_softmax_forward(x):
+    return (x.astype(np.float64) - _logsumexp(x)[:, None]).astype(x.dtype)
+
+
+def log_softmax_backward(grad_y, y):
+    total = grad_y.astype(np.float64).sum(axis=-1, keepdims=True)
+    return (grad_y - np.exp(y.astype(np.float64)) * total).astype(y.dtype)
+
+
+def cross_entropy_forward(logits, target, class_weight, ignore_index, label_smoothing):
+    rows, classes = logits.shape
+    logsumexp = _logsumexp(logits)
+    neg_log_p = logsumexp[:, None] - logits.astype(np.float64)
+    kept = target != ignore_index
+    safe_target = np.where(kept, target, 0)
+    row_weight = np.where(kept, class_weight[safe_target], 0.0)
+    nll = row_weight * neg_log_p[np.arange(rows), safe_target]
+    smooth = np.where(kept, (neg_log_p * class_weight).sum(axis=1), 0.0)
+    loss = (1.0 - label_smoothing) * nll + label_smoothing / classes * smooth
+    return loss, row_weight, logsumexp
+
+
+def cross_entropy_backward(logits, target, class_weight, logsumexp, row_scale, ignore_index, label_smoothing):
+    rows, classes = logits.shape
+    p = np.exp(logits.astype(np.float64) - logsumexp[:, None])
+    kept = target != ignore_index
+    safe_target = np.where(kept, target, 0)
+    one_hot = np.zeros_like(p)
+    one_hot[np.arange(rows), safe_target] = 1.0
+    nll_grad = class_weight[safe_target][:, None] * (p - one_hot)
+    smooth_grad = p * class_weight.sum() - class_weight
+    grad = (1.0 - label_smoothing) * nll_grad + label_smoothing / classes * smooth_grad
+    return (grad * (row_scale * kept)[:, None]).astype(logits.dtype)
+
 
 # ---- optim (twin of kernels/optim.py) ----
 

@@ -1,0 +1,98 @@
+"""Batch-norm kernels against their NumPy twins in kernels/reference.py."""
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba.kernels import norm, reference
+
+SHAPES = [(2, 3), (7, 1), (150, 4), (600, 5)]  # rows, channels; the larger ones span several 256-row chunks
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def _arrays(rows, channels, dtype, seed=0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, channels)) * 2 + offset).astype(dtype)
+    weight = rng.standard_normal(channels).astype(dtype)
+    bias = rng.standard_normal(channels).astype(dtype)
+    grad_y = rng.standard_normal((rows, channels)).astype(dtype)
+    return x, weight, bias, grad_y
+
+
+def _assert_all_close(actual, expected, tol):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.dtype == e.dtype, (a.dtype, e.dtype)
+        np.testing.assert_allclose(a, e, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_train_matches_reference(shape, dtype):
+    x, weight, bias, _ = _arrays(*shape, dtype)
+    _assert_all_close(norm.batch_norm_forward_train(x, weight, bias, 1e-5),
+                      reference.batch_norm_forward_train(x, weight, bias, 1e-5), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_eval_matches_reference(shape, dtype):
+    x, weight, bias, _ = _arrays(*shape, dtype)
+    running_mean, running_var = bias * 0.5, np.abs(weight) + 0.5
+    np.testing.assert_allclose(norm.batch_norm_forward_eval(x, running_mean, running_var, weight, bias, 1e-5),
+                               reference.batch_norm_forward_eval(x, running_mean, running_var, weight, bias, 1e-5),
+                               **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_train_matches_reference(shape, dtype):
+    x, weight, bias, grad_y = _arrays(*shape, dtype)
+    _, mean, _, invstd = reference.batch_norm_forward_train(x, weight, bias, 1e-5)
+    _assert_all_close(norm.batch_norm_backward_train(grad_y, x, mean, invstd, weight),
+                      reference.batch_norm_backward_train(grad_y, x, mean, invstd, weight), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_eval_matches_reference(shape, dtype):
+    x, weight, bias, grad_y = _arrays(*shape, dtype)
+    running_mean, running_var = bias * 0.5, np.abs(weight) + 0.5
+    _assert_all_close(norm.batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, 1e-5),
+                      reference.batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, 1e-5),
+                      TOL[dtype])
+
+
+def test_float32_statistics_are_accurate_with_a_large_mean():
+    # float32 sums of 1e4-sized values lose the variance unless they are accumulated in float64 around the mean
+    x, _, _, _ = _arrays(4096, 3, np.float32, offset=1e4)
+    mean, variance = norm.channel_statistics(x)
+    expected_mean, expected_variance = reference.channel_statistics(x)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(variance, expected_variance, rtol=1e-9)
+
+
+@pytest.mark.parametrize("rows_per_chunk", [1, 3, 256])
+def test_chunking_does_not_change_the_statistics_beyond_rounding(rows_per_chunk):
+    x, _, _, _ = _arrays(50, 4, np.float64)
+    mean, variance = norm.channel_statistics(x, rows_per_chunk)
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(variance, x.var(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_are_identical_for_one_and_two_threads(dtype):
+    x, weight, bias, grad_y = _arrays(1000, 6, dtype, seed=3)
+    previous = cn.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            y, mean, variance, invstd = norm.batch_norm_forward_train(x, weight, bias, 1e-5, 16)
+            grads = norm.batch_norm_backward_train(grad_y, x, mean, invstd, weight, 16)
+            eval_grads = norm.batch_norm_backward_eval(grad_y, x, mean, variance, weight, 1e-5, 16)
+            results.append((y, mean, variance, invstd) + grads + eval_grads)
+    finally:
+        cn.set_num_threads(previous)
+    for one_thread, two_threads in zip(*results):
+        np.testing.assert_array_equal(one_thread, two_threads)
