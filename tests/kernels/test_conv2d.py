@@ -1,0 +1,116 @@
+"""conv2d kernels (general and fast paths) against their NumPy twins in kernels/reference.py."""
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba import shapes
+from cnnnumba.kernels import conv2d as kernels
+from cnnnumba.kernels import reference
+
+# (batch, height, width, C_in, C_out, (kH, kW), stride, (pad_top, pad_bottom, pad_left, pad_right), dilation, groups)
+CASES = [
+    (2, 7, 6, 3, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (1, 5, 5, 2, 3, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (2, 9, 8, 3, 2, (2, 2), (3, 3), (0, 0, 0, 0), (1, 1), 1),            # stride > kernel
+    (1, 6, 9, 2, 5, (2, 4), (2, 1), (1, 1, 0, 2), (1, 1), 1),            # non-square kernel, asymmetric padding
+    (2, 9, 9, 2, 3, (3, 3), (1, 2), (2, 2, 2, 2), (2, 2), 1),            # dilation
+    (2, 8, 7, 4, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),            # groups
+    (2, 7, 7, 5, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 5),            # depthwise
+    (1, 6, 6, 3, 6, (3, 2), (1, 1), (0, 1, 1, 0), (1, 2), 3),            # channel multiplier 2, asymmetric pad
+    (1, 5, 4, 2, 2, (2, 2), (1, 1), (1, 0, 0, 1), (1, 1), 1),            # "same"-style bottom/right pad
+    (3, 11, 13, 3, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),         # fast-path shapes (odd width)
+    (2, 10, 12, 16, 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (2, 9, 17, 32, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (1, 12, 12, 8, 32, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 1),         # fast-path shape, stride 2
+    (1, 10, 11, 9, 33, (3, 3), (1, 1), (2, 1, 1, 2), (2, 1), 1),         # fast-path shape, dilation, asym pad
+    (2, 8, 8, 16, 32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+]
+
+
+def _geometry(case):
+    batch, height, width, cin, cout, kernel, stride, pad, dilation, groups = case
+    out_h = shapes.conv_output_size(height, kernel[0], stride[0], pad[0], pad[1], dilation[0])
+    out_w = shapes.conv_output_size(width, kernel[1], stride[1], pad[2], pad[3], dilation[1])
+    return (batch, height, width, cin), (*kernel, cin // groups, cout), (batch, out_h, out_w, cout)
+
+
+def _arrays(case, dtype, seed=0):
+    x_shape, w_shape, y_shape = _geometry(case)
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, (w_shape[3],), y_shape)]
+
+
+def _options(case):
+    _, _, _, _, _, _, stride, pad, dilation, groups = case
+    return dict(stride=stride, padding=(pad[0], pad[2]), dilation=dilation, groups=groups)
+
+
+def _tolerance(dtype):
+    return dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_forward_matches_reference(case, dtype):
+    x, w, b, y = _arrays(case, dtype)
+    for bias in (b, None):
+        got = kernels.conv2d_forward(x, w, bias, np.empty_like(y), **_options(case))
+        want = reference.conv2d_forward(x, w, bias, np.empty_like(y), **_options(case))
+        np.testing.assert_allclose(got, want, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_backward_input_matches_reference(case, dtype):
+    x, w, _, dy = _arrays(case, dtype)
+    got = kernels.conv2d_backward_input(dy, w, np.empty_like(x), **_options(case))
+    want = reference.conv2d_backward_input(dy, w, np.empty_like(x), **_options(case))
+    np.testing.assert_allclose(got, want, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_backward_weight_matches_reference(case, dtype):
+    x, w, _, dy = _arrays(case, dtype)
+    got = kernels.conv2d_backward_weight(x, dy, np.empty_like(w), **_options(case))
+    want = reference.conv2d_backward_weight(x, dy, np.empty_like(w), **_options(case))
+    np.testing.assert_allclose(got, want, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_bias_matches_reference(dtype):
+    dy = np.random.default_rng(1).standard_normal((3, 5, 7, 6)).astype(dtype)
+    got = kernels.conv2d_backward_bias(dy, np.empty(6, dtype))
+    np.testing.assert_allclose(got, reference.conv2d_backward_bias(dy, np.empty(6, dtype)), **_tolerance(dtype))
+
+
+def test_non_contiguous_operands_are_accepted():
+    case = CASES[0]
+    x, w, b, y = _arrays(case, np.float64)
+    x_strided = np.asfortranarray(x)
+    got = kernels.conv2d_forward(x_strided, w, b, np.empty_like(y), **_options(case))
+    np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), **_options(case)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", [CASES[5], CASES[11]])
+def test_weight_and_bias_gradients_do_not_depend_on_thread_count(case):
+    x, w, _, dy = _arrays(case, np.float32)
+    saved = cn.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            results.append((kernels.conv2d_backward_weight(x, dy, np.empty_like(w), **_options(case)),
+                            kernels.conv2d_backward_bias(dy, np.empty(dy.shape[3], np.float32))))
+    finally:
+        cn.set_num_threads(saved)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_out_of_bounds_geometry_is_refused():
+    x, w, b, y = _arrays(CASES[0], np.float32)
+    with pytest.raises(ValueError, match="input channels"):
+        kernels.conv2d_forward(x[..., :2], w, b, np.empty_like(y))
+    with pytest.raises(ValueError, match="out has shape"):
+        kernels.conv2d_forward(x, w, b, np.empty((2, 5, 4, 3), np.float32))
