@@ -7,6 +7,81 @@ import numpy as np
 
 # ---- conv2d (twin of kernels/conv2d.py) ----
 
+def _conv2d_padded_extent(size, pad_before, out_size, stride, kernel, dilation):
+    """Length of the zero-padded axis that holds every tap of out_size windows and the whole input."""
+    return max(pad_before + size, (out_size - 1) * stride + dilation * (kernel - 1) + 1)
+
+
+def _conv2d_tap(axis_offset, out_size, stride):
+    return slice(axis_offset, axis_offset + (out_size - 1) * stride + 1, stride)
+
+
+def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    batch, height, width, channels_in = x.shape
+    kernel_h, kernel_w, group_in, channels_out = weight.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    group_out = channels_out // groups
+    padded = np.zeros((batch, _conv2d_padded_extent(height, padding[0], out_h, stride[0], kernel_h, dilation[0]),
+                       _conv2d_padded_extent(width, padding[1], out_w, stride[1], kernel_w, dilation[1]),
+                       channels_in), dtype=x.dtype)
+    padded[:, padding[0]:padding[0] + height, padding[1]:padding[1] + width] = x
+    result = np.zeros(out.shape, dtype=x.dtype)
+    for g in range(groups):
+        cin, cout = slice(g * group_in, (g + 1) * group_in), slice(g * group_out, (g + 1) * group_out)
+        for kh in range(kernel_h):
+            for kw in range(kernel_w):
+                window = padded[:, _conv2d_tap(kh * dilation[0], out_h, stride[0]),
+                                _conv2d_tap(kw * dilation[1], out_w, stride[1]), cin]
+                result[..., cout] += window @ weight[kh, kw, :, cout]
+    if bias is not None:
+        result += bias
+    out[...] = result
+    return out
+
+
+def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    batch, height, width, channels_in = out.shape
+    kernel_h, kernel_w, group_in, channels_out = weight.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    group_out = channels_out // groups
+    padded = np.zeros((batch, _conv2d_padded_extent(height, padding[0], out_h, stride[0], kernel_h, dilation[0]),
+                       _conv2d_padded_extent(width, padding[1], out_w, stride[1], kernel_w, dilation[1]),
+                       channels_in), dtype=out.dtype)
+    for g in range(groups):
+        cin, cout = slice(g * group_in, (g + 1) * group_in), slice(g * group_out, (g + 1) * group_out)
+        for kh in range(kernel_h):
+            for kw in range(kernel_w):
+                padded[:, _conv2d_tap(kh * dilation[0], out_h, stride[0]),
+                       _conv2d_tap(kw * dilation[1], out_w, stride[1]), cin] += \
+                    grad_out[..., cout] @ weight[kh, kw, :, cout].T
+    out[...] = padded[:, padding[0]:padding[0] + height, padding[1]:padding[1] + width]
+    return out
+
+
+def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    batch, height, width, channels_in = x.shape
+    kernel_h, kernel_w, group_in, channels_out = out.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    group_out = channels_out // groups
+    padded = np.zeros((batch, _conv2d_padded_extent(height, padding[0], out_h, stride[0], kernel_h, dilation[0]),
+                       _conv2d_padded_extent(width, padding[1], out_w, stride[1], kernel_w, dilation[1]),
+                       channels_in), dtype=x.dtype)
+    padded[:, padding[0]:padding[0] + height, padding[1]:padding[1] + width] = x
+    for g in range(groups):
+        cin, cout = slice(g * group_in, (g + 1) * group_in), slice(g * group_out, (g + 1) * group_out)
+        for kh in range(kernel_h):
+            for kw in range(kernel_w):
+                window = padded[:, _conv2d_tap(kh * dilation[0], out_h, stride[0]),
+                                _conv2d_tap(kw * dilation[1], out_w, stride[1]), cin]
+                out[kh, kw, :, cout] = np.einsum("nhwi,nhwo->io", window, grad_out[..., cout])
+    return out
+
+
+def conv2d_backward_bias(grad_out, out):
+    out[...] = grad_out.sum(axis=(0, 1, 2))
+    return out
+
+
 # ---- pool2d (twin of kernels/pool2d.py) ----
 
 
