@@ -46,6 +46,9 @@ class _Encoder:
                 raise TypeError(f"cannot save an object array (dtype {obj.dtype}) at {_describe(path)}: "
                                 "checkpoints hold plain numeric, bool or string arrays only, never pickle")
             return {"$": "ndarray", "k": self._store(obj)}
+        if isinstance(obj, np.ndarray):
+            raise TypeError(f"cannot save an array subclass {kind.__module__}.{kind.__qualname__} at "
+                            f"{_describe(path)}: convert it with np.asarray() first")
         if isinstance(obj, np.generic):
             if obj.dtype.hasobject:
                 raise TypeError(f"cannot save a numpy object scalar at {_describe(path)}")
