@@ -8,6 +8,10 @@ __version__ = "0.1.0"
 __all__ = ["GradcheckError", "Tensor", "enable_grad", "functional", "get_num_threads", "gradcheck",
            "is_grad_enabled", "manual_seed", "no_grad", "set_num_threads"]
 
+from . import nn, optim  # noqa: E402  (layer 6: modules, optimizers, schedulers)
+
+__all__ += ["nn", "optim"]
+
 from . import data  # noqa: E402  (layer 7: datasets, DataLoader, transforms)
 from .io import load, save  # noqa: E402
 
