@@ -138,6 +138,17 @@ def test_generic_dataset_matches_array_fast_path():
         assert ys.dtype == np.int64
 
 
+def test_array_dataset_batches_never_go_item_by_item(monkeypatch):
+    dataset = _dataset(9)
+
+    def item_by_item(self, index):
+        raise AssertionError("the ArrayDataset fast path must gather a batch with one fancy index")
+
+    monkeypatch.setattr(ArrayDataset, "__getitem__", item_by_item)
+    batches = _epoch(DataLoader(dataset, batch_size=4, shuffle=True, seed=0))
+    assert sum(len(y) for _, y in batches) == 9
+
+
 def test_transform_receives_a_generator_and_plain_callables_work():
     dataset = _dataset(8)
     flipped = _epoch(DataLoader(dataset, batch_size=4, transform=RandomHorizontalFlip(p=1.0)))

@@ -172,6 +172,15 @@ def _metadata(document):
     return np.frombuffer(json.dumps(document).encode(), dtype=np.uint8)
 
 
+def test_save_to_a_missing_folder_or_a_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
+        save({}, tmp_path / "nowhere" / "x.ckpt")
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        save({}, tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a folder, not a checkpoint file"):
+        load(tmp_path)
+
+
 def test_load_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*absent.ckpt"):
         load(tmp_path / "absent.ckpt")
