@@ -94,7 +94,7 @@ class DataLoader:
         expected_kind = type(self._generator.bit_generator).__name__
         if not isinstance(state, dict) or state.get("bit_generator") != expected_kind:
             raise ValueError(f"DataLoader state_dict expected a {expected_kind} generator state, but got {state!r}")
-        probe = np.random.default_rng()
+        probe = np.random.Generator(type(self._generator.bit_generator)())
         try:
             probe.bit_generator.state = state
         except (TypeError, ValueError, KeyError) as error:
