@@ -6,7 +6,10 @@ public function writes into a caller-supplied array `out` (so a memory planner c
 buffer) and returns it. The caller validates shapes; `_check_*` only guards against out-of-bounds access.
 """
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
 
@@ -154,6 +157,217 @@ def _backward_bias_kernel(grad_out, out):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Fast path (float32, groups=1): the innermost tile is spelled out in LLVM IR so its accumulators stay in
+# vector registers. A forward tile is 8 output pixels x 32 output channels: per input channel, two <16 x float>
+# weight loads and 8 broadcast input values feed 16 fused multiply-adds. Tiles at the right/bottom edges are
+# shifted back to overlap their neighbour (recomputing identical values) instead of needing remainder code.
+# ---------------------------------------------------------------------------------------------------------
+
+LANES = 16
+TILE_PIXELS = 8
+TILE_CHANNELS = 2 * LANES
+WEIGHT_TILE_ROWS = 8
+_INDEX = ir.IntType(64)
+
+
+def _vector_fma(builder):
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), "llvm.fma.v16f32")
+
+
+def _element_pointer(context, builder, array_type, array_value, offset):
+    data = context.make_array(array_type)(context, builder, array_value).data
+    return builder.gep(data, [offset])
+
+
+def _load_vector(builder, pointer):
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=4)
+
+
+def _store_vector(builder, value, pointer):
+    builder.store(value, builder.bitcast(pointer, value.type.as_pointer()), align=4)
+
+
+def _broadcast(builder, scalar):
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    single = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+@intrinsic
+def _forward_tile(typingctx, out, out_offset, x, x_offset, x_pixel_step, weight, weight_offset, bias, bias_offset,
+                  kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in, channels_out):
+    """out[p, 0:32] = bias[0:32] + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] * weight[taps, ci, 0:32]
+    for the 8 pixels p of one tile; offsets and steps count float32 elements, the row step of weight and out
+    is channels_out."""
+    index = types.intp
+    signature = types.void(out, index, x, index, index, weight, index, bias, index, index, index, index, index, index,
+                           index, index)
+
+    def codegen(context, builder, sig, args):
+        (out_value, out_offset, x_value, x_offset, x_pixel_step, weight_value, weight_offset, bias_value, bias_offset,
+         kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in, channels_out) = args
+        fma = _vector_fma(builder)
+        out_pointer = _element_pointer(context, builder, sig.args[0], out_value, out_offset)
+        x_pointer = _element_pointer(context, builder, sig.args[2], x_value, x_offset)
+        weight_pointer = _element_pointer(context, builder, sig.args[5], weight_value, weight_offset)
+        bias_pointer = _element_pointer(context, builder, sig.args[7], bias_value, bias_offset)
+        lane_step = ir.Constant(_INDEX, LANES)
+        bias_vectors = [_load_vector(builder, bias_pointer), _load_vector(builder, builder.gep(bias_pointer, [lane_step]))]
+        accumulators = []
+        for _ in range(TILE_PIXELS):
+            for v in range(2):
+                slot = cgutils.alloca_once(builder, bias_vectors[v].type)
+                builder.store(bias_vectors[v], slot)
+                accumulators.append(slot)
+        with cgutils.for_range(builder, kernel_h) as tap_h:
+            with cgutils.for_range(builder, kernel_w) as tap_w:
+                x_tap = builder.gep(x_pointer, [builder.add(builder.mul(tap_h.index, x_tap_h_step),
+                                                            builder.mul(tap_w.index, x_tap_w_step))])
+                tap = builder.add(builder.mul(tap_h.index, kernel_w), tap_w.index)
+                weight_tap = builder.gep(weight_pointer, [builder.mul(tap, weight_tap_step)])
+                with cgutils.for_range(builder, channels_in) as channel:
+                    weight_row = builder.gep(weight_tap, [builder.mul(channel.index, channels_out)])
+                    weights = [_load_vector(builder, weight_row),
+                               _load_vector(builder, builder.gep(weight_row, [lane_step]))]
+                    x_channel = builder.gep(x_tap, [channel.index])
+                    for p in range(TILE_PIXELS):
+                        pixel = builder.mul(x_pixel_step, ir.Constant(_INDEX, p))
+                        value = _broadcast(builder, builder.load(builder.gep(x_channel, [pixel])))
+                        for v in range(2):
+                            slot = accumulators[2 * p + v]
+                            builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
+        for p in range(TILE_PIXELS):
+            out_pixel = builder.gep(out_pointer, [builder.mul(channels_out, ir.Constant(_INDEX, p))])
+            for v in range(2):
+                _store_vector(builder, builder.load(accumulators[2 * p + v]),
+                              builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def _weight_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                 grad_out_offset, grad_out_row_step, rows, columns, channels_out):
+    """grad_weight[r, 0:32] += sum over (row, column) of x[row, column, r] * grad_out[row, column, 0:32] for the
+    8 input channels r of one tile; grad_out pixels are channels_out apart, grad_weight rows too."""
+    index = types.intp
+    signature = types.void(grad_weight, index, x, index, index, index, grad_out, index, index, index, index, index)
+
+    def codegen(context, builder, sig, args):
+        (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
+         grad_out_offset, grad_out_row_step, rows, columns, channels_out) = args
+        fma = _vector_fma(builder)
+        grad_weight_pointer = _element_pointer(context, builder, sig.args[0], grad_weight_value, grad_weight_offset)
+        x_pointer = _element_pointer(context, builder, sig.args[2], x_value, x_offset)
+        grad_out_pointer = _element_pointer(context, builder, sig.args[6], grad_out_value, grad_out_offset)
+        lane_step = ir.Constant(_INDEX, LANES)
+        accumulators = []
+        for r in range(WEIGHT_TILE_ROWS):
+            row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(_INDEX, r))])
+            for v in range(2):
+                current = _load_vector(builder, builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
+                slot = cgutils.alloca_once(builder, current.type)
+                builder.store(current, slot)
+                accumulators.append((slot, row_pointer, v))
+        with cgutils.for_range(builder, rows) as row:
+            x_row = builder.gep(x_pointer, [builder.mul(row.index, x_row_step)])
+            grad_row = builder.gep(grad_out_pointer, [builder.mul(row.index, grad_out_row_step)])
+            with cgutils.for_range(builder, columns) as column:
+                x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
+                grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
+                grads = [_load_vector(builder, grad_pixel), _load_vector(builder, builder.gep(grad_pixel, [lane_step]))]
+                for r in range(WEIGHT_TILE_ROWS):
+                    value = _broadcast(builder, builder.load(builder.gep(x_pixel, [ir.Constant(_INDEX, r)])))
+                    for v in range(2):
+                        slot = accumulators[2 * r + v][0]
+                        builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
+        for slot, row_pointer, v in accumulators:
+            _store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@parallel_jit
+def _pad_nhwc(x, pad_top, pad_left, out):
+    """Copy x into the zero-filled frame out at (pad_top, pad_left); out may extend past x on every side."""
+    batch, height, width, _ = x.shape
+    padded_h, padded_w = out.shape[1], out.shape[2]
+    first_col = min(max(pad_left, 0), padded_w)
+    last_col = min(max(pad_left + width, first_col), padded_w)
+    for job in prange(batch * padded_h):
+        n = job // padded_h
+        row = job % padded_h
+        ih = row - pad_top
+        if ih < 0 or ih >= height:
+            out[n, row] = 0.0
+            continue
+        out[n, row, :first_col] = 0.0
+        out[n, row, first_col:last_col] = x[n, ih, first_col - pad_left:last_col - pad_left]
+        out[n, row, last_col:] = 0.0
+
+
+@parallel_jit
+def _forward_fast(padded, weight, bias, out, stride_h, stride_w, dilation_h, dilation_w):
+    _, padded_h, padded_w, channels_in = padded.shape
+    kernel_h, kernel_w, _, channels_out = weight.shape
+    batch, out_h, out_w, _ = out.shape
+    x_pixel_step = stride_w * channels_in
+    x_tap_h_step = dilation_h * padded_w * channels_in
+    x_tap_w_step = dilation_w * channels_in
+    weight_tap_step = channels_in * channels_out
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oh = job % out_h
+        x_row = (n * padded_h + oh * stride_h) * padded_w * channels_in
+        out_row = (n * out_h + oh) * out_w * channels_out
+        for co_block in range(0, channels_out, TILE_CHANNELS):
+            co = min(co_block, channels_out - TILE_CHANNELS)
+            for ow_block in range(0, out_w, TILE_PIXELS):
+                ow = min(ow_block, out_w - TILE_PIXELS)
+                _forward_tile(out, out_row + ow * channels_out + co, padded, x_row + ow * x_pixel_step, x_pixel_step,
+                              weight, co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                              channels_in, channels_out)
+
+
+@parallel_jit
+def _backward_weight_fast(padded, grad_out, out, stride_h, stride_w, dilation_h, dilation_w):
+    _, padded_h, padded_w, channels_in = padded.shape
+    kernel_h, kernel_w, _, channels_out = out.shape
+    batch, out_h, out_w, _ = grad_out.shape
+    rows = batch * out_h
+    chunks = min(rows, MAX_REDUCTION_CHUNKS)
+    partials = np.zeros((chunks, kernel_h, kernel_w, channels_in, channels_out), dtype=out.dtype)
+    x_pixel_step = stride_w * channels_in
+    x_row_step = stride_h * padded_w * channels_in
+    grad_row_step = out_w * channels_out
+    chunk_size = kernel_h * kernel_w * channels_in * channels_out
+    for chunk in prange(chunks):
+        first, last = _chunk_bounds(rows, chunks, chunk)
+        r = first
+        while r < last:
+            n = r // out_h
+            oh = r % out_h
+            span = min(last - r, out_h - oh)
+            for kh in range(kernel_h):
+                for kw in range(kernel_w):
+                    x_start = ((n * padded_h + oh * stride_h + kh * dilation_h) * padded_w
+                               + kw * dilation_w) * channels_in
+                    tap_start = chunk * chunk_size + (kh * kernel_w + kw) * channels_in * channels_out
+                    for ci in range(0, channels_in, WEIGHT_TILE_ROWS):
+                        for co in range(0, channels_out, TILE_CHANNELS):
+                            _weight_tile(partials, tap_start + ci * channels_out + co, padded, x_start + ci,
+                                         x_pixel_step, x_row_step, grad_out, r * grad_row_step + co, grad_row_step,
+                                         span, out_w, channels_out)
+            r += span
+    _sum_partials(partials, out)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Public entry points: shape guards, contiguity, then the fastest kernel that applies.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -182,6 +396,34 @@ def _check_out(out, shape, dtype):
            "out must be a writeable C-contiguous array of the input dtype")
 
 
+def uses_fast_forward(dtype, weight_shape, out_shape, groups):
+    """Whether conv2d_forward takes the register-tiled path: it needs whole 8-pixel x 32-channel tiles."""
+    return dtype == np.float32 and groups == 1 and weight_shape[3] >= TILE_CHANNELS and out_shape[2] >= TILE_PIXELS
+
+
+def uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
+    """Whether conv2d_backward_input runs as a register-tiled forward convolution of grad_out."""
+    return (dtype == np.float32 and groups == 1 and tuple(stride) == (1, 1)
+            and padding[0] <= dilation[0] * (weight_shape[0] - 1) and padding[1] <= dilation[1] * (weight_shape[1] - 1)
+            and x_shape[3] >= TILE_CHANNELS and x_shape[2] >= TILE_PIXELS)
+
+
+def uses_fast_backward_weight(dtype, weight_shape, groups):
+    """Whether conv2d_backward_weight takes the register-tiled path: whole 8 x 32 (C_in, C_out) tiles."""
+    return (dtype == np.float32 and groups == 1 and weight_shape[2] % WEIGHT_TILE_ROWS == 0
+            and weight_shape[3] % TILE_CHANNELS == 0)
+
+
+def _padded_frame(x, weight_shape, out_shape, stride, padding, dilation):
+    """x zero-padded to hold every tap of every output pixel, so the fast kernels need no bounds checks."""
+    extents = [max(padding[axis] + x.shape[1 + axis],
+                   (out_shape[1 + axis] - 1) * stride[axis] + dilation[axis] * (weight_shape[axis] - 1) + 1)
+               for axis in (0, 1)]
+    padded = np.empty((x.shape[0], extents[0], extents[1], x.shape[3]), x.dtype)
+    _pad_nhwc(x, padding[0], padding[1], padded)
+    return padded
+
+
 def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """out[n, oh, ow, co] = bias[co] + sum over taps and the group's input channels of x * weight."""
     dtype = x.dtype
@@ -191,8 +433,13 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     if bias is not None:
         _guard(bias.shape == (weight.shape[3],), f"bias shape {bias.shape}")
         bias = _contiguous(bias, dtype)
-    _forward_general(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                     groups)
+    if uses_fast_forward(dtype, weight.shape, out.shape, groups):
+        padded = _padded_frame(x, weight.shape, out.shape, stride, padding, dilation)
+        _forward_fast(padded, weight, np.zeros(weight.shape[3], dtype) if bias is None else bias, out,
+                      stride[0], stride[1], dilation[0], dilation[1])
+    else:
+        _forward_general(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                         dilation[1], groups)
     return out
 
 
@@ -203,8 +450,21 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == out.shape[0] and grad_out.shape[3] == weight.shape[3], "grad_out shape")
     grad_out, weight = _contiguous(grad_out, dtype), _contiguous(weight, dtype)
-    _backward_input_general(grad_out, weight, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                            dilation[1], groups)
+    kernel_h, kernel_w = weight.shape[:2]
+    # With stride 1 the input gradient is a forward convolution of grad_out, padded by the dilated kernel
+    # extent minus the forward padding, with the kernel flipped and its channel axes swapped.
+    pad_top = dilation[0] * (kernel_h - 1) - padding[0]
+    pad_left = dilation[1] * (kernel_w - 1) - padding[1]
+    if uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups):
+        frame = (out.shape[0], out.shape[1] + dilation[0] * (kernel_h - 1),
+                 out.shape[2] + dilation[1] * (kernel_w - 1), grad_out.shape[3])
+        padded = np.empty(frame, dtype)
+        _pad_nhwc(grad_out, pad_top, pad_left, padded)
+        flipped = np.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2))
+        _forward_fast(padded, flipped, np.zeros(out.shape[3], dtype), out, 1, 1, dilation[0], dilation[1])
+    else:
+        _backward_input_general(grad_out, weight, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                                dilation[1], groups)
     return out
 
 
@@ -215,8 +475,12 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == x.shape[0] and grad_out.shape[3] == out.shape[3], "grad_out shape")
     x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
-    _backward_weight_general(x, grad_out, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                             dilation[1], groups)
+    if uses_fast_backward_weight(dtype, out.shape, groups):
+        padded = _padded_frame(x, out.shape, grad_out.shape, stride, padding, dilation)
+        _backward_weight_fast(padded, grad_out, out, stride[0], stride[1], dilation[0], dilation[1])
+    else:
+        _backward_weight_general(x, grad_out, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                                 dilation[1], groups)
     return out
 
 

@@ -24,7 +24,12 @@ CASES = [
     (1, 12, 12, 8, 32, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 1),         # fast-path shape, stride 2
     (1, 10, 11, 9, 33, (3, 3), (1, 1), (2, 1, 1, 2), (2, 1), 1),         # fast-path shape, dilation, asym pad
     (2, 8, 8, 16, 32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (1, 9, 10, 32, 32, (3, 2), (1, 1), (1, 0, 0, 1), (2, 1), 1),         # fast backward-input, dilation, asym
+    (2, 6, 9, 40, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # fast paths, overlapping edge tiles
 ]
+FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16)]
+FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16)]
+FAST_BACKWARD_WEIGHT = [CASES[i] for i in (12, 14, 15, 16)]
 
 
 def _geometry(case):
@@ -82,6 +87,18 @@ def test_backward_bias_matches_reference(dtype):
     dy = np.random.default_rng(1).standard_normal((3, 5, 7, 6)).astype(dtype)
     got = kernels.conv2d_backward_bias(dy, np.empty(6, dtype))
     np.testing.assert_allclose(got, reference.conv2d_backward_bias(dy, np.empty(6, dtype)), **_tolerance(dtype))
+
+
+def test_fast_path_cases_take_the_fast_paths():
+    """The table above must keep exercising the register-tiled kernels, not only the general ones."""
+    for case in CASES:
+        x_shape, w_shape, y_shape = _geometry(case)
+        options = _options(case)
+        assert kernels.uses_fast_forward(np.float32, w_shape, y_shape, options["groups"]) == (case in FAST_FORWARD)
+        assert kernels.uses_fast_backward_input(np.float32, w_shape, x_shape, options["stride"], options["padding"],
+                                                options["dilation"], options["groups"]) == (case in FAST_BACKWARD_INPUT)
+        assert kernels.uses_fast_backward_weight(np.float32, w_shape, options["groups"]) == (case in FAST_BACKWARD_WEIGHT)
+        assert not kernels.uses_fast_forward(np.float64, w_shape, y_shape, options["groups"])
 
 
 def test_non_contiguous_operands_are_accepted():
