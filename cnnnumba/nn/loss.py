@@ -2,7 +2,6 @@
 import warnings
 
 from .. import functional as F
-from ..autograd.tensor import Tensor
 from .module import Module
 
 
@@ -33,14 +32,8 @@ class CrossEntropyLoss(_Loss):
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
 
     def forward(self, input, target):
-        # pass the optional arguments only when used, so a cross_entropy without them still serves the common case
-        options = {}
-        if self.weight is not None:
-            options["weight"] = Tensor(self.weight)
-        if self.ignore_index != -100:
-            options["ignore_index"] = self.ignore_index
-        return F.cross_entropy(input, target, reduction=self.reduction, label_smoothing=self.label_smoothing,
-                               **options)
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
 
 
 class MSELoss(_Loss):

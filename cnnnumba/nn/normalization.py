@@ -11,11 +11,12 @@ from .parameter import Parameter
 class BatchNorm2d(Module):
     """PyTorch's BatchNorm2d: batch statistics in training, running statistics in eval (when tracked).
 
-    momentum=None averages all batches seen so far (cumulative moving average), as in PyTorch.
+    momentum=None averages all batches seen so far (cumulative moving average), as in PyTorch; bias=False
+    (keyword-only, PyTorch 2.13) keeps the scale but drops the shift.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
-                 dtype=None):
+                 dtype=None, *, bias=True):
         super().__init__()
         check_device(device)
         dtype = factory_dtype(dtype)
@@ -24,7 +25,10 @@ class BatchNorm2d(Module):
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
             self.weight = Parameter(np.empty(self.num_features, dtype=dtype))
-            self.bias = Parameter(np.empty(self.num_features, dtype=dtype))
+            if bias:
+                self.bias = Parameter(np.empty(self.num_features, dtype=dtype))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -48,7 +52,8 @@ class BatchNorm2d(Module):
         self.reset_running_stats()
         if self.affine:
             init.ones_(self.weight)
-            init.zeros_(self.bias)
+            if self.bias is not None:
+                init.zeros_(self.bias)
 
     def forward(self, input):
         if input.ndim != 4:
@@ -66,4 +71,4 @@ class BatchNorm2d(Module):
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
