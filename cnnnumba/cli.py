@@ -161,7 +161,8 @@ def run_info():
     import cnnnumba as cn
     from .kernels.elementwise import relu_forward
 
-    relu_forward(np.zeros(4096, dtype=np.float32))  # a parallel kernel must run before the threading layer is known
+    probe = np.zeros(1 << 20, dtype=np.float32)
+    relu_forward(probe, probe)  # a parallel kernel must run before Numba can name its threading layer
     features = sorted(f[1:] for f in llvm.get_host_cpu_features().flatten().split(",") if f.startswith("+"))
     simd = [f for f in features if f.startswith(("sse", "avx", "fma", "neon", "sve"))]
     cache = numba.config.CACHE_DIR or os.path.join(os.path.dirname(cn.__file__), "**", "__pycache__")

@@ -1,0 +1,80 @@
+"""The training loop: learning on the digits, exact resume, non-finite losses, evaluation."""
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba import models, optim, train
+from cnnnumba.data import ArrayDataset, DataLoader, load_digits
+
+
+def _setup(seed=0, dropout=False):
+    cn.manual_seed(seed)
+    train_set, test_set = load_digits()
+    model = models.small_cnn()
+    if dropout:
+        model = cn.nn.Sequential(*list(model)[:-1], cn.nn.Dropout(0.2), list(model)[-1])
+    optimizer = optim.Adam(model.parameters(), lr=2e-3)
+    loader = DataLoader(train_set, batch_size=64, shuffle=True, seed=seed)
+    return model, optimizer, loader, DataLoader(test_set, batch_size=256)
+
+
+@pytest.mark.slow
+def test_a_short_run_on_the_digits_reaches_95_percent():
+    model, optimizer, loader, test_loader = _setup()
+    history = train.fit(model, optimizer, loader, 4, test_loader=test_loader, progress=False, log=None)
+    assert len(history) == 4
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] >= 0.95
+    assert train.evaluate(model, test_loader)["accuracy"] == history[-1]["test_accuracy"]
+
+
+def test_resuming_from_a_checkpoint_equals_training_straight_through(tmp_path):
+    path = tmp_path / "state.ckpt"
+    model, optimizer, loader, _ = _setup(dropout=True)
+    scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    train.fit(model, optimizer, loader, 2, scheduler=scheduler, checkpoint_path=path, progress=False, log=None)
+    straight = train.fit(model, optimizer, loader, 4, scheduler=scheduler, start_epoch=2, progress=False, log=None)
+
+    cn.manual_seed(123)  # a resumed process starts with an unrelated random state
+    resumed_model, resumed_optimizer, resumed_loader, _ = _setup(seed=7, dropout=True)
+    resumed_scheduler = optim.lr_scheduler.StepLR(resumed_optimizer, step_size=1, gamma=0.5)
+    epoch, history = train.load_training_state(path, resumed_model, resumed_optimizer, resumed_scheduler,
+                                               resumed_loader)
+    assert epoch == 2 and len(history) == 2
+    resumed = train.fit(resumed_model, resumed_optimizer, resumed_loader, 4, scheduler=resumed_scheduler,
+                        start_epoch=epoch, history=history, progress=False, log=None)
+    assert len(resumed) == 4
+    assert [r["train_loss"] for r in resumed[2:]] == [r["train_loss"] for r in straight]
+    for (name, expected), actual in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+
+
+def test_a_non_finite_loss_stops_training_and_writes_no_checkpoint(tmp_path):
+    model, optimizer, _, _ = _setup()
+    images = np.full((8, 1, 8, 8), np.nan, np.float32)
+    loader = DataLoader(ArrayDataset(images, np.zeros(8, np.int64)), batch_size=4)
+    path = tmp_path / "never.ckpt"
+    with pytest.raises(train.NonFiniteLossError, match="the training loss became nan at epoch 1, step 1"):
+        train.fit(model, optimizer, loader, 1, checkpoint_path=path, progress=False, log=None)
+    assert not path.exists()
+
+
+def test_a_bare_state_dict_is_not_taken_for_a_training_state(tmp_path):
+    model, optimizer, loader, _ = _setup()
+    cn.save(model.state_dict(), tmp_path / "weights.ckpt")
+    with pytest.raises(ValueError, match="not a cnnnumba training state"):
+        train.load_training_state(tmp_path / "weights.ckpt", model, optimizer, None, loader)
+
+
+def test_fit_rejects_a_bad_epoch_count():
+    model, optimizer, loader, _ = _setup()
+    with pytest.raises(ValueError, match="epochs must be a non-negative int, but got -1"):
+        train.fit(model, optimizer, loader, -1)
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    history = [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.1, "test_accuracy": 0.4},
+               {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8, "test_loss": 0.6, "test_accuracy": 0.7}]
+    train.plot_history(history, tmp_path / "history.png")
+    assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
