@@ -312,6 +312,27 @@ def _pad_nhwc(x, pad_top, pad_left, out):
 
 
 @parallel_jit
+def _im2col(padded, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, out):
+    """out[n, oh, ow, (kh * kW + kw) * C + c] = the tap (kh, kw) of channel c under output pixel (oh, ow); the
+    columns past kH * kW * C (padding up to a whole tile) are zero."""
+    channels = padded.shape[3]
+    batch, out_h, out_w, columns = out.shape
+    used = kernel_h * kernel_w * channels
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oh = job % out_h
+        for ow in range(out_w):
+            for kh in range(kernel_h):
+                for kw in range(kernel_w):
+                    start = (kh * kernel_w + kw) * channels
+                    for c in range(channels):
+                        out[n, oh, ow, start + c] = padded[n, oh * stride_h + kh * dilation_h,
+                                                           ow * stride_w + kw * dilation_w, c]
+            for column in range(used, columns):
+                out[n, oh, ow, column] = 0.0
+
+
+@parallel_jit
 def _forward_fast(padded, weight, bias, out, stride_h, stride_w, dilation_h, dilation_w):
     _, padded_h, padded_w, channels_in = padded.shape
     kernel_h, kernel_w, _, channels_out = weight.shape
@@ -396,6 +417,21 @@ def _check_out(out, shape, dtype):
            "out must be a writeable C-contiguous array of the input dtype")
 
 
+def _uses_im2col(weight_shape):
+    """Few input channels make short inner loops; folding the taps into the channel axis lengthens them."""
+    return weight_shape[2] < WEIGHT_TILE_ROWS and weight_shape[0] * weight_shape[1] * weight_shape[2] <= 64
+
+
+def _im2col_frame(x, weight_shape, out_shape, stride, padding, dilation):
+    """x as (N, H_out, W_out, kH * kW * C rounded up to a whole tile of 8) patches, for a 1x1 convolution."""
+    padded = _padded_frame(x, weight_shape, out_shape, stride, padding, dilation)
+    used = weight_shape[0] * weight_shape[1] * weight_shape[2]
+    columns = -(-used // WEIGHT_TILE_ROWS) * WEIGHT_TILE_ROWS
+    patches = np.empty((x.shape[0], out_shape[1], out_shape[2], columns), x.dtype)
+    _im2col(padded, weight_shape[0], weight_shape[1], stride[0], stride[1], dilation[0], dilation[1], patches)
+    return patches, used
+
+
 def uses_fast_forward(dtype, weight_shape, out_shape, groups):
     """Whether conv2d_forward takes the register-tiled path: it needs whole 8-pixel x 32-channel tiles."""
     return dtype == np.float32 and groups == 1 and weight_shape[3] >= TILE_CHANNELS and out_shape[2] >= TILE_PIXELS
@@ -410,8 +446,8 @@ def uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dila
 
 def uses_fast_backward_weight(dtype, weight_shape, groups):
     """Whether conv2d_backward_weight takes the register-tiled path: whole 8 x 32 (C_in, C_out) tiles."""
-    return (dtype == np.float32 and groups == 1 and weight_shape[2] % WEIGHT_TILE_ROWS == 0
-            and weight_shape[3] % TILE_CHANNELS == 0)
+    return (dtype == np.float32 and groups == 1 and weight_shape[3] % TILE_CHANNELS == 0
+            and (weight_shape[2] % WEIGHT_TILE_ROWS == 0 or _uses_im2col(weight_shape)))
 
 
 def _padded_frame(x, weight_shape, out_shape, stride, padding, dilation):
@@ -434,9 +470,15 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         _guard(bias.shape == (weight.shape[3],), f"bias shape {bias.shape}")
         bias = _contiguous(bias, dtype)
     if uses_fast_forward(dtype, weight.shape, out.shape, groups):
-        padded = _padded_frame(x, weight.shape, out.shape, stride, padding, dilation)
-        _forward_fast(padded, weight, np.zeros(weight.shape[3], dtype) if bias is None else bias, out,
-                      stride[0], stride[1], dilation[0], dilation[1])
+        bias = np.zeros(weight.shape[3], dtype) if bias is None else bias
+        if _uses_im2col(weight.shape):
+            patches, used = _im2col_frame(x, weight.shape, out.shape, stride, padding, dilation)
+            folded = np.zeros((1, 1, patches.shape[3], weight.shape[3]), dtype)
+            folded[0, 0, :used] = weight.reshape(used, weight.shape[3])
+            _forward_fast(patches, folded, bias, out, 1, 1, 1, 1)
+        else:
+            padded = _padded_frame(x, weight.shape, out.shape, stride, padding, dilation)
+            _forward_fast(padded, weight, bias, out, stride[0], stride[1], dilation[0], dilation[1])
     else:
         _forward_general(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
                          dilation[1], groups)
@@ -476,8 +518,14 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     _guard(grad_out.shape[0] == x.shape[0] and grad_out.shape[3] == out.shape[3], "grad_out shape")
     x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
     if uses_fast_backward_weight(dtype, out.shape, groups):
-        padded = _padded_frame(x, out.shape, grad_out.shape, stride, padding, dilation)
-        _backward_weight_fast(padded, grad_out, out, stride[0], stride[1], dilation[0], dilation[1])
+        if _uses_im2col(out.shape):
+            patches, used = _im2col_frame(x, out.shape, grad_out.shape, stride, padding, dilation)
+            folded = np.empty((1, 1, patches.shape[3], out.shape[3]), dtype)
+            _backward_weight_fast(patches, grad_out, folded, 1, 1, 1, 1)
+            out[...] = folded[0, 0, :used].reshape(out.shape)
+        else:
+            padded = _padded_frame(x, out.shape, grad_out.shape, stride, padding, dilation)
+            _backward_weight_fast(padded, grad_out, out, stride[0], stride[1], dilation[0], dilation[1])
     else:
         _backward_weight_general(x, grad_out, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
                                  dilation[1], groups)

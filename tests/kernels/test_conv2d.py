@@ -26,10 +26,11 @@ CASES = [
     (2, 8, 8, 16, 32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (1, 9, 10, 32, 32, (3, 2), (1, 1), (1, 0, 0, 1), (2, 1), 1),         # fast backward-input, dilation, asym
     (2, 6, 9, 40, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # fast paths, overlapping edge tiles
+    (2, 9, 12, 2, 32, (3, 3), (2, 1), (1, 0, 2, 1), (1, 2), 1),          # few channels: im2col + 1x1 fast path
 ]
-FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16)]
+FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17)]
 FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16)]
-FAST_BACKWARD_WEIGHT = [CASES[i] for i in (12, 14, 15, 16)]
+FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 12, 14, 15, 16, 17)]
 
 
 def _geometry(case):
