@@ -31,7 +31,7 @@ SGD_CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", [kernels.sgd_update, kernels.sgd_update_parallel])
-@pytest.mark.parametrize("n", [1, 7, 3 * kernels.CHUNK + 5])
+@pytest.mark.parametrize("n", [1, 7, 40_003])
 @pytest.mark.parametrize("momentum,dampening,weight_decay,nesterov,maximize,first_step", SGD_CASES)
 def test_sgd_update_matches_reference(dtype, kernel, n, momentum, dampening, weight_decay, nesterov, maximize,
                                       first_step):
@@ -57,7 +57,7 @@ ADAM_CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel", [kernels.adam_update, kernels.adam_update_parallel])
-@pytest.mark.parametrize("n", [1, 7, 3 * kernels.CHUNK + 5])
+@pytest.mark.parametrize("n", [1, 7, 40_003])
 @pytest.mark.parametrize("beta1,weight_decay,decay_factor,amsgrad,maximize", ADAM_CASES)
 def test_adam_update_matches_reference(dtype, kernel, n, beta1, weight_decay, decay_factor, amsgrad, maximize):
     param, grad, exp_avg = _arrays(n, dtype, 3)
@@ -75,7 +75,7 @@ def test_adam_update_matches_reference(dtype, kernel, n, beta1, weight_decay, de
 
 
 def test_parallel_updates_do_not_depend_on_thread_count():
-    n = 4 * kernels.CHUNK + 3
+    n = 50_003
     results = []
     previous = cn.get_num_threads()
     try:
