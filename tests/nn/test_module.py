@@ -212,3 +212,9 @@ def test_parameter_is_a_tensor_that_requires_grad():
     assert repr(param).startswith("Parameter containing:\nTensor(")
     with pytest.raises(TypeError, match="only float32 and float64"):
         nn.Parameter(np.zeros(3, dtype=np.int64))
+
+
+def test_nn_functional_is_the_functional_api():
+    import cnnnumba.nn.functional as nnF
+
+    assert nnF.relu is F.relu and nnF.conv2d is F.conv2d and set(nnF.__all__) == set(F.__all__)

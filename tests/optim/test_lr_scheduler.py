@@ -120,3 +120,18 @@ def _sgd(**options):
 def test_bad_arguments(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def test_optimizer_and_scheduler_state_survive_a_checkpoint_file(tmp_path):
+    import cnnnumba as cn
+
+    optimizer, scheduler = _cn_setup("onecycle_adam_linear")
+    expected = _trace(optimizer, scheduler, 12)[5:]
+    optimizer, scheduler = _cn_setup("onecycle_adam_linear")
+    _trace(optimizer, scheduler, 5)
+    cn.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp_path / "state.npz")
+    saved = cn.load(tmp_path / "state.npz")
+    resumed_optimizer, resumed_scheduler = _cn_setup("onecycle_adam_linear")
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed_scheduler.load_state_dict(saved["scheduler"])
+    assert _trace(resumed_optimizer, resumed_scheduler, 7) == expected
