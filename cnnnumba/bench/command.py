@@ -1,0 +1,110 @@
+"""`cnnnumba bench`: its arguments, and the run that prints the table and writes the JSON and the plot."""
+import argparse
+import importlib.util
+import os
+import sys
+
+from .runners import MODEL_INPUTS
+
+DEFAULTS = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64, 256], "modes": ["train", "inference"],
+            "steps": 20, "warmup": 3, "peak_size": 2048, "peak_repeats": 10}
+QUICK = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64], "modes": ["train", "inference"],
+         "steps": 5, "warmup": 1, "peak_size": 1024, "peak_repeats": 5}
+PROFILE_MODEL = "cifar-cnn"
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {value}")
+    return value
+
+
+def add_parser(commands):
+    """Add the `bench` subcommand to the `cnnnumba` command's subparsers."""
+    bench = commands.add_parser(
+        "bench", help="compare training and inference speed with PyTorch (or --profile one training step)",
+        description="Run the benchmark models in cnnnumba and PyTorch side by side (same weights, batches and "
+                    "threads) and report ms/step, images/s, GFLOP/s and %% of the sgemm peak.")
+    bench.add_argument("--models", nargs="+", choices=sorted(MODEL_INPUTS), metavar="MODEL",
+                       help=f"models to run, of {', '.join(sorted(MODEL_INPUTS))} (default: lenet5 cifar-cnn; "
+                            f"{PROFILE_MODEL} for --profile)")
+    bench.add_argument("--batch-size", nargs="+", type=_positive_int, dest="batch_sizes", metavar="N",
+                       help="batch sizes (default: 64 256; 64 with --quick or --profile)")
+    bench.add_argument("--modes", nargs="+", choices=["train", "inference"],
+                       help="training step and/or inference (default: both)")
+    bench.add_argument("--steps", type=_positive_int, help="timed steps; the median is reported (default: 20)")
+    bench.add_argument("--warmup", type=_non_negative_int, help="untimed steps after the first (default: 3)")
+    bench.add_argument("--threads", type=_positive_int, help="threads for every framework (default: all cores)")
+    bench.add_argument("--eager", action="store_true", help="run cnnnumba eagerly even where graph capture exists")
+    bench.add_argument("--no-torch", action="store_true", help="run cnnnumba alone")
+    bench.add_argument("--torch-compile", action="store_true", help="add torch.compile (where it works)")
+    bench.add_argument("--quick", action="store_true", help="a reduced set that runs in about a minute")
+    bench.add_argument("--profile", action="store_true",
+                       help="instead of the comparison, break one training step into its ops")
+    bench.add_argument("--seed", type=_non_negative_int, default=0, help="weights and batches (default: 0)")
+    bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="write a bar chart PNG (needs matplotlib)")
+    return bench
+
+
+def settings_from(args, parser):
+    """The run's settings from the arguments: explicit values over --quick's over the defaults."""
+    import numba
+
+    base = QUICK if args.quick or args.profile else DEFAULTS
+    threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        parser.error(f"argument --threads: expected at most {numba.config.NUMBA_NUM_THREADS} (the threads Numba "
+                     f"can start), but got {threads}")
+    if args.plot and args.profile:
+        parser.error("argument --plot: the plot shows the comparison; leave it out with --profile")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("argument --plot: matplotlib is not installed (pip install matplotlib)")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            parser.error(f"argument {option}: the folder of {path} does not exist")
+    default_models = [PROFILE_MODEL] if args.profile else base["models"]
+    return {"models": args.models or default_models, "batch_sizes": args.batch_sizes or base["batch_sizes"],
+            "modes": args.modes or base["modes"], "steps": args.steps or base["steps"],
+            "warmup": base["warmup"] if args.warmup is None else args.warmup, "threads": threads,
+            "eager": args.eager, "no_torch": args.no_torch, "torch_compile": args.torch_compile,
+            "quick": args.quick, "seed": args.seed, "distinct_batches": 4, "peak_size": base["peak_size"],
+            "peak_repeats": base["peak_repeats"]}
+
+
+def run(args, parser):
+    from . import harness, report
+
+    settings = settings_from(args, parser)
+    if args.profile:
+        document = harness.run_profile(settings)
+        print(report.profile_table(document))
+        failed = document["profile"]["status"] != "ok"
+    else:
+        document = harness.run_comparison(settings)
+        print()
+        print(report.comparison_table(document))
+        failed = any(record["status"] != "ok" for record in document["records"])
+    if args.json:
+        report.write_json(document, args.json)
+        print(f"results written to {args.json}")
+    if args.plot:
+        report.plot(document, args.plot)
+        print(f"plot written to {args.plot}")
+    if failed:
+        print("cnnnumba: some runs failed; see the table", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,208 @@
+"""The comparison and the profile: runs every measurement in a worker process and gathers the records."""
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+from .flops import COUNTED, model_flops
+from .worker import RESULT_MARKER
+
+SCHEMA = "cnnnumba.bench/1"
+TORCH_VARIANTS = ("nchw", "channels_last")
+WORKER_TIMEOUT_S = 1800
+
+
+def torch_version():
+    """PyTorch's version if it is installed (found without importing it), else None."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib():
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def machine_info():
+    """Where the numbers come from: CPU, cores, memory, OS and the load at the time."""
+    import llvmlite.binding as llvm
+
+    return {"cpu": _cpu_name(), "llvm_cpu": llvm.get_host_cpu_name(), "cores": os.cpu_count(),
+            "memory_gib": _memory_gib(), "platform": platform.platform(),
+            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def versions():
+    import numba
+    import numpy
+
+    import cnnnumba
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "numba": numba.__version__,
+            "cnnnumba": cnnnumba.__version__, "torch": torch_version()}
+
+
+def run_worker(spec, threads, timeout=WORKER_TIMEOUT_S):
+    """Run one measurement in a fresh process pinned to `threads` threads; returns its result dict."""
+    environment = dict(os.environ)
+    for variable in ("CNNNUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        environment[variable] = str(threads)
+    try:
+        finished = subprocess.run([sys.executable, "-m", "cnnnumba.bench.worker", json.dumps(spec)],
+                                  capture_output=True, text=True, env=environment, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "error": f"timed out after {timeout} s"}
+    for line in reversed(finished.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])
+    tail = " | ".join(finished.stderr.strip().splitlines()[-3:])
+    return {"status": "failed", "error": f"worker exited with code {finished.returncode}: {tail}"[:500]}
+
+
+def _record(spec, result, flops, peak_gflops):
+    record = {"model": spec["model"], "batch_size": spec["batch_size"], "mode": spec["mode"],
+              "framework": spec["framework"], "variant": spec.get("variant") or result.get("variant"),
+              "threads": spec["threads"], "status": result["status"]}
+    if result["status"] != "ok":
+        record["error"] = result["error"]
+        return record
+    seconds = statistics.median(result["step_ms"]) / 1e3
+    gflops = flops / seconds / 1e9
+    record.update(ms_per_step=seconds * 1e3, step_ms=result["step_ms"],
+                  images_per_second=spec["batch_size"] / seconds, flops_per_step=flops, gflops=gflops,
+                  percent_of_peak=100.0 * gflops / peak_gflops if peak_gflops else None,
+                  first_step_ms=result["first_step_ms"],
+                  peak_memory_mib=max(result["peak_rss_mib"] - result["rss_before_model_mib"], 0.0),
+                  peak_rss_mib=result["peak_rss_mib"], check=result["check"])
+    return record
+
+
+def _compare_group(records):
+    """Ratios and the validation of one model × batch × mode group against its cnnnumba record."""
+    import numpy as np
+
+    reference = next((r for r in records if r["framework"] == "cnnnumba" and r["status"] == "ok"), None)
+    if reference is None:
+        return
+    torch_eager = next((r for r in records if r["variant"] == "nchw" and r["status"] == "ok"), None)
+    if torch_eager is not None:
+        reference["time_over_torch_nchw"] = reference["ms_per_step"] / torch_eager["ms_per_step"]
+    for record in records:
+        if record is reference or record["status"] != "ok":
+            continue
+        record["cnnnumba_time_over_this"] = reference["ms_per_step"] / record["ms_per_step"]
+        mine, theirs = np.asarray(reference["check"]), np.asarray(record["check"])
+        record["max_abs_difference_to_cnnnumba"] = float(np.max(np.abs(mine - theirs)))
+        record["agrees_with_cnnnumba"] = bool(np.allclose(mine, theirs, rtol=1e-3, atol=1e-3))
+
+
+def measure_peak(settings, log):
+    peak = run_worker({"kind": "peak", "size": settings["peak_size"], "repeats": settings["peak_repeats"]},
+                      settings["threads"])
+    if peak["status"] == "ok":
+        log(f"sgemm peak (NumPy float32 matmul {peak['size']}x{peak['size']}, {settings['threads']} threads): "
+            f"{peak['gflops']:.1f} GFLOP/s")
+    else:
+        log(f"sgemm peak: failed ({peak['error']}); % of peak is left out")
+    return peak
+
+
+def _header(settings, peak):
+    return {"schema": SCHEMA, "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine_info(), "versions": versions(), "threads": settings["threads"],
+            "settings": {key: value for key, value in settings.items() if key != "threads"},
+            "flops_counted": COUNTED, "sgemm_peak": peak}
+
+
+def run_comparison(settings, log=print):
+    """Every model × batch size × mode in cnnnumba and (when installed) PyTorch; returns the JSON document."""
+    peak = measure_peak(settings, log)
+    peak_gflops = peak.get("gflops")
+    document = _header(settings, peak)
+    document["torch_missing"] = document["versions"]["torch"] is None
+    if document["torch_missing"]:
+        log("torch is missing: running cnnnumba alone (pip install torch==2.13.0 for the comparison)")
+    variants = [] if document["torch_missing"] or settings["no_torch"] else list(TORCH_VARIANTS)
+    if variants and settings["torch_compile"]:
+        variants.append("compile")
+    records = []
+    for model in settings["models"]:
+        from .runners import MODEL_INPUTS, build_model
+
+        channels, size, _ = MODEL_INPUTS[model]
+        per_image = model_flops(build_model(model, settings["seed"]), (1, channels, size, size))
+        for batch_size in settings["batch_sizes"]:
+            for mode in settings["modes"]:
+                group = []
+                for framework, variant in [("cnnnumba", None)] + [("torch", v) for v in variants]:
+                    spec = {"kind": "model", "framework": framework, "variant": variant, "model": model,
+                            "batch_size": batch_size, "mode": mode, "steps": settings["steps"],
+                            "warmup": settings["warmup"], "seed": settings["seed"], "eager": settings["eager"],
+                            "distinct_batches": settings["distinct_batches"], "threads": settings["threads"]}
+                    record = _record(spec, run_worker(spec, settings["threads"]),
+                                     per_image.per_step(mode) * batch_size, peak_gflops)
+                    group.append(record)
+                    log(_progress_line(record))
+                _compare_group(group)
+                records.extend(group)
+    document["records"] = records
+    document["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return document
+
+
+def framework_label(record):
+    if record["framework"] == "cnnnumba":
+        return f"cnnnumba {record['variant'] or ''}".strip()
+    return f"torch {record['variant']}"
+
+
+def _progress_line(record):
+    where = f"{record['model']} batch {record['batch_size']} {record['mode']}, {framework_label(record)}"
+    if record["status"] != "ok":
+        return f"  {where}: FAILED ({record['error']})"
+    return f"  {where}: {record['ms_per_step']:.2f} ms/step, first step {record['first_step_ms']:.0f} ms"
+
+
+def run_profile(settings, log=print):
+    """One eager cnnnumba training step broken into its ops; returns the JSON document."""
+    peak = measure_peak(settings, log)
+    peak_gflops = peak.get("gflops")
+    document = _header(settings, peak)
+    spec = {"kind": "profile", "model": settings["models"][0], "batch_size": settings["batch_sizes"][0],
+            "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"]}
+    result = run_worker(spec, settings["threads"])
+    if result["status"] == "ok":
+        for op in result["ops"]:
+            for phase in ("forward", "backward"):
+                milliseconds, flops = op[f"{phase}_ms"], op[f"{phase}_flops"]
+                gflops = flops / milliseconds / 1e6 if flops and milliseconds else None
+                op[f"{phase}_gflops"] = gflops
+                op[f"{phase}_percent_of_peak"] = 100.0 * gflops / peak_gflops if gflops and peak_gflops else None
+    document["profile"] = result
+    return document

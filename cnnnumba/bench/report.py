@@ -1,0 +1,122 @@
+"""The comparison and the profile as text tables, a JSON file and a bar chart."""
+import json
+import os
+import tempfile
+
+from .harness import framework_label
+
+
+def _number(value, digits=1):
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _render(headers, rows, right_from):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = []
+    for row in [headers] + rows:
+        cells = [str(cell).rjust(width) if index >= right_from else str(cell).ljust(width)
+                 for index, (cell, width) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def comparison_table(document):
+    """One row per record: time per step, throughput, GFLOP/s, % of peak, ratio, first step and memory."""
+    headers = ["model", "batch", "mode", "framework", "ms/step", "img/s", "GFLOP/s", "% peak", "cn/this",
+               "first ms", "mem MiB", "check"]
+    rows = []
+    for record in document["records"]:
+        head = [record["model"], record["batch_size"], record["mode"], framework_label(record)]
+        if record["status"] != "ok":
+            rows.append(head + ["failed: " + record["error"][:60]] + [""] * 7)
+            continue
+        ratio = record.get("cnnnumba_time_over_this")
+        check = {True: "ok", False: "DIFFERS", None: ""}[record.get("agrees_with_cnnnumba")]
+        rows.append(head + [_number(record["ms_per_step"], 2), _number(record["images_per_second"], 0),
+                            _number(record["gflops"]), _number(record["percent_of_peak"]),
+                            "-" if ratio is None else f"{ratio:.2f}", _number(record["first_step_ms"], 0),
+                            _number(record["peak_memory_mib"], 0), check])
+    peak = document["sgemm_peak"]
+    lines = [_render(headers, rows, 4), "",
+             f"{document['threads']} threads; sgemm peak {_number(peak.get('gflops'))} GFLOP/s (NumPy float32 "
+             f"matmul {peak.get('size')}²); median of {document['settings']['steps']} steps after "
+             f"{document['settings']['warmup']} warm-up steps; first ms = the first step (compilation, cache "
+             "loading) apart.",
+             "cn/this = cnnnumba's time / this row's time (below 1: cnnnumba is faster); mem = peak RSS growth "
+             "of the run's process; check = first loss (train) or logits (inference) agree with cnnnumba's.",
+             f"FLOPs counted: {document['flops_counted']}."]
+    if document.get("torch_missing"):
+        lines.append("torch is missing: cnnnumba ran alone.")
+    return "\n".join(lines)
+
+
+def profile_table(document):
+    """One row per op and phase of the profiled training step, then the optimizer, the rest and the total."""
+    profile = document["profile"]
+    if profile["status"] != "ok":
+        return f"profile failed: {profile['error']}"
+    step = profile["step_ms"]
+    headers = ["phase", "layer", "op", "input shape", "ms", "GFLOP/s", "% peak", "% step"]
+    rows, accounted = [], profile["optimizer_ms"]
+    ops = profile["ops"]
+    for phase, ordered in (("forward", ops), ("backward", list(reversed(ops)))):
+        for op in ordered:
+            milliseconds = op[f"{phase}_ms"]
+            if milliseconds is None:
+                continue
+            accounted += milliseconds
+            rows.append([phase, op["module"], op["op"], "x".join(str(d) for d in op["input_shape"]),
+                         _number(milliseconds, 2), _number(op[f"{phase}_gflops"]),
+                         _number(op[f"{phase}_percent_of_peak"]), _number(100.0 * milliseconds / step)])
+    rows.append(["update", "", "optimizer.step", "", _number(profile["optimizer_ms"], 2), "-", "-",
+                 _number(100.0 * profile["optimizer_ms"] / step)])
+    rest = step - accounted
+    rows.append(["other", "", "autograd walk, Python", "", _number(rest, 2), "-", "-", _number(100.0 * rest / step)])
+    rows.append(["total", "", "training step", "", _number(step, 2), "-", "-", "100.0"])
+    title = (f"profile: {profile['model']}, batch {profile['batch_size']}, one eager training step (median of "
+             f"{profile['steps']} steps), {document['threads']} threads, sgemm peak "
+             f"{_number(document['sgemm_peak'].get('gflops'))} GFLOP/s")
+    return title + "\n" + _render(headers, rows, 4)
+
+
+def write_json(document, path):
+    """Write the document atomically: a temporary file in the same folder, then a rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(document, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def plot(document, path):
+    """A bar chart of images per second, one group of bars per model × batch × mode, one bar per framework."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in document["records"] if r["status"] == "ok"]
+    groups = list(dict.fromkeys((r["model"], r["batch_size"], r["mode"]) for r in records))
+    labels = list(dict.fromkeys(framework_label(r) for r in records))
+    width = 0.8 / max(len(labels), 1)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 2), 4.5))
+    for index, label in enumerate(labels):
+        values = [next((r["images_per_second"] for r in records
+                        if (r["model"], r["batch_size"], r["mode"]) == group and framework_label(r) == label), 0.0)
+                  for group in groups]
+        axes.bar([g + (index - (len(labels) - 1) / 2) * width for g in range(len(groups))], values, width,
+                 label=label)
+    axes.set_xticks(range(len(groups)))
+    axes.set_xticklabels([f"{m}\nbatch {b}\n{mode}" for m, b, mode in groups])
+    axes.set_ylabel("images / s (higher is better)")
+    axes.set_title(f"cnnnumba vs PyTorch, {document['threads']} threads, {document['machine']['cpu']}", fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,154 @@
+"""The models side by side: one training or inference step in cnnnumba (captured or eager) and in PyTorch.
+
+Both frameworks get the same architecture (the PyTorch model is translated layer by layer from the cnnnumba
+one), the same initial weights (copied through state_dict), the same batches (NCHW float32 NumPy arrays) and
+the same optimizer (SGD, lr 0.01, momentum 0.9) and loss (cross-entropy).
+"""
+import importlib
+
+import numpy as np
+
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+
+# Inputs of the benchmark models: (channels, image size, classes).
+MODEL_INPUTS = {"lenet5": (1, 28, 10), "cifar-cnn": (3, 32, 10), "small-cnn": (1, 8, 10)}
+
+
+def build_model(name, seed):
+    """The cnnnumba model `name`, initialised from `seed`."""
+    import cnnnumba as cn
+    from ..models import build_model as build
+
+    channels, size, classes = MODEL_INPUTS[name]
+    cn.manual_seed(seed)
+    return build(name, in_channels=channels, num_classes=classes, image_size=size)
+
+
+def make_batches(name, batch_size, count, seed):
+    """`count` (images, labels) batches for model `name`: standard-normal NCHW float32 images, int64 labels."""
+    channels, size, classes = MODEL_INPUTS[name]
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((batch_size, channels, size, size), dtype=np.float32),
+             rng.integers(0, classes, batch_size, dtype=np.int64)) for _ in range(count)]
+
+
+def graph_capture():
+    """`cnnnumba.graph.capture` where the graph executor provides it, else None."""
+    try:
+        graph = importlib.import_module("cnnnumba.graph")
+    except ImportError:
+        return None
+    return getattr(graph, "capture", None)
+
+
+def cnnnumba_step(model, mode, eager=False):
+    """(step, variant): step(images, labels) -> float loss for "train", step(images) -> logits for "inference".
+
+    The variant is "captured" when cnnnumba.graph.capture exists and `eager` is False, otherwise "eager".
+    """
+    from .. import functional as F
+    from .. import optim
+    from ..autograd import Tensor, no_grad
+
+    capture = None if eager else graph_capture()
+    if mode == "train":
+        model.train()
+        optimizer = optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+        if capture is not None:
+            captured = capture(model, F.cross_entropy, optimizer)
+            return (lambda images, labels: float(captured(images, labels))), "captured"
+
+        def train_step(images, labels):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(Tensor(images)), labels)
+            loss.backward()
+            optimizer.step()
+            return float(loss.item())
+
+        return train_step, "eager"
+    model.eval()
+    if capture is not None:
+        predict = capture(model)
+        return (lambda images, labels=None: np.asarray(predict(images))), "captured"
+
+    def inference_step(images, labels=None):
+        with no_grad():
+            return model(Tensor(images)).data
+
+    return inference_step, "eager"
+
+
+def torch_model(model):
+    """A torch.nn.Sequential with the architecture of the cnnnumba Sequential `model` and a copy of its state."""
+    import torch
+
+    from .. import nn
+
+    def translate(layer):
+        if isinstance(layer, nn.Conv2d):
+            return torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                   padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                   bias=layer.bias is not None)
+        if isinstance(layer, nn.BatchNorm2d):
+            return torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                                        affine=layer.affine, track_running_stats=layer.track_running_stats)
+        if isinstance(layer, nn.Linear):
+            return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        if isinstance(layer, nn.MaxPool2d):
+            return torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                      ceil_mode=layer.ceil_mode)
+        if isinstance(layer, nn.AvgPool2d):
+            return torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode,
+                                      count_include_pad=layer.count_include_pad)
+        if isinstance(layer, nn.AdaptiveAvgPool2d):
+            return torch.nn.AdaptiveAvgPool2d(layer.output_size)
+        if isinstance(layer, nn.Flatten):
+            return torch.nn.Flatten(layer.start_dim, layer.end_dim)
+        simple = {nn.ReLU: torch.nn.ReLU, nn.Identity: torch.nn.Identity, nn.Sigmoid: torch.nn.Sigmoid,
+                  nn.Tanh: torch.nn.Tanh}
+        if type(layer) in simple:
+            return simple[type(layer)]()
+        raise ValueError(f"cannot translate {type(layer).__name__} to PyTorch; the comparison supports "
+                         "Sequential models of Conv2d, BatchNorm2d, Linear, pooling, Flatten and activations")
+
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"the comparison needs an nn.Sequential model, but got {type(model).__name__}")
+    twin = torch.nn.Sequential(*(translate(layer) for layer in model.children()))
+    twin.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in model.state_dict().items()})
+    return twin
+
+
+def torch_step(model, mode, variant):
+    """(step, model) for a PyTorch twin: variant "nchw", "channels_last" or "compile" (torch.compile, NCHW)."""
+    import torch
+
+    channels_last = variant == "channels_last"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    runnable = torch.compile(model) if variant == "compile" else model
+
+    def prepare(images):
+        tensor = torch.from_numpy(images)
+        # the conversion is part of the step: both frameworks receive the same NCHW batch
+        return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
+
+    if mode == "train":
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+
+        def train_step(images, labels):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(runnable(prepare(images)), torch.from_numpy(labels))
+            loss.backward()
+            optimizer.step()
+            return float(loss.item())
+
+        return train_step
+    model.eval()
+
+    def inference_step(images, labels=None):
+        with torch.no_grad():
+            return runnable(prepare(images)).numpy()
+
+    return inference_step

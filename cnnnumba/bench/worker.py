@@ -1,0 +1,152 @@
+"""One measurement in a process of its own: `python -m cnnnumba.bench.worker SPEC_JSON` prints one result line.
+
+Each framework runs in a fresh process with the thread count fixed by the parent's environment, so thread pools
+(Numba's, OpenMP's, BLAS's) never compete inside one process, and each run's peak memory is its own.
+"""
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+
+RESULT_MARKER = "cnnnumba-bench-result: "
+
+
+def _rss_mib():
+    """Resident memory now, in MiB (Linux /proc; elsewhere the peak so far, the best available)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return _peak_rss_mib()
+
+
+def _peak_rss_mib():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def sgemm_peak(size, repeats):
+    """Median GFLOP/s of a float32 (size × size) @ (size × size) NumPy matmul, after one warm-up product."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    out = np.empty((size, size), dtype=np.float32)
+    np.matmul(a, b, out=out)
+    probe = rng.integers(0, size, 2)
+    if not math.isclose(float(out[probe[0], probe[1]]), float(a[probe[0]] @ b[:, probe[1]]), rel_tol=1e-3, abs_tol=1e-2):
+        raise RuntimeError("the sgemm peak measurement computed a wrong product")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
+    return {"size": size, "dtype": "float32", "repeats": repeats, "median_ms": seconds * 1e3,
+            "gflops": 2.0 * size**3 / seconds / 1e9}
+
+
+def _check_values(output):
+    """What the parent compares across frameworks: the loss of the first step, or the first logits."""
+    import numpy as np
+
+    if isinstance(output, float):
+        return [output]
+    return np.asarray(output, dtype=np.float64)[:4].ravel().tolist()
+
+
+def measure_model(spec):
+    """Time one model × framework × mode: the first step apart, `warmup` more untimed, then `steps` timed."""
+    from . import runners
+
+    rss_before = _rss_mib()
+    model = runners.build_model(spec["model"], spec["seed"])
+    batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1)
+    if spec["framework"] == "cnnnumba":
+        step, variant = runners.cnnnumba_step(model, spec["mode"], eager=spec["eager"])
+    else:
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        torch.manual_seed(spec["seed"])
+        variant = spec["variant"]
+        step = runners.torch_step(runners.torch_model(model), spec["mode"], variant)
+    started = time.perf_counter()
+    first = step(*batches[0])
+    first_seconds = time.perf_counter() - started
+    for index in range(spec["warmup"]):
+        step(*batches[(index + 1) % len(batches)])
+    times = []
+    for index in range(spec["steps"]):
+        images, labels = batches[(index + 1 + spec["warmup"]) % len(batches)]
+        started = time.perf_counter()
+        step(images, labels)
+        times.append(time.perf_counter() - started)
+    return {"variant": variant, "first_step_ms": first_seconds * 1e3, "step_ms": [t * 1e3 for t in times],
+            "check": _check_values(first), "rss_before_model_mib": rss_before, "peak_rss_mib": _peak_rss_mib()}
+
+
+def profile_model(spec):
+    """Per-op forward/backward times of eager training steps, the median over `steps` steps after a warm-up."""
+    from .. import functional as F
+    from .. import optim
+    from ..autograd import Tensor
+    from . import runners
+    from .flops import op_flops
+    from .instrument import record_ops
+
+    model = runners.build_model(spec["model"], spec["seed"])
+    images, labels = runners.make_batches(spec["model"], spec["batch_size"], 1, spec["seed"] + 1)[0]
+    optimizer = optim.SGD(model.parameters(), lr=runners.LEARNING_RATE, momentum=runners.MOMENTUM)
+    model.train()
+    steps = []
+    for index in range(spec["warmup"] + spec["steps"]):
+        with record_ops(model) as calls:
+            started = time.perf_counter()
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(Tensor(images)), labels)
+            loss.backward()
+            before_update = time.perf_counter()
+            optimizer.step()
+            finished = time.perf_counter()
+        if index >= spec["warmup"]:
+            steps.append((calls, finished - before_update, finished - started))
+    ops = []
+    for position, call in enumerate(steps[0][0]):
+        flops = op_flops(call.op, call.input_shapes, call.output_shape, call.needs_input_grad, call.module)
+        forward = statistics.median(step[0][position].forward_seconds for step in steps)
+        backward = [sum(step[0][position].backward_seconds) for step in steps]
+        ops.append({"module": call.module, "op": call.op, "input_shape": list(call.input_shapes[0] or ()),
+                    "output_shape": list(call.output_shape or ()), "forward_ms": forward * 1e3,
+                    "backward_ms": statistics.median(backward) * 1e3 if call.backward_seconds else None,
+                    "forward_flops": flops.forward if flops else 0, "backward_flops": flops.backward if flops else 0})
+    return {"model": spec["model"], "batch_size": spec["batch_size"], "steps": spec["steps"],
+            "optimizer_ms": statistics.median(step[1] for step in steps) * 1e3,
+            "step_ms": statistics.median(step[2] for step in steps) * 1e3, "ops": ops}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    try:
+        if spec["kind"] == "peak":
+            result = sgemm_peak(spec["size"], spec["repeats"])
+        elif spec["kind"] == "profile":
+            result = profile_model(spec)
+        else:
+            result = measure_model(spec)
+        result["status"] = "ok"
+    except Exception as error:  # reported to the parent, which records it and goes on with the other runs
+        traceback.print_exc()
+        result = {"status": "failed", "error": f"{type(error).__name__}: {error}".strip()[:500]}
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
