@@ -73,6 +73,10 @@ def build_parser():
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     commands.add_parser("info", help="versions, threads, CPU features and the compile cache")
+
+    from .bench.command import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -180,4 +184,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_train(args, parser)
+    if args.command == "bench":
+        from .bench.command import run as run_bench
+
+        return run_bench(args, parser)
     return run_info()
