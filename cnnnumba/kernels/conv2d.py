@@ -315,21 +315,28 @@ def _pad_nhwc(x, pad_top, pad_left, out):
 def _im2col(padded, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, out):
     """out[n, oh, ow, (kh * kW + kw) * C + c] = the tap (kh, kw) of channel c under output pixel (oh, ow); the
     columns past kH * kW * C (padding up to a whole tile) are zero."""
-    channels = padded.shape[3]
+    _, padded_h, padded_w, channels = padded.shape
     batch, out_h, out_w, columns = out.shape
+    source = padded.reshape(-1)
+    target = out.reshape(-1)
     used = kernel_h * kernel_w * channels
+    # With dilation 1 along the width, the kW taps of one kernel row are one contiguous run of kW * C values.
+    run = kernel_w * channels if dilation_w == 1 else channels
+    runs_per_row = 1 if dilation_w == 1 else kernel_w
     for job in prange(batch * out_h):
         n = job // out_h
         oh = job % out_h
         for ow in range(out_w):
+            start = ((n * out_h + oh) * out_w + ow) * columns
             for kh in range(kernel_h):
-                for kw in range(kernel_w):
-                    start = (kh * kernel_w + kw) * channels
-                    for c in range(channels):
-                        out[n, oh, ow, start + c] = padded[n, oh * stride_h + kh * dilation_h,
-                                                           ow * stride_w + kw * dilation_w, c]
+                row = ((n * padded_h + oh * stride_h + kh * dilation_h) * padded_w + ow * stride_w) * channels
+                for part in range(runs_per_row):
+                    origin = row + part * dilation_w * channels
+                    destination = start + (kh * runs_per_row + part) * run
+                    for i in range(run):
+                        target[destination + i] = source[origin + i]
             for column in range(used, columns):
-                out[n, oh, ow, column] = 0.0
+                target[start + column] = 0.0
 
 
 @parallel_jit
