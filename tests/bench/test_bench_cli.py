@@ -1,0 +1,128 @@
+"""`cnnnumba bench` end to end on tiny sizes: the JSON's structure, the profile's, torch missing, bad arguments.
+
+No timing is asserted: the machine is shared, and the numbers only have to be present and positive.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnnumba.cli import main
+from tests.helpers import requires_torch
+
+TINY = ["--quick", "--models", "lenet5", "--batch-size", "4", "--steps", "2", "--warmup", "0", "--threads", "1"]
+LENET5_FORWARD_PER_IMAGE = 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 6 * 25 + 400 * 120 + 120 * 84 + 84 * 10)
+LENET5_CONV1_PER_IMAGE = 2 * 28 * 28 * 6 * 25
+RECORD_KEYS = {"model", "batch_size", "mode", "framework", "variant", "threads", "status", "ms_per_step", "step_ms",
+               "images_per_second", "flops_per_step", "gflops", "percent_of_peak", "first_step_ms",
+               "peak_memory_mib", "check"}
+
+
+def _bench(arguments, hide_torch=False):
+    code = "import sys\n"
+    if hide_torch:
+        code += "sys.modules['torch'] = None\n"
+    code += "from cnnnumba.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", code, "bench", *arguments], capture_output=True, text=True,
+                          timeout=600)
+
+
+def _check_header(document, threads):
+    assert document["schema"] == "cnnnumba.bench/1"
+    assert document["threads"] == threads
+    assert {"cpu", "cores", "memory_gib", "platform", "load_average_at_start"} <= document["machine"].keys()
+    assert {"python", "numpy", "numba", "cnnnumba", "torch"} <= document["versions"].keys()
+    assert "multiply-adds count 2 FLOPs" in document["flops_counted"]
+    assert document["sgemm_peak"]["status"] == "ok" and document["sgemm_peak"]["gflops"] > 0
+
+
+def _check_record(record, mode):
+    assert RECORD_KEYS <= record.keys(), record
+    assert record["status"] == "ok" and record["model"] == "lenet5" and record["batch_size"] == 4
+    assert record["threads"] == 1 and len(record["step_ms"]) == 2
+    assert record["ms_per_step"] > 0 and record["first_step_ms"] > 0 and record["gflops"] > 0
+    forward = 4 * LENET5_FORWARD_PER_IMAGE
+    expected = forward if mode == "inference" else 3 * forward - 4 * LENET5_CONV1_PER_IMAGE  # no input gradient for conv1
+    assert record["flops_per_step"] == expected
+
+
+@pytest.mark.slow
+@requires_torch
+def test_quick_bench_writes_records_for_each_model_framework_and_mode(tmp_path):
+    path, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    finished = _bench(TINY + ["--json", str(path), "--plot", str(plot)])
+    assert finished.returncode == 0, finished.stderr
+    assert "sgemm peak" in finished.stdout and "ms/step" in finished.stdout
+    document = json.loads(path.read_text())
+    _check_header(document, threads=1)
+    assert document["torch_missing"] is False
+    keys = [(r["mode"], r["framework"], r["variant"]) for r in document["records"]]
+    variant = document["records"][0]["variant"]
+    assert variant in ("eager", "captured")
+    assert keys == [(mode, framework, v) for mode in ("train", "inference")
+                    for framework, v in (("cnnnumba", variant), ("torch", "nchw"), ("torch", "channels_last"))]
+    for record in document["records"]:
+        _check_record(record, record["mode"])
+        if record["framework"] == "torch":
+            # same weights, same batch: the first loss (or the logits) must agree before any time counts
+            assert record["agrees_with_cnnnumba"], record
+            assert record["cnnnumba_time_over_this"] > 0
+        else:
+            assert record["time_over_torch_nchw"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_without_torch_runs_cnnnumba_alone(tmp_path):
+    path = tmp_path / "bench.json"
+    finished = _bench(TINY + ["--modes", "inference", "--eager", "--json", str(path)], hide_torch=True)
+    assert finished.returncode == 0, finished.stderr
+    assert "torch is missing" in finished.stdout
+    document = json.loads(path.read_text())
+    assert document["torch_missing"] is True and document["versions"]["torch"] is None
+    assert [(r["framework"], r["variant"]) for r in document["records"]] == [("cnnnumba", "eager")]
+    _check_record(document["records"][0], "inference")
+
+
+@pytest.mark.slow
+def test_profile_breaks_a_training_step_into_ops(tmp_path):
+    path = tmp_path / "profile.json"
+    finished = _bench(["--profile", "--models", "lenet5", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                       "--threads", "1", "--json", str(path)])
+    assert finished.returncode == 0, finished.stderr
+    assert "optimizer.step" in finished.stdout and "training step" in finished.stdout
+    document = json.loads(path.read_text())
+    _check_header(document, threads=1)
+    profile = document["profile"]
+    assert profile["status"] == "ok" and profile["model"] == "lenet5" and profile["batch_size"] == 4
+    ops = profile["ops"]
+    assert [(op["module"], op["op"]) for op in ops][:3] == [("0", "Conv2d"), ("1", "ReLU"), ("2", "MaxPool2d")]
+    assert ops[-1]["op"] == "CrossEntropy" and ops[-1]["module"] == "(outside)"
+    conv1 = ops[0]
+    assert conv1["input_shape"] == [4, 1, 28, 28] and conv1["output_shape"] == [4, 6, 28, 28]
+    assert conv1["forward_flops"] == 4 * LENET5_CONV1_PER_IMAGE
+    assert conv1["backward_flops"] == 4 * LENET5_CONV1_PER_IMAGE  # weight gradient only: the input needs none
+    assert conv1["forward_gflops"] > 0 and conv1["forward_percent_of_peak"] > 0
+    for op in ops:
+        assert op["forward_ms"] >= 0 and op["backward_ms"] is not None and op["backward_ms"] >= 0
+    assert sum(op["forward_flops"] for op in ops) == 4 * LENET5_FORWARD_PER_IMAGE
+    assert profile["step_ms"] > 0 and profile["optimizer_ms"] >= 0
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--threads", "0"], "--threads: expected a positive integer, but got 0"),
+    (["--threads", "100000"], "--threads: expected at most"),
+    (["--models", "resnet50"], "invalid choice: 'resnet50'"),
+    (["--batch-size", "-3"], "--batch-size: expected a positive integer, but got -3"),
+    (["--steps", "many"], "--steps: expected a positive integer, but got 'many'"),
+    (["--warmup", "-1"], "--warmup: expected a non-negative integer, but got -1"),
+    (["--modes", "predict"], "invalid choice: 'predict'"),
+    (["--profile", "--plot", "x.png"], "--plot: the plot shows the comparison"),
+    (["--json", "/no/such/folder/out.json"], "--json: the folder of /no/such/folder/out.json does not exist"),
+])
+def test_bad_arguments_exit_2(capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
