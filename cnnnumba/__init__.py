@@ -16,3 +16,8 @@ from . import data  # noqa: E402  (layer 7: datasets, DataLoader, transforms)
 from .io import load, save  # noqa: E402
 
 __all__ += ["data", "load", "save"]
+
+from . import graph, models  # noqa: E402  (layer 5 graph executor; ready-made models)
+from .functional import cat  # noqa: E402
+
+__all__ += ["cat", "graph", "models"]

@@ -1,7 +1,21 @@
 """The op base class and the backward walk: each op's forward and backward live side by side in one subclass."""
+import threading
+
 import numpy as np
 
 from .grad_mode import is_grad_enabled
+
+# Graph capture (cnnnumba.graph) registers tracers here; apply() tells each one about every op it runs.
+# Per thread, so a capture in one thread does not see another thread's eager work.
+_tracing = threading.local()
+
+
+def active_tracers():
+    """The list of tracers notified by Function.apply in this thread (created empty on first use)."""
+    tracers = getattr(_tracing, "tracers", None)
+    if tracers is None:
+        tracers = _tracing.tracers = []
+    return tracers
 
 
 class Function:
@@ -34,6 +48,10 @@ class Function:
         if record:
             op.parents = tuple((i, a) for i, a in enumerate(args) if needs[i])
             result._op = op
+        tracers = getattr(_tracing, "tracers", None)
+        if tracers:
+            for tracer in tracers:
+                tracer.record(op, args, options, result)
         return result
 
     def __repr__(self):

@@ -398,3 +398,33 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_min
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         second_moment = max_exp_avg_sq
     param -= step_size * (exp_avg / (np.sqrt(second_moment) / bias_correction2_sqrt + eps))
+
+
+# ---- fused (twin of kernels/fused.py) ----
+
+def batch_norm_statistics(x, eps):
+    """(mean, biased variance, invstd) per channel of x (rows, C), in float64."""
+    values = x.astype(np.float64)
+    mean = values.mean(axis=0)
+    variance = ((values - mean) ** 2).mean(axis=0)
+    return mean, variance, 1.0 / np.sqrt(variance + eps)
+
+
+def batch_norm_act_forward(x, mean, invstd, weight, bias, relu):
+    y = ((x - mean.astype(x.dtype)) * (invstd * weight).astype(x.dtype) + bias.astype(x.dtype)).astype(x.dtype)
+    return np.where(y <= 0, np.zeros((), x.dtype), y) if relu else y
+
+
+def batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu):
+    """(grad_x, grad_weight, grad_bias) of batch norm (batch statistics) followed by ReLU when relu."""
+    g = np.where(y > 0, grad_y, 0).astype(np.float64) if relu else grad_y.astype(np.float64)
+    x_hat = (x.astype(np.float64) - mean) * invstd
+    sum_dy, sum_dy_xhat = g.sum(axis=0), (g * x_hat).sum(axis=0)
+    rows = x.shape[0]
+    grad_x = weight * invstd * (g - sum_dy / rows - x_hat * sum_dy_xhat / rows)
+    return grad_x.astype(x.dtype), sum_dy_xhat.astype(x.dtype), sum_dy.astype(x.dtype)
+
+
+def relu_backward_bias_grad(grad_y, y):
+    grad_x = np.where(y > 0, grad_y, 0).astype(grad_y.dtype)
+    return grad_x, grad_x.astype(np.float64).sum(axis=0).astype(grad_y.dtype)

@@ -11,7 +11,8 @@ from ..kernels import elementwise
 
 
 class Dropout(Function):
-    def forward(self, x, keep, scale):
+    def forward(self, x, keep, scale, p=None):
+        # p is unused here; graph capture reads it from the recorded options to redraw masks exactly as eager
         flat = np.ascontiguousarray(x).reshape(-1)
         out = np.empty_like(flat)
         self.keep, self.scale = keep, x.dtype.type(scale)
@@ -40,4 +41,4 @@ def dropout(input, p=0.5, training=True):
         return input
     keep = _config.generator().random(input.size) >= p
     scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
-    return Dropout.apply(input, keep, scale)
+    return Dropout.apply(input, keep, scale, p=float(p))

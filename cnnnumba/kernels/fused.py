@@ -1,0 +1,138 @@
+"""Fused kernels for the graph executor: batch norm + ReLU and ReLU + bias gradient, all writing into given buffers.
+
+Activations are channels-innermost (rows, C) arrays (NHWC flattened). Per-channel sums over rows use per-chunk
+float64 partials of ROWS_PER_CHUNK rows added in chunk order, so results do not depend on the thread count, and
+the elementwise passes run without contraction or reassociation, with the same arithmetic as kernels/norm.py,
+so a fused batch norm + ReLU gives the numbers of the two unfused kernels.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import jit, parallel_jit
+from .norm import EXACT_FASTMATH, ROWS_PER_CHUNK
+
+
+@jit
+def chunk_count(rows):
+    """How many partial rows a (chunks, C) buffer needs for `rows` input rows."""
+    return max((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK, 1)
+
+
+@jit
+def _sum_chunks_into(partials, chunks, out):
+    for c in range(out.shape[0]):
+        out[c] = 0.0
+    for chunk in range(chunks):
+        for c in range(out.shape[0]):
+            out[c] += partials[chunk, c]
+
+
+@parallel_jit
+def batch_norm_statistics(x, eps, partials, mean, variance, invstd):
+    """Per-channel float64 mean, biased variance and 1 / sqrt(variance + eps) of x (rows, C), two passes."""
+    rows, channels = x.shape
+    chunks = chunk_count(rows)
+    for chunk in prange(chunks):
+        for c in range(channels):
+            partials[chunk, c] = 0.0
+        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
+            for c in range(channels):
+                partials[chunk, c] += np.float64(x[r, c])
+    _sum_chunks_into(partials, chunks, mean)
+    for c in range(channels):
+        mean[c] = mean[c] / rows
+    # squared deviations from the mean, not squares: no cancellation when the mean is large next to the spread
+    for chunk in prange(chunks):
+        for c in range(channels):
+            partials[chunk, c] = 0.0
+        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
+            for c in range(channels):
+                deviation = np.float64(x[r, c]) - mean[c]
+                partials[chunk, c] += deviation * deviation
+    _sum_chunks_into(partials, chunks, variance)
+    for c in range(channels):
+        variance[c] = variance[c] / rows
+        invstd[c] = 1.0 / np.sqrt(variance[c] + eps)
+
+
+@parallel_jit(fastmath=EXACT_FASTMATH)
+def batch_norm_act_forward(x, mean, invstd, weight, bias, relu, coefficients, out):
+    """out = (x - mean) * invstd * weight + bias per channel, then max(., 0) when relu (NaN kept).
+
+    coefficients is a (3, C) scratch buffer of x's dtype: the per-channel centre, scale and shift rounded to
+    x's dtype exactly as the unfused kernel rounds them.
+    """
+    rows, channels = x.shape
+    for c in range(channels):
+        coefficients[0, c] = mean[c]
+        coefficients[1, c] = invstd[c] * weight[c]
+        coefficients[2, c] = bias[c]
+    for r in prange(rows):
+        for c in range(channels):
+            value = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
+            if relu and value <= 0:
+                value = 0
+            out[r, c] = value
+
+
+@parallel_jit(fastmath=EXACT_FASTMATH)
+def batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu, partial_dy, partial_dy_xhat, sums,
+                            coefficients, grad_x, grad_weight, grad_bias):
+    """Gradients of training-mode batch norm (through the batch statistics) followed by ReLU when relu.
+
+    The ReLU mask (y > 0, y the fused output) is applied on the fly, so the masked gradient is never stored.
+    sums is a (2, C) float64 scratch and coefficients a (4, C) scratch of x's dtype.
+    """
+    rows, channels = x.shape
+    chunks = chunk_count(rows)
+    for chunk in prange(chunks):
+        for c in range(channels):
+            partial_dy[chunk, c] = 0.0
+            partial_dy_xhat[chunk, c] = 0.0
+        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
+            for c in range(channels):
+                g = np.float64(grad_y[r, c])
+                if relu and not y[r, c] > 0:
+                    g = 0.0
+                partial_dy[chunk, c] += g
+                partial_dy_xhat[chunk, c] += g * (np.float64(x[r, c]) - mean[c])
+    _sum_chunks_into(partial_dy, chunks, sums[0])
+    _sum_chunks_into(partial_dy_xhat, chunks, sums[1])
+    for c in range(channels):
+        sum_dy = sums[0, c]
+        sum_dy_xhat = sums[1, c] * invstd[c]
+        grad_weight[c] = sum_dy_xhat
+        grad_bias[c] = sum_dy
+        scale = np.float64(weight[c]) * invstd[c]
+        coefficients[0, c] = scale
+        coefficients[1, c] = -scale * sum_dy / rows
+        coefficients[2, c] = -scale * invstd[c] * sum_dy_xhat / rows
+        coefficients[3, c] = mean[c]
+    for r in prange(rows):
+        for c in range(channels):
+            centred = (x[r, c] - coefficients[3, c]) * coefficients[2, c]
+            if relu and not y[r, c] > 0:
+                # a zeroed gradient times the finite scale adds exactly nothing
+                grad_x[r, c] = coefficients[1, c] + centred
+            else:
+                grad_x[r, c] = (grad_y[r, c] * coefficients[0, c] + coefficients[1, c]) + centred
+
+
+@parallel_jit
+def relu_backward_bias_grad(grad_y, y, grad_x, partials, grad_bias):
+    """grad_x = grad_y where y > 0 else 0 (y the ReLU output, rows x C), and grad_bias = column sums of grad_x."""
+    rows, channels = grad_y.shape
+    chunks = chunk_count(rows)
+    for chunk in prange(chunks):
+        for c in range(channels):
+            partials[chunk, c] = 0.0
+        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
+            for c in range(channels):
+                g = grad_y[r, c] if y[r, c] > 0 else 0.0
+                grad_x[r, c] = g
+                partials[chunk, c] += np.float64(g)
+    for c in range(channels):
+        total = 0.0
+        for chunk in range(chunks):
+            total += partials[chunk, c]
+        grad_bias[c] = total
