@@ -386,9 +386,10 @@ class TrainingStep:
             self.graphs.clear()  # parameters or optimizer state were replaced: every graph must re-bind
             graph = None
         if graph is not None:
-            if graph.classes and (y.min() < 0 or y.max() >= graph.classes):
-                bad = y[(y < 0) | (y >= graph.classes)][0]
-                raise ValueError(f"Target {bad} is out of bounds.")
+            if y.min() < 0 or y.max() >= graph.classes:
+                bad = y[((y < 0) | (y >= graph.classes)) & (y != graph.loss_node.ignore_index)]
+                if bad.size:
+                    raise ValueError(f"Target {bad[0]} is out of bounds.")
             self.last, self.last_recorded = graph, False
             return graph.run(x, y)
         graph = _TrainingGraph(self.model, self.loss_fn, self.optimizer, x, y)

@@ -8,7 +8,6 @@ import numpy as np
 from .. import _config
 from ..kernels import conv2d as conv_kernels
 from ..kernels import elementwise, fused, matmul, pool2d
-from ..kernels import loss as loss_kernels
 from .plan import Buffer
 
 
@@ -439,15 +438,21 @@ class CrossEntropy(Node):
         self.class_weight, self.ignore_index = class_weight, ignore_index
         self.reduction, self.label_smoothing = reduction, label_smoothing
         self.row_scale = np.empty(logits.shape[0], dtype=np.float64)
-        self.logsumexp = self.total_weight = None
+        # per-row loss, class weight of the target and logsumexp (float64), from forward to backward
+        self.rows_buffer = Buffer((3, logits.shape[0]), np.float64, output.name + ".rows")
+        self.total_weight = None
         self.value = np.zeros((), dtype=logits.dtype)
 
+    def forward_buffers(self):
+        return super().forward_buffers() + [self.rows_buffer]
+
     def backward_buffers(self):
-        return [self.inputs[0].buffer]
+        return [self.inputs[0].buffer, self.rows_buffer]
 
     def forward(self):
-        loss, row_weight, self.logsumexp = loss_kernels.cross_entropy_forward(
-            self.inputs[0].buffer.array, self.target, self.class_weight, self.ignore_index, self.label_smoothing)
+        loss, row_weight, logsumexp = self.rows_buffer.array
+        fused.cross_entropy_forward_into(self.inputs[0].buffer.array, self.target, self.class_weight,
+                                         self.ignore_index, self.label_smoothing, loss, row_weight, logsumexp)
         self.total_weight = row_weight.sum()
         total = loss.sum()
         if self.reduction == "sum":
@@ -462,10 +467,11 @@ class CrossEntropy(Node):
             with np.errstate(invalid="ignore", divide="ignore"):
                 scale = np.float64(1.0) / self.total_weight
         self.row_scale.fill(scale)
-        grad = loss_kernels.cross_entropy_backward(self.inputs[0].buffer.array, self.target, self.class_weight,
-                                                   self.logsumexp, self.row_scale, self.ignore_index,
-                                                   self.label_smoothing)
-        self.deliver(0, grad)
+        logsumexp = self.rows_buffer.array[2]
+        fused.cross_entropy_backward_into(self.inputs[0].buffer.array, self.target, self.class_weight, logsumexp,
+                                          self.row_scale, self.ignore_index, self.label_smoothing,
+                                          self.grad_target(0))
+        self.finish_grad(0)
 
 
 class Fallback(Node):

@@ -136,3 +136,62 @@ def relu_backward_bias_grad(grad_y, y, grad_x, partials, grad_bias):
         for chunk in range(chunks):
             total += partials[chunk, c]
         grad_bias[c] = total
+
+
+@jit
+def _row_logsumexp(x, r):
+    """log(sum(exp(x[r]))) in float64, shifted by the row maximum (as kernels/loss.py computes it)."""
+    m = x[r, 0]
+    for c in range(1, x.shape[1]):
+        if x[r, c] > m:
+            m = x[r, c]
+    shift = np.float64(m)
+    total = 0.0
+    for c in range(x.shape[1]):
+        total += np.exp(np.float64(x[r, c]) - shift)
+    return shift + np.log(total)
+
+
+@parallel_jit
+def cross_entropy_forward_into(logits, target, class_weight, ignore_index, label_smoothing, loss, row_weight,
+                               logsumexp):
+    """kernels.loss.cross_entropy_forward writing its three float64 row arrays into the given buffers."""
+    rows, classes = logits.shape
+    for r in prange(rows):
+        lse = _row_logsumexp(logits, r)
+        logsumexp[r] = lse
+        loss[r] = 0.0
+        row_weight[r] = 0.0
+        t = target[r]
+        if t == ignore_index:
+            continue
+        nll = class_weight[t] * (lse - np.float64(logits[r, t]))
+        smooth = 0.0
+        if label_smoothing != 0.0:
+            for c in range(classes):
+                smooth += class_weight[c] * (lse - np.float64(logits[r, c]))
+        loss[r] = (1.0 - label_smoothing) * nll + label_smoothing / classes * smooth
+        row_weight[r] = class_weight[t]
+
+
+@parallel_jit
+def cross_entropy_backward_into(logits, target, class_weight, logsumexp, row_scale, ignore_index, label_smoothing,
+                                grad):
+    """kernels.loss.cross_entropy_backward writing the logits' gradient into grad (rows, classes)."""
+    rows, classes = logits.shape
+    weight_total = 0.0
+    for c in range(classes):
+        weight_total += class_weight[c]
+    for r in prange(rows):
+        t = target[r]
+        if t == ignore_index:
+            for c in range(classes):
+                grad[r, c] = 0.0
+            continue
+        nll_scale = row_scale[r] * (1.0 - label_smoothing) * class_weight[t]
+        smooth_scale = row_scale[r] * label_smoothing / classes
+        lse = logsumexp[r]
+        for c in range(classes):
+            p = np.exp(np.float64(logits[r, c]) - lse)
+            one_hot = nll_scale if c == t else 0.0
+            grad[r, c] = (nll_scale * p - one_hot) + smooth_scale * (p * weight_total - class_weight[c])
