@@ -1,0 +1,129 @@
+"""Fused kernels against their NumPy twins and against the unfused kernels they replace, and thread determinism."""
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba.kernels import elementwise, fused, loss, norm, reference
+
+SHAPES = [(1, 3), (7, 5), (600, 4)]  # 600 rows span three statistics chunks
+
+
+def _inputs(rows, channels, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, channels)) * 3 + 1).astype(dtype)
+    weight = rng.standard_normal(channels).astype(dtype)
+    bias = rng.standard_normal(channels).astype(dtype)
+    grad_y = rng.standard_normal((rows, channels)).astype(dtype)
+    return x, weight, bias, grad_y
+
+
+def _fused_forward(x, weight, bias, relu, eps=1e-5):
+    rows, channels = x.shape
+    partials = np.empty((fused.chunk_count(rows), channels))
+    stats = np.empty((3, channels))
+    out = np.empty_like(x)
+    fused.batch_norm_statistics(x, eps, partials, stats[0], stats[1], stats[2])
+    fused.batch_norm_act_forward(x, stats[0], stats[2], weight, bias, relu, np.empty((3, channels), x.dtype), out)
+    return out, stats
+
+
+def _fused_backward(grad_y, y, x, stats, weight, relu):
+    rows, channels = x.shape
+    chunks = fused.chunk_count(rows)
+    grad_x, grad_weight, grad_bias = np.empty_like(x), np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    fused.batch_norm_act_backward(grad_y, y, x, stats[0], stats[2], weight, relu, np.empty((chunks, channels)),
+                                  np.empty((chunks, channels)), np.empty((2, channels)),
+                                  np.empty((4, channels), x.dtype), grad_x, grad_weight, grad_bias)
+    return grad_x, grad_weight, grad_bias
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_act_matches_reference(shape, dtype, relu):
+    x, weight, bias, grad_y = _inputs(*shape, dtype)
+    if shape[0] == 1:
+        x = np.concatenate([x, x + 1])  # training batch norm needs two rows
+        grad_y = np.concatenate([grad_y, -grad_y])
+    y, stats = _fused_forward(x, weight, bias, relu)
+    mean, variance, invstd = reference.batch_norm_statistics(x, 1e-5)
+    np.testing.assert_allclose(stats, np.stack([mean, variance, invstd]), rtol=1e-12)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    expected_y = reference.batch_norm_act_forward(x, mean, invstd, weight, bias, relu)
+    np.testing.assert_allclose(y, expected_y, rtol=rtol, atol=rtol)
+    got = _fused_backward(grad_y, y, x, stats, weight, relu)
+    expected = reference.batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=20 * rtol, atol=20 * rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_batch_norm_relu_fusion_equals_unfused_kernels(shape, dtype):
+    """Fused batch norm + ReLU gives the numbers of kernels/norm.py followed by the elementwise ReLU kernels."""
+    x, weight, bias, grad_y = _inputs(*shape, dtype)
+    y, stats = _fused_forward(x, weight, bias, relu=True)
+    normalized, mean, variance, invstd = norm.batch_norm_forward_train(x, weight, bias, 1e-5)
+    unfused_y = np.empty_like(normalized)
+    elementwise.relu_forward(normalized.reshape(-1), unfused_y.reshape(-1))
+    np.testing.assert_array_equal(y, unfused_y)
+    np.testing.assert_array_equal(stats, np.stack([mean, variance, invstd]))
+    masked = np.empty_like(grad_y)
+    elementwise.relu_backward(grad_y.reshape(-1), unfused_y.reshape(-1), masked.reshape(-1))
+    unfused = norm.batch_norm_backward_train(masked, x, mean, invstd, weight)
+    got = _fused_backward(grad_y, y, x, stats, weight, relu=True)
+    tolerance = 1e-6 if dtype == np.float32 else 1e-13
+    for g, e in zip(got, unfused):
+        np.testing.assert_allclose(g, e.astype(dtype), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_relu_backward_bias_grad_equals_unfused(shape, dtype):
+    _, _, _, grad_y = _inputs(*shape, dtype)
+    y = np.maximum(_inputs(*shape, dtype, seed=1)[0], 0)
+    grad_x, grad_bias = np.empty_like(grad_y), np.empty(shape[1], dtype)
+    fused.relu_backward_bias_grad(grad_y, y, grad_x, np.empty((fused.chunk_count(shape[0]), shape[1])), grad_bias)
+    expected_x, expected_bias = reference.relu_backward_bias_grad(grad_y, y)
+    unfused_x = np.empty_like(grad_y)
+    elementwise.relu_backward(grad_y.reshape(-1), y.reshape(-1), unfused_x.reshape(-1))
+    np.testing.assert_array_equal(grad_x, unfused_x)
+    np.testing.assert_array_equal(grad_x, expected_x)
+    np.testing.assert_allclose(grad_bias, expected_bias, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("smoothing, ignore", [(0.0, -100), (0.1, 2)])
+def test_cross_entropy_into_equals_allocating_kernels(dtype, smoothing, ignore):
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((9, 5)).astype(dtype)
+    target = rng.integers(0, 5, 9)
+    class_weight = rng.uniform(0.5, 2, 5)
+    rows = np.empty((3, 9))
+    fused.cross_entropy_forward_into(logits, target, class_weight, ignore, smoothing, rows[0], rows[1], rows[2])
+    expected = loss.cross_entropy_forward(logits, target, class_weight, ignore, smoothing)
+    np.testing.assert_allclose(rows, np.stack(expected), rtol=1e-14)
+    row_scale = rng.uniform(size=9)
+    grad = np.full_like(logits, np.nan)
+    fused.cross_entropy_backward_into(logits, target, class_weight, rows[2], row_scale, ignore, smoothing, grad)
+    # fastmath may contract differently in the two compilations: equal to the last bits, not bit for bit
+    np.testing.assert_allclose(grad, loss.cross_entropy_backward(logits, target, class_weight, rows[2], row_scale,
+                                                                 ignore, smoothing), rtol=1e-6, atol=1e-14)
+
+
+def test_fused_reductions_identical_for_any_thread_count():
+    x, weight, bias, grad_y = _inputs(1500, 6, np.float32)
+    results = []
+    previous = cn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            y, stats = _fused_forward(x, weight, bias, relu=True)
+            grads = _fused_backward(grad_y, y, x, stats, weight, relu=True)
+            grad_x, grad_bias = np.empty_like(grad_y), np.empty(6, np.float32)
+            fused.relu_backward_bias_grad(grad_y, y, grad_x, np.empty((fused.chunk_count(1500), 6)), grad_bias)
+            results.append((y, stats, *grads, grad_bias))
+    finally:
+        cn.set_num_threads(previous)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
