@@ -120,7 +120,6 @@ class _Lowering:
             fusable = isinstance(producer, (N.Conv, N.BatchNormTrain, N.FoldedConv, N.BatchNormEval))
             if fusable and not producer.relu and self.single_use(id(args[0])):
                 producer.relu = True
-                producer.name += "+relu"
                 producer.output = self.values[id(result)] = x
                 x.name += "_relu"
                 return
@@ -178,7 +177,6 @@ class _Lowering:
             if isinstance(producer, N.FoldedConv) and producer.bn is None and not producer.relu \
                     and self.single_use(self._tensor_id(x)):
                 producer.bn = (running_mean, running_var, gamma, beta, eps)
-                producer.name = "conv+bn(folded)"
                 producer.output = self.values[id(result)] = x
                 x.name += "_bn"
                 return
@@ -260,7 +258,7 @@ class _Schedule:
 class _TrainingGraph:
     """One recorded training step for one input shape."""
 
-    def __init__(self, model, loss_fn, optimizer, x, y):
+    def __init__(self, model, loss_fn, optimizer, x, y, update=None):
         optimizer.zero_grad()
         x_tensor = Tensor(x)
         with Tracer() as tracer:
@@ -279,7 +277,11 @@ class _TrainingGraph:
                 if isinstance(arg, Tensor) and arg.is_leaf and arg.requires_grad and id(arg) not in seen:
                     seen.add(id(arg))
                     params.append(arg)
-        self.update = FusedUpdate(optimizer, params)
+        if update is not None and update.covers(params):
+            update.attach_gradients()  # the eager recording step left fresh gradient arrays on the parameters
+            self.update = update
+        else:
+            self.update = FusedUpdate(optimizer, params)
         records = self._bind_labels(tracer.records, loss, y)
         lowering = _CrossEntropyLowering(records, x_tensor, model, training=True)
         forward = lowering.lower()
@@ -377,11 +379,13 @@ class TrainingStep:
         return y
 
     def __call__(self, x, y):
-        params = list(self.model.parameters())
-        x = _check_batch(x, params[0].dtype if params else None)
+        x = _check_batch(x, None)
         y = self._labels(y, x.shape[0])
         key = (x.shape, x.dtype)
         graph = self.graphs.get(key)
+        if graph is None:  # a graph's key already holds the parameters' dtype; a new shape is checked once
+            params = list(self.model.parameters())
+            _check_batch(x, params[0].dtype if params else None)
         if graph is not None and not graph.update.still_bound():
             self.graphs.clear()  # parameters or optimizer state were replaced: every graph must re-bind
             graph = None
@@ -392,7 +396,9 @@ class TrainingStep:
                     raise ValueError(f"Target {bad[0]} is out of bounds.")
             self.last, self.last_recorded = graph, False
             return graph.run(x, y)
-        graph = _TrainingGraph(self.model, self.loss_fn, self.optimizer, x, y)
+        # graphs of other shapes share one binding of parameters and optimizer state, if it still holds
+        update = next((g.update for g in self.graphs.values() if g.update.still_bound()), None)
+        graph = _TrainingGraph(self.model, self.loss_fn, self.optimizer, x, y, update)
         self.graphs[key] = graph
         self.last = graph
         self.last_recorded = True
@@ -424,11 +430,12 @@ class Predictor:
         self.last = None
 
     def __call__(self, x):
-        params = list(self.model.parameters())
-        x = _check_batch(x, params[0].dtype if params else None)
+        x = _check_batch(x, None)
         key = (x.shape, x.dtype)
         graph = self.graphs.get(key)
         if graph is None:
+            params = list(self.model.parameters())
+            _check_batch(x, params[0].dtype if params else None)
             x_tensor = Tensor(x)
             with no_grad(), Tracer() as tracer:
                 output = self.model(x_tensor)

@@ -93,8 +93,6 @@ class InputNHWC(Node):
 class Conv(Node):
     """conv2d (+ its bias, inside the kernel) (+ ReLU in place on the output): weight re-laid-out to (kH, kW, C_in/g, C_out)."""
 
-    name = "conv"
-
     def __init__(self, x, weight, bias, output, stride, padding, dilation, groups, relu=False):
         super().__init__([x, weight] + ([bias] if bias is not None else []), output)
         self.has_bias, self.relu = bias is not None, relu
@@ -105,7 +103,10 @@ class Conv(Node):
         self.grad_pre = Buffer(output.shape, output.dtype, output.name + ".grad_pre")
         self.partials = Buffer((fused.chunk_count(int(np.prod(output.shape[:-1]))), output.shape[-1]), np.float64,
                                output.name + ".partials")
-        self.name = "conv+bias+relu" if relu and self.has_bias else "conv+relu" if relu else "conv"
+
+    @property
+    def name(self):
+        return ("conv+bias" if self.has_bias else "conv") + ("+relu" if self.relu else "")
 
     def forward_buffers(self):
         return super().forward_buffers() + [self.weight_khwc]
@@ -155,8 +156,6 @@ class Conv(Node):
 class BatchNormTrain(Node):
     """Training-mode batch norm (+ ReLU) on channel rows, updating the running statistics in place as eager does."""
 
-    name = "batchnorm"
-
     def __init__(self, x, weight, bias, output, running_mean, running_var, momentum, eps, module, relu=False):
         inputs = [x] + [v for v in (weight, bias) if v is not None]
         super().__init__(inputs, output)
@@ -177,7 +176,10 @@ class BatchNormTrain(Node):
         self.param_grads = Buffer((2, channels), x.dtype, name + ".unused_param_grads")
         self.grad_x = Buffer(x.shape, x.dtype, name + ".unused_grad_x")
         self.running_scratch = (np.empty(channels, dtype=x.dtype), np.empty(channels, dtype=np.float64))
-        self.name = "batchnorm+relu" if relu else "batchnorm"
+
+    @property
+    def name(self):
+        return "batchnorm+relu" if self.relu else "batchnorm"
 
     def forward_buffers(self):
         return super().forward_buffers() + [self.stats, self.partials, self.coefficients]
@@ -518,8 +520,6 @@ class FoldedConv(Node):
     """Inference conv with the following eval-mode batch norm folded in: w' = w * s, b' = (b - mean) * s + beta,
     s = gamma / sqrt(running_var + eps), refolded from the live parameters at every call (+ ReLU in place)."""
 
-    name = "conv+bn(folded)"
-
     def __init__(self, x, output, conv_weight, conv_bias, bn, stride, padding, dilation, groups, relu):
         super().__init__([x], output)
         self.conv_weight, self.conv_bias = conv_weight, conv_bias  # arrays (the model's own), conv_bias may be None
@@ -533,10 +533,10 @@ class FoldedConv(Node):
         self.scale = np.empty(c_out, dtype=np.float64)
         self.wide_weight = np.empty(self.weight_khwc.shape, dtype=np.float64)
         self.wide_bias = np.empty(c_out, dtype=np.float64)
-        if bn is not None:
-            self.name = "conv+bn(folded)+relu" if relu else "conv+bn(folded)"
-        else:
-            self.name = "conv+relu" if relu else "conv"
+
+    @property
+    def name(self):
+        return ("conv+bn(folded)" if self.bn is not None else "conv") + ("+relu" if self.relu else "")
 
     def fold(self):
         weight_view = self.conv_weight.transpose(2, 3, 1, 0)
@@ -574,8 +574,6 @@ class FoldedConv(Node):
 class BatchNormEval(Node):
     """Eval-mode batch norm (+ ReLU) with the running statistics, where it could not be folded into a conv."""
 
-    name = "batchnorm(eval)"
-
     def __init__(self, x, output, running_mean, running_var, gamma, beta, eps, relu):
         super().__init__([x], output)
         channels = x.shape[-1]
@@ -585,8 +583,10 @@ class BatchNormEval(Node):
         self.mean = np.empty(channels, np.float64)
         self.invstd = np.empty(channels, np.float64)
         self.coefficients = np.empty((3, channels), x.dtype)
-        if relu:
-            self.name = "batchnorm(eval)+relu"
+
+    @property
+    def name(self):
+        return "batchnorm(eval)+relu" if self.relu else "batchnorm(eval)"
 
     def forward(self):
         np.copyto(self.mean, self.running_mean)

@@ -61,7 +61,16 @@ class FusedUpdate:
         for param in params_with_grad:
             if id(param) not in self.grad_of:  # a parameter no optimizer group updates still gets a gradient
                 self.grad_of[id(param)] = np.zeros(param.shape, param.dtype)
-        for param in params_with_grad:
+        self.params = list(params_with_grad)
+        self.attach_gradients()
+
+    def covers(self, params):
+        """Whether this binding holds exactly these parameters (another input shape of the same model)."""
+        return {id(p) for p in params} == {id(p) for p in self.params}
+
+    def attach_gradients(self):
+        """Point each parameter's .grad at its view of the gradient arena, where the graph writes it."""
+        for param in self.params:
             param.grad = self.grad_of[id(param)]
 
     def _home_state(self, group, params, dtype):
