@@ -40,9 +40,9 @@ def comparison_table(document):
     peak = document["sgemm_peak"]
     lines = [_render(headers, rows, 4), "",
              f"{document['threads']} threads; sgemm peak {_number(peak.get('gflops'))} GFLOP/s (NumPy float32 "
-             f"matmul {peak.get('size')}²); median of {document['settings']['steps']} steps after "
-             f"{document['settings']['warmup']} warm-up steps; first ms = the first step (compilation, cache "
-             "loading) apart.",
+             f"matmul {peak.get('size')}²); median of {document['settings']['steps']} timed steps after the "
+             f"first step and {document['settings']['warmup']} untimed warm-up step(s); first ms = the first step "
+             "(compilation, cache loading) apart.",
              "cn/this = cnnnumba's time / this row's time (below 1: cnnnumba is faster); mem = peak RSS growth "
              "of the run's process; check = first loss (train) or logits (inference) agree with cnnnumba's.",
              f"FLOPs counted: {document['flops_counted']}."]
@@ -114,7 +114,8 @@ def plot(document, path):
                  label=label)
     axes.set_xticks(range(len(groups)))
     axes.set_xticklabels([f"{m}\nbatch {b}\n{mode}" for m, b, mode in groups])
-    axes.set_ylabel("images / s (higher is better)")
+    axes.set_yscale("log")  # LeNet-5 and the cifar-cnn differ by orders of magnitude
+    axes.set_ylabel("images / s, log scale (higher is better)")
     axes.set_title(f"cnnnumba vs PyTorch, {document['threads']} threads, {document['machine']['cpu']}", fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
