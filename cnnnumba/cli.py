@@ -71,6 +71,8 @@ def build_parser():
     train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --checkpoint")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (needs matplotlib)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--eager", action="store_true",
+                       help="run each step op by op instead of as a captured graph (the default)")
 
     commands.add_parser("info", help="versions, threads, CPU features and the compile cache")
 
@@ -142,7 +144,7 @@ def run_train(args, parser):
     try:
         history = training.fit(model, optimizer, train_loader, args.epochs, test_loader=test_loader,
                                checkpoint_path=args.checkpoint, start_epoch=start_epoch, history=history,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, eager=args.eager)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
