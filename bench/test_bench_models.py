@@ -1,4 +1,4 @@
-"""Whole-model steps: LeNet-5 on 1×28×28 and the cifar-cnn on 3×32×32, training step and inference, batch 64 and 256.
+"""Whole-model steps: LeNet-5 (1×28×28) and the cifar-cnn (3×32×32), training step and inference, batch 64 and 256.
 
 Run: python -m pytest bench/test_bench_models.py --benchmark-only
 cnnnumba runs captured (cnnnumba.graph.capture) where the graph executor provides it, eagerly otherwise; the

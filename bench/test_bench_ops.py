@@ -118,7 +118,8 @@ def _norm_case(direction, shape):
 
     runs = {"cnnnumba": make(norm), "reference": make(reference)}
     if torch is not None:
-        x_t = torch.from_numpy(x).reshape(-1, 1, 1, channels).permute(0, 3, 1, 2).requires_grad_(direction == "backward")
+        x_t = torch.from_numpy(x).reshape(-1, 1, 1, channels).permute(0, 3, 1, 2)
+        x_t.requires_grad_(direction == "backward")
         w_t, b_t = torch.from_numpy(weight), torch.from_numpy(bias)
         g_t = torch.from_numpy(grad_y).reshape(-1, 1, 1, channels).permute(0, 3, 1, 2)
         if direction == "forward":

@@ -5,9 +5,11 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
+import time
 
 from .flops import COUNTED, model_flops
 from .worker import RESULT_MARKER
@@ -68,27 +70,57 @@ def versions():
             "cnnnumba": cnnnumba.__version__, "torch": torch_version()}
 
 
+def _busy_cpu_seconds():
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_worker(spec, threads, timeout=WORKER_TIMEOUT_S):
-    """Run one measurement in a fresh process pinned to `threads` threads; returns its result dict."""
+    """Run one measurement in a fresh process pinned to `threads` threads; returns its result dict.
+
+    The result also says how busy the rest of the machine was meanwhile: `other_load_cores`, the cores that
+    other processes kept busy on average while the worker ran (0 on a quiet machine).
+    """
     environment = dict(os.environ)
     for variable in ("CNNNUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         environment[variable] = str(threads)
+    busy_before, own_before, started = _busy_cpu_seconds(), _children_cpu_seconds(), time.perf_counter()
     try:
         finished = subprocess.run([sys.executable, "-m", "cnnnumba.bench.worker", json.dumps(spec)],
                                   capture_output=True, text=True, env=environment, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "error": f"timed out after {timeout} s"}
+    wall, busy_after = time.perf_counter() - started, _busy_cpu_seconds()
+    other_load = None
+    if busy_before is not None and busy_after is not None and wall > 0:
+        others = (busy_after - busy_before) - (_children_cpu_seconds() - own_before)
+        other_load = max(others, 0.0) / wall
     for line in reversed(finished.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
+            result = json.loads(line[len(RESULT_MARKER):])
+            result["other_load_cores"] = other_load
+            return result
     tail = " | ".join(finished.stderr.strip().splitlines()[-3:])
-    return {"status": "failed", "error": f"worker exited with code {finished.returncode}: {tail}"[:500]}
+    return {"status": "failed", "error": f"worker exited with code {finished.returncode}: {tail}"[:500],
+            "other_load_cores": other_load}
 
 
 def _record(spec, result, flops, peak_gflops):
     record = {"model": spec["model"], "batch_size": spec["batch_size"], "mode": spec["mode"],
               "framework": spec["framework"], "variant": spec.get("variant") or result.get("variant"),
-              "threads": spec["threads"], "status": result["status"]}
+              "threads": spec["threads"], "status": result["status"],
+              "other_load_cores": result.get("other_load_cores")}
     if result["status"] != "ok":
         record["error"] = result["error"]
         return record

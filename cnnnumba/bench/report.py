@@ -24,19 +24,20 @@ def _render(headers, rows, right_from):
 def comparison_table(document):
     """One row per record: time per step, throughput, GFLOP/s, % of peak, ratio, first step and memory."""
     headers = ["model", "batch", "mode", "framework", "ms/step", "img/s", "GFLOP/s", "% peak", "cn/this",
-               "first ms", "mem MiB", "check"]
+               "first ms", "mem MiB", "check", "others"]
     rows = []
     for record in document["records"]:
         head = [record["model"], record["batch_size"], record["mode"], framework_label(record)]
         if record["status"] != "ok":
-            rows.append(head + ["failed: " + record["error"][:60]] + [""] * 7)
+            rows.append(head + ["failed: " + record["error"][:60]] + [""] * 8)
             continue
         ratio = record.get("cnnnumba_time_over_this")
         check = {True: "ok", False: "DIFFERS", None: ""}[record.get("agrees_with_cnnnumba")]
         rows.append(head + [_number(record["ms_per_step"], 2), _number(record["images_per_second"], 0),
                             _number(record["gflops"]), _number(record["percent_of_peak"]),
                             "-" if ratio is None else f"{ratio:.2f}", _number(record["first_step_ms"], 0),
-                            _number(record["peak_memory_mib"], 0), check])
+                            _number(record["peak_memory_mib"], 0), check,
+                            _number(record.get("other_load_cores"), 2)])
     peak = document["sgemm_peak"]
     lines = [_render(headers, rows, 4), "",
              f"{document['threads']} threads; sgemm peak {_number(peak.get('gflops'))} GFLOP/s (NumPy float32 "
@@ -44,7 +45,8 @@ def comparison_table(document):
              f"first step and {document['settings']['warmup']} untimed warm-up step(s); first ms = the first step "
              "(compilation, cache loading) apart.",
              "cn/this = cnnnumba's time / this row's time (below 1: cnnnumba is faster); mem = peak RSS growth "
-             "of the run's process; check = first loss (train) or logits (inference) agree with cnnnumba's.",
+             "of the run's process; check = first loss (train) or logits (inference) agree with cnnnumba's;",
+             "others = cores that other processes kept busy meanwhile (0 on a quiet machine).",
              f"FLOPs counted: {document['flops_counted']}."]
     if document.get("torch_missing"):
         lines.append("torch is missing: cnnnumba ran alone.")
@@ -76,7 +78,8 @@ def profile_table(document):
     rows.append(["total", "", "training step", "", _number(step, 2), "-", "-", "100.0"])
     title = (f"profile: {profile['model']}, batch {profile['batch_size']}, one eager training step (median of "
              f"{profile['steps']} steps), {document['threads']} threads, sgemm peak "
-             f"{_number(document['sgemm_peak'].get('gflops'))} GFLOP/s")
+             f"{_number(document['sgemm_peak'].get('gflops'))} GFLOP/s; other processes kept "
+             f"{_number(profile.get('other_load_cores'), 2)} cores busy meanwhile")
     return title + "\n" + _render(headers, rows, 4)
 
 

@@ -39,7 +39,8 @@ def sgemm_peak(size, repeats):
     out = np.empty((size, size), dtype=np.float32)
     np.matmul(a, b, out=out)
     probe = rng.integers(0, size, 2)
-    if not math.isclose(float(out[probe[0], probe[1]]), float(a[probe[0]] @ b[:, probe[1]]), rel_tol=1e-3, abs_tol=1e-2):
+    expected = float(a[probe[0]] @ b[:, probe[1]])
+    if not math.isclose(float(out[probe[0], probe[1]]), expected, rel_tol=1e-3, abs_tol=1e-2):
         raise RuntimeError("the sgemm peak measurement computed a wrong product")
     times = []
     for _ in range(repeats):
