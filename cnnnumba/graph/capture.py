@@ -81,6 +81,7 @@ class _Lowering:
     def new_value(self, result, label):
         self.counter += 1
         value = N.Value(_internal_shape(result.shape), result.dtype, f"{label}{self.counter}")
+        value.traced_id = id(result)  # the traced tensor, whose use count decides whether a fusion may absorb it
         self.values[id(result)] = value
         return value
 
@@ -121,7 +122,7 @@ class _Lowering:
             if fusable and not producer.relu and self.single_use(id(args[0])):
                 producer.relu = True
                 producer.output = self.values[id(result)] = x
-                x.name += "_relu"
+                x.name, x.traced_id = x.name + "_relu", id(result)
                 return
             self.add(N.ReLU([x], self.new_value(result, "relu")))
             return
@@ -175,21 +176,15 @@ class _Lowering:
             running_mean, running_var = options["running_mean"], options["running_var"]
             producer = x.producer
             if isinstance(producer, N.FoldedConv) and producer.bn is None and not producer.relu \
-                    and self.single_use(self._tensor_id(x)):
+                    and self.single_use(x.traced_id):
                 producer.bn = (running_mean, running_var, gamma, beta, eps)
                 producer.output = self.values[id(result)] = x
-                x.name += "_bn"
+                x.name, x.traced_id = x.name + "_bn", id(result)
                 return
             self.add(N.BatchNormEval(x, self.new_value(result, "bn"), running_mean, running_var, gamma, beta, eps,
                                      relu=False))
             return
         self.lower_fallback(op, args, tensors, options, result)
-
-    def _tensor_id(self, value):
-        for key, candidate in self.values.items():
-            if candidate is value:
-                return key
-        return None
 
     def lower_fallback(self, op, args, tensors, options, result):
         arguments = [v if v is not None else a for v, a in zip(tensors, args)]
@@ -255,6 +250,16 @@ class _Schedule:
         return "\n".join(lines)
 
 
+def _check_loss_op(records, loss):
+    """Refuse, before anything is re-bound, a loss the graph cannot replay with new labels."""
+    last = records[-1] if records else None
+    if last is None or last[3] is not loss or type(last[0]) is not CrossEntropyOp \
+            or last[2].get("reduction", "mean") not in ("mean", "sum") or len(last[1][0].shape) != 2:
+        name = type(last[0]).__name__ if last is not None else "no op"
+        raise ValueError(f"captured step: the loss must be cross_entropy (mean or sum) of (N, C) logits against class "
+                         f"indices, but got {name}; use the eager loop (eager=True) for other losses")
+
+
 class _TrainingGraph:
     """One recorded training step for one input shape."""
 
@@ -269,6 +274,7 @@ class _TrainingGraph:
         loss.backward()
         optimizer.step()
         self.first_loss = float(loss.item())
+        _check_loss_op(tracer.records, loss)
         self.first_logits = logits.data
         params = []
         seen = set()
@@ -288,9 +294,8 @@ class _TrainingGraph:
         self.input_node = forward[0]
         self.loss_node = forward[-1]
         if not isinstance(self.loss_node, N.CrossEntropy) or self.loss_node.output is not lowering.values.get(id(loss)):
-            raise ValueError("captured step: the loss must be cross_entropy of the model's (N, C) logits against class "
-                             "indices (got " + (type(tracer.records[-1][0]).__name__ if tracer.records else "no op")
-                             + "); use the eager loop (eager=True) for other losses")
+            raise ValueError("captured step: the labels could not be bound to the cross_entropy target; use the "
+                             "eager loop (eager=True)")
         self.logits_value = self.loss_node.inputs[0]
         for value in lowering.values.values():
             if value.kind == "param" and value.needs_grad:
