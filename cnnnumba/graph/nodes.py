@@ -91,7 +91,8 @@ class InputNHWC(Node):
 
 
 class Conv(Node):
-    """conv2d (+ its bias, inside the kernel) (+ ReLU in place on the output): weight re-laid-out to (kH, kW, C_in/g, C_out)."""
+    """conv2d (+ its bias, inside the kernel) (+ ReLU in place on its output), the weight re-laid-out to
+    (kH, kW, C_in/groups, C_out) at each step; backward masks by the ReLU and sums the bias gradient in one pass."""
 
     def __init__(self, x, weight, bias, output, stride, padding, dilation, groups, relu=False):
         super().__init__([x, weight] + ([bias] if bias is not None else []), output)
@@ -188,7 +189,9 @@ class BatchNormTrain(Node):
         extra = [self.stats, self.partials, self.sums, self.coefficients, self.inputs[0].buffer]
         if self.relu:
             extra.append(self.output.buffer)
-        if not (self.weight_index and self.needs(self.weight_index)) or not (self.bias_index and self.needs(self.bias_index)):
+        need_weight = self.weight_index is not None and self.needs(self.weight_index)
+        need_bias = self.bias_index is not None and self.needs(self.bias_index)
+        if not need_weight or not need_bias:
             extra.append(self.param_grads)
         if not self.needs(0):
             extra.append(self.grad_x)

@@ -31,7 +31,8 @@ class Cat(Function):
 def cat(tensors, dim=1):
     """torch.cat: join tensors of equal shape except along `dim` (default 1, the channels of NCHW)."""
     if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
-        raise TypeError(f"cat(): argument 'tensors' must be a tuple or list of Tensors, but got {type(tensors).__name__}")
+        raise TypeError("cat(): argument 'tensors' must be a tuple or list of Tensors, but got "
+                        f"{type(tensors).__name__}")
     if len(tensors) == 0:
         raise ValueError("cat(): expected a non-empty list of Tensors")
     for position, tensor in enumerate(tensors):

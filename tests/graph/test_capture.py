@@ -33,7 +33,8 @@ class Branchy(nn.Module):
 def dropout_net():
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.3),
                          # no bias before batch norm: its gradient is zero up to rounding, which Adam would amplify
-                         nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5),
+                         nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Dropout(0.5),
                          nn.Linear(4 * 4 * 4, 10))
 
 
@@ -43,6 +44,10 @@ MODELS = {
     "dropout": (dropout_net, (3, 8, 8), 10),
     "branchy": (Branchy, (3, 8, 8), 5),
     "lenet5": (lambda: cn.models.lenet5(image_size=16), (1, 16, 16), 10),
+    # batch norm without affine parameters, and with a cumulative average (momentum=None)
+    "plain_bn": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, affine=False), nn.ReLU(),
+                                       nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4, momentum=None),
+                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), (3, 8, 8), 3),
 }
 OPTIMIZERS = {
     "sgd": lambda params: optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4),
@@ -76,7 +81,8 @@ def train(model_name, optimizer_name, dtype, sizes, captured):
     model, optimizer = build(model_name, optimizer_name, dtype)
     step = cn.graph.capture(model, F.cross_entropy, optimizer) if captured else None
     cn.manual_seed(1)  # the dropout masks' stream, the same for both runs
-    losses = [step(x, y) if captured else eager_step(model, optimizer, x, y) for x, y in batches(model_name, dtype, sizes)]
+    losses = [step(x, y) if captured else eager_step(model, optimizer, x, y)
+              for x, y in batches(model_name, dtype, sizes)]
     state = {key: np.array(value) for key, value in model.state_dict().items()}
     return losses, state, model, optimizer, step
 
@@ -93,7 +99,7 @@ def assert_same_training(captured, eager, dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("model_name, optimizer_name", [
     ("cifar_cnn", "sgd"), ("cifar_cnn", "adamw"), ("resnet20", "sgd"), ("resnet20", "adamw"), ("dropout", "sgd"),
-    ("dropout", "adamw"), ("branchy", "sgd"), ("lenet5", "adamw"),
+    ("dropout", "adamw"), ("branchy", "sgd"), ("lenet5", "adamw"), ("plain_bn", "sgd"),
 ])
 def test_captured_steps_match_eager(model_name, optimizer_name, dtype):
     sizes = [4] * 4
