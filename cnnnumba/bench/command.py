@@ -48,6 +48,9 @@ def add_parser(commands):
                        help="training step and/or inference (default: both)")
     bench.add_argument("--steps", type=_positive_int, help="timed steps; the median is reported (default: 20)")
     bench.add_argument("--warmup", type=_non_negative_int, help="untimed steps after the first (default: 3)")
+    bench.add_argument("--rounds", type=_positive_int, default=1,
+                       help="run everything this many times, interleaved, and keep for each run the round with "
+                            "the least outside load (for shared machines; default: 1)")
     bench.add_argument("--threads", type=_positive_int, help="threads for every framework (default: all cores)")
     bench.add_argument("--eager", action="store_true", help="run cnnnumba eagerly even where graph capture exists")
     bench.add_argument("--no-torch", action="store_true", help="run cnnnumba alone")
@@ -81,7 +84,7 @@ def settings_from(args, parser):
     return {"models": args.models or default_models, "batch_sizes": args.batch_sizes or base["batch_sizes"],
             "modes": args.modes or base["modes"], "steps": args.steps or base["steps"],
             "warmup": base["warmup"] if args.warmup is None else args.warmup, "threads": threads,
-            "eager": args.eager, "no_torch": args.no_torch, "torch_compile": args.torch_compile,
+            "rounds": args.rounds, "eager": args.eager, "no_torch": args.no_torch, "torch_compile": args.torch_compile,
             "quick": args.quick, "seed": args.seed, "distinct_batches": 4, "peak_size": base["peak_size"],
             "peak_repeats": base["peak_repeats"]}
 
