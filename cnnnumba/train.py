@@ -1,11 +1,12 @@
 """The training loop: fit, evaluate, and training-state checkpoints that resume exactly."""
+import contextlib
 import math
 import time
 
 import numpy as np
 
 from . import _config
-from .autograd import Tensor, no_grad
+from .autograd import Tensor, detect_anomaly as _detect_anomaly, no_grad
 from .graph import capture
 from .io import load, save
 from .ops.loss import cross_entropy
@@ -84,7 +85,8 @@ def _progress(total, description, enabled):
 
 
 def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler=None, scheduler_per_step=False,
-        test_loader=None, checkpoint_path=None, start_epoch=0, history=None, progress=True, log=print, eager=False):
+        test_loader=None, checkpoint_path=None, start_epoch=0, history=None, progress=True, log=print, eager=False,
+        detect_anomaly=False):
     """Train `model` for epochs start_epoch..epochs-1; returns the history, one dict per epoch.
 
     Each epoch records train loss/accuracy, images per second and seconds, and test loss/accuracy when a
@@ -96,9 +98,14 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
     Steps run captured (`cnnnumba.graph.capture`: recorded once per batch shape, then replayed with planned
     memory and fused kernels; the same numbers as eager within float rounding); `eager=True` runs each step
     op by op instead. A captured step has already updated the weights when a non-finite loss is seen.
+    `detect_anomaly=True` runs eager steps under `cnnnumba.autograd.detect_anomaly()`: the first op whose forward
+    or backward produces NaN or Inf raises AnomalyError naming it, before the weights change or anything is saved.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, but got {epochs!r}")
+    if not isinstance(detect_anomaly, bool):
+        raise TypeError(f"fit expected detect_anomaly to be a bool, but got {type(detect_anomaly).__name__}")
+    eager = eager or detect_anomaly
     history = list(history or [])
     captured_step = None
     for epoch in range(start_epoch, epochs):
@@ -112,8 +119,9 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
             for step, (images, labels) in enumerate(train_loader):
                 if captured_step is None:
                     optimizer.zero_grad()
-                    logits = model(Tensor(images))
-                    loss = loss_fn(logits, labels)
+                    with _detect_anomaly() if detect_anomaly else contextlib.nullcontext():
+                        logits = model(Tensor(images))
+                        loss = loss_fn(logits, labels)
                     value = float(loss.item())
                 else:
                     value = captured_step(images, labels)
@@ -123,7 +131,8 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
                         f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                         "stopping without writing a checkpoint (try a lower learning rate)")
                 if captured_step is None:
-                    loss.backward()
+                    with _detect_anomaly() if detect_anomaly else contextlib.nullcontext():
+                        loss.backward()
                     optimizer.step()
                 if scheduler is not None and scheduler_per_step:
                     scheduler.step()

@@ -3,6 +3,7 @@ import threading
 
 import numpy as np
 
+from . import anomaly as _anomaly
 from .grad_mode import is_grad_enabled
 
 # Graph capture (cnnnumba.graph) registers tracers here; apply() tells each one about every op it runs.
@@ -44,6 +45,8 @@ class Function:
         record = is_grad_enabled() and any(needs)
         op.needs_input_grad = needs if record else (False,) * len(args)
         output = op.forward(*(a.data if isinstance(a, Tensor) else a for a in args), **options)
+        if _anomaly._state.depth:
+            _anomaly.on_forward(op, [a.data if isinstance(a, Tensor) else a for a in args], output)
         result = Tensor._wrap(output, record)
         if record:
             op.parents = tuple((i, a) for i, a in enumerate(args) if needs[i])
@@ -97,6 +100,8 @@ def run_backward(root, grad):
         input_grads = op.backward(grad_output)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
+        if _anomaly._state.depth:
+            _anomaly.on_backward(op, grad_output, input_grads)
         for index, parent in op.parents:
             input_grad = input_grads[index]
             if input_grad is None:
