@@ -1,5 +1,8 @@
-"""Process-wide settings: thread count, random generator and default dtype, read once from the environment."""
+"""Process-wide settings: thread count, random generator, default dtype and compile cache, read once from the environment."""
 import os
+import sys
+import tempfile
+import warnings
 
 import numpy as np
 
@@ -57,3 +60,124 @@ def get_num_threads():
 _env_threads = os.environ.get("CNNNUMBA_NUM_THREADS")
 if _env_threads:
     set_num_threads(int(_env_threads))
+
+
+# ----- Numba's compile cache -------------------------------------------------------------------------------------
+# Numba reads NUMBA_CACHE_DIR once, when it is imported, so this runs at import of cnnnumba._config, which
+# cnnnumba/__init__.py imports first. What Numba does on its own: an unwritable NUMBA_CACHE_DIR is skipped silently
+# for the package's __pycache__ and then the user-wide cache (~/.cache/numba); when none of those is writable it
+# refuses to decorate the kernels (RuntimeError at import). What is added here: CNNNUMBA_CACHE_DIR, a warning
+# that names an unwritable requested directory, a private fallback when nothing Numba would try is writable, and
+# (in `recover_corrupt_cache_entries`) treating a truncated cache file as a miss instead of a crash.
+
+def _unwritable_reason(path):
+    """None when `path` is (or can be made) a directory this process can write into, else why not."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
+
+
+def _private_cache_dir():
+    """A per-user directory under the temp dir that only this user can write (cached kernels are pickles, which
+    must never be loaded from a directory someone else controls)."""
+    path = os.path.join(tempfile.gettempdir(), f"cnnnumba-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022 or os.path.islink(path)):
+        return None
+    return path if _unwritable_reason(path) is None else None
+
+
+def _user_cache_home():
+    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+
+
+def _fallback_cache_dirs():
+    yield os.path.join(_user_cache_home(), "cnnnumba", "numba")
+    private = _private_cache_dir()
+    if private is not None:
+        yield private
+
+
+def _settle_cache_dir():
+    """The directory Numba will cache cnnnumba's kernels in (None: Numba's own choice), warning on a fallback."""
+    for variable in ("CNNNUMBA_CACHE_DIR", "NUMBA_CACHE_DIR"):
+        requested = os.environ.get(variable)
+        if requested:
+            break
+    if requested:
+        reason = _unwritable_reason(requested)
+        if reason is None:
+            return requested
+        why = f"{variable}={requested!r} is not writable ({reason})"
+    else:
+        package_cache = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "__pycache__")
+        if _unwritable_reason(package_cache) is None or _unwritable_reason(
+                os.path.join(_user_cache_home(), "numba")) is None:
+            return None
+        why = "neither the package's __pycache__ nor the user-wide Numba cache is writable"
+    for candidate in _fallback_cache_dirs():
+        if _unwritable_reason(candidate) is None:
+            warnings.warn(f"{why}; cnnnumba caches its compiled kernels in {candidate} instead", RuntimeWarning,
+                          stacklevel=2)
+            return candidate
+    warnings.warn(f"{why}, and no fallback directory is writable; Numba may be unable to cache kernels",
+                  RuntimeWarning, stacklevel=2)
+    return None
+
+
+CACHE_DIR = _settle_cache_dir()
+if CACHE_DIR is not None:
+    os.environ["NUMBA_CACHE_DIR"] = CACHE_DIR
+    if "numba" in sys.modules:  # imported before cnnnumba: its config already read the environment
+        sys.modules["numba"].config.CACHE_DIR = CACHE_DIR
+
+
+def recover_corrupt_cache_entries(dispatcher):
+    """Make a truncated or garbled cache file of this kernel a cache miss (recompile and rewrite it, with a
+    warning) instead of the UnpicklingError/EOFError Numba raises on the kernel's first call."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if cache_file is not None and not isinstance(cache_file, _recovering_cache_file_class()):
+        cache_file.__class__ = _recovering_cache_file_class()
+    return dispatcher
+
+
+_RECOVERING_CACHE_FILE = None
+
+
+def _recovering_cache_file_class():
+    global _RECOVERING_CACHE_FILE
+    if _RECOVERING_CACHE_FILE is None:
+        from numba.core.caching import IndexDataCacheFile
+
+        def corrupt(path, error):
+            warnings.warn(f"ignoring a corrupt Numba cache file {path} ({type(error).__name__}: {error}); "
+                          "the kernel is compiled again and the file rewritten", RuntimeWarning, stacklevel=3)
+
+        class RecoveringIndexDataCacheFile(IndexDataCacheFile):
+            def _load_index(self):
+                try:
+                    return super()._load_index()
+                except OSError:
+                    raise
+                except Exception as error:  # pickle errors, EOFError, ValueError: a truncated or garbled index
+                    corrupt(self._index_path, error)
+                    return {}
+
+            def _load_data(self, name):
+                try:
+                    return super()._load_data(name)
+                except OSError:
+                    raise
+                except Exception as error:
+                    corrupt(self._data_path(name), error)
+                    return None
+
+        _RECOVERING_CACHE_FILE = RecoveringIndexDataCacheFile
+    return _RECOVERING_CACHE_FILE
