@@ -1,0 +1,78 @@
+"""Determinism: one seed gives bit-identical weights after N steps across runs, processes and thread counts."""
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba import models, optim, train
+from cnnnumba.data import DataLoader, load_digits
+
+STEPS_PROGRAM = textwrap.dedent("""
+    import hashlib, sys
+    import numpy as np
+    import cnnnumba as cn
+    from cnnnumba import models, optim
+    from cnnnumba.data import DataLoader, load_digits
+
+    def weights_after(steps, eager, model_name="small_cnn"):
+        cn.manual_seed(11)
+        model = getattr(models, model_name)() if model_name == "small_cnn" else cn.nn.Sequential(
+            cn.nn.Conv2d(1, 8, 3, padding=1), cn.nn.BatchNorm2d(8), cn.nn.ReLU(), cn.nn.Dropout(0.25),
+            cn.nn.Conv2d(8, 8, 3, stride=2, groups=2), cn.nn.ReLU(), cn.nn.AdaptiveAvgPool2d(1), cn.nn.Flatten(),
+            cn.nn.Linear(8, 10))
+        optimizer = optim.AdamW(model.parameters(), lr=3e-3)
+        loader = DataLoader(load_digits()[0], batch_size=48, shuffle=True, seed=5)
+        step = None if eager else cn.graph.capture(model, cn.nn.CrossEntropyLoss(), optimizer)
+        for index, (images, labels) in enumerate(loader):
+            if index == steps:
+                break
+            if step is None:
+                optimizer.zero_grad()
+                loss = cn.functional.cross_entropy(model(cn.Tensor(images)), labels)
+                loss.backward()
+                optimizer.step()
+            else:
+                step(images, labels)
+        digest = hashlib.sha256()
+        for name, value in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()
+""")
+namespace = {}
+exec(STEPS_PROGRAM, namespace)
+weights_after = namespace["weights_after"]
+MODELS = ["small_cnn", "dropout_groups"]
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "captured"])
+def test_the_same_seed_gives_bit_identical_weights_across_runs_and_thread_counts(eager, model_name):
+    threads = cn.get_num_threads()
+    try:
+        digests = {}
+        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            cn.set_num_threads(count)
+            digests[count] = {weights_after(4, eager, model_name), weights_after(4, eager, model_name)}
+    finally:
+        cn.set_num_threads(threads)
+    assert len(set.union(*digests.values())) == 1, digests
+
+
+def test_a_fresh_process_reproduces_the_weights_bit_for_bit(tmp_path):
+    program = STEPS_PROGRAM + "\nprint(weights_after(4, eager=False), weights_after(4, eager=True))\n"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [weights_after(4, eager=False), weights_after(4, eager=True)]
+
+
+def test_different_seeds_give_different_weights():
+    cn.manual_seed(1)
+    first = hashlib.sha256(models.small_cnn().state_dict()["0.weight"].tobytes()).hexdigest()
+    cn.manual_seed(2)
+    assert hashlib.sha256(models.small_cnn().state_dict()["0.weight"].tobytes()).hexdigest() != first
