@@ -1,4 +1,4 @@
-"""Process-wide settings: thread count, random generator, default dtype and compile cache, read once from the environment."""
+"""Process-wide settings read once from the environment: threads, random generator, dtype, compile cache."""
 import os
 import sys
 import tempfile

@@ -59,6 +59,9 @@ class StepLR(LRScheduler):
     """Multiply the learning rate by gamma every step_size steps."""
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            # PyTorch takes 0 here and fails later with ZeroDivisionError in step()
+            raise ValueError(f"StepLR expected step_size to be a positive int, but got {step_size!r}")
         self.step_size = step_size
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -73,6 +76,9 @@ class CosineAnnealingLR(LRScheduler):
     """eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2, applied recursively as PyTorch does."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
+        if isinstance(T_max, bool) or not isinstance(T_max, (int, float)) or not T_max > 0:
+            # PyTorch takes 0 here and fails later with ZeroDivisionError in step()
+            raise ValueError(f"CosineAnnealingLR expected T_max to be a positive number, but got {T_max!r}")
         self.T_max = T_max
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
