@@ -55,6 +55,11 @@ def restore_training_state(state, model, optimizer, scheduler, loader):
     """Load a `training_state` back into live objects; returns (epochs done, history)."""
     if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
         raise ValueError("this checkpoint is not a cnnnumba training state (it may be a bare model state dict)")
+    expected = {"kind", "epoch", "model", "optimizer", "scheduler", "loader", "rng", "history"}
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected, key=str)
+        raise ValueError(f"this training state has an unknown key set (missing: {missing}, unexpected: "
+                         f"{unexpected}); it was written by a different version or edited")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:

@@ -1,0 +1,93 @@
+"""Training-state checkpoints beyond tests/io (which covers SIGKILL mid-save, truncation, object arrays, newer
+format versions) and tests/test_train.py (exact resume): a training state with an unknown key set is refused by
+name, and a run interrupted by SIGKILL mid-epoch resumes from its last checkpoint to the same weights as an
+uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba import models, optim, train
+from cnnnumba.data import DataLoader, load_digits
+
+
+def _setup():
+    cn.manual_seed(0)
+    model = models.small_cnn()
+    optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return model, optimizer, DataLoader(load_digits()[0], batch_size=64, shuffle=True, seed=3)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda state: state.pop("optimizer"), r"unknown key set \(missing: \['optimizer'\], unexpected: \[\]\)"),
+    (lambda state: state.update(ema={"w": np.zeros(2)}), r"missing: \[\], unexpected: \['ema'\]"),
+])
+def test_a_training_state_with_an_unknown_key_set_is_refused_by_name(tmp_path, edit, message):
+    model, optimizer, loader = _setup()
+    state = train.training_state(model, optimizer, None, loader, 0, [])
+    edit(state)
+    cn.save(state, tmp_path / "edited.ckpt")
+    with pytest.raises(ValueError, match=message):
+        train.load_training_state(tmp_path / "edited.ckpt", model, optimizer, None, loader)
+
+
+RUN = textwrap.dedent("""
+    import os, sys
+    import cnnnumba as cn
+    from cnnnumba import models, optim, train
+    from cnnnumba.data import DataLoader, load_digits
+
+    path, epochs, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
+    cn.manual_seed(0)
+    model = models.small_cnn()
+    optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = DataLoader(load_digits()[0], batch_size=64, shuffle=True, seed=3)
+    start, history = train.load_training_state(path, model, optimizer, None, loader) if resume else (0, [])
+
+    def log(line):
+        print(line, flush=True)
+        if not resume and line.startswith("epoch 1/"):
+            print("CHECKPOINTED", flush=True)  # the parent waits for the file, then kills us in epoch 2
+
+    train.fit(model, optimizer, loader, epochs, checkpoint_path=path, start_epoch=start, history=history,
+              progress=False, log=log)
+    cn.save(model.state_dict(), path + ".final")
+""")
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    killed, straight = str(tmp_path / "killed.ckpt"), str(tmp_path / "straight.ckpt")
+    done = subprocess.run([sys.executable, str(script), straight, "3", "fresh"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    victim = subprocess.Popen([sys.executable, str(script), killed, "3", "fresh"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    for line in victim.stdout:
+        if line.startswith("CHECKPOINTED"):
+            break
+    deadline = time.monotonic() + 60
+    while not os.path.exists(killed) and time.monotonic() < deadline:  # fit saves right after logging epoch 1
+        time.sleep(0.01)
+    time.sleep(0.1)  # into epoch 2
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert not os.path.exists(killed + ".final")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("killed")] == ["killed.ckpt"]
+
+    resumed = subprocess.run([sys.executable, str(script), killed, "3", "resume"], capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, actual = cn.load(straight + ".final"), cn.load(killed + ".final")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
