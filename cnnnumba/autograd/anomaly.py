@@ -23,12 +23,28 @@ class AnomalyError(RuntimeError):
 
 class _AnomalyState(threading.local):
     # Per thread, like no_grad: a detect_anomaly() block in one thread does not slow or stop another's work.
-    # Function.apply and run_backward read `depth` on every op, so "off" costs one attribute read.
     depth = 0
     check_nan = True
 
 
 _state = _AnomalyState()
+_lock = threading.Lock()
+# How many threads have anomaly detection on. Function.apply and run_backward read this module global on every
+# op (tens of nanoseconds; a threading.local attribute costs several times that) and look at the per-thread
+# state only when it is non-zero.
+active_threads = 0
+
+
+def _set_depth(depth):
+    global active_threads
+    with _lock:
+        active_threads += (depth > 0) - (_state.depth > 0)
+        _state.depth = depth
+
+
+def enabled_here():
+    """Whether this thread checks ops (Function.apply and run_backward call this only when active_threads)."""
+    return _state.depth > 0
 
 
 def is_anomaly_enabled():
@@ -47,12 +63,12 @@ def detect_anomaly(check_nan=True):
     if not isinstance(check_nan, bool):
         raise TypeError(f"detect_anomaly expected check_nan to be a bool, but got {type(check_nan).__name__}")
     previous = _state.check_nan
-    _state.depth += 1
+    _set_depth(_state.depth + 1)
     _state.check_nan = check_nan
     try:
         yield
     finally:
-        _state.depth -= 1
+        _set_depth(_state.depth - 1)
         _state.check_nan = previous
 
 
@@ -60,7 +76,7 @@ def set_detect_anomaly(mode):
     """Turn anomaly detection on or off in this thread outside a `with` block (PyTorch's set_detect_anomaly)."""
     if not isinstance(mode, bool):
         raise TypeError(f"set_detect_anomaly expected a bool, but got {type(mode).__name__}")
-    _state.depth = 1 if mode else 0
+    _set_depth(1 if mode else 0)
     _state.check_nan = True
 
 

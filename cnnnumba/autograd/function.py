@@ -45,7 +45,7 @@ class Function:
         record = is_grad_enabled() and any(needs)
         op.needs_input_grad = needs if record else (False,) * len(args)
         output = op.forward(*(a.data if isinstance(a, Tensor) else a for a in args), **options)
-        if _anomaly._state.depth:
+        if _anomaly.active_threads and _anomaly.enabled_here():
             _anomaly.on_forward(op, [a.data if isinstance(a, Tensor) else a for a in args], output)
         result = Tensor._wrap(output, record)
         if record:
@@ -100,7 +100,7 @@ def run_backward(root, grad):
         input_grads = op.backward(grad_output)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
-        if _anomaly._state.depth:
+        if _anomaly.active_threads and _anomaly.enabled_here():
             _anomaly.on_backward(op, grad_output, input_grads)
         for index, parent in op.parents:
             input_grad = input_grads[index]
