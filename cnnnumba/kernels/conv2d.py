@@ -12,6 +12,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
+from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 
 # Reductions over the batch split the flattened (image, output row) range into this many chunks at most, a
 # number that does not depend on the thread count, so results are bit-identical for any number of threads.
@@ -197,23 +198,25 @@ def _broadcast(builder, scalar):
 
 
 @intrinsic
-def _forward_tile(typingctx, out, out_offset, x, x_offset, x_pixel_step, weight, weight_offset, bias, bias_offset,
-                  kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in, channels_out):
-    """out[p, 0:32] = bias[0:32] + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] * weight[taps, ci, 0:32]
-    for the 8 pixels p of one tile; offsets and steps count float32 elements, the row step of weight and out
-    is channels_out."""
+def _forward_tile(typingctx, out, out_offset, out_pixel_step, x, x_offset, x_pixel_step, weight, weight_offset, bias,
+                  bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in,
+                  channels_out):
+    """out[p * out_pixel_step + 0:32] = bias[0:32] + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
+    weight[taps, ci, 0:32] for the 8 pixels p of one tile; offsets and steps count float32 elements, the row
+    step of weight is channels_out."""
     index = types.intp
-    signature = types.void(out, index, x, index, index, weight, index, bias, index, index, index, index, index, index,
-                           index, index)
+    signature = types.void(out, index, index, x, index, index, weight, index, bias, index, index, index, index, index,
+                           index, index, index)
 
     def codegen(context, builder, sig, args):
-        (out_value, out_offset, x_value, x_offset, x_pixel_step, weight_value, weight_offset, bias_value, bias_offset,
-         kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in, channels_out) = args
+        (out_value, out_offset, out_pixel_step, x_value, x_offset, x_pixel_step, weight_value, weight_offset,
+         bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in,
+         channels_out) = args
         fma = _vector_fma(builder)
         out_pointer = _element_pointer(context, builder, sig.args[0], out_value, out_offset)
-        x_pointer = _element_pointer(context, builder, sig.args[2], x_value, x_offset)
-        weight_pointer = _element_pointer(context, builder, sig.args[5], weight_value, weight_offset)
-        bias_pointer = _element_pointer(context, builder, sig.args[7], bias_value, bias_offset)
+        x_pointer = _element_pointer(context, builder, sig.args[3], x_value, x_offset)
+        weight_pointer = _element_pointer(context, builder, sig.args[6], weight_value, weight_offset)
+        bias_pointer = _element_pointer(context, builder, sig.args[8], bias_value, bias_offset)
         lane_step = ir.Constant(_INDEX, LANES)
         bias_vectors = [_load_vector(builder, bias_pointer), _load_vector(builder, builder.gep(bias_pointer, [lane_step]))]
         accumulators = []
@@ -240,7 +243,7 @@ def _forward_tile(typingctx, out, out_offset, x, x_offset, x_pixel_step, weight,
                             slot = accumulators[2 * p + v]
                             builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
         for p in range(TILE_PIXELS):
-            out_pixel = builder.gep(out_pointer, [builder.mul(channels_out, ir.Constant(_INDEX, p))])
+            out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
             for v in range(2):
                 _store_vector(builder, builder.load(accumulators[2 * p + v]),
                               builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
@@ -339,27 +342,54 @@ def _im2col(padded, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation
                 target[start + column] = 0.0
 
 
+@jit
+def _fill_strip(x, n, first_ih, pad_left, strip):
+    """strip[r, c] = x[n, first_ih + r, c - pad_left] where that pixel exists, else 0: rows of the padded image.
+    The caller makes strip at least pad_left + W wide."""
+    height, width = x.shape[1], x.shape[2]
+    for r in range(strip.shape[0]):
+        ih = first_ih + r
+        if ih < 0 or ih >= height:
+            strip[r] = 0.0
+        else:
+            strip[r, :pad_left] = 0.0
+            strip[r, pad_left:pad_left + width] = x[n, ih]
+            strip[r, pad_left + width:] = 0.0
+
+
 @parallel_jit
-def _forward_fast(padded, weight, bias, out, stride_h, stride_w, dilation_h, dilation_w):
-    _, padded_h, padded_w, channels_in = padded.shape
-    kernel_h, kernel_w, _, channels_out = weight.shape
-    batch, out_h, out_w, _ = out.shape
-    x_pixel_step = stride_w * channels_in
-    x_tap_h_step = dilation_h * padded_w * channels_in
-    x_tap_w_step = dilation_w * channels_in
-    weight_tap_step = channels_in * channels_out
-    for job in prange(batch * out_h):
-        n = job // out_h
-        oh = job % out_h
-        x_row = (n * padded_h + oh * stride_h) * padded_w * channels_in
-        out_row = (n * out_h + oh) * out_w * channels_out
-        for co_block in range(0, channels_out, TILE_CHANNELS):
-            co = min(co_block, channels_out - TILE_CHANNELS)
-            for ow_block in range(0, out_w, TILE_PIXELS):
-                ow = min(ow_block, out_w - TILE_PIXELS)
-                _forward_tile(out, out_row + ow * channels_out + co, padded, x_row + ow * x_pixel_step, x_pixel_step,
-                              weight, co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
-                              channels_in, channels_out)
+def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job,
+                  frame_w):
+    """Each job pads the input rows under rows_per_job output rows of one image into a local strip (no
+    whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles.
+    weight is (kH, kW, R, C_out) where R is C_in, or kW' * C_in with kW = 1 when the taps of a kernel row
+    are folded into the reduction (dilation 1 along the width makes them contiguous in the strip)."""
+    batch, _, _, channels = x.shape
+    kernel_h, kernel_w, reduction, channels_out = weight.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    blocks = (out_h + rows_per_job - 1) // rows_per_job
+    strip_h = (rows_per_job - 1) * stride_h + dilation_h * (kernel_h - 1) + 1
+    x_pixel_step = stride_w * channels
+    x_row_step = stride_h * frame_w * channels
+    x_tap_h_step = dilation_h * frame_w * channels
+    x_tap_w_step = dilation_w * channels
+    weight_tap_step = reduction * channels_out
+    for job in prange(batch * blocks):
+        n = job // blocks
+        first = (job % blocks) * rows_per_job
+        last = min(first + rows_per_job, out_h)
+        strip = np.empty((strip_h, frame_w, channels), x.dtype)
+        _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
+        for oh in range(first, last):
+            x_row = (oh - first) * x_row_step
+            out_row = (n * out_h + oh) * out_w * channels_out
+            for co_block in range(0, channels_out, TILE_CHANNELS):
+                co = min(co_block, channels_out - TILE_CHANNELS)
+                for ow_block in range(0, out_w, TILE_PIXELS):
+                    ow = min(ow_block, out_w - TILE_PIXELS)
+                    _forward_tile(out, out_row + ow * channels_out + co, channels_out, strip, x_row + ow * x_pixel_step,
+                                  x_pixel_step, weight, co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                                  weight_tap_step, reduction, channels_out)
 
 
 @parallel_jit
@@ -486,6 +516,8 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         else:
             padded = _padded_frame(x, weight.shape, out.shape, stride, padding, dilation)
             _forward_fast(padded, weight, bias, out, stride[0], stride[1], dilation[0], dilation[1])
+    elif groups == 1:
+        conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation)
     else:
         _forward_general(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
                          dilation[1], groups)
@@ -511,6 +543,8 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
         _pad_nhwc(grad_out, pad_top, pad_left, padded)
         flipped = np.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2))
         _forward_fast(padded, flipped, np.zeros(out.shape[3], dtype), out, 1, 1, dilation[0], dilation[1])
+    elif groups == 1:
+        conv2d_backward_input_gemm(grad_out, weight, out, stride, padding, dilation)
     else:
         _backward_input_general(grad_out, weight, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
                                 dilation[1], groups)
@@ -533,6 +567,8 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
         else:
             padded = _padded_frame(x, out.shape, grad_out.shape, stride, padding, dilation)
             _backward_weight_fast(padded, grad_out, out, stride[0], stride[1], dilation[0], dilation[1])
+    elif groups == 1:
+        conv2d_backward_weight_gemm(x, grad_out, out, stride, padding, dilation)
     else:
         _backward_weight_general(x, grad_out, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
                                  dilation[1], groups)
