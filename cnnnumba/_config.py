@@ -6,6 +6,12 @@ import warnings
 
 import numpy as np
 
+# GNU OpenMP (Numba's "omp" threading layer here) keeps its workers spinning for 300,000 iterations after each
+# parallel region. The BLAS calls between kernels (linear layers, im2col GEMMs) then share the cores with spinning
+# threads, and a 0.1 ms GEMM can wait out a scheduler time slice (4-8 ms). A short spin still keeps back-to-back
+# kernels warm. It must be set before the threading layer loads; a user's own setting wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 DEFAULT_DTYPE = np.float32
 FLOAT_DTYPES = (np.float32, np.float64)
 
