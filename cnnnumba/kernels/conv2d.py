@@ -497,6 +497,30 @@ def _padded_frame(x, weight_shape, out_shape, stride, padding, dilation):
     return padded
 
 
+# Jobs the forward driver aims for: enough for the threads to share, few enough that a strip (the padded rows
+# one job reads) is reused by many tiles. Strips larger than STRIP_BYTES are split so they stay in L2.
+JOBS_WANTED = 16
+STRIP_BYTES = 512 << 10
+
+
+def _rows_per_job(batch, out_h, stride_h, frame_row_bytes):
+    """Output rows per forward job: whole images when the batch alone makes enough jobs, else bands of rows."""
+    rows = out_h if batch >= JOBS_WANTED else -(-out_h * batch // JOBS_WANTED)
+    return max(1, min(rows, STRIP_BYTES // max(1, stride_h * frame_row_bytes)))
+
+
+def _forward_fast(x, weight, bias, out, stride, padding, dilation):
+    """The register-tiled forward on contiguous float32 operands; with dilation 1 along the width the kW taps of
+    a kernel row are adjacent in a padded row, so they are folded into the reduction axis (kW * C_in long)."""
+    kernel_h, kernel_w, channels_in, channels_out = weight.shape
+    frame_w = max(padding[1] + x.shape[2], (out.shape[2] - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
+    rows = _rows_per_job(x.shape[0], out.shape[1], stride[0], frame_w * x.shape[3] * x.itemsize)
+    if dilation[1] == 1:
+        weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
+    _forward_rows(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], rows,
+                  frame_w)
+
+
 def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """out[n, oh, ow, co] = bias[co] + sum over taps and the group's input channels of x * weight."""
     dtype = x.dtype
@@ -508,14 +532,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         bias = _contiguous(bias, dtype)
     if uses_fast_forward(dtype, weight.shape, out.shape, groups):
         bias = np.zeros(weight.shape[3], dtype) if bias is None else bias
-        if _uses_im2col(weight.shape):
-            patches, used = _im2col_frame(x, weight.shape, out.shape, stride, padding, dilation)
-            folded = np.zeros((1, 1, patches.shape[3], weight.shape[3]), dtype)
-            folded[0, 0, :used] = weight.reshape(used, weight.shape[3])
-            _forward_fast(patches, folded, bias, out, 1, 1, 1, 1)
-        else:
-            padded = _padded_frame(x, weight.shape, out.shape, stride, padding, dilation)
-            _forward_fast(padded, weight, bias, out, stride[0], stride[1], dilation[0], dilation[1])
+        _forward_fast(x, weight, bias, out, stride, padding, dilation)
     elif groups == 1:
         conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation)
     else:
@@ -537,12 +554,8 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     pad_top = dilation[0] * (kernel_h - 1) - padding[0]
     pad_left = dilation[1] * (kernel_w - 1) - padding[1]
     if uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups):
-        frame = (out.shape[0], out.shape[1] + dilation[0] * (kernel_h - 1),
-                 out.shape[2] + dilation[1] * (kernel_w - 1), grad_out.shape[3])
-        padded = np.empty(frame, dtype)
-        _pad_nhwc(grad_out, pad_top, pad_left, padded)
         flipped = np.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2))
-        _forward_fast(padded, flipped, np.zeros(out.shape[3], dtype), out, 1, 1, dilation[0], dilation[1])
+        _forward_fast(grad_out, flipped, np.zeros(out.shape[3], dtype), out, (1, 1), (pad_top, pad_left), dilation)
     elif groups == 1:
         conv2d_backward_input_gemm(grad_out, weight, out, stride, padding, dilation)
     else:
