@@ -81,7 +81,8 @@ def test_a_writable_cnnnumba_cache_dir_is_used(tmp_path):
 
 
 @pytest.mark.parametrize("variable, program", [("CNNNUMBA_CACHE_DIR", POOL_PROGRAM),
-                                               ("NUMBA_CACHE_DIR", CONFIG_PROGRAM)])
+                                               ("NUMBA_CACHE_DIR", CONFIG_PROGRAM)],
+                         ids=["CNNNUMBA_CACHE_DIR", "NUMBA_CACHE_DIR"])
 def test_an_unwritable_cache_dir_falls_back_with_a_warning(tmp_path, variable, program):
     unwritable = _not_a_directory(tmp_path)
     report, err = _run(_environment(tmp_path, **{variable: unwritable}), program)
