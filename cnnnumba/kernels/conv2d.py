@@ -168,6 +168,12 @@ LANES = 16
 TILE_PIXELS = 8
 TILE_CHANNELS = 2 * LANES
 WEIGHT_TILE_ROWS = 8
+# Reduction (kW * C_in) entries per forward pass over a strip: 3 x 64 x 32 floats of weights = 24 KiB of L1.
+REDUCTION_BLOCK = 64
+# Output pixels per backward-weight block: every tap and tile runs over a block while it is in L1.
+PIXELS_PER_BLOCK = 64
+# Output pixels per weight-gradient partial, at least (see _reduction_chunks).
+PIXELS_PER_CHUNK = 1024
 _INDEX = ir.IntType(64)
 
 
@@ -198,32 +204,40 @@ def _broadcast(builder, scalar):
 
 
 @intrinsic
-def _forward_tile(typingctx, out, out_offset, out_pixel_step, x, x_offset, x_pixel_step, weight, weight_offset, bias,
-                  bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in,
-                  channels_out):
-    """out[p * out_pixel_step + 0:32] = bias[0:32] + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
-    weight[taps, ci, 0:32] for the 8 pixels p of one tile; offsets and steps count float32 elements, the row
-    step of weight is channels_out."""
+def _forward_tile(typingctx, out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+                  weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                  channels_in, channels_out):
+    """out[p * out_pixel_step + 0:32] = start + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
+    weight[taps, ci, 0:32] for the 8 pixels p of one tile, where start is bias[0:32], or the tile's own out
+    values when accumulate is nonzero; offsets and steps count float32 elements, the row step of weight is
+    channels_out."""
     index = types.intp
-    signature = types.void(out, index, index, x, index, index, weight, index, bias, index, index, index, index, index,
-                           index, index, index)
+    signature = types.void(out, index, index, index, x, index, index, weight, index, bias, index, index, index, index,
+                           index, index, index, index)
 
     def codegen(context, builder, sig, args):
-        (out_value, out_offset, out_pixel_step, x_value, x_offset, x_pixel_step, weight_value, weight_offset,
-         bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in,
-         channels_out) = args
+        (out_value, out_offset, out_pixel_step, accumulate, x_value, x_offset, x_pixel_step, weight_value,
+         weight_offset, bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+         channels_in, channels_out) = args
         fma = _vector_fma(builder)
         out_pointer = _element_pointer(context, builder, sig.args[0], out_value, out_offset)
-        x_pointer = _element_pointer(context, builder, sig.args[3], x_value, x_offset)
-        weight_pointer = _element_pointer(context, builder, sig.args[6], weight_value, weight_offset)
-        bias_pointer = _element_pointer(context, builder, sig.args[8], bias_value, bias_offset)
+        x_pointer = _element_pointer(context, builder, sig.args[4], x_value, x_offset)
+        weight_pointer = _element_pointer(context, builder, sig.args[7], weight_value, weight_offset)
+        bias_pointer = _element_pointer(context, builder, sig.args[9], bias_value, bias_offset)
         lane_step = ir.Constant(_INDEX, LANES)
         bias_vectors = [_load_vector(builder, bias_pointer), _load_vector(builder, builder.gep(bias_pointer, [lane_step]))]
+        from_out = builder.icmp_signed("!=", accumulate, ir.Constant(_INDEX, 0))
         accumulators = []
-        for _ in range(TILE_PIXELS):
+        for p in range(TILE_PIXELS):
+            out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
             for v in range(2):
                 slot = cgutils.alloca_once(builder, bias_vectors[v].type)
-                builder.store(bias_vectors[v], slot)
+                with builder.if_else(from_out) as (then, otherwise):
+                    with then:
+                        previous = _load_vector(builder, builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
+                        builder.store(previous, slot)
+                    with otherwise:
+                        builder.store(bias_vectors[v], slot)
                 accumulators.append(slot)
         with cgutils.for_range(builder, kernel_h) as tap_h:
             with cgutils.for_range(builder, kernel_w) as tap_w:
@@ -295,53 +309,6 @@ def _weight_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixe
     return signature, codegen
 
 
-@parallel_jit
-def _pad_nhwc(x, pad_top, pad_left, out):
-    """Copy x into the zero-filled frame out at (pad_top, pad_left); out may extend past x on every side."""
-    batch, height, width, _ = x.shape
-    padded_h, padded_w = out.shape[1], out.shape[2]
-    first_col = min(max(pad_left, 0), padded_w)
-    last_col = min(max(pad_left + width, first_col), padded_w)
-    for job in prange(batch * padded_h):
-        n = job // padded_h
-        row = job % padded_h
-        ih = row - pad_top
-        if ih < 0 or ih >= height:
-            out[n, row] = 0.0
-            continue
-        out[n, row, :first_col] = 0.0
-        out[n, row, first_col:last_col] = x[n, ih, first_col - pad_left:last_col - pad_left]
-        out[n, row, last_col:] = 0.0
-
-
-@parallel_jit
-def _im2col(padded, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, out):
-    """out[n, oh, ow, (kh * kW + kw) * C + c] = the tap (kh, kw) of channel c under output pixel (oh, ow); the
-    columns past kH * kW * C (padding up to a whole tile) are zero."""
-    _, padded_h, padded_w, channels = padded.shape
-    batch, out_h, out_w, columns = out.shape
-    source = padded.reshape(-1)
-    target = out.reshape(-1)
-    used = kernel_h * kernel_w * channels
-    # With dilation 1 along the width, the kW taps of one kernel row are one contiguous run of kW * C values.
-    run = kernel_w * channels if dilation_w == 1 else channels
-    runs_per_row = 1 if dilation_w == 1 else kernel_w
-    for job in prange(batch * out_h):
-        n = job // out_h
-        oh = job % out_h
-        for ow in range(out_w):
-            start = ((n * out_h + oh) * out_w + ow) * columns
-            for kh in range(kernel_h):
-                row = ((n * padded_h + oh * stride_h + kh * dilation_h) * padded_w + ow * stride_w) * channels
-                for part in range(runs_per_row):
-                    origin = row + part * dilation_w * channels
-                    destination = start + (kh * runs_per_row + part) * run
-                    for i in range(run):
-                        target[destination + i] = source[origin + i]
-            for column in range(used, columns):
-                target[start + column] = 0.0
-
-
 @jit
 def _fill_strip(x, n, first_ih, pad_left, strip):
     """strip[r, c] = x[n, first_ih + r, c - pad_left] where that pixel exists, else 0: rows of the padded image.
@@ -380,49 +347,72 @@ def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, d
         last = min(first + rows_per_job, out_h)
         strip = np.empty((strip_h, frame_w, channels), x.dtype)
         _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
-        for oh in range(first, last):
-            x_row = (oh - first) * x_row_step
-            out_row = (n * out_h + oh) * out_w * channels_out
-            for co_block in range(0, channels_out, TILE_CHANNELS):
-                co = min(co_block, channels_out - TILE_CHANNELS)
-                for ow_block in range(0, out_w, TILE_PIXELS):
-                    ow = min(ow_block, out_w - TILE_PIXELS)
-                    _forward_tile(out, out_row + ow * channels_out + co, channels_out, strip, x_row + ow * x_pixel_step,
-                                  x_pixel_step, weight, co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
-                                  weight_tap_step, reduction, channels_out)
+        # The reduction is split into blocks whose weights (kH * kW * block * 32 floats) stay in L1 while every
+        # whole pixel tile of the strip uses them; later blocks add to the partial sums already in out. A last
+        # tile that overlaps its neighbour (width not a multiple of 8) runs the whole reduction at once after
+        # them, so the overlapped pixels are recomputed rather than added twice.
+        whole_w = out_w - out_w % TILE_PIXELS
+        for co_block in range(0, channels_out, TILE_CHANNELS):
+            co = min(co_block, channels_out - TILE_CHANNELS)
+            for r in range(0, reduction, REDUCTION_BLOCK):
+                block = min(REDUCTION_BLOCK, reduction - r)
+                for oh in range(first, last):
+                    x_row = (oh - first) * x_row_step + r
+                    out_row = (n * out_h + oh) * out_w * channels_out
+                    for ow in range(0, whole_w, TILE_PIXELS):
+                        _forward_tile(out, out_row + ow * channels_out + co, channels_out, r, strip,
+                                      x_row + ow * x_pixel_step, x_pixel_step, weight, r * channels_out + co, bias, co,
+                                      kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, block,
+                                      channels_out)
+            if whole_w < out_w:
+                ow = out_w - TILE_PIXELS
+                for oh in range(first, last):
+                    _forward_tile(out, ((n * out_h + oh) * out_w + ow) * channels_out + co, channels_out, 0, strip,
+                                  (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight, co, bias, co,
+                                  kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, reduction,
+                                  channels_out)
 
 
 @parallel_jit
-def _backward_weight_fast(padded, grad_out, out, stride_h, stride_w, dilation_h, dilation_w):
-    _, padded_h, padded_w, channels_in = padded.shape
-    kernel_h, kernel_w, _, channels_out = out.shape
-    batch, out_h, out_w, _ = grad_out.shape
+def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                          frame_w):
+    """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
+    (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
+    when the kW taps are folded into the reduction (dilation 1 along the width). Each chunk pads the input
+    rows of one image segment into its own strip, then walks it in blocks of about PIXELS_PER_BLOCK output
+    pixels, running every tap and (C_in, C_out) tile over a block while its pixels are in L1."""
+    batch, _, _, channels = x.shape
+    chunks, kernel_h, kernel_w, reduction, channels_out = partials.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     rows = batch * out_h
-    chunks = min(rows, MAX_REDUCTION_CHUNKS)
-    partials = np.zeros((chunks, kernel_h, kernel_w, channels_in, channels_out), dtype=out.dtype)
-    x_pixel_step = stride_w * channels_in
-    x_row_step = stride_h * padded_w * channels_in
+    strip_h = (out_h - 1) * stride_h + dilation_h * (kernel_h - 1) + 1
+    x_pixel_step = stride_w * channels
+    x_row_step = stride_h * frame_w * channels
     grad_row_step = out_w * channels_out
-    chunk_size = kernel_h * kernel_w * channels_in * channels_out
+    block_rows = max(1, PIXELS_PER_BLOCK // out_w)
+    chunk_size = kernel_h * kernel_w * reduction * channels_out
     for chunk in prange(chunks):
         first, last = _chunk_bounds(rows, chunks, chunk)
+        strip = np.empty((strip_h, frame_w, channels), x.dtype)
         r = first
         while r < last:
             n = r // out_h
             oh = r % out_h
             span = min(last - r, out_h - oh)
-            for kh in range(kernel_h):
-                for kw in range(kernel_w):
-                    x_start = ((n * padded_h + oh * stride_h + kh * dilation_h) * padded_w
-                               + kw * dilation_w) * channels_in
-                    tap_start = chunk * chunk_size + (kh * kernel_w + kw) * channels_in * channels_out
-                    for ci in range(0, channels_in, WEIGHT_TILE_ROWS):
-                        for co in range(0, channels_out, TILE_CHANNELS):
-                            _weight_tile(partials, tap_start + ci * channels_out + co, padded, x_start + ci,
-                                         x_pixel_step, x_row_step, grad_out, r * grad_row_step + co, grad_row_step,
-                                         span, out_w, channels_out)
+            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+            for b in range(0, span, block_rows):
+                count = min(block_rows, span - b)
+                for kh in range(kernel_h):
+                    for kw in range(kernel_w):
+                        x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
+                        tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
+                        for ci in range(0, reduction, WEIGHT_TILE_ROWS):
+                            for co in range(0, channels_out, TILE_CHANNELS):
+                                _weight_tile(partials, tap_start + ci * channels_out + co, strip, x_start + ci,
+                                             x_pixel_step, x_row_step, grad_out, (r + b) * grad_row_step + co,
+                                             grad_row_step, count, out_w, channels_out)
             r += span
-    _sum_partials(partials, out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -454,21 +444,6 @@ def _check_out(out, shape, dtype):
            "out must be a writeable C-contiguous array of the input dtype")
 
 
-def _uses_im2col(weight_shape):
-    """Few input channels make short inner loops; folding the taps into the channel axis lengthens them."""
-    return weight_shape[2] < WEIGHT_TILE_ROWS and weight_shape[0] * weight_shape[1] * weight_shape[2] <= 64
-
-
-def _im2col_frame(x, weight_shape, out_shape, stride, padding, dilation):
-    """x as (N, H_out, W_out, kH * kW * C rounded up to a whole tile of 8) patches, for a 1x1 convolution."""
-    padded = _padded_frame(x, weight_shape, out_shape, stride, padding, dilation)
-    used = weight_shape[0] * weight_shape[1] * weight_shape[2]
-    columns = -(-used // WEIGHT_TILE_ROWS) * WEIGHT_TILE_ROWS
-    patches = np.empty((x.shape[0], out_shape[1], out_shape[2], columns), x.dtype)
-    _im2col(padded, weight_shape[0], weight_shape[1], stride[0], stride[1], dilation[0], dilation[1], patches)
-    return patches, used
-
-
 def uses_fast_forward(dtype, weight_shape, out_shape, groups):
     """Whether conv2d_forward takes the register-tiled path: it needs whole 8-pixel x 32-channel tiles."""
     return dtype == np.float32 and groups == 1 and weight_shape[3] >= TILE_CHANNELS and out_shape[2] >= TILE_PIXELS
@@ -481,20 +456,11 @@ def uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dila
             and x_shape[3] >= TILE_CHANNELS and x_shape[2] >= TILE_PIXELS)
 
 
-def uses_fast_backward_weight(dtype, weight_shape, groups):
-    """Whether conv2d_backward_weight takes the register-tiled path: whole 8 x 32 (C_in, C_out) tiles."""
+def uses_fast_backward_weight(dtype, weight_shape, groups, dilation=(1, 1)):
+    """Whether conv2d_backward_weight takes the register-tiled path: whole 8 x 32 (C_in, C_out) tiles, where
+    C_in may be the kW taps folded together (dilation 1 along the width)."""
     return (dtype == np.float32 and groups == 1 and weight_shape[3] % TILE_CHANNELS == 0
-            and (weight_shape[2] % WEIGHT_TILE_ROWS == 0 or _uses_im2col(weight_shape)))
-
-
-def _padded_frame(x, weight_shape, out_shape, stride, padding, dilation):
-    """x zero-padded to hold every tap of every output pixel, so the fast kernels need no bounds checks."""
-    extents = [max(padding[axis] + x.shape[1 + axis],
-                   (out_shape[1 + axis] - 1) * stride[axis] + dilation[axis] * (weight_shape[axis] - 1) + 1)
-               for axis in (0, 1)]
-    padded = np.empty((x.shape[0], extents[0], extents[1], x.shape[3]), x.dtype)
-    _pad_nhwc(x, padding[0], padding[1], padded)
-    return padded
+            and (weight_shape[2] % WEIGHT_TILE_ROWS == 0 or dilation[1] == 1))
 
 
 # Jobs the forward driver aims for: enough for the threads to share, few enough that a strip (the padded rows
@@ -519,6 +485,40 @@ def _forward_fast(x, weight, bias, out, stride, padding, dilation):
         weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
     _forward_rows(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], rows,
                   frame_w)
+
+
+def _reduction_chunks(pixels):
+    """How many partial weight gradients a backward-weight call sums: a function of the shape only (so the
+    result is bit-identical for any thread count), even (so two threads share them evenly), and few enough
+    that each chunk's pixels outweigh zeroing and summing its partial buffer."""
+    return max(2, min(MAX_REDUCTION_CHUNKS, pixels // PIXELS_PER_CHUNK) // 2 * 2)
+
+
+def _backward_weight_fast(x, grad_out, out, stride, padding, dilation):
+    """The register-tiled weight gradient on contiguous float32 operands, into out (kH, kW, C_in, C_out)."""
+    kernel_h, kernel_w, channels_in, channels_out = out.shape
+    batch, out_h, out_w, _ = grad_out.shape
+    frame_w = max(padding[1] + x.shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
+    if dilation[1] == 1:
+        folded = kernel_w * channels_in
+        reduction = -(-folded // WEIGHT_TILE_ROWS) * WEIGHT_TILE_ROWS
+        # The last tile of a folded row reads up to reduction - folded values past the window: keep them inside
+        # the strip (they land in partial rows that are dropped below).
+        frame_w = max(frame_w, -(-((out_w - 1) * stride[1] * channels_in + reduction) // channels_in))
+        shape = (kernel_h, 1, reduction, channels_out)
+    else:
+        folded = reduction = channels_in
+        shape = out.shape
+    chunks = min(batch * out_h, _reduction_chunks(batch * out_h * out_w))
+    partials = np.zeros((chunks, *shape), out.dtype)
+    _backward_weight_rows(x, grad_out, partials, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                          dilation[1], frame_w)
+    if reduction == folded:
+        _sum_partials(partials, out.reshape(shape))
+    else:
+        summed = np.empty(shape, out.dtype)
+        _sum_partials(partials, summed)
+        out[...] = summed[:, 0, :folded].reshape(out.shape)
 
 
 def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
@@ -571,15 +571,8 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == x.shape[0] and grad_out.shape[3] == out.shape[3], "grad_out shape")
     x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
-    if uses_fast_backward_weight(dtype, out.shape, groups):
-        if _uses_im2col(out.shape):
-            patches, used = _im2col_frame(x, out.shape, grad_out.shape, stride, padding, dilation)
-            folded = np.empty((1, 1, patches.shape[3], out.shape[3]), dtype)
-            _backward_weight_fast(patches, grad_out, folded, 1, 1, 1, 1)
-            out[...] = folded[0, 0, :used].reshape(out.shape)
-        else:
-            padded = _padded_frame(x, out.shape, grad_out.shape, stride, padding, dilation)
-            _backward_weight_fast(padded, grad_out, out, stride[0], stride[1], dilation[0], dilation[1])
+    if uses_fast_backward_weight(dtype, out.shape, groups, dilation):
+        _backward_weight_fast(x, grad_out, out, stride, padding, dilation)
     elif groups == 1:
         conv2d_backward_weight_gemm(x, grad_out, out, stride, padding, dilation)
     else:

@@ -26,11 +26,13 @@ CASES = [
     (2, 8, 8, 16, 32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (1, 9, 10, 32, 32, (3, 2), (1, 1), (1, 0, 0, 1), (2, 1), 1),         # fast backward-input, dilation, asym
     (2, 6, 9, 40, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # fast paths, overlapping edge tiles
-    (2, 9, 12, 2, 32, (3, 3), (2, 1), (1, 0, 2, 1), (1, 2), 1),          # few channels: im2col + 1x1 fast path
+    (2, 9, 12, 2, 32, (3, 3), (2, 1), (1, 0, 2, 1), (1, 2), 1),          # few channels, width dilation 2
+    (2, 9, 18, 3, 64, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),          # few channels, stride 2: kW taps folded
+    (3, 5, 9, 32, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # several images per weight-grad chunk
 ]
-FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17)]
-FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16)]
-FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 12, 14, 15, 16, 17)]
+FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19)]
+FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19)]
+FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 12, 14, 15, 16, 18, 19)]
 
 
 def _geometry(case):
@@ -98,7 +100,8 @@ def test_fast_path_cases_take_the_fast_paths():
         assert kernels.uses_fast_forward(np.float32, w_shape, y_shape, options["groups"]) == (case in FAST_FORWARD)
         assert kernels.uses_fast_backward_input(np.float32, w_shape, x_shape, options["stride"], options["padding"],
                                                 options["dilation"], options["groups"]) == (case in FAST_BACKWARD_INPUT)
-        assert kernels.uses_fast_backward_weight(np.float32, w_shape, options["groups"]) == (case in FAST_BACKWARD_WEIGHT)
+        assert kernels.uses_fast_backward_weight(np.float32, w_shape, options["groups"],
+                                                 options["dilation"]) == (case in FAST_BACKWARD_WEIGHT)
         assert not kernels.uses_fast_forward(np.float64, w_shape, y_shape, options["groups"])
 
 
@@ -110,7 +113,7 @@ def test_non_contiguous_operands_are_accepted():
     np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), **_options(case)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("case", [CASES[5], CASES[11]])
+@pytest.mark.parametrize("case", [CASES[5], CASES[11], CASES[18], CASES[19]])
 def test_weight_and_bias_gradients_do_not_depend_on_thread_count(case):
     x, w, _, dy = _arrays(case, np.float32)
     saved = cn.get_num_threads()
