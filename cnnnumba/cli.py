@@ -4,38 +4,10 @@ import os
 import platform
 import sys
 
+from ._argtypes import non_negative_int, positive_float, positive_int
+
 DEFAULT_MODEL = {"digits": "small-cnn", "mnist": "lenet5", "cifar10": "cifar-cnn"}
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {value}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, but got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, but got {text}")
-    return value
 
 
 def _dataset_spec(text):
@@ -61,12 +33,12 @@ def build_parser():
                                                                "mnist, cifar-cnn for cifar10)")
     train.add_argument("--dataset", type=_dataset_spec, default=("digits", None),
                        help="digits (bundled), mnist:PATH (IDX files) or cifar10:PATH (binary version)")
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
+    train.add_argument("--epochs", type=positive_int, default=10)
+    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--lr", type=positive_float, help="learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
     train.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam")
-    train.add_argument("--threads", type=_positive_int, help="threads for the kernels (default: all cores)")
-    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--threads", type=positive_int, help="threads for the kernels (default: all cores)")
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--checkpoint", metavar="PATH", help="save the training state here after every epoch")
     train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --checkpoint")
     train.add_argument("--plot", metavar="PATH", help="write a PNG of loss and accuracy per epoch (needs matplotlib)")

@@ -1,9 +1,9 @@
 """`cnnnumba bench`: its arguments, and the run that prints the table and writes the JSON and the plot."""
-import argparse
 import importlib.util
 import os
 import sys
 
+from .._argtypes import non_negative_int, positive_int
 from .runners import MODEL_INPUTS
 
 DEFAULTS = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64, 256], "modes": ["train", "inference"],
@@ -11,26 +11,6 @@ DEFAULTS = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64, 256], "modes"
 QUICK = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64], "modes": ["train", "inference"],
          "steps": 5, "warmup": 1, "peak_size": 1024, "peak_repeats": 5}
 PROFILE_MODEL = "cifar-cnn"
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, but got {value}")
-    return value
 
 
 def add_parser(commands):
@@ -42,23 +22,23 @@ def add_parser(commands):
     bench.add_argument("--models", nargs="+", choices=sorted(MODEL_INPUTS), metavar="MODEL",
                        help=f"models to run, of {', '.join(sorted(MODEL_INPUTS))} (default: lenet5 cifar-cnn; "
                             f"{PROFILE_MODEL} for --profile)")
-    bench.add_argument("--batch-size", nargs="+", type=_positive_int, dest="batch_sizes", metavar="N",
+    bench.add_argument("--batch-size", nargs="+", type=positive_int, dest="batch_sizes", metavar="N",
                        help="batch sizes (default: 64 256; 64 with --quick or --profile)")
     bench.add_argument("--modes", nargs="+", choices=["train", "inference"],
                        help="training step and/or inference (default: both)")
-    bench.add_argument("--steps", type=_positive_int, help="timed steps; the median is reported (default: 20)")
-    bench.add_argument("--warmup", type=_non_negative_int, help="untimed steps after the first (default: 3)")
-    bench.add_argument("--rounds", type=_positive_int, default=1,
+    bench.add_argument("--steps", type=positive_int, help="timed steps; the median is reported (default: 20)")
+    bench.add_argument("--warmup", type=non_negative_int, help="untimed steps after the first (default: 3)")
+    bench.add_argument("--rounds", type=positive_int, default=1,
                        help="run everything this many times, interleaved, and keep for each run the round with "
                             "the least outside load (for shared machines; default: 1)")
-    bench.add_argument("--threads", type=_positive_int, help="threads for every framework (default: all cores)")
+    bench.add_argument("--threads", type=positive_int, help="threads for every framework (default: all cores)")
     bench.add_argument("--eager", action="store_true", help="run cnnnumba eagerly even where graph capture exists")
     bench.add_argument("--no-torch", action="store_true", help="run cnnnumba alone")
     bench.add_argument("--torch-compile", action="store_true", help="add torch.compile (where it works)")
     bench.add_argument("--quick", action="store_true", help="a reduced set that runs in about a minute")
     bench.add_argument("--profile", action="store_true",
                        help="instead of the comparison, break one training step into its ops")
-    bench.add_argument("--seed", type=_non_negative_int, default=0, help="weights and batches (default: 0)")
+    bench.add_argument("--seed", type=non_negative_int, default=0, help="weights and batches (default: 0)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a bar chart PNG (needs matplotlib)")
     return bench
