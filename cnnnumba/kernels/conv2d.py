@@ -168,6 +168,9 @@ LANES = 16
 TILE_PIXELS = 8
 TILE_CHANNELS = 2 * LANES
 WEIGHT_TILE_ROWS = 8
+NARROW_TILE_PIXELS = 16
+NARROW_TILE_CHANNELS = LANES
+NARROW_WEIGHT_TILE_ROWS = 16
 # Reduction (kW * C_in) entries per forward pass over a strip: 3 x 64 x 32 floats of weights = 24 KiB of L1.
 REDUCTION_BLOCK = 64
 # Output pixels per backward-weight block: every tap and tile runs over a block while it is in L1.
@@ -203,110 +206,156 @@ def _broadcast(builder, scalar):
                                   ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
 
-@intrinsic
-def _forward_tile(typingctx, out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
-                  weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
-                  channels_in, channels_out):
-    """out[p * out_pixel_step + 0:32] = start + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
-    weight[taps, ci, 0:32] for the 8 pixels p of one tile, where start is bias[0:32], or the tile's own out
-    values when accumulate is nonzero; offsets and steps count float32 elements, the row step of weight is
-    channels_out."""
-    index = types.intp
-    signature = types.void(out, index, index, index, x, index, index, weight, index, bias, index, index, index, index,
-                           index, index, index, index)
+def _make_forward_tile(pixels, vectors):
+    """An intrinsic computing one forward tile of `pixels` output pixels x `vectors` * 16 output channels."""
 
-    def codegen(context, builder, sig, args):
-        (out_value, out_offset, out_pixel_step, accumulate, x_value, x_offset, x_pixel_step, weight_value,
-         weight_offset, bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
-         channels_in, channels_out) = args
-        fma = _vector_fma(builder)
-        out_pointer = _element_pointer(context, builder, sig.args[0], out_value, out_offset)
-        x_pointer = _element_pointer(context, builder, sig.args[4], x_value, x_offset)
-        weight_pointer = _element_pointer(context, builder, sig.args[7], weight_value, weight_offset)
-        bias_pointer = _element_pointer(context, builder, sig.args[9], bias_value, bias_offset)
-        lane_step = ir.Constant(_INDEX, LANES)
-        bias_vectors = [_load_vector(builder, bias_pointer), _load_vector(builder, builder.gep(bias_pointer, [lane_step]))]
-        from_out = builder.icmp_signed("!=", accumulate, ir.Constant(_INDEX, 0))
-        accumulators = []
-        for p in range(TILE_PIXELS):
-            out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
-            for v in range(2):
-                slot = cgutils.alloca_once(builder, bias_vectors[v].type)
-                with builder.if_else(from_out) as (then, otherwise):
-                    with then:
-                        previous = _load_vector(builder, builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
-                        builder.store(previous, slot)
-                    with otherwise:
-                        builder.store(bias_vectors[v], slot)
-                accumulators.append(slot)
-        with cgutils.for_range(builder, kernel_h) as tap_h:
-            with cgutils.for_range(builder, kernel_w) as tap_w:
-                x_tap = builder.gep(x_pointer, [builder.add(builder.mul(tap_h.index, x_tap_h_step),
-                                                            builder.mul(tap_w.index, x_tap_w_step))])
-                tap = builder.add(builder.mul(tap_h.index, kernel_w), tap_w.index)
-                weight_tap = builder.gep(weight_pointer, [builder.mul(tap, weight_tap_step)])
-                with cgutils.for_range(builder, channels_in) as channel:
-                    weight_row = builder.gep(weight_tap, [builder.mul(channel.index, channels_out)])
-                    weights = [_load_vector(builder, weight_row),
-                               _load_vector(builder, builder.gep(weight_row, [lane_step]))]
-                    x_channel = builder.gep(x_tap, [channel.index])
-                    for p in range(TILE_PIXELS):
-                        pixel = builder.mul(x_pixel_step, ir.Constant(_INDEX, p))
-                        value = _broadcast(builder, builder.load(builder.gep(x_channel, [pixel])))
-                        for v in range(2):
-                            slot = accumulators[2 * p + v]
-                            builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
-        for p in range(TILE_PIXELS):
-            out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
-            for v in range(2):
-                _store_vector(builder, builder.load(accumulators[2 * p + v]),
-                              builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
-        return context.get_dummy_value()
+    @intrinsic
+    def forward_tile(typingctx, out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+                     weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                     channels_in, channels_out):
+        """out[p * out_pixel_step + 0:V*16] = start + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
+        weight[taps, ci, 0:V*16] for the pixels p of one tile, where start is bias[0:V*16], or the tile's own
+        out values when accumulate is nonzero; offsets and steps count float32 elements, the row step of weight
+        is channels_out."""
+        index = types.intp
+        signature = types.void(out, index, index, index, x, index, index, weight, index, bias, index, index, index,
+                               index, index, index, index, index)
 
-    return signature, codegen
+        def codegen(context, builder, sig, args):
+            (out_value, out_offset, out_pixel_step, accumulate, x_value, x_offset, x_pixel_step, weight_value,
+             weight_offset, bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+             channels_in, channels_out) = args
+            fma = _vector_fma(builder)
+            out_pointer = _element_pointer(context, builder, sig.args[0], out_value, out_offset)
+            x_pointer = _element_pointer(context, builder, sig.args[4], x_value, x_offset)
+            weight_pointer = _element_pointer(context, builder, sig.args[7], weight_value, weight_offset)
+            bias_pointer = _element_pointer(context, builder, sig.args[9], bias_value, bias_offset)
+            bias_vectors = [_load_vector(builder, builder.gep(bias_pointer, [ir.Constant(_INDEX, v * LANES)]))
+                            for v in range(vectors)]
+            from_out = builder.icmp_signed("!=", accumulate, ir.Constant(_INDEX, 0))
+            accumulators = []
+            for p in range(pixels):
+                out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
+                for v in range(vectors):
+                    slot = cgutils.alloca_once(builder, bias_vectors[v].type)
+                    with builder.if_else(from_out) as (then, otherwise):
+                        with then:
+                            previous = _load_vector(builder, builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
+                            builder.store(previous, slot)
+                        with otherwise:
+                            builder.store(bias_vectors[v], slot)
+                    accumulators.append(slot)
+            with cgutils.for_range(builder, kernel_h) as tap_h:
+                with cgutils.for_range(builder, kernel_w) as tap_w:
+                    x_tap = builder.gep(x_pointer, [builder.add(builder.mul(tap_h.index, x_tap_h_step),
+                                                                builder.mul(tap_w.index, x_tap_w_step))])
+                    tap = builder.add(builder.mul(tap_h.index, kernel_w), tap_w.index)
+                    weight_tap = builder.gep(weight_pointer, [builder.mul(tap, weight_tap_step)])
+                    with cgutils.for_range(builder, channels_in) as channel:
+                        weight_row = builder.gep(weight_tap, [builder.mul(channel.index, channels_out)])
+                        weights = [_load_vector(builder, builder.gep(weight_row, [ir.Constant(_INDEX, v * LANES)]))
+                                   for v in range(vectors)]
+                        x_channel = builder.gep(x_tap, [channel.index])
+                        for p in range(pixels):
+                            pixel = builder.mul(x_pixel_step, ir.Constant(_INDEX, p))
+                            value = _broadcast(builder, builder.load(builder.gep(x_channel, [pixel])))
+                            for v in range(vectors):
+                                slot = accumulators[vectors * p + v]
+                                builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
+            for p in range(pixels):
+                out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
+                for v in range(vectors):
+                    _store_vector(builder, builder.load(accumulators[vectors * p + v]),
+                                  builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return forward_tile
 
 
-@intrinsic
-def _weight_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
-                 grad_out_offset, grad_out_row_step, rows, columns, channels_out):
-    """grad_weight[r, 0:32] += sum over (row, column) of x[row, column, r] * grad_out[row, column, 0:32] for the
-    8 input channels r of one tile; grad_out pixels are channels_out apart, grad_weight rows too."""
-    index = types.intp
-    signature = types.void(grad_weight, index, x, index, index, index, grad_out, index, index, index, index, index)
+def _make_weight_tile(rows_per_tile, vectors):
+    """An intrinsic accumulating one weight-gradient tile of `rows_per_tile` input channels x `vectors` * 16
+    output channels."""
 
-    def codegen(context, builder, sig, args):
-        (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
-         grad_out_offset, grad_out_row_step, rows, columns, channels_out) = args
-        fma = _vector_fma(builder)
-        grad_weight_pointer = _element_pointer(context, builder, sig.args[0], grad_weight_value, grad_weight_offset)
-        x_pointer = _element_pointer(context, builder, sig.args[2], x_value, x_offset)
-        grad_out_pointer = _element_pointer(context, builder, sig.args[6], grad_out_value, grad_out_offset)
-        lane_step = ir.Constant(_INDEX, LANES)
-        accumulators = []
-        for r in range(WEIGHT_TILE_ROWS):
-            row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(_INDEX, r))])
-            for v in range(2):
-                current = _load_vector(builder, builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
-                slot = cgutils.alloca_once(builder, current.type)
-                builder.store(current, slot)
-                accumulators.append((slot, row_pointer, v))
-        with cgutils.for_range(builder, rows) as row:
-            x_row = builder.gep(x_pointer, [builder.mul(row.index, x_row_step)])
-            grad_row = builder.gep(grad_out_pointer, [builder.mul(row.index, grad_out_row_step)])
-            with cgutils.for_range(builder, columns) as column:
-                x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
-                grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
-                grads = [_load_vector(builder, grad_pixel), _load_vector(builder, builder.gep(grad_pixel, [lane_step]))]
-                for r in range(WEIGHT_TILE_ROWS):
-                    value = _broadcast(builder, builder.load(builder.gep(x_pixel, [ir.Constant(_INDEX, r)])))
-                    for v in range(2):
-                        slot = accumulators[2 * r + v][0]
-                        builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
-        for slot, row_pointer, v in accumulators:
-            _store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
-        return context.get_dummy_value()
+    @intrinsic
+    def weight_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                    grad_out_offset, grad_out_row_step, rows, columns, channels_out):
+        """grad_weight[r, 0:V*16] += sum over (row, column) of x[row, column, r] * grad_out[row, column, 0:V*16]
+        for the input channels r of one tile; grad_out pixels are channels_out apart, grad_weight rows too."""
+        index = types.intp
+        signature = types.void(grad_weight, index, x, index, index, index, grad_out, index, index, index, index,
+                               index)
 
-    return signature, codegen
+        def codegen(context, builder, sig, args):
+            (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
+             grad_out_offset, grad_out_row_step, rows, columns, channels_out) = args
+            fma = _vector_fma(builder)
+            grad_weight_pointer = _element_pointer(context, builder, sig.args[0], grad_weight_value,
+                                                   grad_weight_offset)
+            x_pointer = _element_pointer(context, builder, sig.args[2], x_value, x_offset)
+            grad_out_pointer = _element_pointer(context, builder, sig.args[6], grad_out_value, grad_out_offset)
+            accumulators = []
+            for r in range(rows_per_tile):
+                row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(_INDEX, r))])
+                for v in range(vectors):
+                    current = _load_vector(builder, builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
+                    slot = cgutils.alloca_once(builder, current.type)
+                    builder.store(current, slot)
+                    accumulators.append((slot, row_pointer, v))
+            with cgutils.for_range(builder, rows) as row:
+                x_row = builder.gep(x_pointer, [builder.mul(row.index, x_row_step)])
+                grad_row = builder.gep(grad_out_pointer, [builder.mul(row.index, grad_out_row_step)])
+                with cgutils.for_range(builder, columns) as column:
+                    x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
+                    grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
+                    grads = [_load_vector(builder, builder.gep(grad_pixel, [ir.Constant(_INDEX, v * LANES)]))
+                             for v in range(vectors)]
+                    for r in range(rows_per_tile):
+                        value = _broadcast(builder, builder.load(builder.gep(x_pixel, [ir.Constant(_INDEX, r)])))
+                        for v in range(vectors):
+                            slot = accumulators[vectors * r + v][0]
+                            builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
+            for slot, row_pointer, v in accumulators:
+                _store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return weight_tile
+
+
+# Wide tiles (32 channels: 16 accumulators, 2 vector loads per 8 or 16 broadcasts) wherever the layer has 32
+# channels on the vector side; narrow ones (16 channels, 16 pixels or input channels) for 16-channel layers.
+_forward_tile = _make_forward_tile(TILE_PIXELS, 2)
+_forward_tile_narrow = _make_forward_tile(NARROW_TILE_PIXELS, 1)
+_weight_tile = _make_weight_tile(WEIGHT_TILE_ROWS, 2)
+_weight_tile_narrow = _make_weight_tile(NARROW_WEIGHT_TILE_ROWS, 1)
+
+
+@jit
+def _run_forward_tile(wide, out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+                      weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                      channels_in, channels_out):
+    if wide:
+        _forward_tile(out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight, weight_offset,
+                      bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in,
+                      channels_out)
+    else:
+        _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+                             weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                             weight_tap_step, channels_in, channels_out)
+
+
+@jit
+def _run_weight_tile(wide, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                     grad_out_offset, grad_out_row_step, rows, columns, channels_out):
+    if wide:
+        _weight_tile(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                     grad_out_offset, grad_out_row_step, rows, columns, channels_out)
+    else:
+        _weight_tile_narrow(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                            grad_out_offset, grad_out_row_step, rows, columns, channels_out)
 
 
 @jit
@@ -341,6 +390,9 @@ def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, d
     x_tap_h_step = dilation_h * frame_w * channels
     x_tap_w_step = dilation_w * channels
     weight_tap_step = reduction * channels_out
+    wide = channels_out >= TILE_CHANNELS
+    tile_pixels = TILE_PIXELS if wide else NARROW_TILE_PIXELS
+    tile_channels = TILE_CHANNELS if wide else NARROW_TILE_CHANNELS
     for job in prange(batch * blocks):
         n = job // blocks
         first = (job % blocks) * rows_per_job
@@ -351,26 +403,26 @@ def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, d
         # whole pixel tile of the strip uses them; later blocks add to the partial sums already in out. A last
         # tile that overlaps its neighbour (width not a multiple of 8) runs the whole reduction at once after
         # them, so the overlapped pixels are recomputed rather than added twice.
-        whole_w = out_w - out_w % TILE_PIXELS
-        for co_block in range(0, channels_out, TILE_CHANNELS):
-            co = min(co_block, channels_out - TILE_CHANNELS)
+        whole_w = out_w - out_w % tile_pixels
+        for co_block in range(0, channels_out, tile_channels):
+            co = min(co_block, channels_out - tile_channels)
             for r in range(0, reduction, REDUCTION_BLOCK):
                 block = min(REDUCTION_BLOCK, reduction - r)
                 for oh in range(first, last):
                     x_row = (oh - first) * x_row_step + r
                     out_row = (n * out_h + oh) * out_w * channels_out
-                    for ow in range(0, whole_w, TILE_PIXELS):
-                        _forward_tile(out, out_row + ow * channels_out + co, channels_out, r, strip,
-                                      x_row + ow * x_pixel_step, x_pixel_step, weight, r * channels_out + co, bias, co,
-                                      kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, block,
-                                      channels_out)
+                    for ow in range(0, whole_w, tile_pixels):
+                        _run_forward_tile(wide, out, out_row + ow * channels_out + co, channels_out, r, strip,
+                                          x_row + ow * x_pixel_step, x_pixel_step, weight, r * channels_out + co, bias,
+                                          co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, block,
+                                          channels_out)
             if whole_w < out_w:
-                ow = out_w - TILE_PIXELS
+                ow = out_w - tile_pixels
                 for oh in range(first, last):
-                    _forward_tile(out, ((n * out_h + oh) * out_w + ow) * channels_out + co, channels_out, 0, strip,
-                                  (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight, co, bias, co,
-                                  kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, reduction,
-                                  channels_out)
+                    _run_forward_tile(wide, out, ((n * out_h + oh) * out_w + ow) * channels_out + co, channels_out, 0,
+                                      strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight, co,
+                                      bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                                      reduction, channels_out)
 
 
 @parallel_jit
@@ -391,6 +443,9 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
     grad_row_step = out_w * channels_out
     block_rows = max(1, PIXELS_PER_BLOCK // out_w)
     chunk_size = kernel_h * kernel_w * reduction * channels_out
+    wide = channels_out % TILE_CHANNELS == 0
+    tile_rows = WEIGHT_TILE_ROWS if wide else NARROW_WEIGHT_TILE_ROWS
+    tile_channels = TILE_CHANNELS if wide else NARROW_TILE_CHANNELS
     for chunk in prange(chunks):
         first, last = _chunk_bounds(rows, chunks, chunk)
         strip = np.empty((strip_h, frame_w, channels), x.dtype)
@@ -407,11 +462,12 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
                     for kw in range(kernel_w):
                         x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
                         tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
-                        for ci in range(0, reduction, WEIGHT_TILE_ROWS):
-                            for co in range(0, channels_out, TILE_CHANNELS):
-                                _weight_tile(partials, tap_start + ci * channels_out + co, strip, x_start + ci,
-                                             x_pixel_step, x_row_step, grad_out, (r + b) * grad_row_step + co,
-                                             grad_row_step, count, out_w, channels_out)
+                        for ci in range(0, reduction, tile_rows):
+                            for co in range(0, channels_out, tile_channels):
+                                _run_weight_tile(wide, partials, tap_start + ci * channels_out + co, strip,
+                                                 x_start + ci, x_pixel_step, x_row_step, grad_out,
+                                                 (r + b) * grad_row_step + co, grad_row_step, count, out_w,
+                                                 channels_out)
             r += span
 
 
@@ -446,21 +502,33 @@ def _check_out(out, shape, dtype):
 
 def uses_fast_forward(dtype, weight_shape, out_shape, groups):
     """Whether conv2d_forward takes the register-tiled path: it needs whole 8-pixel x 32-channel tiles."""
-    return dtype == np.float32 and groups == 1 and weight_shape[3] >= TILE_CHANNELS and out_shape[2] >= TILE_PIXELS
+    return dtype == np.float32 and groups == 1 and _tiles_fit(weight_shape[3], out_shape[2])
 
 
 def uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
     """Whether conv2d_backward_input runs as a register-tiled forward convolution of grad_out."""
     return (dtype == np.float32 and groups == 1 and tuple(stride) == (1, 1)
             and padding[0] <= dilation[0] * (weight_shape[0] - 1) and padding[1] <= dilation[1] * (weight_shape[1] - 1)
-            and x_shape[3] >= TILE_CHANNELS and x_shape[2] >= TILE_PIXELS)
+            and _tiles_fit(x_shape[3], x_shape[2]))
 
 
 def uses_fast_backward_weight(dtype, weight_shape, groups, dilation=(1, 1)):
     """Whether conv2d_backward_weight takes the register-tiled path: whole 8 x 32 (C_in, C_out) tiles, where
     C_in may be the kW taps folded together (dilation 1 along the width)."""
-    return (dtype == np.float32 and groups == 1 and weight_shape[3] % TILE_CHANNELS == 0
-            and (weight_shape[2] % WEIGHT_TILE_ROWS == 0 or dilation[1] == 1))
+    return (dtype == np.float32 and groups == 1 and weight_shape[3] % NARROW_TILE_CHANNELS == 0
+            and (weight_shape[2] % _weight_tile_rows(weight_shape[3]) == 0 or dilation[1] == 1))
+
+
+def _tiles_fit(channels, width):
+    """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile."""
+    if channels >= TILE_CHANNELS:
+        return width >= TILE_PIXELS
+    return channels >= NARROW_TILE_CHANNELS and width >= NARROW_TILE_PIXELS
+
+
+def _weight_tile_rows(channels_out):
+    """Input channels per weight-gradient tile: 8 with 32-channel tiles, 16 with the narrow 16-channel ones."""
+    return WEIGHT_TILE_ROWS if channels_out % TILE_CHANNELS == 0 else NARROW_WEIGHT_TILE_ROWS
 
 
 # Jobs the forward driver aims for: enough for the threads to share, few enough that a strip (the padded rows
@@ -501,7 +569,8 @@ def _backward_weight_fast(x, grad_out, out, stride, padding, dilation):
     frame_w = max(padding[1] + x.shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
     if dilation[1] == 1:
         folded = kernel_w * channels_in
-        reduction = -(-folded // WEIGHT_TILE_ROWS) * WEIGHT_TILE_ROWS
+        tile_rows = _weight_tile_rows(channels_out)
+        reduction = -(-folded // tile_rows) * tile_rows
         # The last tile of a folded row reads up to reduction - folded values past the window: keep them inside
         # the strip (they land in partial rows that are dropped below).
         frame_w = max(frame_w, -(-((out_w - 1) * stride[1] * channels_in + reduction) // channels_in))

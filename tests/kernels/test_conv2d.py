@@ -29,10 +29,12 @@ CASES = [
     (2, 9, 12, 2, 32, (3, 3), (2, 1), (1, 0, 2, 1), (1, 2), 1),          # few channels, width dilation 2
     (2, 9, 18, 3, 64, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),          # few channels, stride 2: kW taps folded
     (3, 5, 9, 32, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # several images per weight-grad chunk
+    (2, 6, 17, 16, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),         # 16 channels: narrow tiles, edge tile
+    (1, 5, 20, 24, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),         # narrow tiles, overlapping channel tile
 ]
-FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19)]
-FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19)]
-FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 12, 14, 15, 16, 18, 19)]
+FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21)]
+FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19, 20, 21)]
+FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 10, 12, 14, 15, 16, 18, 19, 20, 21)]
 
 
 def _geometry(case):
@@ -113,7 +115,7 @@ def test_non_contiguous_operands_are_accepted():
     np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), **_options(case)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("case", [CASES[5], CASES[11], CASES[18], CASES[19]])
+@pytest.mark.parametrize("case", [CASES[5], CASES[11], CASES[18], CASES[19], CASES[20]])
 def test_weight_and_bias_gradients_do_not_depend_on_thread_count(case):
     x, w, _, dy = _arrays(case, np.float32)
     saved = cn.get_num_threads()
