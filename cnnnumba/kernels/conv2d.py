@@ -360,29 +360,36 @@ def _run_weight_tile(wide, grad_weight, grad_weight_offset, x, x_offset, x_pixel
 
 @jit
 def _fill_strip(x, n, first_ih, pad_left, strip):
-    """strip[r, c] = x[n, first_ih + r, c - pad_left] where that pixel exists, else 0: rows of the padded image.
-    The caller makes strip at least pad_left + W wide."""
+    """strip[r, c] = x[n, first_ih + r, c - pad_left] where that pixel exists, else 0: rows of the padded image
+    (a negative pad_left or first_ih starts the strip inside the image)."""
     height, width = x.shape[1], x.shape[2]
+    frame_w = strip.shape[1]
+    first_col = min(max(pad_left, 0), frame_w)
+    last_col = max(min(pad_left + width, frame_w), first_col)
     for r in range(strip.shape[0]):
         ih = first_ih + r
         if ih < 0 or ih >= height:
             strip[r] = 0.0
         else:
-            strip[r, :pad_left] = 0.0
-            strip[r, pad_left:pad_left + width] = x[n, ih]
-            strip[r, pad_left + width:] = 0.0
+            strip[r, :first_col] = 0.0
+            strip[r, first_col:last_col] = x[n, ih, first_col - pad_left:last_col - pad_left]
+            strip[r, last_col:] = 0.0
 
 
 @parallel_jit
 def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job,
-                  frame_w):
+                  frame_w, out_h, out_w, out_first_h, out_first_w, out_step_h, out_step_w):
     """Each job pads the input rows under rows_per_job output rows of one image into a local strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles.
+    The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
+    out_first_w + out_step_w * ow (steps of 1 for a plain forward; the phases of a strided backward-input
+    each fill every stride-th pixel).
     weight is (kH, kW, R, C_out) where R is C_in, or kW' * C_in with kW = 1 when the taps of a kernel row
     are folded into the reduction (dilation 1 along the width makes them contiguous in the strip)."""
     batch, _, _, channels = x.shape
     kernel_h, kernel_w, reduction, channels_out = weight.shape
-    out_h, out_w = out.shape[1], out.shape[2]
+    full_h, full_w = out.shape[1], out.shape[2]
+    out_pixel_step = out_step_w * channels_out
     blocks = (out_h + rows_per_job - 1) // rows_per_job
     strip_h = (rows_per_job - 1) * stride_h + dilation_h * (kernel_h - 1) + 1
     x_pixel_step = stride_w * channels
@@ -410,19 +417,20 @@ def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, d
                 block = min(REDUCTION_BLOCK, reduction - r)
                 for oh in range(first, last):
                     x_row = (oh - first) * x_row_step + r
-                    out_row = (n * out_h + oh) * out_w * channels_out
+                    out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
                     for ow in range(0, whole_w, tile_pixels):
-                        _run_forward_tile(wide, out, out_row + ow * channels_out + co, channels_out, r, strip,
+                        _run_forward_tile(wide, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, strip,
                                           x_row + ow * x_pixel_step, x_pixel_step, weight, r * channels_out + co, bias,
                                           co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, block,
                                           channels_out)
             if whole_w < out_w:
                 ow = out_w - tile_pixels
                 for oh in range(first, last):
-                    _run_forward_tile(wide, out, ((n * out_h + oh) * out_w + ow) * channels_out + co, channels_out, 0,
-                                      strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight, co,
-                                      bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
-                                      reduction, channels_out)
+                    out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
+                    _run_forward_tile(wide, out, out_row + ow * out_pixel_step + co, out_pixel_step, 0, strip,
+                                      (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight, co, bias,
+                                      co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, reduction,
+                                      channels_out)
 
 
 @parallel_jit
@@ -506,10 +514,14 @@ def uses_fast_forward(dtype, weight_shape, out_shape, groups):
 
 
 def uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
-    """Whether conv2d_backward_input runs as a register-tiled forward convolution of grad_out."""
-    return (dtype == np.float32 and groups == 1 and tuple(stride) == (1, 1)
-            and padding[0] <= dilation[0] * (weight_shape[0] - 1) and padding[1] <= dilation[1] * (weight_shape[1] - 1)
-            and _tiles_fit(x_shape[3], x_shape[2]))
+    """Whether conv2d_backward_input runs as register-tiled forward convolutions of grad_out: one with stride 1,
+    or one per stride phase (dilation 1) when every phase row is at least a whole tile wide."""
+    if dtype != np.float32 or groups != 1:
+        return False
+    if tuple(stride) == (1, 1):
+        return (padding[0] <= dilation[0] * (weight_shape[0] - 1) and padding[1] <= dilation[1] * (weight_shape[1] - 1)
+                and _tiles_fit(x_shape[3], x_shape[2]))
+    return tuple(dilation) == (1, 1) and _tiles_fit(x_shape[3], x_shape[2] // stride[1])
 
 
 def uses_fast_backward_weight(dtype, weight_shape, groups, dilation=(1, 1)):
@@ -543,16 +555,46 @@ def _rows_per_job(batch, out_h, stride_h, frame_row_bytes):
     return max(1, min(rows, STRIP_BYTES // max(1, stride_h * frame_row_bytes)))
 
 
-def _forward_fast(x, weight, bias, out, stride, padding, dilation):
+def _forward_fast(x, weight, bias, out, stride, padding, dilation, region=None):
     """The register-tiled forward on contiguous float32 operands; with dilation 1 along the width the kW taps of
-    a kernel row are adjacent in a padded row, so they are folded into the reduction axis (kW * C_in long)."""
+    a kernel row are adjacent in a padded row, so they are folded into the reduction axis (kW * C_in long).
+    region (out_h, out_w, first_h, first_w, step_h, step_w) places the output on a strided grid of out;
+    padding may be negative there (the output grid starts inside the input)."""
     kernel_h, kernel_w, channels_in, channels_out = weight.shape
-    frame_w = max(padding[1] + x.shape[2], (out.shape[2] - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
-    rows = _rows_per_job(x.shape[0], out.shape[1], stride[0], frame_w * x.shape[3] * x.itemsize)
+    out_h, out_w, first_h, first_w, step_h, step_w = region or (out.shape[1], out.shape[2], 0, 0, 1, 1)
+    frame_w = max(padding[1] + x.shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
+    rows = _rows_per_job(x.shape[0], out_h, stride[0], frame_w * x.shape[3] * x.itemsize)
     if dilation[1] == 1:
         weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
     _forward_rows(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], rows,
-                  frame_w)
+                  frame_w, out_h, out_w, first_h, first_w, step_h, step_w)
+
+
+def _input_phases(size, kernel, stride, pad):
+    """The stride phases of one axis of a backward-input: for each first input index i0 < stride, the input
+    indices i0, i0 + stride, ... receive the taps k = a, a + stride, ... (a = (i0 + pad) % stride); as a
+    stride-1 correlation of grad_out with those taps reversed, that is (i0, count, first tap a, taps, pad)."""
+    phases = []
+    for first in range(min(stride, size)):
+        tap = (first + pad) % stride
+        taps = len(range(tap, kernel, stride))
+        phases.append((first, -(-(size - first) // stride), tap, taps, taps - 1 - (first + pad) // stride))
+    return phases
+
+
+def _backward_input_phases(grad_out, weight, out, stride, padding):
+    """Strided (dilation 1) backward-input as stride x stride phases, each a register-tiled forward of grad_out
+    with a flipped sub-kernel writing every stride-th input pixel: no zero-inserted grad_out, no wasted taps."""
+    zeros = np.zeros(out.shape[3], out.dtype)
+    for first_h, count_h, tap_h, taps_h, pad_h in _input_phases(out.shape[1], weight.shape[0], stride[0], padding[0]):
+        for first_w, count_w, tap_w, taps_w, pad_w in _input_phases(out.shape[2], weight.shape[1], stride[1],
+                                                                    padding[1]):
+            if taps_h == 0 or taps_w == 0:
+                out[:, first_h::stride[0], first_w::stride[1]] = 0.0
+                continue
+            sub = np.ascontiguousarray(weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2))
+            _forward_fast(grad_out, sub, zeros, out, (1, 1), (pad_h, pad_w), (1, 1),
+                          (count_h, count_w, first_h, first_w, stride[0], stride[1]))
 
 
 def _reduction_chunks(pixels):
@@ -622,7 +664,9 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     # extent minus the forward padding, with the kernel flipped and its channel axes swapped.
     pad_top = dilation[0] * (kernel_h - 1) - padding[0]
     pad_left = dilation[1] * (kernel_w - 1) - padding[1]
-    if uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups):
+    if uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups) and max(stride) > 1:
+        _backward_input_phases(grad_out, weight, out, stride, padding)
+    elif uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups):
         flipped = np.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2))
         _forward_fast(grad_out, flipped, np.zeros(out.shape[3], dtype), out, (1, 1), (pad_top, pad_left), dilation)
     elif groups == 1:

@@ -31,10 +31,14 @@ CASES = [
     (3, 5, 9, 32, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # several images per weight-grad chunk
     (2, 6, 17, 16, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),         # 16 channels: narrow tiles, edge tile
     (1, 5, 20, 24, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),         # narrow tiles, overlapping channel tile
+    (1, 6, 32, 16, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),         # stride 2: backward-input by phases
+    (2, 7, 17, 32, 64, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),         # stride 2, odd sizes: unequal phases
+    (2, 6, 18, 32, 64, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),         # 1x1 stride 2: phases without taps
+    (1, 9, 10, 32, 32, (3, 2), (3, 1), (2, 2, 2, 2), (1, 1), 1),         # padding past the kernel, stride 3
 ]
-FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21)]
-FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19, 20, 21)]
-FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 10, 12, 14, 15, 16, 18, 19, 20, 21)]
+FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25)]
+FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19, 20, 21, 22, 23, 24, 25)]
+FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25)]
 
 
 def _geometry(case):
