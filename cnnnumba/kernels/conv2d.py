@@ -171,8 +171,10 @@ WEIGHT_TILE_ROWS = 8
 NARROW_TILE_PIXELS = 16
 NARROW_TILE_CHANNELS = LANES
 NARROW_WEIGHT_TILE_ROWS = 16
-# Reduction (kW * C_in) entries per forward pass over a strip: 3 x 64 x 32 floats of weights = 24 KiB of L1.
-REDUCTION_BLOCK = 64
+# Reduction (kW * C_in) entries per forward pass over a strip, so that a 32-channel weight block stays in L1/L2
+# while every tile of the strip uses it. Measured at the cifar-cnn shapes (reductions of 96-192), blocks of
+# 16-64 were no faster than none on 2 threads, so only wider layers are split.
+REDUCTION_BLOCK = 256
 # Output pixels per backward-weight block: every tap and tile runs over a block while it is in L1.
 PIXELS_PER_BLOCK = 64
 # Output pixels per weight-gradient partial, at least (see _reduction_chunks).
@@ -378,7 +380,7 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 @parallel_jit
 def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job,
-                  frame_w, out_h, out_w, out_first_h, out_first_w, out_step_h, out_step_w):
+                  frame_w, out_h, out_w, out_first_h, out_first_w, out_step_h, out_step_w, reduction_block):
     """Each job pads the input rows under rows_per_job output rows of one image into a local strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles.
     The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
@@ -413,8 +415,8 @@ def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, d
         whole_w = out_w - out_w % tile_pixels
         for co_block in range(0, channels_out, tile_channels):
             co = min(co_block, channels_out - tile_channels)
-            for r in range(0, reduction, REDUCTION_BLOCK):
-                block = min(REDUCTION_BLOCK, reduction - r)
+            for r in range(0, reduction, reduction_block):
+                block = min(reduction_block, reduction - r)
                 for oh in range(first, last):
                     x_row = (oh - first) * x_row_step + r
                     out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
@@ -567,7 +569,7 @@ def _forward_fast(x, weight, bias, out, stride, padding, dilation, region=None):
     if dilation[1] == 1:
         weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
     _forward_rows(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], rows,
-                  frame_w, out_h, out_w, first_h, first_w, step_h, step_w)
+                  frame_w, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK)
 
 
 def _input_phases(size, kernel, stride, pad):

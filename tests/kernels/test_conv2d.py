@@ -111,6 +111,19 @@ def test_fast_path_cases_take_the_fast_paths():
         assert not kernels.uses_fast_forward(np.float64, w_shape, y_shape, options["groups"])
 
 
+@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[21], CASES[23]])
+def test_forward_reduction_blocks_add_up(case, monkeypatch):
+    """Wide layers split the reduction into blocks that accumulate in out; small blocks make these cases do it."""
+    monkeypatch.setattr(kernels, "REDUCTION_BLOCK", 8)
+    x, w, b, y = _arrays(case, np.float32)
+    got = kernels.conv2d_forward(x, w, b, np.empty_like(y), **_options(case))
+    np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), **_options(case)),
+                               **_tolerance(np.float32))
+    got = kernels.conv2d_backward_input(y, w, np.empty_like(x), **_options(case))
+    np.testing.assert_allclose(got, reference.conv2d_backward_input(y, w, np.empty_like(x), **_options(case)),
+                               **_tolerance(np.float32))
+
+
 def test_non_contiguous_operands_are_accepted():
     case = CASES[0]
     x, w, b, y = _arrays(case, np.float64)
