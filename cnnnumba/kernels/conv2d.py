@@ -165,6 +165,7 @@ def _backward_bias_kernel(grad_out, out):
 # ---------------------------------------------------------------------------------------------------------
 
 LANES = 16
+CACHE_LINE = 64
 TILE_PIXELS = 8
 TILE_CHANNELS = 2 * LANES
 WEIGHT_TILE_ROWS = 8
@@ -499,6 +500,19 @@ def _check_geometry(x_shape, weight_shape, out_hw, stride, dilation, groups):
     _guard(min(out_hw) >= 1 and min(weight_shape[:2]) >= 1, "empty output or kernel")
 
 
+def _aligned(array):
+    """array itself when it is C-contiguous and starts on a cache line, else a copy that does. The tiles load
+    weights as 64-byte vectors; from a misaligned array every such load straddles two cache lines (large NumPy
+    arrays start 16 bytes past a page boundary)."""
+    if array.flags.c_contiguous and array.ctypes.data % CACHE_LINE == 0:
+        return array
+    buffer = np.empty(array.size + CACHE_LINE // array.itemsize, array.dtype)
+    start = (-buffer.ctypes.data % CACHE_LINE) // array.itemsize
+    aligned = buffer[start:start + array.size].reshape(array.shape)
+    aligned[...] = array
+    return aligned
+
+
 def _contiguous(array, dtype):
     _guard(array.dtype == dtype, f"dtype {array.dtype} != {dtype}")
     return np.ascontiguousarray(array)
@@ -594,7 +608,7 @@ def _backward_input_phases(grad_out, weight, out, stride, padding):
             if taps_h == 0 or taps_w == 0:
                 out[:, first_h::stride[0], first_w::stride[1]] = 0.0
                 continue
-            sub = np.ascontiguousarray(weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2))
+            sub = _aligned(weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2))
             _forward_fast(grad_out, sub, zeros, out, (1, 1), (pad_h, pad_w), (1, 1),
                           (count_h, count_w, first_h, first_w, stride[0], stride[1]))
 
@@ -645,7 +659,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         bias = _contiguous(bias, dtype)
     if uses_fast_forward(dtype, weight.shape, out.shape, groups):
         bias = np.zeros(weight.shape[3], dtype) if bias is None else bias
-        _forward_fast(x, weight, bias, out, stride, padding, dilation)
+        _forward_fast(x, _aligned(weight), bias, out, stride, padding, dilation)
     elif groups == 1:
         conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation)
     else:
@@ -669,7 +683,7 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     if uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups) and max(stride) > 1:
         _backward_input_phases(grad_out, weight, out, stride, padding)
     elif uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups):
-        flipped = np.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2))
+        flipped = _aligned(weight[::-1, ::-1].transpose(0, 1, 3, 2))
         _forward_fast(grad_out, flipped, np.zeros(out.shape[3], dtype), out, (1, 1), (pad_top, pad_left), dilation)
     elif groups == 1:
         conv2d_backward_input_gemm(grad_out, weight, out, stride, padding, dilation)
