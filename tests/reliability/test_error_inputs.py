@@ -373,6 +373,8 @@ ERROR_INPUTS = [
                                                       optim.SGD(models.small_cnn().parameters(), lr=0.1))(
         np.zeros((2, 1, 8, 8), np.float32), np.zeros(3, np.int64)),
      ValueError, 'Expected input batch_size (2) to match target batch_size (3); labels must have shape (2,)'),
+    ('capture not a module', lambda: cn.graph.capture("model"),
+     TypeError, 'capture() expected an nn.Module, but got str'),
     ('detect_anomaly check_nan', lambda: cn.autograd.detect_anomaly(check_nan=None).__enter__(),
      TypeError, 'detect_anomaly expected check_nan to be a bool, but got NoneType'),
 ]
