@@ -61,11 +61,42 @@ def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 
 
 
 @parallel_jit
+def _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w):
+    """max_pool2d_backward when the windows tile the input (stride = kernel, no padding or dilation): each input
+    pixel lies in at most one window, so it takes that window's gradient where it was the winner, else 0."""
+    batch, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    for job in prange(batch * height):
+        n = job // height
+        ih = job % height
+        oh = ih // kernel_h
+        row = grad_in[n, ih]
+        if oh >= out_h:
+            row[:, :] = 0
+            continue
+        for iw in range(width):
+            ow = iw // kernel_w
+            target = row[iw]
+            if ow >= out_w:
+                target[:] = 0
+                continue
+            flat = ih * width + iw
+            source_index = indices[n, oh, ow]
+            source_grad = grad_out[n, oh, ow]
+            for c in range(channels):
+                target[c] = source_grad[c] if source_index[c] == flat else 0
+
+
+@parallel_jit
 def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                         dilation_h, dilation_w):
     """grad_in[n, ih, iw, c] = sum of grad_out over the windows whose max was (ih, iw) in channel c."""
     batch, height, width, channels = grad_in.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    if (stride_h == kernel_h and stride_w == kernel_w and pad_h == 0 and pad_w == 0 and dilation_h == 1
+            and dilation_w == 1):
+        _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w)
+        return
     for job in prange(batch * height):
         n = job // height
         ih = job % height

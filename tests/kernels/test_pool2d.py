@@ -18,6 +18,8 @@ WINDOW_CASES = [
     ((3, 1, 4, 5), (1, 3), (1, 1), (0, 1), (1, 1), False),   # a single row
     ((1, 1, 1, 2), (2, 2), (1, 1), (1, 1), (2, 2), False),   # dilation steps over the whole input
     ((0, 4, 4, 2), (2, 2), (2, 2), (0, 0), (1, 1), False),   # empty batch
+    ((2, 7, 9, 5), (2, 3), (2, 3), (0, 0), (1, 1), False),   # windows tile the input, leftover row and columns
+    ((2, 7, 5, 3), (2, 2), (2, 2), (0, 0), (1, 1), True),    # windows tile the input, ceil: clipped last windows
 ]
 
 
