@@ -457,9 +457,16 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
     wide = channels_out % TILE_CHANNELS == 0
     tile_rows = WEIGHT_TILE_ROWS if wide else NARROW_WEIGHT_TILE_ROWS
     tile_channels = TILE_CHANNELS if wide else NARROW_TILE_CHANNELS
+    grad_flat = grad_out.reshape(-1)
+    block_size = block_rows * grad_row_step
     for chunk in prange(chunks):
         first, last = _chunk_bounds(rows, chunks, chunk)
         strip = np.empty((strip_h, frame_w, channels), x.dtype)
+        # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to a cache-line-aligned
+        # buffer (the caller's array may start anywhere), then read by every tap and tile.
+        spare = np.empty(block_size + CACHE_LINE // 4, grad_out.dtype)
+        start = (-spare.ctypes.data % CACHE_LINE) // grad_out.itemsize
+        grad_block = spare[start:start + block_size]
         r = first
         while r < last:
             n = r // out_h
@@ -469,6 +476,8 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
                         strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
             for b in range(0, span, block_rows):
                 count = min(block_rows, span - b)
+                grad_start = (r + b) * grad_row_step
+                grad_block[:count * grad_row_step] = grad_flat[grad_start:grad_start + count * grad_row_step]
                 for kh in range(kernel_h):
                     for kw in range(kernel_w):
                         x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
@@ -476,9 +485,8 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
                         for ci in range(0, reduction, tile_rows):
                             for co in range(0, channels_out, tile_channels):
                                 _run_weight_tile(wide, partials, tap_start + ci * channels_out + co, strip,
-                                                 x_start + ci, x_pixel_step, x_row_step, grad_out,
-                                                 (r + b) * grad_row_step + co, grad_row_step, count, out_w,
-                                                 channels_out)
+                                                 x_start + ci, x_pixel_step, x_row_step, grad_block, co,
+                                                 grad_row_step, count, out_w, channels_out)
             r += span
 
 
