@@ -124,6 +124,30 @@ def test_forward_reduction_blocks_add_up(case, monkeypatch):
                                **_tolerance(np.float32))
 
 
+@pytest.mark.parametrize("offset", [0, 1, 4])
+def test_fast_paths_accept_operands_at_any_alignment(offset):
+    """Weights are copied to a cache-line-aligned buffer when they start elsewhere; grad_out blocks likewise."""
+    case = CASES[16]
+    x, w, b, y = _arrays(case, np.float32)
+
+    def shifted(array):
+        buffer = np.empty(array.size + offset, np.float32)
+        view = buffer[offset:].reshape(array.shape)
+        view[...] = array
+        return view
+
+    options = _options(case)
+    got = kernels.conv2d_forward(shifted(x), shifted(w), b, np.empty_like(y), **options)
+    np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), **options),
+                               **_tolerance(np.float32))
+    got = kernels.conv2d_backward_input(shifted(y), shifted(w), np.empty_like(x), **options)
+    np.testing.assert_allclose(got, reference.conv2d_backward_input(y, w, np.empty_like(x), **options),
+                               **_tolerance(np.float32))
+    got = kernels.conv2d_backward_weight(shifted(x), shifted(y), np.empty_like(w), **options)
+    np.testing.assert_allclose(got, reference.conv2d_backward_weight(x, y, np.empty_like(w), **options),
+                               **_tolerance(np.float32))
+
+
 def test_non_contiguous_operands_are_accepted():
     case = CASES[0]
     x, w, b, y = _arrays(case, np.float64)
