@@ -35,10 +35,11 @@ CASES = [
     (2, 7, 17, 32, 64, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),         # stride 2, odd sizes: unequal phases
     (2, 6, 18, 32, 64, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),         # 1x1 stride 2: phases without taps
     (1, 9, 10, 32, 32, (3, 2), (3, 1), (2, 2, 2, 2), (1, 1), 1),         # padding past the kernel, stride 3
+    (1, 5, 10, 8, 96, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # 4 x 64 tiles: channel overlap, edge tile
 ]
-FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25)]
+FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26)]
 FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19, 20, 21, 22, 23, 24, 25)]
-FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25)]
+FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26)]
 
 
 def _geometry(case):
@@ -111,7 +112,7 @@ def test_fast_path_cases_take_the_fast_paths():
         assert not kernels.uses_fast_forward(np.float64, w_shape, y_shape, options["groups"])
 
 
-@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[21], CASES[23]])
+@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[21], CASES[23], CASES[26]])
 def test_forward_reduction_blocks_add_up(case, monkeypatch):
     """Wide layers split the reduction into blocks that accumulate in out; small blocks make these cases do it."""
     monkeypatch.setattr(kernels, "REDUCTION_BLOCK", 8)
