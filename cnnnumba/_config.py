@@ -11,6 +11,12 @@ import numpy as np
 # threads, and a 0.1 ms GEMM can wait out a scheduler time slice (4-8 ms). A short spin still keeps back-to-back
 # kernels warm. It must be set before the threading layer loads; a user's own setting wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# The other way round: OpenBLAS workers busy-wait 2^28 cycles (about 0.1 s) after each BLAS call, so one small
+# GEMM (a linear layer's np.dot inside @njit, which uses SciPy's OpenBLAS, loaded after this line) leaves both
+# cores spinning under the next convolution: the captured cifar-cnn step took 155-160 ms instead of 120-123 ms.
+# 2^4 cycles lets them sleep at once. NumPy's own OpenBLAS has read the variable already unless it was set
+# before NumPy was imported; a user's own setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 DEFAULT_DTYPE = np.float32
 FLOAT_DTYPES = (np.float32, np.float64)
