@@ -175,6 +175,7 @@ NARROW_TILE_PIXELS = 16
 # cifar-cnn's 64-channel shapes, measured in one process, interleaved.
 BROAD_TILE_PIXELS = 4
 BROAD_TILE_CHANNELS = 4 * 16
+BROAD_WEIGHT_TILE_ROWS = 4
 NARROW_TILE_CHANNELS = LANES
 NARROW_WEIGHT_TILE_ROWS = 16
 # Reduction (kW * C_in) entries per forward pass over a strip, so that a 32-channel weight block stays in L1/L2
@@ -340,6 +341,7 @@ _forward_tile_broad = _make_forward_tile(BROAD_TILE_PIXELS, 4)
 _forward_tile_narrow = _make_forward_tile(NARROW_TILE_PIXELS, 1)
 _weight_tile = _make_weight_tile(WEIGHT_TILE_ROWS, 2)
 _weight_tile_narrow = _make_weight_tile(NARROW_WEIGHT_TILE_ROWS, 1)
+_weight_tile_broad = _make_weight_tile(BROAD_WEIGHT_TILE_ROWS, 4)
 
 
 @jit
@@ -362,9 +364,13 @@ def _run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, x, x_of
 
 
 @jit
-def _run_weight_tile(wide, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+def _run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                      grad_out_offset, grad_out_row_step, rows, columns, channels_out):
-    if wide:
+    """The weight-gradient tile of the given kind: 2 = 4 x 64 (broad), 1 = 8 x 32 (wide), 0 = 16 x 16 (narrow)."""
+    if kind == 2:
+        _weight_tile_broad(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                           grad_out_offset, grad_out_row_step, rows, columns, channels_out)
+    elif kind == 1:
         _weight_tile(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                      grad_out_offset, grad_out_row_step, rows, columns, channels_out)
     else:
@@ -468,9 +474,12 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
     grad_row_step = out_w * channels_out
     block_rows = max(1, PIXELS_PER_BLOCK // out_w)
     chunk_size = kernel_h * kernel_w * reduction * channels_out
-    wide = channels_out % TILE_CHANNELS == 0
-    tile_rows = WEIGHT_TILE_ROWS if wide else NARROW_WEIGHT_TILE_ROWS
-    tile_channels = TILE_CHANNELS if wide else NARROW_TILE_CHANNELS
+    if channels_out % BROAD_TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 2, BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS
+    elif channels_out % TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 1, WEIGHT_TILE_ROWS, TILE_CHANNELS
+    else:
+        kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     grad_flat = grad_out.reshape(-1)
     block_size = block_rows * grad_row_step
     for chunk in prange(chunks):
@@ -498,7 +507,7 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
                         tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
                         for ci in range(0, reduction, tile_rows):
                             for co in range(0, channels_out, tile_channels):
-                                _run_weight_tile(wide, partials, tap_start + ci * channels_out + co, strip,
+                                _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
                                                  x_start + ci, x_pixel_step, x_row_step, grad_block, co,
                                                  grad_row_step, count, out_w, channels_out)
             r += span
@@ -577,7 +586,10 @@ def _tiles_fit(channels, width):
 
 
 def _weight_tile_rows(channels_out):
-    """Input channels per weight-gradient tile: 8 with 32-channel tiles, 16 with the narrow 16-channel ones."""
+    """Input channels per weight-gradient tile: 4 with 64-channel tiles, 8 with 32-channel ones, 16 with the
+    narrow 16-channel ones."""
+    if channels_out % BROAD_TILE_CHANNELS == 0:
+        return BROAD_WEIGHT_TILE_ROWS
     return WEIGHT_TILE_ROWS if channels_out % TILE_CHANNELS == 0 else NARROW_WEIGHT_TILE_ROWS
 
 
