@@ -8,6 +8,7 @@ import numpy as np
 from .. import _config
 from ..kernels import conv2d as conv_kernels
 from ..kernels import elementwise, fused, matmul, pool2d
+from ..kernels import loss as loss_kernels
 from .plan import Buffer
 
 
@@ -456,7 +457,7 @@ class CrossEntropy(Node):
 
     def forward(self):
         loss, row_weight, logsumexp = self.rows_buffer.array
-        fused.cross_entropy_forward_into(self.inputs[0].buffer.array, self.target, self.class_weight,
+        loss_kernels.cross_entropy_forward_into(self.inputs[0].buffer.array, self.target, self.class_weight,
                                          self.ignore_index, self.label_smoothing, loss, row_weight, logsumexp)
         self.total_weight = row_weight.sum()
         total = loss.sum()
@@ -473,7 +474,7 @@ class CrossEntropy(Node):
                 scale = np.float64(1.0) / self.total_weight
         self.row_scale.fill(scale)
         logsumexp = self.rows_buffer.array[2]
-        fused.cross_entropy_backward_into(self.inputs[0].buffer.array, self.target, self.class_weight, logsumexp,
+        loss_kernels.cross_entropy_backward_into(self.inputs[0].buffer.array, self.target, self.class_weight, logsumexp,
                                           self.row_scale, self.ignore_index, self.label_smoothing,
                                           self.grad_target(0))
         self.finish_grad(0)

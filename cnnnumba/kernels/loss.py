@@ -86,21 +86,16 @@ def log_softmax_backward(grad_y, y):
 
 
 @parallel_jit
-def cross_entropy_forward(logits, target, class_weight, ignore_index, label_smoothing):
-    """Per-row cross-entropy from class indices, with class weights and label smoothing, as PyTorch defines it.
-
-    loss[r] = (1 - s) * w[t] * -log p[t] + s / C * sum_c w[c] * -log p[c], and 0 where t == ignore_index.
-    Returns float64 (loss, row_weight, logsumexp): row_weight is w[t] (0 where ignored), the denominator of the
-    mean; logsumexp is what the backward needs to rebuild the probabilities. Targets must already be checked
-    to be in [0, C) or equal to ignore_index.
-    """
+def cross_entropy_forward_into(logits, target, class_weight, ignore_index, label_smoothing, loss, row_weight,
+                               logsumexp):
+    """Per-row cross-entropy into float64 buffers: loss[r] (0 where ignored), row_weight[r] = class_weight[target[r]]
+    (0 where ignored) and logsumexp[r], which the backward reads. Targets must be in [0, C) or ignore_index."""
     rows, classes = logits.shape
-    loss = np.zeros(rows, dtype=np.float64)
-    row_weight = np.zeros(rows, dtype=np.float64)
-    logsumexp = np.empty(rows, dtype=np.float64)
     for r in prange(rows):
         lse = _row_logsumexp(logits, r)
         logsumexp[r] = lse
+        loss[r] = 0.0
+        row_weight[r] = 0.0
         t = target[r]
         if t == ignore_index:
             continue
@@ -111,12 +106,12 @@ def cross_entropy_forward(logits, target, class_weight, ignore_index, label_smoo
                 smooth += class_weight[c] * (lse - np.float64(logits[r, c]))
         loss[r] = (1.0 - label_smoothing) * nll + label_smoothing / classes * smooth
         row_weight[r] = class_weight[t]
-    return loss, row_weight, logsumexp
 
 
 @parallel_jit
-def cross_entropy_backward(logits, target, class_weight, logsumexp, row_scale, ignore_index, label_smoothing):
-    """Gradient of sum_r row_scale[r] * loss[r] with respect to the logits (rows, classes), in their dtype.
+def cross_entropy_backward_into(logits, target, class_weight, logsumexp, row_scale, ignore_index, label_smoothing,
+                                grad):
+    """Gradient of sum_r row_scale[r] * loss[r] with respect to the logits, written into grad (rows, classes).
 
     d loss[r] / d x[j] = (1 - s) * w[t] * (p[j] - [j == t]) + s / C * (p[j] * sum_c w[c] - w[j]).
     """
@@ -124,10 +119,11 @@ def cross_entropy_backward(logits, target, class_weight, logsumexp, row_scale, i
     weight_total = 0.0
     for c in range(classes):
         weight_total += class_weight[c]
-    grad = np.zeros_like(logits)
     for r in prange(rows):
         t = target[r]
         if t == ignore_index:
+            for c in range(classes):
+                grad[r, c] = 0.0
             continue
         nll_scale = row_scale[r] * (1.0 - label_smoothing) * class_weight[t]
         smooth_scale = row_scale[r] * label_smoothing / classes
@@ -136,4 +132,20 @@ def cross_entropy_backward(logits, target, class_weight, logsumexp, row_scale, i
             p = np.exp(np.float64(logits[r, c]) - lse)
             one_hot = nll_scale if c == t else 0.0
             grad[r, c] = (nll_scale * p - one_hot) + smooth_scale * (p * weight_total - class_weight[c])
+
+
+def cross_entropy_forward(logits, target, class_weight, ignore_index, label_smoothing):
+    """(loss, row_weight, logsumexp), each float64 (rows,), from cross_entropy_forward_into."""
+    rows = logits.shape[0]
+    loss, row_weight, logsumexp = (np.empty(rows, dtype=np.float64) for _ in range(3))
+    cross_entropy_forward_into(logits, target, class_weight, ignore_index, label_smoothing, loss, row_weight,
+                               logsumexp)
+    return loss, row_weight, logsumexp
+
+
+def cross_entropy_backward(logits, target, class_weight, logsumexp, row_scale, ignore_index, label_smoothing):
+    """The logits' gradient (rows, classes) in their dtype, from cross_entropy_backward_into."""
+    grad = np.empty_like(logits)
+    cross_entropy_backward_into(logits, target, class_weight, logsumexp, row_scale, ignore_index, label_smoothing,
+                                grad)
     return grad
