@@ -37,18 +37,33 @@ class Adam(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
 
     def _update(self, param, grad, owner, state, group):
-        scalar = owner.dtype.type
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-        beta1, beta2 = (float(b) for b in group["betas"])
         if "step" not in state:
             state["step"] = np.zeros((), dtype=np.float32)  # a float32 count, as PyTorch keeps it
         exp_avg, _ = self._state_buffer(state, "exp_avg", owner)
         exp_avg_sq, _ = self._state_buffer(state, "exp_avg_sq", owner)
-        amsgrad = bool(group["amsgrad"])
-        max_exp_avg_sq = self._state_buffer(state, "max_exp_avg_sq", owner)[0] if amsgrad \
+        max_exp_avg_sq = self._state_buffer(state, "max_exp_avg_sq", owner)[0] if group["amsgrad"] \
             else _EMPTY[owner.dtype]
         state["step"] += 1
-        step = float(state["step"])
+        self._run_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, float(state["step"]), group)
+
+    def flat_update_state(self, group, params):
+        # one step count for the whole group: parameters stepped apart (steps differ or missing) cannot be fused
+        steps = {float(self.state[p]["step"]) if "step" in self.state[p] else None for p in params}
+        if not self._uses_update_rule_of(Adam) or len(steps) != 1 or None in steps:
+            return None
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+
+    def update_flat(self, group, params, param, grad, states):
+        for owner in params:
+            self.state[owner]["step"] += 1
+        self._run_update(param, grad, states["exp_avg"], states["exp_avg_sq"],
+                         states.get("max_exp_avg_sq", _EMPTY[param.dtype]), float(self.state[params[0]]["step"]), group)
+
+    @staticmethod
+    def _run_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, group):
+        scalar = param.dtype.type
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        beta1, beta2 = (float(b) for b in group["betas"])
         # the step-size scalars in double precision, exactly as torch.optim.Adam computes them
         step_size = lr / (1 - beta1 ** step)
         bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
@@ -58,7 +73,7 @@ class Adam(Optimizer):
         kernel = kernels.adam_update_parallel if param.size >= PARALLEL_MIN_SIZE else kernels.adam_update
         kernel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalar(beta1), scalar(1 - beta1), scalar(beta2),
                scalar(1 - beta2), scalar(eps), scalar(coupled_decay), scalar(decay_factor), scalar(step_size),
-               scalar(bias_correction2_sqrt), amsgrad, bool(group["maximize"]))
+               scalar(bias_correction2_sqrt), bool(group["amsgrad"]), bool(group["maximize"]))
 
 
 class AdamW(Adam):

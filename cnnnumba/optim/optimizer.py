@@ -128,6 +128,25 @@ class Optimizer:
         """Update the flat contiguous `param` in place from `grad`; `owner` is the Parameter `state` belongs to."""
         raise NotImplementedError
 
+    # ----- the flat update the graph executor fuses -----
+    def flat_update_state(self, group, params):
+        """The names of the per-parameter state arrays `update_flat` needs, when this optimizer's rule can update
+        the group's `params` concatenated into flat arrays in one call (the graph executor's fused update), or None
+        when it cannot (the default: the executor then calls `step()`)."""
+        return None
+
+    def update_flat(self, group, params, param, grad, states):
+        """One step of the group's `params`, held concatenated in the flat arrays `param` and `grad`, with each state
+        array named by `flat_update_state` concatenated the same way in `states[name]`."""
+        raise NotImplementedError
+
+    def _uses_update_rule_of(self, cls):
+        """Whether this optimizer updates exactly as `cls` does: a subclass that overrides the rule or the step
+        cannot be fused by the flat update written for `cls`."""
+        kind = type(self)
+        return (isinstance(self, cls) and kind._update is cls._update and kind.step is Optimizer.step
+                and kind._step_parameter is Optimizer._step_parameter)
+
     @staticmethod
     def _state_buffer(state, name, owner):
         """(flat view of state[name], whether it was just created as zeros); checked so no kernel overruns it."""

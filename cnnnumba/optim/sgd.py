@@ -27,13 +27,24 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def _update(self, param, grad, owner, state, group):
-        scalar = owner.dtype.type
-        momentum = group["momentum"]
         first_step = False
-        if momentum != 0:
+        if group["momentum"] != 0:
             buffer, first_step = self._state_buffer(state, "momentum_buffer", owner)
         else:
             buffer = _EMPTY[owner.dtype]
+        self._run_update(param, grad, buffer, group, first_step)
+
+    def flat_update_state(self, group, params):
+        if not self._uses_update_rule_of(SGD):
+            return None
+        return ["momentum_buffer"] if group["momentum"] != 0 else []
+
+    def update_flat(self, group, params, param, grad, states):
+        self._run_update(param, grad, states.get("momentum_buffer", _EMPTY[param.dtype]), group, False)
+
+    @staticmethod
+    def _run_update(param, grad, buffer, group, first_step):
+        scalar = param.dtype.type
         kernel = kernels.sgd_update_parallel if param.size >= PARALLEL_MIN_SIZE else kernels.sgd_update
-        kernel(param, grad, buffer, scalar(group["lr"]), scalar(momentum), scalar(1 - group["dampening"]),
+        kernel(param, grad, buffer, scalar(group["lr"]), scalar(group["momentum"]), scalar(1 - group["dampening"]),
                scalar(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]), first_step)
