@@ -13,6 +13,7 @@ from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
+from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
 
 # Reductions over the batch split the flattened (image, output row) range into this many chunks at most, a
 # number that does not depend on the thread count, so results are bit-identical for any number of threads.
@@ -578,6 +579,16 @@ def uses_fast_backward_weight(dtype, weight_shape, groups, dilation=(1, 1)):
             and (weight_shape[2] % _weight_tile_rows(weight_shape[3]) == 0 or dilation[1] == 1))
 
 
+# Layers with at most this many input and output channels, stride 1 and groups 1 run as the direct loops of
+# conv2d_small.py (vectorised over pixels) when no register-tiled path applies.
+SMALL_MAX_CHANNELS = 16
+
+
+def uses_small(weight_shape, stride, groups):
+    """Whether a pass that no tiled path takes runs in conv2d_small.py: stride 1, groups 1, few channels."""
+    return groups == 1 and tuple(stride) == (1, 1) and max(weight_shape[2], weight_shape[3]) <= SMALL_MAX_CHANNELS
+
+
 def _tiles_fit(channels, width):
     """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile."""
     if channels >= TILE_CHANNELS:
@@ -694,6 +705,8 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     if uses_fast_forward(dtype, weight.shape, out.shape, groups):
         bias = np.zeros(weight.shape[3], dtype) if bias is None else bias
         _forward_fast(x, _aligned(weight), bias, out, stride, padding, dilation)
+    elif uses_small(weight.shape, stride, groups):
+        conv2d_forward_small(x, weight, bias, out, padding, dilation)
     elif groups == 1:
         conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation)
     else:
@@ -719,6 +732,8 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     elif uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups):
         flipped = _aligned(weight[::-1, ::-1].transpose(0, 1, 3, 2))
         _forward_fast(grad_out, flipped, np.zeros(out.shape[3], dtype), out, (1, 1), (pad_top, pad_left), dilation)
+    elif uses_small(weight.shape, stride, groups):
+        conv2d_backward_input_small(grad_out, weight, out, padding, dilation)
     elif groups == 1:
         conv2d_backward_input_gemm(grad_out, weight, out, stride, padding, dilation)
     else:
@@ -736,6 +751,8 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
     if uses_fast_backward_weight(dtype, out.shape, groups, dilation):
         _backward_weight_fast(x, grad_out, out, stride, padding, dilation)
+    elif uses_small(out.shape, stride, groups):
+        conv2d_backward_weight_small(x, grad_out, out, padding, dilation)
     elif groups == 1:
         conv2d_backward_weight_gemm(x, grad_out, out, stride, padding, dilation)
     else:

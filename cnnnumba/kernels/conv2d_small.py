@@ -1,0 +1,164 @@
+"""Direct stride-1 convolution for few-channel layers (such as LeNet-5's 1→6 and 6→16), vectorised over pixels.
+
+The register-tiled kernels of conv2d.py vectorise over output channels and need 16 or more of them; with 6
+channels nothing vectorises that way, and im2col + GEMM spends its time building columns for tiny, skinny
+products. Here each job (a band of output rows of one image) first copies the input rows its windows read
+into a zero-padded, channel-planar frame `frame[c, r, j]` of width Wp = W_out + dilation·(kW - 1). With stride
+1, output pixel (r, ow) and tap (kh, kw) read frame element (r + kh·dh)·Wp + ow + kw·dw, so every tap is one
+contiguous run over the flattened band: `acc[co, p] += frame_flat[c, p + offset] * w` for p over rows·Wp
+positions (the Wp - W_out positions past each row's end are computed and dropped). Those long unit-stride loops
+are what LLVM vectorises; the accumulators of all C_out channels of a band stay in L1.
+
+Layouts and conventions are those of conv2d.py: NHWC activations, (kH, kW, C_in, C_out) weights, (top, left)
+padding (bottom/right implied by the output size), `out` written whole and returned. The caller (conv2d.py)
+validates shapes; any padding works (negative padding too: the frame then starts inside the input), any
+dilation, float32 and float64. The weight gradient reduces over the batch into per-chunk partial buffers whose
+count depends only on the shape, summed in a fixed order, so results are bit-identical whatever the thread
+count.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import jit, parallel_jit
+
+# Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.
+JOBS_WANTED = 16
+# Weight-gradient partial buffers: at most this many, each summing whole images.
+MAX_WEIGHT_CHUNKS = 16
+
+
+@jit
+def _fill_frame(x, n, first_ih, pad_left, frame):
+    """frame[c, r, j] = x[n, first_ih + r, j - pad_left, c], or 0 where that lies outside x."""
+    _, height, width, channels = x.shape
+    frame_h, frame_w = frame.shape[1], frame.shape[2]
+    first = min(max(0, pad_left), frame_w)
+    last = max(first, min(frame_w, width + pad_left))
+    for r in range(frame_h):
+        ih = first_ih + r
+        if ih < 0 or ih >= height:
+            frame[:, r, :] = 0.0
+            continue
+        frame[:, r, :first] = 0.0
+        frame[:, r, last:] = 0.0
+        for j in range(first, last):
+            pixel = x[n, ih, j - pad_left]
+            for c in range(channels):
+                frame[c, r, j] = pixel[c]
+
+
+@parallel_jit
+def _forward_bands(x, weight, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows):
+    batch, _, _, channels_in = x.shape
+    kernel_h, kernel_w, _, channels_out = weight.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    frame_w = out_w + dilation_w * (kernel_w - 1)
+    bands = (out_h + band_rows - 1) // band_rows
+    for job in prange(batch * bands):
+        n = job // bands
+        first_oh = (job % bands) * band_rows
+        rows = min(band_rows, out_h - first_oh)
+        frame = np.empty((channels_in, rows + dilation_h * (kernel_h - 1), frame_w), x.dtype)
+        _fill_frame(x, n, first_oh - pad_top, pad_left, frame)
+        flat = frame.reshape(channels_in, -1)
+        length = (rows - 1) * frame_w + out_w
+        acc = np.empty((channels_out, length), out.dtype)
+        for co in range(channels_out):
+            acc[co, :] = bias[co]
+        for ci in range(channels_in):
+            for kh in range(kernel_h):
+                for kw in range(kernel_w):
+                    source = flat[ci, kh * dilation_h * frame_w + kw * dilation_w:]
+                    for co in range(channels_out):
+                        w = weight[kh, kw, ci, co]
+                        target = acc[co]
+                        for p in range(length):
+                            target[p] += source[p] * w
+        for r in range(rows):
+            result = out[n, first_oh + r]
+            for ow in range(out_w):
+                for co in range(channels_out):
+                    result[ow, co] = acc[co, r * frame_w + ow]
+
+
+@parallel_jit
+def _backward_weight_images(x, grad_out, partials, pad_top, pad_left, dilation_h, dilation_w):
+    batch, _, _, channels_in = x.shape
+    chunks, kernel_h, kernel_w, _, channels_out = partials.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    frame_w = out_w + dilation_w * (kernel_w - 1)
+    length = (out_h - 1) * frame_w + out_w
+    for chunk in prange(chunks):
+        partial = partials[chunk]
+        partial[...] = 0.0
+        frame = np.empty((channels_in, out_h + dilation_h * (kernel_h - 1), frame_w), x.dtype)
+        flat = frame.reshape(channels_in, -1)
+        # grad_out laid out like the forward's accumulators, zero at the dropped positions past each row
+        grad_planar = np.zeros((channels_out, out_h, frame_w), x.dtype)
+        grad_flat = grad_planar.reshape(channels_out, -1)
+        zero = grad_planar[0, 0, 0]  # a zero of the operands' dtype: a float64 literal would widen the sums
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            _fill_frame(x, n, -pad_top, pad_left, frame)
+            for oh in range(out_h):
+                grad_row = grad_out[n, oh]
+                for ow in range(out_w):
+                    for co in range(channels_out):
+                        grad_planar[co, oh, ow] = grad_row[ow, co]
+            for ci in range(channels_in):
+                for kh in range(kernel_h):
+                    for kw in range(kernel_w):
+                        source = flat[ci, kh * dilation_h * frame_w + kw * dilation_w:]
+                        for co in range(channels_out):
+                            g = grad_flat[co]
+                            total = zero
+                            for p in range(length):
+                                total += source[p] * g[p]
+                            partial[kh, kw, ci, co] += total
+
+
+@jit
+def _sum_partials(partials, out):
+    """Fixed-order sum over the leading (chunk) axis, so the result does not depend on the thread count."""
+    flat_out = out.reshape(-1)
+    flat = partials.reshape(partials.shape[0], -1)
+    flat_out[:] = flat[0]
+    for c in range(1, flat.shape[0]):
+        for i in range(flat.shape[1]):
+            flat_out[i] += flat[c, i]
+
+
+def band_rows(batch, out_h):
+    """Output rows per forward job: whole images when the batch alone makes enough jobs, else bands."""
+    return out_h if batch >= JOBS_WANTED else max(1, -(-out_h * batch // JOBS_WANTED))
+
+
+def weight_chunks(batch):
+    """How many partial weight gradients a backward-weight call sums: a function of the shape only."""
+    return min(batch, MAX_WEIGHT_CHUNKS)
+
+
+def conv2d_forward_small(x, weight, bias, out, padding=(0, 0), dilation=(1, 1)):
+    """out (N, H_out, W_out, C_out) = conv(x, weight) + bias with stride 1, groups 1, on contiguous operands."""
+    if bias is None:
+        bias = np.zeros(weight.shape[3], out.dtype)
+    _forward_bands(x, weight, bias, out, padding[0], padding[1], dilation[0], dilation[1],
+                   band_rows(out.shape[0], out.shape[1]))
+    return out
+
+
+def conv2d_backward_input_small(grad_out, weight, out, padding=(0, 0), dilation=(1, 1)):
+    """out (N, H, W, C_in) = the input gradient of conv2d_forward_small: a forward convolution of grad_out with
+    the kernel flipped and its channel axes swapped, padded by the dilated extent minus the forward padding
+    (negative where the forward padding exceeds it: the frame then starts inside grad_out)."""
+    kernel_h, kernel_w = weight.shape[:2]
+    flipped = np.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2))
+    pad = (dilation[0] * (kernel_h - 1) - padding[0], dilation[1] * (kernel_w - 1) - padding[1])
+    return conv2d_forward_small(grad_out, flipped, None, out, pad, dilation)
+
+
+def conv2d_backward_weight_small(x, grad_out, out, padding=(0, 0), dilation=(1, 1)):
+    """out (kH, kW, C_in, C_out) = the weight gradient of conv2d_forward_small, summed over the batch in chunks."""
+    partials = np.empty((weight_chunks(x.shape[0]), *out.shape), out.dtype)
+    _backward_weight_images(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1])
+    _sum_partials(partials, out)
+    return out

@@ -1,0 +1,159 @@
+"""Few-channel stride-1 convolution (kernels/conv2d_small.py) against the conv2d twin in kernels/reference.py and
+against PyTorch, through its own functions and through conv2d.py's dispatch."""
+import numpy as np
+import pytest
+
+import cnnnumba as cn
+from cnnnumba import shapes
+from cnnnumba.kernels import conv2d, conv2d_small, reference
+from tests.helpers import requires_torch
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+# (batch, height, width, C_in, C_out, (kH, kW), (pad_top, pad_bottom, pad_left, pad_right), dilation)
+CASES = [
+    (2, 12, 12, 1, 6, (5, 5), (2, 2, 2, 2), (1, 1)),      # LeNet-5's first layer, smaller images
+    (3, 9, 9, 6, 16, (5, 5), (0, 0, 0, 0), (1, 1)),       # LeNet-5's second layer
+    (1, 7, 5, 3, 2, (3, 3), (1, 1, 1, 1), (1, 1)),        # batch 1: bands of rows, odd width
+    (2, 6, 7, 2, 3, (1, 1), (0, 0, 0, 0), (1, 1)),        # 1x1 kernel
+    (1, 9, 11, 4, 5, (7, 7), (3, 3, 3, 3), (1, 1)),       # 7x7 kernel, "same" padding
+    (2, 8, 9, 16, 16, (3, 3), (1, 1, 1, 1), (1, 1)),      # 16 channels, rows narrower than a tile
+    (2, 10, 9, 3, 4, (2, 4), (1, 0, 0, 2), (1, 1)),       # non-square kernel, asymmetric padding
+    (2, 11, 12, 2, 3, (3, 3), (2, 2, 2, 2), (2, 3)),      # dilation
+    (1, 6, 6, 2, 2, (2, 2), (3, 3, 3, 3), (1, 1)),        # padding past the kernel: backward pads negative
+    (2, 5, 13, 5, 1, (3, 2), (0, 1, 1, 0), (1, 2)),       # one output channel, dilation along the width only
+    (17, 4, 4, 2, 3, (3, 3), (1, 1, 1, 1), (1, 1)),       # more images than weight-gradient chunks
+]
+
+
+def _geometry(case):
+    batch, height, width, cin, cout, kernel, pad, dilation = case
+    out_h = shapes.conv_output_size(height, kernel[0], 1, pad[0], pad[1], dilation[0])
+    out_w = shapes.conv_output_size(width, kernel[1], 1, pad[2], pad[3], dilation[1])
+    return (batch, height, width, cin), (*kernel, cin, cout), (batch, out_h, out_w, cout)
+
+
+def _arrays(case, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x_shape, w_shape, y_shape = _geometry(case)
+    return [rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, (w_shape[3],), y_shape)]
+
+
+def _padding(case):
+    return case[6][0], case[6][2]
+
+
+def _tolerance(dtype):
+    return dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_forward_matches_reference(case, dtype):
+    x, w, b, y = _arrays(case, dtype)
+    for bias in (b, None):
+        got = conv2d_small.conv2d_forward_small(x, w, bias, np.empty_like(y), _padding(case), case[7])
+        want = reference.conv2d_forward(x, w, bias, np.empty_like(y), (1, 1), _padding(case), case[7])
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_backward_input_matches_reference(case, dtype):
+    x, w, _, dy = _arrays(case, dtype)
+    got = conv2d_small.conv2d_backward_input_small(dy, w, np.empty_like(x), _padding(case), case[7])
+    want = reference.conv2d_backward_input(dy, w, np.empty_like(x), (1, 1), _padding(case), case[7])
+    np.testing.assert_allclose(got, want, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_backward_weight_matches_reference(case, dtype):
+    x, w, _, dy = _arrays(case, dtype)
+    got = conv2d_small.conv2d_backward_weight_small(x, dy, np.empty_like(w), _padding(case), case[7])
+    want = reference.conv2d_backward_weight(x, dy, np.empty_like(w), (1, 1), _padding(case), case[7])
+    np.testing.assert_allclose(got, want, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dispatch_reaches_the_small_path_below_the_tiles(case):
+    x_shape, w_shape, y_shape = _geometry(case)
+    assert conv2d.uses_small(w_shape, (1, 1), 1)
+    if not conv2d.uses_fast_forward(np.float32, w_shape, y_shape, 1):
+        x, w, b, y = _arrays(case, np.float32)
+        got = conv2d.conv2d_forward(x, w, b, np.empty_like(y), padding=_padding(case), dilation=case[7])
+        np.testing.assert_array_equal(got, conv2d_small.conv2d_forward_small(x, w, b, np.empty_like(y),
+                                                                             _padding(case), case[7]))
+
+
+@pytest.mark.parametrize("weight_shape, stride, groups, small", [
+    ((5, 5, 1, 6), (1, 1), 1, True),
+    ((5, 5, 6, 16), (1, 1), 1, True),
+    ((3, 3, 6, 16), (2, 1), 1, False),    # strided: im2col + GEMM
+    ((3, 3, 4, 6), (1, 1), 2, False),     # grouped: the general loops
+    ((3, 3, 17, 6), (1, 1), 1, False),    # too many channels for direct loops
+    ((3, 3, 6, 32), (1, 1), 1, False),
+])
+def test_uses_small_predicate(weight_shape, stride, groups, small):
+    assert conv2d.uses_small(weight_shape, stride, groups) is small
+
+
+def _torch_passes(case, dtype):
+    """Forward, input gradient and weight gradient of PyTorch's conv2d on the case's arrays, in NHWC."""
+    x, w, b, dy = _arrays(case, dtype)
+    pad_top, pad_bottom, pad_left, pad_right = case[6]
+    xt = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    wt = torch.tensor(w.transpose(3, 2, 0, 1).copy(), requires_grad=True)
+    padded = torch.nn.functional.pad(xt, (pad_left, pad_right, pad_top, pad_bottom))
+    yt = torch.nn.functional.conv2d(padded, wt, torch.tensor(b), dilation=case[7])
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2).copy()))
+    return (yt.detach().numpy().transpose(0, 2, 3, 1), xt.grad.numpy().transpose(0, 2, 3, 1),
+            wt.grad.numpy().transpose(2, 3, 1, 0))
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_passes_match_torch(case, dtype):
+    x, w, b, dy = _arrays(case, dtype)
+    options = dict(padding=_padding(case), dilation=case[7])
+    got = (conv2d.conv2d_forward(x, w, b, np.empty_like(dy), **options),
+           conv2d.conv2d_backward_input(dy, w, np.empty_like(x), **options),
+           conv2d.conv2d_backward_weight(x, dy, np.empty_like(w), **options))
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for name, mine, theirs in zip(("forward", "backward-input", "backward-weight"), got, _torch_passes(case, dtype)):
+        np.testing.assert_allclose(mine, theirs, err_msg=name, **tolerance)
+
+
+def test_non_contiguous_operands():
+    x, w, b, y = _arrays(CASES[1], np.float32)
+    strided_x = np.asfortranarray(x)
+    strided_w = w[:, ::-1][:, ::-1]  # a negative-stride view of the same values
+    got = conv2d.conv2d_forward(strided_x, strided_w, b, np.empty_like(y))
+    np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y)), rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[10]])
+def test_results_do_not_depend_on_thread_count(case):
+    x, w, b, dy = _arrays(case, np.float32)
+    options = (_padding(case), case[7])
+    saved = cn.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            results.append((conv2d_small.conv2d_forward_small(x, w, b, np.empty_like(dy), *options),
+                            conv2d_small.conv2d_backward_input_small(dy, w, np.empty_like(x), *options),
+                            conv2d_small.conv2d_backward_weight_small(x, dy, np.empty_like(w), *options)))
+    finally:
+        cn.set_num_threads(saved)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_weight_chunks_depend_on_the_batch_only():
+    assert [conv2d_small.weight_chunks(batch) for batch in (1, 2, 16, 64, 256)] == [1, 2, 16, 16, 16]
