@@ -5,13 +5,18 @@ everywhere. Padding is given as (top, left); the bottom/right padding is implied
 public function writes into a caller-supplied array `out` (so a memory planner can hand in a preallocated
 buffer) and returns it. The caller validates shapes; `_check_*` only guards against out-of-bounds access.
 """
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import conv2d_workspace
 from ._jit import jit, parallel_jit
+from .conv2d_gemm import gemm_plan
+from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
 
@@ -25,70 +30,82 @@ MAX_REDUCTION_CHUNKS = 16
 # ---------------------------------------------------------------------------------------------------------
 
 @parallel_jit
-def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups):
+def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
+                     relu, rows_scratch):
+    """rows_scratch (slots, W_out, C_out): one output row per slot; the (image, row) jobs are dealt round-robin."""
     batch, height, width, _ = x.shape
     kernel_h, kernel_w, group_in, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
     group_out = channels_out // groups
-    for job in prange(batch * out_h):
-        n = job // out_h
-        oh = job % out_h
-        row = np.zeros((out_w, channels_out), dtype=out.dtype)
-        if bias is not None:
+    slots = rows_scratch.shape[0]
+    for slot in prange(slots):
+        row = rows_scratch[slot]
+        for job in range(slot, batch * out_h, slots):
+            n = job // out_h
+            oh = job % out_h
+            if bias is None:
+                row[...] = 0.0
+            else:
+                for ow in range(out_w):
+                    row[ow] = bias
+            for kh in range(kernel_h):
+                ih = oh * stride_h - pad_top + kh * dilation_h
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(kernel_w):
+                    for ow in range(out_w):
+                        iw = ow * stride_w - pad_left + kw * dilation_w
+                        if iw < 0 or iw >= width:
+                            continue
+                        for g in range(groups):
+                            for ci in range(group_in):
+                                value = x[n, ih, iw, g * group_in + ci]
+                                for co in range(g * group_out, (g + 1) * group_out):
+                                    row[ow, co] += value * weight[kh, kw, ci, co]
             for ow in range(out_w):
                 for co in range(channels_out):
-                    row[ow, co] = bias[co]
-        for kh in range(kernel_h):
-            ih = oh * stride_h - pad_top + kh * dilation_h
-            if ih < 0 or ih >= height:
-                continue
-            for kw in range(kernel_w):
-                for ow in range(out_w):
-                    iw = ow * stride_w - pad_left + kw * dilation_w
-                    if iw < 0 or iw >= width:
-                        continue
-                    for g in range(groups):
-                        for ci in range(group_in):
-                            value = x[n, ih, iw, g * group_in + ci]
-                            for co in range(g * group_out, (g + 1) * group_out):
-                                row[ow, co] += value * weight[kh, kw, ci, co]
-        out[n, oh] = row
+                    value = row[ow, co]
+                    # `value < 0` is False for NaN, so NaN passes through the ReLU, as in PyTorch
+                    out[n, oh, ow, co] = 0.0 if relu and value < 0 else value
 
 
 @parallel_jit
-def _backward_input_general(grad_out, weight, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                            groups):
+def _backward_input_general(grad_out, weight_t, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                            groups, rows_scratch):
+    """weight_t is (kH, kW, C_out, C_in/groups): input channels innermost, so the inner loop is a contiguous axpy.
+    rows_scratch (slots, W, C_in): one input row per slot."""
     batch, height, width, channels_in = out.shape
-    kernel_h, kernel_w, group_in, channels_out = weight.shape
+    kernel_h, kernel_w, channels_out, group_in = weight_t.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     group_out = channels_out // groups
-    # (kH, kW, C_out, C_in/groups): input channels innermost, so the inner loop below is a contiguous axpy.
-    weight_t = np.ascontiguousarray(weight.transpose(0, 1, 3, 2))
-    for job in prange(batch * height):
-        n = job // height
-        ih = job % height
-        row = np.zeros((width, channels_in), dtype=out.dtype)
-        for kh in range(kernel_h):
-            shifted_h = ih + pad_top - kh * dilation_h
-            if shifted_h < 0 or shifted_h % stride_h != 0:
-                continue
-            oh = shifted_h // stride_h
-            if oh >= out_h:
-                continue
-            for kw in range(kernel_w):
-                for iw in range(width):
-                    shifted_w = iw + pad_left - kw * dilation_w
-                    if shifted_w < 0 or shifted_w % stride_w != 0:
-                        continue
-                    ow = shifted_w // stride_w
-                    if ow >= out_w:
-                        continue
-                    for g in range(groups):
-                        for co in range(g * group_out, (g + 1) * group_out):
-                            value = grad_out[n, oh, ow, co]
-                            for ci in range(group_in):
-                                row[iw, g * group_in + ci] += value * weight_t[kh, kw, co, ci]
-        out[n, ih] = row
+    slots = rows_scratch.shape[0]
+    for slot in prange(slots):
+        row = rows_scratch[slot]
+        for job in range(slot, batch * height, slots):
+            n = job // height
+            ih = job % height
+            row[...] = 0.0
+            for kh in range(kernel_h):
+                shifted_h = ih + pad_top - kh * dilation_h
+                if shifted_h < 0 or shifted_h % stride_h != 0:
+                    continue
+                oh = shifted_h // stride_h
+                if oh >= out_h:
+                    continue
+                for kw in range(kernel_w):
+                    for iw in range(width):
+                        shifted_w = iw + pad_left - kw * dilation_w
+                        if shifted_w < 0 or shifted_w % stride_w != 0:
+                            continue
+                        ow = shifted_w // stride_w
+                        if ow >= out_w:
+                            continue
+                        for g in range(groups):
+                            for co in range(g * group_out, (g + 1) * group_out):
+                                value = grad_out[n, oh, ow, co]
+                                for ci in range(group_in):
+                                    row[iw, g * group_in + ci] += value * weight_t[kh, kw, co, ci]
+            out[n, ih] = row
 
 
 @jit
@@ -109,18 +126,19 @@ def _sum_partials(partials, out):
 
 
 @parallel_jit
-def _backward_weight_general(x, grad_out, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                             groups):
+def _backward_weight_general(x, grad_out, partials, out, stride_h, stride_w, pad_top, pad_left, dilation_h,
+                             dilation_w, groups):
+    """partials (chunks, kH, kW, C_in/groups, C_out): one weight gradient per chunk of the (image, row) range,
+    summed in chunk order into out (partials may be out itself, reshaped, when there is one chunk)."""
     batch, height, width, _ = x.shape
-    kernel_h, kernel_w, group_in, channels_out = out.shape
+    chunks, kernel_h, kernel_w, group_in, channels_out = partials.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     group_out = channels_out // groups
     rows = batch * out_h
-    chunks = min(rows, MAX_REDUCTION_CHUNKS)
-    partials = np.zeros((chunks, kernel_h, kernel_w, group_in, channels_out), dtype=out.dtype)
     for chunk in prange(chunks):
         first, last = _chunk_bounds(rows, chunks, chunk)
         partial = partials[chunk]
+        partial[...] = 0.0
         for r in range(first, last):
             n = r // out_h
             oh = r % out_h
@@ -142,13 +160,14 @@ def _backward_weight_general(x, grad_out, out, stride_h, stride_w, pad_top, pad_
 
 
 @parallel_jit
-def _backward_bias_kernel(grad_out, out):
+def _backward_bias_kernel(grad_out, partials, out):
+    """partials (chunks, C_out): one bias gradient per chunk of the (image, row) range, summed in chunk order."""
     batch, out_h, out_w, channels = grad_out.shape
     rows = batch * out_h
-    chunks = min(rows, MAX_REDUCTION_CHUNKS)
-    partials = np.zeros((chunks, channels), dtype=out.dtype)
+    chunks = partials.shape[0]
     for chunk in prange(chunks):
         first, last = _chunk_bounds(rows, chunks, chunk)
+        partials[chunk] = 0.0
         for r in range(first, last):
             n = r // out_h
             oh = r % out_h
@@ -220,26 +239,26 @@ def _make_forward_tile(pixels, vectors):
     """An intrinsic computing one forward tile of `pixels` output pixels x `vectors` * 16 output channels."""
 
     @intrinsic
-    def forward_tile(typingctx, out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+    def forward_tile(typingctx, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                      weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
                      channels_in, channels_out):
         """out[p * out_pixel_step + 0:V*16] = start + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
         weight[taps, ci, 0:V*16] for the pixels p of one tile, where start is bias[0:V*16], or the tile's own
-        out values when accumulate is nonzero; offsets and steps count float32 elements, the row step of weight
-        is channels_out."""
+        out values when accumulate is nonzero, and the stored sums clamped at 0 (NaN kept) when relu is nonzero;
+        offsets and steps count float32 elements, the row step of weight is channels_out."""
         index = types.intp
-        signature = types.void(out, index, index, index, x, index, index, weight, index, bias, index, index, index,
-                               index, index, index, index, index)
+        signature = types.void(out, index, index, index, index, x, index, index, weight, index, bias, index, index,
+                               index, index, index, index, index, index)
 
         def codegen(context, builder, sig, args):
-            (out_value, out_offset, out_pixel_step, accumulate, x_value, x_offset, x_pixel_step, weight_value,
+            (out_value, out_offset, out_pixel_step, accumulate, relu, x_value, x_offset, x_pixel_step, weight_value,
              weight_offset, bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
              channels_in, channels_out) = args
             fma = _vector_fma(builder)
             out_pointer = _element_pointer(context, builder, sig.args[0], out_value, out_offset)
-            x_pointer = _element_pointer(context, builder, sig.args[4], x_value, x_offset)
-            weight_pointer = _element_pointer(context, builder, sig.args[7], weight_value, weight_offset)
-            bias_pointer = _element_pointer(context, builder, sig.args[9], bias_value, bias_offset)
+            x_pointer = _element_pointer(context, builder, sig.args[5], x_value, x_offset)
+            weight_pointer = _element_pointer(context, builder, sig.args[8], weight_value, weight_offset)
+            bias_pointer = _element_pointer(context, builder, sig.args[10], bias_value, bias_offset)
             bias_vectors = [_load_vector(builder, builder.gep(bias_pointer, [ir.Constant(_INDEX, v * LANES)]))
                             for v in range(vectors)]
             from_out = builder.icmp_signed("!=", accumulate, ir.Constant(_INDEX, 0))
@@ -272,10 +291,15 @@ def _make_forward_tile(pixels, vectors):
                             for v in range(vectors):
                                 slot = accumulators[vectors * p + v]
                                 builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
+            clamp = builder.icmp_signed("!=", relu, ir.Constant(_INDEX, 0))
+            zero = ir.Constant(bias_vectors[0].type, [0.0] * LANES)
             for p in range(pixels):
                 out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
                 for v in range(vectors):
-                    _store_vector(builder, builder.load(accumulators[vectors * p + v]),
+                    total = builder.load(accumulators[vectors * p + v])
+                    # ordered `<` is false for NaN, so NaN passes through the ReLU, as in PyTorch
+                    clamped = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
+                    _store_vector(builder, builder.select(clamp, clamped, total),
                                   builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
             return context.get_dummy_value()
 
@@ -346,20 +370,20 @@ _weight_tile_broad = _make_weight_tile(BROAD_WEIGHT_TILE_ROWS, 4)
 
 
 @jit
-def _run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+def _run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                       weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
                       channels_in, channels_out):
     """The forward tile of the given kind: 2 = 4 x 64 (broad), 1 = 8 x 32 (wide), 0 = 16 x 16 (narrow)."""
     if kind == 2:
-        _forward_tile_broad(out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+        _forward_tile_broad(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                             weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                             weight_tap_step, channels_in, channels_out)
     elif kind == 1:
-        _forward_tile(out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight, weight_offset,
+        _forward_tile(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight, weight_offset,
                       bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in,
                       channels_out)
     else:
-        _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, x, x_offset, x_pixel_step, weight,
+        _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                              weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                              weight_tap_step, channels_in, channels_out)
 
@@ -398,82 +422,90 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 
 @parallel_jit
-def _forward_rows(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job,
-                  frame_w, out_h, out_w, out_first_h, out_first_w, out_step_h, out_step_w, reduction_block):
-    """Each job pads the input rows under rows_per_job output rows of one image into a local strip (no
-    whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles.
+def _forward_rows(x, weight, bias, out, strips, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                  rows_per_job, out_h, out_w, out_first_h, out_first_w, out_step_h, out_step_w, reduction_block, relu):
+    """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
+    whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
+    (slots, strip_h, frame_w, C_in); the jobs are dealt round-robin to the slots.
     The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
     out_first_w + out_step_w * ow (steps of 1 for a plain forward; the phases of a strided backward-input
-    each fill every stride-th pixel).
+    each fill every stride-th pixel). relu clamps the stored sums at 0 (NaN kept) in the tiles' last store.
     weight is (kH, kW, R, C_out) where R is C_in, or kW' * C_in with kW = 1 when the taps of a kernel row
     are folded into the reduction (dilation 1 along the width makes them contiguous in the strip)."""
     batch, _, _, channels = x.shape
     kernel_h, kernel_w, reduction, channels_out = weight.shape
+    slots, _, frame_w, _ = strips.shape
     full_h, full_w = out.shape[1], out.shape[2]
     out_pixel_step = out_step_w * channels_out
     blocks = (out_h + rows_per_job - 1) // rows_per_job
-    strip_h = (rows_per_job - 1) * stride_h + dilation_h * (kernel_h - 1) + 1
     x_pixel_step = stride_w * channels
     x_row_step = stride_h * frame_w * channels
     x_tap_h_step = dilation_h * frame_w * channels
     x_tap_w_step = dilation_w * channels
     weight_tap_step = reduction * channels_out
+    clamp = 1 if relu else 0
     if channels_out >= BROAD_TILE_CHANNELS:
         kind, tile_pixels, tile_channels = 2, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS
     elif channels_out >= TILE_CHANNELS:
         kind, tile_pixels, tile_channels = 1, TILE_PIXELS, TILE_CHANNELS
     else:
         kind, tile_pixels, tile_channels = 0, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
-    for job in prange(batch * blocks):
-        n = job // blocks
-        first = (job % blocks) * rows_per_job
-        last = min(first + rows_per_job, out_h)
-        strip = np.empty((strip_h, frame_w, channels), x.dtype)
-        _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
-        # The reduction is split into blocks whose weights (kH * kW * block * 32 floats) stay in L1 while every
-        # whole pixel tile of the strip uses them; later blocks add to the partial sums already in out. A last
-        # tile that overlaps its neighbour (width not a multiple of 8) runs the whole reduction at once after
-        # them, so the overlapped pixels are recomputed rather than added twice.
-        whole_w = out_w - out_w % tile_pixels
-        for co_block in range(0, channels_out, tile_channels):
-            co = min(co_block, channels_out - tile_channels)
-            for r in range(0, reduction, reduction_block):
-                block = min(reduction_block, reduction - r)
-                for oh in range(first, last):
-                    x_row = (oh - first) * x_row_step + r
-                    out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                    for ow in range(0, whole_w, tile_pixels):
-                        _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, strip,
-                                          x_row + ow * x_pixel_step, x_pixel_step, weight, r * channels_out + co, bias,
-                                          co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, block,
-                                          channels_out)
-            if whole_w < out_w:
-                ow = out_w - tile_pixels
-                for oh in range(first, last):
-                    out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                    _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, 0, strip,
-                                      (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight, co, bias,
-                                      co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, reduction,
-                                      channels_out)
+    for slot in prange(slots):
+        strip = strips[slot]
+        for job in range(slot, batch * blocks, slots):
+            n = job // blocks
+            first = (job % blocks) * rows_per_job
+            last = min(first + rows_per_job, out_h)
+            _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
+            # The reduction is split into blocks whose weights (kH * kW * block * 32 floats) stay in L1 while every
+            # whole pixel tile of the strip uses them; later blocks add to the partial sums already in out, so only
+            # the last block's store may apply the ReLU. A last tile that overlaps its neighbour (width not a
+            # multiple of the tile) runs the whole reduction at once after them, so the overlapped pixels are
+            # recomputed rather than added twice.
+            whole_w = out_w - out_w % tile_pixels
+            for co_block in range(0, channels_out, tile_channels):
+                co = min(co_block, channels_out - tile_channels)
+                for r in range(0, reduction, reduction_block):
+                    block = min(reduction_block, reduction - r)
+                    final = clamp if r + block >= reduction else 0
+                    for oh in range(first, last):
+                        x_row = (oh - first) * x_row_step + r
+                        out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
+                        for ow in range(0, whole_w, tile_pixels):
+                            _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, final,
+                                              strip, x_row + ow * x_pixel_step, x_pixel_step, weight,
+                                              r * channels_out + co, bias, co, kernel_h, kernel_w, x_tap_h_step,
+                                              x_tap_w_step, weight_tap_step, block, channels_out)
+                if whole_w < out_w:
+                    ow = out_w - tile_pixels
+                    for oh in range(first, last):
+                        out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
+                        _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, 0, clamp,
+                                          strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight,
+                                          co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                                          weight_tap_step, reduction, channels_out)
 
 
 @parallel_jit
-def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                          frame_w):
+def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
+                          dilation_h, dilation_w, band_rows):
     """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
     (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
-    when the kW taps are folded into the reduction (dilation 1 along the width). Each chunk pads the input
-    rows of one image segment into its own strip, then walks it in blocks of about PIXELS_PER_BLOCK output
-    pixels, running every tap and (C_in, C_out) tile over a block while its pixels are in L1."""
+    when the kW taps are folded into the reduction (dilation 1 along the width). The chunks are dealt
+    round-robin to the slots of strips (slots, strip_h, frame_w, C_in) and grad_blocks (slots, block pixels *
+    C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one image into
+    its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every tap
+    and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
+    products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
     batch, _, _, channels = x.shape
     chunks, kernel_h, kernel_w, reduction, channels_out = partials.shape
+    slots, _, frame_w, _ = strips.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     rows = batch * out_h
-    strip_h = (out_h - 1) * stride_h + dilation_h * (kernel_h - 1) + 1
     x_pixel_step = stride_w * channels
     x_row_step = stride_h * frame_w * channels
     grad_row_step = out_w * channels_out
-    block_rows = max(1, PIXELS_PER_BLOCK // out_w)
+    block_rows = grad_blocks.shape[1] // grad_row_step
     chunk_size = kernel_h * kernel_w * reduction * channels_out
     if channels_out % BROAD_TILE_CHANNELS == 0:
         kind, tile_rows, tile_channels = 2, BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS
@@ -482,36 +514,35 @@ def _backward_weight_rows(x, grad_out, partials, stride_h, stride_w, pad_top, pa
     else:
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     grad_flat = grad_out.reshape(-1)
-    block_size = block_rows * grad_row_step
-    for chunk in prange(chunks):
-        first, last = _chunk_bounds(rows, chunks, chunk)
-        strip = np.empty((strip_h, frame_w, channels), x.dtype)
-        # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to a cache-line-aligned
-        # buffer (the caller's array may start anywhere), then read by every tap and tile.
-        spare = np.empty(block_size + CACHE_LINE // 4, grad_out.dtype)
-        start = (-spare.ctypes.data % CACHE_LINE) // grad_out.itemsize
-        grad_block = spare[start:start + block_size]
-        r = first
-        while r < last:
-            n = r // out_h
-            oh = r % out_h
-            span = min(last - r, out_h - oh)
-            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
-                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
-            for b in range(0, span, block_rows):
-                count = min(block_rows, span - b)
-                grad_start = (r + b) * grad_row_step
-                grad_block[:count * grad_row_step] = grad_flat[grad_start:grad_start + count * grad_row_step]
-                for kh in range(kernel_h):
-                    for kw in range(kernel_w):
-                        x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
-                        tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
-                        for ci in range(0, reduction, tile_rows):
-                            for co in range(0, channels_out, tile_channels):
-                                _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
-                                                 x_start + ci, x_pixel_step, x_row_step, grad_block, co,
-                                                 grad_row_step, count, out_w, channels_out)
-            r += span
+    for slot in prange(slots):
+        strip = strips[slot]
+        # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the slot's
+        # cache-line-aligned buffer (the caller's array may start anywhere), then read by every tap and tile.
+        grad_block = grad_blocks[slot]
+        for chunk in range(slot, chunks, slots):
+            first, last = _chunk_bounds(rows, chunks, chunk)
+            partials[chunk] = 0.0
+            r = first
+            while r < last:
+                n = r // out_h
+                oh = r % out_h
+                span = min(last - r, out_h - oh, band_rows)
+                _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                            strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+                for b in range(0, span, block_rows):
+                    count = min(block_rows, span - b)
+                    grad_start = (r + b) * grad_row_step
+                    grad_block[:count * grad_row_step] = grad_flat[grad_start:grad_start + count * grad_row_step]
+                    for kh in range(kernel_h):
+                        for kw in range(kernel_w):
+                            x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
+                            tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
+                            for ci in range(0, reduction, tile_rows):
+                                for co in range(0, channels_out, tile_channels):
+                                    _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
+                                                     x_start + ci, x_pixel_step, x_row_step, grad_block, co,
+                                                     grad_row_step, count, out_w, channels_out)
+                r += span
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -532,17 +563,15 @@ def _check_geometry(x_shape, weight_shape, out_hw, stride, dilation, groups):
     _guard(min(out_hw) >= 1 and min(weight_shape[:2]) >= 1, "empty output or kernel")
 
 
-def _aligned(array):
-    """array itself when it is C-contiguous and starts on a cache line, else a copy that does. The tiles load
-    weights as 64-byte vectors; from a misaligned array every such load straddles two cache lines (large NumPy
-    arrays start 16 bytes past a page boundary)."""
-    if array.flags.c_contiguous and array.ctypes.data % CACHE_LINE == 0:
-        return array
-    buffer = np.empty(array.size + CACHE_LINE // array.itemsize, array.dtype)
-    start = (-buffer.ctypes.data % CACHE_LINE) // array.itemsize
-    aligned = buffer[start:start + array.size].reshape(array.shape)
-    aligned[...] = array
-    return aligned
+def _aligned_into(array, buffer):
+    """array itself when it is C-contiguous and starts on a cache line, else its copy in buffer (a cache-line
+    aligned workspace view of its shape, or None when the budget leaves no room: then array, misaligned). The
+    tiles load weights as 64-byte vectors; from a misaligned array every such load straddles two cache lines
+    (large NumPy arrays start 16 bytes past a page boundary)."""
+    if buffer is None or (array.flags.c_contiguous and array.ctypes.data % CACHE_LINE == 0):
+        return np.ascontiguousarray(array)
+    buffer[...] = array
+    return buffer
 
 
 def _contiguous(array, dtype):
@@ -616,19 +645,29 @@ def _rows_per_job(batch, out_h, stride_h, frame_row_bytes):
     return max(1, min(rows, STRIP_BYTES // max(1, stride_h * frame_row_bytes)))
 
 
-def _forward_fast(x, weight, bias, out, stride, padding, dilation, region=None):
+def _forward_geometry(x_shape, weight_shape, out_hw, stride, padding, dilation, itemsize):
+    """(frame_w, output rows per job, strip rows, jobs) of a register-tiled forward: weight_shape unfolded."""
+    kernel_h, kernel_w = weight_shape[:2]
+    frame_w = max(padding[1] + x_shape[2], (out_hw[1] - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
+    rows = _rows_per_job(x_shape[0], out_hw[0], stride[0], frame_w * x_shape[3] * itemsize)
+    strip_h = (rows - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1
+    return frame_w, rows, strip_h, x_shape[0] * -(-out_hw[0] // rows)
+
+
+def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots, geometry, region=None, relu=False):
     """The register-tiled forward on contiguous float32 operands; with dilation 1 along the width the kW taps of
     a kernel row are adjacent in a padded row, so they are folded into the reduction axis (kW * C_in long).
+    strips: a flat workspace view of at least slots strips of the geometry's size.
     region (out_h, out_w, first_h, first_w, step_h, step_w) places the output on a strided grid of out;
     padding may be negative there (the output grid starts inside the input)."""
     kernel_h, kernel_w, channels_in, channels_out = weight.shape
     out_h, out_w, first_h, first_w, step_h, step_w = region or (out.shape[1], out.shape[2], 0, 0, 1, 1)
-    frame_w = max(padding[1] + x.shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
-    rows = _rows_per_job(x.shape[0], out_h, stride[0], frame_w * x.shape[3] * x.itemsize)
+    frame_w, rows, strip_h, _ = geometry
+    strips = strips[:slots * strip_h * frame_w * x.shape[3]].reshape(slots, strip_h, frame_w, x.shape[3])
     if dilation[1] == 1:
         weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
-    _forward_rows(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], rows,
-                  frame_w, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK)
+    _forward_rows(x, weight, bias, out, strips, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                  dilation[1], rows, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK, relu)
 
 
 def _input_phases(size, kernel, stride, pad):
@@ -643,19 +682,28 @@ def _input_phases(size, kernel, stride, pad):
     return phases
 
 
-def _backward_input_phases(grad_out, weight, out, stride, padding):
+def _phase_grid(out_shape, weight_shape, stride, padding):
+    """The (first_h, count_h, tap_h, taps_h, pad_h, first_w, count_w, tap_w, taps_w, pad_w) of every stride
+    phase of a strided backward-input (see _input_phases)."""
+    return [phase_h + phase_w for phase_h in _input_phases(out_shape[1], weight_shape[0], stride[0], padding[0])
+            for phase_w in _input_phases(out_shape[2], weight_shape[1], stride[1], padding[1])]
+
+
+def _backward_input_phases(grad_out, weight, out, stride, padding, scratch, plan):
     """Strided (dilation 1) backward-input as stride x stride phases, each a register-tiled forward of grad_out
-    with a flipped sub-kernel writing every stride-th input pixel: no zero-inserted grad_out, no wasted taps."""
-    zeros = np.zeros(out.shape[3], out.dtype)
-    for first_h, count_h, tap_h, taps_h, pad_h in _input_phases(out.shape[1], weight.shape[0], stride[0], padding[0]):
-        for first_w, count_w, tap_w, taps_w, pad_w in _input_phases(out.shape[2], weight.shape[1], stride[1],
-                                                                    padding[1]):
-            if taps_h == 0 or taps_w == 0:
-                out[:, first_h::stride[0], first_w::stride[1]] = 0.0
-                continue
-            sub = _aligned(weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2))
-            _forward_fast(grad_out, sub, zeros, out, (1, 1), (pad_h, pad_w), (1, 1),
-                          (count_h, count_w, first_h, first_w, stride[0], stride[1]))
+    with a flipped sub-kernel (copied into the workspace) writing every stride-th input pixel: no zero-inserted
+    grad_out, no wasted taps."""
+    slots, geometries = plan
+    for phase, geometry in zip(_phase_grid(out.shape, weight.shape, stride, padding), geometries):
+        first_h, count_h, tap_h, taps_h, pad_h, first_w, count_w, tap_w, taps_w, pad_w = phase
+        if taps_h == 0 or taps_w == 0:
+            out[:, first_h::stride[0], first_w::stride[1]] = 0.0
+            continue
+        sub = scratch["weight"][:taps_h * taps_w * weight.shape[3] * weight.shape[2]]
+        sub = sub.reshape(taps_h, taps_w, weight.shape[3], weight.shape[2])
+        sub[...] = weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2)
+        _forward_fast(grad_out, sub, scratch["zero_bias"], out, (1, 1), (pad_h, pad_w), (1, 1), scratch["strips"],
+                      slots, geometry, (count_h, count_w, first_h, first_w, stride[0], stride[1]))
 
 
 def _reduction_chunks(pixels):
@@ -665,36 +713,170 @@ def _reduction_chunks(pixels):
     return max(2, min(MAX_REDUCTION_CHUNKS, pixels // PIXELS_PER_CHUNK) // 2 * 2)
 
 
-def _backward_weight_fast(x, grad_out, out, stride, padding, dilation):
+def _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, plan):
     """The register-tiled weight gradient on contiguous float32 operands, into out (kH, kW, C_in, C_out)."""
-    kernel_h, kernel_w, channels_in, channels_out = out.shape
-    batch, out_h, out_w, _ = grad_out.shape
-    frame_w = max(padding[1] + x.shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
-    if dilation[1] == 1:
-        folded = kernel_w * channels_in
-        tile_rows = _weight_tile_rows(channels_out)
-        reduction = -(-folded // tile_rows) * tile_rows
-        # The last tile of a folded row reads up to reduction - folded values past the window: keep them inside
-        # the strip (they land in partial rows that are dropped below).
-        frame_w = max(frame_w, -(-((out_w - 1) * stride[1] * channels_in + reduction) // channels_in))
-        shape = (kernel_h, 1, reduction, channels_out)
-    else:
-        folded = reduction = channels_in
-        shape = out.shape
-    chunks = min(batch * out_h, _reduction_chunks(batch * out_h * out_w))
-    partials = np.zeros((chunks, *shape), out.dtype)
-    _backward_weight_rows(x, grad_out, partials, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                          dilation[1], frame_w)
-    if reduction == folded:
+    shape, chunks, band_rows = plan
+    folded = out.shape[1] * out.shape[2]
+    partials = scratch["partials"] if "partials" in scratch else out.reshape((1, *shape))
+    _backward_weight_rows(x, grad_out, partials, scratch["strips"], scratch["grad_blocks"], stride[0], stride[1],
+                          padding[0], padding[1], dilation[0], dilation[1], band_rows)
+    if "summed" not in scratch:
         _sum_partials(partials, out.reshape(shape))
     else:
-        summed = np.empty(shape, out.dtype)
+        # the folded reduction was padded to whole tiles: drop the padding rows
+        summed = scratch["summed"]
         _sum_partials(partials, summed)
-        out[...] = summed[:, 0, :folded].reshape(out.shape)
+        out.reshape(shape[0], folded, shape[3])[...] = summed[:, 0, :folded]
 
 
-def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    """out[n, oh, ow, co] = bias[co] + sum over taps and the group's input channels of x * weight."""
+# ---------------------------------------------------------------------------------------------------------
+# Scratch plans: what each pass takes from its workspace (conv2d_workspace), from the shapes and the budget
+# alone, so a memory planner can size one workspace for every pass before running any.
+# ---------------------------------------------------------------------------------------------------------
+
+# Input rows a backward-weight chunk pads into its strip at a time (at least the rows under one output row).
+WEIGHT_STRIP_BYTES = 2 << 20
+
+
+def _general_rows(pixels, channels, jobs, dtype, budget):
+    per_slot = spec_bytes((pixels, channels), dtype)
+    return ("rows", (slots_within(per_slot, 0, jobs, budget), pixels, channels), dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups, budget):
+    """(path, scratch specs, path details) of conv2d_forward."""
+    if uses_fast_forward(dtype, weight_shape, out_shape, groups):
+        specs = (("zero_bias", (weight_shape[3],), dtype),)
+        if spec_bytes(weight_shape, dtype) <= budget // 4:
+            specs += (("weight", weight_shape, dtype),)
+        geometry = _forward_geometry(x_shape, weight_shape, out_shape[1:3], stride, padding, dilation,
+                                     dtype.itemsize)
+        strip = geometry[2] * geometry[0] * x_shape[3]
+        slots = slots_within(spec_bytes((strip,), dtype), specs_bytes(specs), geometry[3], budget)
+        return "fast", specs + (("strips", (slots * strip,), dtype),), (slots, geometry)
+    if uses_small(weight_shape, stride, groups):
+        return "small", (), None
+    if groups == 1:
+        reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
+        return "gemm", gemm_plan("forward", out_shape[0], out_shape[1], out_shape[2], reduction, weight_shape[3],
+                                 dtype, budget)[0], None
+    return "general", (_general_rows(out_shape[2], weight_shape[3], out_shape[0] * out_shape[1], dtype, budget),), None
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups, budget):
+    """(path, scratch specs, path details) of conv2d_backward_input; x_shape is the gradient's (out's) shape.
+    The tiled paths need the weight flipped into the workspace: when it takes over a quarter of the budget,
+    the GEMM path (which reads the weight in place) runs instead."""
+    kernel_h, kernel_w, group_in, channels_out = weight_shape
+    fits = spec_bytes(weight_shape, dtype) <= budget // 4
+    transposed = (kernel_h, kernel_w, channels_out, group_in)
+    if fits and uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
+        specs = (("zero_bias", (x_shape[3],), dtype), ("weight", (kernel_h * kernel_w * channels_out * group_in,),
+                                                       dtype))
+        if max(stride) > 1:
+            geometries = [_forward_geometry(out_shape, (p[3], p[8], channels_out, group_in), (p[1], p[6]), (1, 1),
+                                            (p[4], p[9]), (1, 1), dtype.itemsize)
+                          for p in _phase_grid(x_shape, weight_shape, stride, padding)]
+        else:
+            pad = (dilation[0] * (kernel_h - 1) - padding[0], dilation[1] * (kernel_w - 1) - padding[1])
+            geometries = [_forward_geometry(out_shape, transposed, x_shape[1:3], (1, 1), pad, dilation,
+                                            dtype.itemsize)]
+        strip = max(g[2] * g[0] * channels_out for g in geometries)
+        slots = slots_within(spec_bytes((strip,), dtype), specs_bytes(specs), max(g[3] for g in geometries), budget)
+        return "fast", specs + (("strips", (slots * strip,), dtype),), (slots, geometries)
+    if uses_small(weight_shape, stride, groups):
+        return "small", (), None
+    if groups == 1:
+        return "gemm", gemm_plan("backward_input", out_shape[0], out_shape[1], out_shape[2],
+                                 kernel_h * kernel_w * group_in, channels_out, dtype, budget)[0], None
+    rows = _general_rows(x_shape[2], x_shape[3], x_shape[0] * x_shape[1], dtype,
+                         budget - spec_bytes(transposed, dtype))
+    return "general", (("weight_t", transposed, dtype), rows), None
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups, budget):
+    """(path, scratch specs, path details) of conv2d_backward_weight. The partial weight gradients and their
+    padded sum take at most half the budget: the number of partials is the one _reduction_chunks wants, or as
+    many as fit (at least one, which is then out itself) -- a function of the shape and budget only, so results
+    stay bit-identical for any thread count. The strips and aligned grad_out blocks take the other half."""
+    kernel_h, kernel_w, channels_in, channels_out = weight_shape
+    batch, out_h, out_w, _ = out_shape
+    half = budget // 2
+    if uses_fast_backward_weight(dtype, weight_shape, groups, dilation):
+        frame_w = max(padding[1] + x_shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
+        tile_rows = _weight_tile_rows(channels_out)
+        folded = kernel_w * channels_in
+        reduction = -(-folded // tile_rows) * tile_rows
+        fold = dilation[1] == 1
+        if fold and reduction != folded and channels_in % tile_rows == 0 \
+                and 2 * spec_bytes((kernel_h, reduction, channels_out), dtype) > half:
+            fold = False  # the padded folded partial and its sum would not fit: keep the taps apart
+        if fold:
+            # The last tile of a folded row reads up to reduction - folded values past the window: keep them
+            # inside the strip (they land in partial rows that are dropped).
+            frame_w = max(frame_w, -(-((out_w - 1) * stride[1] * channels_in + reduction) // channels_in))
+            shape = (kernel_h, 1, reduction, channels_out)
+        else:
+            reduction = folded = channels_in
+            shape = weight_shape
+        specs = (("summed", shape, dtype),) if reduction != folded else ()
+        wanted = min(batch * out_h, _reduction_chunks(batch * out_h * out_w))
+        chunks = int(max(1, min(wanted, (half - specs_bytes(specs)) // spec_bytes(shape, dtype))))
+        if chunks > 1 or specs:
+            specs += (("partials", (chunks, *shape), dtype),)
+        frame_row_bytes = frame_w * channels_in * dtype.itemsize
+        band_rows = min(out_h, max(1, WEIGHT_STRIP_BYTES // (stride[0] * frame_row_bytes)))
+        strip = ((band_rows - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1, frame_w, channels_in)
+        block = max(1, PIXELS_PER_BLOCK // out_w) * out_w * channels_out
+        slots = slots_within(spec_bytes(strip, dtype) + spec_bytes((block,), dtype), specs_bytes(specs), chunks,
+                             budget)
+        specs += (("strips", (slots, *strip), dtype), ("grad_blocks", (slots, block), dtype))
+        return "fast", specs, (shape, chunks, band_rows)
+    if uses_small(weight_shape, stride, groups):
+        return "small", (), None
+    if groups == 1:
+        return "gemm", gemm_plan("backward_weight", batch, out_h, out_w, kernel_h * kernel_w * channels_in,
+                                 channels_out, dtype, budget)[0], None
+    chunks = int(max(1, min(batch * out_h, MAX_REDUCTION_CHUNKS, half // spec_bytes(weight_shape, dtype))))
+    return "general", ((("partials", (chunks, *weight_shape), dtype),) if chunks > 1 else ()), None
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_bias_plan(dtype, out_shape, budget):
+    chunks = min(out_shape[0] * out_shape[1], MAX_REDUCTION_CHUNKS)
+    return "general", (("partials", (chunks, out_shape[3]), dtype),), None
+
+
+_PLANS = {"forward": _forward_plan, "backward_input": _backward_input_plan, "backward_weight": _backward_weight_plan}
+
+
+def _plan(pass_name, dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups):
+    budget = conv2d_workspace.WORKSPACE_BYTES
+    if pass_name == "backward_bias":
+        return _backward_bias_plan(np.dtype(dtype), tuple(out_shape), budget)
+    return _PLANS[pass_name](np.dtype(dtype), tuple(x_shape), tuple(weight_shape), tuple(out_shape), tuple(stride),
+                             tuple(padding), tuple(dilation), int(groups), budget)
+
+
+def conv2d_workspace_bytes(pass_name, x_shape, weight_shape, out_shape, dtype, stride=(1, 1), padding=(0, 0),
+                           dilation=(1, 1), groups=1):
+    """Bytes of workspace one pass needs: pass_name is "forward", "backward_input", "backward_weight" or
+    "backward_bias"; x_shape (N, H, W, C_in) and out_shape (N, H_out, W_out, C_out) are the forward's NHWC
+    input and output, weight_shape (kH, kW, C_in/groups, C_out). At most conv2d_workspace.WORKSPACE_BYTES
+    (beyond it only where one slot's strip of kernel rows alone is larger). A workspace of that many bytes
+    (or more), given to the pass as `workspace=`, lets it run without allocating."""
+    return specs_bytes(_plan(pass_name, dtype, x_shape, weight_shape, out_shape, stride, padding, dilation,
+                             groups)[1])
+
+
+def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False,
+                   workspace=None):
+    """out[n, oh, ow, co] = bias[co] + sum over taps and the group's input channels of x * weight, then
+    max(out, 0) when relu (NaN kept), applied as each output tile is stored. workspace: a 1-D uint8 array of at
+    least conv2d_workspace_bytes("forward", ...) bytes holding all scratch, or None to allocate one."""
     dtype = x.dtype
     _check_geometry(x.shape, weight.shape, out.shape[1:3], stride, dilation, groups)
     _check_out(out, (x.shape[0], out.shape[1], out.shape[2], weight.shape[3]), dtype)
@@ -702,68 +884,97 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     if bias is not None:
         _guard(bias.shape == (weight.shape[3],), f"bias shape {bias.shape}")
         bias = _contiguous(bias, dtype)
-    if uses_fast_forward(dtype, weight.shape, out.shape, groups):
-        bias = np.zeros(weight.shape[3], dtype) if bias is None else bias
-        _forward_fast(x, _aligned(weight), bias, out, stride, padding, dilation)
-    elif uses_small(weight.shape, stride, groups):
+    path, specs, details = _plan("forward", dtype, x.shape, weight.shape, out.shape, stride, padding, dilation,
+                                 groups)
+    scratch = carve(workspace, specs)
+    if path == "fast":
+        if bias is None:
+            bias = scratch["zero_bias"]
+            bias[...] = 0.0
+        _forward_fast(x, _aligned_into(weight, scratch.get("weight")), bias, out, stride, padding, dilation,
+                      scratch["strips"], *details, relu=relu)
+    elif path == "small":
         conv2d_forward_small(x, weight, bias, out, padding, dilation)
-    elif groups == 1:
-        conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation)
+        if relu:
+            np.maximum(out, 0.0, out=out)  # NaN stays NaN, as in torch.relu
+    elif path == "gemm":
+        conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation, relu=relu, workspace=workspace)
     else:
         _forward_general(x, weight, bias, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                         dilation[1], groups)
+                         dilation[1], groups, relu, scratch["rows"])
     return out
 
 
-def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    """Gradient of the forward with respect to its input x, written into out (shape of x)."""
+def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                          workspace=None):
+    """Gradient of the forward with respect to its input x, written into out (shape of x). workspace: at least
+    conv2d_workspace_bytes("backward_input", ...) bytes, or None to allocate one."""
     dtype = grad_out.dtype
     _check_geometry(out.shape, weight.shape, grad_out.shape[1:3], stride, dilation, groups)
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == out.shape[0] and grad_out.shape[3] == weight.shape[3], "grad_out shape")
     grad_out, weight = _contiguous(grad_out, dtype), _contiguous(weight, dtype)
     kernel_h, kernel_w = weight.shape[:2]
-    # With stride 1 the input gradient is a forward convolution of grad_out, padded by the dilated kernel
-    # extent minus the forward padding, with the kernel flipped and its channel axes swapped.
-    pad_top = dilation[0] * (kernel_h - 1) - padding[0]
-    pad_left = dilation[1] * (kernel_w - 1) - padding[1]
-    if uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups) and max(stride) > 1:
-        _backward_input_phases(grad_out, weight, out, stride, padding)
-    elif uses_fast_backward_input(dtype, weight.shape, out.shape, stride, padding, dilation, groups):
-        flipped = _aligned(weight[::-1, ::-1].transpose(0, 1, 3, 2))
-        _forward_fast(grad_out, flipped, np.zeros(out.shape[3], dtype), out, (1, 1), (pad_top, pad_left), dilation)
-    elif uses_small(weight.shape, stride, groups):
+    path, specs, details = _plan("backward_input", dtype, out.shape, weight.shape, grad_out.shape, stride, padding,
+                                 dilation, groups)
+    scratch = carve(workspace, specs)
+    if path == "fast":
+        scratch["zero_bias"][...] = 0.0
+    if path == "fast" and max(stride) > 1:
+        _backward_input_phases(grad_out, weight, out, stride, padding, scratch, details)
+    elif path == "fast":
+        # With stride 1 the input gradient is a forward convolution of grad_out, padded by the dilated kernel
+        # extent minus the forward padding, with the kernel flipped and its channel axes swapped.
+        pad_top = dilation[0] * (kernel_h - 1) - padding[0]
+        pad_left = dilation[1] * (kernel_w - 1) - padding[1]
+        flipped = scratch["weight"].reshape(kernel_h, kernel_w, weight.shape[3], weight.shape[2])
+        flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
+        slots, (geometry,) = details
+        _forward_fast(grad_out, flipped, scratch["zero_bias"], out, (1, 1), (pad_top, pad_left), dilation,
+                      scratch["strips"], slots, geometry)
+    elif path == "small":
         conv2d_backward_input_small(grad_out, weight, out, padding, dilation)
-    elif groups == 1:
-        conv2d_backward_input_gemm(grad_out, weight, out, stride, padding, dilation)
+    elif path == "gemm":
+        conv2d_backward_input_gemm(grad_out, weight, out, stride, padding, dilation, workspace=workspace)
     else:
-        _backward_input_general(grad_out, weight, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                                dilation[1], groups)
+        weight_t = scratch["weight_t"]
+        weight_t[...] = weight.transpose(0, 1, 3, 2)
+        _backward_input_general(grad_out, weight_t, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                                dilation[1], groups, scratch["rows"])
     return out
 
 
-def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    """Gradient of the forward with respect to its weight, written into out (kH, kW, C_in/groups, C_out)."""
+def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                           workspace=None):
+    """Gradient of the forward with respect to its weight, written into out (kH, kW, C_in/groups, C_out).
+    workspace: at least conv2d_workspace_bytes("backward_weight", ...) bytes, or None to allocate one."""
     dtype = x.dtype
     _check_geometry(x.shape, out.shape, grad_out.shape[1:3], stride, dilation, groups)
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == x.shape[0] and grad_out.shape[3] == out.shape[3], "grad_out shape")
     x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
-    if uses_fast_backward_weight(dtype, out.shape, groups, dilation):
-        _backward_weight_fast(x, grad_out, out, stride, padding, dilation)
-    elif uses_small(out.shape, stride, groups):
+    path, specs, details = _plan("backward_weight", dtype, x.shape, out.shape, grad_out.shape, stride, padding,
+                                 dilation, groups)
+    scratch = carve(workspace, specs)
+    if path == "fast":
+        _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, details)
+    elif path == "small":
         conv2d_backward_weight_small(x, grad_out, out, padding, dilation)
-    elif groups == 1:
-        conv2d_backward_weight_gemm(x, grad_out, out, stride, padding, dilation)
+    elif path == "gemm":
+        conv2d_backward_weight_gemm(x, grad_out, out, stride, padding, dilation, workspace=workspace)
     else:
-        _backward_weight_general(x, grad_out, out, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                                 dilation[1], groups)
+        partials = scratch["partials"] if "partials" in scratch else out.reshape((1, *out.shape))
+        _backward_weight_general(x, grad_out, partials, out, stride[0], stride[1], padding[0], padding[1],
+                                 dilation[0], dilation[1], groups)
     return out
 
 
-def conv2d_backward_bias(grad_out, out):
-    """Gradient with respect to the bias: grad_out summed over images and pixels, written into out (C_out,)."""
+def conv2d_backward_bias(grad_out, out, workspace=None):
+    """Gradient with respect to the bias: grad_out summed over images and pixels, written into out (C_out,).
+    workspace: at least conv2d_workspace_bytes("backward_bias", ...) bytes, or None to allocate one."""
     _guard(grad_out.ndim == 4, "grad_out must be 4-D")
     _check_out(out, (grad_out.shape[3],), grad_out.dtype)
-    _backward_bias_kernel(np.ascontiguousarray(grad_out), out)
+    scratch = carve(workspace, _plan("backward_bias", grad_out.dtype, None, None, grad_out.shape, None, None, None,
+                                     1)[1])
+    _backward_bias_kernel(np.ascontiguousarray(grad_out), scratch["partials"], out)
     return out

@@ -16,7 +16,7 @@ def _conv2d_tap(axis_offset, out_size, stride):
     return slice(axis_offset, axis_offset + (out_size - 1) * stride + 1, stride)
 
 
-def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False):
     batch, height, width, channels_in = x.shape
     kernel_h, kernel_w, group_in, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -35,7 +35,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
                 result[..., cout] += window @ weight[kh, kw, :, cout]
     if bias is not None:
         result += bias
-    out[...] = result
+    out[...] = np.where(result < 0, 0, result) if relu else result
     return out
 
 
@@ -428,3 +428,13 @@ def batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu):
 def relu_backward_bias_grad(grad_y, y):
     grad_x = np.where(y > 0, grad_y, 0).astype(grad_y.dtype)
     return grad_x, grad_x.astype(np.float64).sum(axis=0).astype(grad_y.dtype)
+
+
+def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias):
+    total = batch_norm_act_forward(x, mean, invstd, weight, bias, relu=False) + shortcut
+    return np.where(total <= 0, np.zeros((), x.dtype), total)
+
+
+def add_relu_forward(a, b):
+    total = a + b
+    return np.where(total <= 0, np.zeros((), a.dtype), total)

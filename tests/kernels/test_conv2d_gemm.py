@@ -4,6 +4,7 @@ import pytest
 
 from cnnnumba import shapes
 from cnnnumba.kernels import conv2d_gemm as kernels
+from cnnnumba.kernels import conv2d_workspace
 from cnnnumba.kernels import reference
 
 # (batch, height, width, C_in, C_out, (kH, kW), stride, (pad_top, pad_bottom, pad_left, pad_right), dilation)
@@ -34,9 +35,9 @@ TOLERANCE = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-12
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("workspace", [kernels.WORKSPACE_BYTES, 1])  # 1 byte: one image per chunk
-def test_gemm_kernels_match_reference(case, dtype, workspace, monkeypatch):
-    monkeypatch.setattr(kernels, "WORKSPACE_BYTES", workspace)
+@pytest.mark.parametrize("budget", [conv2d_workspace.WORKSPACE_BYTES, 1])  # 1 byte: one output row per chunk
+def test_gemm_kernels_match_reference(case, dtype, budget, monkeypatch):
+    monkeypatch.setattr(conv2d_workspace, "WORKSPACE_BYTES", budget)
     x, weight, bias, grad_out, options = _arrays(case, dtype)
     for use_bias in (bias, None):
         expected = reference.conv2d_forward(x, weight, use_bias, np.empty_like(grad_out), **options)
@@ -50,20 +51,28 @@ def test_gemm_kernels_match_reference(case, dtype, workspace, monkeypatch):
     np.testing.assert_allclose(actual, expected, **TOLERANCE[dtype])
 
 
-def test_workspace_is_chunked_under_the_budget(monkeypatch):
-    """Each chunk's column buffer fits WORKSPACE_BYTES (unless one image alone exceeds it)."""
-    sizes = []
-    real_empty = np.empty
-
-    def recording_empty(shape, dtype=float, *args, **kwargs):
-        array = real_empty(shape, dtype, *args, **kwargs)
-        if len(shape) == 4 and shape[0] == 5 * 5 * 1:
-            sizes.append(array.nbytes)
-        return array
-
+@pytest.mark.parametrize("images", [2, 1])
+def test_columns_are_chunked_under_the_budget(images, monkeypatch):
+    """A chunk's columns fit the budget: whole images when one fits, else output rows; the results still match."""
     x, weight, bias, grad_out, options = _arrays(CASES[0], np.float32)
-    per_image = grad_out.shape[1] * grad_out.shape[2] * 25 * 4
-    monkeypatch.setattr(kernels, "WORKSPACE_BYTES", 2 * per_image)
-    monkeypatch.setattr(kernels.np, "empty", recording_empty)
-    kernels.conv2d_forward_gemm(x, weight, bias, np.empty_like(grad_out), **options)
-    assert sizes == [2 * per_image, per_image]
+    batch, out_h, out_w, _ = grad_out.shape
+    row_bytes = out_w * 25 * 4
+    # two whole images, or three rows (less than an image); two cache lines of alignment slack
+    budget = (2 * out_h if images == 2 else 3) * row_bytes + 2 * conv2d_workspace.CACHE_LINE
+    monkeypatch.setattr(conv2d_workspace, "WORKSPACE_BYTES", budget)
+    specs, rows = kernels.gemm_plan("forward", batch, out_h, out_w, 25, 6, np.dtype(np.float32), budget)
+    assert rows == (2 * out_h if images == 2 else 3)
+    assert conv2d_workspace.specs_bytes(specs) <= budget
+    workspace = conv2d_workspace.new_workspace(kernels.gemm_workspace_bytes("forward", batch, out_h, out_w, 25, 6,
+                                                                           np.float32))
+    expected = reference.conv2d_forward(x, weight, bias, np.empty_like(grad_out), **options)
+    actual = kernels.conv2d_forward_gemm(x, weight, bias, np.empty_like(grad_out), workspace=workspace, **options)
+    np.testing.assert_allclose(actual, expected, **TOLERANCE[np.float32])
+
+
+def test_relu_is_applied_to_the_output():
+    x, weight, bias, grad_out, options = _arrays(CASES[1], np.float64)
+    expected = reference.conv2d_forward(x, weight, bias, np.empty_like(grad_out), relu=True, **options)
+    actual = kernels.conv2d_forward_gemm(x, weight, bias, np.empty_like(grad_out), relu=True, **options)
+    np.testing.assert_allclose(actual, expected, **TOLERANCE[np.float64])
+    assert (actual == 0).any() and (actual > 0).any()

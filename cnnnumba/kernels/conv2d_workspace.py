@@ -1,0 +1,60 @@
+"""The convolution workspace convention: one byte buffer per call, carved into cache-line-aligned scratch arrays.
+
+Every conv pass describes its scratch as a tuple of (name, shape, dtype) specs, computed from the shapes alone and
+kept within WORKSPACE_BYTES; `specs_bytes` says how big a workspace must be for them and `carve` cuts the views
+out of a caller's workspace (a 1-D uint8 array), or out of a fresh one when the caller passes None. A memory
+planner can therefore size one workspace as the maximum over every pass it will run, and replay them without
+allocating. Scratch that each parallel job needs (padded strips, output rows) exists once per *slot*: the jobs of
+a pass are dealt round-robin to at most SCRATCH_SLOTS slots, so its size does not grow with the batch.
+"""
+import numba
+import numpy as np
+
+# The budget for all the scratch of one conv pass, whatever the batch size and channel count. A pass that
+# cannot fit (one transformed weight larger than a quarter of it) takes a path that needs no weight copy.
+WORKSPACE_BYTES = 32 << 20
+CACHE_LINE = 64
+# Per-job scratch exists once per slot; more slots than threads buys nothing, so the most threads Numba may run.
+SCRATCH_SLOTS = numba.config.NUMBA_NUM_THREADS
+
+
+def spec_bytes(shape, dtype):
+    """Bytes one spec takes in a workspace: its array rounded up to whole cache lines."""
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return -(-size // CACHE_LINE) * CACHE_LINE
+
+
+def specs_bytes(specs):
+    """Workspace bytes for a tuple of (name, shape, dtype) specs, including the slack to align the first one."""
+    return CACHE_LINE + sum(spec_bytes(shape, dtype) for _, shape, dtype in specs) if specs else 0
+
+
+def slots_within(per_slot_bytes, fixed_bytes, jobs, budget):
+    """How many per-job scratch slots fit beside fixed_bytes in the budget: 1 to SCRATCH_SLOTS, no more than jobs."""
+    fit = (budget - fixed_bytes) // max(per_slot_bytes, 1)
+    return int(max(1, min(SCRATCH_SLOTS, jobs, fit)))
+
+
+def new_workspace(nbytes):
+    """A workspace of nbytes (uint8; carve aligns its views)."""
+    return np.empty(max(int(nbytes), 0), np.uint8)
+
+
+def carve(workspace, specs):
+    """{name: view} for each spec, each view starting on a cache line of workspace (a new one when None)."""
+    needed = specs_bytes(specs)
+    if workspace is None:
+        workspace = new_workspace(needed)
+    if not (isinstance(workspace, np.ndarray) and workspace.dtype == np.uint8 and workspace.ndim == 1
+            and workspace.flags.c_contiguous and workspace.flags.writeable):
+        raise TypeError("conv2d kernel: workspace must be a writeable 1-D C-contiguous uint8 array")
+    if workspace.size < needed:
+        raise ValueError(f"conv2d kernel: workspace of {workspace.size} bytes, but this pass needs {needed}")
+    offset = -workspace.ctypes.data % CACHE_LINE
+    views = {}
+    for name, shape, dtype in specs:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        views[name] = workspace[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
+        offset += spec_bytes(shape, dtype)
+    return views
