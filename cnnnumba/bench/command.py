@@ -32,12 +32,16 @@ def add_parser(commands):
                        help="run everything this many times, interleaved, and keep for each run the round with "
                             "the least outside load (for shared machines; default: 1)")
     bench.add_argument("--threads", type=positive_int, help="threads for every framework (default: all cores)")
-    bench.add_argument("--eager", action="store_true", help="run cnnnumba eagerly even where graph capture exists")
+    bench.add_argument("--eager", action="store_true",
+                       help="run cnnnumba eagerly even where graph capture exists; with --profile, profile the eager "
+                            "step op by op instead of the captured step node by node")
     bench.add_argument("--no-torch", action="store_true", help="run cnnnumba alone")
     bench.add_argument("--torch-compile", action="store_true", help="add torch.compile (where it works)")
     bench.add_argument("--quick", action="store_true", help="a reduced set that runs in about a minute")
     bench.add_argument("--profile", action="store_true",
-                       help="instead of the comparison, break one training step into its ops")
+                       help="instead of the comparison, break one captured training step into its graph nodes "
+                            "(forward and backward ms, GFLOP/s, %% of peak), the fused update and the executor's "
+                            "own time outside the nodes (--profile --eager: the eager step, op by op)")
     bench.add_argument("--seed", type=non_negative_int, default=0, help="weights and batches (default: 0)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a bar chart PNG (needs matplotlib)")

@@ -242,12 +242,14 @@ def _progress_line(record):
 
 
 def run_profile(settings, log=print):
-    """One eager cnnnumba training step broken into its ops; returns the JSON document."""
+    """One cnnnumba training step broken into its graph nodes (captured, the default) or its ops (eager);
+    returns the JSON document."""
     peak = measure_peak(settings, log)
     peak_gflops = peak.get("gflops")
     document = _header(settings, peak)
     spec = {"kind": "profile", "model": settings["models"][0], "batch_size": settings["batch_sizes"][0],
-            "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"]}
+            "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"],
+            "eager": settings["eager"]}
     result = run_worker(spec, settings["threads"])
     if result["status"] == "ok":
         for op in result["ops"]:

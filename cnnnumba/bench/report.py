@@ -54,12 +54,15 @@ def comparison_table(document):
 
 
 def profile_table(document):
-    """One row per op and phase of the profiled training step, then the optimizer, the rest and the total."""
+    """One row per op (eager) or graph node (captured) and phase of the profiled training step, then the optimizer,
+    the rest and the total."""
     profile = document["profile"]
     if profile["status"] != "ok":
         return f"profile failed: {profile['error']}"
+    captured = profile.get("path") == "captured"
     step = profile["step_ms"]
-    headers = ["phase", "layer", "op", "input shape", "ms", "GFLOP/s", "% peak", "% step"]
+    headers = ["phase", "node" if captured else "layer", "op" if not captured else "value",
+               "input shape (NHWC)" if captured else "input shape", "ms", "GFLOP/s", "% peak", "% step"]
     rows, accounted = [], profile["optimizer_ms"]
     ops = profile["ops"]
     for phase, ordered in (("forward", ops), ("backward", list(reversed(ops)))):
@@ -68,17 +71,27 @@ def profile_table(document):
             if milliseconds is None:
                 continue
             accounted += milliseconds
-            rows.append([phase, op["module"], op["op"], "x".join(str(d) for d in op["input_shape"]),
+            label = (op["node"], op["value"]) if captured else (op["module"], op["op"])
+            rows.append([phase, *label, "x".join(str(d) for d in op["input_shape"]),
                          _number(milliseconds, 2), _number(op[f"{phase}_gflops"]),
                          _number(op[f"{phase}_percent_of_peak"]), _number(100.0 * milliseconds / step)])
-    rows.append(["update", "", "optimizer.step", "", _number(profile["optimizer_ms"], 2), "-", "-",
+    update = "fused update" if captured else "optimizer.step"
+    rows.append(["update", "", update, "", _number(profile["optimizer_ms"], 2), "-", "-",
                  _number(100.0 * profile["optimizer_ms"] / step)])
     rest = step - accounted
-    rows.append(["other", "", "autograd walk, Python", "", _number(rest, 2), "-", "-", _number(100.0 * rest / step)])
+    other = "executor (outside nodes)" if captured else "autograd walk, Python"
+    rows.append(["other", "", other, "", _number(rest, 2), "-", "-", _number(100.0 * rest / step)])
     rows.append(["total", "", "training step", "", _number(step, 2), "-", "-", "100.0"])
-    title = (f"profile: {profile['model']}, batch {profile['batch_size']}, one eager training step (median of "
-             f"{profile['steps']} steps), {document['threads']} threads, sgemm peak "
-             f"{_number(document['sgemm_peak'].get('gflops'))} GFLOP/s; other processes kept "
+    for phase in ("forward", "backward"):
+        total = sum(op[f"{phase}_ms"] or 0.0 for op in ops)
+        flops = sum(op[f"{phase}_flops"] for op in ops)
+        rows.append([f"all {phase}", "", "", "", _number(total, 2),
+                     _number(flops / total / 1e6 if total else None), "", _number(100.0 * total / step)])
+    path = (f"one captured training step (graph replay; median of {profile['steps']} timed steps, each node's "
+            f"median; steps without timers: {_number(profile.get('untimed_step_ms'), 2)} ms)" if captured else
+            f"one eager training step (median of {profile['steps']} steps)")
+    title = (f"profile: {profile['model']}, batch {profile['batch_size']}, {path}, {document['threads']} threads, "
+             f"sgemm peak {_number(document['sgemm_peak'].get('gflops'))} GFLOP/s; other processes kept "
              f"{_number(profile.get('other_load_cores'), 2)} cores busy meanwhile")
     return title + "\n" + _render(headers, rows, 4)
 

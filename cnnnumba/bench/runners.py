@@ -12,7 +12,7 @@ LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 
 # Inputs of the benchmark models: (channels, image size, classes).
-MODEL_INPUTS = {"lenet5": (1, 28, 10), "cifar-cnn": (3, 32, 10), "small-cnn": (1, 8, 10)}
+MODEL_INPUTS = {"lenet5": (1, 28, 10), "cifar-cnn": (3, 32, 10), "resnet20": (3, 32, 10), "small-cnn": (1, 8, 10)}
 
 
 def build_model(name, seed):
@@ -79,42 +79,88 @@ def cnnnumba_step(model, mode, eager=False):
     return inference_step, "eager"
 
 
-def torch_model(model):
-    """A torch.nn.Sequential with the architecture of the cnnnumba Sequential `model` and a copy of its state."""
+def _translate_layer(layer):
+    """The torch.nn twin of one cnnnumba layer (no state copied)."""
     import torch
 
     from .. import nn
 
-    def translate(layer):
-        if isinstance(layer, nn.Conv2d):
-            return torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                                   padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                                   bias=layer.bias is not None)
-        if isinstance(layer, nn.BatchNorm2d):
-            return torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
-                                        affine=layer.affine, track_running_stats=layer.track_running_stats)
-        if isinstance(layer, nn.Linear):
-            return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        if isinstance(layer, nn.MaxPool2d):
-            return torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                                      ceil_mode=layer.ceil_mode)
-        if isinstance(layer, nn.AvgPool2d):
-            return torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode,
-                                      count_include_pad=layer.count_include_pad)
-        if isinstance(layer, nn.AdaptiveAvgPool2d):
-            return torch.nn.AdaptiveAvgPool2d(layer.output_size)
-        if isinstance(layer, nn.Flatten):
-            return torch.nn.Flatten(layer.start_dim, layer.end_dim)
-        simple = {nn.ReLU: torch.nn.ReLU, nn.Identity: torch.nn.Identity, nn.Sigmoid: torch.nn.Sigmoid,
-                  nn.Tanh: torch.nn.Tanh}
-        if type(layer) in simple:
-            return simple[type(layer)]()
-        raise ValueError(f"cannot translate {type(layer).__name__} to PyTorch; the comparison supports "
-                         "Sequential models of Conv2d, BatchNorm2d, Linear, pooling, Flatten and activations")
+    if isinstance(layer, nn.Conv2d):
+        return torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                               padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                               bias=layer.bias is not None)
+    if isinstance(layer, nn.BatchNorm2d):
+        return torch.nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                                    affine=layer.affine, track_running_stats=layer.track_running_stats)
+    if isinstance(layer, nn.Linear):
+        return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    if isinstance(layer, nn.MaxPool2d):
+        return torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                  ceil_mode=layer.ceil_mode)
+    if isinstance(layer, nn.AvgPool2d):
+        return torch.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode,
+                                  count_include_pad=layer.count_include_pad)
+    if isinstance(layer, nn.AdaptiveAvgPool2d):
+        return torch.nn.AdaptiveAvgPool2d(layer.output_size)
+    if isinstance(layer, nn.Flatten):
+        return torch.nn.Flatten(layer.start_dim, layer.end_dim)
+    if isinstance(layer, nn.Sequential):
+        return torch.nn.Sequential(*(_translate_layer(child) for child in layer.children()))
+    simple = {nn.ReLU: torch.nn.ReLU, nn.Identity: torch.nn.Identity, nn.Sigmoid: torch.nn.Sigmoid,
+              nn.Tanh: torch.nn.Tanh}
+    if type(layer) in simple:
+        return simple[type(layer)]()
+    raise ValueError(f"cannot translate {type(layer).__name__} to PyTorch; the comparison supports Sequential "
+                     "models of Conv2d, BatchNorm2d, Linear, pooling, Flatten and activations, and the zoo's ResNet")
 
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"the comparison needs an nn.Sequential model, but got {type(model).__name__}")
-    twin = torch.nn.Sequential(*(translate(layer) for layer in model.children()))
+
+def _torch_resnet(model):
+    """A torch twin of the zoo's ResNet: the same submodule names, so the state_dict keys are the same."""
+    import torch
+
+    class BasicBlock(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.conv1, self.bn1 = _translate_layer(block.conv1), _translate_layer(block.bn1)
+            self.conv2, self.bn2 = _translate_layer(block.conv2), _translate_layer(block.bn2)
+            self.shortcut = _translate_layer(block.shortcut)
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return torch.relu(out + self.shortcut(x))
+
+    class ResNet(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.conv1, self.bn1 = _translate_layer(net.conv1), _translate_layer(net.bn1)
+            self.layers = torch.nn.Sequential(*(BasicBlock(block) for block in net.layers.children()))
+            self.pool, self.fc = _translate_layer(net.pool), _translate_layer(net.fc)
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            out = self.pool(self.layers(out))
+            return self.fc(torch.flatten(out, 1))
+
+    return ResNet(model)
+
+
+def torch_model(model):
+    """A PyTorch twin of the cnnnumba `model` (a Sequential of standard layers, or the zoo's ResNet) holding a copy
+    of its state."""
+    import torch
+
+    from .. import nn
+    from ..models.zoo import ResNet
+
+    if isinstance(model, ResNet):
+        twin = _torch_resnet(model)
+    elif isinstance(model, nn.Sequential):
+        twin = _translate_layer(model)
+    else:
+        raise ValueError(f"the comparison needs an nn.Sequential model or the zoo's ResNet, but got "
+                         f"{type(model).__name__}")
+    # strict: every key must match, so a twin that differs from the cnnnumba model cannot pass unnoticed
     twin.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in model.state_dict().items()})
     return twin
 

@@ -126,9 +126,125 @@ def profile_model(spec):
                     "output_shape": list(call.output_shape or ()), "forward_ms": forward * 1e3,
                     "backward_ms": statistics.median(backward) * 1e3 if call.backward_seconds else None,
                     "forward_flops": flops.forward if flops else 0, "backward_flops": flops.backward if flops else 0})
-    return {"model": spec["model"], "batch_size": spec["batch_size"], "steps": spec["steps"],
+    return {"model": spec["model"], "batch_size": spec["batch_size"], "steps": spec["steps"], "path": "eager",
             "optimizer_ms": statistics.median(step[1] for step in steps) * 1e3,
             "step_ms": statistics.median(step[2] for step in steps) * 1e3, "ops": ops}
+
+
+def _node_flops(node):
+    """(forward, backward) counted FLOPs of a graph node: convolutions and linear layers, as flops.py counts them."""
+    from ..graph import nodes
+    from .flops import conv2d_flops, linear_flops
+
+    if isinstance(node, (nodes.Conv, nodes.FoldedConv)):
+        batch, height, width, channels = node.output.shape
+        weight_shape = node.inputs[1].shape if isinstance(node, nodes.Conv) else node.conv_weight.shape
+        per_pass = conv2d_flops((batch, channels, height, width), weight_shape)
+    elif isinstance(node, nodes.Linear):
+        per_pass = linear_flops(node.inputs[0].shape, node.inputs[1].shape)
+    else:
+        return 0, 0
+    if isinstance(node, nodes.FoldedConv):
+        return per_pass, 0
+    return per_pass, per_pass * (int(node.needs(0)) + int(node.needs(1)))
+
+
+def _timed(record, key, method):
+    """`method` wrapped to add its seconds to record[key] (an instance attribute shadowing the class's method)."""
+    clock = time.perf_counter
+
+    def timed(*args):
+        started = clock()
+        result = method(*args)
+        record[key] += clock() - started
+        return result
+
+    return timed
+
+
+def profile_captured(spec):
+    """Per-node forward/backward times of the captured training step, the fused update and the executor's own time.
+
+    The step runs through the executor's own replay; each node's forward and backward (and the update) are
+    wrapped by a timer, so "executor" = step time − everything inside a node or the update: the Python loop over
+    the schedule, label copy, batch-norm counters and the timers' own calls (about a microsecond per node).
+    Steps without the timers are run alternately and their median is reported apart (`untimed_step_ms`).
+    """
+    from . import runners
+
+    model = runners.build_model(spec["model"], spec["seed"])
+    images, labels = runners.make_batches(spec["model"], spec["batch_size"], 1, spec["seed"] + 1)[0]
+    capture = runners.graph_capture()
+    if capture is None:
+        raise RuntimeError("cnnnumba.graph.capture is missing: profile the eager step (--profile --eager)")
+    from .. import functional as F
+    from .. import optim
+
+    model.train()
+    optimizer = optim.SGD(model.parameters(), lr=runners.LEARNING_RATE, momentum=runners.MOMENTUM)
+    step = capture(model, F.cross_entropy, optimizer)
+    started = time.perf_counter()
+    step(images, labels)  # records the graph (an eager, traced step that also compiles the kernels)
+    first_seconds = time.perf_counter() - started
+    step(images, labels)
+    graph = step.last
+    forward_nodes, backward_nodes = graph.schedule.forward_nodes, graph.schedule.backward_nodes
+    timers = {id(node): {"forward": 0.0, "backward": 0.0} for node in forward_nodes}
+    update_timer = {"update": 0.0}
+
+    def install():
+        for node in forward_nodes:
+            node.forward = _timed(timers[id(node)], "forward", type(node).forward.__get__(node))
+        for node in backward_nodes:
+            node.backward = _timed(timers[id(node)], "backward", type(node).backward.__get__(node))
+        graph.update.step = _timed(update_timer, "update", type(graph.update).step.__get__(graph.update))
+
+    def remove():
+        for node in forward_nodes:
+            node.__dict__.pop("forward", None)
+        for node in backward_nodes:
+            node.__dict__.pop("backward", None)
+        graph.update.__dict__.pop("step", None)
+
+    samples, untimed = [], []
+    for index in range(spec["warmup"] + spec["steps"]):
+        for timer in timers.values():
+            timer["forward"] = timer["backward"] = 0.0
+        update_timer["update"] = 0.0
+        install()
+        try:
+            begun = time.perf_counter()
+            step(images, labels)
+            total = time.perf_counter() - begun
+        finally:
+            remove()
+        begun = time.perf_counter()
+        step(images, labels)
+        plain = time.perf_counter() - begun
+        if index >= spec["warmup"]:
+            samples.append(({key: dict(timer) for key, timer in timers.items()}, update_timer["update"], total))
+            untimed.append(plain)
+    backward_ids = {id(node) for node in backward_nodes}
+    ops = []
+    for node in forward_nodes:
+        forward_flops, backward_flops = _node_flops(node)
+        times = [sample[0][id(node)] for sample in samples]
+        ops.append({"node": node.name, "value": node.output.name,
+                    "input_shape": list(node.inputs[0].shape) if node.inputs else list(node.output.shape),
+                    "output_shape": list(node.output.shape),
+                    "forward_ms": statistics.median(t["forward"] for t in times) * 1e3,
+                    "backward_ms": statistics.median(t["backward"] for t in times) * 1e3
+                    if id(node) in backward_ids else None,
+                    "forward_flops": forward_flops, "backward_flops": backward_flops if id(node) in backward_ids
+                    else 0})
+    inside = [sum(t["forward"] + t["backward"] for t in sample[0].values()) + sample[1] for sample in samples]
+    return {"model": spec["model"], "batch_size": spec["batch_size"], "steps": spec["steps"], "path": "captured",
+            "layout": "NHWC inside the graph; shapes are the graph's (N, H, W, C)",
+            "first_step_ms": first_seconds * 1e3,
+            "optimizer_ms": statistics.median(sample[1] for sample in samples) * 1e3,
+            "executor_ms": statistics.median(sample[2] - inner for sample, inner in zip(samples, inside)) * 1e3,
+            "step_ms": statistics.median(sample[2] for sample in samples) * 1e3,
+            "untimed_step_ms": statistics.median(untimed) * 1e3, "ops": ops}
 
 
 def main(argv=None):
@@ -138,7 +254,7 @@ def main(argv=None):
         if spec["kind"] == "peak":
             result = sgemm_peak(spec["size"], spec["repeats"])
         elif spec["kind"] == "profile":
-            result = profile_model(spec)
+            result = profile_model(spec) if spec.get("eager") else profile_captured(spec)
         else:
             result = measure_model(spec)
         result["status"] = "ok"

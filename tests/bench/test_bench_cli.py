@@ -92,10 +92,10 @@ def test_bench_without_torch_runs_cnnnumba_alone(tmp_path):
 
 
 @pytest.mark.slow
-def test_profile_breaks_a_training_step_into_ops(tmp_path):
+def test_profile_eager_breaks_a_training_step_into_ops(tmp_path):
     path = tmp_path / "profile.json"
-    finished = _bench(["--profile", "--models", "lenet5", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-                       "--threads", "1", "--json", str(path)])
+    finished = _bench(["--profile", "--eager", "--models", "lenet5", "--batch-size", "4", "--steps", "2",
+                       "--warmup", "1", "--threads", "1", "--json", str(path)])
     assert finished.returncode == 0, finished.stderr
     assert "optimizer.step" in finished.stdout and "training step" in finished.stdout
     document = json.loads(path.read_text())
@@ -114,6 +114,33 @@ def test_profile_breaks_a_training_step_into_ops(tmp_path):
         assert op["forward_ms"] >= 0 and op["backward_ms"] is not None and op["backward_ms"] >= 0
     assert sum(op["forward_flops"] for op in ops) == 4 * LENET5_FORWARD_PER_IMAGE
     assert profile["step_ms"] > 0 and profile["optimizer_ms"] >= 0
+    assert profile["path"] == "eager"
+
+
+@pytest.mark.slow
+def test_profile_breaks_the_captured_step_into_graph_nodes(tmp_path):
+    path = tmp_path / "profile.json"
+    finished = _bench(["--profile", "--models", "lenet5", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                       "--threads", "1", "--json", str(path)])
+    assert finished.returncode == 0, finished.stderr
+    assert "fused update" in finished.stdout and "executor (outside nodes)" in finished.stdout
+    profile = json.loads(path.read_text())["profile"]
+    assert profile["status"] == "ok" and profile["path"] == "captured" and profile["batch_size"] == 4
+    nodes = profile["ops"]
+    # graph nodes in schedule order: the NCHW->NHWC input edge, then conv1 with its ReLU fused in
+    assert [op["node"] for op in nodes][:3] == ["input", "conv+bias+relu", "maxpool"]
+    assert nodes[-1]["node"] == "cross_entropy"
+    conv1 = nodes[1]
+    assert conv1["input_shape"] == [4, 28, 28, 1] and conv1["output_shape"] == [4, 28, 28, 6]
+    assert conv1["forward_flops"] == 4 * LENET5_CONV1_PER_IMAGE
+    assert conv1["backward_flops"] == 4 * LENET5_CONV1_PER_IMAGE  # weight gradient only: the input needs none
+    assert nodes[0]["backward_ms"] is None  # the input needs no gradient, so its node has no backward
+    assert all(op["forward_ms"] >= 0 for op in nodes)
+    # the same FLOPs as the eager count: the graph runs the same convolutions and linear layers
+    assert sum(op["forward_flops"] for op in nodes) == 4 * LENET5_FORWARD_PER_IMAGE
+    assert profile["step_ms"] > 0 and profile["optimizer_ms"] >= 0 and profile["untimed_step_ms"] > 0
+    inside = sum(op["forward_ms"] + (op["backward_ms"] or 0.0) for op in nodes) + profile["optimizer_ms"]
+    assert abs(profile["step_ms"] - inside - profile["executor_ms"]) < 0.05 * profile["step_ms"]
 
 
 @pytest.mark.parametrize("arguments, message", [

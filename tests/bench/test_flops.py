@@ -6,7 +6,7 @@ import cnnnumba as cn
 from cnnnumba.autograd.function import Function
 from cnnnumba.bench.flops import conv2d_flops, linear_flops, model_flops, op_flops
 from cnnnumba.bench.instrument import record_ops
-from cnnnumba.models import cifar_cnn, lenet5
+from cnnnumba.models import cifar_cnn, lenet5, resnet20
 from cnnnumba.nn.module import Module
 
 
@@ -61,6 +61,25 @@ def test_cifar_cnn_by_hand():
     counted = model_flops(cifar_cnn(), (1, 3, 32, 32))
     assert counted.forward == sum(convs) + linear
     assert counted.training_step == 3 * (sum(convs) + linear) - convs[0]
+
+
+def test_resnet20_by_hand_counts_strided_and_1x1_convs_at_their_output_size():
+    def conv(size, c_out, c_in, k):
+        return 2 * size * size * c_out * c_in * k * k
+
+    stem = conv(32, 16, 3, 3)
+    stage1 = 6 * conv(32, 16, 16, 3)
+    # first block of a stage: 3×3 stride 2 and a 1×1 stride-2 projection, both at the halved output size
+    stage2 = conv(16, 32, 16, 3) + conv(16, 32, 16, 1) + 5 * conv(16, 32, 32, 3)
+    stage3 = conv(8, 64, 32, 3) + conv(8, 64, 32, 1) + 5 * conv(8, 64, 64, 3)
+    fc = 2 * 64 * 10
+    counted = model_flops(resnet20(), (2, 3, 32, 32))
+    assert [layer.layer for layer in counted.layers][:4] == ["conv1", "layers.0.conv1", "layers.0.conv2",
+                                                             "layers.1.conv1"]
+    shortcut = next(layer for layer in counted.layers if layer.layer == "layers.3.shortcut.0")
+    assert shortcut.output_shape == (2, 32, 16, 16) and shortcut.forward == 2 * conv(16, 32, 16, 1)
+    assert counted.forward == 2 * (stem + stage1 + stage2 + stage3 + fc)
+    assert counted.training_step == 3 * counted.forward - 2 * stem
 
 
 def test_model_flops_leaves_the_model_in_its_mode():
