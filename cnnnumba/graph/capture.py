@@ -18,7 +18,7 @@ from ..ops.pool import AdaptiveAvgPool2d as AdaptiveAvgPoolOp
 from ..ops.pool import AvgPool2d as AvgPoolOp
 from ..ops.pool import MaxPool2d as MaxPoolOp
 from . import nodes as N
-from .plan import plan_memory, unplanned_bytes
+from .plan import plan_memory, plan_workspace, unplanned_bytes
 from .update import FusedUpdate
 
 # NCHW axis -> NHWC axis, for ops given an NCHW dim
@@ -118,6 +118,9 @@ class _Lowering:
             return
         if kind is ReLUOp and x is not None and x.kind == "activation":
             producer = x.producer
+            if isinstance(producer, N.Add) and self.single_use(id(args[0])):
+                self.lower_add_relu(producer, x, result)
+                return
             fusable = isinstance(producer, (N.Conv, N.BatchNormTrain, N.FoldedConv, N.BatchNormEval))
             if fusable and not producer.relu and self.single_use(id(args[0])):
                 producer.relu = True
@@ -158,6 +161,22 @@ class _Lowering:
             self.add(N.Dropout(x, self.new_value(result, "dropout"), p, scale))
             return
         self.lower_fallback(op, args, tensors, options, result)
+
+    def lower_add_relu(self, add, x, result):
+        """relu(a + b) as one node; in training, a batch norm whose output only feeds the add joins it (a residual
+        block's bn2 + shortcut + ReLU), so the block's end is one pass over memory."""
+        a, b = add.inputs
+        self.nodes.remove(add)
+        x.name, x.traced_id = x.name + "_relu", id(result)
+        self.values[id(result)] = x
+        for normalized, shortcut in ((a, b), (b, a)):
+            batch_norm = normalized.producer
+            if type(batch_norm) is N.BatchNormTrain and not batch_norm.relu and normalized is not shortcut \
+                    and self.single_use(normalized.traced_id):
+                self.nodes.remove(batch_norm)
+                self.add(N.BatchNormAddReLU(batch_norm, shortcut, x))
+                return
+        self.add(N.AddReLU([a, b], x))
 
     def lower_batch_norm(self, op, args, tensors, options, result):
         x = tensors[0]
@@ -240,13 +259,15 @@ class _Schedule:
             buffers[id(buffer)] = buffer
         self.buffers = list(buffers.values())
         self.arena = plan_memory(self.buffers)
+        self.workspace = plan_workspace(forward_nodes + backward_nodes)
         self.planned_bytes = self.arena.nbytes
         self.unplanned_bytes = unplanned_bytes(self.buffers)
 
     def describe(self):
         lines = [f"forward ({len(self.forward_nodes)} nodes):"] + [f"  {n!r}" for n in self.forward_nodes]
         lines += [f"backward ({len(self.backward_nodes)} nodes):"] + [f"  {n!r}" for n in self.backward_nodes]
-        lines.append(f"memory: {self.planned_bytes} bytes planned for {self.unplanned_bytes} bytes of buffers")
+        lines.append(f"memory: {self.planned_bytes} bytes planned for {self.unplanned_bytes} bytes of buffers, "
+                     f"{self.workspace.nbytes} bytes of kernel workspace")
         return "\n".join(lines)
 
 

@@ -21,31 +21,38 @@ _SQRT_2_OVER_PI = 0.7978845608028654     # sqrt(2 / pi)
 _GELU_KAPPA = 0.044715
 
 
+# The cheap kernels below loop over slices that start at 0 rather than indexing from `begin`: LLVM vectorizes
+# those loops, and the same ReLU indexed from `begin` ran 2.5x slower (1M float32: 0.95 ms against 0.38 ms).
+
 @jit
 def _relu_range(x, out, begin, end):
-    for i in range(begin, end):
-        value = x[i]
+    x_part, out_part = x[begin:end], out[begin:end]
+    for i in range(out_part.size):
+        value = x_part[i]
         # `value <= 0` is False for NaN, so NaN passes through, as in PyTorch
-        out[i] = 0 if value <= 0 else value
+        out_part[i] = 0 if value <= 0 else value
 
 
 @jit
 def _relu_backward_range(grad, y, out, begin, end):
-    for i in range(begin, end):
-        out[i] = grad[i] if y[i] > 0 else 0
+    grad_part, y_part, out_part = grad[begin:end], y[begin:end], out[begin:end]
+    for i in range(out_part.size):
+        out_part[i] = grad_part[i] if y_part[i] > 0 else 0
 
 
 @jit
 def _leaky_relu_range(x, negative_slope, out, begin, end):
-    for i in range(begin, end):
-        value = x[i]
-        out[i] = value if value > 0 else value * negative_slope
+    x_part, out_part = x[begin:end], out[begin:end]
+    for i in range(out_part.size):
+        value = x_part[i]
+        out_part[i] = value if value > 0 else value * negative_slope
 
 
 @jit
 def _leaky_relu_backward_range(grad, x, negative_slope, out, begin, end):
-    for i in range(begin, end):
-        out[i] = grad[i] if x[i] > 0 else grad[i] * negative_slope
+    grad_part, x_part, out_part = grad[begin:end], x[begin:end], out[begin:end]
+    for i in range(out_part.size):
+        out_part[i] = grad_part[i] if x_part[i] > 0 else grad_part[i] * negative_slope
 
 
 @jit
@@ -113,9 +120,10 @@ def _tanh_backward_range(grad, y, out, begin, end):
 @jit
 def _dropout_range(x, keep, scale, out, begin, end):
     zero = scale * 0
-    for i in range(begin, end):
+    x_part, keep_part, out_part = x[begin:end], keep[begin:end], out[begin:end]
+    for i in range(out_part.size):
         # a multiply, not a select, so NaN stays NaN where dropped, as in PyTorch's input * mask
-        out[i] = x[i] * (scale if keep[i] else zero)
+        out_part[i] = x_part[i] * (scale if keep_part[i] else zero)
 
 
 @jit

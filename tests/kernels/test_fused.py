@@ -109,3 +109,43 @@ def test_fused_reductions_identical_for_any_thread_count():
         cn.set_num_threads(previous)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_batch_norm_add_relu_equals_reference_and_unfused_kernels(shape, dtype):
+    """Batch norm + shortcut add + ReLU in one pass gives the bits of batch norm, np.add and the ReLU kernel."""
+    x, weight, bias, _ = _inputs(*shape, dtype)
+    shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
+    shortcut[0, 0] = np.nan  # NaN survives the ReLU, as in PyTorch
+    rows, channels = shape
+    partials, stats = np.empty((fused.chunk_count(rows), channels)), np.empty((3, channels))
+    fused.batch_norm_statistics(x, 1e-5, partials[0:], stats[0], stats[1], stats[2])
+    out = np.empty_like(x)
+    fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias,
+                                      np.empty((3, channels), dtype), out)
+    normalized = norm.batch_norm_forward_train(x, weight, bias, 1e-5)[0]
+    unfused = np.empty_like(x)
+    elementwise.relu_forward(np.add(normalized, shortcut).reshape(-1), unfused.reshape(-1))
+    np.testing.assert_array_equal(out, unfused)
+    assert np.isnan(out[0, 0]) and (np.nan_to_num(out) >= 0).all()
+    expected = reference.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 37, elementwise.CHUNK + 5, 3 * elementwise.CHUNK])  # serial and chunked
+def test_add_relu_equals_reference_and_unfused(size, dtype):
+    rng = np.random.default_rng(size)
+    a, b = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
+    a[-1] = np.nan
+    out = np.empty_like(a)
+    fused.add_relu_forward(a, b, out)
+    unfused = np.empty_like(a)
+    elementwise.relu_forward(a + b, unfused)
+    np.testing.assert_array_equal(out, unfused)
+    np.testing.assert_array_equal(out, reference.add_relu_forward(a, b))
+    assert np.isnan(out[-1])
+    in_place = a.copy()
+    fused.add_relu_forward(in_place, b, in_place)  # out may alias an input
+    np.testing.assert_array_equal(in_place, unfused)
