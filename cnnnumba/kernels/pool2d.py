@@ -26,12 +26,63 @@ def _first_tap(start, dilation):
     return start
 
 
+# Below this many channels the general max-pool loop cannot vectorise over channels, and its data-dependent
+# branches mispredict about half the time on real activations; _max_pool2d_forward_few takes over.
+FEW_CHANNELS = 16
+
+
+@parallel_jit
+def _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w):
+    """max_pool2d_forward for few channels when every window lies inside x (no padding, dilation 1, no window
+    clipped by ceil_mode): one channel at a time, the running max and its index in scalars updated by selects
+    (no branch to mispredict), scalar indexing only (no view per output pixel)."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    for job in prange(batch * out_h):
+        n = job // out_h
+        oh = job % out_h
+        first_ih = oh * stride_h
+        for ow in range(out_w):
+            first_iw = ow * stride_w
+            if kernel_h == 2 and kernel_w == 2:
+                # the common 2x2 window spelled out: taps known at compile time run about 3x faster
+                for c in range(channels):
+                    best = x[n, first_ih, first_iw, c]
+                    best_index = first_ih * width + first_iw
+                    for ih in range(first_ih, first_ih + 2):
+                        for iw in range(first_iw, first_iw + 2):
+                            value = x[n, ih, iw, c]
+                            take = (value > best) | np.isnan(value)
+                            best = value if take else best
+                            best_index = ih * width + iw if take else best_index
+                    out[n, oh, ow, c] = best
+                    indices[n, oh, ow, c] = best_index
+                continue
+            for c in range(channels):
+                best = x[n, first_ih, first_iw, c]
+                best_index = first_ih * width + first_iw
+                for ih in range(first_ih, first_ih + kernel_h):
+                    for iw in range(first_iw, first_iw + kernel_w):
+                        value = x[n, ih, iw, c]
+                        # `value > best` is False for NaN, so NaN is checked explicitly (PyTorch: NaN wins).
+                        take = (value > best) | np.isnan(value)
+                        best = value if take else best
+                        best_index = ih * width + iw if take else best_index
+                out[n, oh, ow, c] = best
+                indices[n, oh, ow, c] = best_index
+
+
 @parallel_jit
 def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w):
     """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner."""
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
+    if (channels < FEW_CHANNELS and pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1
+            and out_h > 0 and out_w > 0 and (out_h - 1) * stride_h + kernel_h <= height
+            and (out_w - 1) * stride_w + kernel_w <= width):
+        _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w)
+        return
     for job in prange(batch * out_h):
         n = job // out_h
         oh = job % out_h
@@ -66,25 +117,32 @@ def _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w):
     pixel lies in at most one window, so it takes that window's gradient where it was the winner, else 0."""
     batch, height, width, channels = grad_in.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    # Scalar indexing only: a row view per pixel costs more than the work of a few channels.
     for job in prange(batch * height):
         n = job // height
         ih = job % height
         oh = ih // kernel_h
-        row = grad_in[n, ih]
         if oh >= out_h:
-            row[:, :] = 0
+            grad_in[n, ih] = 0
             continue
-        for iw in range(width):
-            ow = iw // kernel_w
-            target = row[iw]
-            if ow >= out_w:
-                target[:] = 0
-                continue
-            flat = ih * width + iw
-            source_index = indices[n, oh, ow]
-            source_grad = grad_out[n, oh, ow]
+        covered = min(width, out_w * kernel_w)
+        whole = 0
+        if kernel_w == 2:
+            # the common 2-wide window spelled out: a constant trip count lets LLVM unroll the pair
+            whole = covered // 2
+            for ow in range(whole):
+                for iw in range(2 * ow, 2 * ow + 2):
+                    flat = ih * width + iw
+                    for c in range(channels):
+                        grad_in[n, ih, iw, c] = grad_out[n, oh, ow, c] if indices[n, oh, ow, c] == flat else 0
+        for ow in range(whole, out_w):
+            for iw in range(ow * kernel_w, min((ow + 1) * kernel_w, covered)):
+                flat = ih * width + iw
+                for c in range(channels):
+                    grad_in[n, ih, iw, c] = grad_out[n, oh, ow, c] if indices[n, oh, ow, c] == flat else 0
+        for iw in range(covered, width):
             for c in range(channels):
-                target[c] = source_grad[c] if source_index[c] == flat else 0
+                grad_in[n, ih, iw, c] = 0
 
 
 @parallel_jit

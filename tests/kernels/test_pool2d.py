@@ -20,6 +20,10 @@ WINDOW_CASES = [
     ((0, 4, 4, 2), (2, 2), (2, 2), (0, 0), (1, 1), False),   # empty batch
     ((2, 7, 9, 5), (2, 3), (2, 3), (0, 0), (1, 1), False),   # windows tile the input, leftover row and columns
     ((2, 7, 5, 3), (2, 2), (2, 2), (0, 0), (1, 1), True),    # windows tile the input, ceil: clipped last windows
+    ((2, 9, 7, 6), (2, 2), (2, 2), (0, 0), (1, 1), False),   # few channels, 2x2: leftover row and column
+    ((1, 8, 9, 5), (3, 3), (2, 2), (0, 0), (1, 1), False),   # few channels, overlapping windows inside x
+    ((2, 5, 8, 7), (2, 2), (1, 2), (0, 0), (1, 1), False),   # few channels, 2x2 overlapping along the height
+    ((1, 6, 6, 20), (2, 2), (2, 2), (0, 0), (1, 1), False),  # enough channels for the general loop
 ]
 
 
@@ -58,6 +62,17 @@ def test_max_pool2d_nan_wins_and_last_nan_gives_the_index():
     expected = _max_pool(reference, x, 0, (1, 6), (1, 1), (0, 0), (1, 1), False)
     assert np.isnan(got[0]).all()
     np.testing.assert_array_equal(got[1].ravel(), [3, 3])
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_max_pool2d_2x2_few_channels_nan_wins_and_last_nan_gives_the_index():
+    x = np.array([[1.0, np.nan], [np.nan, 7.0]], dtype=np.float32).reshape(1, 2, 2, 1)
+    x = np.concatenate([x, -x, np.full_like(x, -np.inf)], axis=3)
+    got = _max_pool(pool2d, x, 0, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    expected = _max_pool(reference, x, 0, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    assert np.isnan(got[0][..., :2]).all() and got[0][..., 2] == -np.inf
+    np.testing.assert_array_equal(got[1].ravel(), [2, 2, 0])
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g, e)
 
