@@ -1,8 +1,14 @@
-"""Batch-normalization kernels on channels-innermost (rows, C) arrays: NHWC, NLC or (N, C) flattened to rows."""
+"""Batch-normalization kernels on channels-innermost (rows, C) arrays: NHWC, NLC or (N, C) flattened to rows.
+
+The training-mode passes are the graph executor's buffer-writing kernels in fused.py (batch norm + ReLU with the
+ReLU off), called through allocating wrappers: a captured step records its first step eagerly and then replays
+the fused kernels, and with one set of kernels their parallel loops compile once instead of twice (about 12 s of
+a cold first cifar-cnn step).
+"""
 import numpy as np
 from numba import prange
 
-from ._jit import jit, parallel_jit
+from ._jit import parallel_jit
 
 # The elementwise passes run without reassociation and contraction: with them LLVM rounded some elements
 # differently depending on where the thread count split the rows (vectorized body against scalar remainder).
@@ -13,134 +19,95 @@ EXACT_FASTMATH = {"arcp", "nsz"}
 ROWS_PER_CHUNK = 256
 
 
-@jit
-def _chunk_count(rows, rows_per_chunk):
-    return max((rows + rows_per_chunk - 1) // rows_per_chunk, 1)
-
-
-@jit
-def _sum_chunks(partials):
-    """Fixed-order sum of the per-chunk partial rows of a (chunks, C) buffer."""
-    total = np.zeros(partials.shape[1], dtype=np.float64)
-    for chunk in range(partials.shape[0]):
-        for c in range(partials.shape[1]):
-            total[c] += partials[chunk, c]
-    return total
-
-
-@parallel_jit
-def channel_statistics(x, rows_per_chunk=ROWS_PER_CHUNK):
-    """Per-channel mean and biased variance of x (rows, C), both float64, by two passes over x."""
+def _statistics_buffers(x):
     rows, channels = x.shape
-    chunks = _chunk_count(rows, rows_per_chunk)
-    partials = np.zeros((chunks, channels), dtype=np.float64)
-    for chunk in prange(chunks):
-        for r in range(chunk * rows_per_chunk, min((chunk + 1) * rows_per_chunk, rows)):
-            for c in range(channels):
-                partials[chunk, c] += np.float64(x[r, c])
-    mean = _sum_chunks(partials) / rows
-    # The second pass sums squared deviations from the mean rather than squares, which cancels catastrophically
-    # when the mean is large next to the spread.
-    partials[:] = 0.0
-    for chunk in prange(chunks):
-        for r in range(chunk * rows_per_chunk, min((chunk + 1) * rows_per_chunk, rows)):
-            for c in range(channels):
-                deviation = np.float64(x[r, c]) - mean[c]
-                partials[chunk, c] += deviation * deviation
-    variance = _sum_chunks(partials) / rows
+    partials = np.empty((fused.chunk_count(rows), channels), dtype=np.float64)
+    mean, variance, invstd = (np.empty(channels, dtype=np.float64) for _ in range(3))
+    return partials, mean, variance, invstd
+
+
+def channel_statistics(x):
+    """Per-channel mean and biased variance of x (rows, C), both float64, by two passes over x."""
+    partials, mean, variance, invstd = _statistics_buffers(x)
+    fused.batch_norm_statistics(x, 1.0, partials, mean, variance, invstd)
     return mean, variance
 
 
-@parallel_jit(fastmath=EXACT_FASTMATH)
 def batch_norm_normalize(x, mean, invstd, weight, bias):
-    """y = (x - mean) * invstd * weight + bias per channel, in x's dtype; mean and invstd may be float64."""
-    rows, channels = x.shape
-    dtype = x.dtype
-    center = mean.astype(dtype)
-    scale = (invstd * weight).astype(dtype)
-    shift = bias.astype(dtype)
+    """y = (x - mean) * invstd * weight + bias per channel, in x's dtype; mean and invstd are float64."""
     y = np.empty_like(x)
-    for r in prange(rows):
-        for c in range(channels):
-            y[r, c] = (x[r, c] - center[c]) * scale[c] + shift[c]
+    fused.batch_norm_act_forward(x, mean, invstd, weight, bias, False, np.empty((3, x.shape[1]), dtype=x.dtype), y)
     return y
 
 
-@jit
-def batch_norm_forward_train(x, weight, bias, eps, rows_per_chunk=ROWS_PER_CHUNK):
+def batch_norm_forward_train(x, weight, bias, eps):
     """Normalize with the batch statistics: returns (y, mean, biased variance, invstd), the last three float64."""
-    mean, variance = channel_statistics(x, rows_per_chunk)
-    invstd = 1.0 / np.sqrt(variance + eps)
+    partials, mean, variance, invstd = _statistics_buffers(x)
+    fused.batch_norm_statistics(x, float(eps), partials, mean, variance, invstd)
     return batch_norm_normalize(x, mean, invstd, weight, bias), mean, variance, invstd
 
 
-@jit
 def batch_norm_forward_eval(x, running_mean, running_var, weight, bias, eps):
     """Normalize with the running statistics."""
     invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     return batch_norm_normalize(x, running_mean.astype(np.float64), invstd, weight, bias)
 
 
-@parallel_jit
-def batch_norm_grad_sums(grad_y, x, mean, invstd, rows_per_chunk=ROWS_PER_CHUNK):
-    """Per-channel sum(grad_y) and sum(grad_y * x_hat), float64: the bias and weight gradients."""
-    rows, channels = x.shape
-    chunks = _chunk_count(rows, rows_per_chunk)
-    partial_dy = np.zeros((chunks, channels), dtype=np.float64)
-    partial_dy_xhat = np.zeros((chunks, channels), dtype=np.float64)
-    for chunk in prange(chunks):
-        for r in range(chunk * rows_per_chunk, min((chunk + 1) * rows_per_chunk, rows)):
-            for c in range(channels):
-                g = np.float64(grad_y[r, c])
-                partial_dy[chunk, c] += g
-                partial_dy_xhat[chunk, c] += g * (np.float64(x[r, c]) - mean[c])
-    return _sum_chunks(partial_dy), _sum_chunks(partial_dy_xhat) * invstd
-
-
-@parallel_jit(fastmath=EXACT_FASTMATH)
-def _batch_norm_input_grad_train(grad_y, x, mean, invstd, weight, sum_dy, sum_dy_xhat):
-    rows, channels = x.shape
-    dtype = x.dtype
-    # dx = w * invstd * (dy - mean(dy) - x_hat * mean(dy * x_hat)) as dy * a + shift + (x - mean) * b per channel;
-    # subtracting the mean before scaling keeps float32 exact where the mean is large next to the spread.
-    scale = weight * invstd
-    a = scale.astype(dtype)
-    shift = (-scale * sum_dy / rows).astype(dtype)
-    b = (-scale * invstd * sum_dy_xhat / rows).astype(dtype)
-    center = mean.astype(dtype)
-    grad_x = np.empty_like(x)
-    for r in prange(rows):
-        for c in range(channels):
-            grad_x[r, c] = (grad_y[r, c] * a[c] + shift[c]) + (x[r, c] - center[c]) * b[c]
-    return grad_x
-
-
-@jit
-def batch_norm_backward_train(grad_y, x, mean, invstd, weight, rows_per_chunk=ROWS_PER_CHUNK):
+def batch_norm_backward_train(grad_y, x, mean, invstd, weight):
     """Gradients of training-mode batch norm, through the batch statistics: (grad_x, grad_weight, grad_bias).
 
     grad_weight and grad_bias are float64; grad_x has x's dtype.
     """
-    sum_dy, sum_dy_xhat = batch_norm_grad_sums(grad_y, x, mean, invstd, rows_per_chunk)
-    grad_x = _batch_norm_input_grad_train(grad_y, x, mean, invstd, weight.astype(np.float64), sum_dy, sum_dy_xhat)
-    return grad_x, sum_dy_xhat, sum_dy
+    rows, channels = x.shape
+    partials = np.empty((2, fused.chunk_count(rows), channels), dtype=np.float64)
+    sums = np.empty((2, channels), dtype=np.float64)
+    rounded_grads = np.empty((2, channels), dtype=x.dtype)  # the float64 sums below are what is returned
+    grad_x = np.empty_like(x)
+    fused.batch_norm_act_backward(grad_y, x, x, mean, invstd, weight, False, partials[0], partials[1], sums,
+                                  np.empty((4, channels), dtype=x.dtype), grad_x, rounded_grads[0],
+                                  rounded_grads[1])
+    return grad_x, sums[1] * invstd, sums[0]
+
+
+@parallel_jit
+def _grad_sums(grad_y, x, mean, partial_dy, partial_dy_xhat):
+    rows, channels = x.shape
+    for chunk in prange(partial_dy.shape[0]):
+        for c in range(channels):
+            partial_dy[chunk, c] = 0.0
+            partial_dy_xhat[chunk, c] = 0.0
+        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
+            for c in range(channels):
+                g = np.float64(grad_y[r, c])
+                partial_dy[chunk, c] += g
+                partial_dy_xhat[chunk, c] += g * (np.float64(x[r, c]) - mean[c])
+
+
+def batch_norm_grad_sums(grad_y, x, mean, invstd):
+    """Per-channel sum(grad_y) and sum(grad_y * x_hat), float64: the bias and weight gradients."""
+    partials = np.empty((2, fused.chunk_count(x.shape[0]), x.shape[1]), dtype=np.float64)
+    _grad_sums(grad_y, x, mean, partials[0], partials[1])
+    # NumPy adds the rows of a C-contiguous array along axis 0 in row order: the fixed chunk order
+    return np.add.reduce(partials[0], axis=0), np.add.reduce(partials[1], axis=0) * invstd
 
 
 @parallel_jit(fastmath=EXACT_FASTMATH)
-def _batch_norm_input_grad_eval(grad_y, scale):
+def _scale_channels(grad_y, scale, grad_x):
     rows, channels = grad_y.shape
-    grad_x = np.empty_like(grad_y)
     for r in prange(rows):
         for c in range(channels):
             grad_x[r, c] = grad_y[r, c] * scale[c]
-    return grad_x
 
 
-@jit
-def batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, eps, rows_per_chunk=ROWS_PER_CHUNK):
+def batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, eps):
     """Gradients of eval-mode batch norm, where the statistics are constants: (grad_x, grad_weight, grad_bias)."""
     mean = running_mean.astype(np.float64)
     invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-    sum_dy, sum_dy_xhat = batch_norm_grad_sums(grad_y, x, mean, invstd, rows_per_chunk)
-    grad_x = _batch_norm_input_grad_eval(grad_y, (weight.astype(np.float64) * invstd).astype(grad_y.dtype))
+    sum_dy, sum_dy_xhat = batch_norm_grad_sums(grad_y, x, mean, invstd)
+    grad_x = np.empty_like(grad_y)
+    _scale_channels(grad_y, (weight.astype(np.float64) * invstd).astype(grad_y.dtype), grad_x)
     return grad_x, sum_dy_xhat, sum_dy
+
+
+# Last: fused.py reads EXACT_FASTMATH and ROWS_PER_CHUNK from this module when it is imported first.
+from . import fused  # noqa: E402
