@@ -17,7 +17,10 @@ count depends only on the shape, summed in a fixed order, so results are bit-ide
 count.
 """
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
 
@@ -25,6 +28,162 @@ from ._jit import jit, parallel_jit
 JOBS_WANTED = 16
 # Weight-gradient partial buffers: at most this many, each summing whole images.
 MAX_WEIGHT_CHUNKS = 16
+
+
+# ---------------------------------------------------------------------------------------------------------
+# float32 forward tile, spelled out in LLVM IR so its accumulators stay in vector registers (plain loops keep
+# them in memory: one load and one store per FMA, 10-18 GFLOP/s on one thread). A tile is `outputs` output
+# channels x 32 flattened pixels: per tap two <16 x float> frame loads and `outputs` broadcast weights feed
+# 2 * outputs FMAs.
+# ---------------------------------------------------------------------------------------------------------
+
+LANES = 16
+TILE_VECTORS = 2
+TILE_PIXELS = TILE_VECTORS * LANES
+_INDEX = ir.IntType(64)
+
+
+def _vector_type():
+    return ir.VectorType(ir.FloatType(), LANES)
+
+
+def _broadcast(builder, scalar):
+    vector = _vector_type()
+    single = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def _make_pixel_tile(outputs):
+    """An intrinsic computing acc[c, p0:p0+32] for `outputs` consecutive output channels c of one band."""
+
+    @intrinsic
+    def pixel_tile(typingctx, acc, acc_offset, acc_row_step, frame, frame_offset, weight, weight_offset, bias,
+                   bias_offset, channels_in, plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out):
+        """acc[acc_offset + c * acc_row_step + i] = bias[bias_offset + c] + sum over (ci, kh, kw) of
+        frame[frame_offset + ci * plane_step + kh * row_step + kw * tap_step + i] *
+        weight[weight_offset + ((ci * kernel_h + kh) * kernel_w + kw) * channels_out + c], for c < outputs and
+        i < 32; offsets and steps count float32 elements."""
+        index = types.intp
+        signature = types.void(acc, index, index, frame, index, weight, index, bias, index, index, index, index,
+                               index, index, index, index)
+
+        def codegen(context, builder, sig, args):
+            (acc_value, acc_offset, acc_row_step, frame_value, frame_offset, weight_value, weight_offset, bias_value,
+             bias_offset, channels_in, plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out) = args
+            vector = _vector_type()
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 "llvm.fma.v16f32")
+
+            def pointer(position, value, offset):
+                data = context.make_array(sig.args[position])(context, builder, value).data
+                return builder.gep(data, [offset])
+
+            acc_pointer = pointer(0, acc_value, acc_offset)
+            frame_pointer = pointer(3, frame_value, frame_offset)
+            weight_pointer = pointer(5, weight_value, weight_offset)
+            bias_pointer = pointer(7, bias_value, bias_offset)
+            slots = []
+            for c in range(outputs):
+                start = _broadcast(builder, builder.load(builder.gep(bias_pointer, [ir.Constant(_INDEX, c)])))
+                for _ in range(TILE_VECTORS):
+                    slot = cgutils.alloca_once(builder, vector)
+                    builder.store(start, slot)
+                    slots.append(slot)
+            with cgutils.for_range(builder, channels_in) as channel:
+                frame_plane = builder.gep(frame_pointer, [builder.mul(channel.index, plane_step)])
+                weight_plane = builder.gep(weight_pointer,
+                                           [builder.mul(builder.mul(channel.index, kernel_h),
+                                                        builder.mul(kernel_w, channels_out))])
+                with cgutils.for_range(builder, kernel_h) as tap_h:
+                    frame_row = builder.gep(frame_plane, [builder.mul(tap_h.index, row_step)])
+                    weight_row = builder.gep(weight_plane,
+                                             [builder.mul(tap_h.index, builder.mul(kernel_w, channels_out))])
+                    with cgutils.for_range(builder, kernel_w) as tap_w:
+                        frame_tap = builder.gep(frame_row, [builder.mul(tap_w.index, tap_step)])
+                        weight_tap = builder.gep(weight_row, [builder.mul(tap_w.index, channels_out)])
+                        pixels = [builder.load(builder.bitcast(builder.gep(frame_tap, [ir.Constant(_INDEX, v * LANES)]),
+                                                               vector.as_pointer()), align=4)
+                                  for v in range(TILE_VECTORS)]
+                        for c in range(outputs):
+                            w = _broadcast(builder, builder.load(builder.gep(weight_tap, [ir.Constant(_INDEX, c)])))
+                            for v in range(TILE_VECTORS):
+                                slot = slots[c * TILE_VECTORS + v]
+                                builder.store(builder.call(fma, [w, pixels[v], builder.load(slot)]), slot)
+            for c in range(outputs):
+                acc_row = builder.gep(acc_pointer, [builder.mul(acc_row_step, ir.Constant(_INDEX, c))])
+                for v in range(TILE_VECTORS):
+                    target = builder.bitcast(builder.gep(acc_row, [ir.Constant(_INDEX, v * LANES)]), vector.as_pointer())
+                    builder.store(builder.load(slots[c * TILE_VECTORS + v]), target, align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return pixel_tile
+
+
+_pixel_tile_8 = _make_pixel_tile(8)
+_pixel_tile_4 = _make_pixel_tile(4)
+_pixel_tile_2 = _make_pixel_tile(2)
+_pixel_tile_1 = _make_pixel_tile(1)
+
+
+@jit
+def _run_pixel_tiles(acc, acc_row_step, frame, weight, bias, p0, channels_in, plane_step, kernel_h, row_step,
+                     kernel_w, tap_step, channels_out):
+    """All output channels of the 32 pixels from p0: tiles of 8 output channels, then 4, 2 and 1 for the rest."""
+    co = 0
+    while co + 8 <= channels_out:
+        _pixel_tile_8(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
+                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
+        co += 8
+    if co + 4 <= channels_out:
+        _pixel_tile_4(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
+                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
+        co += 4
+    if co + 2 <= channels_out:
+        _pixel_tile_2(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
+                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
+        co += 2
+    if co < channels_out:
+        _pixel_tile_1(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
+                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
+
+
+@parallel_jit
+def _forward_bands_tiled(x, weight_t, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows):
+    """float32 _forward_bands with register tiles; weight_t is (C_in, kH, kW, C_out), contiguous."""
+    batch, _, _, channels_in = x.shape
+    _, kernel_h, kernel_w, channels_out = weight_t.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    frame_w = out_w + dilation_w * (kernel_w - 1)
+    bands = (out_h + band_rows - 1) // band_rows
+    for job in prange(batch * bands):
+        n = job // bands
+        first_oh = (job % bands) * band_rows
+        rows = min(band_rows, out_h - first_oh)
+        frame_h = rows + dilation_h * (kernel_h - 1)
+        plane = frame_h * frame_w
+        length = (rows - 1) * frame_w + out_w
+        padded = max(length, TILE_PIXELS)
+        # the frame's planes, then TILE_PIXELS zeros that a tile reading past the last plane (only for a band
+        # shorter than one tile) finds there
+        storage = np.empty(channels_in * plane + TILE_PIXELS, x.dtype)
+        storage[channels_in * plane:] = 0.0
+        frame = storage[:channels_in * plane].reshape(channels_in, frame_h, frame_w)
+        _fill_frame(x, n, first_oh - pad_top, pad_left, frame)
+        acc = np.empty((channels_out, padded), out.dtype)
+        # tiles every 32 pixels; the last one shifted back to end at the band's end (it recomputes identical
+        # values where it overlaps its neighbour) instead of remainder code
+        for start in range(0, padded, TILE_PIXELS):
+            p0 = min(start, padded - TILE_PIXELS)
+            _run_pixel_tiles(acc, padded, storage, weight_t, bias, p0, channels_in, plane, kernel_h,
+                             dilation_h * frame_w, kernel_w, dilation_w, channels_out)
+        for r in range(rows):
+            result = out[n, first_oh + r]
+            for ow in range(out_w):
+                for co in range(channels_out):
+                    result[ow, co] = acc[co, r * frame_w + ow]
 
 
 @jit
@@ -141,8 +300,12 @@ def conv2d_forward_small(x, weight, bias, out, padding=(0, 0), dilation=(1, 1)):
     """out (N, H_out, W_out, C_out) = conv(x, weight) + bias with stride 1, groups 1, on contiguous operands."""
     if bias is None:
         bias = np.zeros(weight.shape[3], out.dtype)
-    _forward_bands(x, weight, bias, out, padding[0], padding[1], dilation[0], dilation[1],
-                   band_rows(out.shape[0], out.shape[1]))
+    rows = band_rows(out.shape[0], out.shape[1])
+    if out.dtype == np.float32:
+        weight_t = np.ascontiguousarray(weight.transpose(2, 0, 1, 3))
+        _forward_bands_tiled(x, weight_t, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows)
+    else:
+        _forward_bands(x, weight, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows)
     return out
 
 
