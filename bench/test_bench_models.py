@@ -1,4 +1,5 @@
-"""Whole-model steps: LeNet-5 (1×28×28) and the cifar-cnn (3×32×32), training step and inference, batch 64 and 256.
+"""Whole-model steps: LeNet-5 (1×28×28) and the cifar-cnn (3×32×32), batch 64 and 256, and ResNet-20 (3×32×32),
+batch 64; training step and inference.
 
 Run: python -m pytest bench/test_bench_models.py --benchmark-only
 cnnnumba runs captured (cnnnumba.graph.capture) where the graph executor provides it, eagerly otherwise; the
@@ -19,8 +20,7 @@ try:
 except ImportError:  # the PyTorch baseline is optional
     torch = None
 
-MODELS = ["lenet5", "cifar-cnn"]
-BATCH_SIZES = [64, 256]
+MODEL_BATCHES = [("lenet5", 64), ("lenet5", 256), ("cifar-cnn", 64), ("cifar-cnn", 256), ("resnet20", 64)]
 MODES = ["train", "inference"]
 SEED = 0
 
@@ -36,8 +36,7 @@ def _steps(name, mode, batch_size):
 
 @pytest.mark.parametrize("framework", ["cnnnumba", "torch"])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("batch_size", BATCH_SIZES)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name, batch_size", MODEL_BATCHES)
 def test_model(benchmark, name, batch_size, mode, framework):
     if framework == "torch" and torch is None:
         pytest.skip("PyTorch is not installed")

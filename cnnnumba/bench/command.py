@@ -6,7 +6,8 @@ import sys
 from .._argtypes import non_negative_int, positive_int
 from .runners import MODEL_INPUTS
 
-DEFAULTS = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64, 256], "modes": ["train", "inference"],
+# --quick leaves ResNet-20 out: its six runs (three frameworks, two modes) alone take about a minute here
+DEFAULTS = {"models": ["lenet5", "cifar-cnn", "resnet20"], "batch_sizes": [64, 256], "modes": ["train", "inference"],
             "steps": 20, "warmup": 3, "peak_size": 2048, "peak_repeats": 10}
 QUICK = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64], "modes": ["train", "inference"],
          "steps": 5, "warmup": 1, "peak_size": 1024, "peak_repeats": 5}
@@ -20,8 +21,8 @@ def add_parser(commands):
         description="Run the benchmark models in cnnnumba and PyTorch side by side (same weights, batches and "
                     "threads) and report ms/step, images/s, GFLOP/s and %% of the sgemm peak.")
     bench.add_argument("--models", nargs="+", choices=sorted(MODEL_INPUTS), metavar="MODEL",
-                       help=f"models to run, of {', '.join(sorted(MODEL_INPUTS))} (default: lenet5 cifar-cnn; "
-                            f"{PROFILE_MODEL} for --profile)")
+                       help=f"models to run, of {', '.join(sorted(MODEL_INPUTS))} (default: lenet5 cifar-cnn "
+                            f"resnet20; lenet5 cifar-cnn with --quick; {PROFILE_MODEL} for --profile)")
     bench.add_argument("--batch-size", nargs="+", type=positive_int, dest="batch_sizes", metavar="N",
                        help="batch sizes (default: 64 256; 64 with --quick or --profile)")
     bench.add_argument("--modes", nargs="+", choices=["train", "inference"],
@@ -37,7 +38,8 @@ def add_parser(commands):
                             "step op by op instead of the captured step node by node")
     bench.add_argument("--no-torch", action="store_true", help="run cnnnumba alone")
     bench.add_argument("--torch-compile", action="store_true", help="add torch.compile (where it works)")
-    bench.add_argument("--quick", action="store_true", help="a reduced set that runs in about a minute")
+    bench.add_argument("--quick", action="store_true",
+                       help="a reduced set (LeNet-5 and the cifar-cnn, batch 64, 5 steps) that runs in about a minute")
     bench.add_argument("--profile", action="store_true",
                        help="instead of the comparison, break one captured training step into its graph nodes "
                             "(forward and backward ms, GFLOP/s, %% of peak), the fused update and the executor's "

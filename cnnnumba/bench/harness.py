@@ -131,7 +131,8 @@ def _record(spec, result, flops, peak_gflops):
                   percent_of_peak=100.0 * gflops / peak_gflops if peak_gflops else None,
                   first_step_ms=result["first_step_ms"],
                   peak_memory_mib=max(result["peak_rss_mib"] - result["rss_before_model_mib"], 0.0),
-                  peak_rss_mib=result["peak_rss_mib"], check=result["check"])
+                  peak_rss_mib=result["peak_rss_mib"], check=result["check"],
+                  memory_mib={key[:-4]: result[key] for key in result if key.endswith("_mib")})
     return record
 
 

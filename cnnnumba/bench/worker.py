@@ -66,6 +66,12 @@ def measure_model(spec):
     from . import runners
 
     rss_before = _rss_mib()
+    # the framework's import (Numba and llvmlite, or torch) apart from what the run itself adds
+    if spec["framework"] == "cnnnumba":
+        from .. import kernels  # noqa: F401
+    else:
+        import torch  # noqa: F401
+    rss_after_import = _rss_mib()
     model = runners.build_model(spec["model"], spec["seed"])
     batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1)
     if spec["framework"] == "cnnnumba":
@@ -80,8 +86,10 @@ def measure_model(spec):
     started = time.perf_counter()
     first = step(*batches[0])
     first_seconds = time.perf_counter() - started
+    rss_after_first_step, peak_after_first_step = _rss_mib(), _peak_rss_mib()
     for index in range(spec["warmup"]):
         step(*batches[(index + 1) % len(batches)])
+    rss_after_warmup = _rss_mib()
     times = []
     for index in range(spec["steps"]):
         images, labels = batches[(index + 1 + spec["warmup"]) % len(batches)]
@@ -89,7 +97,9 @@ def measure_model(spec):
         step(images, labels)
         times.append(time.perf_counter() - started)
     return {"variant": variant, "first_step_ms": first_seconds * 1e3, "step_ms": [t * 1e3 for t in times],
-            "check": _check_values(first), "rss_before_model_mib": rss_before, "peak_rss_mib": _peak_rss_mib()}
+            "check": _check_values(first), "rss_before_model_mib": rss_before, "rss_after_import_mib": rss_after_import,
+            "rss_after_first_step_mib": rss_after_first_step, "peak_after_first_step_mib": peak_after_first_step,
+            "rss_after_warmup_mib": rss_after_warmup, "rss_end_mib": _rss_mib(), "peak_rss_mib": _peak_rss_mib()}
 
 
 def profile_model(spec):
