@@ -150,6 +150,161 @@ def _run_pixel_tiles(acc, acc_row_step, frame, weight, bias, p0, channels_in, pl
                       plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
 
 
+def _make_weight_tile(taps, outputs):
+    """An intrinsic adding to the weight gradient of `taps` consecutive kw taps x `outputs` output channels the
+    dot products of their frame rows with grad_out, over `vectors` * 16 flattened pixels."""
+
+    @intrinsic
+    def weight_tile(typingctx, partial, partial_offset, partial_tap_step, frame, frame_offset, tap_step, grad,
+                    grad_offset, grad_row_step, vectors):
+        """partial[partial_offset + k * partial_tap_step + c] += sum over i < vectors * 16 of
+        frame[frame_offset + k * tap_step + i] * grad[grad_offset + c * grad_row_step + i], for k < taps and
+        c < outputs; offsets and steps count float32 elements. The 16 lanes are summed in a fixed order."""
+        index = types.intp
+        signature = types.void(partial, index, index, frame, index, index, grad, index, index, index)
+
+        def codegen(context, builder, sig, args):
+            (partial_value, partial_offset, partial_tap_step, frame_value, frame_offset, tap_step, grad_value,
+             grad_offset, grad_row_step, vectors) = args
+            vector = _vector_type()
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 "llvm.fma.v16f32")
+
+            def pointer(position, value, offset):
+                data = context.make_array(sig.args[position])(context, builder, value).data
+                return builder.gep(data, [offset])
+
+            partial_pointer = pointer(0, partial_value, partial_offset)
+            frame_pointer = pointer(3, frame_value, frame_offset)
+            grad_pointer = pointer(6, grad_value, grad_offset)
+            frame_rows = [builder.gep(frame_pointer, [builder.mul(tap_step, ir.Constant(_INDEX, k))])
+                          for k in range(taps)]
+            grad_rows = [builder.gep(grad_pointer, [builder.mul(grad_row_step, ir.Constant(_INDEX, c))])
+                         for c in range(outputs)]
+            slots = []
+            for _ in range(taps * outputs):
+                slot = cgutils.alloca_once(builder, vector)
+                builder.store(ir.Constant(vector, [0.0] * LANES), slot)
+                slots.append(slot)
+            with cgutils.for_range(builder, vectors) as step:
+                offset = builder.mul(step.index, ir.Constant(_INDEX, LANES))
+
+                def load(row):
+                    return builder.load(builder.bitcast(builder.gep(row, [offset]), vector.as_pointer()), align=4)
+
+                frames = [load(row) for row in frame_rows]
+                grads = [load(row) for row in grad_rows]
+                for k in range(taps):
+                    for c in range(outputs):
+                        slot = slots[k * outputs + c]
+                        builder.store(builder.call(fma, [frames[k], grads[c], builder.load(slot)]), slot)
+            for k in range(taps):
+                tap_row = builder.gep(partial_pointer, [builder.mul(partial_tap_step, ir.Constant(_INDEX, k))])
+                for c in range(outputs):
+                    total = builder.load(slots[k * outputs + c])
+                    lanes = [builder.extract_element(total, ir.Constant(ir.IntType(32), i)) for i in range(LANES)]
+                    while len(lanes) > 1:  # pairwise, in a fixed order
+                        lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+                    target = builder.gep(tap_row, [ir.Constant(_INDEX, c)])
+                    builder.store(builder.fadd(builder.load(target), lanes[0]), target)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return weight_tile
+
+
+_weight_tile_4x4 = _make_weight_tile(4, 4)
+_weight_tile_4x2 = _make_weight_tile(4, 2)
+_weight_tile_4x1 = _make_weight_tile(4, 1)
+_weight_tile_1x4 = _make_weight_tile(1, 4)
+_weight_tile_1x2 = _make_weight_tile(1, 2)
+_weight_tile_1x1 = _make_weight_tile(1, 1)
+
+
+@jit
+def _run_weight_tiles(partial, partial_offset, partial_tap_step, frame, frame_offset, tap_step, grad, grad_row_step,
+                      vectors, four_taps, channels_out):
+    """One kw block (4 taps when four_taps, else 1) x all output channels: tiles of 4 channels, then 2 and 1."""
+    co = 0
+    while co + 4 <= channels_out:
+        if four_taps:
+            _weight_tile_4x4(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        else:
+            _weight_tile_1x4(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        co += 4
+    if co + 2 <= channels_out:
+        if four_taps:
+            _weight_tile_4x2(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        else:
+            _weight_tile_1x2(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        co += 2
+    if co < channels_out:
+        if four_taps:
+            _weight_tile_4x1(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        else:
+            _weight_tile_1x1(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+
+
+@parallel_jit
+def _backward_weight_images_tiled(x, grad_out, partials, pad_top, pad_left, dilation_h, dilation_w):
+    """float32 _backward_weight_images with register tiles. A chunk's images are laid end to end in each frame
+    plane, and grad_out the same way with zeros wherever no output pixel is (past each row, below each image),
+    so every dot product runs over all images of the chunk at once in whole 16-pixel vectors."""
+    batch, _, _, channels_in = x.shape
+    chunks, kernel_h, kernel_w, _, channels_out = partials.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    frame_w = out_w + dilation_w * (kernel_w - 1)
+    frame_h = out_h + dilation_h * (kernel_h - 1)
+    plane = frame_h * frame_w
+    tap_step = channels_in * channels_out  # between kw taps in a partial (kH, kW, C_in, C_out)
+    for chunk in prange(chunks):
+        first, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
+        images = last - first
+        span = images * plane
+        length = (images - 1) * plane + (out_h - 1) * frame_w + out_w
+        vectors = length // LANES
+        partial = partials[chunk]
+        partial[...] = 0.0
+        flat_partial = partial.reshape(-1)
+        frames = np.empty((channels_in, images, frame_h, frame_w), x.dtype)
+        grads = np.zeros((channels_out, span), x.dtype)
+        for i in range(images):
+            n = first + i
+            _fill_frame(x, n, -pad_top, pad_left, frames[:, i])
+            for oh in range(out_h):
+                grad_row = grad_out[n, oh]
+                for ow in range(out_w):
+                    for co in range(channels_out):
+                        grads[co, i * plane + oh * frame_w + ow] = grad_row[ow, co]
+        flat_frames = frames.reshape(-1)
+        flat_grads = grads.reshape(-1)
+        for ci in range(channels_in):
+            for kh in range(kernel_h):
+                row_offset = ci * span + kh * dilation_h * frame_w
+                kw = 0
+                while kw < kernel_w:
+                    four = kw + 4 <= kernel_w
+                    _run_weight_tiles(flat_partial, (kh * kernel_w + kw) * tap_step + ci * channels_out, tap_step,
+                                      flat_frames, row_offset + kw * dilation_w, dilation_w, flat_grads, span,
+                                      vectors, four, channels_out)
+                    kw += 4 if four else 1
+                for kw in range(kernel_w):
+                    source = flat_frames[row_offset + kw * dilation_w:]
+                    for co in range(channels_out):
+                        g = grads[co]
+                        total = partial[kh, kw, ci, co]
+                        for p in range(vectors * LANES, length):
+                            total += source[p] * g[p]
+                        partial[kh, kw, ci, co] = total
+
+
 @parallel_jit
 def _forward_bands_tiled(x, weight_t, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows):
     """float32 _forward_bands with register tiles; weight_t is (C_in, kH, kW, C_out), contiguous."""
@@ -322,6 +477,7 @@ def conv2d_backward_input_small(grad_out, weight, out, padding=(0, 0), dilation=
 def conv2d_backward_weight_small(x, grad_out, out, padding=(0, 0), dilation=(1, 1)):
     """out (kH, kW, C_in, C_out) = the weight gradient of conv2d_forward_small, summed over the batch in chunks."""
     partials = np.empty((weight_chunks(x.shape[0]), *out.shape), out.dtype)
-    _backward_weight_images(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1])
+    kernel = _backward_weight_images_tiled if out.dtype == np.float32 else _backward_weight_images
+    kernel(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1])
     _sum_partials(partials, out)
     return out
