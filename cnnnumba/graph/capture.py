@@ -18,7 +18,7 @@ from ..ops.pool import AdaptiveAvgPool2d as AdaptiveAvgPoolOp
 from ..ops.pool import AvgPool2d as AvgPoolOp
 from ..ops.pool import MaxPool2d as MaxPoolOp
 from . import nodes as N
-from .plan import plan_memory, unplanned_bytes
+from .plan import plan_memory, plan_workspace, unplanned_bytes
 from .update import FusedUpdate
 
 # NCHW axis -> NHWC axis, for ops given an NCHW dim
@@ -259,13 +259,15 @@ class _Schedule:
             buffers[id(buffer)] = buffer
         self.buffers = list(buffers.values())
         self.arena = plan_memory(self.buffers)
+        self.workspace = plan_workspace(forward_nodes + backward_nodes)
         self.planned_bytes = self.arena.nbytes
         self.unplanned_bytes = unplanned_bytes(self.buffers)
 
     def describe(self):
         lines = [f"forward ({len(self.forward_nodes)} nodes):"] + [f"  {n!r}" for n in self.forward_nodes]
         lines += [f"backward ({len(self.backward_nodes)} nodes):"] + [f"  {n!r}" for n in self.backward_nodes]
-        lines.append(f"memory: {self.planned_bytes} bytes planned for {self.unplanned_bytes} bytes of buffers")
+        lines.append(f"memory: {self.planned_bytes} bytes planned for {self.unplanned_bytes} bytes of buffers, "
+                     f"{self.workspace.nbytes} bytes of kernel workspace")
         return "\n".join(lines)
 
 

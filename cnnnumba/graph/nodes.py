@@ -92,8 +92,9 @@ class InputNHWC(Node):
 
 
 class Conv(Node):
-    """conv2d (+ its bias, inside the kernel) (+ ReLU in place on its output), the weight re-laid-out to
-    (kH, kW, C_in/groups, C_out) at each step; backward masks by the ReLU and sums the bias gradient in one pass."""
+    """conv2d (+ its bias and ReLU, both applied as the kernel stores each output tile), the weight re-laid-out
+    to (kH, kW, C_in/groups, C_out) at each step; backward masks by the ReLU and sums the bias gradient in one
+    pass. Its kernels' scratch comes from `workspace`, one array the schedule shares among all conv nodes."""
 
     def __init__(self, x, weight, bias, output, stride, padding, dilation, groups, relu=False):
         super().__init__([x, weight] + ([bias] if bias is not None else []), output)
@@ -105,10 +106,22 @@ class Conv(Node):
         self.grad_pre = Buffer(output.shape, output.dtype, output.name + ".grad_pre")
         self.partials = Buffer((fused.chunk_count(int(np.prod(output.shape[:-1]))), output.shape[-1]), np.float64,
                                output.name + ".partials")
+        self.workspace = None
 
     @property
     def name(self):
         return ("conv+bias" if self.has_bias else "conv") + ("+relu" if self.relu else "")
+
+    def workspace_bytes(self):
+        """The most scratch any of this node's kernel calls takes (the schedule's workspace is at least this)."""
+        passes = ["forward"]
+        if self.output.needs_grad:
+            passes += [name for name, needed in (("backward_input", self.needs(0)), ("backward_weight", self.needs(1)),
+                                                 ("backward_bias", self.has_bias and self.needs(2) and not self.relu))
+                       if needed]
+        return max(conv_kernels.conv2d_workspace_bytes(name, self.inputs[0].shape, self.weight_khwc.shape,
+                                                       self.output.shape, self.output.dtype, **self.options)
+                   for name in passes)
 
     def forward_buffers(self):
         return super().forward_buffers() + [self.weight_khwc]
@@ -125,11 +138,8 @@ class Conv(Node):
         weight = self.inputs[1].buffer.array
         np.copyto(self.weight_khwc.array, weight.transpose(2, 3, 1, 0))
         bias = self.inputs[2].buffer.array if self.has_bias else None
-        out = self.output.buffer.array
-        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc.array, bias, out, **self.options)
-        if self.relu:
-            flat = out.reshape(-1)
-            elementwise.relu_forward(flat, flat)
+        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc.array, bias, self.output.buffer.array,
+                                    relu=self.relu, workspace=self.workspace, **self.options)
 
     def backward(self):
         grad_y = self.output.grad.array
@@ -144,14 +154,15 @@ class Conv(Node):
         else:
             grad = grad_y
             if self.has_bias and self.needs(2):
-                conv_kernels.conv2d_backward_bias(grad, self.grad_target(2))
+                conv_kernels.conv2d_backward_bias(grad, self.grad_target(2), workspace=self.workspace)
                 self.finish_grad(2)
         if self.needs(1):
             conv_kernels.conv2d_backward_weight(self.inputs[0].buffer.array, grad, self.grad_weight_khwc.array,
-                                                **self.options)
+                                                workspace=self.workspace, **self.options)
             self.deliver(1, self.grad_weight_khwc.array.transpose(3, 2, 0, 1))
         if self.needs(0):
-            conv_kernels.conv2d_backward_input(grad, self.weight_khwc.array, self.grad_target(0), **self.options)
+            conv_kernels.conv2d_backward_input(grad, self.weight_khwc.array, self.grad_target(0),
+                                               workspace=self.workspace, **self.options)
             self.finish_grad(0)
 
 
@@ -599,10 +610,15 @@ class FoldedConv(Node):
         self.scale = np.empty(c_out, dtype=np.float64)
         self.wide_weight = np.empty(self.weight_khwc.shape, dtype=np.float64)
         self.wide_bias = np.empty(c_out, dtype=np.float64)
+        self.workspace = None
 
     @property
     def name(self):
         return ("conv+bn(folded)" if self.bn is not None else "conv") + ("+relu" if self.relu else "")
+
+    def workspace_bytes(self):
+        return conv_kernels.conv2d_workspace_bytes("forward", self.inputs[0].shape, self.weight_khwc.shape,
+                                                   self.output.shape, self.output.dtype, **self.options)
 
     def fold(self):
         weight_view = self.conv_weight.transpose(2, 3, 1, 0)
@@ -629,12 +645,9 @@ class FoldedConv(Node):
     def forward(self):
         self.fold()
         has_bias = self.bn is not None or self.conv_bias is not None
-        out = self.output.buffer.array
         conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc, self.bias if has_bias else None,
-                                    out, **self.options)
-        if self.relu:
-            flat = out.reshape(-1)
-            elementwise.relu_forward(flat, flat)
+                                    self.output.buffer.array, relu=self.relu, workspace=self.workspace,
+                                    **self.options)
 
 
 class BatchNormEval(Node):

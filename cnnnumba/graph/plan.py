@@ -70,3 +70,13 @@ def plan_memory(buffers):
 def unplanned_bytes(buffers):
     """What the planned buffers would take if each had its own array (to report the saving)."""
     return sum(b.nbytes for b in buffers if not b.fixed and b.first is not None)
+
+
+def plan_workspace(nodes):
+    """One scratch array shared by every node with a `workspace_bytes()` (conv kernels' strips, partials, columns):
+    the nodes run one at a time, so it is as large as the largest request. Sets each such node's `workspace`."""
+    users = list({id(node): node for node in nodes if hasattr(node, "workspace_bytes")}.values())
+    workspace = np.empty(max((node.workspace_bytes() for node in users), default=0), dtype=np.uint8)
+    for node in users:
+        node.workspace = workspace
+    return workspace

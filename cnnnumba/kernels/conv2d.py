@@ -29,44 +29,91 @@ MAX_REDUCTION_CHUNKS = 16
 # General path: any stride, dilation, padding, groups, dtype. Bounds are checked per tap.
 # ---------------------------------------------------------------------------------------------------------
 
-@parallel_jit
-def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
-                     relu, rows_scratch):
-    """rows_scratch (slots, W_out, C_out): one output row per slot; the (image, row) jobs are dealt round-robin."""
+@jit
+def _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                          groups, relu, rows_scratch):
+    """The jobs of one slot of _forward_general (its own function: a view taken inside a prange body that
+    then loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
     batch, height, width, _ = x.shape
     kernel_h, kernel_w, group_in, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
     group_out = channels_out // groups
     slots = rows_scratch.shape[0]
-    for slot in prange(slots):
-        row = rows_scratch[slot]
-        for job in range(slot, batch * out_h, slots):
-            n = job // out_h
-            oh = job % out_h
-            if bias is None:
-                row[...] = 0.0
-            else:
-                for ow in range(out_w):
-                    row[ow] = bias
-            for kh in range(kernel_h):
-                ih = oh * stride_h - pad_top + kh * dilation_h
-                if ih < 0 or ih >= height:
-                    continue
-                for kw in range(kernel_w):
-                    for ow in range(out_w):
-                        iw = ow * stride_w - pad_left + kw * dilation_w
-                        if iw < 0 or iw >= width:
-                            continue
-                        for g in range(groups):
-                            for ci in range(group_in):
-                                value = x[n, ih, iw, g * group_in + ci]
-                                for co in range(g * group_out, (g + 1) * group_out):
-                                    row[ow, co] += value * weight[kh, kw, ci, co]
+    row = rows_scratch[slot]
+    for job in range(slot, batch * out_h, slots):
+        n = job // out_h
+        oh = job % out_h
+        if bias is None:
+            row[...] = 0.0
+        else:
             for ow in range(out_w):
-                for co in range(channels_out):
-                    value = row[ow, co]
-                    # `value < 0` is False for NaN, so NaN passes through the ReLU, as in PyTorch
-                    out[n, oh, ow, co] = 0.0 if relu and value < 0 else value
+                row[ow] = bias
+        for kh in range(kernel_h):
+            ih = oh * stride_h - pad_top + kh * dilation_h
+            if ih < 0 or ih >= height:
+                continue
+            for kw in range(kernel_w):
+                for ow in range(out_w):
+                    iw = ow * stride_w - pad_left + kw * dilation_w
+                    if iw < 0 or iw >= width:
+                        continue
+                    for g in range(groups):
+                        for ci in range(group_in):
+                            value = x[n, ih, iw, g * group_in + ci]
+                            for co in range(g * group_out, (g + 1) * group_out):
+                                row[ow, co] += value * weight[kh, kw, ci, co]
+        for ow in range(out_w):
+            for co in range(channels_out):
+                value = row[ow, co]
+                # `value < 0` is False for NaN, so NaN passes through the ReLU, as in PyTorch
+                out[n, oh, ow, co] = 0.0 if relu and value < 0 else value
+
+
+@parallel_jit
+def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
+                     relu, rows_scratch):
+    """rows_scratch (slots, W_out, C_out): one output row per slot; the (image, row) jobs are dealt round-robin."""
+    for slot in prange(rows_scratch.shape[0]):
+        _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                              groups, relu, rows_scratch)
+
+
+@jit
+def _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride_w, pad_top, pad_left, dilation_h,
+                                 dilation_w, groups, rows_scratch):
+    """The jobs of one slot of _backward_input_general (its own function: a view taken inside a prange body that
+    then loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
+    batch, height, width, channels_in = out.shape
+    kernel_h, kernel_w, channels_out, group_in = weight_t.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    group_out = channels_out // groups
+    slots = rows_scratch.shape[0]
+    row = rows_scratch[slot]
+    for job in range(slot, batch * height, slots):
+        n = job // height
+        ih = job % height
+        row[...] = 0.0
+        for kh in range(kernel_h):
+            shifted_h = ih + pad_top - kh * dilation_h
+            if shifted_h < 0 or shifted_h % stride_h != 0:
+                continue
+            oh = shifted_h // stride_h
+            if oh >= out_h:
+                continue
+            for kw in range(kernel_w):
+                for iw in range(width):
+                    shifted_w = iw + pad_left - kw * dilation_w
+                    if shifted_w < 0 or shifted_w % stride_w != 0:
+                        continue
+                    ow = shifted_w // stride_w
+                    if ow >= out_w:
+                        continue
+                    for g in range(groups):
+                        for co in range(g * group_out, (g + 1) * group_out):
+                            value = grad_out[n, oh, ow, co]
+                            for ci in range(group_in):
+                                row[iw, g * group_in + ci] += value * weight_t[kh, kw, co, ci]
+        out[n, ih] = row
 
 
 @parallel_jit
@@ -74,38 +121,9 @@ def _backward_input_general(grad_out, weight_t, out, stride_h, stride_w, pad_top
                             groups, rows_scratch):
     """weight_t is (kH, kW, C_out, C_in/groups): input channels innermost, so the inner loop is a contiguous axpy.
     rows_scratch (slots, W, C_in): one input row per slot."""
-    batch, height, width, channels_in = out.shape
-    kernel_h, kernel_w, channels_out, group_in = weight_t.shape
-    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-    group_out = channels_out // groups
-    slots = rows_scratch.shape[0]
-    for slot in prange(slots):
-        row = rows_scratch[slot]
-        for job in range(slot, batch * height, slots):
-            n = job // height
-            ih = job % height
-            row[...] = 0.0
-            for kh in range(kernel_h):
-                shifted_h = ih + pad_top - kh * dilation_h
-                if shifted_h < 0 or shifted_h % stride_h != 0:
-                    continue
-                oh = shifted_h // stride_h
-                if oh >= out_h:
-                    continue
-                for kw in range(kernel_w):
-                    for iw in range(width):
-                        shifted_w = iw + pad_left - kw * dilation_w
-                        if shifted_w < 0 or shifted_w % stride_w != 0:
-                            continue
-                        ow = shifted_w // stride_w
-                        if ow >= out_w:
-                            continue
-                        for g in range(groups):
-                            for co in range(g * group_out, (g + 1) * group_out):
-                                value = grad_out[n, oh, ow, co]
-                                for ci in range(group_in):
-                                    row[iw, g * group_in + ci] += value * weight_t[kh, kw, co, ci]
-            out[n, ih] = row
+    for slot in prange(rows_scratch.shape[0]):
+        _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride_w, pad_top, pad_left, dilation_h,
+                                     dilation_w, groups, rows_scratch)
 
 
 @jit
@@ -137,8 +155,7 @@ def _backward_weight_general(x, grad_out, partials, out, stride_h, stride_w, pad
     rows = batch * out_h
     for chunk in prange(chunks):
         first, last = _chunk_bounds(rows, chunks, chunk)
-        partial = partials[chunk]
-        partial[...] = 0.0
+        partials[chunk] = 0.0
         for r in range(first, last):
             n = r // out_h
             oh = r % out_h
@@ -155,7 +172,7 @@ def _backward_weight_general(x, grad_out, partials, out, stride_h, stride_w, pad
                             for ci in range(group_in):
                                 value = x[n, ih, iw, g * group_in + ci]
                                 for co in range(g * group_out, (g + 1) * group_out):
-                                    partial[kh, kw, ci, co] += value * grad_out[n, oh, ow, co]
+                                    partials[chunk, kh, kw, ci, co] += value * grad_out[n, oh, ow, co]
     _sum_partials(partials, out)
 
 
@@ -291,16 +308,20 @@ def _make_forward_tile(pixels, vectors):
                             for v in range(vectors):
                                 slot = accumulators[vectors * p + v]
                                 builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
-            clamp = builder.icmp_signed("!=", relu, ir.Constant(_INDEX, 0))
             zero = ir.Constant(bias_vectors[0].type, [0.0] * LANES)
-            for p in range(pixels):
-                out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
-                for v in range(vectors):
-                    total = builder.load(accumulators[vectors * p + v])
-                    # ordered `<` is false for NaN, so NaN passes through the ReLU, as in PyTorch
-                    clamped = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
-                    _store_vector(builder, builder.select(clamp, clamped, total),
-                                  builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
+            # two store sequences behind one branch, so a tile without the ReLU pays nothing for it
+            with builder.if_else(builder.icmp_signed("!=", relu, ir.Constant(_INDEX, 0))) as (clamped, plain):
+                for clamp, block in ((True, clamped), (False, plain)):
+                    with block:
+                        for p in range(pixels):
+                            out_pixel = builder.gep(out_pointer,
+                                                    [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
+                            for v in range(vectors):
+                                total = builder.load(accumulators[vectors * p + v])
+                                if clamp:
+                                    # ordered `<` is false for NaN, so NaN passes through, as in PyTorch
+                                    total = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
+                                _store_vector(builder, total, builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
             return context.get_dummy_value()
 
         return signature, codegen
@@ -379,9 +400,9 @@ def _run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x
                             weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                             weight_tap_step, channels_in, channels_out)
     elif kind == 1:
-        _forward_tile(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight, weight_offset,
-                      bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, channels_in,
-                      channels_out)
+        _forward_tile(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                      weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                      channels_in, channels_out)
     else:
         _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                              weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
@@ -421,17 +442,12 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
             strip[r, last_col:] = 0.0
 
 
-@parallel_jit
-def _forward_rows(x, weight, bias, out, strips, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                  rows_per_job, out_h, out_w, out_first_h, out_first_w, out_step_h, out_step_w, reduction_block, relu):
-    """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
-    whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
-    (slots, strip_h, frame_w, C_in); the jobs are dealt round-robin to the slots.
-    The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
-    out_first_w + out_step_w * ow (steps of 1 for a plain forward; the phases of a strided backward-input
-    each fill every stride-th pixel). relu clamps the stored sums at 0 (NaN kept) in the tiles' last store.
-    weight is (kH, kW, R, C_out) where R is C_in, or kW' * C_in with kW = 1 when the taps of a kernel row
-    are folded into the reduction (dilation 1 along the width makes them contiguous in the strip)."""
+@jit
+def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
+    """The jobs of one slot of _forward_rows (its own function: a view taken inside a prange body that then
+    loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
+    (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w, out_first_h,
+     out_first_w, out_step_h, out_step_w, reduction_block) = geometry
     batch, _, _, channels = x.shape
     kernel_h, kernel_w, reduction, channels_out = weight.shape
     slots, _, frame_w, _ = strips.shape
@@ -450,53 +466,63 @@ def _forward_rows(x, weight, bias, out, strips, stride_h, stride_w, pad_top, pad
         kind, tile_pixels, tile_channels = 1, TILE_PIXELS, TILE_CHANNELS
     else:
         kind, tile_pixels, tile_channels = 0, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
-    for slot in prange(slots):
-        strip = strips[slot]
-        for job in range(slot, batch * blocks, slots):
-            n = job // blocks
-            first = (job % blocks) * rows_per_job
-            last = min(first + rows_per_job, out_h)
-            _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
-            # The reduction is split into blocks whose weights (kH * kW * block * 32 floats) stay in L1 while every
-            # whole pixel tile of the strip uses them; later blocks add to the partial sums already in out, so only
-            # the last block's store may apply the ReLU. A last tile that overlaps its neighbour (width not a
-            # multiple of the tile) runs the whole reduction at once after them, so the overlapped pixels are
-            # recomputed rather than added twice.
-            whole_w = out_w - out_w % tile_pixels
-            for co_block in range(0, channels_out, tile_channels):
-                co = min(co_block, channels_out - tile_channels)
-                for r in range(0, reduction, reduction_block):
-                    block = min(reduction_block, reduction - r)
-                    final = clamp if r + block >= reduction else 0
-                    for oh in range(first, last):
-                        x_row = (oh - first) * x_row_step + r
-                        out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                        for ow in range(0, whole_w, tile_pixels):
-                            _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, final,
-                                              strip, x_row + ow * x_pixel_step, x_pixel_step, weight,
-                                              r * channels_out + co, bias, co, kernel_h, kernel_w, x_tap_h_step,
-                                              x_tap_w_step, weight_tap_step, block, channels_out)
-                if whole_w < out_w:
-                    ow = out_w - tile_pixels
-                    for oh in range(first, last):
-                        out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                        _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, 0, clamp,
-                                          strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight,
-                                          co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
-                                          weight_tap_step, reduction, channels_out)
+    strip = strips[slot]
+    for job in range(slot, batch * blocks, slots):
+        n = job // blocks
+        first = (job % blocks) * rows_per_job
+        last = min(first + rows_per_job, out_h)
+        _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
+        # The reduction is split into blocks whose weights (kH * kW * block * 32 floats) stay in L1 while every
+        # whole pixel tile of the strip uses them; later blocks add to the partial sums already in out, so only
+        # the last block's store may apply the ReLU. A last tile that overlaps its neighbour (width not a
+        # multiple of the tile) runs the whole reduction at once after them, so the overlapped pixels are
+        # recomputed rather than added twice.
+        whole_w = out_w - out_w % tile_pixels
+        for co_block in range(0, channels_out, tile_channels):
+            co = min(co_block, channels_out - tile_channels)
+            for r in range(0, reduction, reduction_block):
+                block = min(reduction_block, reduction - r)
+                final = clamp if r + block >= reduction else 0
+                for oh in range(first, last):
+                    x_row = (oh - first) * x_row_step + r
+                    out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
+                    for ow in range(0, whole_w, tile_pixels):
+                        _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, final,
+                                          strip, x_row + ow * x_pixel_step, x_pixel_step, weight,
+                                          r * channels_out + co, bias, co, kernel_h, kernel_w, x_tap_h_step,
+                                          x_tap_w_step, weight_tap_step, block, channels_out)
+            if whole_w < out_w:
+                ow = out_w - tile_pixels
+                for oh in range(first, last):
+                    out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
+                    _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, 0, clamp,
+                                      strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight,
+                                      co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                                      weight_tap_step, reduction, channels_out)
 
 
 @parallel_jit
-def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
-                          dilation_h, dilation_w, band_rows):
-    """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
-    (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
-    when the kW taps are folded into the reduction (dilation 1 along the width). The chunks are dealt
-    round-robin to the slots of strips (slots, strip_h, frame_w, C_in) and grad_blocks (slots, block pixels *
-    C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one image into
-    its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every tap
-    and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
-    products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
+def _forward_rows(x, weight, bias, out, strips, geometry, relu):
+    """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
+    whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
+    (slots, strip_h, frame_w, C_in); the jobs are dealt round-robin to the slots.
+    The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
+    out_first_w + out_step_w * ow (steps of 1 for a plain forward; the phases of a strided backward-input
+    each fill every stride-th pixel). relu clamps the stored sums at 0 (NaN kept) in the tiles' last store.
+    weight is (kH, kW, R, C_out) where R is C_in, or kW' * C_in with kW = 1 when the taps of a kernel row
+    are folded into the reduction (dilation 1 along the width makes them contiguous in the strip).
+    geometry is (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w,
+    out_first_h, out_first_w, out_step_h, out_step_w, reduction_block): one tuple, because a prange body that
+    passes on twenty-odd separate values leaks about 200 bytes per call in Numba 0.68."""
+    for slot in prange(strips.shape[0]):
+        _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu)
+
+
+@jit
+def _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
+                               dilation_h, dilation_w, band_rows):
+    """The jobs of one slot of _backward_weight_rows (its own function: a view taken inside a prange body that
+    then loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
     batch, _, _, channels = x.shape
     chunks, kernel_h, kernel_w, reduction, channels_out = partials.shape
     slots, _, frame_w, _ = strips.shape
@@ -514,35 +540,50 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
     else:
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     grad_flat = grad_out.reshape(-1)
-    for slot in prange(slots):
-        strip = strips[slot]
-        # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the slot's
-        # cache-line-aligned buffer (the caller's array may start anywhere), then read by every tap and tile.
-        grad_block = grad_blocks[slot]
-        for chunk in range(slot, chunks, slots):
-            first, last = _chunk_bounds(rows, chunks, chunk)
-            partials[chunk] = 0.0
-            r = first
-            while r < last:
-                n = r // out_h
-                oh = r % out_h
-                span = min(last - r, out_h - oh, band_rows)
-                _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
-                            strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
-                for b in range(0, span, block_rows):
-                    count = min(block_rows, span - b)
-                    grad_start = (r + b) * grad_row_step
-                    grad_block[:count * grad_row_step] = grad_flat[grad_start:grad_start + count * grad_row_step]
-                    for kh in range(kernel_h):
-                        for kw in range(kernel_w):
-                            x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
-                            tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
-                            for ci in range(0, reduction, tile_rows):
-                                for co in range(0, channels_out, tile_channels):
-                                    _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
-                                                     x_start + ci, x_pixel_step, x_row_step, grad_block, co,
-                                                     grad_row_step, count, out_w, channels_out)
-                r += span
+    strip = strips[slot]
+    # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the slot's
+    # cache-line-aligned buffer (the caller's array may start anywhere), then read by every tap and tile.
+    grad_block = grad_blocks[slot]
+    for chunk in range(slot, chunks, slots):
+        first, last = _chunk_bounds(rows, chunks, chunk)
+        partials[chunk] = 0.0
+        r = first
+        while r < last:
+            n = r // out_h
+            oh = r % out_h
+            span = min(last - r, out_h - oh, band_rows)
+            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+            for b in range(0, span, block_rows):
+                count = min(block_rows, span - b)
+                grad_start = (r + b) * grad_row_step
+                grad_block[:count * grad_row_step] = grad_flat[grad_start:grad_start + count * grad_row_step]
+                for kh in range(kernel_h):
+                    for kw in range(kernel_w):
+                        x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
+                        tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
+                        for ci in range(0, reduction, tile_rows):
+                            for co in range(0, channels_out, tile_channels):
+                                _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
+                                                 x_start + ci, x_pixel_step, x_row_step, grad_block, co,
+                                                 grad_row_step, count, out_w, channels_out)
+            r += span
+
+
+@parallel_jit
+def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
+                          dilation_h, dilation_w, band_rows):
+    """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
+    (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
+    when the kW taps are folded into the reduction (dilation 1 along the width). The chunks are dealt
+    round-robin to the slots of strips (slots, strip_h, frame_w, C_in) and grad_blocks (slots, block pixels *
+    C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one image into
+    its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every tap
+    and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
+    products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
+    for slot in prange(strips.shape[0]):
+        _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top,
+                                   pad_left, dilation_h, dilation_w, band_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -666,8 +707,8 @@ def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots
     strips = strips[:slots * strip_h * frame_w * x.shape[3]].reshape(slots, strip_h, frame_w, x.shape[3])
     if dilation[1] == 1:
         weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
-    _forward_rows(x, weight, bias, out, strips, stride[0], stride[1], padding[0], padding[1], dilation[0],
-                  dilation[1], rows, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK, relu)
+    _forward_rows(x, weight, bias, out, strips, (stride[0], stride[1], padding[0], padding[1], dilation[0],
+                  dilation[1], rows, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK), relu)
 
 
 def _input_phases(size, kernel, stride, pad):

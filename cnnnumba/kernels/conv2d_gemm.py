@@ -83,9 +83,10 @@ def _col2im(columns, first_row, out_h, stride_h, stride_w, pad_top, pad_left, di
                 offset = kw * dilation_w - pad_left
                 lo, hi = _valid_span(out_w, width, stride_w, offset)
                 for c in range(channels):
-                    source = columns[(kh * kernel_w + kw) * channels + c, j]
+                    # indexed in place: a view taken in a prange body leaks its reference in Numba 0.68
+                    r = (kh * kernel_w + kw) * channels + c
                     for ow in range(lo, hi):
-                        out[n, ih, ow * stride_w + offset, c] += source[ow]
+                        out[n, ih, ow * stride_w + offset, c] += columns[r, j, ow]
 
 
 @functools.lru_cache(maxsize=512)

@@ -41,6 +41,8 @@ def dropout_net():
 MODELS = {
     "cifar_cnn": (lambda: cn.models.cifar_cnn(image_size=8), (3, 8, 8), 10),
     "resnet20": (lambda: cn.models.resnet20(image_size=8, widths=(4, 8, 8)), (3, 8, 8), 10),
+    # wide enough for the register-tiled and im2col conv paths rather than the few-channel ones
+    "resnet20_wide": (lambda: cn.models.resnet20(image_size=8, widths=(32, 32, 64)), (3, 8, 8), 10),
     "dropout": (dropout_net, (3, 8, 8), 10),
     "branchy": (Branchy, (3, 8, 8), 5),
     "lenet5": (lambda: cn.models.lenet5(image_size=16), (1, 16, 16), 10),
@@ -220,59 +222,59 @@ def test_inference_batch_norm_that_cannot_fold_runs_unfolded():
     assert "batchnorm(eval)+relu" in predict.describe()
 
 
-def _executor_peak_bytes(step, x, y, monkeypatch):
-    """Peak traced bytes one replayed step allocates, not counting the conv2d kernels' own scratch.
-
-    The conv2d kernels (kernels/conv2d.py, owned elsewhere) allocate their weight-gradient partials and padding
-    frames inside each call, and Numba's allocations are visible to tracemalloc here, so the peak is measured
-    up to each conv call and restarted after it: everything the executor itself allocates is counted.
-    """
-    real = graph_nodes.conv_kernels
-    worst, base = [0], [0]
-
-    def excluded(function):
-        def call(*args, **kwargs):
-            worst[0] = max(worst[0], tracemalloc.get_traced_memory()[1] - base[0])
-            result = function(*args, **kwargs)
-            tracemalloc.reset_peak()
-            return result
-        return call
-
-    wrapped = type("ConvKernels", (), {name: staticmethod(excluded(getattr(real, name))) for name in
-                                       ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
-                                        "conv2d_backward_bias")})
-    monkeypatch.setattr(graph_nodes, "conv_kernels", wrapped)
+def _step_peak_bytes(step, x, y):
+    """(peak traced bytes of one replayed step, the largest peak of one node within it), everything included: the
+    executor and every kernel (Numba allocates through Python's raw allocator, which tracemalloc sees), conv
+    kernels too, which take their scratch from the schedule's one workspace."""
+    graph = step.last
     tracemalloc.start()
     try:
-        step(x, y)  # warm-up with tracing on: the wrappers, and objects Python caches on first use while tracing
+        step(x, y)  # warm-up with tracing on: objects Python caches on first use while tracing
         # Python's own one-off caches (interned names, free lists, dict resizes) sometimes fill during a later
         # step, depending on what ran before in the process; the steady state is the least of a few steps.
-        peaks = []
+        step_peaks, node_peaks = [], []
         for _ in range(3):
-            worst[0] = 0
-            base[0] = tracemalloc.get_traced_memory()[0]
+            base = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
             step(x, y)
-            peaks.append(max(worst[0], tracemalloc.get_traced_memory()[1] - base[0]))
+            step_peaks.append(tracemalloc.get_traced_memory()[1] - base)
+            # the same step node by node, so that scratch one kernel frees before the next cannot hide
+            graph.input_node.source = x
+            worst = 0
+            for node, run in [(n, n.forward) for n in graph.schedule.forward_nodes] + \
+                             [(n, n.backward) for n in graph.schedule.backward_nodes]:
+                base = tracemalloc.get_traced_memory()[0]
+                tracemalloc.reset_peak()
+                run()
+                worst = max(worst, tracemalloc.get_traced_memory()[1] - base)
+            graph.input_node.source = None
+            node_peaks.append(worst)
     finally:
         tracemalloc.stop()
-        monkeypatch.setattr(graph_nodes, "conv_kernels", real)
-    return min(peaks)
+    return min(step_peaks), min(node_peaks)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_steady_state_step_allocates_no_arrays(dtype, monkeypatch):
+@pytest.mark.parametrize("model_name, dtype", [("cifar_cnn", np.float32), ("cifar_cnn", np.float64),
+                                               ("resnet20_wide", np.float32)])
+def test_steady_state_step_allocates_no_arrays(model_name, dtype):
+    """float32 runs the register-tiled conv paths (strips, aligned and flipped weights, partial weight gradients,
+    stride-2 phases in ResNet-20), float64 and the 2-pixel-wide last stage the im2col + GEMM ones (columns,
+    row-chunked partials)."""
     peaks = []
     for batch in (4, 32):
-        model, optimizer = build("resnet20", "sgd", dtype)
+        model, optimizer = build(model_name, "sgd", dtype)
         step = cn.graph.capture(model, F.cross_entropy, optimizer)
-        x, y = batches("resnet20", dtype, [batch])[0]
+        x, y = batches(model_name, dtype, [batch])[0]
         step(x, y)
         step(x, y)
-        peaks.append(_executor_peak_bytes(step, x, y, monkeypatch))
-    # a few Python scalars and small objects per step; an activation of even the batch of 4 is 4 KiB and more
-    assert max(peaks) < 4096, peaks
-    assert abs(peaks[1] - peaks[0]) < 1024, peaks
+        assert step.last.schedule.workspace.nbytes > 0
+        peaks.append(_step_peak_bytes(step, x, y))
+    # Python scalars, argument tuples and array views: a few hundred bytes per kernel call, some kept for a while
+    # by Numba's dispatcher. The smallest array that could be scratch -- a weight-gradient partial of the first
+    # conv (3 x 3 x 3 x 32 floats) -- is 3.4 KiB, and an activation of the batch of 4 is 32 KiB.
+    assert max(p[1] for p in peaks) < 3072, peaks
+    assert max(p[0] for p in peaks) < 12288, peaks
+    assert abs(peaks[1][0] - peaks[0][0]) < 1024, peaks
 
 
 def test_steady_state_step_keeps_no_memory():
