@@ -78,7 +78,9 @@ def profile_table(document):
     update = "fused update" if captured else "optimizer.step"
     rows.append(["update", "", update, "", _number(profile["optimizer_ms"], 2), "-", "-",
                  _number(100.0 * profile["optimizer_ms"] / step)])
-    rest = step - accounted
+    # captured: the median over steps of each step's own time outside the nodes (medians of the parts need not
+    # add up to the median step); eager: what the op and optimizer medians leave of the median step
+    rest = profile["executor_ms"] if captured else step - accounted
     other = "executor (outside nodes)" if captured else "autograd walk, Python"
     rows.append(["other", "", other, "", _number(rest, 2), "-", "-", _number(100.0 * rest / step)])
     rows.append(["total", "", "training step", "", _number(step, 2), "-", "-", "100.0"])
