@@ -306,7 +306,7 @@ def _backward_weight_images_tiled(x, grad_out, partials, pad_top, pad_left, dila
 
 
 @parallel_jit
-def _forward_bands_tiled(x, weight_t, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows):
+def _forward_bands_tiled(x, weight_t, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows, relu):
     """float32 _forward_bands with register tiles; weight_t is (C_in, kH, kW, C_out), contiguous."""
     batch, _, _, channels_in = x.shape
     _, kernel_h, kernel_w, channels_out = weight_t.shape
@@ -334,11 +334,20 @@ def _forward_bands_tiled(x, weight_t, bias, out, pad_top, pad_left, dilation_h, 
             p0 = min(start, padded - TILE_PIXELS)
             _run_pixel_tiles(acc, padded, storage, weight_t, bias, p0, channels_in, plane, kernel_h,
                              dilation_h * frame_w, kernel_w, dilation_w, channels_out)
-        for r in range(rows):
-            result = out[n, first_oh + r]
-            for ow in range(out_w):
-                for co in range(channels_out):
-                    result[ow, co] = acc[co, r * frame_w + ow]
+        _store_rows(acc, out, n, first_oh, rows, frame_w, relu)
+
+
+@jit
+def _store_rows(acc, out, n, first_oh, rows, frame_w, relu):
+    """out[n, first_oh + r, ow, co] = acc[co, r * frame_w + ow], clamped at 0 when relu (NaN kept, as in
+    torch.relu): the band's accumulators back to NHWC, dropping the positions past each row."""
+    out_w, channels_out = out.shape[2], out.shape[3]
+    for r in range(rows):
+        result = out[n, first_oh + r]
+        for ow in range(out_w):
+            for co in range(channels_out):
+                value = acc[co, r * frame_w + ow]
+                result[ow, co] = 0.0 if relu and value < 0 else value
 
 
 @jit
@@ -362,7 +371,7 @@ def _fill_frame(x, n, first_ih, pad_left, frame):
 
 
 @parallel_jit
-def _forward_bands(x, weight, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows):
+def _forward_bands(x, weight, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows, relu):
     batch, _, _, channels_in = x.shape
     kernel_h, kernel_w, _, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -388,11 +397,7 @@ def _forward_bands(x, weight, bias, out, pad_top, pad_left, dilation_h, dilation
                         target = acc[co]
                         for p in range(length):
                             target[p] += source[p] * w
-        for r in range(rows):
-            result = out[n, first_oh + r]
-            for ow in range(out_w):
-                for co in range(channels_out):
-                    result[ow, co] = acc[co, r * frame_w + ow]
+        _store_rows(acc, out, n, first_oh, rows, frame_w, relu)
 
 
 @parallel_jit
@@ -451,16 +456,17 @@ def weight_chunks(batch):
     return min(batch, MAX_WEIGHT_CHUNKS)
 
 
-def conv2d_forward_small(x, weight, bias, out, padding=(0, 0), dilation=(1, 1)):
-    """out (N, H_out, W_out, C_out) = conv(x, weight) + bias with stride 1, groups 1, on contiguous operands."""
+def conv2d_forward_small(x, weight, bias, out, padding=(0, 0), dilation=(1, 1), relu=False):
+    """out (N, H_out, W_out, C_out) = conv(x, weight) + bias with stride 1, groups 1, on contiguous operands;
+    clamped at 0 when relu (NaN kept), as the accumulators are stored."""
     if bias is None:
         bias = np.zeros(weight.shape[3], out.dtype)
     rows = band_rows(out.shape[0], out.shape[1])
     if out.dtype == np.float32:
         weight_t = np.ascontiguousarray(weight.transpose(2, 0, 1, 3))
-        _forward_bands_tiled(x, weight_t, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows)
+        _forward_bands_tiled(x, weight_t, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows, relu)
     else:
-        _forward_bands(x, weight, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows)
+        _forward_bands(x, weight, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows, relu)
     return out
 
 

@@ -62,6 +62,17 @@ def test_forward_matches_reference(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES[:3])
+def test_forward_relu_clamps_and_keeps_nan(case, dtype):
+    x, w, b, y = _arrays(case, dtype)
+    x[0, 0, 0, 0] = np.nan
+    got = conv2d_small.conv2d_forward_small(x, w, b, np.empty_like(y), _padding(case), case[7], relu=True)
+    plain = reference.conv2d_forward(x, w, b, np.empty_like(y), (1, 1), _padding(case), case[7])
+    assert np.isnan(got).any()
+    np.testing.assert_allclose(got, np.where(plain < 0, 0.0, plain), **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES)
 def test_backward_input_matches_reference(case, dtype):
     x, w, _, dy = _arrays(case, dtype)
