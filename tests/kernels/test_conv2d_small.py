@@ -26,6 +26,9 @@ CASES = [
     (1, 6, 6, 2, 2, (2, 2), (3, 3, 3, 3), (1, 1)),        # padding past the kernel: backward pads negative
     (2, 5, 13, 5, 1, (3, 2), (0, 1, 1, 0), (1, 2)),       # one output channel, dilation along the width only
     (17, 4, 4, 2, 3, (3, 3), (1, 1, 1, 1), (1, 1)),       # more images than weight-gradient chunks
+    (1, 7, 7, 3, 5, (7, 7), (0, 0, 0, 0), (1, 1)),        # one output pixel: shorter than a tile or a vector
+    (3, 4, 30, 2, 7, (1, 3), (0, 0, 1, 1), (1, 1)),       # 7 output channels: tiles of 4, 2 and 1; wide rows
+    (2, 6, 6, 1, 16, (6, 1), (2, 3, 0, 0), (1, 1)),       # kernel as tall as the image, one input channel
 ]
 
 
