@@ -927,7 +927,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         bias = _contiguous(bias, dtype)
     path, specs, details = _plan("forward", dtype, x.shape, weight.shape, out.shape, stride, padding, dilation,
                                  groups)
-    scratch = carve(workspace, specs)
+    scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
     if path == "fast":
         if bias is None:
             bias = scratch["zero_bias"]
@@ -935,9 +935,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         _forward_fast(x, _aligned_into(weight, scratch.get("weight")), bias, out, stride, padding, dilation,
                       scratch["strips"], *details, relu=relu)
     elif path == "small":
-        conv2d_forward_small(x, weight, bias, out, padding, dilation)
-        if relu:
-            np.maximum(out, 0.0, out=out)  # NaN stays NaN, as in torch.relu
+        conv2d_forward_small(x, weight, bias, out, padding, dilation, relu=relu)
     elif path == "gemm":
         conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation, relu=relu, workspace=workspace)
     else:
@@ -958,7 +956,7 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     kernel_h, kernel_w = weight.shape[:2]
     path, specs, details = _plan("backward_input", dtype, out.shape, weight.shape, grad_out.shape, stride, padding,
                                  dilation, groups)
-    scratch = carve(workspace, specs)
+    scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
     if path == "fast":
         scratch["zero_bias"][...] = 0.0
     if path == "fast" and max(stride) > 1:
@@ -996,7 +994,7 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
     path, specs, details = _plan("backward_weight", dtype, x.shape, out.shape, grad_out.shape, stride, padding,
                                  dilation, groups)
-    scratch = carve(workspace, specs)
+    scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
     if path == "fast":
         _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, details)
     elif path == "small":

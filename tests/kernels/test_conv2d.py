@@ -179,3 +179,128 @@ def test_out_of_bounds_geometry_is_refused():
         kernels.conv2d_forward(x[..., :2], w, b, np.empty_like(y))
     with pytest.raises(ValueError, match="out has shape"):
         kernels.conv2d_forward(x, w, b, np.empty((2, 5, 4, 3), np.float32))
+
+
+# ---- ReLU in the forward's epilogue ----
+
+RELU_CASES = [CASES[i] for i in (0, 5, 9, 11, 16, 20, 21, 26)]  # general, groups, fast with edge tiles, narrow, broad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", RELU_CASES)
+def test_forward_relu_equals_forward_then_relu(case, dtype):
+    x, w, b, y = _arrays(case, dtype)
+    got = kernels.conv2d_forward(x, w, b, np.full_like(y, np.nan), relu=True, **_options(case))
+    plain = kernels.conv2d_forward(x, w, b, np.empty_like(y), **_options(case))
+    np.testing.assert_array_equal(got, np.where(plain < 0, 0, plain))
+    assert (got == 0).any() and (got > 0).any()
+    np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), relu=True, **_options(case)),
+                               **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[26]])
+def test_forward_relu_clamps_only_the_last_reduction_block(case, monkeypatch):
+    """Blocks after the first add to partial sums in out: a clamp before the last block would lose negatives."""
+    monkeypatch.setattr(kernels, "REDUCTION_BLOCK", 8)
+    x, w, b, y = _arrays(case, np.float32)
+    got = kernels.conv2d_forward(x, w, b, np.empty_like(y), relu=True, **_options(case))
+    np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), relu=True, **_options(case)),
+                               **_tolerance(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_relu_keeps_nan(dtype):
+    case = CASES[16] if dtype == np.float32 else CASES[0]
+    x, w, b, y = _arrays(case, dtype)
+    x[0, 2, 3, 0] = np.nan
+    got = kernels.conv2d_forward(x, w, b, np.empty_like(y), relu=True, **_options(case))
+    assert np.isnan(got).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(reference.conv2d_forward(x, w, b, np.empty_like(y),
+                                                                                   **_options(case))))
+
+
+# ---- workspaces ----
+
+PASSES = ("forward", "backward_input", "backward_weight", "backward_bias")
+
+
+def _run_pass(name, case, arrays, out, workspace):
+    x, w, b, y = arrays
+    options = _options(case)
+    if name == "forward":
+        return kernels.conv2d_forward(x, w, b, out, workspace=workspace, **options)
+    if name == "backward_input":
+        return kernels.conv2d_backward_input(y, w, out, workspace=workspace, **options)
+    if name == "backward_weight":
+        return kernels.conv2d_backward_weight(x, y, out, workspace=workspace, **options)
+    return kernels.conv2d_backward_bias(y, out, workspace=workspace)
+
+
+def _pass_out(name, arrays):
+    x, w, b, y = arrays
+    return np.empty_like({"forward": y, "backward_input": x, "backward_weight": w, "backward_bias": b}[name])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 5, 12, 17, 18, 22, 23, 26)])
+def test_a_given_workspace_gives_the_same_results_and_is_reused(case, dtype):
+    """Each pass in a workspace of exactly conv2d_workspace_bytes, at a misaligned start, dirty from other passes."""
+    arrays = _arrays(case, dtype)
+    x_shape, w_shape, y_shape = _geometry(case)
+    sizes = {name: kernels.conv2d_workspace_bytes(name, x_shape, w_shape, y_shape, dtype, **_options(case))
+             for name in PASSES}
+    shared = np.full(max(sizes.values()) + 1, 0xFF, np.uint8)[1:]  # NaN-like garbage, 1 byte past alignment
+    for name in PASSES:
+        want = _run_pass(name, case, arrays, _pass_out(name, arrays), None)
+        got = _run_pass(name, case, arrays, _pass_out(name, arrays), shared[:sizes[name]])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_workspace_too_small_or_of_the_wrong_kind_is_refused():
+    case = CASES[16]
+    arrays = _arrays(case, np.float32)
+    x_shape, w_shape, y_shape = _geometry(case)
+    size = kernels.conv2d_workspace_bytes("forward", x_shape, w_shape, y_shape, np.float32, **_options(case))
+    with pytest.raises(ValueError, match=f"workspace of {size - 1} bytes, but this pass needs {size}"):
+        _run_pass("forward", case, arrays, _pass_out("forward", arrays), np.empty(size - 1, np.uint8))
+    with pytest.raises(TypeError, match="workspace must be a writeable 1-D C-contiguous uint8 array"):
+        _run_pass("forward", case, arrays, _pass_out("forward", arrays), np.empty(size, np.float32))
+
+
+def test_weight_gradient_partials_shrink_under_a_small_budget_and_stay_thread_independent(monkeypatch):
+    """With a budget that holds two partials instead of the usual count, the result still matches the reference
+    and is bit-identical on 1 and 2 threads (the chunk count depends on the shape and the budget only)."""
+    case = CASES[19]
+    x, w, _, dy = _arrays(case, np.float32)
+    x_shape, w_shape, y_shape = _geometry(case)
+    options = _options(case)
+    partial = 3 * 96 * 32 * 4  # kH x (kW * C_in) x C_out, the folded layout
+    monkeypatch.setattr(kernels.conv2d_workspace, "WORKSPACE_BYTES", 2 * (2 * partial + 256))
+    path, specs, (shape, chunks, band_rows) = kernels._plan("backward_weight", np.float32, x_shape, w_shape, y_shape,
+                                                            **options)
+    assert path == "fast" and chunks == 2
+    saved = cn.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            results.append(kernels.conv2d_backward_weight(x, dy, np.empty_like(w), **options))
+    finally:
+        cn.set_num_threads(saved)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], reference.conv2d_backward_weight(x, dy, np.empty_like(w), **options),
+                               **_tolerance(np.float32))
+
+
+def test_backward_weight_strips_hold_bands_of_rows(monkeypatch):
+    """Tall images are padded into a chunk's strip a band of rows at a time; the result does not change."""
+    case = CASES[20]
+    x, w, _, dy = _arrays(case, np.float32)
+    want = kernels.conv2d_backward_weight(x, dy, np.empty_like(w), **_options(case))
+    monkeypatch.setattr(kernels, "WEIGHT_STRIP_BYTES", 1)  # one output row per band
+    kernels._backward_weight_plan.cache_clear()
+    try:
+        got = kernels.conv2d_backward_weight(x, dy, np.empty_like(w), **_options(case))
+    finally:
+        kernels._backward_weight_plan.cache_clear()
+    np.testing.assert_array_equal(got, want)
