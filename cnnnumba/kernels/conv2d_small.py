@@ -123,7 +123,11 @@ def _make_pixel_tile(outputs):
 
 
 _pixel_tile_8 = _make_pixel_tile(8)
+_pixel_tile_7 = _make_pixel_tile(7)
+_pixel_tile_6 = _make_pixel_tile(6)
+_pixel_tile_5 = _make_pixel_tile(5)
 _pixel_tile_4 = _make_pixel_tile(4)
+_pixel_tile_3 = _make_pixel_tile(3)
 _pixel_tile_2 = _make_pixel_tile(2)
 _pixel_tile_1 = _make_pixel_tile(1)
 
@@ -131,23 +135,36 @@ _pixel_tile_1 = _make_pixel_tile(1)
 @jit
 def _run_pixel_tiles(acc, acc_row_step, frame, weight, bias, p0, channels_in, plane_step, kernel_h, row_step,
                      kernel_w, tap_step, channels_out):
-    """All output channels of the 32 pixels from p0: tiles of 8 output channels, then 4, 2 and 1 for the rest."""
+    """All output channels of the 32 pixels from p0: tiles of 8 output channels, then one tile as wide as the
+    rest (LeNet-5's 6 channels in one tile: 2 frame loads per 12 FMAs, not per 8 + 4)."""
     co = 0
     while co + 8 <= channels_out:
         _pixel_tile_8(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
                       plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
         co += 8
-    if co + 4 <= channels_out:
-        _pixel_tile_4(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
-                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
-        co += 4
-    if co + 2 <= channels_out:
-        _pixel_tile_2(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
-                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
-        co += 2
-    if co < channels_out:
-        _pixel_tile_1(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
-                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
+    rest = channels_out - co
+    args_offset = co * acc_row_step + p0
+    if rest == 7:
+        _pixel_tile_7(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 6:
+        _pixel_tile_6(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 5:
+        _pixel_tile_5(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 4:
+        _pixel_tile_4(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 3:
+        _pixel_tile_3(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 2:
+        _pixel_tile_2(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 1:
+        _pixel_tile_1(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
 
 
 def _make_weight_tile(taps, outputs):
