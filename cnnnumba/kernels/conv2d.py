@@ -40,7 +40,7 @@ def _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_to
     group_out = channels_out // groups
     slots = rows_scratch.shape[0]
     row = rows_scratch[slot]
-    for job in range(slot, batch * out_h, slots):
+    for job in range(slot * batch * out_h // slots, (slot + 1) * batch * out_h // slots):
         n = job // out_h
         oh = job % out_h
         if bias is None:
@@ -72,7 +72,8 @@ def _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_to
 @parallel_jit
 def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
                      relu, rows_scratch):
-    """rows_scratch (slots, W_out, C_out): one output row per slot; the (image, row) jobs are dealt round-robin."""
+    """rows_scratch (slots, W_out, C_out): one output row per slot; each slot takes a contiguous share of the
+    (image, row) jobs."""
     for slot in prange(rows_scratch.shape[0]):
         _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
                               groups, relu, rows_scratch)
@@ -89,7 +90,7 @@ def _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride
     group_out = channels_out // groups
     slots = rows_scratch.shape[0]
     row = rows_scratch[slot]
-    for job in range(slot, batch * height, slots):
+    for job in range(slot * batch * height // slots, (slot + 1) * batch * height // slots):
         n = job // height
         ih = job % height
         row[...] = 0.0
@@ -467,7 +468,7 @@ def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
     else:
         kind, tile_pixels, tile_channels = 0, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
     strip = strips[slot]
-    for job in range(slot, batch * blocks, slots):
+    for job in range(slot * batch * blocks // slots, (slot + 1) * batch * blocks // slots):
         n = job // blocks
         first = (job % blocks) * rows_per_job
         last = min(first + rows_per_job, out_h)
@@ -505,7 +506,7 @@ def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
 def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
-    (slots, strip_h, frame_w, C_in); the jobs are dealt round-robin to the slots.
+    (slots, strip_h, frame_w, C_in); each slot takes a contiguous share of the jobs.
     The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
     out_first_w + out_step_w * ow (steps of 1 for a plain forward; the phases of a strided backward-input
     each fill every stride-th pixel). relu clamps the stored sums at 0 (NaN kept) in the tiles' last store.
@@ -544,7 +545,7 @@ def _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks,
     # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the slot's
     # cache-line-aligned buffer (the caller's array may start anywhere), then read by every tap and tile.
     grad_block = grad_blocks[slot]
-    for chunk in range(slot, chunks, slots):
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         first, last = _chunk_bounds(rows, chunks, chunk)
         partials[chunk] = 0.0
         r = first
@@ -575,9 +576,9 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
                           dilation_h, dilation_w, band_rows):
     """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
     (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
-    when the kW taps are folded into the reduction (dilation 1 along the width). The chunks are dealt
-    round-robin to the slots of strips (slots, strip_h, frame_w, C_in) and grad_blocks (slots, block pixels *
-    C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one image into
+    when the kW taps are folded into the reduction (dilation 1 along the width). The chunks are split in
+    contiguous shares among the slots of strips (slots, strip_h, frame_w, C_in) and grad_blocks (slots,
+    block pixels * C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one image into
     its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every tap
     and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
     products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
@@ -599,8 +600,10 @@ def _check_geometry(x_shape, weight_shape, out_hw, stride, dilation, groups):
     _guard(len(x_shape) == 4 and len(weight_shape) == 4, "activations and weight must be 4-D")
     _guard(min(stride) >= 1 and min(dilation) >= 1 and groups >= 1, "stride, dilation and groups must be positive")
     channels_in, channels_out = x_shape[3], weight_shape[3]
-    _guard(channels_in == weight_shape[2] * groups, f"input channels {channels_in} != {weight_shape[2]} x {groups} groups")
-    _guard(channels_out % groups == 0, f"output channels {channels_out} not divisible by groups {groups}")
+    if channels_in != weight_shape[2] * groups:
+        _guard(False, f"input channels {channels_in} != {weight_shape[2]} x {groups} groups")
+    if channels_out % groups:
+        _guard(False, f"output channels {channels_out} not divisible by groups {groups}")
     _guard(min(out_hw) >= 1 and min(weight_shape[:2]) >= 1, "empty output or kernel")
 
 
@@ -616,12 +619,14 @@ def _aligned_into(array, buffer):
 
 
 def _contiguous(array, dtype):
-    _guard(array.dtype == dtype, f"dtype {array.dtype} != {dtype}")
-    return np.ascontiguousarray(array)
+    if array.dtype != dtype:
+        _guard(False, f"dtype {array.dtype} != {dtype}")
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
 def _check_out(out, shape, dtype):
-    _guard(out.shape == tuple(shape), f"out has shape {out.shape}, expected {tuple(shape)}")
+    if out.shape != tuple(shape):
+        _guard(False, f"out has shape {out.shape}, expected {tuple(shape)}")
     _guard(out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable,
            "out must be a writeable C-contiguous array of the input dtype")
 
@@ -923,7 +928,8 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     _check_out(out, (x.shape[0], out.shape[1], out.shape[2], weight.shape[3]), dtype)
     x, weight = _contiguous(x, dtype), _contiguous(weight, dtype)
     if bias is not None:
-        _guard(bias.shape == (weight.shape[3],), f"bias shape {bias.shape}")
+        if bias.shape != (weight.shape[3],):
+            _guard(False, f"bias shape {bias.shape}")
         bias = _contiguous(bias, dtype)
     path, specs, details = _plan("forward", dtype, x.shape, weight.shape, out.shape, stride, padding, dilation,
                                  groups)

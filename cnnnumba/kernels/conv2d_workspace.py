@@ -5,8 +5,11 @@ kept within WORKSPACE_BYTES; `specs_bytes` says how big a workspace must be for 
 out of a caller's workspace (a 1-D uint8 array), or out of a fresh one when the caller passes None. A memory
 planner can therefore size one workspace as the maximum over every pass it will run, and replay them without
 allocating. Scratch that each parallel job needs (padded strips, output rows) exists once per *slot*: the jobs of
-a pass are dealt round-robin to at most SCRATCH_SLOTS slots, so its size does not grow with the batch.
+a pass are split in contiguous shares among at most SCRATCH_SLOTS slots, so its size does not grow with the batch.
 """
+import functools
+import math
+
 import numba
 import numpy as np
 
@@ -20,13 +23,23 @@ SCRATCH_SLOTS = numba.config.NUMBA_NUM_THREADS
 
 def spec_bytes(shape, dtype):
     """Bytes one spec takes in a workspace: its array rounded up to whole cache lines."""
-    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    size = math.prod(shape) * np.dtype(dtype).itemsize
     return -(-size // CACHE_LINE) * CACHE_LINE
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(specs):
+    """((name, byte offset, element count, dtype, shape) per spec, workspace bytes needed) for a specs tuple."""
+    entries, offset = [], 0
+    for name, shape, dtype in specs:
+        entries.append((name, offset, math.prod(shape), np.dtype(dtype), tuple(shape)))
+        offset += spec_bytes(shape, dtype)
+    return tuple(entries), (CACHE_LINE + offset if specs else 0)
 
 
 def specs_bytes(specs):
     """Workspace bytes for a tuple of (name, shape, dtype) specs, including the slack to align the first one."""
-    return CACHE_LINE + sum(spec_bytes(shape, dtype) for _, shape, dtype in specs) if specs else 0
+    return _layout(tuple(specs))[1]
 
 
 def slots_within(per_slot_bytes, fixed_bytes, jobs, budget):
@@ -42,19 +55,17 @@ def new_workspace(nbytes):
 
 def carve(workspace, specs):
     """{name: view} for each spec, each view starting on a cache line of workspace (a new one when None)."""
-    needed = specs_bytes(specs)
+    layout, needed = _layout(specs)
     if workspace is None:
         workspace = new_workspace(needed)
-    if not (isinstance(workspace, np.ndarray) and workspace.dtype == np.uint8 and workspace.ndim == 1
-            and workspace.flags.c_contiguous and workspace.flags.writeable):
+    elif not (isinstance(workspace, np.ndarray) and workspace.dtype == np.uint8 and workspace.ndim == 1
+              and workspace.flags.c_contiguous and workspace.flags.writeable):
         raise TypeError("conv2d kernel: workspace must be a writeable 1-D C-contiguous uint8 array")
     if workspace.size < needed:
         raise ValueError(f"conv2d kernel: workspace of {workspace.size} bytes, but this pass needs {needed}")
-    offset = -workspace.ctypes.data % CACHE_LINE
+    start = -workspace.__array_interface__["data"][0] % CACHE_LINE
     views = {}
-    for name, shape, dtype in specs:
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        views[name] = workspace[offset:offset + count * dtype.itemsize].view(dtype).reshape(shape)
-        offset += spec_bytes(shape, dtype)
+    for name, offset, count, dtype, shape in layout:
+        first = start + offset
+        views[name] = workspace[first:first + count * dtype.itemsize].view(dtype).reshape(shape)
     return views
