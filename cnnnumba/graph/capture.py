@@ -1,4 +1,7 @@
 """Capture: trace one eager step, lower its ops to graph nodes, plan their memory, then replay the schedule."""
+import ctypes
+import gc
+
 import numpy as np
 
 from .._config import FLOAT_DTYPES
@@ -217,6 +220,22 @@ def _data(value):
     return value.data if isinstance(value, Tensor) else value
 
 
+def return_freed_memory():
+    """Hand the heap pages that the eager recording step freed back to the OS (glibc's malloc_trim; elsewhere a no-op).
+
+    Freeing a large array raises glibc's mmap threshold, so the recording step's many activation-sized arrays come
+    from malloc's heaps, and once freed they stay resident: ResNet-20 at batch 256 kept 1.1 GiB after recording,
+    on top of the graph's own 0.4 GiB arena, for the rest of the run.
+    """
+    gc.collect()  # autograd's reference cycles may still hold the recording step's arrays
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True
+
+
 def _check_batch(x, expected_dtype, what="x"):
     if isinstance(x, Tensor):
         x = x.data
@@ -425,6 +444,7 @@ class TrainingStep:
         # graphs of other shapes share one binding of parameters and optimizer state, if it still holds
         update = next((g.update for g in self.graphs.values() if g.update.still_bound()), None)
         graph = _TrainingGraph(self.model, self.loss_fn, self.optimizer, x, y, update)
+        return_freed_memory()  # the recording step's tape and arrays are unreferenced once the graph is built
         self.graphs[key] = graph
         self.last = graph
         self.last_recorded = True
@@ -460,18 +480,8 @@ class Predictor:
         key = (x.shape, x.dtype)
         graph = self.graphs.get(key)
         if graph is None:
-            params = list(self.model.parameters())
-            _check_batch(x, params[0].dtype if params else None)
-            x_tensor = Tensor(x)
-            with no_grad(), Tracer() as tracer:
-                output = self.model(x_tensor)
-            lowering = _Lowering(tracer.records, x_tensor, self.model, training=False)
-            forward = lowering.lower()
-            out_value = lowering.values.get(id(output))
-            if out_value is None:
-                raise ValueError("capture(model): the model's output is not computed by any op")
-            schedule = _Schedule(forward, [], keep_alive=[out_value.buffer])
-            graph = self.graphs[key] = (forward, schedule, out_value)
+            graph = self.graphs[key] = self._record(x)
+            return_freed_memory()  # the traced forward's arrays are unreferenced once the graph is built
         forward, schedule, out_value = graph
         self.last = schedule
         forward[0].source = x
@@ -480,6 +490,20 @@ class Predictor:
         forward[0].source = None
         result = out_value.buffer.array
         return np.ascontiguousarray(result.transpose(0, 3, 1, 2)) if out_value.nhwc else result.copy()
+
+    def _record(self, x):
+        """(forward nodes, schedule, output value) of the eval-mode forward traced on batch x."""
+        params = list(self.model.parameters())
+        _check_batch(x, params[0].dtype if params else None)
+        x_tensor = Tensor(x)
+        with no_grad(), Tracer() as tracer:
+            output = self.model(x_tensor)
+        lowering = _Lowering(tracer.records, x_tensor, self.model, training=False)
+        forward = lowering.lower()
+        out_value = lowering.values.get(id(output))
+        if out_value is None:
+            raise ValueError("capture(model): the model's output is not computed by any op")
+        return forward, _Schedule(forward, [], keep_alive=[out_value.buffer]), out_value
 
     def describe(self):
         return self.last.describe() if self.last is not None else "nothing recorded yet"
