@@ -28,6 +28,9 @@ from ._jit import jit, parallel_jit
 JOBS_WANTED = 16
 # Weight-gradient partial buffers: at most this many, each summing whole images.
 MAX_WEIGHT_CHUNKS = 16
+# Bytes of frame and accumulators one job keeps (forward band, weight-gradient block of images): small enough
+# for L2, and a bound on scratch that does not grow with the image size or the batch.
+JOB_BYTES = 256 << 10
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,56 +273,67 @@ def _run_weight_tiles(partial, partial_offset, partial_tap_step, frame, frame_of
 
 
 @parallel_jit
-def _backward_weight_images_tiled(x, grad_out, partials, pad_top, pad_left, dilation_h, dilation_w):
-    """float32 _backward_weight_images with register tiles. A chunk's images are laid end to end in each frame
-    plane, and grad_out the same way with zeros wherever no output pixel is (past each row, below each image),
-    so every dot product runs over all images of the chunk at once in whole 16-pixel vectors."""
+def _backward_weight_images_tiled(x, grad_out, partials, pad_top, pad_left, dilation_h, dilation_w, block_images):
+    """float32 _backward_weight_images with register tiles. The images of a chunk go in blocks of block_images,
+    laid end to end in each frame plane, and grad_out the same way with zeros wherever no output pixel is (past
+    each row, below each image), so every dot product runs over a whole block in 16-pixel vectors."""
     batch, _, _, channels_in = x.shape
     chunks, kernel_h, kernel_w, _, channels_out = partials.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
     frame_h = out_h + dilation_h * (kernel_h - 1)
-    plane = frame_h * frame_w
-    tap_step = channels_in * channels_out  # between kw taps in a partial (kH, kW, C_in, C_out)
     for chunk in prange(chunks):
         first, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
-        images = last - first
-        span = images * plane
-        length = (images - 1) * plane + (out_h - 1) * frame_w + out_w
-        vectors = length // LANES
         partial = partials[chunk]
         partial[...] = 0.0
-        flat_partial = partial.reshape(-1)
-        frames = np.empty((channels_in, images, frame_h, frame_w), x.dtype)
-        grads = np.zeros((channels_out, span), x.dtype)
-        for i in range(images):
-            n = first + i
-            _fill_frame(x, n, -pad_top, pad_left, frames[:, i])
-            for oh in range(out_h):
-                grad_row = grad_out[n, oh]
-                for ow in range(out_w):
-                    for co in range(channels_out):
-                        grads[co, i * plane + oh * frame_w + ow] = grad_row[ow, co]
-        flat_frames = frames.reshape(-1)
-        flat_grads = grads.reshape(-1)
-        for ci in range(channels_in):
-            for kh in range(kernel_h):
-                row_offset = ci * span + kh * dilation_h * frame_w
-                kw = 0
-                while kw < kernel_w:
-                    four = kw + 4 <= kernel_w
-                    _run_weight_tiles(flat_partial, (kh * kernel_w + kw) * tap_step + ci * channels_out, tap_step,
-                                      flat_frames, row_offset + kw * dilation_w, dilation_w, flat_grads, span,
-                                      vectors, four, channels_out)
-                    kw += 4 if four else 1
-                for kw in range(kernel_w):
-                    source = flat_frames[row_offset + kw * dilation_w:]
-                    for co in range(channels_out):
-                        g = grads[co]
-                        total = partial[kh, kw, ci, co]
-                        for p in range(vectors * LANES, length):
-                            total += source[p] * g[p]
-                        partial[kh, kw, ci, co] = total
+        frames = np.empty((channels_in, block_images, frame_h, frame_w), x.dtype)
+        grads = np.zeros((channels_out, block_images * frame_h * frame_w), x.dtype)
+        for block in range(first, last, block_images):
+            _backward_weight_block(x, grad_out, block, min(block_images, last - block), pad_top, pad_left,
+                                   dilation_h, dilation_w, frames, grads, partial)
+
+
+@jit
+def _backward_weight_block(x, grad_out, first, images, pad_top, pad_left, dilation_h, dilation_w, frames, grads,
+                           partial):
+    """Adds to partial the weight gradient of the images first .. first + images - 1 (images <= the block)."""
+    channels_in, block_images, frame_h, frame_w = frames.shape
+    kernel_h, kernel_w, _, channels_out = partial.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    plane = frame_h * frame_w
+    span = block_images * plane
+    tap_step = channels_in * channels_out  # between kw taps in a partial (kH, kW, C_in, C_out)
+    length = (images - 1) * plane + (out_h - 1) * frame_w + out_w
+    vectors = length // LANES
+    flat_partial = partial.reshape(-1)
+    flat_frames = frames.reshape(-1)
+    flat_grads = grads.reshape(-1)
+    for i in range(images):
+        n = first + i
+        _fill_frame(x, n, -pad_top, pad_left, frames[:, i])
+        for oh in range(out_h):
+            grad_row = grad_out[n, oh]
+            for ow in range(out_w):
+                for co in range(channels_out):
+                    grads[co, i * plane + oh * frame_w + ow] = grad_row[ow, co]
+    for ci in range(channels_in):
+        for kh in range(kernel_h):
+            row_offset = ci * span + kh * dilation_h * frame_w
+            kw = 0
+            while kw < kernel_w:
+                four = kw + 4 <= kernel_w
+                _run_weight_tiles(flat_partial, (kh * kernel_w + kw) * tap_step + ci * channels_out, tap_step,
+                                  flat_frames, row_offset + kw * dilation_w, dilation_w, flat_grads, span, vectors,
+                                  four, channels_out)
+                kw += 4 if four else 1
+            for kw in range(kernel_w):
+                source = flat_frames[row_offset + kw * dilation_w:]
+                for co in range(channels_out):
+                    g = grads[co]
+                    total = partial[kh, kw, ci, co]
+                    for p in range(vectors * LANES, length):
+                        total += source[p] * g[p]
+                    partial[kh, kw, ci, co] = total
 
 
 @parallel_jit
@@ -463,9 +477,16 @@ def _sum_partials(partials, out):
             flat_out[i] += flat[c, i]
 
 
-def band_rows(batch, out_h):
-    """Output rows per forward job: whole images when the batch alone makes enough jobs, else bands."""
-    return out_h if batch >= JOBS_WANTED else max(1, -(-out_h * batch // JOBS_WANTED))
+def band_rows(batch, out_h, row_bytes):
+    """Output rows per forward job: whole images when the batch alone makes enough jobs, else bands; at most
+    JOB_BYTES of frame and accumulator rows (row_bytes each)."""
+    rows = out_h if batch >= JOBS_WANTED else -(-out_h * batch // JOBS_WANTED)
+    return max(1, min(rows, JOB_BYTES // row_bytes))
+
+
+def block_images(image_bytes):
+    """Images per weight-gradient block: as many as JOB_BYTES of frames and grad_out planes hold, at least 1."""
+    return max(1, JOB_BYTES // image_bytes)
 
 
 def weight_chunks(batch):
@@ -478,7 +499,8 @@ def conv2d_forward_small(x, weight, bias, out, padding=(0, 0), dilation=(1, 1), 
     clamped at 0 when relu (NaN kept), as the accumulators are stored."""
     if bias is None:
         bias = np.zeros(weight.shape[3], out.dtype)
-    rows = band_rows(out.shape[0], out.shape[1])
+    frame_w = out.shape[2] + dilation[1] * (weight.shape[1] - 1)
+    rows = band_rows(out.shape[0], out.shape[1], (weight.shape[2] + weight.shape[3]) * frame_w * out.itemsize)
     if out.dtype == np.float32:
         weight_t = np.ascontiguousarray(weight.transpose(2, 0, 1, 3))
         _forward_bands_tiled(x, weight_t, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows, relu)
@@ -500,7 +522,12 @@ def conv2d_backward_input_small(grad_out, weight, out, padding=(0, 0), dilation=
 def conv2d_backward_weight_small(x, grad_out, out, padding=(0, 0), dilation=(1, 1)):
     """out (kH, kW, C_in, C_out) = the weight gradient of conv2d_forward_small, summed over the batch in chunks."""
     partials = np.empty((weight_chunks(x.shape[0]), *out.shape), out.dtype)
-    kernel = _backward_weight_images_tiled if out.dtype == np.float32 else _backward_weight_images
-    kernel(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1])
+    if out.dtype == np.float32:
+        kernel_h, kernel_w, channels_in, channels_out = out.shape
+        plane = ((grad_out.shape[1] + dilation[0] * (kernel_h - 1)) * (grad_out.shape[2] + dilation[1] * (kernel_w - 1)))
+        _backward_weight_images_tiled(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1],
+                                      block_images((channels_in + channels_out) * plane * out.itemsize))
+    else:
+        _backward_weight_images(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1])
     _sum_partials(partials, out)
     return out

@@ -171,3 +171,20 @@ def test_results_do_not_depend_on_thread_count(case):
 
 def test_weight_chunks_depend_on_the_batch_only():
     assert [conv2d_small.weight_chunks(batch) for batch in (1, 2, 16, 64, 256)] == [1, 2, 16, 16, 16]
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[10], CASES[12]])
+def test_small_job_budget_splits_bands_and_image_blocks(case, monkeypatch):
+    monkeypatch.setattr(conv2d_small, "JOB_BYTES", 256)
+    x_shape, w_shape, y_shape = _geometry(case)
+    row_bytes = 4 * (w_shape[2] + w_shape[3]) * (y_shape[2] + w_shape[1] - 1)
+    assert conv2d_small.band_rows(64, y_shape[1], row_bytes) < y_shape[1] or y_shape[1] == 1
+    assert conv2d_small.block_images(row_bytes * y_shape[1]) == 1
+    x, w, b, dy = _arrays(case, np.float32)
+    options = (_padding(case), case[7])
+    np.testing.assert_allclose(conv2d_small.conv2d_forward_small(x, w, b, np.empty_like(dy), *options),
+                               reference.conv2d_forward(x, w, b, np.empty_like(dy), (1, 1), *options),
+                               rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(conv2d_small.conv2d_backward_weight_small(x, dy, np.empty_like(w), *options),
+                               reference.conv2d_backward_weight(x, dy, np.empty_like(w), (1, 1), *options),
+                               rtol=2e-4, atol=2e-4)
