@@ -220,6 +220,18 @@ def _data(value):
     return value.data if isinstance(value, Tensor) else value
 
 
+def _reaching_the_loss(backward, loss_node):
+    """The backward nodes (in backward order) whose output the loss depends on. A value computed but never used on
+    the way to the loss gets no gradient in eager mode; its node's backward would read a gradient buffer nothing
+    wrote."""
+    reached, kept = {id(loss_node.output)}, []
+    for node in backward:
+        if id(node.output) in reached:
+            kept.append(node)
+            reached.update(id(value) for value in node.inputs if value.needs_grad)
+    return kept
+
+
 def return_freed_memory():
     """Hand the heap pages that the eager recording step freed back to the OS (glibc's malloc_trim; elsewhere a no-op).
 
@@ -343,7 +355,7 @@ class _TrainingGraph:
                                       fixed=self.update.grad_of[id(value.tensor)])
             elif value.needs_grad and value is not self.loss_node.output:
                 value.grad = N.Buffer(value.shape, value.dtype, value.name + ".grad")
-        backward = [n for n in reversed(forward[1:]) if n.output.needs_grad]
+        backward = _reaching_the_loss([n for n in reversed(forward[1:]) if n.output.needs_grad], self.loss_node)
         written = set()
         for node in backward:
             for k, value in enumerate(node.inputs):

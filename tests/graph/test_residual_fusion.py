@@ -102,3 +102,48 @@ def test_resnet20_schedule_has_one_fused_node_per_block_end():
     step(x, y)
     names = [node.name for node in step.last.schedule.forward_nodes]
     assert names.count("batchnorm+add+relu") == 9 and "add" not in names and "relu" not in names
+
+
+class DeadBranch(nn.Module):
+    """A batch norm computed (its running statistics move) but not used on the way to the loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        self.bn(self.conv(h))  # unused: eager gives conv and bn no gradient from it
+        return self.fc(F.flatten(F.relu(self.conv(h) + h)))
+
+
+def test_values_that_do_not_reach_the_loss_get_no_backward():
+    cn.manual_seed(0)
+    runs = []
+    for captured in (True, False):
+        cn.manual_seed(0)
+        model = DeadBranch().double()
+        optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = cn.graph.capture(model, F.cross_entropy, optimizer) if captured else None
+        rng = np.random.default_rng(0)
+        losses = []
+        for _ in range(3):
+            x, y = rng.standard_normal((4, 3, 8, 8)), rng.integers(0, 5, 4)
+            if captured:
+                losses.append(step(x, y))
+            else:
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(cn.Tensor(x)), y)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.item()))
+        runs.append((losses, {k: np.array(v) for k, v in model.state_dict().items()}, step))
+    (captured_losses, captured_state, step), (eager_losses, eager_state, _) = runs
+    np.testing.assert_allclose(captured_losses, eager_losses, rtol=1e-10, atol=1e-12)
+    for key in eager_state:
+        np.testing.assert_allclose(captured_state[key], eager_state[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    backward_names = [repr(node) for node in step.last.schedule.backward_nodes]
+    assert not any(name.startswith("batchnorm(") for name in backward_names), backward_names
