@@ -578,9 +578,9 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
     (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
     when the kW taps are folded into the reduction (dilation 1 along the width). The chunks are split in
     contiguous shares among the slots of strips (slots, strip_h, frame_w, C_in) and grad_blocks (slots,
-    block pixels * C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one image into
-    its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every tap
-    and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
+    block pixels * C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one
+    image into its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every
+    tap and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
     products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
     for slot in prange(strips.shape[0]):
         _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top,

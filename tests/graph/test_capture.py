@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-import cnnnumba.graph.nodes as graph_nodes
 from cnnnumba import functional as F
 from cnnnumba import nn, optim
 

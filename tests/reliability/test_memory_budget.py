@@ -29,7 +29,8 @@ HUGE = [
 
 def _shapes(batch, channels_in, channels_out, size, kernel, stride, padding):
     out = (size + 2 * padding - kernel) // stride + 1
-    return (batch, size, size, channels_in), (kernel, kernel, channels_in, channels_out), (batch, out, out, channels_out)
+    x_shape, y_shape = (batch, size, size, channels_in), (batch, out, out, channels_out)
+    return x_shape, (kernel, kernel, channels_in, channels_out), y_shape
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
