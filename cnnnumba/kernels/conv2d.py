@@ -75,8 +75,8 @@ def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left
     """rows_scratch (slots, W_out, C_out): one output row per slot; each slot takes a contiguous share of the
     (image, row) jobs."""
     for slot in prange(rows_scratch.shape[0]):
-        _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                              groups, relu, rows_scratch)
+        _forward_general_slot(np.int64(slot), x, weight, bias, out, stride_h, stride_w, pad_top, pad_left,
+                              dilation_h, dilation_w, groups, relu, rows_scratch)
 
 
 @jit
@@ -114,7 +114,9 @@ def _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride
                             value = grad_out[n, oh, ow, co]
                             for ci in range(group_in):
                                 row[iw, g * group_in + ci] += value * weight_t[kh, kw, co, ci]
-        out[n, ih] = row
+        for iw in range(width):
+            for ci in range(channels_in):
+                out[n, ih, iw, ci] = row[iw, ci]
 
 
 @parallel_jit
@@ -123,12 +125,14 @@ def _backward_input_general(grad_out, weight_t, out, stride_h, stride_w, pad_top
     """weight_t is (kH, kW, C_out, C_in/groups): input channels innermost, so the inner loop is a contiguous axpy.
     rows_scratch (slots, W, C_in): one input row per slot."""
     for slot in prange(rows_scratch.shape[0]):
-        _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                                     dilation_w, groups, rows_scratch)
+        _backward_input_general_slot(np.int64(slot), grad_out, weight_t, out, stride_h, stride_w, pad_top,
+                                     pad_left, dilation_h, dilation_w, groups, rows_scratch)
 
 
 @jit
 def _chunk_bounds(total, chunks, index):
+    # callers pass a prange index as np.int64: Numba types it uint64 inside the gufunc and int64 outside,
+    # and each type would compile a copy of every helper it reaches
     return index * total // chunks, (index + 1) * total // chunks
 
 
@@ -155,7 +159,7 @@ def _backward_weight_general(x, grad_out, partials, out, stride_h, stride_w, pad
     group_out = channels_out // groups
     rows = batch * out_h
     for chunk in prange(chunks):
-        first, last = _chunk_bounds(rows, chunks, chunk)
+        first, last = _chunk_bounds(rows, chunks, np.int64(chunk))
         partials[chunk] = 0.0
         for r in range(first, last):
             n = r // out_h
@@ -184,7 +188,7 @@ def _backward_bias_kernel(grad_out, partials, out):
     rows = batch * out_h
     chunks = partials.shape[0]
     for chunk in prange(chunks):
-        first, last = _chunk_bounds(rows, chunks, chunk)
+        first, last = _chunk_bounds(rows, chunks, np.int64(chunk))
         partials[chunk] = 0.0
         for r in range(first, last):
             n = r // out_h
@@ -429,7 +433,7 @@ def _run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel
 def _fill_strip(x, n, first_ih, pad_left, strip):
     """strip[r, c] = x[n, first_ih + r, c - pad_left] where that pixel exists, else 0: rows of the padded image
     (a negative pad_left or first_ih starts the strip inside the image)."""
-    height, width = x.shape[1], x.shape[2]
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     frame_w = strip.shape[1]
     first_col = min(max(pad_left, 0), frame_w)
     last_col = max(min(pad_left + width, frame_w), first_col)
@@ -439,7 +443,11 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
             strip[r] = 0.0
         else:
             strip[r, :first_col] = 0.0
-            strip[r, first_col:last_col] = x[n, ih, first_col - pad_left:last_col - pad_left]
+            # element loops, not an array-to-array slice copy: that pulls in Numba's broadcasting setitem and
+            # its error formatting, seconds of cold compile for the same vectorised loop
+            for col in range(first_col, last_col):
+                for c in range(channels):
+                    strip[r, col, c] = x[n, ih, col - pad_left, c]
             strip[r, last_col:] = 0.0
 
 
@@ -461,6 +469,7 @@ def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
     x_tap_w_step = dilation_w * channels
     weight_tap_step = reduction * channels_out
     clamp = 1 if relu else 0
+    overwrite = np.int64(0)  # not a literal 0: that would compile a second _run_forward_tile signature
     if channels_out >= BROAD_TILE_CHANNELS:
         kind, tile_pixels, tile_channels = 2, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS
     elif channels_out >= TILE_CHANNELS:
@@ -496,7 +505,7 @@ def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
                 ow = out_w - tile_pixels
                 for oh in range(first, last):
                     out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                    _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, 0, clamp,
+                    _run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, overwrite, clamp,
                                       strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight,
                                       co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                                       weight_tap_step, reduction, channels_out)
@@ -516,7 +525,7 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     out_first_h, out_first_w, out_step_h, out_step_w, reduction_block): one tuple, because a prange body that
     passes on twenty-odd separate values leaks about 200 bytes per call in Numba 0.68."""
     for slot in prange(strips.shape[0]):
-        _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu)
+        _forward_rows_slot(np.int64(slot), x, weight, bias, out, strips, geometry, relu)
 
 
 @jit
@@ -558,7 +567,8 @@ def _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks,
             for b in range(0, span, block_rows):
                 count = min(block_rows, span - b)
                 grad_start = (r + b) * grad_row_step
-                grad_block[:count * grad_row_step] = grad_flat[grad_start:grad_start + count * grad_row_step]
+                for i in range(count * grad_row_step):  # an element loop compiles faster than a slice copy
+                    grad_block[i] = grad_flat[grad_start + i]
                 for kh in range(kernel_h):
                     for kw in range(kernel_w):
                         x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
@@ -583,8 +593,8 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
     tap and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
     products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
     for slot in prange(strips.shape[0]):
-        _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top,
-                                   pad_left, dilation_h, dilation_w, band_rows)
+        _backward_weight_rows_slot(np.int64(slot), x, grad_out, partials, strips, grad_blocks, stride_h, stride_w,
+                                   pad_top, pad_left, dilation_h, dilation_w, band_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
