@@ -18,6 +18,7 @@ from ._jit import jit, parallel_jit
 from .conv2d_gemm import gemm_plan
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
+from . import conv2d_small
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
 
 # Reductions over the batch split the flattened (image, output row) range into this many chunks at most, a
@@ -812,7 +813,8 @@ def _forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dila
         slots = slots_within(spec_bytes((strip,), dtype), specs_bytes(specs), geometry[3], budget)
         return "fast", specs + (("strips", (slots * strip,), dtype),), (slots, geometry)
     if uses_small(weight_shape, stride, groups):
-        return "small", (), None
+        return ("small", *conv2d_small.forward_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation,
+                                                    budget))
     if groups == 1:
         reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
         return "gemm", gemm_plan("forward", out_shape[0], out_shape[1], out_shape[2], reduction, weight_shape[3],
@@ -843,7 +845,8 @@ def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
         slots = slots_within(spec_bytes((strip,), dtype), specs_bytes(specs), max(g[3] for g in geometries), budget)
         return "fast", specs + (("strips", (slots * strip,), dtype),), (slots, geometries)
     if uses_small(weight_shape, stride, groups):
-        return "small", (), None
+        return ("small", *conv2d_small.backward_input_plan(dtype, x_shape, weight_shape, out_shape, padding,
+                                                           dilation, budget))
     if groups == 1:
         return "gemm", gemm_plan("backward_input", out_shape[0], out_shape[1], out_shape[2],
                                  kernel_h * kernel_w * group_in, channels_out, dtype, budget)[0], None
@@ -892,7 +895,8 @@ def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, paddi
         specs += (("strips", (slots, *strip), dtype), ("grad_blocks", (slots, block), dtype))
         return "fast", specs, (shape, chunks, band_rows)
     if uses_small(weight_shape, stride, groups):
-        return "small", (), None
+        return ("small", *conv2d_small.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding,
+                                                            dilation, budget))
     if groups == 1:
         return "gemm", gemm_plan("backward_weight", batch, out_h, out_w, kernel_h * kernel_w * channels_in,
                                  channels_out, dtype, budget)[0], None
@@ -951,7 +955,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         _forward_fast(x, _aligned_into(weight, scratch.get("weight")), bias, out, stride, padding, dilation,
                       scratch["strips"], *details, relu=relu)
     elif path == "small":
-        conv2d_forward_small(x, weight, bias, out, padding, dilation, relu=relu)
+        conv2d_forward_small(x, weight, bias, out, padding, dilation, relu, scratch, details)
     elif path == "gemm":
         conv2d_forward_gemm(x, weight, bias, out, stride, padding, dilation, relu=relu, workspace=workspace)
     else:
@@ -988,7 +992,7 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
         _forward_fast(grad_out, flipped, scratch["zero_bias"], out, (1, 1), (pad_top, pad_left), dilation,
                       scratch["strips"], slots, geometry)
     elif path == "small":
-        conv2d_backward_input_small(grad_out, weight, out, padding, dilation)
+        conv2d_backward_input_small(grad_out, weight, out, padding, dilation, scratch, details)
     elif path == "gemm":
         conv2d_backward_input_gemm(grad_out, weight, out, stride, padding, dilation, workspace=workspace)
     else:
@@ -1014,7 +1018,7 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     if path == "fast":
         _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, details)
     elif path == "small":
-        conv2d_backward_weight_small(x, grad_out, out, padding, dilation)
+        conv2d_backward_weight_small(x, grad_out, out, padding, dilation, scratch, details)
     elif path == "gemm":
         conv2d_backward_weight_gemm(x, grad_out, out, stride, padding, dilation, workspace=workspace)
     else:

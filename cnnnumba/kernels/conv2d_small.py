@@ -12,9 +12,11 @@ are what LLVM vectorises; the accumulators of all C_out channels of a band stay 
 Layouts and conventions are those of conv2d.py: NHWC activations, (kH, kW, C_in, C_out) weights, (top, left)
 padding (bottom/right implied by the output size), `out` written whole and returned. The caller (conv2d.py)
 validates shapes; any padding works (negative padding too: the frame then starts inside the input), any
-dilation, float32 and float64. The weight gradient reduces over the batch into per-chunk partial buffers whose
-count depends only on the shape, summed in a fixed order, so results are bit-identical whatever the thread
-count.
+dilation, float32 and float64. All scratch (the transposed weight, the weight-gradient partials, each job's
+frame and accumulators) comes from one workspace in the conv2d_workspace convention: `*_plan` give the specs
+from the shapes and the budget, per-job scratch exists once per slot (each slot takes a contiguous share of the
+jobs), and the number of partial weight gradients depends on the shape and budget only, summed in a fixed order,
+so results are bit-identical whatever the thread count.
 """
 import numpy as np
 from llvmlite import ir
@@ -22,7 +24,9 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import conv2d_workspace
 from ._jit import jit, parallel_jit
+from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes
 
 # Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.
 JOBS_WANTED = 16
@@ -272,198 +276,312 @@ def _run_weight_tiles(partial, partial_offset, partial_tap_step, frame, frame_of
                              co * grad_row_step, grad_row_step, vectors)
 
 
-@parallel_jit
-def _backward_weight_images_tiled(x, grad_out, partials, pad_top, pad_left, dilation_h, dilation_w, block_images):
-    """float32 _backward_weight_images with register tiles. The images of a chunk go in blocks of block_images,
-    laid end to end in each frame plane, and grad_out the same way with zeros wherever no output pixel is (past
-    each row, below each image), so every dot product runs over a whole block in 16-pixel vectors."""
-    batch, _, _, channels_in = x.shape
-    chunks, kernel_h, kernel_w, _, channels_out = partials.shape
-    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-    frame_w = out_w + dilation_w * (kernel_w - 1)
-    frame_h = out_h + dilation_h * (kernel_h - 1)
-    for chunk in prange(chunks):
-        first, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
-        partial = partials[chunk]
-        partial[...] = 0.0
-        frames = np.empty((channels_in, block_images, frame_h, frame_w), x.dtype)
-        grads = np.zeros((channels_out, block_images * frame_h * frame_w), x.dtype)
-        for block in range(first, last, block_images):
-            _backward_weight_block(x, grad_out, block, min(block_images, last - block), pad_top, pad_left,
-                                   dilation_h, dilation_w, frames, grads, partial)
+
+# ---------------------------------------------------------------------------------------------------------
+# Frames: the input rows a job reads, zero-padded and channel-planar, in a flat slice of the slot's scratch.
+# ---------------------------------------------------------------------------------------------------------
+
+@jit
+def _fill_frame(x, n, first_ih, pad_left, frame, offset, plane_step, frame_h, frame_w):
+    """frame[offset + c * plane_step + r * frame_w + j] = x[n, first_ih + r, j - pad_left, c], or 0 where that
+    lies outside x. Returns whether every value copied from x is finite. Explicit element loops: an array-to-array
+    slice copy would compile Numba's broadcasting setitem and its error formatting."""
+    _, height, width, channels = x.shape
+    first = min(max(0, pad_left), frame_w)
+    last = max(first, min(frame_w, width + pad_left))
+    finite = True
+    for r in range(frame_h):
+        ih = first_ih + r
+        inside = 0 <= ih < height
+        for c in range(channels):
+            row = offset + c * plane_step + r * frame_w
+            if inside:
+                for j in range(first):
+                    frame[row + j] = 0.0
+                for j in range(last, frame_w):
+                    frame[row + j] = 0.0
+            else:
+                for j in range(frame_w):
+                    frame[row + j] = 0.0
+        if inside:
+            row = offset + r * frame_w
+            for j in range(first, last):
+                for c in range(channels):
+                    value = x[n, ih, j - pad_left, c]
+                    frame[row + c * plane_step + j] = value
+                    if not np.isfinite(value):
+                        finite = False
+    return finite
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forward: each slot takes a contiguous share of the (image, band of output rows) jobs.
+# ---------------------------------------------------------------------------------------------------------
+
+@jit
+def _store_rows(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu):
+    """out[n, first_oh + r, ow, co] = acc[co * acc_row_step + r * frame_w + ow], clamped at 0 when relu (NaN kept,
+    as in torch.relu): the band's accumulators back to NHWC, dropping the positions past each row."""
+    out_w, channels_out = out.shape[2], out.shape[3]
+    for r in range(rows):
+        result = out[n, first_oh + r]
+        for ow in range(out_w):
+            for co in range(channels_out):
+                value = acc[co * acc_row_step + r * frame_w + ow]
+                result[ow, co] = 0.0 if relu and value < 0 else value
 
 
 @jit
-def _backward_weight_block(x, grad_out, first, images, pad_top, pad_left, dilation_h, dilation_w, frames, grads,
-                           partial):
-    """Adds to partial the weight gradient of the images first .. first + images - 1 (images <= the block)."""
-    channels_in, block_images, frame_h, frame_w = frames.shape
-    kernel_h, kernel_w, _, channels_out = partial.shape
-    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-    plane = frame_h * frame_w
-    span = block_images * plane
-    tap_step = channels_in * channels_out  # between kw taps in a partial (kH, kW, C_in, C_out)
-    length = (images - 1) * plane + (out_h - 1) * frame_w + out_w
-    vectors = length // LANES
-    flat_partial = partial.reshape(-1)
-    flat_frames = frames.reshape(-1)
-    flat_grads = grads.reshape(-1)
-    for i in range(images):
-        n = first + i
-        _fill_frame(x, n, -pad_top, pad_left, frames[:, i])
-        for oh in range(out_h):
-            grad_row = grad_out[n, oh]
-            for ow in range(out_w):
-                for co in range(channels_out):
-                    grads[co, i * plane + oh * frame_w + ow] = grad_row[ow, co]
-    for ci in range(channels_in):
-        for kh in range(kernel_h):
-            row_offset = ci * span + kh * dilation_h * frame_w
-            kw = 0
-            while kw < kernel_w:
-                four = kw + 4 <= kernel_w
-                _run_weight_tiles(flat_partial, (kh * kernel_w + kw) * tap_step + ci * channels_out, tap_step,
-                                  flat_frames, row_offset + kw * dilation_w, dilation_w, flat_grads, span, vectors,
-                                  four, channels_out)
-                kw += 4 if four else 1
-            for kw in range(kernel_w):
-                source = flat_frames[row_offset + kw * dilation_w:]
-                for co in range(channels_out):
-                    g = grads[co]
-                    total = partial[kh, kw, ci, co]
-                    for p in range(vectors * LANES, length):
-                        total += source[p] * g[p]
-                    partial[kh, kw, ci, co] = total
-
-
-@parallel_jit
-def _forward_bands_tiled(x, weight_t, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows, relu):
-    """float32 _forward_bands with register tiles; weight_t is (C_in, kH, kW, C_out), contiguous."""
-    batch, _, _, channels_in = x.shape
+def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, relu):
+    """The jobs of one slot of _forward_bands_tiled (its own function: a view taken inside a prange body that then
+    loops leaks its reference in Numba 0.68)."""
+    _, _, dilation_h, dilation_w, band_rows = geometry
+    batch, channels_in = x.shape[0], x.shape[3]
     _, kernel_h, kernel_w, channels_out = weight_t.shape
     out_h, out_w = out.shape[1], out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
     bands = (out_h + band_rows - 1) // band_rows
-    for job in prange(batch * bands):
+    jobs = batch * bands
+    slots = frames.shape[0]
+    frame, acc = frames[slot], accs[slot]
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
+        n = job // bands
+        first_oh = (job % bands) * band_rows
+        rows = min(band_rows, out_h - first_oh)
+        frame_h = rows + dilation_h * (kernel_h - 1)
+        plane = frame_h * frame_w
+        padded = max((rows - 1) * frame_w + out_w, TILE_PIXELS)
+        _fill_frame(x, n, first_oh - geometry[0], geometry[1], frame, 0, plane, frame_h, frame_w)
+        # zeros after the last plane, which a tile reading past it (a band shorter than one tile) finds there
+        for i in range(channels_in * plane, channels_in * plane + TILE_PIXELS):
+            frame[i] = 0.0
+        # tiles every 32 pixels; the last one shifted back to end at the band's end (it recomputes identical
+        # values where it overlaps its neighbour) instead of remainder code
+        for start in range(0, padded, TILE_PIXELS):
+            _run_pixel_tiles(acc, padded, frame, weight_t, bias, min(start, padded - TILE_PIXELS), channels_in,
+                             plane, kernel_h, dilation_h * frame_w, kernel_w, dilation_w, channels_out)
+        _store_rows(acc, padded, out, n, first_oh, rows, frame_w, relu)
+
+
+@parallel_jit
+def _forward_bands_tiled(x, weight_t, bias, out, frames, accs, geometry, relu):
+    """float32 forward with register tiles; weight_t is (C_in, kH, kW, C_out). frames and accs: one row of
+    scratch per slot. geometry: (pad_top, pad_left, dilation_h, dilation_w, band_rows)."""
+    for slot in prange(frames.shape[0]):
+        _forward_slot_tiled(np.int64(slot), x, weight_t, bias, out, frames, accs, geometry, relu)
+
+
+@jit
+def _forward_slot(slot, x, weight, bias, out, frames, accs, geometry, relu):
+    """The jobs of one slot of _forward_bands: plain loops, each tap one unit-stride axpy over the band."""
+    _, _, dilation_h, dilation_w, band_rows = geometry
+    batch, channels_in = x.shape[0], x.shape[3]
+    kernel_h, kernel_w, _, channels_out = weight.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    frame_w = out_w + dilation_w * (kernel_w - 1)
+    bands = (out_h + band_rows - 1) // band_rows
+    jobs = batch * bands
+    slots = frames.shape[0]
+    frame, acc = frames[slot], accs[slot]
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // bands
         first_oh = (job % bands) * band_rows
         rows = min(band_rows, out_h - first_oh)
         frame_h = rows + dilation_h * (kernel_h - 1)
         plane = frame_h * frame_w
         length = (rows - 1) * frame_w + out_w
-        padded = max(length, TILE_PIXELS)
-        # the frame's planes, then TILE_PIXELS zeros that a tile reading past the last plane (only for a band
-        # shorter than one tile) finds there
-        storage = np.empty(channels_in * plane + TILE_PIXELS, x.dtype)
-        storage[channels_in * plane:] = 0.0
-        frame = storage[:channels_in * plane].reshape(channels_in, frame_h, frame_w)
-        _fill_frame(x, n, first_oh - pad_top, pad_left, frame)
-        acc = np.empty((channels_out, padded), out.dtype)
-        # tiles every 32 pixels; the last one shifted back to end at the band's end (it recomputes identical
-        # values where it overlaps its neighbour) instead of remainder code
-        for start in range(0, padded, TILE_PIXELS):
-            p0 = min(start, padded - TILE_PIXELS)
-            _run_pixel_tiles(acc, padded, storage, weight_t, bias, p0, channels_in, plane, kernel_h,
-                             dilation_h * frame_w, kernel_w, dilation_w, channels_out)
-        _store_rows(acc, out, n, first_oh, rows, frame_w, relu)
-
-
-@jit
-def _store_rows(acc, out, n, first_oh, rows, frame_w, relu):
-    """out[n, first_oh + r, ow, co] = acc[co, r * frame_w + ow], clamped at 0 when relu (NaN kept, as in
-    torch.relu): the band's accumulators back to NHWC, dropping the positions past each row."""
-    out_w, channels_out = out.shape[2], out.shape[3]
-    for r in range(rows):
-        result = out[n, first_oh + r]
-        for ow in range(out_w):
-            for co in range(channels_out):
-                value = acc[co, r * frame_w + ow]
-                result[ow, co] = 0.0 if relu and value < 0 else value
-
-
-@jit
-def _fill_frame(x, n, first_ih, pad_left, frame):
-    """frame[c, r, j] = x[n, first_ih + r, j - pad_left, c], or 0 where that lies outside x."""
-    _, height, width, channels = x.shape
-    frame_h, frame_w = frame.shape[1], frame.shape[2]
-    first = min(max(0, pad_left), frame_w)
-    last = max(first, min(frame_w, width + pad_left))
-    for r in range(frame_h):
-        ih = first_ih + r
-        if ih < 0 or ih >= height:
-            frame[:, r, :] = 0.0
-            continue
-        frame[:, r, :first] = 0.0
-        frame[:, r, last:] = 0.0
-        for j in range(first, last):
-            pixel = x[n, ih, j - pad_left]
-            for c in range(channels):
-                frame[c, r, j] = pixel[c]
-
-
-@parallel_jit
-def _forward_bands(x, weight, bias, out, pad_top, pad_left, dilation_h, dilation_w, band_rows, relu):
-    batch, _, _, channels_in = x.shape
-    kernel_h, kernel_w, _, channels_out = weight.shape
-    out_h, out_w = out.shape[1], out.shape[2]
-    frame_w = out_w + dilation_w * (kernel_w - 1)
-    bands = (out_h + band_rows - 1) // band_rows
-    for job in prange(batch * bands):
-        n = job // bands
-        first_oh = (job % bands) * band_rows
-        rows = min(band_rows, out_h - first_oh)
-        frame = np.empty((channels_in, rows + dilation_h * (kernel_h - 1), frame_w), x.dtype)
-        _fill_frame(x, n, first_oh - pad_top, pad_left, frame)
-        flat = frame.reshape(channels_in, -1)
-        length = (rows - 1) * frame_w + out_w
-        acc = np.empty((channels_out, length), out.dtype)
+        _fill_frame(x, n, first_oh - geometry[0], geometry[1], frame, 0, plane, frame_h, frame_w)
         for co in range(channels_out):
-            acc[co, :] = bias[co]
+            start = bias[co]
+            for p in range(co * length, (co + 1) * length):
+                acc[p] = start
         for ci in range(channels_in):
             for kh in range(kernel_h):
                 for kw in range(kernel_w):
-                    source = flat[ci, kh * dilation_h * frame_w + kw * dilation_w:]
+                    source = frame[ci * plane + kh * dilation_h * frame_w + kw * dilation_w:]
                     for co in range(channels_out):
                         w = weight[kh, kw, ci, co]
-                        target = acc[co]
+                        target = acc[co * length:(co + 1) * length]
                         for p in range(length):
                             target[p] += source[p] * w
-        _store_rows(acc, out, n, first_oh, rows, frame_w, relu)
+        _store_rows(acc, length, out, n, first_oh, rows, frame_w, relu)
 
 
 @parallel_jit
-def _backward_weight_images(x, grad_out, partials, pad_top, pad_left, dilation_h, dilation_w):
-    batch, _, _, channels_in = x.shape
-    chunks, kernel_h, kernel_w, _, channels_out = partials.shape
+def _forward_bands(x, weight, bias, out, frames, accs, geometry, relu):
+    """Forward of any float dtype with plain loops; weight is (kH, kW, C_in, C_out)."""
+    for slot in prange(frames.shape[0]):
+        _forward_slot(np.int64(slot), x, weight, bias, out, frames, accs, geometry, relu)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weight gradient: each slot takes a contiguous share of the partial sums (chunks of whole images); a chunk
+# goes in blocks of images laid end to end in the slot's frame planes, and grad_out laid out the same way with
+# zeros wherever no output pixel is (past each row, below each image), so every dot product runs over a whole
+# block. A position past a row's end reads a real pixel of the frame: its product with that zero is dropped,
+# except that inf * 0 is NaN; so a block whose input is not all finite sums over the output pixels only.
+# ---------------------------------------------------------------------------------------------------------
+
+@jit
+def _fill_block(x, grad_out, first, images, pad_top, pad_left, frame, grad, frame_h, frame_w, span):
+    """Frames and grad_out planes of images first .. first + images - 1 into the slot's scratch; returns whether
+    every input value copied is finite. grad's positions where no output pixel is stay as they are (zero)."""
+    plane = frame_h * frame_w
+    out_h, out_w, channels_out = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    finite = True
+    for i in range(images):
+        n = first + i
+        if not _fill_frame(x, n, -pad_top, pad_left, frame, i * plane, span, frame_h, frame_w):
+            finite = False
+        for oh in range(out_h):
+            base = i * plane + oh * frame_w
+            for ow in range(out_w):
+                for co in range(channels_out):
+                    grad[co * span + base + ow] = grad_out[n, oh, ow, co]
+    return finite
+
+
+@jit
+def _block_dots_tiled(frame, grad, partial, images, sizes):
+    """float32: adds to partial (flat kH, kW, C_in, C_out) the dot products of every tap's frame run with
+    grad_out over a block of images, in register tiles of 16-pixel vectors, then the remainder."""
+    kernel_h, kernel_w, channels_in, channels_out, dilation_h, dilation_w, out_h, out_w, frame_w, plane, span = sizes
+    tap_step = channels_in * channels_out  # between kw taps in a partial (kH, kW, C_in, C_out)
+    length = (images - 1) * plane + (out_h - 1) * frame_w + out_w
+    vectors = length // LANES
+    for ci in range(channels_in):
+        for kh in range(kernel_h):
+            row_offset = ci * span + kh * dilation_h * frame_w
+            kw = 0
+            while kw < kernel_w:
+                four = kw + 4 <= kernel_w
+                _run_weight_tiles(partial, (kh * kernel_w + kw) * tap_step + ci * channels_out, tap_step, frame,
+                                  row_offset + kw * dilation_w, dilation_w, grad, span, vectors, four, channels_out)
+                kw += 4 if four else 1
+            for kw in range(kernel_w):
+                source = row_offset + kw * dilation_w
+                for co in range(channels_out):
+                    index = (kh * kernel_w + kw) * tap_step + ci * channels_out + co
+                    total = partial[index]
+                    for p in range(vectors * LANES, length):
+                        total += frame[source + p] * grad[co * span + p]
+                    partial[index] = total
+
+
+@jit
+def _block_dots(frame, grad, partial, images, sizes):
+    """Any float dtype: _block_dots_tiled with plain loops (one running sum per dot product)."""
+    kernel_h, kernel_w, channels_in, channels_out, dilation_h, dilation_w, out_h, out_w, frame_w, plane, span = sizes
+    length = (images - 1) * plane + (out_h - 1) * frame_w + out_w
+    index = 0
+    for kh in range(kernel_h):
+        for kw in range(kernel_w):
+            for ci in range(channels_in):
+                source = frame[ci * span + kh * dilation_h * frame_w + kw * dilation_w:]
+                for co in range(channels_out):
+                    g = grad[co * span:]
+                    total = partial[index]
+                    for p in range(length):
+                        total += source[p] * g[p]
+                    partial[index] = total
+                    index += 1
+
+
+@jit
+def _block_dots_exact(frame, grad, partial, images, sizes):
+    """_block_dots over the output pixels only (never a position past a row's end), for input with inf or NaN."""
+    kernel_h, kernel_w, channels_in, channels_out, dilation_h, dilation_w, out_h, out_w, frame_w, plane, span = sizes
+    index = 0
+    for kh in range(kernel_h):
+        for kw in range(kernel_w):
+            for ci in range(channels_in):
+                source = ci * span + kh * dilation_h * frame_w + kw * dilation_w
+                for co in range(channels_out):
+                    total = partial[index]
+                    for i in range(images):
+                        for oh in range(out_h):
+                            base = i * plane + oh * frame_w
+                            for ow in range(base, base + out_w):
+                                total += frame[source + ow] * grad[co * span + ow]
+                    partial[index] = total
+                    index += 1
+
+
+@jit
+def _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w):
+    """(kH, kW, C_in, C_out, dilation_h, dilation_w, H_out, W_out, frame_w, plane, span) of a weight gradient."""
+    _, kernel_h, kernel_w, channels_in, channels_out = partials.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
-    length = (out_h - 1) * frame_w + out_w
-    for chunk in prange(chunks):
-        partial = partials[chunk]
-        partial[...] = 0.0
-        frame = np.empty((channels_in, out_h + dilation_h * (kernel_h - 1), frame_w), x.dtype)
-        flat = frame.reshape(channels_in, -1)
-        # grad_out laid out like the forward's accumulators, zero at the dropped positions past each row
-        grad_planar = np.zeros((channels_out, out_h, frame_w), x.dtype)
-        grad_flat = grad_planar.reshape(channels_out, -1)
-        zero = grad_planar[0, 0, 0]  # a zero of the operands' dtype: a float64 literal would widen the sums
-        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
-            _fill_frame(x, n, -pad_top, pad_left, frame)
-            for oh in range(out_h):
-                grad_row = grad_out[n, oh]
-                for ow in range(out_w):
-                    for co in range(channels_out):
-                        grad_planar[co, oh, ow] = grad_row[ow, co]
-            for ci in range(channels_in):
-                for kh in range(kernel_h):
-                    for kw in range(kernel_w):
-                        source = flat[ci, kh * dilation_h * frame_w + kw * dilation_w:]
-                        for co in range(channels_out):
-                            g = grad_flat[co]
-                            total = zero
-                            for p in range(length):
-                                total += source[p] * g[p]
-                            partial[kh, kw, ci, co] += total
+    plane = (out_h + dilation_h * (kernel_h - 1)) * frame_w
+    return (kernel_h, kernel_w, channels_in, channels_out, dilation_h, dilation_w, out_h, out_w, frame_w, plane,
+            frames.shape[1] // channels_in)
+
+
+@jit
+def _backward_weight_slot_tiled(slot, x, grad_out, partials, frames, grads, geometry):
+    """The chunks of one slot of _backward_weight_tiled (its own function: see _forward_slot_tiled)."""
+    pad_top, pad_left, dilation_h, dilation_w, block = geometry
+    sizes = _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w)
+    frame_w, plane, span = sizes[8], sizes[9], sizes[10]
+    batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
+    flat_partials = partials.reshape(chunks, -1)
+    frame, grad = frames[slot], grads[slot]
+    for i in range(grad.shape[0]):
+        grad[i] = 0.0
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+        partial = flat_partials[chunk]
+        for i in range(partial.shape[0]):
+            partial[i] = 0.0
+        last = (chunk + 1) * batch // chunks
+        for first in range(chunk * batch // chunks, last, block):
+            images = min(block, last - first)
+            if _fill_block(x, grad_out, first, images, pad_top, pad_left, frame, grad, plane // frame_w, frame_w,
+                           span):
+                _block_dots_tiled(frame, grad, partial, images, sizes)
+            else:
+                _block_dots_exact(frame, grad, partial, images, sizes)
+
+
+@parallel_jit
+def _backward_weight_tiled(x, grad_out, partials, frames, grads, geometry):
+    """float32 weight gradient with register tiles: partials[chunk] (kH, kW, C_in, C_out) = the gradient of the
+    chunk's images. frames (slots, C_in * block planes) and grads (slots, C_out * block planes): one row per
+    slot. geometry: (pad_top, pad_left, dilation_h, dilation_w, images per block)."""
+    for slot in prange(frames.shape[0]):
+        _backward_weight_slot_tiled(np.int64(slot), x, grad_out, partials, frames, grads, geometry)
+
+
+@jit
+def _backward_weight_slot(slot, x, grad_out, partials, frames, grads, geometry):
+    """The chunks of one slot of _backward_weight (its own function: see _forward_slot_tiled)."""
+    pad_top, pad_left, dilation_h, dilation_w, block = geometry
+    sizes = _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w)
+    frame_w, plane, span = sizes[8], sizes[9], sizes[10]
+    batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
+    flat_partials = partials.reshape(chunks, -1)
+    frame, grad = frames[slot], grads[slot]
+    for i in range(grad.shape[0]):
+        grad[i] = 0.0
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+        partial = flat_partials[chunk]
+        for i in range(partial.shape[0]):
+            partial[i] = 0.0
+        last = (chunk + 1) * batch // chunks
+        for first in range(chunk * batch // chunks, last, block):
+            images = min(block, last - first)
+            if _fill_block(x, grad_out, first, images, pad_top, pad_left, frame, grad, plane // frame_w, frame_w,
+                           span):
+                _block_dots(frame, grad, partial, images, sizes)
+            else:
+                _block_dots_exact(frame, grad, partial, images, sizes)
+
+
+@parallel_jit
+def _backward_weight(x, grad_out, partials, frames, grads, geometry):
+    """Weight gradient of any float dtype with plain loops (see _backward_weight_tiled)."""
+    for slot in prange(frames.shape[0]):
+        _backward_weight_slot(np.int64(slot), x, grad_out, partials, frames, grads, geometry)
 
 
 @jit
@@ -471,11 +589,16 @@ def _sum_partials(partials, out):
     """Fixed-order sum over the leading (chunk) axis, so the result does not depend on the thread count."""
     flat_out = out.reshape(-1)
     flat = partials.reshape(partials.shape[0], -1)
-    flat_out[:] = flat[0]
+    for i in range(flat.shape[1]):
+        flat_out[i] = flat[0, i]
     for c in range(1, flat.shape[0]):
         for i in range(flat.shape[1]):
             flat_out[i] += flat[c, i]
 
+
+# ---------------------------------------------------------------------------------------------------------
+# Scratch plans (the conv2d_workspace convention): specs from the shapes and the budget alone.
+# ---------------------------------------------------------------------------------------------------------
 
 def band_rows(batch, out_h, row_bytes):
     """Output rows per forward job: whole images when the batch alone makes enough jobs, else bands; at most
@@ -489,45 +612,118 @@ def block_images(image_bytes):
     return max(1, JOB_BYTES // image_bytes)
 
 
-def weight_chunks(batch):
-    """How many partial weight gradients a backward-weight call sums: a function of the shape only."""
-    return min(batch, MAX_WEIGHT_CHUNKS)
+def weight_chunks(batch, weight_bytes, budget):
+    """How many partial weight gradients a backward-weight call sums: at most MAX_WEIGHT_CHUNKS and as many as fit
+    half the budget (at least one: then the output itself) -- a function of the shape and budget only, so results
+    are bit-identical for any thread count."""
+    return int(max(1, min(batch, MAX_WEIGHT_CHUNKS, (budget // 2) // weight_bytes)))
 
 
-def conv2d_forward_small(x, weight, bias, out, padding=(0, 0), dilation=(1, 1), relu=False):
-    """out (N, H_out, W_out, C_out) = conv(x, weight) + bias with stride 1, groups 1, on contiguous operands;
-    clamped at 0 when relu (NaN kept), as the accumulators are stored."""
+def forward_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget, copy_weight=False):
+    """(scratch specs, (padding, dilation, band rows)) of the forward; weight_shape is (kH, kW, C_in, C_out). The
+    float32 kernel reads the weight as (C_in, kH, kW, C_out) from the workspace ("weight"); the float64 one reads
+    it in place unless copy_weight (the caller then fills "weight" in (kH, kW, C_in, C_out))."""
+    dtype = np.dtype(dtype)
+    batch, out_h, out_w, channels_out = out_shape
+    kernel_h, kernel_w, channels_in, _ = weight_shape
+    frame_w = out_w + dilation[1] * (kernel_w - 1)
+    rows = band_rows(batch, out_h, (channels_in + channels_out) * frame_w * dtype.itemsize)
+    frame = channels_in * (rows + dilation[0] * (kernel_h - 1)) * frame_w + TILE_PIXELS
+    acc = channels_out * max((rows - 1) * frame_w + out_w, TILE_PIXELS)
+    specs = (("zero_bias", (channels_out,), dtype),)
+    if dtype == np.float32:
+        specs += (("weight", (channels_in, kernel_h, kernel_w, channels_out), dtype),)
+    elif copy_weight:
+        specs += (("weight", tuple(weight_shape), dtype),)
+    slots = slots_within(spec_bytes((frame,), dtype) + spec_bytes((acc,), dtype), specs_bytes(specs),
+                         batch * -(-out_h // rows), budget)
+    specs += (("frames", (slots, frame), dtype), ("accs", (slots, acc), dtype))
+    return specs, (padding[0], padding[1], dilation[0], dilation[1], rows)
+
+
+def backward_input_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget):
+    """forward_plan of the input gradient: a forward of grad_out (out_shape) into x_shape with the kernel
+    flipped, its channel axes swapped, padded by the dilated extent minus the forward padding."""
+    kernel_h, kernel_w, channels_in, channels_out = weight_shape
+    pad = (dilation[0] * (kernel_h - 1) - padding[0], dilation[1] * (kernel_w - 1) - padding[1])
+    return forward_plan(dtype, out_shape, (kernel_h, kernel_w, channels_out, channels_in), x_shape, pad, dilation,
+                        budget, copy_weight=True)
+
+
+def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget):
+    """(scratch specs, (padding, dilation, images per block)) of the weight gradient: the partials (none when one
+    chunk: it is the output), then per slot the frames and grad_out planes of one block of images."""
+    dtype = np.dtype(dtype)
+    batch, out_h, out_w, _ = out_shape
+    kernel_h, kernel_w, channels_in, channels_out = weight_shape
+    plane = (out_h + dilation[0] * (kernel_h - 1)) * (out_w + dilation[1] * (kernel_w - 1))
+    chunks = weight_chunks(batch, spec_bytes(weight_shape, dtype), budget)
+    specs = (("partials", (chunks, *weight_shape), dtype),) if chunks > 1 else ()
+    block = min(block_images((channels_in + channels_out) * plane * dtype.itemsize), -(-batch // chunks))
+    frame, grad = channels_in * block * plane, channels_out * block * plane
+    slots = slots_within(spec_bytes((frame,), dtype) + spec_bytes((grad,), dtype), specs_bytes(specs), chunks,
+                         budget)
+    specs += (("frames", (slots, frame), dtype), ("grads", (slots, grad), dtype))
+    return specs, (padding[0], padding[1], dilation[0], dilation[1], block)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points (called by conv2d.py with its plan's scratch, or on their own with a fresh workspace).
+# ---------------------------------------------------------------------------------------------------------
+
+def _own_scratch(plan_function, *shapes_and_options):
+    specs, geometry = plan_function(*shapes_and_options, conv2d_workspace.WORKSPACE_BYTES)
+    return carve(None, specs), geometry
+
+
+def _forward(x, weight, bias, out, relu, scratch, geometry):
+    """The forward on contiguous operands; weight is scratch["weight"] already filled for float32."""
     if bias is None:
-        bias = np.zeros(weight.shape[3], out.dtype)
-    frame_w = out.shape[2] + dilation[1] * (weight.shape[1] - 1)
-    rows = band_rows(out.shape[0], out.shape[1], (weight.shape[2] + weight.shape[3]) * frame_w * out.itemsize)
+        bias = scratch["zero_bias"]
+        bias[...] = 0.0
     if out.dtype == np.float32:
-        weight_t = np.ascontiguousarray(weight.transpose(2, 0, 1, 3))
-        _forward_bands_tiled(x, weight_t, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows, relu)
+        _forward_bands_tiled(x, weight, bias, out, scratch["frames"], scratch["accs"], geometry, relu)
     else:
-        _forward_bands(x, weight, bias, out, padding[0], padding[1], dilation[0], dilation[1], rows, relu)
+        _forward_bands(x, weight, bias, out, scratch["frames"], scratch["accs"], geometry, relu)
     return out
 
 
-def conv2d_backward_input_small(grad_out, weight, out, padding=(0, 0), dilation=(1, 1)):
+def conv2d_forward_small(x, weight, bias, out, padding=(0, 0), dilation=(1, 1), relu=False, scratch=None,
+                         geometry=None):
+    """out (N, H_out, W_out, C_out) = conv(x, weight) + bias with stride 1, groups 1, on contiguous operands;
+    clamped at 0 when relu (NaN kept), as the accumulators are stored. scratch and geometry: from the specs and
+    details of forward_plan (conv2d.py carves them from its workspace), or None for a fresh workspace."""
+    if scratch is None:
+        scratch, geometry = _own_scratch(forward_plan, out.dtype, x.shape, weight.shape, out.shape, padding,
+                                         dilation)
+    if out.dtype == np.float32:
+        weight_t = scratch["weight"]
+        weight_t[...] = weight.transpose(2, 0, 1, 3)
+        weight = weight_t
+    return _forward(x, weight, bias, out, relu, scratch, geometry)
+
+
+def conv2d_backward_input_small(grad_out, weight, out, padding=(0, 0), dilation=(1, 1), scratch=None, geometry=None):
     """out (N, H, W, C_in) = the input gradient of conv2d_forward_small: a forward convolution of grad_out with
     the kernel flipped and its channel axes swapped, padded by the dilated extent minus the forward padding
     (negative where the forward padding exceeds it: the frame then starts inside grad_out)."""
-    kernel_h, kernel_w = weight.shape[:2]
-    flipped = np.ascontiguousarray(weight[::-1, ::-1].transpose(0, 1, 3, 2))
-    pad = (dilation[0] * (kernel_h - 1) - padding[0], dilation[1] * (kernel_w - 1) - padding[1])
-    return conv2d_forward_small(grad_out, flipped, None, out, pad, dilation)
+    if scratch is None:
+        scratch, geometry = _own_scratch(backward_input_plan, out.dtype, out.shape, weight.shape, grad_out.shape,
+                                         padding, dilation)
+    flipped = scratch["weight"]
+    # (C_out, kH, kW, C_in) for the float32 kernel, (kH, kW, C_out, C_in) for the other
+    flipped[...] = weight[::-1, ::-1].transpose((3, 0, 1, 2) if out.dtype == np.float32 else (0, 1, 3, 2))
+    return _forward(grad_out, flipped, None, out, False, scratch, geometry)
 
 
-def conv2d_backward_weight_small(x, grad_out, out, padding=(0, 0), dilation=(1, 1)):
+def conv2d_backward_weight_small(x, grad_out, out, padding=(0, 0), dilation=(1, 1), scratch=None, geometry=None):
     """out (kH, kW, C_in, C_out) = the weight gradient of conv2d_forward_small, summed over the batch in chunks."""
-    partials = np.empty((weight_chunks(x.shape[0]), *out.shape), out.dtype)
-    if out.dtype == np.float32:
-        kernel_h, kernel_w, channels_in, channels_out = out.shape
-        plane = ((grad_out.shape[1] + dilation[0] * (kernel_h - 1)) * (grad_out.shape[2] + dilation[1] * (kernel_w - 1)))
-        _backward_weight_images_tiled(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1],
-                                      block_images((channels_in + channels_out) * plane * out.itemsize))
-    else:
-        _backward_weight_images(x, grad_out, partials, padding[0], padding[1], dilation[0], dilation[1])
-    _sum_partials(partials, out)
+    if scratch is None:
+        scratch, geometry = _own_scratch(backward_weight_plan, out.dtype, x.shape, out.shape, grad_out.shape,
+                                         padding, dilation)
+    partials = scratch["partials"] if "partials" in scratch else out.reshape((1, *out.shape))
+    kernel = _backward_weight_tiled if out.dtype == np.float32 else _backward_weight
+    kernel(x, grad_out, partials, scratch["frames"], scratch["grads"], geometry)
+    if partials.shape[0] > 1:
+        _sum_partials(partials, out)
     return out

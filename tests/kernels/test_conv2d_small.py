@@ -169,8 +169,13 @@ def test_results_do_not_depend_on_thread_count(case):
         np.testing.assert_array_equal(one, two)
 
 
-def test_weight_chunks_depend_on_the_batch_only():
-    assert [conv2d_small.weight_chunks(batch) for batch in (1, 2, 16, 64, 256)] == [1, 2, 16, 16, 16]
+def test_weight_chunks_depend_on_the_batch_and_budget_only():
+    budget = 32 << 20
+    assert [conv2d_small.weight_chunks(batch, 4096, budget) for batch in (1, 2, 16, 64, 256)] == [1, 2, 16, 16, 16]
+    # the partials take at most half the budget; one chunk (the output itself) when not even two fit
+    assert conv2d_small.weight_chunks(256, 1 << 20, budget) == 16
+    assert conv2d_small.weight_chunks(256, 3 << 20, budget) == 5
+    assert conv2d_small.weight_chunks(256, 20 << 20, budget) == 1
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[10], CASES[12]])
