@@ -25,6 +25,7 @@ def _run(module, x, weight, bias, grad_out):
     (6, 4, 1, False),
     (0, 3, 2, True),         # empty batch
     (3, 0, 2, True),         # no input features: the output is the bias
+    (64, 400, 120, True),    # LeNet-5's first linear layer: run on one BLAS thread
 ])
 def test_linear_kernels_match_reference(rows, in_features, out_features, with_bias, dtype):
     rng = np.random.default_rng(0)
@@ -53,3 +54,29 @@ def test_bias_gradient_does_not_depend_on_thread_count():
     finally:
         cn.set_num_threads(previous)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.skipif(matmul._SET_BLAS_THREADS is None, reason="SciPy's OpenBLAS thread setter not found")
+@pytest.mark.parametrize("macs, threads_inside", [
+    (64 * 400 * 120, 1),                            # a linear layer: one thread
+    (matmul.SINGLE_THREAD_MACS + 1, "unchanged"),   # a large GEMM keeps BLAS's threads
+    (10, "unchanged"),                              # OpenBLAS runs it on the calling thread anyway
+])
+def test_small_products_run_on_one_blas_thread_and_restore_the_count(macs, threads_inside):
+    before = matmul._GET_BLAS_THREADS()
+    seen = []
+    matmul.one_blas_thread(lambda: seen.append(matmul._GET_BLAS_THREADS()), macs)
+    assert seen == [before if threads_inside == "unchanged" else threads_inside]
+    assert matmul._GET_BLAS_THREADS() == before
+
+
+def test_blas_thread_count_is_restored_when_the_kernel_raises():
+    before = matmul._GET_BLAS_THREADS() if matmul._GET_BLAS_THREADS else None
+
+    def failing():
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        matmul.one_blas_thread(failing, 64 * 400 * 120)
+    if before is not None:
+        assert matmul._GET_BLAS_THREADS() == before
