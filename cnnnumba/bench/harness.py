@@ -201,8 +201,17 @@ def run_comparison(settings, log=print):
     for model in settings["models"]:
         from .runners import MODEL_INPUTS, build_model
 
-        channels, size, _ = MODEL_INPUTS[model]
-        per_image = model_flops(build_model(model, settings["seed"]), (1, channels, size, size))
+        counted = {}  # per image and mode, from the first cnnnumba worker that ran (it counts after its timing)
+
+        def per_image(mode, result):
+            if "flops_per_image" in result:
+                counted.update(result["flops_per_image"])
+            if mode not in counted:  # no cnnnumba run has succeeded yet: count here, nothing is timed after it
+                channels, size, _ = MODEL_INPUTS[model]
+                counted.update({m: model_flops(build_model(model, settings["seed"]), (1, channels, size, size))
+                                .per_step(m) for m in ("train", "inference")})
+            return counted[mode]
+
         for batch_size in settings["batch_sizes"]:
             for mode in settings["modes"]:
                 runs = [("cnnnumba", None)] + [("torch", v) for v in variants]
@@ -214,8 +223,9 @@ def run_comparison(settings, log=print):
                                 "batch_size": batch_size, "mode": mode, "steps": settings["steps"],
                                 "warmup": settings["warmup"], "seed": settings["seed"], "eager": settings["eager"],
                                 "distinct_batches": settings["distinct_batches"], "threads": settings["threads"]}
-                        record = _record(spec, run_worker(spec, settings["threads"]),
-                                         per_image.per_step(mode) * batch_size, peak_gflops)
+                        result = run_worker(spec, settings["threads"])
+                        flops = per_image(mode, result) * batch_size if result["status"] == "ok" else 0
+                        record = _record(spec, result, flops, peak_gflops)
                         record["round"] = round_index + 1
                         attempts[(framework, variant)].append(record)
                         log(_progress_line(record))

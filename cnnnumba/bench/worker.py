@@ -96,7 +96,16 @@ def measure_model(spec):
         started = time.perf_counter()
         step(images, labels)
         times.append(time.perf_counter() - started)
-    return {"variant": variant, "first_step_ms": first_seconds * 1e3, "step_ms": [t * 1e3 for t in times],
+    result = {}
+    if spec["framework"] == "cnnnumba":
+        # counted here, after the timed steps: a FLOP trace before the first step would compile (and cache) the
+        # forward kernels, and the first step would no longer show the compile time
+        from .flops import model_flops
+
+        channels, size, _ = runners.MODEL_INPUTS[spec["model"]]
+        counted = model_flops(runners.build_model(spec["model"], spec["seed"]), (1, channels, size, size))
+        result["flops_per_image"] = {mode: counted.per_step(mode) for mode in ("train", "inference")}
+    return {**result, "variant": variant, "first_step_ms": first_seconds * 1e3, "step_ms": [t * 1e3 for t in times],
             "check": _check_values(first), "rss_before_model_mib": rss_before, "rss_after_import_mib": rss_after_import,
             "rss_after_first_step_mib": rss_after_first_step, "peak_after_first_step_mib": peak_after_first_step,
             "rss_after_warmup_mib": rss_after_warmup, "rss_end_mib": _rss_mib(), "peak_rss_mib": _peak_rss_mib()}

@@ -171,3 +171,30 @@ def test_rounds_keep_the_quietest_successful_round_whatever_its_time():
     chosen = _quietest(attempts)
     assert chosen["round"] == 2 and chosen["ms_per_step"] == 9.0
     assert [(r["round"], r["status"]) for r in chosen["rounds"]] == [(1, "ok"), (2, "ok"), (3, "failed")]
+
+
+def test_flops_are_counted_after_the_first_cnnnumba_step_not_before_it(monkeypatch):
+    """A FLOP trace in the parent before the workers would compile and cache the forward kernels, so the worker's
+    "first step" would hide the compile time: the count must come from the cnnnumba worker, after its timing."""
+    from cnnnumba.bench import harness
+
+    events = []
+
+    def fake_worker(spec, threads):
+        events.append(spec.get("kind") if spec.get("kind") == "peak" else spec["framework"])
+        if spec.get("kind") == "peak":
+            return {"status": "ok", "gflops": 100.0, "size": 8}
+        result = {"status": "ok", "variant": spec.get("variant") or "captured", "step_ms": [2.0], "first_step_ms": 5.0,
+                  "check": [0.0], "rss_before_model_mib": 1.0, "peak_rss_mib": 2.0}
+        if spec["framework"] == "cnnnumba":
+            result["flops_per_image"] = {"train": 3_000_000, "inference": 1_000_000}
+        return result
+
+    monkeypatch.setattr(harness, "run_worker", fake_worker)
+    monkeypatch.setattr(harness, "model_flops", lambda *args: events.append("parent trace"))
+    settings = {"models": ["lenet5"], "batch_sizes": [4], "modes": ["train", "inference"], "steps": 1, "warmup": 0,
+                "rounds": 1, "threads": 1, "eager": False, "no_torch": True, "torch_compile": False, "seed": 0,
+                "distinct_batches": 1, "peak_size": 8, "peak_repeats": 1}
+    document = harness.run_comparison(settings, log=lambda line: None)
+    assert "parent trace" not in events
+    assert [r["flops_per_step"] for r in document["records"]] == [4 * 3_000_000, 4 * 1_000_000]
