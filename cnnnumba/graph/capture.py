@@ -1,9 +1,13 @@
 """Capture: trace one eager step, lower its ops to graph nodes, plan their memory, then replay the schedule."""
+import contextlib
 import ctypes
 import gc
+import math
+import weakref
 
 import numpy as np
 
+from .. import _config
 from .._config import FLOAT_DTYPES
 from ..autograd import function as function_module
 from ..autograd.arith import Add as AddOp
@@ -29,13 +33,34 @@ _NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 
 
 class Tracer:
-    """Collects (op, args, options, output) for every Function applied while it is active in this thread."""
+    """Collects (op, args, options, output) for every Function applied while it is active in this thread.
 
-    def __init__(self):
+    With `keep_values=False` it keeps what the lowering reads and nothing more: each output is recorded as a
+    `TracedResult` (shape, dtype and identity; later records name it as their argument) and each op without the
+    arrays its forward saved for backward, so a traced forward holds no activation once the model's own code has
+    dropped it. That is what keeps capture's recording step within the graph's own memory.
+    """
+
+    def __init__(self, keep_values=True):
         self.records = []
+        self.keep_values = keep_values
+        self._stand_ins = {}  # id(output) -> (weak reference to the output, its TracedResult)
 
     def record(self, op, args, options, result):
+        if not self.keep_values:
+            args = tuple(self.stand_in(a) for a in args)
+            op = _without_saved_arrays(op)
+            traced = TracedResult(result)
+            self._stand_ins[id(result)] = (weakref.ref(result), traced)
+            result = traced
         self.records.append((op, args, options, result))
+
+    def stand_in(self, value):
+        """The TracedResult recorded for `value` when it is the output of a traced op, else `value` itself."""
+        entry = self._stand_ins.get(id(value)) if isinstance(value, Tensor) else None
+        if entry is not None and entry[0]() is value:  # the same object, not a later one at a reused address
+            return entry[1]
+        return value
 
     def __enter__(self):
         function_module.active_tracers().append(self)
@@ -43,6 +68,48 @@ class Tracer:
 
     def __exit__(self, *exc):
         function_module.active_tracers().remove(self)
+
+
+class TracedResult(Tensor):
+    """An op's output as a lean trace keeps it: shape, dtype and identity, not the values."""
+
+    def __init__(self, tensor):  # Tensor.__init__ would keep an array; this keeps none
+        self._shape, self._dtype = tuple(tensor.shape), tensor.dtype
+        self.grad, self._op, self._requires_grad = None, None, False
+
+    shape = property(lambda self: self._shape)
+    dtype = property(lambda self: self._dtype)
+    ndim = property(lambda self: len(self._shape))
+    size = property(lambda self: math.prod(self._shape))
+
+    @property
+    def data(self):
+        raise RuntimeError("a traced result keeps the shape and dtype of an op's output, not its values")
+
+    def __repr__(self):
+        return f"TracedResult(shape={self._shape}, dtype={self._dtype})"
+
+
+def _holds_arrays(value):
+    if isinstance(value, (np.ndarray, Tensor)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_arrays(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_arrays(v) for v in value.values())
+    return False
+
+
+def _without_saved_arrays(op):
+    """A copy of `op` without the arrays (and parent tensors) its forward kept for backward: the lowering reads an
+    op's type and options, never what it saved."""
+    copy = object.__new__(type(op))
+    copy.__dict__.update((name, value) for name, value in vars(op).items() if not _holds_arrays(value))
+    return copy
+
+
+def _traced(value):
+    return isinstance(value, TracedResult)
 
 
 def _internal_shape(shape):
@@ -108,14 +175,16 @@ class _Lowering:
         x = tensors[0] if tensors else None
         if kind is ConvOp and x is not None and x.nhwc and tensors[1] is not None:
             o = op.options
-            out = self.new_value(result, "conv")
             if self.training:
+                out = self.new_value(result, "conv")
                 self.add(N.Conv(x, tensors[1], tensors[2], out, o["stride"], o["padding"], o["dilation"], o["groups"]))
-            else:
+                return
+            if not _traced(args[1]) and not _traced(args[2]):  # folding reads the weights' values
+                out = self.new_value(result, "conv")
                 bias = None if args[2] is None else _data(args[2])
                 self.add(N.FoldedConv(x, out, _data(args[1]), bias, None, o["stride"], o["padding"], o["dilation"],
                                       o["groups"], relu=False))
-            return
+                return
         if kind is BatchNormOp and x is not None and x.kind == "activation" and x.shape[0] > 0:
             self.lower_batch_norm(op, args, tensors, options, result)
             return
@@ -191,7 +260,7 @@ class _Lowering:
             self.add(N.BatchNormTrain(x, weight, bias, out, options.get("running_mean"), options.get("running_var"),
                                       options.get("momentum", 0.1), options.get("eps", 1e-5), module))
             return
-        if not options.get("training") and not self.training:
+        if not options.get("training") and not self.training and not _traced(args[1]) and not _traced(args[2]):
             gamma = None if args[1] is None else _data(args[1])
             beta = None if args[2] is None else _data(args[2])
             eps = options.get("eps", 1e-5)
@@ -246,6 +315,22 @@ def return_freed_memory():
         return False
     trim(0)
     return True
+
+
+@contextlib.contextmanager
+def _side_effects_undone(model):
+    """Trace a training-mode forward without leaving its mark on the model's buffers (batch norm's running
+    statistics and batch count) or on cn's random stream (dropout), so the graph's first step updates and draws
+    them exactly as an eager step would."""
+    buffers = [(b, b.copy()) for b in model.buffers() if isinstance(b, np.ndarray)] if hasattr(model, "buffers") \
+        else []
+    random_state = _config.get_rng_state()
+    try:
+        yield
+    finally:
+        for buffer, saved in buffers:
+            np.copyto(buffer, saved)
+        _config.set_rng_state(random_state)
 
 
 def _check_batch(x, expected_dtype, what="x"):
@@ -316,18 +401,15 @@ class _TrainingGraph:
     """One recorded training step for one input shape."""
 
     def __init__(self, model, loss_fn, optimizer, x, y, update=None):
-        optimizer.zero_grad()
+        optimizer.zero_grad()  # a parameter the step leaves without gradient is then skipped, as in eager
         x_tensor = Tensor(x)
-        with Tracer() as tracer:
-            logits = model(x_tensor)
-            loss = loss_fn(logits, y)
-        if not isinstance(loss, Tensor) or loss.size != 1:
-            raise ValueError("captured step: loss_fn must return a scalar Tensor")
-        loss.backward()
-        optimizer.step()
-        self.first_loss = float(loss.item())
+        # forward only: the graph's own first step does the backward and the update, in the graph's memory
+        with _side_effects_undone(model), no_grad(), Tracer(keep_values=False) as tracer:
+            loss = loss_fn(model(x_tensor), y)
+            if not isinstance(loss, Tensor) or loss.size != 1:
+                raise ValueError("captured step: loss_fn must return a scalar Tensor")
+            loss = tracer.stand_in(loss)
         _check_loss_op(tracer.records, loss)
-        self.first_logits = logits.data
         params = []
         seen = set()
         for _, args, _, _ in tracer.records:
@@ -336,7 +418,7 @@ class _TrainingGraph:
                     seen.add(id(arg))
                     params.append(arg)
         if update is not None and update.covers(params):
-            update.attach_gradients()  # the eager recording step left fresh gradient arrays on the parameters
+            update.attach_gradients()  # zero_grad() above may have detached them
             self.update = update
         else:
             self.update = FusedUpdate(optimizer, params)
@@ -413,8 +495,10 @@ class _CrossEntropyLowering(_Lowering):
 class TrainingStep:
     """`step(x, y)`: forward, cross-entropy loss, backward and optimizer update, replayed from a recorded schedule.
 
-    The first call for an input shape runs the step eagerly under a tracer (so it equals eager by construction)
-    and records it; later calls with that shape replay the graph. Returns the loss as a float.
+    The first call for an input shape traces the forward (keeping shapes, not activations, and undoing its effect
+    on running statistics and the random stream), lowers it to a graph, and runs this first step through the graph;
+    later calls with that shape replay it. Its peak memory is the graph's arena, not an eager step's tape. Returns
+    the loss as a float.
     """
 
     def __init__(self, model, loss_fn, optimizer):
@@ -456,20 +540,17 @@ class TrainingStep:
         # graphs of other shapes share one binding of parameters and optimizer state, if it still holds
         update = next((g.update for g in self.graphs.values() if g.update.still_bound()), None)
         graph = _TrainingGraph(self.model, self.loss_fn, self.optimizer, x, y, update)
-        return_freed_memory()  # the recording step's tape and arrays are unreferenced once the graph is built
+        return_freed_memory()  # the traced forward's transient arrays, before the first step touches the arena
+        loss = graph.run(x, y)
+        graph.update.fuse_new_state()  # an optimizer's first step has just made its state
         self.graphs[key] = graph
-        self.last = graph
-        self.last_recorded = True
-        return graph.first_loss
+        self.last, self.last_recorded = graph, True
+        return loss
 
     @property
     def logits(self):
         """The logits of the last step's batch (N, classes), valid until the next step."""
-        if self.last is None:
-            return None
-        if self.last_recorded:
-            return self.last.first_logits
-        return self.last.logits_value.buffer.array
+        return None if self.last is None else self.last.logits_value.buffer.array
 
     def describe(self):
         """The schedule and memory plan of the most recently used graph, as text."""
@@ -508,8 +589,8 @@ class Predictor:
         params = list(self.model.parameters())
         _check_batch(x, params[0].dtype if params else None)
         x_tensor = Tensor(x)
-        with no_grad(), Tracer() as tracer:
-            output = self.model(x_tensor)
+        with no_grad(), Tracer(keep_values=False) as tracer:
+            output = tracer.stand_in(self.model(x_tensor))
         lowering = _Lowering(tracer.records, x_tensor, self.model, training=False)
         forward = lowering.lower()
         out_value = lowering.values.get(id(output))

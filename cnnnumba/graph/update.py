@@ -81,6 +81,23 @@ class FusedUpdate:
             states[name] = arena
         return states
 
+    def fuse_new_state(self):
+        """Home the optimizer state that a `step()` through `optimizer.step()` has just created (optimizers make it
+        on their first step, which the graph's first step now is), so that later steps run fused."""
+        if self.fused:
+            return
+        rules = []
+        for group, params, param_arena, grad_arena, _ in self.groups:
+            names = getattr(self.optimizer, "flat_update_state", lambda group, params: None)(group, params)
+            if names is None or len({p.dtype for p in params}) != 1:
+                return
+            rules.append((group, params, param_arena, grad_arena, names))
+        self.fused = True
+        groups = [(group, params, param_arena, grad_arena, self._home_state(params, names, params[0].dtype))
+                  for group, params, param_arena, grad_arena, names in rules]
+        if self.fused:  # _home_state clears it when some state array is still missing
+            self.groups = groups
+
     def still_bound(self):
         """False when a parameter's array or the optimizer's state was replaced since binding (then re-record)."""
         if self.optimizer.state is not self.state_ref:
