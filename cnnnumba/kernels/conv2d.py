@@ -599,6 +599,148 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# 1x1 convolutions without padding (ResNet projection shortcuts, any stride): a GEMM over the strided pixels.
+# The tiles read the input rows where they lie (a pixel step of stride * C_in), so there is no padded strip
+# to fill, and the backward-input tiles write every stride-th pixel of a row while the rest is zeroed in the
+# same pass. Same tile intrinsics and argument types as the 3x3 path, so nothing new is compiled for them.
+# ---------------------------------------------------------------------------------------------------------
+
+@jit
+def _pointwise_row(out, out_row, out_pixel_step, pixels, x_rows, x_row, x_pixel_step, weight, bias, relu,
+                   reduction_block):
+    """One row of `pixels` output pixels of a 1x1 convolution: out[out_row + p * out_pixel_step + co] =
+    bias[co] + sum over ci of x_rows.flat[x_row + p * x_pixel_step + ci] * weight[0, 0, ci, co], clamped at 0
+    when relu is nonzero. weight is (1, 1, C_in, C_out) and cache-line aligned; pixels >= one tile; the reduction
+    runs in blocks of reduction_block input channels (REDUCTION_BLOCK, a parameter so tests can shrink it)."""
+    _, _, reduction, channels_out = weight.shape
+    kernel_h, kernel_w = weight.shape[0], weight.shape[1]
+    weight_tap_step = reduction * channels_out
+    overwrite = np.int64(0)  # not a literal 0: that would compile a second _run_forward_tile signature
+    if channels_out >= BROAD_TILE_CHANNELS:
+        kind, tile_pixels, tile_channels = 2, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS
+    elif channels_out >= TILE_CHANNELS:
+        kind, tile_pixels, tile_channels = 1, TILE_PIXELS, TILE_CHANNELS
+    else:
+        kind, tile_pixels, tile_channels = 0, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
+    whole = pixels - pixels % tile_pixels
+    for co_block in range(0, channels_out, tile_channels):
+        co = min(co_block, channels_out - tile_channels)
+        # as in _forward_rows_slot: later reduction blocks add to the sums in out, only the last may clamp, and
+        # an overlapping last tile recomputes its whole reduction
+        for r in range(0, reduction, reduction_block):
+            block = min(reduction_block, reduction - r)
+            final = relu if r + block >= reduction else 0
+            for p in range(0, whole, tile_pixels):
+                _run_forward_tile(kind, out, out_row + p * out_pixel_step + co, out_pixel_step, r, final, x_rows,
+                                  x_row + p * x_pixel_step + r, x_pixel_step, weight, r * channels_out + co, bias, co,
+                                  kernel_h, kernel_w, x_pixel_step, x_pixel_step, weight_tap_step, block, channels_out)
+        if whole < pixels:
+            p = pixels - tile_pixels
+            _run_forward_tile(kind, out, out_row + p * out_pixel_step + co, out_pixel_step, overwrite, relu, x_rows,
+                              x_row + p * x_pixel_step, x_pixel_step, weight, co, bias, co, kernel_h, kernel_w,
+                              x_pixel_step, x_pixel_step, weight_tap_step, reduction, channels_out)
+
+
+@jit
+def _pointwise_forward_slot(slot, slots, x_rows, weight, bias, out, stride_h, stride_w, relu, reduction_block):
+    """The output rows of one slot: x_rows is the input as (N * H, W, C_in), out (N, H_out, W_out, C_out)."""
+    batch, out_h, out_w, channels_out = out.shape
+    height = x_rows.shape[0] // batch
+    row_step = x_rows.shape[1] * x_rows.shape[2]
+    jobs = batch * out_h
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
+        n = job // out_h
+        oh = job % out_h
+        _pointwise_row(out, job * out_w * channels_out, channels_out, out_w, x_rows,
+                       (n * height + oh * stride_h) * row_step, stride_w * x_rows.shape[2], weight, bias, relu,
+                       reduction_block)
+
+
+@parallel_jit
+def _pointwise_forward(x_rows, weight, bias, out, stride_h, stride_w, relu, reduction_block, slots):
+    for slot in prange(slots):
+        _pointwise_forward_slot(np.int64(slot), slots, x_rows, weight, bias, out, stride_h, stride_w, relu,
+                                reduction_block)
+
+
+@jit
+def _pointwise_backward_input_slot(slot, slots, grad_rows, weight_t, zero_bias, out, stride_h, stride_w,
+                                   reduction_block):
+    """The input-gradient rows of one slot: grad_rows is grad_out as (N * H_out, W_out, C_out), weight_t
+    (1, 1, C_out, C_in), out (N, H, W, C_in); a row or pixel that no output read gets zeros."""
+    batch, height, width, channels_in = out.shape
+    out_h = grad_rows.shape[0] // batch
+    out_w, channels_out = grad_rows.shape[1], grad_rows.shape[2]
+    overwrite = np.int64(0)
+    jobs = batch * height
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
+        n = job // height
+        ih = job % height
+        if ih % stride_h != 0 or ih // stride_h >= out_h:
+            for iw in range(width):
+                for c in range(channels_in):
+                    out[n, ih, iw, c] = 0.0
+            continue
+        if stride_w > 1:
+            for iw in range(width):
+                if iw % stride_w != 0 or iw // stride_w >= out_w:
+                    for c in range(channels_in):
+                        out[n, ih, iw, c] = 0.0
+        _pointwise_row(out, job * width * channels_in, stride_w * channels_in, out_w, grad_rows,
+                       (n * out_h + ih // stride_h) * out_w * channels_out, channels_out, weight_t, zero_bias,
+                       overwrite, reduction_block)
+
+
+@parallel_jit
+def _pointwise_backward_input(grad_rows, weight_t, zero_bias, out, stride_h, stride_w, reduction_block, slots):
+    for slot in prange(slots):
+        _pointwise_backward_input_slot(np.int64(slot), slots, grad_rows, weight_t, zero_bias, out, stride_h,
+                                       stride_w, reduction_block)
+
+
+@jit
+def _pointwise_backward_weight_slot(slot, slots, x_rows, grad_flat, partials, batch, stride_h, stride_w, out_h, out_w,
+                                    block_rows):
+    """The weight-gradient chunks of one slot: partials (chunks, 1, 1, C_in, C_out), one per chunk of the
+    (image, output row) range; a chunk walks its rows in blocks of block_rows rows of one image, running every
+    (C_in, C_out) tile over a block while its pixels are in L1, so each entry sums its pixels in order."""
+    chunks, _, _, channels_in, channels_out = partials.shape
+    height = x_rows.shape[0] // batch
+    row_step = x_rows.shape[1] * channels_in
+    grad_row_step = out_w * channels_out
+    chunk_size = channels_in * channels_out
+    if channels_out % BROAD_TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 2, BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS
+    elif channels_out % TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 1, WEIGHT_TILE_ROWS, TILE_CHANNELS
+    else:
+        kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+        first, last = _chunk_bounds(batch * out_h, chunks, chunk)
+        partials[chunk] = 0.0
+        r = first
+        while r < last:
+            n = r // out_h
+            oh = r % out_h
+            count = min(last - r, out_h - oh, block_rows)
+            x_start = (n * height + oh * stride_h) * row_step
+            for ci in range(0, channels_in, tile_rows):
+                for co in range(0, channels_out, tile_channels):
+                    _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, x_rows, x_start + ci,
+                                     stride_w * channels_in, stride_h * row_step, grad_flat, r * grad_row_step + co,
+                                     grad_row_step, count, out_w, channels_out)
+            r += count
+
+
+@parallel_jit
+def _pointwise_backward_weight(x_rows, grad_flat, partials, batch, stride_h, stride_w, out_h, out_w, block_rows,
+                               slots):
+    for slot in prange(slots):
+        _pointwise_backward_weight_slot(np.int64(slot), slots, x_rows, grad_flat, partials, batch, stride_h,
+                                        stride_w, out_h, out_w, block_rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Public entry points: shape guards, contiguity, then the fastest kernel that applies.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -673,6 +815,13 @@ SMALL_MAX_CHANNELS = 16
 def uses_small(weight_shape, stride, groups):
     """Whether a pass that no tiled path takes runs in conv2d_small.py: stride 1, groups 1, few channels."""
     return groups == 1 and tuple(stride) == (1, 1) and max(weight_shape[2], weight_shape[3]) <= SMALL_MAX_CHANNELS
+
+
+def uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups):
+    """Whether a pass takes the 1x1 path: float32, a 1x1 kernel, no padding, groups 1, and an output grid inside
+    the input (the tiles then read and write the rows in place, with no padded strips)."""
+    return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (1, 1) and tuple(padding) == (0, 0)
+            and (out_shape[1] - 1) * stride[0] < x_shape[1] and (out_shape[2] - 1) * stride[1] < x_shape[2])
 
 
 def _tiles_fit(channels, width):
@@ -803,6 +952,10 @@ def _general_rows(pixels, channels, jobs, dtype, budget):
 @functools.lru_cache(maxsize=1024)
 def _forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups, budget):
     """(path, scratch specs, path details) of conv2d_forward."""
+    if uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
+            and _tiles_fit(weight_shape[3], out_shape[2]) and spec_bytes(weight_shape, dtype) <= budget // 4:
+        specs = (("zero_bias", (weight_shape[3],), dtype), ("weight", weight_shape, dtype))
+        return "pointwise", specs, slots_within(0, 0, out_shape[0] * out_shape[1], budget)
     if uses_fast_forward(dtype, weight_shape, out_shape, groups):
         specs = (("zero_bias", (weight_shape[3],), dtype),)
         if spec_bytes(weight_shape, dtype) <= budget // 4:
@@ -830,6 +983,10 @@ def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
     kernel_h, kernel_w, group_in, channels_out = weight_shape
     fits = spec_bytes(weight_shape, dtype) <= budget // 4
     transposed = (kernel_h, kernel_w, channels_out, group_in)
+    if fits and uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
+            and _tiles_fit(group_in, out_shape[2]):
+        specs = (("zero_bias", (group_in,), dtype), ("weight", transposed, dtype))
+        return "pointwise", specs, slots_within(0, 0, x_shape[0] * x_shape[1], budget)
     if fits and uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
         specs = (("zero_bias", (x_shape[3],), dtype), ("weight", (kernel_h * kernel_w * channels_out * group_in,),
                                                        dtype))
@@ -864,6 +1021,13 @@ def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, paddi
     kernel_h, kernel_w, channels_in, channels_out = weight_shape
     batch, out_h, out_w, _ = out_shape
     half = budget // 2
+    if uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
+            and channels_out % NARROW_TILE_CHANNELS == 0 and channels_in % _weight_tile_rows(channels_out) == 0:
+        wanted = min(batch * out_h, _reduction_chunks(batch * out_h * out_w))
+        chunks = int(max(1, min(wanted, half // spec_bytes(weight_shape, dtype))))
+        specs = (("partials", (chunks, *weight_shape), dtype),) if chunks > 1 else ()
+        block_rows = max(1, PIXELS_PER_BLOCK // out_w)
+        return "pointwise", specs, (slots_within(0, 0, chunks, budget), block_rows)
     if uses_fast_backward_weight(dtype, weight_shape, groups, dilation):
         frame_w = max(padding[1] + x_shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
         tile_rows = _weight_tile_rows(channels_out)
@@ -948,7 +1112,13 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     path, specs, details = _plan("forward", dtype, x.shape, weight.shape, out.shape, stride, padding, dilation,
                                  groups)
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
-    if path == "fast":
+    if path == "pointwise":
+        if bias is None:
+            bias = scratch["zero_bias"]
+            bias[...] = 0.0
+        _pointwise_forward(x.reshape(-1, x.shape[2], x.shape[3]), _aligned_into(weight, scratch["weight"]), bias, out,
+                           stride[0], stride[1], 1 if relu else 0, REDUCTION_BLOCK, details)
+    elif path == "fast":
         if bias is None:
             bias = scratch["zero_bias"]
             bias[...] = 0.0
@@ -977,9 +1147,14 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     path, specs, details = _plan("backward_input", dtype, out.shape, weight.shape, grad_out.shape, stride, padding,
                                  dilation, groups)
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
-    if path == "fast":
+    if path in ("fast", "pointwise"):
         scratch["zero_bias"][...] = 0.0
-    if path == "fast" and max(stride) > 1:
+    if path == "pointwise":
+        weight_t = scratch["weight"]
+        weight_t[...] = weight.transpose(0, 1, 3, 2)
+        _pointwise_backward_input(grad_out.reshape(-1, grad_out.shape[2], grad_out.shape[3]), weight_t,
+                                  scratch["zero_bias"], out, stride[0], stride[1], REDUCTION_BLOCK, details)
+    elif path == "fast" and max(stride) > 1:
         _backward_input_phases(grad_out, weight, out, stride, padding, scratch, details)
     elif path == "fast":
         # With stride 1 the input gradient is a forward convolution of grad_out, padded by the dilated kernel
@@ -1015,7 +1190,14 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     path, specs, details = _plan("backward_weight", dtype, x.shape, out.shape, grad_out.shape, stride, padding,
                                  dilation, groups)
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
-    if path == "fast":
+    if path == "pointwise":
+        slots, block_rows = details
+        partials = scratch["partials"] if "partials" in scratch else out.reshape((1, *out.shape))
+        _pointwise_backward_weight(x.reshape(-1, x.shape[2], x.shape[3]), grad_out.reshape(-1), partials, x.shape[0],
+                                   stride[0], stride[1], grad_out.shape[1], grad_out.shape[2], block_rows, slots)
+        if "partials" in scratch:
+            _sum_partials(partials, out)
+    elif path == "fast":
         _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, details)
     elif path == "small":
         conv2d_backward_weight_small(x, grad_out, out, padding, dilation, scratch, details)

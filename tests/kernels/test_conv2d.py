@@ -36,10 +36,18 @@ CASES = [
     (2, 6, 18, 32, 64, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),         # 1x1 stride 2: phases without taps
     (1, 9, 10, 32, 32, (3, 2), (3, 1), (2, 2, 2, 2), (1, 1), 1),         # padding past the kernel, stride 3
     (1, 5, 10, 8, 96, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # 4 x 64 tiles: channel overlap, edge tile
+    (2, 7, 35, 16, 32, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),         # 1x1 path: odd sizes, narrow edge tiles
+    (1, 9, 20, 32, 96, (1, 1), (3, 2), (0, 0, 0, 0), (1, 1), 1),         # 1x1 path: stride 3x2, 4 x 64 tiles overlap
+    (2, 5, 17, 16, 16, (1, 1), (1, 1), (0, 0, 0, 0), (2, 2), 1),         # 1x1 path: stride 1, dilation ignored
+    (2, 6, 34, 32, 64, (1, 1), (2, 2), (1, 1, 1, 1), (1, 1), 1),         # 1x1 padded: phases without taps
 ]
-FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26)]
-FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19, 20, 21, 22, 23, 24, 25)]
-FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26)]
+FAST_FORWARD = [CASES[i] for i in (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+                                    30)]
+FAST_BACKWARD_INPUT = [CASES[i] for i in (11, 15, 16, 19, 20, 21, 22, 23, 24, 25, 27, 28, 29, 30)]
+FAST_BACKWARD_WEIGHT = [CASES[i] for i in (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+                                           30)]
+# 1x1 kernels without padding whose rows hold whole tiles: every pass on the 1x1 path
+POINTWISE = [CASES[i] for i in (24, 27, 28, 29)]
 
 
 def _geometry(case):
@@ -112,7 +120,16 @@ def test_fast_path_cases_take_the_fast_paths():
         assert not kernels.uses_fast_forward(np.float64, w_shape, y_shape, options["groups"])
 
 
-@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[21], CASES[23], CASES[26]])
+@pytest.mark.parametrize("case", POINTWISE)
+def test_pointwise_cases_take_the_pointwise_path(case):
+    x_shape, w_shape, y_shape = _geometry(case)
+    for name in ("forward", "backward_input", "backward_weight"):
+        assert kernels._plan(name, np.float32, x_shape, w_shape, y_shape, **_options(case))[0] == "pointwise"
+        assert kernels._plan(name, np.float64, x_shape, w_shape, y_shape, **_options(case))[0] != "pointwise"
+    assert kernels._plan("forward", np.float32, x_shape, w_shape, y_shape, **_options(CASES[30]))[0] == "fast"
+
+
+@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[21], CASES[23], CASES[26], CASES[28]])
 def test_forward_reduction_blocks_add_up(case, monkeypatch):
     """Wide layers split the reduction into blocks that accumulate in out; small blocks make these cases do it."""
     monkeypatch.setattr(kernels, "REDUCTION_BLOCK", 8)
@@ -125,10 +142,10 @@ def test_forward_reduction_blocks_add_up(case, monkeypatch):
                                **_tolerance(np.float32))
 
 
+@pytest.mark.parametrize("case", [CASES[16], CASES[27]])
 @pytest.mark.parametrize("offset", [0, 1, 4])
-def test_fast_paths_accept_operands_at_any_alignment(offset):
+def test_fast_paths_accept_operands_at_any_alignment(offset, case):
     """Weights are copied to a cache-line-aligned buffer when they start elsewhere; grad_out blocks likewise."""
-    case = CASES[16]
     x, w, b, y = _arrays(case, np.float32)
 
     def shifted(array):
@@ -157,7 +174,7 @@ def test_non_contiguous_operands_are_accepted():
     np.testing.assert_allclose(got, reference.conv2d_forward(x, w, b, np.empty_like(y), **_options(case)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("case", [CASES[5], CASES[11], CASES[18], CASES[19], CASES[20]])
+@pytest.mark.parametrize("case", [CASES[5], CASES[11], CASES[18], CASES[19], CASES[20], CASES[27], CASES[28]])
 def test_weight_and_bias_gradients_do_not_depend_on_thread_count(case):
     x, w, _, dy = _arrays(case, np.float32)
     saved = cn.get_num_threads()
@@ -183,7 +200,8 @@ def test_out_of_bounds_geometry_is_refused():
 
 # ---- ReLU in the forward's epilogue ----
 
-RELU_CASES = [CASES[i] for i in (0, 5, 9, 11, 16, 20, 21, 26)]  # general, groups, fast with edge tiles, narrow, broad
+# general, groups, fast with edge tiles, narrow, broad, 1x1
+RELU_CASES = [CASES[i] for i in (0, 5, 9, 11, 16, 20, 21, 26, 27, 28)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -198,7 +216,7 @@ def test_forward_relu_equals_forward_then_relu(case, dtype):
                                **_tolerance(dtype))
 
 
-@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[26]])
+@pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[26], CASES[28]])
 def test_forward_relu_clamps_only_the_last_reduction_block(case, monkeypatch):
     """Blocks after the first add to partial sums in out: a clamp before the last block would lose negatives."""
     monkeypatch.setattr(kernels, "REDUCTION_BLOCK", 8)
@@ -242,7 +260,7 @@ def _pass_out(name, arrays):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", [CASES[i] for i in (0, 5, 12, 17, 18, 22, 23, 26)])
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 5, 12, 17, 18, 22, 23, 26, 27, 28)])
 def test_a_given_workspace_gives_the_same_results_and_is_reused(case, dtype):
     """Each pass in a workspace of exactly conv2d_workspace_bytes, at a misaligned start, dirty from other passes."""
     arrays = _arrays(case, dtype)

@@ -24,6 +24,8 @@ HUGE = [
     (256, 512, 512, 14, 7, 1, 3),     # a 7x7 kernel over 512 channels: 51 MB of float32 weight
     (4096, 16, 16, 224, 3, 1, 1),
     (1, 3, 32, 4096, 3, 1, 1),        # one huge image
+    (4096, 256, 512, 56, 1, 2, 0),    # 1x1 projection shortcuts (the 1x1 path)
+    (4096, 1024, 2048, 14, 1, 2, 0),  # a 1x1 weight of a quarter of the budget: two partial weight gradients
 ]
 
 
