@@ -120,24 +120,97 @@ def batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu, partial_dy
                 grad_x[r, c] = (grad_y[r, c] * coefficients[0, c] + coefficients[1, c]) + centred
 
 
-@parallel_jit
-def relu_backward_bias_grad(grad_y, y, grad_x, partials, grad_bias):
-    """grad_x = grad_y where y > 0 else 0 (y the ReLU output, rows x C), and grad_bias = column sums of grad_x."""
+# relu_backward_bias_grad runs serially up to this many elements: a parallel region costs more than it saves on a
+# memory-bound pass this short (measured in bench/README.md, 2026-11-27 23:00 entry)
+SERIAL_ELEMENTS = 1 << 19
+
+
+@jit
+def _relu_backward_bias_chunk(grad_y, y, grad_x, partials, chunk):
+    """The rows of one ROWS_PER_CHUNK chunk: grad_x masked, and its per-channel float64 column sums in partials."""
+    if grad_y.shape[1] >= 16:
+        _relu_backward_bias_rows(grad_y, y, grad_x, partials, chunk)
+    else:
+        _relu_backward_bias_columns(grad_y, y, grad_x, partials, chunk)
+
+
+@jit
+def _relu_backward_bias_rows(grad_y, y, grad_x, partials, chunk):
+    # a row is at least one vector: mask and accumulate row by row, vectorized along the channels
     rows, channels = grad_y.shape
-    chunks = chunk_count(rows)
-    for chunk in prange(chunks):
-        for c in range(channels):
-            partials[chunk, c] = 0.0
-        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
-            for c in range(channels):
-                g = grad_y[r, c] if y[r, c] > 0 else 0.0
-                grad_x[r, c] = g
-                partials[chunk, c] += np.float64(g)
+    begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
+    grad_y_part, y_part, grad_x_part, sums = grad_y[begin:end], y[begin:end], grad_x[begin:end], partials[chunk]
     for c in range(channels):
+        sums[c] = 0.0
+    for r in range(end - begin):
+        for c in range(channels):
+            g = grad_y_part[r, c] if y_part[r, c] > 0 else 0.0
+            grad_x_part[r, c] = g
+            sums[c] += np.float64(g)
+
+
+@jit
+def _relu_backward_bias_columns(grad_y, y, grad_x, partials, chunk):
+    rows, channels = grad_y.shape
+    begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
+    # Few channels: that row loop ran 7-15x slower (a 6-trip inner loop, scalar, with a store-to-load chain
+    # through partials). The mask goes over one flat slice starting at 0, which LLVM vectorizes; the sums go down
+    # each column with four independent accumulators (rows r mod 4), added in a fixed order.
+    y_part = y.reshape(-1)[begin * channels:end * channels]
+    grad_y_part = grad_y.reshape(-1)[begin * channels:end * channels]
+    grad_x_part = grad_x.reshape(-1)[begin * channels:end * channels]
+    for i in range(grad_x_part.size):
+        g = grad_y_part[i]
+        grad_x_part[i] = g if y_part[i] > 0 else 0
+    for c in range(channels):
+        sum0 = sum1 = sum2 = sum3 = 0.0
+        r = begin
+        while r + 4 <= end:
+            sum0 += np.float64(grad_x[r, c])
+            sum1 += np.float64(grad_x[r + 1, c])
+            sum2 += np.float64(grad_x[r + 2, c])
+            sum3 += np.float64(grad_x[r + 3, c])
+            r += 4
+        while r < end:
+            sum0 += np.float64(grad_x[r, c])
+            r += 1
+        partials[chunk, c] = (sum0 + sum1) + (sum2 + sum3)
+
+
+@jit
+def _sum_partials_into_bias(partials, chunks, grad_bias):
+    for c in range(grad_bias.shape[0]):
         total = 0.0
         for chunk in range(chunks):
             total += partials[chunk, c]
         grad_bias[c] = total
+
+
+@jit
+def _relu_backward_bias_grad_serial(grad_y, y, grad_x, partials, grad_bias):
+    chunks = chunk_count(grad_y.shape[0])
+    for chunk in range(chunks):
+        _relu_backward_bias_chunk(grad_y, y, grad_x, partials, np.int64(chunk))
+    _sum_partials_into_bias(partials, chunks, grad_bias)
+
+
+@parallel_jit
+def _relu_backward_bias_grad_parallel(grad_y, y, grad_x, partials, grad_bias):
+    chunks = chunk_count(grad_y.shape[0])
+    for chunk in prange(chunks):
+        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
+        _relu_backward_bias_chunk(grad_y, y, grad_x, partials, np.int64(chunk))
+    _sum_partials_into_bias(partials, chunks, grad_bias)
+
+
+def relu_backward_bias_grad(grad_y, y, grad_x, partials, grad_bias):
+    """grad_x = grad_y where y > 0 else 0 (y the ReLU output; C-contiguous rows x C), and grad_bias = column sums
+    of grad_x: per-chunk float64 partials (a (chunk_count(rows), C) buffer) added in chunk order, so the bits do
+    not depend on the thread count or on the serial/parallel choice."""
+    if grad_y.size <= SERIAL_ELEMENTS:
+        _relu_backward_bias_grad_serial(grad_y, y, grad_x, partials, grad_bias)
+    else:
+        _relu_backward_bias_grad_parallel(grad_y, y, grad_x, partials, grad_bias)
 
 
 @parallel_jit(fastmath=EXACT_FASTMATH)

@@ -149,3 +149,41 @@ def test_add_relu_equals_reference_and_unfused(size, dtype):
     in_place = a.copy()
     fused.add_relu_forward(in_place, b, in_place)  # out may alias an input
     np.testing.assert_array_equal(in_place, unfused)
+
+
+# few channels (column sums) and >= 16 channels (row sums), chunk remainders of 1-3 rows and a partial last chunk
+RELU_BIAS_SHAPES = [(1, 1), (5, 6), (515, 6), (258, 15), (300, 16), (700, 33)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", RELU_BIAS_SHAPES)
+@pytest.mark.parametrize("variant", ["_relu_backward_bias_grad_serial", "_relu_backward_bias_grad_parallel"])
+def test_relu_backward_bias_grad_variants_match_reference(variant, shape, dtype):
+    grad_y = _inputs(*shape, dtype)[3]
+    y = np.maximum(_inputs(*shape, dtype, seed=1)[0], 0)
+    y[0, 0] = np.nan  # NaN > 0 is False: masked, as in the reference
+    grad_x, grad_bias = np.full_like(grad_y, 7), np.empty(shape[1], dtype)
+    getattr(fused, variant)(grad_y, y, grad_x, np.full((fused.chunk_count(shape[0]), shape[1]), 7.0), grad_bias)
+    expected_x, expected_bias = reference.relu_backward_bias_grad(grad_y, y)
+    np.testing.assert_array_equal(grad_x, expected_x)
+    np.testing.assert_allclose(grad_bias, expected_bias, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1000, 6), (1000, 20)])
+def test_relu_backward_bias_grad_same_bits_serial_parallel_and_any_thread_count(shape):
+    grad_y = _inputs(*shape, np.float32)[3]
+    y = np.maximum(_inputs(*shape, np.float32, seed=1)[0], 0)
+    results = []
+    previous = cn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            for variant in (fused._relu_backward_bias_grad_serial, fused._relu_backward_bias_grad_parallel):
+                grad_x, grad_bias = np.empty_like(grad_y), np.empty(shape[1], np.float32)
+                variant(grad_y, y, grad_x, np.empty((fused.chunk_count(shape[0]), shape[1])), grad_bias)
+                results.append((grad_x, grad_bias))
+    finally:
+        cn.set_num_threads(previous)
+    for grad_x, grad_bias in results[1:]:
+        np.testing.assert_array_equal(grad_x, results[0][0])
+        np.testing.assert_array_equal(grad_bias, results[0][1])
