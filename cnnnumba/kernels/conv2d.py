@@ -456,11 +456,21 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
     """The jobs of one slot of _forward_rows (its own function: a view taken inside a prange body that then
     loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
+    rows_per_job, out_h = geometry[6], geometry[7]
+    jobs = x.shape[0] * ((out_h + rows_per_job - 1) // rows_per_job)
+    slots = strips.shape[0]
+    _forward_rows_jobs(slot * jobs // slots, (slot + 1) * jobs // slots, x, weight, bias, out, strips[slot], geometry,
+                       relu)
+
+
+@jit
+def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometry, relu):
+    """Jobs first_job..last_job of a register-tiled forward (see _forward_rows), padding rows into strip."""
     (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w, out_first_h,
      out_first_w, out_step_h, out_step_w, reduction_block) = geometry
-    batch, _, _, channels = x.shape
+    channels = x.shape[3]
     kernel_h, kernel_w, reduction, channels_out = weight.shape
-    slots, _, frame_w, _ = strips.shape
+    frame_w = strip.shape[1]
     full_h, full_w = out.shape[1], out.shape[2]
     out_pixel_step = out_step_w * channels_out
     blocks = (out_h + rows_per_job - 1) // rows_per_job
@@ -477,8 +487,7 @@ def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
         kind, tile_pixels, tile_channels = 1, TILE_PIXELS, TILE_CHANNELS
     else:
         kind, tile_pixels, tile_channels = 0, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
-    strip = strips[slot]
-    for job in range(slot * batch * blocks // slots, (slot + 1) * batch * blocks // slots):
+    for job in range(first_job, last_job):
         n = job // blocks
         first = (job % blocks) * rows_per_job
         last = min(first + rows_per_job, out_h)
@@ -527,6 +536,39 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     passes on twenty-odd separate values leaks about 200 bytes per call in Numba 0.68."""
     for slot in prange(strips.shape[0]):
         _forward_rows_slot(np.int64(slot), x, weight, bias, out, strips, geometry, relu)
+
+
+@jit
+def _forward_phases_slot(slot, slots, x, weights, bias, out, strips, phases, reduction_block, relu):
+    """The share of one slot of all the phases' jobs (see _forward_phases)."""
+    channels = x.shape[3]
+    strip_size = strips.shape[0] // slots
+    total = phases[-1, 22]
+    first_unit, last_unit = slot * total // slots, (slot + 1) * total // slots
+    for p in range(phases.shape[0]):
+        g = phases[p]
+        jobs, cost, start = g[20], g[21], g[22] - g[20] * g[21]
+        # a job belongs to the slot whose share holds its first unit of work
+        first = min(jobs, max(0, -((start - first_unit) // cost)))
+        last = min(jobs, max(0, -((start - last_unit) // cost)))
+        if first >= last:
+            continue
+        geometry = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], reduction_block)
+        weight = weights[g[18]:g[18] + g[14] * g[15] * g[16] * g[17]].reshape((g[14], g[15], g[16], g[17]))
+        strip = strips[slot * strip_size:slot * strip_size + g[13] * g[19] * channels].reshape((g[13], g[19], channels))
+        _forward_rows_jobs(first, last, x, weight, bias, out, strip, geometry, relu)
+
+
+@parallel_jit
+def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu, slots):
+    """Several register-tiled forwards of one x in one parallel region: the stride phases of a strided
+    backward-input, each writing its own grid of out pixels. phases is an int64 table, one row per forward:
+    its _forward_rows geometry (13 values, the reduction block apart), strip rows, its weight's 4-D shape,
+    the weight's offset in the flat weights, frame width, jobs, cost per job (taps) and the cumulative cost up to
+    and including it. The slots take contiguous shares of the total cost (a one-tap phase's jobs are cheaper
+    than a four-tap one's); strips is flat, one strip of the largest phase per slot."""
+    for slot in prange(slots):
+        _forward_phases_slot(np.int64(slot), slots, x, weights, bias, out, strips, phases, reduction_block, relu)
 
 
 @jit
@@ -895,21 +937,43 @@ def _phase_grid(out_shape, weight_shape, stride, padding):
             for phase_w in _input_phases(out_shape[2], weight_shape[1], stride[1], padding[1])]
 
 
+def _phase_table(out_shape, weight_shape, stride, padding, geometries):
+    """The int64 table of _forward_phases for the phases that have taps (phases without taps only get zeros):
+    their flipped sub-kernels lie one after the other in the workspace's weight buffer (the phases share out
+    the taps, so it holds them all), folded to (taps_h, 1, taps_w * C_out, C_in)."""
+    rows, offset, cumulative = [], 0, 0
+    channels_in, channels_out = weight_shape[2], weight_shape[3]
+    for phase, (frame_w, rows_per_job, strip_h, jobs) in zip(_phase_grid(out_shape, weight_shape, stride, padding),
+                                                             geometries):
+        first_h, count_h, _, taps_h, pad_h, first_w, count_w, _, taps_w, pad_w = phase
+        if taps_h == 0 or taps_w == 0:
+            continue
+        cost = taps_h * taps_w
+        cumulative += jobs * cost
+        rows.append((1, 1, pad_h, pad_w, 1, 1, rows_per_job, count_h, count_w, first_h, first_w, stride[0], stride[1],
+                     strip_h, taps_h, 1, taps_w * channels_out, channels_in, offset, frame_w, jobs, cost, cumulative))
+        offset += taps_h * taps_w * channels_out * channels_in
+    return np.array(rows, np.int64).reshape(-1, 23)
+
+
 def _backward_input_phases(grad_out, weight, out, stride, padding, scratch, plan):
     """Strided (dilation 1) backward-input as stride x stride phases, each a register-tiled forward of grad_out
     with a flipped sub-kernel (copied into the workspace) writing every stride-th input pixel: no zero-inserted
-    grad_out, no wasted taps."""
-    slots, geometries = plan
-    for phase, geometry in zip(_phase_grid(out.shape, weight.shape, stride, padding), geometries):
-        first_h, count_h, tap_h, taps_h, pad_h, first_w, count_w, tap_w, taps_w, pad_w = phase
+    grad_out, no wasted taps; all phases run in one parallel region."""
+    slots, _, phases = plan
+    weights = scratch["weight"]
+    for phase in _phase_grid(out.shape, weight.shape, stride, padding):
+        first_h, _, tap_h, taps_h, _, first_w, _, tap_w, taps_w, _ = phase
         if taps_h == 0 or taps_w == 0:
             out[:, first_h::stride[0], first_w::stride[1]] = 0.0
-            continue
-        sub = scratch["weight"][:taps_h * taps_w * weight.shape[3] * weight.shape[2]]
-        sub = sub.reshape(taps_h, taps_w, weight.shape[3], weight.shape[2])
-        sub[...] = weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2)
-        _forward_fast(grad_out, sub, scratch["zero_bias"], out, (1, 1), (pad_h, pad_w), (1, 1), scratch["strips"],
-                      slots, geometry, (count_h, count_w, first_h, first_w, stride[0], stride[1]))
+    for row, phase in zip(phases, [p for p in _phase_grid(out.shape, weight.shape, stride, padding) if p[3] and p[8]]):
+        tap_h, taps_h, tap_w, taps_w = phase[2], phase[3], phase[7], phase[8]
+        sub = weights[row[18]:row[18] + taps_h * taps_w * weight.shape[3] * weight.shape[2]]
+        sub.reshape(taps_h, taps_w, weight.shape[3], weight.shape[2])[...] = \
+            weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2)
+    if len(phases):
+        _forward_phases(grad_out, weights, scratch["zero_bias"], out, scratch["strips"], phases, REDUCTION_BLOCK,
+                        False, slots)
 
 
 def _reduction_chunks(pixels):
@@ -1000,7 +1064,8 @@ def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
                                             dtype.itemsize)]
         strip = max(g[2] * g[0] * channels_out for g in geometries)
         slots = slots_within(spec_bytes((strip,), dtype), specs_bytes(specs), max(g[3] for g in geometries), budget)
-        return "fast", specs + (("strips", (slots * strip,), dtype),), (slots, geometries)
+        phases = _phase_table(x_shape, weight_shape, stride, padding, geometries) if max(stride) > 1 else None
+        return "fast", specs + (("strips", (slots * strip,), dtype),), (slots, geometries, phases)
     if uses_small(weight_shape, stride, groups):
         return ("small", *conv2d_small.backward_input_plan(dtype, x_shape, weight_shape, out_shape, padding,
                                                            dilation, budget))
@@ -1163,7 +1228,7 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
         pad_left = dilation[1] * (kernel_w - 1) - padding[1]
         flipped = scratch["weight"].reshape(kernel_h, kernel_w, weight.shape[3], weight.shape[2])
         flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
-        slots, (geometry,) = details
+        slots, (geometry,), _ = details
         _forward_fast(grad_out, flipped, scratch["zero_bias"], out, (1, 1), (pad_top, pad_left), dilation,
                       scratch["strips"], slots, geometry)
     elif path == "small":
