@@ -72,17 +72,27 @@ def _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, strid
                 indices[n, oh, ow, c] = best_index
 
 
-@parallel_jit
 def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w):
-    """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner."""
+    """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner.
+
+    The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     if (channels < FEW_CHANNELS and pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1
             and out_h > 0 and out_w > 0 and (out_h - 1) * stride_h + kernel_h <= height
             and (out_w - 1) * stride_w + kernel_w <= width):
         _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w)
-        return
+    else:
+        _max_pool2d_forward_general(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                    dilation_h, dilation_w)
+
+
+@parallel_jit
+def _max_pool2d_forward_general(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                dilation_h, dilation_w):
+    batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
     for job in prange(batch * out_h):
         n = job // out_h
         oh = job % out_h
@@ -145,16 +155,24 @@ def _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w):
                 grad_in[n, ih, iw, c] = 0
 
 
-@parallel_jit
 def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                         dilation_h, dilation_w):
-    """grad_in[n, ih, iw, c] = sum of grad_out over the windows whose max was (ih, iw) in channel c."""
-    batch, height, width, channels = grad_in.shape
-    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    """grad_in[n, ih, iw, c] = sum of grad_out over the windows whose max was (ih, iw) in channel c.
+
+    The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
     if (stride_h == kernel_h and stride_w == kernel_w and pad_h == 0 and pad_w == 0 and dilation_h == 1
             and dilation_w == 1):
         _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w)
-        return
+    else:
+        _max_pool2d_backward_general(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                                     pad_w, dilation_h, dilation_w)
+
+
+@parallel_jit
+def _max_pool2d_backward_general(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                                 dilation_h, dilation_w):
+    batch, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     for job in prange(batch * height):
         n = job // height
         ih = job % height
