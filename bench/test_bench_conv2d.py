@@ -19,37 +19,39 @@ except ImportError:  # the PyTorch baseline is optional
     torch = None
 
 BATCH = 64
-# (C_in, C_out, input height = width, stride), 3x3 kernel, padding 1: the cifar-cnn's layers, then
-# ResNet-20's 16-channel stage and one of its stride-2 layers
-SHAPES = [(3, 32, 32, 1), (32, 32, 32, 1), (32, 64, 16, 1), (64, 64, 16, 1), (64, 128, 8, 1), (16, 16, 32, 1),
-          (16, 32, 32, 2)]
+# (C_in, C_out, input height = width, stride, kernel), padding kernel // 2: the cifar-cnn's 3x3 layers, then
+# ResNet-20's 16-channel stage, its stride-2 layers and its two 1x1 stride-2 projection shortcuts
+SHAPES = [(3, 32, 32, 1, 3), (32, 32, 32, 1, 3), (32, 64, 16, 1, 3), (64, 64, 16, 1, 3), (64, 128, 8, 1, 3),
+          (16, 16, 32, 1, 3), (16, 32, 32, 2, 3), (32, 64, 16, 2, 3), (16, 32, 32, 2, 1), (32, 64, 16, 2, 1)]
 PASSES = ["forward", "backward_input", "backward_weight"]
 SGEMM_SIZE = 2048
 _RESULTS = {}
 
 
 def _options(shape):
-    return dict(stride=(shape[3], shape[3]), padding=(1, 1), dilation=(1, 1), groups=1)
+    return dict(stride=(shape[3], shape[3]), padding=(shape[4] // 2,) * 2, dilation=(1, 1), groups=1)
 
 
 def _out_size(shape):
-    return (shape[2] - 1) // shape[3] + 1
+    return (shape[2] + 2 * (shape[4] // 2) - shape[4]) // shape[3] + 1
 
 
 def _shape_id(shape):
-    return f"{shape[0]}to{shape[1]}@{shape[2]}" + (f"s{shape[3]}" if shape[3] > 1 else "")
+    return (f"{shape[0]}to{shape[1]}@{shape[2]}" + (f"s{shape[3]}" if shape[3] > 1 else "")
+            + (f"k{shape[4]}" if shape[4] != 3 else ""))
 
 
 def _flops(shape):
-    channels_in, channels_out, _, _ = shape
-    return 2.0 * BATCH * _out_size(shape) ** 2 * channels_out * channels_in * 9
+    channels_in, channels_out, _, _, kernel = shape
+    return 2.0 * BATCH * _out_size(shape) ** 2 * channels_out * channels_in * kernel * kernel
 
 
 def _arrays(shape):
-    channels_in, channels_out, size, _ = shape
+    channels_in, channels_out, size, _, kernel = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, size, size, channels_in), dtype=np.float32)
-    weight = (rng.standard_normal((3, 3, channels_in, channels_out)) / np.sqrt(9 * channels_in)).astype(np.float32)
+    weight = (rng.standard_normal((kernel, kernel, channels_in, channels_out))
+              / np.sqrt(kernel * kernel * channels_in)).astype(np.float32)
     bias = rng.standard_normal(channels_out, dtype=np.float32)
     out_size = _out_size(shape)
     grad_out = rng.standard_normal((BATCH, out_size, out_size, channels_out), dtype=np.float32)
@@ -147,11 +149,11 @@ def test_torch(benchmark, shape, name):
     with torch.no_grad():
         if mask is None:
             def run():
-                return torch.nn.functional.conv2d(x, weight, bias, stride=shape[3], padding=1)
+                return torch.nn.functional.conv2d(x, weight, bias, stride=shape[3], padding=shape[4] // 2)
         else:
             def run():
-                return torch.ops.aten.convolution_backward(grad_out, x, weight, None, [shape[3]] * 2, [1, 1], [1, 1],
-                                                           False, [0, 0], 1, mask)
+                return torch.ops.aten.convolution_backward(grad_out, x, weight, None, [shape[3]] * 2,
+                                                           [shape[4] // 2] * 2, [1, 1], False, [0, 0], 1, mask)
         run()
         benchmark.group = f"conv2d {_shape_id(shape)} {name}"
         benchmark.pedantic(run, rounds=15, iterations=1, warmup_rounds=2)
