@@ -197,9 +197,10 @@ def _dropout_chunks(x, keep, scale, out):
         _dropout_range(x, keep, scale, out, chunk * CHUNK, min(x.size, (chunk + 1) * CHUNK))
 
 
-# The public kernels: same chunks, run serially when there is only one.
+# The public kernels: same chunks, run serially when there is only one. They choose in Python, not in njit: a
+# jitted chooser compiled both paths for every signature, and its literal 0 gave each range helper a second
+# signature (Literal[int](0) next to the int64 the chunked kernels pass).
 
-@jit
 def relu_forward(x, out):
     """out = max(x, 0), NaN kept."""
     if x.size <= CHUNK:
@@ -208,7 +209,6 @@ def relu_forward(x, out):
         _relu_chunks(x, out)
 
 
-@jit
 def relu_backward(grad, y, out):
     """out = grad where the forward output y > 0, else 0."""
     if grad.size <= CHUNK:
@@ -217,7 +217,6 @@ def relu_backward(grad, y, out):
         _relu_backward_chunks(grad, y, out)
 
 
-@jit
 def leaky_relu_forward(x, negative_slope, out):
     """out = x where x > 0, else x * negative_slope."""
     if x.size <= CHUNK:
@@ -226,7 +225,6 @@ def leaky_relu_forward(x, negative_slope, out):
         _leaky_relu_chunks(x, negative_slope, out)
 
 
-@jit
 def leaky_relu_backward(grad, x, negative_slope, out):
     """out = grad where the forward input x > 0, else grad * negative_slope."""
     if grad.size <= CHUNK:
@@ -235,7 +233,6 @@ def leaky_relu_backward(grad, x, negative_slope, out):
         _leaky_relu_backward_chunks(grad, x, negative_slope, out)
 
 
-@jit
 def gelu_forward(x, tanh_approximation, out):
     """out = x * Phi(x) (exact, erf), or PyTorch's tanh approximation when tanh_approximation is True."""
     if x.size <= CHUNK:
@@ -244,7 +241,6 @@ def gelu_forward(x, tanh_approximation, out):
         _gelu_chunks(x, tanh_approximation, out)
 
 
-@jit
 def gelu_backward(grad, x, tanh_approximation, out):
     """out = grad * d gelu(x) / dx, from the forward input x."""
     if grad.size <= CHUNK:
@@ -253,7 +249,6 @@ def gelu_backward(grad, x, tanh_approximation, out):
         _gelu_backward_chunks(grad, x, tanh_approximation, out)
 
 
-@jit
 def sigmoid_forward(x, out):
     """out = 1 / (1 + exp(-x)), without overflow for large |x|."""
     if x.size <= CHUNK:
@@ -262,7 +257,6 @@ def sigmoid_forward(x, out):
         _sigmoid_chunks(x, out)
 
 
-@jit
 def sigmoid_backward(grad, y, out):
     """out = grad * y * (1 - y), from the forward output y."""
     if grad.size <= CHUNK:
@@ -271,7 +265,6 @@ def sigmoid_backward(grad, y, out):
         _sigmoid_backward_chunks(grad, y, out)
 
 
-@jit
 def tanh_forward(x, out):
     if x.size <= CHUNK:
         _tanh_range(x, out, 0, x.size)
@@ -279,7 +272,6 @@ def tanh_forward(x, out):
         _tanh_chunks(x, out)
 
 
-@jit
 def tanh_backward(grad, y, out):
     """out = grad * (1 - y^2), from the forward output y."""
     if grad.size <= CHUNK:
@@ -288,7 +280,6 @@ def tanh_backward(grad, y, out):
         _tanh_backward_chunks(grad, y, out)
 
 
-@jit
 def dropout_apply(x, keep, scale, out):
     """out = x * scale where keep (a bool mask) is True, x * 0 elsewhere; the backward pass is the same call."""
     if x.size <= CHUNK:

@@ -92,3 +92,17 @@ def test_elementwise_results_do_not_depend_on_thread_count():
         cn.set_num_threads(previous)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+def test_relu_serial_and_chunked_paths_share_one_range_signature():
+    # the serial path (one chunk) and the chunked path must call the range helpers with the same argument types,
+    # or a cold first step compiles each helper twice
+    for size in (100, elementwise.CHUNK + 5):
+        x = np.linspace(-1, 1, size, dtype=np.float32)
+        out = np.empty_like(x)
+        elementwise.relu_forward(x, out)
+        elementwise.relu_backward(x, out, out)
+    float32_signatures = [s for s in elementwise._relu_range.signatures if str(s[0].dtype) == "float32"]
+    assert len(float32_signatures) == 1
+    float32_signatures = [s for s in elementwise._relu_backward_range.signatures if str(s[0].dtype) == "float32"]
+    assert len(float32_signatures) == 1
