@@ -282,36 +282,42 @@ def _run_weight_tiles(partial, partial_offset, partial_tap_step, frame, frame_of
 # ---------------------------------------------------------------------------------------------------------
 
 @jit
-def _fill_frame(x, n, first_ih, pad_left, frame, offset, plane_step, frame_h, frame_w):
-    """frame[offset + c * plane_step + r * frame_w + j] = x[n, first_ih + r, j - pad_left, c], or 0 where that
-    lies outside x. Returns whether every value copied from x is finite. Explicit element loops: an array-to-array
-    slice copy would compile Numba's broadcasting setitem and its error formatting."""
+def _fill_frame(x, n, first_ih, pad_left, frames, i):
+    """frames[c, i, r, j] = x[n, first_ih + r, j - pad_left, c], or 0 where that lies outside x; frames is
+    (C, images, frame_h, frame_w). Explicit element loops: an array-to-array slice copy would compile Numba's
+    broadcasting setitem and its error formatting."""
     _, height, width, channels = x.shape
+    frame_h, frame_w = frames.shape[2], frames.shape[3]
     first = min(max(0, pad_left), frame_w)
     last = max(first, min(frame_w, width + pad_left))
-    finite = True
     for r in range(frame_h):
         ih = first_ih + r
         inside = 0 <= ih < height
         for c in range(channels):
-            row = offset + c * plane_step + r * frame_w
+            target = frames[c, i, r]
             if inside:
                 for j in range(first):
-                    frame[row + j] = 0.0
+                    target[j] = 0.0
                 for j in range(last, frame_w):
-                    frame[row + j] = 0.0
+                    target[j] = 0.0
             else:
                 for j in range(frame_w):
-                    frame[row + j] = 0.0
-        if inside:
-            row = offset + r * frame_w
+                    target[j] = 0.0
+        if not inside:
+            continue
+        if channels <= 3:
+            # plane by plane: contiguous stores, and for one channel contiguous loads too (a vectorised copy)
+            for c in range(channels):
+                source = x[n, ih, :, c]
+                target = frames[c, i, r]
+                for j in range(first, last):
+                    target[j] = source[j - pad_left]
+        else:
+            # pixel by pixel: contiguous loads, faster than plane by plane from 6 channels up
             for j in range(first, last):
+                pixel = x[n, ih, j - pad_left]
                 for c in range(channels):
-                    value = x[n, ih, j - pad_left, c]
-                    frame[row + c * plane_step + j] = value
-                    if not np.isfinite(value):
-                        finite = False
-    return finite
+                    frames[c, i, r, j] = pixel[c]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -351,7 +357,8 @@ def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, re
         frame_h = rows + dilation_h * (kernel_h - 1)
         plane = frame_h * frame_w
         padded = max((rows - 1) * frame_w + out_w, TILE_PIXELS)
-        _fill_frame(x, n, first_oh - geometry[0], geometry[1], frame, 0, plane, frame_h, frame_w)
+        _fill_frame(x, n, first_oh - geometry[0], geometry[1],
+                    frame[:channels_in * plane].reshape(channels_in, 1, frame_h, frame_w), 0)
         # zeros after the last plane, which a tile reading past it (a band shorter than one tile) finds there
         for i in range(channels_in * plane, channels_in * plane + TILE_PIXELS):
             frame[i] = 0.0
@@ -390,7 +397,8 @@ def _forward_slot(slot, x, weight, bias, out, frames, accs, geometry, relu):
         frame_h = rows + dilation_h * (kernel_h - 1)
         plane = frame_h * frame_w
         length = (rows - 1) * frame_w + out_w
-        _fill_frame(x, n, first_oh - geometry[0], geometry[1], frame, 0, plane, frame_h, frame_w)
+        _fill_frame(x, n, first_oh - geometry[0], geometry[1],
+                    frame[:channels_in * plane].reshape(channels_in, 1, frame_h, frame_w), 0)
         for co in range(channels_out):
             start = bias[co]
             for p in range(co * length, (co + 1) * length):
@@ -418,27 +426,28 @@ def _forward_bands(x, weight, bias, out, frames, accs, geometry, relu):
 # Weight gradient: each slot takes a contiguous share of the partial sums (chunks of whole images); a chunk
 # goes in blocks of images laid end to end in the slot's frame planes, and grad_out laid out the same way with
 # zeros wherever no output pixel is (past each row, below each image), so every dot product runs over a whole
-# block. A position past a row's end reads a real pixel of the frame: its product with that zero is dropped,
-# except that inf * 0 is NaN; so a block whose input is not all finite sums over the output pixels only.
+# block. A position past a row's end reads a real pixel of the frame and multiplies it by that zero, which
+# adds nothing -- unless the pixel is inf or NaN (inf * 0 is NaN), where PyTorch, which never forms that
+# product, may give a finite value. Any such product leaves the chunk's partial non-finite, so a chunk whose
+# partial is not all finite is summed again over the output pixels only (exact, and slower).
 # ---------------------------------------------------------------------------------------------------------
 
 @jit
-def _fill_block(x, grad_out, first, images, pad_top, pad_left, frame, grad, frame_h, frame_w, span):
-    """Frames and grad_out planes of images first .. first + images - 1 into the slot's scratch; returns whether
-    every input value copied is finite. grad's positions where no output pixel is stay as they are (zero)."""
+def _fill_block(x, grad_out, first, images, pad_top, pad_left, frames, grad):
+    """Frames (C_in, block, frame_h, frame_w) and grad_out planes (C_out, block planes) of images first ..
+    first + images - 1; grad's positions where no output pixel is stay as they are (zero)."""
+    frame_h, frame_w = frames.shape[2], frames.shape[3]
     plane = frame_h * frame_w
+    span = frames.shape[1] * plane
     out_h, out_w, channels_out = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
-    finite = True
     for i in range(images):
         n = first + i
-        if not _fill_frame(x, n, -pad_top, pad_left, frame, i * plane, span, frame_h, frame_w):
-            finite = False
+        _fill_frame(x, n, -pad_top, pad_left, frames, i)
         for oh in range(out_h):
             base = i * plane + oh * frame_w
             for ow in range(out_w):
                 for co in range(channels_out):
                     grad[co * span + base + ow] = grad_out[n, oh, ow, co]
-    return finite
 
 
 @jit
@@ -508,6 +517,16 @@ def _block_dots_exact(frame, grad, partial, images, sizes):
 
 
 @jit
+def _all_finite(values):
+    """Whether a 1-D array holds no inf or NaN (v - v is NaN exactly for those)."""
+    bad = False
+    for k in range(values.shape[0]):
+        residue = values[k] - values[k]
+        bad |= residue != residue
+    return not bad
+
+
+@jit
 def _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w):
     """(kH, kW, C_in, C_out, dilation_h, dilation_w, H_out, W_out, frame_w, plane, span) of a weight gradient."""
     _, kernel_h, kernel_w, channels_in, channels_out = partials.shape
@@ -523,24 +542,30 @@ def _backward_weight_slot_tiled(slot, x, grad_out, partials, frames, grads, geom
     """The chunks of one slot of _backward_weight_tiled (its own function: see _forward_slot_tiled)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
     sizes = _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w)
-    frame_w, plane, span = sizes[8], sizes[9], sizes[10]
+    frame_w, plane = sizes[8], sizes[9]
     batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
     flat_partials = partials.reshape(chunks, -1)
     frame, grad = frames[slot], grads[slot]
+    frames_4d = frame.reshape(sizes[2], block, plane // frame_w, frame_w)
     for i in range(grad.shape[0]):
         grad[i] = 0.0
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         partial = flat_partials[chunk]
-        for i in range(partial.shape[0]):
-            partial[i] = 0.0
-        last = (chunk + 1) * batch // chunks
-        for first in range(chunk * batch // chunks, last, block):
-            images = min(block, last - first)
-            if _fill_block(x, grad_out, first, images, pad_top, pad_left, frame, grad, plane // frame_w, frame_w,
-                           span):
-                _block_dots_tiled(frame, grad, partial, images, sizes)
-            else:
-                _block_dots_exact(frame, grad, partial, images, sizes)
+        begin, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
+        for exact in (False, True):
+            for i in range(partial.shape[0]):
+                partial[i] = 0.0
+            for first in range(begin, last, block):
+                images = min(block, last - first)
+                _fill_block(x, grad_out, first, images, pad_top, pad_left, frames_4d, grad)
+                if exact:
+                    _block_dots_exact(frame, grad, partial, images, sizes)
+                else:
+                    _block_dots_tiled(frame, grad, partial, images, sizes)
+            # a finite partial read no inf or NaN, so no product was dropped wrongly: done; otherwise sum
+            # the chunk again over the output pixels only
+            if _all_finite(partial):
+                break
 
 
 @parallel_jit
@@ -557,24 +582,30 @@ def _backward_weight_slot(slot, x, grad_out, partials, frames, grads, geometry):
     """The chunks of one slot of _backward_weight (its own function: see _forward_slot_tiled)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
     sizes = _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w)
-    frame_w, plane, span = sizes[8], sizes[9], sizes[10]
+    frame_w, plane = sizes[8], sizes[9]
     batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
     flat_partials = partials.reshape(chunks, -1)
     frame, grad = frames[slot], grads[slot]
+    frames_4d = frame.reshape(sizes[2], block, plane // frame_w, frame_w)
     for i in range(grad.shape[0]):
         grad[i] = 0.0
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         partial = flat_partials[chunk]
-        for i in range(partial.shape[0]):
-            partial[i] = 0.0
-        last = (chunk + 1) * batch // chunks
-        for first in range(chunk * batch // chunks, last, block):
-            images = min(block, last - first)
-            if _fill_block(x, grad_out, first, images, pad_top, pad_left, frame, grad, plane // frame_w, frame_w,
-                           span):
-                _block_dots(frame, grad, partial, images, sizes)
-            else:
-                _block_dots_exact(frame, grad, partial, images, sizes)
+        begin, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
+        for exact in (False, True):
+            for i in range(partial.shape[0]):
+                partial[i] = 0.0
+            for first in range(begin, last, block):
+                images = min(block, last - first)
+                _fill_block(x, grad_out, first, images, pad_top, pad_left, frames_4d, grad)
+                if exact:
+                    _block_dots_exact(frame, grad, partial, images, sizes)
+                else:
+                    _block_dots(frame, grad, partial, images, sizes)
+            # a finite partial read no inf or NaN, so no product was dropped wrongly: done; otherwise sum
+            # the chunk again over the output pixels only
+            if _all_finite(partial):
+                break
 
 
 @parallel_jit

@@ -116,9 +116,9 @@ def test_uses_small_predicate(weight_shape, stride, groups, small):
     assert conv2d.uses_small(weight_shape, stride, groups) is small
 
 
-def _torch_passes(case, dtype):
+def _torch_passes(case, dtype, arrays=None):
     """Forward, input gradient and weight gradient of PyTorch's conv2d on the case's arrays, in NHWC."""
-    x, w, b, dy = _arrays(case, dtype)
+    x, w, b, dy = arrays or _arrays(case, dtype)
     pad_top, pad_bottom, pad_left, pad_right = case[6]
     xt = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
     wt = torch.tensor(w.transpose(3, 2, 0, 1).copy(), requires_grad=True)
@@ -193,3 +193,29 @@ def test_small_job_budget_splits_bands_and_image_blocks(case, monkeypatch):
     np.testing.assert_allclose(conv2d_small.conv2d_backward_weight_small(x, dy, np.empty_like(w), *options),
                                reference.conv2d_backward_weight(x, dy, np.empty_like(w), (1, 1), *options),
                                rtol=2e-4, atol=2e-4)
+
+
+BORDERS = {"right": lambda h, w: (h // 2, w - 1), "left": lambda h, w: (h // 2, 0),
+           "bottom-right": lambda h, w: (h - 1, w - 1), "top-left": lambda h, w: (0, 0)}
+
+
+@requires_torch
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4], CASES[7], CASES[9], CASES[10]])
+def test_inf_or_nan_at_image_borders_matches_torch(case, dtype, border, value):
+    """Positions computed past each row's end multiply real pixels (the row's last columns, the next row's first
+    ones) by a zero gradient: with inf or NaN there, inf * 0 = NaN must not reach taps PyTorch keeps finite."""
+    x, w, b, dy = _arrays(case, dtype)
+    batch, height, width, channels = x.shape
+    x[batch - 1, *BORDERS[border](height, width), channels - 1] = value
+    options = (_padding(case), case[7])
+    got = (conv2d_small.conv2d_forward_small(x, w, b, np.empty_like(dy), *options),
+           conv2d_small.conv2d_backward_weight_small(x, dy, np.empty_like(w), *options))
+    want = _torch_passes(case, dtype, (x, w, b, dy))
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for name, mine, theirs in zip(("forward", "backward-weight"), got, (want[0], want[2])):
+        assert np.isfinite(theirs).any(), name  # some values the pixel does not reach
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs), err_msg=name)
+        np.testing.assert_allclose(mine, theirs, err_msg=name, **tolerance)  # infinities equal, with their sign
