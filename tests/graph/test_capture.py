@@ -254,11 +254,13 @@ def _step_peak_bytes(step, x, y):
 
 
 @pytest.mark.parametrize("model_name, dtype", [("cifar_cnn", np.float32), ("cifar_cnn", np.float64),
-                                               ("resnet20_wide", np.float32)])
+                                               ("resnet20_wide", np.float32), ("lenet5", np.float32),
+                                               ("lenet5", np.float64), ("resnet20", np.float32)])
 def test_steady_state_step_allocates_no_arrays(model_name, dtype):
     """float32 runs the register-tiled conv paths (strips, aligned and flipped weights, partial weight gradients,
     stride-2 phases in ResNet-20), float64 and the 2-pixel-wide last stage the im2col + GEMM ones (columns,
-    row-chunked partials)."""
+    row-chunked partials); LeNet-5 and the narrow ResNet-20 (4/8/8) the few-channel direct path (transposed and
+    flipped weights, partial weight gradients, per-slot frames and accumulators)."""
     peaks = []
     for batch in (4, 32):
         model, optimizer = build(model_name, "sgd", dtype)
