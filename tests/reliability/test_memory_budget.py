@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -26,6 +27,9 @@ HUGE = [
     (1, 3, 32, 4096, 3, 1, 1),        # one huge image
     (4096, 256, 512, 56, 1, 2, 0),    # 1x1 projection shortcuts (the 1x1 path)
     (4096, 1024, 2048, 14, 1, 2, 0),  # a 1x1 weight of a quarter of the budget: two partial weight gradients
+    (4096, 1, 6, 28, 5, 1, 2),        # LeNet-5's few-channel layers: the direct path of conv2d_small.py
+    (4096, 6, 16, 14, 5, 1, 0),
+    (4096, 3, 8, 224, 3, 1, 1),
 ]
 
 
@@ -105,3 +109,43 @@ def test_scratch_peak_stays_under_the_budget_and_does_not_grow_with_the_batch(dt
     small, large = _measure(dtype, channels_in, channels_out, size, groups, SMALL_BUDGET)
     assert large["peak"] <= SMALL_BUDGET + SLACK, large
     assert large["peak"] <= small["peak"] + SLACK, (small, large)
+
+
+# (batch, C_in, C_out, input size, kernel, padding): stride 1, few channels
+FEW_CHANNELS = [(1024, 1, 6, 28, 5, 2), (1024, 6, 16, 14, 5, 0), (256, 3, 8, 32, 3, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", FEW_CHANNELS)
+def test_few_channel_passes_take_their_scratch_from_the_workspace(shape, dtype):
+    """The direct few-channel path (conv2d_small.py) at a large batch: each pass's workspace is within the budget,
+    and given it, forward + both backward passes allocate nothing more (no per-job frames, partials or weight
+    copies of their own)."""
+    batch, channels_in, channels_out, size, kernel, padding = shape
+    x_shape, w_shape, y_shape = _shapes(batch, channels_in, channels_out, size, kernel, 1, padding)
+    assert kernels.uses_small(w_shape, (1, 1), 1)
+    options = dict(padding=(padding, padding))
+    sizes = [kernels.conv2d_workspace_bytes(name, x_shape, w_shape, y_shape, dtype, **options) for name in PASSES]
+    assert 0 < max(sizes) <= conv2d_workspace.WORKSPACE_BYTES, sizes
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias, y = np.zeros(channels_out, dtype), np.empty(y_shape, dtype)
+    grad_x, grad_weight = np.empty_like(x), np.empty_like(weight)
+    workspace = conv2d_workspace.new_workspace(max(sizes))
+
+    def passes():
+        kernels.conv2d_forward(x, weight, bias, y, relu=True, workspace=workspace, **options)
+        kernels.conv2d_backward_input(y, weight, grad_x, workspace=workspace, **options)
+        kernels.conv2d_backward_weight(x, y, grad_weight, workspace=workspace, **options)
+
+    passes()  # compiles (or loads) the kernels outside the measurement
+    tracemalloc.start()
+    try:
+        passes()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # argument tuples, views and the carved workspace's views; with the workspace withheld from the small path
+    # (its own scratch allocated per call) the peaks are 65-790 KB
+    assert peak < 16384, peak
