@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
+from cnnnumba import functional as F
 from cnnnumba import shapes
 from cnnnumba.kernels import conv2d as kernels
 from cnnnumba.kernels import reference
+from tests.helpers import compare_with_torch, requires_torch, torch
 
 # (batch, height, width, C_in, C_out, (kH, kW), stride, (pad_top, pad_bottom, pad_left, pad_right), dilation, groups)
 CASES = [
@@ -127,6 +129,21 @@ def test_pointwise_cases_take_the_pointwise_path(case):
         assert kernels._plan(name, np.float32, x_shape, w_shape, y_shape, **_options(case))[0] == "pointwise"
         assert kernels._plan(name, np.float64, x_shape, w_shape, y_shape, **_options(case))[0] != "pointwise"
     assert kernels._plan("forward", np.float32, x_shape, w_shape, y_shape, **_options(CASES[30]))[0] == "fast"
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POINTWISE + [CASES[22], CASES[23]])
+def test_public_conv2d_on_the_1x1_and_strided_phase_paths_matches_torch(case, dtype):
+    """Through F.conv2d (NCHW) in float32 these cases reach the 1x1 kernels and the one-region stride phases."""
+    x_shape, w_shape, _ = _geometry(case)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((x_shape[0], x_shape[3], x_shape[1], x_shape[2]))
+    weight = rng.standard_normal((w_shape[3], w_shape[2], w_shape[0], w_shape[1]))
+    bias = rng.standard_normal(w_shape[3])
+    options = _options(case)
+    compare_with_torch(lambda *a: F.conv2d(*a, **options), lambda *a: torch.nn.functional.conv2d(*a, **options),
+                       [x, weight, bias], dtype=dtype)
 
 
 @pytest.mark.parametrize("case", [CASES[11], CASES[16], CASES[21], CASES[23], CASES[26], CASES[28]])
