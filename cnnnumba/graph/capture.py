@@ -302,13 +302,13 @@ def _reaching_the_loss(backward, loss_node):
 
 
 def return_freed_memory():
-    """Hand the heap pages that the eager recording step freed back to the OS (glibc's malloc_trim; elsewhere a no-op).
+    """Hand the heap pages that the traced forward freed back to the OS (glibc's malloc_trim; elsewhere a no-op).
 
-    Freeing a large array raises glibc's mmap threshold, so the recording step's many activation-sized arrays come
-    from malloc's heaps, and once freed they stay resident: ResNet-20 at batch 256 kept 1.1 GiB after recording,
-    on top of the graph's own 0.4 GiB arena, for the rest of the run.
+    Freeing a large array raises glibc's mmap threshold, so a trace's activation-sized arrays come from malloc's
+    heaps, and once freed they stay resident: when recording was an eager step with its whole tape, ResNet-20 at
+    batch 256 kept 1.1 GiB after recording, on top of the graph's own 0.4 GiB arena, for the rest of the run.
     """
-    gc.collect()  # autograd's reference cycles may still hold the recording step's arrays
+    gc.collect()  # reference cycles (a model's, a loss function's) may still hold some of the trace's arrays
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):

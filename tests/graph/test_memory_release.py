@@ -1,4 +1,4 @@
-"""Capture hands the memory its eager recording step freed back to the OS instead of keeping it resident."""
+"""Capture hands the memory its traced forward freed back to the OS instead of keeping it resident."""
 import subprocess
 import sys
 
