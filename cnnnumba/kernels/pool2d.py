@@ -31,14 +31,29 @@ def _first_tap(start, dilation):
 FEW_CHANNELS = 16
 
 
+# Pool passes of at most this many elements (input side) run on the calling thread: a parallel region costs more
+# than it saves on a pass this short when the cores are shared (LeNet-5's 64x28x28x6 backward: 2 threads
+# 3.5 ms under load against about 0.5 ms on one).
+SERIAL_ELEMENTS = 1 << 19
+
+
 @parallel_jit
-def _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w):
+def _max_pool2d_forward_few_parallel(x, out, indices, kernel_h, kernel_w, stride_h, stride_w):
+    for job in prange(x.shape[0] * out.shape[1]):
+        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
+        _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, np.int64(job),
+                                np.int64(job + 1))
+
+
+@jit
+def _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, first_job, end_job):
     """max_pool2d_forward for few channels when every window lies inside x (no padding, dilation 1, no window
-    clipped by ceil_mode): one channel at a time, the running max and its index in scalars updated by selects
-    (no branch to mispredict), scalar indexing only (no view per output pixel)."""
+    clipped by ceil_mode), for the (image, output row) jobs first_job..end_job - 1: one channel at a time, the
+    running max and its index in scalars updated by selects (no branch to mispredict), scalar indexing only (no
+    view per output pixel)."""
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
-    for job in prange(batch * out_h):
+    for job in range(first_job, end_job):
         n = job // out_h
         oh = job % out_h
         first_ih = oh * stride_h
@@ -82,7 +97,11 @@ def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 
     if (channels < FEW_CHANNELS and pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1
             and out_h > 0 and out_w > 0 and (out_h - 1) * stride_h + kernel_h <= height
             and (out_w - 1) * stride_w + kernel_w <= width):
-        _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w)
+        if x.size <= SERIAL_ELEMENTS:
+            _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 0,
+                                    batch * out_h)
+        else:
+            _max_pool2d_forward_few_parallel(x, out, indices, kernel_h, kernel_w, stride_h, stride_w)
     else:
         _max_pool2d_forward_general(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                     dilation_h, dilation_w)
@@ -122,13 +141,20 @@ def _max_pool2d_forward_general(x, out, indices, kernel_h, kernel_w, stride_h, s
 
 
 @parallel_jit
-def _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w):
-    """max_pool2d_backward when the windows tile the input (stride = kernel, no padding or dilation): each input
-    pixel lies in at most one window, so it takes that window's gradient where it was the winner, else 0."""
+def _max_pool2d_backward_tiled_parallel(grad_out, indices, grad_in, kernel_h, kernel_w):
+    for job in prange(grad_in.shape[0] * grad_in.shape[1]):
+        _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w, np.int64(job), np.int64(job + 1))
+
+
+@jit
+def _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w, first_job, end_job):
+    """max_pool2d_backward when the windows tile the input (stride = kernel, no padding or dilation), for the
+    (image, input row) jobs first_job..end_job - 1: each input pixel lies in at most one window, so it takes that
+    window's gradient where it was the winner, else 0."""
     batch, height, width, channels = grad_in.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     # Scalar indexing only: a row view per pixel costs more than the work of a few channels.
-    for job in prange(batch * height):
+    for job in range(first_job, end_job):
         n = job // height
         ih = job % height
         oh = ih // kernel_h
@@ -162,7 +188,11 @@ def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h
     The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
     if (stride_h == kernel_h and stride_w == kernel_w and pad_h == 0 and pad_w == 0 and dilation_h == 1
             and dilation_w == 1):
-        _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w)
+        jobs = grad_in.shape[0] * grad_in.shape[1]
+        if grad_in.size <= SERIAL_ELEMENTS:
+            _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w, 0, jobs)
+        else:
+            _max_pool2d_backward_tiled_parallel(grad_out, indices, grad_in, kernel_h, kernel_w)
     else:
         _max_pool2d_backward_general(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h,
                                      pad_w, dilation_h, dilation_w)

@@ -45,9 +45,12 @@ def _max_pool(module, x, grad_out_seed, kernel, stride, padding, dilation, ceil_
     return out, indices, grad_in
 
 
+@pytest.mark.parametrize("serial_elements", [1 << 62, -1], ids=["serial", "parallel"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, kernel, stride, padding, dilation, ceil_mode", WINDOW_CASES)
-def test_max_pool2d_matches_reference(shape, kernel, stride, padding, dilation, ceil_mode, dtype):
+def test_max_pool2d_matches_reference(shape, kernel, stride, padding, dilation, ceil_mode, dtype, serial_elements,
+                                      monkeypatch):
+    monkeypatch.setattr(pool2d, "SERIAL_ELEMENTS", serial_elements)  # both sides of the size threshold
     x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     got = _max_pool(pool2d, x, 2, kernel, stride, padding, dilation, ceil_mode)
     expected = _max_pool(reference, x, 2, kernel, stride, padding, dilation, ceil_mode)
