@@ -121,7 +121,7 @@ def batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu, partial_dy
 
 
 # relu_backward_bias_grad runs serially up to this many elements: a parallel region costs more than it saves on a
-# memory-bound pass this short (measured in bench/README.md, 2026-11-27 23:00 entry)
+# memory-bound pass this short when the cores are shared (bench/README.md, 2026-11-27 23:08 UTC entry)
 SERIAL_ELEMENTS = 1 << 19
 
 
