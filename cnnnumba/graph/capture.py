@@ -1,4 +1,4 @@
-"""Capture: trace one eager step, lower its ops to graph nodes, plan their memory, then replay the schedule."""
+"""Capture: trace one forward, lower its ops to graph nodes, plan their memory, run every step from the schedule."""
 import contextlib
 import ctypes
 import gc
