@@ -350,6 +350,7 @@ def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, re
     jobs = batch * bands
     slots = frames.shape[0]
     frame, acc = frames[slot], accs[slot]
+    first_image = np.int64(0)  # a band's frame holds one image; not a literal 0 (a second signature)
     for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // bands
         first_oh = (job % bands) * band_rows
@@ -358,7 +359,7 @@ def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, re
         plane = frame_h * frame_w
         padded = max((rows - 1) * frame_w + out_w, TILE_PIXELS)
         _fill_frame(x, n, first_oh - geometry[0], geometry[1],
-                    frame[:channels_in * plane].reshape(channels_in, 1, frame_h, frame_w), 0)
+                    frame[:channels_in * plane].reshape(channels_in, 1, frame_h, frame_w), first_image)
         # zeros after the last plane, which a tile reading past it (a band shorter than one tile) finds there
         for i in range(channels_in * plane, channels_in * plane + TILE_PIXELS):
             frame[i] = 0.0
@@ -390,6 +391,7 @@ def _forward_slot(slot, x, weight, bias, out, frames, accs, geometry, relu):
     jobs = batch * bands
     slots = frames.shape[0]
     frame, acc = frames[slot], accs[slot]
+    first_image = np.int64(0)  # a band's frame holds one image; not a literal 0 (a second signature)
     for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // bands
         first_oh = (job % bands) * band_rows
@@ -398,7 +400,7 @@ def _forward_slot(slot, x, weight, bias, out, frames, accs, geometry, relu):
         plane = frame_h * frame_w
         length = (rows - 1) * frame_w + out_w
         _fill_frame(x, n, first_oh - geometry[0], geometry[1],
-                    frame[:channels_in * plane].reshape(channels_in, 1, frame_h, frame_w), 0)
+                    frame[:channels_in * plane].reshape(channels_in, 1, frame_h, frame_w), first_image)
         for co in range(channels_out):
             start = bias[co]
             for p in range(co * length, (co + 1) * length):

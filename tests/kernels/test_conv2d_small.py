@@ -5,7 +5,7 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba import shapes
-from cnnnumba.kernels import conv2d, conv2d_small, reference
+from cnnnumba.kernels import conv2d, conv2d_small, conv2d_workspace, reference
 from tests.helpers import requires_torch
 
 try:
@@ -219,3 +219,60 @@ def test_inf_or_nan_at_image_borders_matches_torch(case, dtype, border, value):
         assert np.isfinite(theirs).any(), name  # some values the pixel does not reach
         np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs), err_msg=name)
         np.testing.assert_allclose(mine, theirs, err_msg=name, **tolerance)  # infinities equal, with their sign
+
+
+PASSES = ("forward", "backward_input", "backward_weight")
+
+
+def _run_pass(name, arrays, case, workspace):
+    x, w, b, dy = arrays
+    options = dict(padding=_padding(case), dilation=case[7], workspace=workspace)
+    if name == "forward":
+        return conv2d.conv2d_forward(x, w, b, np.empty_like(dy), relu=True, **options)
+    if name == "backward_input":
+        return conv2d.conv2d_backward_input(dy, w, np.empty_like(x), **options)
+    return conv2d.conv2d_backward_weight(x, dy, np.empty_like(w), **options)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[8], CASES[10], CASES[12]])
+def test_passes_run_in_a_dirty_workspace_of_exactly_the_planned_size(case, dtype):
+    """The small path's scratch is carved from the caller's workspace: one of exactly conv2d_workspace_bytes,
+    misaligned and full of NaN, gives the same values as a fresh one; one byte less is refused."""
+    x_shape, w_shape, y_shape = _geometry(case)
+    arrays = _arrays(case, dtype)
+    for name in PASSES:
+        if name == "forward" and conv2d.uses_fast_forward(dtype, w_shape, y_shape, 1):
+            continue
+        size = conv2d.conv2d_workspace_bytes(name, x_shape, w_shape, y_shape, dtype, padding=_padding(case),
+                                             dilation=case[7])
+        assert size > 0, name
+        dirty = np.frombuffer(np.full(size // 4 + 1, np.nan, np.float32).tobytes(), np.uint8)[3:3 + size].copy()
+        np.testing.assert_array_equal(_run_pass(name, arrays, case, dirty), _run_pass(name, arrays, case, None),
+                                      err_msg=name)
+        with pytest.raises(ValueError, match="workspace of"):
+            _run_pass(name, arrays, case, np.empty(size - 1, np.uint8))
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[10]])
+def test_partials_shrink_under_a_small_budget_and_stay_thread_count_independent(case):
+    x, w, b, dy = _arrays(case, np.float32)
+    weight_bytes = w.nbytes
+    specs, geometry = conv2d_small.backward_weight_plan(np.float32, x.shape, w.shape, dy.shape, _padding(case),
+                                                        case[7], 5 * weight_bytes)
+    partials = dict((name, shape) for name, shape, _ in specs).get("partials", (1,))
+    assert partials[0] == min(x.shape[0], 2)  # half of a budget of 5 weights holds 2 partials
+    scratch = conv2d_workspace.carve(None, specs)
+    saved = cn.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            cn.set_num_threads(threads)
+            results.append(conv2d_small.conv2d_backward_weight_small(x, dy, np.empty_like(w), _padding(case),
+                                                                     case[7], scratch, geometry))
+    finally:
+        cn.set_num_threads(saved)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], reference.conv2d_backward_weight(x, dy, np.empty_like(w), (1, 1),
+                                                                            _padding(case), case[7]),
+                               rtol=2e-4, atol=2e-4)
