@@ -329,11 +329,12 @@ def _store_rows(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu):
     """out[n, first_oh + r, ow, co] = acc[co * acc_row_step + r * frame_w + ow], clamped at 0 when relu (NaN kept,
     as in torch.relu): the band's accumulators back to NHWC, dropping the positions past each row."""
     out_w, channels_out = out.shape[2], out.shape[3]
+    acc_rows = acc[:channels_out * acc_row_step].reshape(channels_out, acc_row_step)
     for r in range(rows):
         result = out[n, first_oh + r]
         for ow in range(out_w):
             for co in range(channels_out):
-                value = acc[co * acc_row_step + r * frame_w + ow]
+                value = acc_rows[co, r * frame_w + ow]
                 result[ow, co] = 0.0 if relu and value < 0 else value
 
 
@@ -438,18 +439,17 @@ def _forward_bands(x, weight, bias, out, frames, accs, geometry, relu):
 def _fill_block(x, grad_out, first, images, pad_top, pad_left, frames, grad):
     """Frames (C_in, block, frame_h, frame_w) and grad_out planes (C_out, block planes) of images first ..
     first + images - 1; grad's positions where no output pixel is stay as they are (zero)."""
-    frame_h, frame_w = frames.shape[2], frames.shape[3]
-    plane = frame_h * frame_w
-    span = frames.shape[1] * plane
+    block, frame_h, frame_w = frames.shape[1], frames.shape[2], frames.shape[3]
     out_h, out_w, channels_out = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    # indexed per axis, every index from a range: no negative-index wraparound per store
+    grads = grad.reshape(channels_out, block, frame_h, frame_w)
     for i in range(images):
         n = first + i
         _fill_frame(x, n, -pad_top, pad_left, frames, i)
         for oh in range(out_h):
-            base = i * plane + oh * frame_w
             for ow in range(out_w):
                 for co in range(channels_out):
-                    grad[co * span + base + ow] = grad_out[n, oh, ow, co]
+                    grads[co, i, oh, ow] = grad_out[n, oh, ow, co]
 
 
 @jit
