@@ -95,8 +95,13 @@ def test_two_threads_inferring_with_one_model_at_once_equal_a_sequential_run():
             np.testing.assert_array_equal(g, e)
 
 
+def _launch_thread_pool():
+    """Run a kernel that is a parallel region at any size (a depthwise convolution), which starts the pool."""
+    cn.functional.conv2d(cn.Tensor(np.zeros((1, 2, 3, 3))), cn.Tensor(np.ones((2, 1, 3, 3))), groups=2)
+
+
 def test_the_threading_layer_is_one_numba_documents_as_thread_safe():
-    cn.functional.max_pool2d(cn.Tensor(np.zeros((1, 1, 2, 2), np.float32)), 2)  # launches the thread pool
+    _launch_thread_pool()
     assert numba.threading_layer() in ("omp", "tbb")
 
 
@@ -107,8 +112,9 @@ PROCESS_PROGRAM = textwrap.dedent("""
     from cnnnumba import functional as F
 
     def pooled_sum(seed):
+        # a depthwise convolution: its kernel is a parallel region whatever the size (small pools now run serially)
         x = np.random.default_rng(seed).standard_normal((2, 3, 8, 8))
-        return float(F.max_pool2d(cn.Tensor(x), 2).data.sum())
+        return float(F.conv2d(cn.Tensor(x), cn.Tensor(np.ones((3, 1, 3, 3))), groups=3).data.sum())
 
     if __name__ == "__main__":
         parent = pooled_sum(0)  # the parent has run a parallel kernel before any child starts
@@ -142,7 +148,7 @@ def test_spawned_worker_processes_reproduce_the_parent(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="GNU OpenMP's fork limitation is specific to Linux")
 def test_a_forked_child_running_kernels_after_the_parent_did_is_stopped_as_the_readme_says(tmp_path):
-    cn.functional.max_pool2d(cn.Tensor(np.zeros((1, 1, 2, 2), np.float32)), 2)
+    _launch_thread_pool()
     if numba.threading_layer() != "omp":
         pytest.skip("only the GNU OpenMP layer refuses kernels in a forked child")
     done = _process(tmp_path, "fork")
