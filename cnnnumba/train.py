@@ -113,6 +113,18 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
     eager = eager or detect_anomaly
     history = list(history or [])
     captured_step = None
+
+    def save_interrupted(epochs_done, data_order):
+        """On Ctrl-C: the training state with the weights reached so far and the loader at `data_order`."""
+        if checkpoint_path is None:
+            return
+        current = train_loader.state_dict()
+        train_loader.load_state_dict(data_order)
+        save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epochs_done, history)
+        train_loader.load_state_dict(current)
+        if log is not None:
+            log(f"interrupted: checkpoint saved to {checkpoint_path}")
+
     for epoch in range(start_epoch, epochs):
         loader_state = train_loader.state_dict()
         model.train()
@@ -149,12 +161,7 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
                 bar.set_postfix(loss=f"{total_loss / count:.4f}", img_s=f"{count / max(elapsed, 1e-9):.0f}")
         except KeyboardInterrupt:
             bar.close()
-            if checkpoint_path is not None:
-                current = train_loader.state_dict()
-                train_loader.load_state_dict(loader_state)
-                save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epoch, history)
-                train_loader.load_state_dict(current)
-                log(f"interrupted: checkpoint saved to {checkpoint_path}")
+            save_interrupted(epoch, loader_state)  # the epoch restarts from its data order on resume
             raise
         bar.close()
         if scheduler is not None and not scheduler_per_step:
@@ -163,14 +170,24 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
         record = {"epoch": epoch + 1, "train_loss": total_loss / max(count, 1),
                   "train_accuracy": correct / max(count, 1), "images_per_second": count / max(seconds, 1e-9),
                   "seconds": seconds}
-        if test_loader is not None:
-            result = evaluate(model, test_loader, loss_fn)
-            record["test_loss"], record["test_accuracy"] = result["loss"], result["accuracy"]
+        try:
+            if test_loader is not None:
+                result = evaluate(model, test_loader, loss_fn)
+                record["test_loss"], record["test_accuracy"] = result["loss"], result["accuracy"]
+        except KeyboardInterrupt:
+            # the epoch's training is complete (its test metrics are not): resume starts the next epoch
+            history.append(record)
+            save_interrupted(epoch + 1, train_loader.state_dict())
+            raise
         history.append(record)
         if log is not None:
             log(format_epoch(record, epochs))
         if checkpoint_path is not None:
-            save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epoch + 1, history)
+            try:
+                save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epoch + 1, history)
+            except KeyboardInterrupt:  # the interrupted write left the previous file; write this epoch's again
+                save_interrupted(epoch + 1, train_loader.state_dict())
+                raise
     return history
 
 

@@ -78,3 +78,46 @@ def test_plot_history_writes_a_png(tmp_path):
                {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8, "test_loss": 0.6, "test_accuracy": 0.7}]
     train.plot_history(history, tmp_path / "history.png")
     assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("where", ["training", "evaluation", "saving"])
+def test_ctrl_c_anywhere_in_an_epoch_leaves_a_resumable_checkpoint(tmp_path, monkeypatch, where):
+    """Ctrl-C during a training step restarts that epoch on resume; during the test evaluation or the end-of-epoch
+    save (the epoch's training done) resume starts the next epoch. Either way a checkpoint is written and loads."""
+    path = tmp_path / "interrupted.ckpt"
+    model, optimizer, loader, test_loader = _setup()
+    calls = {"count": 0}
+
+    def interrupt_once(real):
+        def call(*args, **kwargs):
+            calls["count"] += 1
+            if calls["count"] == 1:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return call
+
+    if where == "training":
+        steps = {"count": 0}
+        real_iter = DataLoader.__iter__
+
+        def iterate(self):
+            for batch in real_iter(self):
+                steps["count"] += 1
+                if self is loader and steps["count"] == 3:
+                    raise KeyboardInterrupt
+                yield batch
+        monkeypatch.setattr(DataLoader, "__iter__", iterate)
+    elif where == "evaluation":
+        monkeypatch.setattr(train, "evaluate", interrupt_once(train.evaluate))
+    else:
+        monkeypatch.setattr(train, "save_training_state", interrupt_once(train.save_training_state))
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model, optimizer, loader, 3, test_loader=test_loader, checkpoint_path=path, progress=False,
+                  log=lines.append)
+    assert lines[-1] == f"interrupted: checkpoint saved to {path}"
+    resumed_model, resumed_optimizer, resumed_loader, _ = _setup(seed=7)
+    epoch, history = train.load_training_state(path, resumed_model, resumed_optimizer, None, resumed_loader)
+    assert (epoch, len(history)) == ((0, 0) if where == "training" else (1, 1))
+    for (name, expected), actual in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        np.testing.assert_array_equal(actual, expected, err_msg=name)  # the weights reached, not the epoch's start
