@@ -16,7 +16,7 @@ from numba.extending import intrinsic
 from . import conv2d_workspace
 from ._jit import jit, parallel_jit
 from .conv2d_gemm import gemm_plan
-from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes
+from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 from . import conv2d_small
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
@@ -137,18 +137,6 @@ def _chunk_bounds(total, chunks, index):
     return index * total // chunks, (index + 1) * total // chunks
 
 
-@jit
-def _sum_partials(partials, out):
-    """Fixed-order sum over the leading (chunk) axis, so the result does not depend on the thread count."""
-    flat_out = out.reshape(-1)
-    flat = partials.reshape(partials.shape[0], -1)
-    for i in range(flat.shape[1]):
-        flat_out[i] = flat[0, i]
-    for c in range(1, flat.shape[0]):
-        for i in range(flat.shape[1]):
-            flat_out[i] += flat[c, i]
-
-
 @parallel_jit
 def _backward_weight_general(x, grad_out, partials, out, stride_h, stride_w, pad_top, pad_left, dilation_h,
                              dilation_w, groups):
@@ -179,7 +167,7 @@ def _backward_weight_general(x, grad_out, partials, out, stride_h, stride_w, pad
                                 value = x[n, ih, iw, g * group_in + ci]
                                 for co in range(g * group_out, (g + 1) * group_out):
                                     partials[chunk, kh, kw, ci, co] += value * grad_out[n, oh, ow, co]
-    _sum_partials(partials, out)
+    sum_partials(partials, out)
 
 
 @parallel_jit
@@ -197,7 +185,7 @@ def _backward_bias_kernel(grad_out, partials, out):
             for ow in range(out_w):
                 for c in range(channels):
                     partials[chunk, c] += grad_out[n, oh, ow, c]
-    _sum_partials(partials, out)
+    sum_partials(partials, out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -991,11 +979,11 @@ def _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, 
     _backward_weight_rows(x, grad_out, partials, scratch["strips"], scratch["grad_blocks"], stride[0], stride[1],
                           padding[0], padding[1], dilation[0], dilation[1], band_rows)
     if "summed" not in scratch:
-        _sum_partials(partials, out.reshape(shape))
+        sum_partials(partials, out.reshape(shape))
     else:
         # the folded reduction was padded to whole tiles: drop the padding rows
         summed = scratch["summed"]
-        _sum_partials(partials, summed)
+        sum_partials(partials, summed)
         out.reshape(shape[0], folded, shape[3])[...] = summed[:, 0, :folded]
 
 
@@ -1261,7 +1249,7 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
         _pointwise_backward_weight(x.reshape(-1, x.shape[2], x.shape[3]), grad_out.reshape(-1), partials, x.shape[0],
                                    stride[0], stride[1], grad_out.shape[1], grad_out.shape[2], block_rows, slots)
         if "partials" in scratch:
-            _sum_partials(partials, out)
+            sum_partials(partials, out)
     elif path == "fast":
         _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, details)
     elif path == "small":

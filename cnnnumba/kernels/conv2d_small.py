@@ -26,7 +26,7 @@ from numba.extending import intrinsic
 
 from . import conv2d_workspace
 from ._jit import jit, parallel_jit
-from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes
+from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 
 # Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.
 JOBS_WANTED = 16
@@ -617,18 +617,6 @@ def _backward_weight(x, grad_out, partials, frames, grads, geometry):
         _backward_weight_slot(np.int64(slot), x, grad_out, partials, frames, grads, geometry)
 
 
-@jit
-def _sum_partials(partials, out):
-    """Fixed-order sum over the leading (chunk) axis, so the result does not depend on the thread count."""
-    flat_out = out.reshape(-1)
-    flat = partials.reshape(partials.shape[0], -1)
-    for i in range(flat.shape[1]):
-        flat_out[i] = flat[0, i]
-    for c in range(1, flat.shape[0]):
-        for i in range(flat.shape[1]):
-            flat_out[i] += flat[c, i]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Scratch plans (the conv2d_workspace convention): specs from the shapes and the budget alone.
 # ---------------------------------------------------------------------------------------------------------
@@ -758,5 +746,5 @@ def conv2d_backward_weight_small(x, grad_out, out, padding=(0, 0), dilation=(1, 
     kernel = _backward_weight_tiled if out.dtype == np.float32 else _backward_weight
     kernel(x, grad_out, partials, scratch["frames"], scratch["grads"], geometry)
     if partials.shape[0] > 1:
-        _sum_partials(partials, out)
+        sum_partials(partials, out)
     return out

@@ -13,6 +13,8 @@ import math
 import numba
 import numpy as np
 
+from ._jit import jit
+
 # The budget for all the scratch of one conv pass, whatever the batch size and channel count. A pass that
 # cannot fit (one transformed weight larger than a quarter of it) takes a path that needs no weight copy.
 WORKSPACE_BYTES = 32 << 20
@@ -69,3 +71,16 @@ def carve(workspace, specs):
         first = start + offset
         views[name] = workspace[first:first + count * dtype.itemsize].view(dtype).reshape(shape)
     return views
+
+
+@jit
+def sum_partials(partials, out):
+    """out = the partial results (a workspace's per-chunk weight or bias gradients) summed over their leading
+    axis in chunk order, so the result does not depend on the thread count."""
+    flat_out = out.reshape(-1)
+    flat = partials.reshape(partials.shape[0], -1)
+    for i in range(flat.shape[1]):
+        flat_out[i] = flat[0, i]
+    for c in range(1, flat.shape[0]):
+        for i in range(flat.shape[1]):
+            flat_out[i] += flat[c, i]
