@@ -20,6 +20,7 @@ from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 from . import conv2d_small
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
+from ._vector import INDEX, LANES, broadcast, element_pointer, load_vector, store_vector, vector_fma
 
 # Reductions over the batch split the flattened (image, output row) range into this many chunks at most, a
 # number that does not depend on the thread count, so results are bit-identical for any number of threads.
@@ -195,7 +196,6 @@ def _backward_bias_kernel(grad_out, partials, out):
 # shifted back to overlap their neighbour (recomputing identical values) instead of needing remainder code.
 # ---------------------------------------------------------------------------------------------------------
 
-LANES = 16
 CACHE_LINE = 64
 TILE_PIXELS = 8
 TILE_CHANNELS = 2 * LANES
@@ -217,34 +217,6 @@ REDUCTION_BLOCK = 256
 PIXELS_PER_BLOCK = 64
 # Output pixels per weight-gradient partial, at least (see _reduction_chunks).
 PIXELS_PER_CHUNK = 1024
-_INDEX = ir.IntType(64)
-
-
-def _vector_fma(builder):
-    vector = ir.VectorType(ir.FloatType(), LANES)
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), "llvm.fma.v16f32")
-
-
-def _element_pointer(context, builder, array_type, array_value, offset):
-    data = context.make_array(array_type)(context, builder, array_value).data
-    return builder.gep(data, [offset])
-
-
-def _load_vector(builder, pointer):
-    vector = ir.VectorType(ir.FloatType(), LANES)
-    return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=4)
-
-
-def _store_vector(builder, value, pointer):
-    builder.store(value, builder.bitcast(pointer, value.type.as_pointer()), align=4)
-
-
-def _broadcast(builder, scalar):
-    vector = ir.VectorType(ir.FloatType(), LANES)
-    single = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-
 
 def _make_forward_tile(pixels, vectors):
     """An intrinsic computing one forward tile of `pixels` output pixels x `vectors` * 16 output channels."""
@@ -265,22 +237,22 @@ def _make_forward_tile(pixels, vectors):
             (out_value, out_offset, out_pixel_step, accumulate, relu, x_value, x_offset, x_pixel_step, weight_value,
              weight_offset, bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
              channels_in, channels_out) = args
-            fma = _vector_fma(builder)
-            out_pointer = _element_pointer(context, builder, sig.args[0], out_value, out_offset)
-            x_pointer = _element_pointer(context, builder, sig.args[5], x_value, x_offset)
-            weight_pointer = _element_pointer(context, builder, sig.args[8], weight_value, weight_offset)
-            bias_pointer = _element_pointer(context, builder, sig.args[10], bias_value, bias_offset)
-            bias_vectors = [_load_vector(builder, builder.gep(bias_pointer, [ir.Constant(_INDEX, v * LANES)]))
+            fma = vector_fma(builder)
+            out_pointer = element_pointer(context, builder, sig.args[0], out_value, out_offset)
+            x_pointer = element_pointer(context, builder, sig.args[5], x_value, x_offset)
+            weight_pointer = element_pointer(context, builder, sig.args[8], weight_value, weight_offset)
+            bias_pointer = element_pointer(context, builder, sig.args[10], bias_value, bias_offset)
+            bias_vectors = [load_vector(builder, builder.gep(bias_pointer, [ir.Constant(INDEX, v * LANES)]))
                             for v in range(vectors)]
-            from_out = builder.icmp_signed("!=", accumulate, ir.Constant(_INDEX, 0))
+            from_out = builder.icmp_signed("!=", accumulate, ir.Constant(INDEX, 0))
             accumulators = []
             for p in range(pixels):
-                out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
+                out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(INDEX, p))])
                 for v in range(vectors):
                     slot = cgutils.alloca_once(builder, bias_vectors[v].type)
                     with builder.if_else(from_out) as (then, otherwise):
                         with then:
-                            previous = _load_vector(builder, builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
+                            previous = load_vector(builder, builder.gep(out_pixel, [ir.Constant(INDEX, v * LANES)]))
                             builder.store(previous, slot)
                         with otherwise:
                             builder.store(bias_vectors[v], slot)
@@ -293,29 +265,29 @@ def _make_forward_tile(pixels, vectors):
                     weight_tap = builder.gep(weight_pointer, [builder.mul(tap, weight_tap_step)])
                     with cgutils.for_range(builder, channels_in) as channel:
                         weight_row = builder.gep(weight_tap, [builder.mul(channel.index, channels_out)])
-                        weights = [_load_vector(builder, builder.gep(weight_row, [ir.Constant(_INDEX, v * LANES)]))
+                        weights = [load_vector(builder, builder.gep(weight_row, [ir.Constant(INDEX, v * LANES)]))
                                    for v in range(vectors)]
                         x_channel = builder.gep(x_tap, [channel.index])
                         for p in range(pixels):
-                            pixel = builder.mul(x_pixel_step, ir.Constant(_INDEX, p))
-                            value = _broadcast(builder, builder.load(builder.gep(x_channel, [pixel])))
+                            pixel = builder.mul(x_pixel_step, ir.Constant(INDEX, p))
+                            value = broadcast(builder, builder.load(builder.gep(x_channel, [pixel])))
                             for v in range(vectors):
                                 slot = accumulators[vectors * p + v]
                                 builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
             zero = ir.Constant(bias_vectors[0].type, [0.0] * LANES)
             # two store sequences behind one branch, so a tile without the ReLU pays nothing for it
-            with builder.if_else(builder.icmp_signed("!=", relu, ir.Constant(_INDEX, 0))) as (clamped, plain):
+            with builder.if_else(builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))) as (clamped, plain):
                 for clamp, block in ((True, clamped), (False, plain)):
                     with block:
                         for p in range(pixels):
                             out_pixel = builder.gep(out_pointer,
-                                                    [builder.mul(out_pixel_step, ir.Constant(_INDEX, p))])
+                                                    [builder.mul(out_pixel_step, ir.Constant(INDEX, p))])
                             for v in range(vectors):
                                 total = builder.load(accumulators[vectors * p + v])
                                 if clamp:
                                     # ordered `<` is false for NaN, so NaN passes through, as in PyTorch
                                     total = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
-                                _store_vector(builder, total, builder.gep(out_pixel, [ir.Constant(_INDEX, v * LANES)]))
+                                store_vector(builder, total, builder.gep(out_pixel, [ir.Constant(INDEX, v * LANES)]))
             return context.get_dummy_value()
 
         return signature, codegen
@@ -339,16 +311,16 @@ def _make_weight_tile(rows_per_tile, vectors):
         def codegen(context, builder, sig, args):
             (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
              grad_out_offset, grad_out_row_step, rows, columns, channels_out) = args
-            fma = _vector_fma(builder)
-            grad_weight_pointer = _element_pointer(context, builder, sig.args[0], grad_weight_value,
+            fma = vector_fma(builder)
+            grad_weight_pointer = element_pointer(context, builder, sig.args[0], grad_weight_value,
                                                    grad_weight_offset)
-            x_pointer = _element_pointer(context, builder, sig.args[2], x_value, x_offset)
-            grad_out_pointer = _element_pointer(context, builder, sig.args[6], grad_out_value, grad_out_offset)
+            x_pointer = element_pointer(context, builder, sig.args[2], x_value, x_offset)
+            grad_out_pointer = element_pointer(context, builder, sig.args[6], grad_out_value, grad_out_offset)
             accumulators = []
             for r in range(rows_per_tile):
-                row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(_INDEX, r))])
+                row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(INDEX, r))])
                 for v in range(vectors):
-                    current = _load_vector(builder, builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
+                    current = load_vector(builder, builder.gep(row_pointer, [ir.Constant(INDEX, v * LANES)]))
                     slot = cgutils.alloca_once(builder, current.type)
                     builder.store(current, slot)
                     accumulators.append((slot, row_pointer, v))
@@ -358,15 +330,15 @@ def _make_weight_tile(rows_per_tile, vectors):
                 with cgutils.for_range(builder, columns) as column:
                     x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
                     grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
-                    grads = [_load_vector(builder, builder.gep(grad_pixel, [ir.Constant(_INDEX, v * LANES)]))
+                    grads = [load_vector(builder, builder.gep(grad_pixel, [ir.Constant(INDEX, v * LANES)]))
                              for v in range(vectors)]
                     for r in range(rows_per_tile):
-                        value = _broadcast(builder, builder.load(builder.gep(x_pixel, [ir.Constant(_INDEX, r)])))
+                        value = broadcast(builder, builder.load(builder.gep(x_pixel, [ir.Constant(INDEX, r)])))
                         for v in range(vectors):
                             slot = accumulators[vectors * r + v][0]
                             builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
             for slot, row_pointer, v in accumulators:
-                _store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(_INDEX, v * LANES)]))
+                store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(INDEX, v * LANES)]))
             return context.get_dummy_value()
 
         return signature, codegen

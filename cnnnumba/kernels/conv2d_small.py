@@ -26,6 +26,7 @@ from numba.extending import intrinsic
 
 from . import conv2d_workspace
 from ._jit import jit, parallel_jit
+from ._vector import INDEX, LANES, broadcast, vector_type
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 
 # Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.
@@ -44,21 +45,8 @@ JOB_BYTES = 256 << 10
 # 2 * outputs FMAs.
 # ---------------------------------------------------------------------------------------------------------
 
-LANES = 16
 TILE_VECTORS = 2
 TILE_PIXELS = TILE_VECTORS * LANES
-_INDEX = ir.IntType(64)
-
-
-def _vector_type():
-    return ir.VectorType(ir.FloatType(), LANES)
-
-
-def _broadcast(builder, scalar):
-    vector = _vector_type()
-    single = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
 
 def _make_pixel_tile(outputs):
@@ -78,7 +66,7 @@ def _make_pixel_tile(outputs):
         def codegen(context, builder, sig, args):
             (acc_value, acc_offset, acc_row_step, frame_value, frame_offset, weight_value, weight_offset, bias_value,
              bias_offset, channels_in, plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out) = args
-            vector = _vector_type()
+            vector = vector_type()
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
                                                  "llvm.fma.v16f32")
 
@@ -92,7 +80,7 @@ def _make_pixel_tile(outputs):
             bias_pointer = pointer(7, bias_value, bias_offset)
             slots = []
             for c in range(outputs):
-                start = _broadcast(builder, builder.load(builder.gep(bias_pointer, [ir.Constant(_INDEX, c)])))
+                start = broadcast(builder, builder.load(builder.gep(bias_pointer, [ir.Constant(INDEX, c)])))
                 for _ in range(TILE_VECTORS):
                     slot = cgutils.alloca_once(builder, vector)
                     builder.store(start, slot)
@@ -109,18 +97,18 @@ def _make_pixel_tile(outputs):
                     with cgutils.for_range(builder, kernel_w) as tap_w:
                         frame_tap = builder.gep(frame_row, [builder.mul(tap_w.index, tap_step)])
                         weight_tap = builder.gep(weight_row, [builder.mul(tap_w.index, channels_out)])
-                        pixels = [builder.load(builder.bitcast(builder.gep(frame_tap, [ir.Constant(_INDEX, v * LANES)]),
+                        pixels = [builder.load(builder.bitcast(builder.gep(frame_tap, [ir.Constant(INDEX, v * LANES)]),
                                                                vector.as_pointer()), align=4)
                                   for v in range(TILE_VECTORS)]
                         for c in range(outputs):
-                            w = _broadcast(builder, builder.load(builder.gep(weight_tap, [ir.Constant(_INDEX, c)])))
+                            w = broadcast(builder, builder.load(builder.gep(weight_tap, [ir.Constant(INDEX, c)])))
                             for v in range(TILE_VECTORS):
                                 slot = slots[c * TILE_VECTORS + v]
                                 builder.store(builder.call(fma, [w, pixels[v], builder.load(slot)]), slot)
             for c in range(outputs):
-                acc_row = builder.gep(acc_pointer, [builder.mul(acc_row_step, ir.Constant(_INDEX, c))])
+                acc_row = builder.gep(acc_pointer, [builder.mul(acc_row_step, ir.Constant(INDEX, c))])
                 for v in range(TILE_VECTORS):
-                    target = builder.bitcast(builder.gep(acc_row, [ir.Constant(_INDEX, v * LANES)]), vector.as_pointer())
+                    target = builder.bitcast(builder.gep(acc_row, [ir.Constant(INDEX, v * LANES)]), vector.as_pointer())
                     builder.store(builder.load(slots[c * TILE_VECTORS + v]), target, align=4)
             return context.get_dummy_value()
 
@@ -190,7 +178,7 @@ def _make_weight_tile(taps, outputs):
         def codegen(context, builder, sig, args):
             (partial_value, partial_offset, partial_tap_step, frame_value, frame_offset, tap_step, grad_value,
              grad_offset, grad_row_step, vectors) = args
-            vector = _vector_type()
+            vector = vector_type()
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
                                                  "llvm.fma.v16f32")
 
@@ -201,9 +189,9 @@ def _make_weight_tile(taps, outputs):
             partial_pointer = pointer(0, partial_value, partial_offset)
             frame_pointer = pointer(3, frame_value, frame_offset)
             grad_pointer = pointer(6, grad_value, grad_offset)
-            frame_rows = [builder.gep(frame_pointer, [builder.mul(tap_step, ir.Constant(_INDEX, k))])
+            frame_rows = [builder.gep(frame_pointer, [builder.mul(tap_step, ir.Constant(INDEX, k))])
                           for k in range(taps)]
-            grad_rows = [builder.gep(grad_pointer, [builder.mul(grad_row_step, ir.Constant(_INDEX, c))])
+            grad_rows = [builder.gep(grad_pointer, [builder.mul(grad_row_step, ir.Constant(INDEX, c))])
                          for c in range(outputs)]
             slots = []
             for _ in range(taps * outputs):
@@ -211,7 +199,7 @@ def _make_weight_tile(taps, outputs):
                 builder.store(ir.Constant(vector, [0.0] * LANES), slot)
                 slots.append(slot)
             with cgutils.for_range(builder, vectors) as step:
-                offset = builder.mul(step.index, ir.Constant(_INDEX, LANES))
+                offset = builder.mul(step.index, ir.Constant(INDEX, LANES))
 
                 def load(row):
                     return builder.load(builder.bitcast(builder.gep(row, [offset]), vector.as_pointer()), align=4)
@@ -223,13 +211,13 @@ def _make_weight_tile(taps, outputs):
                         slot = slots[k * outputs + c]
                         builder.store(builder.call(fma, [frames[k], grads[c], builder.load(slot)]), slot)
             for k in range(taps):
-                tap_row = builder.gep(partial_pointer, [builder.mul(partial_tap_step, ir.Constant(_INDEX, k))])
+                tap_row = builder.gep(partial_pointer, [builder.mul(partial_tap_step, ir.Constant(INDEX, k))])
                 for c in range(outputs):
                     total = builder.load(slots[k * outputs + c])
                     lanes = [builder.extract_element(total, ir.Constant(ir.IntType(32), i)) for i in range(LANES)]
                     while len(lanes) > 1:  # pairwise, in a fixed order
                         lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
-                    target = builder.gep(tap_row, [ir.Constant(_INDEX, c)])
+                    target = builder.gep(tap_row, [ir.Constant(INDEX, c)])
                     builder.store(builder.fadd(builder.load(target), lanes[0]), target)
             return context.get_dummy_value()
 
