@@ -149,20 +149,44 @@ def _quietest(attempts):
     return chosen
 
 
-def _compare_group(records):
-    """Ratios and the validation of one model × batch × mode group against its cnnnumba record."""
+def _paired_ratios(mine, theirs):
+    """cnnnumba's time over another run's, round by round: only rounds where both succeeded, since a round's
+    runs follow each other within seconds and share the machine's speed of the moment (which drifts between
+    rounds on a VM)."""
+    theirs_by_round = {r["round"]: r for r in theirs if r["status"] == "ok"}
+    return [m["ms_per_step"] / theirs_by_round[m["round"]]["ms_per_step"]
+            for m in mine if m["status"] == "ok" and m["round"] in theirs_by_round]
+
+
+def _compare_group(records, attempts):
+    """Ratios and the validation of one model × batch × mode group against its cnnnumba record; attempts holds
+    every round of each record, in the same order."""
     import numpy as np
 
-    reference = next((r for r in records if r["framework"] == "cnnnumba" and r["status"] == "ok"), None)
-    if reference is None:
+    reference_index = next((i for i, r in enumerate(records) if r["framework"] == "cnnnumba" and r["status"] == "ok"),
+                           None)
+    if reference_index is None:
         return
+    reference, own_rounds = records[reference_index], attempts[reference_index]
     torch_eager = next((r for r in records if r["variant"] == "nchw" and r["status"] == "ok"), None)
     if torch_eager is not None:
         reference["time_over_torch_nchw"] = reference["ms_per_step"] / torch_eager["ms_per_step"]
-    for record in records:
+    torch_rounds = [rounds for record, rounds in zip(records, attempts) if record["framework"] == "torch"]
+    best_by_round = []
+    for own in own_rounds:
+        times = [r["ms_per_step"] for rounds in torch_rounds for r in rounds
+                 if r["round"] == own["round"] and r["status"] == "ok"]
+        if own["status"] == "ok" and len(times) == len(torch_rounds) and times:
+            best_by_round.append(own["ms_per_step"] / min(times))
+    if best_by_round:
+        reference["time_over_best_torch_by_round"] = best_by_round
+        reference["time_over_best_torch"] = float(np.median(best_by_round))
+    for record, rounds in zip(records, attempts):
         if record is reference or record["status"] != "ok":
             continue
-        record["cnnnumba_time_over_this"] = reference["ms_per_step"] / record["ms_per_step"]
+        paired = _paired_ratios(own_rounds, rounds)
+        record["cnnnumba_time_over_this_by_round"] = paired
+        record["cnnnumba_time_over_this"] = float(np.median(paired)) if paired else None
         mine, theirs = np.asarray(reference["check"]), np.asarray(record["check"])
         record["max_abs_difference_to_cnnnumba"] = float(np.max(np.abs(mine - theirs)))
         record["agrees_with_cnnnumba"] = bool(np.allclose(mine, theirs, rtol=1e-3, atol=1e-3))
@@ -230,7 +254,7 @@ def run_comparison(settings, log=print):
                         attempts[(framework, variant)].append(record)
                         log(_progress_line(record))
                 group = [_quietest(attempts[run]) for run in runs]
-                _compare_group(group)
+                _compare_group(group, [attempts[run] for run in runs])
                 records.extend(group)
     document["records"] = records
     document["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -31,7 +31,7 @@ def comparison_table(document):
         if record["status"] != "ok":
             rows.append(head + ["failed: " + record["error"][:60]] + [""] * 8)
             continue
-        ratio = record.get("cnnnumba_time_over_this")
+        ratio = record.get("cnnnumba_time_over_this", record.get("time_over_best_torch"))
         check = {True: "ok", False: "DIFFERS", None: ""}[record.get("agrees_with_cnnnumba")]
         rows.append(head + [_number(record["ms_per_step"], 2), _number(record["images_per_second"], 0),
                             _number(record["gflops"]), _number(record["percent_of_peak"]),
@@ -42,10 +42,15 @@ def comparison_table(document):
     lines = [_render(headers, rows, 4), "",
              f"{document['threads']} threads; sgemm peak {_number(peak.get('gflops'))} GFLOP/s (NumPy float32 "
              f"matmul {peak.get('size')}²); median of {document['settings']['steps']} timed steps after the "
-             f"first step and {document['settings']['warmup']} untimed warm-up step(s); first ms = the first step "
-             "(compilation, cache loading) apart.",
-             "cn/this = cnnnumba's time / this row's time (below 1: cnnnumba is faster); mem = peak RSS growth "
-             "of the run's process; check = first loss (train) or logits (inference) agree with cnnnumba's;",
+             f"first step and {document['settings']['warmup']} untimed warm-up step(s)"
+             + (f", from the round of {document['settings']['rounds']} with the least outside load"
+                if document['settings'].get('rounds', 1) > 1 else "")
+             + "; first ms = the first step (compilation, cache loading) apart.",
+             "cn/this = cnnnumba's time / this row's time (below 1: cnnnumba is faster), taken round by round "
+             "(the runs of one round follow each other within seconds) and the median of the rounds; on cnnnumba's "
+             "row, over the fastest PyTorch variant of each round;",
+             "mem = peak RSS growth of the run's process; check = first loss (train) or logits (inference) agree "
+             "with cnnnumba's;",
              "others = cores that other processes kept busy meanwhile (0 on a quiet machine).",
              f"FLOPs counted: {document['flops_counted']}."]
     if document.get("torch_missing"):

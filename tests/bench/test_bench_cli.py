@@ -173,6 +173,33 @@ def test_rounds_keep_the_quietest_successful_round_whatever_its_time():
     assert [(r["round"], r["status"]) for r in chosen["rounds"]] == [(1, "ok"), (2, "ok"), (3, "failed")]
 
 
+def test_ratios_pair_the_runs_of_each_round_and_take_the_median():
+    """The VM's speed drifts between rounds: a ratio must divide times from the same round, never the quietest
+    round of one framework by another round of the other."""
+    from cnnnumba.bench.harness import _compare_group, _quietest
+
+    def rounds(framework, variant, times, loads):
+        return [{"round": i + 1, "status": "ok" if t else "failed", "ms_per_step": t, "other_load_cores": load,
+                 "framework": framework, "variant": variant, "check": [1.0], "error": "boom"}
+                for i, (t, load) in enumerate(zip(times, loads))]
+
+    attempts = [rounds("cnnnumba", "captured", [10.0, 20.0, 30.0], [0.0, 0.5, 0.5]),
+                rounds("torch", "nchw", [40.0, 40.0, 40.0], [0.5, 0.0, 0.5]),
+                rounds("torch", "channels_last", [20.0, 16.0, None], [0.5, 0.5, 0.0])]
+    records = [_quietest(a) for a in attempts]
+    _compare_group(records, attempts)
+    cnnnumba, nchw, channels_last = records
+    assert nchw["cnnnumba_time_over_this_by_round"] == [0.25, 0.5, 0.75]
+    assert nchw["cnnnumba_time_over_this"] == 0.5
+    assert channels_last["cnnnumba_time_over_this_by_round"] == [0.5, 1.25]  # round 3 failed on its side
+    assert channels_last["cnnnumba_time_over_this"] == 0.875
+    # against the fastest variant of each round, only where every variant ran
+    assert cnnnumba["time_over_best_torch_by_round"] == [0.5, 1.25]
+    assert cnnnumba["time_over_best_torch"] == 0.875
+    # the quietest rounds alone would have said 10 / 40 and 10 / 16
+    assert (cnnnumba["round"], nchw["round"]) == (1, 2)
+
+
 def test_flops_are_counted_after_the_first_cnnnumba_step_not_before_it(monkeypatch):
     """A FLOP trace in the parent before the workers would compile and cache the forward kernels, so the worker's
     "first step" would hide the compile time: the count must come from the cnnnumba worker, after its timing."""
