@@ -19,6 +19,7 @@ from .conv2d_gemm import gemm_plan
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 from . import conv2d_small
+from . import conv2d_winograd_weight
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
 from ._vector import INDEX, LANES, broadcast, element_pointer, load_vector, store_vector, vector_fma
 
@@ -809,6 +810,13 @@ def uses_fast_backward_weight(dtype, weight_shape, groups, dilation=(1, 1)):
             and (weight_shape[2] % _weight_tile_rows(weight_shape[3]) == 0 or dilation[1] == 1))
 
 
+def uses_winograd_backward_weight(dtype, weight_shape, stride, dilation, groups):
+    """Whether conv2d_backward_weight may take the Winograd F(2x2, 3x3) path (when its partials fit the budget):
+    float32, groups 1, a 3x3 kernel, stride 1, dilation 1, C_in and C_out multiples of 16."""
+    return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and weight_shape[2] % LANES == 0 and weight_shape[3] % LANES == 0)
+
+
 # Layers with at most this many input and output channels, stride 1 and groups 1 run as the direct loops of
 # conv2d_small.py (vectorised over pixels) when no register-tiled path applies.
 SMALL_MAX_CHANNELS = 16
@@ -1082,7 +1090,18 @@ def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, paddi
         slots = slots_within(spec_bytes(strip, dtype) + spec_bytes((block,), dtype), specs_bytes(specs), chunks,
                              budget)
         specs += (("strips", (slots, *strip), dtype), ("grad_blocks", (slots, block), dtype))
-        return "fast", specs, (shape, chunks, band_rows)
+        winograd = None
+        if uses_winograd_backward_weight(dtype, weight_shape, stride, dilation, groups):
+            winograd = conv2d_winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding,
+                                                                   budget)
+        if winograd is None:
+            return "fast", specs, (shape, chunks, band_rows)
+        # The direct plan rides along, in the same workspace: it reruns a Winograd gradient that came out inf or NaN
+        winograd_specs, geometry = winograd
+        room = specs_bytes(specs) - specs_bytes(winograd_specs)
+        if room > 0:
+            winograd_specs += (("direct_room", (room,), np.uint8),)
+        return "winograd", winograd_specs, (geometry, specs, (shape, chunks, band_rows))
     if uses_small(weight_shape, stride, groups):
         return ("small", *conv2d_small.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding,
                                                             dilation, budget))
@@ -1224,6 +1243,14 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
             sum_partials(partials, out)
     elif path == "fast":
         _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, details)
+    elif path == "winograd":
+        geometry, direct_specs, direct_details = details
+        conv2d_winograd_weight.conv2d_backward_weight_winograd(x, grad_out, out, scratch, geometry)
+        # An inf among the inputs comes out of Winograd's differences as NaN (inf - inf, inf * 0) where the direct
+        # products may give inf, and any inf or NaN input leaves some of out non-finite: then redo it directly.
+        if not conv2d_small._all_finite(out.reshape(-1)):
+            _backward_weight_fast(x, grad_out, out, stride, padding, dilation, carve(workspace, direct_specs),
+                                  direct_details)
     elif path == "small":
         conv2d_backward_weight_small(x, grad_out, out, padding, dilation, scratch, details)
     elif path == "gemm":

@@ -1,39 +1,99 @@
 """Winograd F(2x2, 3x3) weight gradient of 3x3 stride-1 convolutions: dW = G^T [sum over tiles of
-(A dy A^T) . (B^T d B)] G, with the input transform of conv2d_winograd.py and dy each tile's 2x2 output gradient."""
+(A dy A^T) . (B^T d B)] G, with the input transform of conv2d_winograd.py and dy each tile's 2x2 output gradient.
+
+Per position p of the 4x4 transformed tile the sum is a product of V[p] (tiles x C_in) and Z[p] (tiles x C_out)
+reduced over tiles: 16 multiplies per tile and channel pair where the direct gradient takes 36 (0.44x). Those
+products run on conv2d.py's register-tiled weight-gradient tiles (a tile's "pixels" are Winograd tiles here).
+The tiles of the batch, flattened (image, tile row, tile column), are split into chunks that depend on the shape
+only; each chunk sums its tiles' products into its own float32 partial U' (16, C_in, C_out) in tile order, a job
+of at most JOB_TILES tiles at a time (its V and Z stay in L2), and the partials are summed in chunk order, then
+inverse-transformed: the result is bit-identical for any thread count.
+"""
 import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from ._jit import jit
-from .conv2d_winograd import PATCH, TILE
+from . import conv2d as direct  # the weight-gradient tiles; looked up when the slot function compiles
+from ._jit import jit, parallel_jit
+from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
+from .conv2d_winograd import PATCH, POSITIONS, TILE, tiles_along, transform_input_tiles
+from .conv2d_workspace import slots_within, spec_bytes, specs_bytes, sum_partials
+
+# Tiles per job: V (16, JOB_TILES, C_in) and Z (16, JOB_TILES, C_out) together 2 MiB at 256 channels each.
+JOB_TILES = 64
+# Tiles per partial, at least: zeroing and summing a partial costs about what 1/500 of its tiles' products do.
+TILES_PER_CHUNK = 512
+MAX_CHUNKS = 16
+
+
+def _grad_axis(builder, a, b):
+    # A along one axis (2 values to 4): A = [[1, 0], [1, 1], [1, -1], [0, -1]]
+    return a, builder.fadd(a, b), builder.fsub(a, b), builder.fneg(b)
+
+
+@intrinsic
+def _grad_tile(typingctx, source, source_offset, row_step, rows_inside, columns_inside, z, z_offset, position_step,
+               channels):
+    """z[z_offset + (4 * i + j) * position_step + c] = (A dy A^T)[i, j, c] for the 2x2 gradient dy whose pixel
+    (i, j) channel c is source[source_offset + i * row_step + j * channels + c] where i < rows_inside and
+    j < columns_inside, and 0 elsewhere (past the output's edge); channels a multiple of 16."""
+    index = types.intp
+    signature = types.void(source, index, index, index, index, z, index, index, index)
+
+    def codegen(context, builder, sig, args):
+        (source_value, source_offset, row_step, rows_inside, columns_inside, z_value, z_offset, position_step,
+         channels) = args
+        source_pointer = element_pointer(context, builder, sig.args[0], source_value, source_offset)
+        z_pointer = element_pointer(context, builder, sig.args[5], z_value, z_offset)
+        zero = ir.Constant(vector_type(), [0.0] * LANES)
+        slots = [[cgutils.alloca_once(builder, vector_type()) for _ in range(TILE)] for _ in range(TILE)]
+        blocks = builder.udiv(channels, ir.Constant(INDEX, LANES))
+        with cgutils.for_range(builder, blocks) as block:
+            c = builder.mul(block.index, ir.Constant(INDEX, LANES))
+            dy = []
+            for i in range(TILE):
+                row = []
+                for j in range(TILE):
+                    builder.store(zero, slots[i][j])
+                    inside = builder.and_(builder.icmp_signed("<", ir.Constant(INDEX, i), rows_inside),
+                                          builder.icmp_signed("<", ir.Constant(INDEX, j), columns_inside))
+                    with builder.if_then(inside):
+                        offset = builder.add(builder.add(builder.mul(row_step, ir.Constant(INDEX, i)),
+                                                         builder.mul(channels, ir.Constant(INDEX, j))), c)
+                        builder.store(load_vector(builder, builder.gep(source_pointer, [offset])), slots[i][j])
+                    row.append(builder.load(slots[i][j]))
+                dy.append(row)
+            columns = [_grad_axis(builder, dy[0][j], dy[1][j]) for j in range(TILE)]
+            for i in range(PATCH):
+                transformed = _grad_axis(builder, columns[0][i], columns[1][i])
+                for j in range(PATCH):
+                    position = builder.mul(position_step, ir.Constant(INDEX, PATCH * i + j))
+                    store_vector(builder, transformed[j], builder.gep(z_pointer, [builder.add(position, c)]))
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 @jit
-def _grad_rows(a0, a1, z0, z1, z2, z3):
-    # A applied along one axis (2 values to 4): A = [[1, 0], [1, 1], [1, -1], [0, -1]]
-    for c in range(a0.shape[0]):
-        a, b = a0[c], a1[c]
-        z0[c] = a
-        z1[c] = a + b
-        z2[c] = a - b
-        z3[c] = -b
-
-
-@jit
-def transform_grad_tiles(grad_out, n, first_tile, tiles, tiles_w, patch, rows, z):
-    """z[:, t] = A dy A^T for the 2x2 output gradient dy of tile first_tile + t of image n (t < tiles), zero past
-    grad_out's edge. patch: (2, 2, C_out) and rows: (4, 2, C_out) scratch."""
+def transform_grad_tiles(grad_out, n, first_tile, tiles, tiles_w, z, z_offset, position_step):
+    """z[z_offset + p * position_step + t * C_out + c] = (A dy A^T)[p, c] for the 2x2 output gradient dy of tile
+    first_tile + t of image n (t < tiles; tiles row-major over a grid tiles_w wide), zero past grad_out's edge.
+    C_out a multiple of 16."""
     out_h, out_w, channels = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     for t in range(tiles):
         tile = first_tile + t
         top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
-        for i in range(TILE):
-            for j in range(TILE):
-                inside = top + i < out_h and left + j < out_w
-                for c in range(channels):
-                    patch[i, j, c] = grad_out[n, top + i, left + j, c] if inside else 0.0
-        for j in range(TILE):
-            _grad_rows(patch[0, j], patch[1, j], rows[0, j], rows[1, j], rows[2, j], rows[3, j])
-        for i in range(PATCH):
-            _grad_rows(rows[i, 0], rows[i, 1], z[4 * i, t], z[4 * i + 1, t], z[4 * i + 2, t], z[4 * i + 3, t])
+        _grad_tile(grad_out, ((n * out_h + top) * out_w + left) * channels, out_w * channels,
+                   min(TILE, out_h - top), min(TILE, out_w - left), z, z_offset + t * channels, position_step,
+                   channels)
+
+
+@jit
+def _inverse_axis(s0, s1, s2, s3):
+    # G^T along one axis (4 values to 3)
+    return s0 + 0.5 * (s1 + s2), 0.5 * (s1 - s2), 0.5 * (s1 + s2) + s3
 
 
 @jit
@@ -41,17 +101,107 @@ def inverse_transform_weight_grad(summed, out):
     """out (3, 3, C_in, C_out) = G^T s G for each (C_in, C_out) pair, s the 4x4 products summed over tiles, held
     in summed (16, C_in, C_out). G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]."""
     channels_in, channels_out = out.shape[2], out.shape[3]
-    rows = np.empty((3, PATCH), dtype=out.dtype)
     for ci in range(channels_in):
         for co in range(channels_out):
-            for j in range(PATCH):
-                s0, s1, s2, s3 = (summed[j, ci, co], summed[4 + j, ci, co], summed[8 + j, ci, co],
-                                  summed[12 + j, ci, co])
-                rows[0, j] = s0 + 0.5 * (s1 + s2)
-                rows[1, j] = 0.5 * (s1 - s2)
-                rows[2, j] = 0.5 * (s1 + s2) + s3
-            for i in range(3):
-                s0, s1, s2, s3 = rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 3]
-                out[i, 0, ci, co] = s0 + 0.5 * (s1 + s2)
-                out[i, 1, ci, co] = 0.5 * (s1 - s2)
-                out[i, 2, ci, co] = 0.5 * (s1 + s2) + s3
+            a0, b0, c0 = _inverse_axis(summed[0, ci, co], summed[4, ci, co], summed[8, ci, co], summed[12, ci, co])
+            a1, b1, c1 = _inverse_axis(summed[1, ci, co], summed[5, ci, co], summed[9, ci, co], summed[13, ci, co])
+            a2, b2, c2 = _inverse_axis(summed[2, ci, co], summed[6, ci, co], summed[10, ci, co], summed[14, ci, co])
+            a3, b3, c3 = _inverse_axis(summed[3, ci, co], summed[7, ci, co], summed[11, ci, co], summed[15, ci, co])
+            out[0, 0, ci, co], out[0, 1, ci, co], out[0, 2, ci, co] = _inverse_axis(a0, a1, a2, a3)
+            out[1, 0, ci, co], out[1, 1, ci, co], out[1, 2, ci, co] = _inverse_axis(b0, b1, b2, b3)
+            out[2, 0, ci, co], out[2, 1, ci, co], out[2, 2, ci, co] = _inverse_axis(c0, c1, c2, c3)
+
+
+@jit
+def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
+    """The chunks of one slot of _weight_gradient (its own function: a view taken inside a prange body leaks in
+    Numba 0.68)."""
+    pad_top, pad_left, tiles_w, tiles_per_image = geometry
+    batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
+    chunks, slots, job_tiles = partials.shape[0], vs.shape[0], vs.shape[2]
+    if channels_out % direct.BROAD_TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 2, direct.BROAD_WEIGHT_TILE_ROWS, direct.BROAD_TILE_CHANNELS
+    elif channels_out % direct.TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 1, direct.WEIGHT_TILE_ROWS, direct.TILE_CHANNELS
+    else:
+        kind, tile_rows, tile_channels = 0, direct.NARROW_WEIGHT_TILE_ROWS, direct.NARROW_TILE_CHANNELS
+    v_slot, z, patch = vs[slot], zs[slot], patches[slot]
+    v_flat = v_slot.reshape(-1)
+    v_position_step, z_position_step = job_tiles * channels_in, job_tiles * channels_out
+    partial_size = POSITIONS * channels_in * channels_out
+    total = batch * tiles_per_image
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+        partials[chunk] = 0.0
+        start, last = chunk * total // chunks, (chunk + 1) * total // chunks
+        while start < last:
+            count = min(last - start, job_tiles)
+            k = 0
+            while k < count:  # the job's tiles, image by image
+                n, tile = (start + k) // tiles_per_image, (start + k) % tiles_per_image
+                run = min(count - k, tiles_per_image - tile)
+                # transform_input_tiles writes from tile 0 of the v it is given: a view starting k tiles in, with
+                # v_slot's position step (v_slot has a 17th position of room for it)
+                v = v_flat[k * channels_in:k * channels_in + POSITIONS * v_position_step].reshape(
+                    POSITIONS, job_tiles, channels_in)
+                transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v)
+                transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
+                k += run
+            for p in range(POSITIONS):
+                for ci in range(0, channels_in, tile_rows):
+                    for co in range(0, channels_out, tile_channels):
+                        direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
+                                                * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
+                                                0, z, p * z_position_step + co, 0, 1, count, channels_out)
+            start += count
+
+
+@parallel_jit
+def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
+    """partials[chunk] (4, 4, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
+    vs (slots, 17, JOB_TILES, C_in), zs (slots, 16 * JOB_TILES * C_out) and patches (slots, 4, 4, C_in) are
+    the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
+    for slot in prange(vs.shape[0]):
+        _weight_slot(np.int64(slot), x, grad_out, partials, vs, zs, patches, geometry)
+
+
+def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget):
+    """(scratch specs, details) of the Winograd weight gradient, or None when its partials do not fit half the
+    budget. The chunk count depends on the shape and budget only."""
+    _, _, channels_in, channels_out = weight_shape
+    batch, out_h, out_w, _ = out_shape
+    tiles_w, tiles_per_image = tiles_along(out_w), tiles_along(out_h) * tiles_along(out_w)
+    total = batch * tiles_per_image
+    partial = (PATCH, PATCH, channels_in, channels_out)
+    half = budget // 2
+    wanted = max(2, min(MAX_CHUNKS, total // TILES_PER_CHUNK) // 2 * 2)
+    chunks = int(max(1, min(wanted, total, half // spec_bytes(partial, dtype))))
+    if chunks * spec_bytes(partial, dtype) > half:
+        return None
+    specs = (("partials", (chunks, *partial), dtype),)
+    if chunks > 1:
+        specs += (("summed", (POSITIONS, channels_in, channels_out), dtype),)
+    job_tiles = min(JOB_TILES, total)
+    per_slot = (spec_bytes((POSITIONS + 1, job_tiles, channels_in), dtype)
+                + spec_bytes((POSITIONS * job_tiles * channels_out,), dtype)
+                + spec_bytes((PATCH, PATCH, channels_in), dtype))
+    slots = slots_within(per_slot, specs_bytes(specs), chunks, budget)
+    if specs_bytes(specs) + slots * per_slot > budget:
+        return None
+    specs += (("vs", (slots, POSITIONS + 1, job_tiles, channels_in), dtype),
+              ("zs", (slots, POSITIONS * job_tiles * channels_out), dtype),
+              ("patches", (slots, PATCH, PATCH, channels_in), dtype))
+    return specs, (padding[0], padding[1], tiles_w, tiles_per_image)
+
+
+def conv2d_backward_weight_winograd(x, grad_out, out, scratch, geometry):
+    """The Winograd weight gradient of contiguous float32 x and grad_out into out (3, 3, C_in, C_out), with the
+    scratch carved from backward_weight_plan's specs and its geometry."""
+    partials = scratch["partials"]
+    _weight_gradient(x, grad_out, partials, scratch["vs"], scratch["zs"], scratch["patches"], geometry)
+    if partials.shape[0] > 1:
+        summed = scratch["summed"]
+        sum_partials(partials, summed)
+    else:
+        summed = partials.reshape(POSITIONS, out.shape[2], out.shape[3])
+    inverse_transform_weight_grad(summed, out)
+    return out
