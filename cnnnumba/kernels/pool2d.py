@@ -13,9 +13,13 @@ Max-pool indices follow PyTorch: the flat position ih * W + iw inside the image 
 (possible only when a dilation steps over the whole input) gives -inf and index -1.
 """
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
+from ._vector import INDEX, LANES
 
 
 @jit
@@ -35,6 +39,9 @@ FEW_CHANNELS = 16
 # than it saves on a pass this short when the cores are shared (LeNet-5's 64x28x28x6 backward: 2 threads
 # 3.5 ms under load against about 0.5 ms on one).
 SERIAL_ELEMENTS = 1 << 19
+# Parallel pool passes split their (image, row) jobs into this many contiguous chunks, each one call of the serial
+# helper (no reduction crosses a chunk, so the split does not change any result).
+POOL_CHUNKS = 64
 
 
 @parallel_jit
@@ -87,6 +94,193 @@ def _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, strid
                 indices[n, oh, ow, c] = best_index
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The 2x2 window (every pooling layer of the benchmark models) with all channels of a pixel in one masked vector
+# of up to 16 lanes: at few channels a channel loop runs 6 trips per pixel and LLVM's vectorised loop plus its
+# remainder and alias checks cost more than the work (LeNet-5's 64x28x28x6 forward: 9-14 ns per output element
+# in plain loops). Masked loads and stores touch only the lanes below the channel count, so the last pixel of an
+# array reads nothing past its end.
+# ---------------------------------------------------------------------------------------------------------
+
+def _splat(builder, scalar, vector_type):
+    single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(single, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def _lane_mask(builder, count):
+    """<16 x i1>: lanes below count (an i64 value)."""
+    lanes = ir.VectorType(INDEX, LANES)
+    return builder.icmp_unsigned("<", ir.Constant(lanes, list(range(LANES))), _splat(builder, count, lanes))
+
+
+def _mangled(vector_type):
+    element = vector_type.element
+    kind = "i" if isinstance(element, ir.IntType) else "f"
+    bits = element.width if kind == "i" else (32 if isinstance(element, ir.FloatType) else 64)
+    return f"v{LANES}{kind}{bits}"
+
+
+def _masked_load(builder, pointer, mask, vector_type, element_bytes):
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector_type, [vector_type.as_pointer(), ir.IntType(32), mask.type,
+                                                      vector_type]),
+        f"llvm.masked.load.{_mangled(vector_type)}.p0")
+    return builder.call(function, [builder.bitcast(pointer, vector_type.as_pointer()),
+                                   ir.Constant(ir.IntType(32), element_bytes), mask,
+                                   ir.Constant(vector_type, [0] * LANES)])
+
+
+def _masked_store(builder, value, pointer, mask, element_bytes):
+    vector_type = value.type
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(), ir.IntType(32),
+                                                        mask.type]),
+        f"llvm.masked.store.{_mangled(vector_type)}.p0")
+    builder.call(function, [value, builder.bitcast(pointer, vector_type.as_pointer()),
+                            ir.Constant(ir.IntType(32), element_bytes), mask])
+
+
+def _pointer(context, builder, array_type, array, offset):
+    return builder.gep(context.make_array(array_type)(context, builder, array).data, [offset])
+
+
+@intrinsic
+def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, first_index, width, count):
+    """For the `count` (<= 16) channels of one output pixel: the taps a0 = x[top + c], a1 = x[top + step + c],
+    b0 = x[bottom + c], b1 = x[bottom + step + c] (flat element offsets of C-contiguous arrays) scanned in that
+    order, a later tap winning when greater or NaN; out[out_offset + c] = the winner, indices[out_offset + c] =
+    first_index + (0, 1, width or width + 1)."""
+    index = types.intp
+    signature = types.void(x, index, index, index, out, indices, index, index, index, index)
+
+    def codegen(context, builder, sig, args):
+        x_value, top, bottom, step, out_value, indices_value, out_offset, first_index, width, count = args
+        element = context.get_value_type(sig.args[0].dtype)
+        element_bytes = context.get_abi_sizeof(element)
+        values = ir.VectorType(element, LANES)
+        offsets = ir.VectorType(INDEX, LANES)
+        mask = _lane_mask(builder, count)
+
+        def tap(offset):
+            return _masked_load(builder, _pointer(context, builder, sig.args[0], x_value, offset), mask, values,
+                                element_bytes)
+
+        best = tap(top)
+        winner = ir.Constant(offsets, [0] * LANES)
+        for position, offset in ((builder.add(top, step), ir.Constant(INDEX, 1)), (bottom, width),
+                                 (builder.add(bottom, step), builder.add(width, ir.Constant(INDEX, 1)))):
+            value = tap(position)
+            take = builder.or_(builder.fcmp_ordered(">", value, best), builder.fcmp_unordered("uno", value, value))
+            best = builder.select(take, value, best)
+            winner = builder.select(take, _splat(builder, offset, offsets), winner)
+        _masked_store(builder, best, _pointer(context, builder, sig.args[4], out_value, out_offset), mask,
+                      element_bytes)
+        _masked_store(builder, builder.add(winner, _splat(builder, first_index, offsets)),
+                      _pointer(context, builder, sig.args[5], indices_value, out_offset), mask, 8)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def _unpool_2x2_pixel(typingctx, grad_out, indices, out_offset, grad_in, top, bottom, step, first_index, width,
+                      count):
+    """For the `count` (<= 16) channels of one output pixel whose 2x2 window covers no other window's taps:
+    grad_in at the taps (top, top + step, bottom, bottom + step; flat element offsets) = grad_out[out_offset + c]
+    where indices[out_offset + c] names that tap (first_index + 0, 1, width, width + 1), else 0."""
+    index = types.intp
+    signature = types.void(grad_out, indices, index, grad_in, index, index, index, index, index, index)
+
+    def codegen(context, builder, sig, args):
+        grad_out_value, indices_value, out_offset, grad_in_value, top, bottom, step, first_index, width, count = args
+        element = context.get_value_type(sig.args[0].dtype)
+        element_bytes = context.get_abi_sizeof(element)
+        values = ir.VectorType(element, LANES)
+        offsets = ir.VectorType(INDEX, LANES)
+        mask = _lane_mask(builder, count)
+        grad = _masked_load(builder, _pointer(context, builder, sig.args[0], grad_out_value, out_offset), mask,
+                            values, element_bytes)
+        winner = _masked_load(builder, _pointer(context, builder, sig.args[1], indices_value, out_offset), mask,
+                              offsets, 8)
+        winner = builder.sub(winner, _splat(builder, first_index, offsets))
+        zero = ir.Constant(values, [0] * LANES)
+        for position, offset in ((top, ir.Constant(INDEX, 0)), (builder.add(top, step), ir.Constant(INDEX, 1)),
+                                 (bottom, width), (builder.add(bottom, step), builder.add(width, ir.Constant(INDEX, 1)))):
+            chosen = builder.icmp_signed("==", winner, _splat(builder, offset, offsets))
+            _masked_store(builder, builder.select(chosen, grad, zero),
+                          _pointer(context, builder, sig.args[3], grad_in_value, position), mask, element_bytes)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@parallel_jit
+def _max_pool2d_forward_2x2_parallel(x, out, indices, stride_h, stride_w):
+    jobs = x.shape[0] * out.shape[1]
+    chunks = min(jobs, POOL_CHUNKS)
+    for chunk in prange(chunks):
+        _max_pool2d_forward_2x2(x, out, indices, stride_h, stride_w, np.int64(chunk * jobs // chunks),
+                                np.int64((chunk + 1) * jobs // chunks))
+
+
+@jit
+def _max_pool2d_forward_2x2(x, out, indices, stride_h, stride_w, first_job, end_job):
+    """max_pool2d_forward for a 2x2 window inside x (no padding, dilation 1, no window clipped) on C-contiguous
+    operands, for the (image, output row) jobs first_job..end_job - 1, a pixel's channels 16 at a time."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    row = width * channels
+    for job in range(first_job, end_job):
+        n = job // out_h
+        ih = (job % out_h) * stride_h
+        top = (n * height + ih) * row
+        first = job * out_w * channels
+        for ow in range(out_w):
+            left = top + ow * stride_w * channels
+            for c in range(0, channels, LANES):
+                _max_2x2_pixel(x, left + c, left + row + c, channels, out, indices, first + ow * channels + c,
+                               ih * width + ow * stride_w, width, min(LANES, channels - c))
+
+
+@parallel_jit
+def _max_pool2d_backward_2x2_parallel(grad_out, indices, grad_in):
+    jobs = grad_in.shape[0] * grad_out.shape[1]
+    chunks = min(jobs, POOL_CHUNKS)
+    for chunk in prange(chunks):
+        _max_pool2d_backward_2x2(grad_out, indices, grad_in, np.int64(chunk * jobs // chunks),
+                                 np.int64((chunk + 1) * jobs // chunks))
+
+
+@jit
+def _max_pool2d_backward_2x2(grad_out, indices, grad_in, first_job, end_job):
+    """max_pool2d_backward for 2x2 windows with stride 2 that lie inside grad_in (no padding, dilation 1), on
+    C-contiguous operands, for the (image, output row) jobs first_job..end_job - 1: each job writes the two input
+    rows its windows cover, zeros in the columns right of the last window, and (the last row of windows of an
+    image) zeros in the rows below it."""
+    batch, height, width, channels = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    row = width * channels
+    flat_in = grad_in.reshape(-1)
+    for job in range(first_job, end_job):
+        n = job // out_h
+        oh = job % out_h
+        top = (n * height + 2 * oh) * row
+        first = job * out_w * channels
+        for ow in range(out_w):
+            left = top + 2 * ow * channels
+            for c in range(0, channels, LANES):
+                _unpool_2x2_pixel(grad_out, indices, first + ow * channels + c, grad_in, left + c, left + row + c,
+                                  channels, 2 * oh * width + 2 * ow, width, min(LANES, channels - c))
+        for i in range(top + 2 * out_w * channels, top + row):
+            flat_in[i] = 0
+        for i in range(top + row + 2 * out_w * channels, top + 2 * row):
+            flat_in[i] = 0
+        if oh == out_h - 1:
+            for i in range(top + 2 * row, (n + 1) * height * row):
+                flat_in[i] = 0
+
+
 def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w):
     """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner.
@@ -94,9 +288,15 @@ def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 
     The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
-    if (channels < FEW_CHANNELS and pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1
-            and out_h > 0 and out_w > 0 and (out_h - 1) * stride_h + kernel_h <= height
-            and (out_w - 1) * stride_w + kernel_w <= width):
+    inside = (pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1 and out_h > 0 and out_w > 0
+              and (out_h - 1) * stride_h + kernel_h <= height and (out_w - 1) * stride_w + kernel_w <= width)
+    if (inside and kernel_h == 2 and kernel_w == 2 and x.flags.c_contiguous and out.flags.c_contiguous
+            and indices.flags.c_contiguous):
+        if x.size <= SERIAL_ELEMENTS:
+            _max_pool2d_forward_2x2(x, out, indices, stride_h, stride_w, 0, batch * out_h)
+        else:
+            _max_pool2d_forward_2x2_parallel(x, out, indices, stride_h, stride_w)
+    elif inside and channels < FEW_CHANNELS:
         if x.size <= SERIAL_ELEMENTS:
             _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 0,
                                     batch * out_h)
@@ -186,7 +386,16 @@ def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h
     """grad_in[n, ih, iw, c] = sum of grad_out over the windows whose max was (ih, iw) in channel c.
 
     The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
-    if (stride_h == kernel_h and stride_w == kernel_w and pad_h == 0 and pad_w == 0 and dilation_h == 1
+    batch, height, width, _ = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    if (kernel_h == kernel_w == stride_h == stride_w == 2 and pad_h == pad_w == 0 and dilation_h == dilation_w == 1
+            and out_h > 0 and out_w > 0 and 2 * out_h <= height and 2 * out_w <= width
+            and grad_out.flags.c_contiguous and indices.flags.c_contiguous and grad_in.flags.c_contiguous):
+        if grad_in.size <= SERIAL_ELEMENTS:
+            _max_pool2d_backward_2x2(grad_out, indices, grad_in, 0, batch * out_h)
+        else:
+            _max_pool2d_backward_2x2_parallel(grad_out, indices, grad_in)
+    elif (stride_h == kernel_h and stride_w == kernel_w and pad_h == 0 and pad_w == 0 and dilation_h == 1
             and dilation_w == 1):
         jobs = grad_in.shape[0] * grad_in.shape[1]
         if grad_in.size <= SERIAL_ELEMENTS:

@@ -23,7 +23,13 @@ WINDOW_CASES = [
     ((2, 9, 7, 6), (2, 2), (2, 2), (0, 0), (1, 1), False),   # few channels, 2x2: leftover row and column
     ((1, 8, 9, 5), (3, 3), (2, 2), (0, 0), (1, 1), False),   # few channels, overlapping windows inside x
     ((2, 5, 8, 7), (2, 2), (1, 2), (0, 0), (1, 1), False),   # few channels, 2x2 overlapping along the height
-    ((1, 6, 6, 20), (2, 2), (2, 2), (0, 0), (1, 1), False),  # enough channels for the general loop
+    ((1, 6, 6, 20), (2, 2), (2, 2), (0, 0), (1, 1), False),  # 2x2: one full 16-channel vector and 4 lanes
+    ((2, 6, 8, 16), (2, 2), (2, 2), (0, 0), (1, 1), False),  # 2x2: exactly one 16-channel vector
+    ((2, 9, 9, 33), (2, 2), (2, 2), (0, 0), (1, 1), False),  # 2x2: two vectors and one lane, leftover row/column
+    ((1, 7, 7, 17), (2, 2), (1, 1), (0, 0), (1, 1), False),  # 2x2 overlapping windows, 17 channels
+    ((2, 4, 6, 5), (2, 2), (2, 2), (1, 1), (1, 1), False),   # 2x2 with padding: the general loop
+    ((1, 5, 5, 3), (2, 2), (2, 2), (0, 0), (2, 2), False),   # 2x2 with dilation: the general loop
+    ((1, 3, 3, 4), (2, 2), (2, 2), (0, 0), (1, 1), True),    # 2x2, ceil_mode clips the last windows: general
 ]
 
 
@@ -76,6 +82,45 @@ def test_max_pool2d_2x2_few_channels_nan_wins_and_last_nan_gives_the_index():
     expected = _max_pool(reference, x, 0, (2, 2), (2, 2), (0, 0), (1, 1), False)
     assert np.isnan(got[0][..., :2]).all() and got[0][..., 2] == -np.inf
     np.testing.assert_array_equal(got[1].ravel(), [2, 2, 0])
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("channels", [6, 16, 19])
+def test_max_pool2d_2x2_nan_inf_and_ties_follow_the_scan_order(channels):
+    # every pattern of NaN, +-inf, ties and ordinary values over the four taps, one window per pattern and channel
+    values = np.array([np.nan, np.inf, -np.inf, 1.0, 1.0, 0.0, -2.0], dtype=np.float32)
+    patterns = np.stack(np.meshgrid(*[np.arange(values.size)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    count = patterns.shape[0]
+    shifted = (np.arange(count) + 37 * np.arange(channels)[:, None]) % count  # another pattern per channel
+    windows = values[patterns[shifted]].reshape(channels, count, 2, 2)
+    x = windows.reshape(channels, 1, count, 2, 2).transpose(1, 3, 2, 4, 0).reshape(1, 2, 2 * count, channels)
+    got = _max_pool(pool2d, x, 0, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    expected = _max_pool(reference, x, 0, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("channels", [6, 16])
+def test_max_pool2d_2x2_takes_the_vector_path_for_lenet_sized_layers(channels, monkeypatch):
+    def general(*args):
+        raise AssertionError("the general loop ran")
+
+    for name in ("_max_pool2d_forward_general", "_max_pool2d_backward_general", "_max_pool2d_backward_tiled",
+                 "_max_pool2d_forward_few"):
+        monkeypatch.setattr(pool2d, name, general)
+    x = np.random.default_rng(5).standard_normal((3, 10, 10, channels)).astype(np.float32)
+    got = _max_pool(pool2d, x, 6, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    expected = _max_pool(reference, x, 6, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_max_pool2d_2x2_on_strided_views_takes_the_general_loop():
+    base = np.random.default_rng(7).standard_normal((2, 8, 8, 12)).astype(np.float32)
+    x = base[..., ::2]  # not C-contiguous: the flat-offset vector path must not run on it
+    got = _max_pool(pool2d, x, 1, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    expected = _max_pool(reference, np.ascontiguousarray(x), 1, (2, 2), (2, 2), (0, 0), (1, 1), False)
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g, e)
 
@@ -136,7 +181,10 @@ def test_pool_kernels_give_identical_results_on_one_and_two_threads():
     try:
         for threads in (1, 2):
             cn.set_num_threads(threads)
-            max_out = _max_pool(pool2d, x, 4, (3, 3), (2, 2), (1, 1), (1, 1), True)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(pool2d, "SERIAL_ELEMENTS", -1)  # the parallel 2x2 kernels, split over the threads
+                max_2x2 = _max_pool(pool2d, x, 4, (2, 2), (2, 2), (0, 0), (1, 1), False)
+            max_out = _max_pool(pool2d, x, 4, (3, 3), (2, 2), (1, 1), (1, 1), True) + max_2x2
             avg_out, avg_grad = np.empty((4, 5, 4, 5), np.float32), np.empty_like(x)
             pool2d.avg_pool2d_forward(x, avg_out, 3, 3, 2, 2, 1, 1, True, 0)
             pool2d.avg_pool2d_backward(avg_out, avg_grad, 3, 3, 2, 2, 1, 1, True, 0)
