@@ -22,6 +22,8 @@ from .conv2d_winograd import PATCH, POSITIONS, TILE, tiles_along, transform_inpu
 from .conv2d_workspace import slots_within, spec_bytes, specs_bytes, sum_partials
 
 # Tiles per job: V (16, JOB_TILES, C_in) and Z (16, JOB_TILES, C_out) together 2 MiB at 256 channels each.
+# Their positions lie one tile more than JOB_TILES apart: a transform stores 16 vectors, one per position, and
+# at a distance that is a multiple of 4 KiB those 16 stores fall in one L1 set (the transforms ran 1.2-1.7x slower).
 JOB_TILES = 64
 # Tiles per partial, at least: zeroing and summing a partial costs about what 1/500 of its tiles' products do.
 TILES_PER_CHUNK = 512
@@ -118,7 +120,8 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
     Numba 0.68)."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry
     batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
-    chunks, slots, job_tiles = partials.shape[0], vs.shape[0], vs.shape[2]
+    chunks, slots, capacity = partials.shape[0], vs.shape[0], vs.shape[2]
+    job_tiles = capacity - 1
     if channels_out % direct.BROAD_TILE_CHANNELS == 0:
         kind, tile_rows, tile_channels = 2, direct.BROAD_WEIGHT_TILE_ROWS, direct.BROAD_TILE_CHANNELS
     elif channels_out % direct.TILE_CHANNELS == 0:
@@ -127,7 +130,7 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
         kind, tile_rows, tile_channels = 0, direct.NARROW_WEIGHT_TILE_ROWS, direct.NARROW_TILE_CHANNELS
     v_slot, z, patch = vs[slot], zs[slot], patches[slot]
     v_flat = v_slot.reshape(-1)
-    v_position_step, z_position_step = job_tiles * channels_in, job_tiles * channels_out
+    v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
@@ -142,7 +145,7 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
                 # transform_input_tiles writes from tile 0 of the v it is given: a view starting k tiles in, with
                 # v_slot's position step (v_slot has a 17th position of room for it)
                 v = v_flat[k * channels_in:k * channels_in + POSITIONS * v_position_step].reshape(
-                    POSITIONS, job_tiles, channels_in)
+                    POSITIONS, capacity, channels_in)
                 transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v)
                 transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
                 k += run
@@ -158,7 +161,7 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
 @parallel_jit
 def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
     """partials[chunk] (4, 4, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
-    vs (slots, 17, JOB_TILES, C_in), zs (slots, 16 * JOB_TILES * C_out) and patches (slots, 4, 4, C_in) are
+    vs (slots, 17, tiles per job + 1, C_in), zs (slots, 16 * (tiles per job + 1) * C_out) and patches (slots, 4, 4, C_in) are
     the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
     for slot in prange(vs.shape[0]):
         _weight_slot(np.int64(slot), x, grad_out, partials, vs, zs, patches, geometry)
@@ -180,15 +183,15 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budge
     specs = (("partials", (chunks, *partial), dtype),)
     if chunks > 1:
         specs += (("summed", (POSITIONS, channels_in, channels_out), dtype),)
-    job_tiles = min(JOB_TILES, total)
-    per_slot = (spec_bytes((POSITIONS + 1, job_tiles, channels_in), dtype)
-                + spec_bytes((POSITIONS * job_tiles * channels_out,), dtype)
+    capacity = min(JOB_TILES, total) + 1
+    per_slot = (spec_bytes((POSITIONS + 1, capacity, channels_in), dtype)
+                + spec_bytes((POSITIONS * capacity * channels_out,), dtype)
                 + spec_bytes((PATCH, PATCH, channels_in), dtype))
     slots = slots_within(per_slot, specs_bytes(specs), chunks, budget)
     if specs_bytes(specs) + slots * per_slot > budget:
         return None
-    specs += (("vs", (slots, POSITIONS + 1, job_tiles, channels_in), dtype),
-              ("zs", (slots, POSITIONS * job_tiles * channels_out), dtype),
+    specs += (("vs", (slots, POSITIONS + 1, capacity, channels_in), dtype),
+              ("zs", (slots, POSITIONS * capacity * channels_out), dtype),
               ("patches", (slots, PATCH, PATCH, channels_in), dtype))
     return specs, (padding[0], padding[1], tiles_w, tiles_per_image)
 
