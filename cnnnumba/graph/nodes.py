@@ -183,9 +183,10 @@ class BatchNormTrain(Node):
         chunks = fused.chunk_count(self.count)
         name = output.name
         self.stats = Buffer((3, channels), np.float64, name + ".stats")  # mean, biased variance, invstd
-        self.partials = Buffer((2, chunks, channels), np.float64, name + ".partials")
+        # statistics: per-chunk shifts, means, squared deviations; backward: gradient sums in [0], [1]
+        self.partials = Buffer((3, chunks, channels), np.float64, name + ".partials")
         self.sums = Buffer((2, channels), np.float64, name + ".sums")
-        self.coefficients = Buffer((4, channels), x.dtype, name + ".coefficients")
+        self.coefficients = Buffer((7, channels), x.dtype, name + ".coefficients")
         self.param_grads = Buffer((2, channels), x.dtype, name + ".unused_param_grads")
         self.grad_x = Buffer(x.shape, x.dtype, name + ".unused_grad_x")
         self.running_scratch = (np.empty(channels, dtype=x.dtype), np.empty(channels, dtype=np.float64))
@@ -198,9 +199,8 @@ class BatchNormTrain(Node):
         return super().forward_buffers() + [self.stats, self.partials, self.coefficients]
 
     def backward_buffers(self):
+        # not the output: the ReLU mask is recomputed from x
         extra = [self.stats, self.partials, self.sums, self.coefficients, self.inputs[0].buffer]
-        if self.relu:
-            extra.append(self.output.buffer)
         need_weight = self.weight_index is not None and self.needs(self.weight_index)
         need_bias = self.bias_index is not None and self.needs(self.bias_index)
         if not need_weight or not need_bias:
@@ -215,7 +215,7 @@ class BatchNormTrain(Node):
     def forward(self):
         x = rows(self.inputs[0].buffer.array)
         stats, partials = self.stats.array, self.partials.array
-        fused.batch_norm_statistics(x, self.eps, partials[0], stats[0], stats[1], stats[2])
+        fused.batch_norm_statistics(x, self.eps, partials, stats[0], stats[1], stats[2])
         self._normalize(x, stats)
         if self.running_mean is not None:
             self._update_running_statistics(stats[0], stats[1])
@@ -241,27 +241,33 @@ class BatchNormTrain(Node):
         np.add(same_dtype, wide, out=wide)
         np.copyto(self.running_var, wide)
 
-    def backward(self):
-        stats, partials = self.stats.array, self.partials.array
+    def _gradient_targets(self):
+        """(grad_x, grad_weight, grad_bias, finish): where the kernel writes each, and the indices to finish."""
         need_weight = self.weight_index is not None and self.needs(self.weight_index)
         need_bias = self.bias_index is not None and self.needs(self.bias_index)
         grad_weight = self.grad_target(self.weight_index) if need_weight else self.param_grads.array[0]
         grad_bias = self.grad_target(self.bias_index) if need_bias else self.param_grads.array[1]
         grad_x = self.grad_target(0) if self.needs(0) else self.grad_x.array
-        fused.batch_norm_act_backward(rows(self.output.grad.array), rows(self.output.buffer.array),
-                                      rows(self.inputs[0].buffer.array), stats[0], stats[2],
-                                      self._param(self.weight_index, self.ones), self.relu, partials[0], partials[1],
+        finish = [index for index, needed in ((0, self.needs(0)), (self.weight_index, need_weight),
+                                              (self.bias_index, need_bias)) if needed]
+        return grad_x, grad_weight, grad_bias, finish
+
+    def backward(self):
+        stats, partials = self.stats.array, self.partials.array
+        grad_x, grad_weight, grad_bias, finish = self._gradient_targets()
+        fused.batch_norm_act_backward(rows(self.output.grad.array), rows(self.inputs[0].buffer.array), stats[0],
+                                      stats[2], self._param(self.weight_index, self.ones),
+                                      self._param(self.bias_index, self.zeros), self.relu, partials[0], partials[1],
                                       self.sums.array, self.coefficients.array, rows(grad_x), grad_weight, grad_bias)
-        for index, needed in ((0, self.needs(0)), (self.weight_index, need_weight), (self.bias_index, need_bias)):
-            if needed:
-                self.finish_grad(index)
+        for index in finish:
+            self.finish_grad(index)
 
 
 class BatchNormAddReLU(BatchNormTrain):
     """relu(batch_norm(x) + shortcut), training mode: a residual block's end in one pass over memory.
 
-    Backward: the ReLU mask comes from the fused output (y > 0), so the shortcut's gradient is the masked
-    gradient and the batch-norm backward is batch norm + ReLU's, reading the same y.
+    Backward: the ReLU mask comes from the fused output (y > 0); the shortcut's gradient is the masked gradient,
+    written by the batch-norm backward's reduction pass and read by its apply pass in place of grad_y and y.
     """
 
     name = "batchnorm+add+relu"
@@ -275,6 +281,13 @@ class BatchNormAddReLU(BatchNormTrain):
         self.inputs.append(shortcut)
         self.accumulate.append(False)
         self.scratch.append(None)
+        self.grad_shortcut = Buffer(shortcut.shape, shortcut.dtype, output.name + ".unused_grad_shortcut")
+
+    def backward_buffers(self):
+        extra = [self.output.buffer]
+        if not self.needs(self.shortcut_index):
+            extra.append(self.grad_shortcut)
+        return super().backward_buffers() + extra
 
     def _normalize(self, x, stats):
         fused.batch_norm_add_relu_forward(x, rows(self.inputs[self.shortcut_index].buffer.array), stats[0], stats[2],
@@ -283,12 +296,17 @@ class BatchNormAddReLU(BatchNormTrain):
                                           rows(self.output.buffer.array))
 
     def backward(self):
+        stats, partials = self.stats.array, self.partials.array
+        grad_x, grad_weight, grad_bias, finish = self._gradient_targets()
         k = self.shortcut_index
-        if self.needs(k):
-            elementwise.relu_backward(self.output.grad.array.reshape(-1), self.output.buffer.array.reshape(-1),
-                                      self.grad_target(k).reshape(-1))
-            self.finish_grad(k)
-        super().backward()
+        grad_shortcut = self.grad_target(k) if self.needs(k) else self.grad_shortcut.array
+        fused.batch_norm_add_relu_backward(rows(self.output.grad.array), rows(self.output.buffer.array),
+                                           rows(self.inputs[0].buffer.array), stats[0], stats[2],
+                                           self._param(self.weight_index, self.ones), partials[0], partials[1],
+                                           self.sums.array, self.coefficients.array, rows(grad_shortcut),
+                                           rows(grad_x), grad_weight, grad_bias)
+        for index in finish + ([k] if self.needs(k) else []):
+            self.finish_grad(index)
 
 
 class AddReLU(Node):

@@ -21,13 +21,14 @@ ROWS_PER_CHUNK = 256
 
 def _statistics_buffers(x):
     rows, channels = x.shape
-    partials = np.empty((fused.chunk_count(rows), channels), dtype=np.float64)
+    partials = np.empty((3, fused.chunk_count(rows), channels), dtype=np.float64)
     mean, variance, invstd = (np.empty(channels, dtype=np.float64) for _ in range(3))
     return partials, mean, variance, invstd
 
 
 def channel_statistics(x):
-    """Per-channel mean and biased variance of x (rows, C), both float64, by two passes over x."""
+    """Per-channel mean and biased variance of x (rows, C), both float64, by one pass over x (two over each
+    cache-sized chunk)."""
     partials, mean, variance, invstd = _statistics_buffers(x)
     fused.batch_norm_statistics(x, 1.0, partials, mean, variance, invstd)
     return mean, variance
@@ -63,8 +64,9 @@ def batch_norm_backward_train(grad_y, x, mean, invstd, weight):
     sums = np.empty((2, channels), dtype=np.float64)
     rounded_grads = np.empty((2, channels), dtype=x.dtype)  # the float64 sums below are what is returned
     grad_x = np.empty_like(x)
-    fused.batch_norm_act_backward(grad_y, x, x, mean, invstd, weight, False, partials[0], partials[1], sums,
-                                  np.empty((4, channels), dtype=x.dtype), grad_x, rounded_grads[0],
+    unused_bias = np.zeros(channels, dtype=x.dtype)  # only the ReLU mask reads the bias
+    fused.batch_norm_act_backward(grad_y, x, mean, invstd, weight, unused_bias, False, partials[0], partials[1],
+                                  sums, np.empty((7, channels), dtype=x.dtype), grad_x, rounded_grads[0],
                                   rounded_grads[1])
     return grad_x, sums[1] * invstd, sums[0]
 

@@ -403,7 +403,8 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_min
 # ---- fused (twin of kernels/fused.py) ----
 
 def batch_norm_statistics(x, eps):
-    """(mean, biased variance, invstd) per channel of x (rows, C), in float64."""
+    """(mean, biased variance, invstd) per channel of x (rows, C), in float64: two passes over all of x (the kernel
+    makes them per cache-sized chunk and combines the chunks, the same numbers within float64 rounding)."""
     values = x.astype(np.float64)
     mean = values.mean(axis=0)
     variance = ((values - mean) ** 2).mean(axis=0)
@@ -415,9 +416,14 @@ def batch_norm_act_forward(x, mean, invstd, weight, bias, relu):
     return np.where(y <= 0, np.zeros((), x.dtype), y) if relu else y
 
 
-def batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu):
-    """(grad_x, grad_weight, grad_bias) of batch norm (batch statistics) followed by ReLU when relu."""
-    g = np.where(y > 0, grad_y, 0).astype(np.float64) if relu else grad_y.astype(np.float64)
+def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu):
+    """(grad_x, grad_weight, grad_bias) of batch norm (batch statistics) followed by ReLU when relu; the ReLU mask
+    is the pre-activation > 0, the pre-activation recomputed from x as batch_norm_act_forward computes it."""
+    if relu:
+        pre_activation = batch_norm_act_forward(x, mean, invstd, weight, bias, relu=False)
+        g = np.where(pre_activation > 0, grad_y, 0).astype(np.float64)
+    else:
+        g = grad_y.astype(np.float64)
     x_hat = (x.astype(np.float64) - mean) * invstd
     sum_dy, sum_dy_xhat = g.sum(axis=0), (g * x_hat).sum(axis=0)
     rows = x.shape[0]
@@ -433,6 +439,12 @@ def relu_backward_bias_grad(grad_y, y):
 def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias):
     total = batch_norm_act_forward(x, mean, invstd, weight, bias, relu=False) + shortcut
     return np.where(total <= 0, np.zeros((), x.dtype), total)
+
+
+def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight):
+    """(grad_shortcut, grad_x, grad_weight, grad_bias) of relu(batch_norm(x) + shortcut), y its output."""
+    grad_shortcut = np.where(y > 0, grad_y, 0).astype(grad_y.dtype)
+    return (grad_shortcut,) + batch_norm_act_backward(grad_shortcut, x, mean, invstd, weight, None, relu=False)
 
 
 def add_relu_forward(a, b):

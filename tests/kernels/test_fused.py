@@ -20,7 +20,7 @@ def _inputs(rows, channels, dtype, seed=0):
 
 def _fused_forward(x, weight, bias, relu, eps=1e-5):
     rows, channels = x.shape
-    partials = np.empty((fused.chunk_count(rows), channels))
+    partials = np.full((3, fused.chunk_count(rows), channels), np.nan)  # read only where written first
     stats = np.empty((3, channels))
     out = np.empty_like(x)
     fused.batch_norm_statistics(x, eps, partials, stats[0], stats[1], stats[2])
@@ -28,14 +28,26 @@ def _fused_forward(x, weight, bias, relu, eps=1e-5):
     return out, stats
 
 
-def _fused_backward(grad_y, y, x, stats, weight, relu):
+def _fused_backward(grad_y, x, stats, weight, bias, relu):
     rows, channels = x.shape
     chunks = fused.chunk_count(rows)
     grad_x, grad_weight, grad_bias = np.empty_like(x), np.empty(channels, x.dtype), np.empty(channels, x.dtype)
-    fused.batch_norm_act_backward(grad_y, y, x, stats[0], stats[2], weight, relu, np.empty((chunks, channels)),
-                                  np.empty((chunks, channels)), np.empty((2, channels)),
-                                  np.empty((4, channels), x.dtype), grad_x, grad_weight, grad_bias)
+    fused.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, relu, np.full((chunks, channels), 7.0),
+                                  np.full((chunks, channels), 7.0), np.empty((2, channels)),
+                                  np.full((7, channels), 7, x.dtype), grad_x, grad_weight, grad_bias)
     return grad_x, grad_weight, grad_bias
+
+
+def _fused_add_relu_backward(grad_y, y, x, stats, weight):
+    rows, channels = x.shape
+    chunks = fused.chunk_count(rows)
+    grad_shortcut, grad_x = np.full_like(x, 7), np.full_like(x, 7)
+    grad_weight, grad_bias = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    fused.batch_norm_add_relu_backward(grad_y, y, x, stats[0], stats[2], weight, np.full((chunks, channels), 7.0),
+                                       np.full((chunks, channels), 7.0), np.empty((2, channels)),
+                                       np.full((7, channels), 7, x.dtype), grad_shortcut, grad_x, grad_weight,
+                                       grad_bias)
+    return grad_shortcut, grad_x, grad_weight, grad_bias
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -52,8 +64,8 @@ def test_batch_norm_act_matches_reference(shape, dtype, relu):
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     expected_y = reference.batch_norm_act_forward(x, mean, invstd, weight, bias, relu)
     np.testing.assert_allclose(y, expected_y, rtol=rtol, atol=rtol)
-    got = _fused_backward(grad_y, y, x, stats, weight, relu)
-    expected = reference.batch_norm_act_backward(grad_y, y, x, mean, invstd, weight, relu)
+    got = _fused_backward(grad_y, x, stats, weight, bias, relu)
+    expected = reference.batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=20 * rtol, atol=20 * rtol)
 
@@ -72,7 +84,7 @@ def test_batch_norm_relu_fusion_equals_unfused_kernels(shape, dtype):
     masked = np.empty_like(grad_y)
     elementwise.relu_backward(grad_y.reshape(-1), unfused_y.reshape(-1), masked.reshape(-1))
     unfused = norm.batch_norm_backward_train(masked, x, mean, invstd, weight)
-    got = _fused_backward(grad_y, y, x, stats, weight, relu=True)
+    got = _fused_backward(grad_y, x, stats, weight, bias, relu=True)
     tolerance = 1e-6 if dtype == np.float32 else 1e-13
     for g, e in zip(got, unfused):
         np.testing.assert_allclose(g, e.astype(dtype), rtol=tolerance, atol=tolerance)
@@ -101,10 +113,11 @@ def test_fused_reductions_identical_for_any_thread_count():
         for threads in (1, 2):
             cn.set_num_threads(threads)
             y, stats = _fused_forward(x, weight, bias, relu=True)
-            grads = _fused_backward(grad_y, y, x, stats, weight, relu=True)
+            grads = _fused_backward(grad_y, x, stats, weight, bias, relu=True)
+            add_relu_grads = _fused_add_relu_backward(grad_y, y, x, stats, weight)
             grad_x, grad_bias = np.empty_like(grad_y), np.empty(6, np.float32)
             fused.relu_backward_bias_grad(grad_y, y, grad_x, np.empty((fused.chunk_count(1500), 6)), grad_bias)
-            results.append((y, stats, *grads, grad_bias))
+            results.append((y, stats, *grads, *add_relu_grads, grad_bias))
     finally:
         cn.set_num_threads(previous)
     for one, two in zip(*results):
@@ -119,8 +132,8 @@ def test_batch_norm_add_relu_equals_reference_and_unfused_kernels(shape, dtype):
     shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
     shortcut[0, 0] = np.nan  # NaN survives the ReLU, as in PyTorch
     rows, channels = shape
-    partials, stats = np.empty((fused.chunk_count(rows), channels)), np.empty((3, channels))
-    fused.batch_norm_statistics(x, 1e-5, partials[0:], stats[0], stats[1], stats[2])
+    partials, stats = np.empty((3, fused.chunk_count(rows), channels)), np.empty((3, channels))
+    fused.batch_norm_statistics(x, 1e-5, partials, stats[0], stats[1], stats[2])
     out = np.empty_like(x)
     fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias,
                                       np.empty((3, channels), dtype), out)
@@ -187,3 +200,74 @@ def test_relu_backward_bias_grad_same_bits_serial_parallel_and_any_thread_count(
     for grad_x, grad_bias in results[1:]:
         np.testing.assert_array_equal(grad_x, results[0][0])
         np.testing.assert_array_equal(grad_bias, results[0][1])
+
+
+def _mask_edge_inputs(dtype):
+    """x whose pre-activation is exactly 0 in many places (channel 0: x in {1, 2, 3}, mean exactly 2, bias 0),
+    tiny of either sign around 0 (channel 1), and NaN (channel 2: one NaN makes the whole channel NaN)."""
+    rows = 3 * 300  # several statistics chunks, and a multiple of 3 so channel 0's mean is exactly 2
+    x, weight, bias, grad_y = _inputs(rows, 4, dtype, seed=5)
+    x[:, 0] = np.tile(np.array([1, 2, 3], dtype), rows // 3)
+    bias[0] = 0
+    x[:, 1] = np.tile(np.array([-1, 1], dtype), rows // 2) * np.finfo(dtype).tiny
+    x[rows // 2, 2] = np.nan
+    return x, weight, bias, grad_y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_recomputes_the_forwards_relu_mask_bit_for_bit(dtype):
+    """The ReLU mask recomputed from x is the forward's y > 0 exactly: the fused backward equals batch norm's
+    backward without ReLU on grad_y masked by the forward's output, bit for bit, where y is exactly 0 and NaN."""
+    x, weight, bias, grad_y = _mask_edge_inputs(dtype)
+    y, stats = _fused_forward(x, weight, bias, relu=True)
+    assert (y[:, 0] == 0).sum() >= x.shape[0] // 3 and np.isnan(y[:, 2]).all()
+    masked = np.where(y > 0, grad_y, 0).astype(dtype)
+    got = _fused_backward(grad_y, x, stats, weight, bias, relu=True)
+    expected = _fused_backward(masked, x, stats, weight, bias, relu=False)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+    reference_grads = reference.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, relu=True)
+    for g, e in zip(got, reference_grads):
+        finite = np.isfinite(e)
+        np.testing.assert_array_equal(np.isfinite(g), finite)
+        np.testing.assert_allclose(g[finite], e[finite], rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES[1:])
+def test_batch_norm_add_relu_backward_equals_unfused_kernels_and_reference(shape, dtype):
+    """The shortcut's gradient is the ReLU backward kernel's output and the rest is batch norm's backward without
+    ReLU given it, bit for bit."""
+    x, weight, bias, grad_y = _inputs(*shape, dtype)
+    shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
+    rows, channels = shape
+    stats = np.empty((3, channels))
+    fused.batch_norm_statistics(x, 1e-5, np.empty((3, fused.chunk_count(rows), channels)), *stats)
+    y = np.empty_like(x)
+    fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias, np.empty((3, channels), dtype), y)
+    y[0, 0] = np.nan  # masked, as NaN > 0 is False
+    got = _fused_add_relu_backward(grad_y, y, x, stats, weight)
+    masked = np.empty_like(grad_y)
+    elementwise.relu_backward(grad_y.reshape(-1), y.reshape(-1), masked.reshape(-1))
+    unfused = (masked,) + _fused_backward(masked, x, stats, weight, bias, relu=False)
+    for g, e in zip(got, unfused):
+        np.testing.assert_array_equal(g, e)
+    expected = reference.batch_norm_add_relu_backward(grad_y, y, x, stats[0], stats[2], weight)
+    rtol = 1e-4 if dtype == np.float32 else 1e-12
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype, offset, spread", [(np.float32, 1e4, 1e-2), (np.float64, 1e8, 1.0)])
+def test_one_pass_statistics_are_as_accurate_as_two_passes_with_a_large_mean(dtype, offset, spread):
+    # A sum of squares minus the squared sum would lose every digit of these variances (offset^2 / variance is
+    # 1e12-1e16); the chunks' deviations from their own means and Chan's combination lose none.
+    rng = np.random.default_rng(0)
+    rows = 5 * 256 + 17  # a short last chunk
+    x = (offset + spread * rng.standard_normal((rows, 3))).astype(dtype)
+    partials, stats = np.empty((3, fused.chunk_count(rows), 3)), np.empty((3, 3))
+    fused.batch_norm_statistics(x, 0.0, partials, *stats)
+    mean, variance, _ = reference.batch_norm_statistics(x, 0.0)
+    np.testing.assert_allclose(stats[0], mean, rtol=1e-13)
+    np.testing.assert_allclose(stats[1], variance, rtol=1e-9)
+    assert (variance > 0).all()  # the data kept a spread after rounding to its dtype
