@@ -19,7 +19,7 @@ from .conv2d_gemm import gemm_plan
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 from . import conv2d_small
-from . import conv2d_winograd_weight
+from . import conv2d_winograd, conv2d_winograd_weight
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
 from ._vector import INDEX, LANES, broadcast, element_pointer, load_vector, store_vector, vector_fma
 
@@ -810,6 +810,15 @@ def uses_fast_backward_weight(dtype, weight_shape, groups, dilation=(1, 1)):
             and (weight_shape[2] % _weight_tile_rows(weight_shape[3]) == 0 or dilation[1] == 1))
 
 
+def uses_winograd(dtype, weight_shape, stride, padding, dilation, groups):
+    """Whether a forward or backward-input may take the Winograd F(2x2, 3x3) path: float32, groups 1, a 3x3
+    kernel, stride 1, dilation 1, padding at most 2 (the backward-input pads by 2 - padding), C_in and C_out
+    multiples of 16."""
+    return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and max(padding) <= 2 and weight_shape[2] % LANES == 0
+            and weight_shape[3] % LANES == 0)
+
+
 def uses_winograd_backward_weight(dtype, weight_shape, stride, dilation, groups):
     """Whether conv2d_backward_weight may take the Winograd F(2x2, 3x3) path (when its partials fit the budget):
     float32, groups 1, a 3x3 kernel, stride 1, dilation 1, C_in and C_out multiples of 16."""
@@ -984,6 +993,9 @@ def _general_rows(pixels, channels, jobs, dtype, budget):
 @functools.lru_cache(maxsize=1024)
 def _forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups, budget):
     """(path, scratch specs, path details) of conv2d_forward."""
+    if uses_winograd(dtype, weight_shape, stride, padding, dilation, groups) \
+            and conv2d_winograd.fits(dtype, weight_shape[2], weight_shape[3], budget):
+        return ("winograd", *conv2d_winograd.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False))
     if uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and _tiles_fit(weight_shape[3], out_shape[2]) and spec_bytes(weight_shape, dtype) <= budget // 4:
         specs = (("zero_bias", (weight_shape[3],), dtype), ("weight", weight_shape, dtype))
@@ -1013,6 +1025,10 @@ def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
     The tiled paths need the weight flipped into the workspace: when it takes over a quarter of the budget,
     the GEMM path (which reads the weight in place) runs instead."""
     kernel_h, kernel_w, group_in, channels_out = weight_shape
+    if uses_winograd(dtype, weight_shape, stride, padding, dilation, groups) \
+            and conv2d_winograd.fits(dtype, weight_shape[2], weight_shape[3], budget):
+        # the forward convolution of grad_out that gives the input gradient: C_out channels in, C_in out
+        return ("winograd", *conv2d_winograd.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True))
     fits = spec_bytes(weight_shape, dtype) <= budget // 4
     transposed = (kernel_h, kernel_w, channels_out, group_in)
     if fits and uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
@@ -1156,7 +1172,9 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     path, specs, details = _plan("forward", dtype, x.shape, weight.shape, out.shape, stride, padding, dilation,
                                  groups)
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
-    if path == "pointwise":
+    if path == "winograd":
+        conv2d_winograd.forward(x, weight, bias, out, padding, relu, scratch, details)
+    elif path == "pointwise":
         if bias is None:
             bias = scratch["zero_bias"]
             bias[...] = 0.0
@@ -1193,7 +1211,9 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
     if path in ("fast", "pointwise"):
         scratch["zero_bias"][...] = 0.0
-    if path == "pointwise":
+    if path == "winograd":
+        conv2d_winograd.backward_input(grad_out, weight, out, padding, scratch, details)
+    elif path == "pointwise":
         weight_t = scratch["weight"]
         weight_t[...] = weight.transpose(0, 1, 3, 2)
         _pointwise_backward_input(grad_out.reshape(-1, grad_out.shape[2], grad_out.shape[3]), weight_t,

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) transforms for 3x3 stride-1 convolutions on NHWC activations.
+"""Winograd F(2x2, 3x3) forward and backward-input of 3x3 stride-1 convolutions on NHWC activations.
 
 A tile is a 2x2 block of outputs; the 4x4 input patch under it gives them all as Y = A^T [U . V] A, with
 V = B^T d B the patch transformed and U = G g G^T the 3x3 kernel transformed (. is the elementwise product at
@@ -9,15 +9,20 @@ dW = G^T [sum over tiles of (A dy A^T) . V] G, where dy is the tile's 2x2 output
 Transformed arrays are (16, tiles, channels) with position 4 * row + column, so the GEMM of one position reads
 rows of channels that are contiguous. The transforms' coefficients are 0, +-1 and +-1/2. The per-tile input and
 output transforms are intrinsics on <16 x float> channel blocks (as plain loops over 1-D views they ran 10-14x
-slower: views cost more than the arithmetic); every function here is serial, and the drivers call them per job.
+slower: views cost more than the arithmetic). The per-position GEMMs run on conv2d.py's register tiles (as 1x1
+convolutions of the transformed tiles), inside one parallel driver shared by the forward and the backward-input.
 """
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import jit
+# conv2d.py imports this module for its dispatch; only functions here read conv2d's names (at compile time), so
+# the module object is all this import needs, whichever of the two is imported first.
+from . import conv2d as direct
+from ._jit import jit, parallel_jit
+from .conv2d_workspace import slots_within, spec_bytes, specs_bytes
 from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 
 TILE = 2      # outputs per tile side
@@ -73,9 +78,11 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
                  rows_inside, columns_inside, channels):
     """out[out_offset + i * row_step + j * pixel_step + c] = (A^T m A)[i, j, c] + bias[c] for the i < rows_inside,
     j < columns_inside of a 2x2 tile, where m[m_offset + (4 * r + s) * position_step + c] holds the 4x4
-    products; clamped at 0 (NaN kept) when relu is nonzero; channels a multiple of 16."""
+    products; clamped at 0 (NaN kept) when relu is nonzero; channels a multiple of 16. Returns 1 when every
+    stored sum was finite before the clamp, else 0: inf - inf inside the transforms can give NaN where the direct
+    sum gives inf, and an output past an inf product is never finite, so the caller recomputes only such tiles."""
     index = types.intp
-    signature = types.void(m, index, index, bias, index, out, index, index, index, index, index, index)
+    signature = index(m, index, index, bias, index, out, index, index, index, index, index, index)
 
     def codegen(context, builder, sig, args):
         (m_value, m_offset, position_step, bias_value, relu, out_value, out_offset, row_step, pixel_step,
@@ -85,6 +92,8 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
         out_pointer = element_pointer(context, builder, sig.args[5], out_value, out_offset)
         clamp = builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))
         zero = ir.Constant(vector_type(), [0.0] * LANES)
+        # sum of value * 0 over the stored values: 0 when all are finite, NaN otherwise (no fast-math flags here)
+        residue = cgutils.alloca_once_value(builder, zero)
         blocks = builder.udiv(channels, ir.Constant(INDEX, LANES))
         with cgutils.for_range(builder, blocks) as block:
             c = builder.mul(block.index, ir.Constant(INDEX, LANES))
@@ -95,17 +104,21 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
             for i in range(TILE):
                 pixels = _output_axis(builder, *(columns[j][i] for j in range(PATCH)))
                 for j in range(TILE):
-                    value = builder.fadd(pixels[j], bias_vector)
+                    total = builder.fadd(pixels[j], bias_vector)
                     # ordered `<` is false for NaN, so NaN passes through, as in PyTorch
-                    clamped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)
-                    value = builder.select(clamp, clamped, value)
+                    clamped = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
+                    value = builder.select(clamp, clamped, total)
                     inside = builder.and_(builder.icmp_signed("<", ir.Constant(INDEX, i), rows_inside),
                                           builder.icmp_signed("<", ir.Constant(INDEX, j), columns_inside))
                     with builder.if_then(inside):
+                        builder.store(builder.fadd(builder.load(residue), builder.fmul(total, zero)), residue)
                         target = builder.add(builder.add(builder.mul(row_step, ir.Constant(INDEX, i)),
                                                          builder.mul(pixel_step, ir.Constant(INDEX, j))), c)
                         store_vector(builder, value, builder.gep(out_pointer, [target]))
-        return context.get_dummy_value()
+        lanes_finite = builder.fcmp_ordered("==", builder.load(residue), zero)
+        all_finite = builder.icmp_unsigned("==", builder.bitcast(lanes_finite, ir.IntType(LANES)),
+                                           ir.Constant(ir.IntType(LANES), (1 << LANES) - 1))
+        return builder.zext(all_finite, INDEX)
 
     return signature, codegen
 
@@ -140,36 +153,172 @@ def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, p
 
 
 @jit
-def inverse_transform_output_tiles(m, n, first_tile, tiles, tiles_w, bias, relu, out):
-    """out[n] at the 2x2 outputs of tiles first_tile + t (t < tiles) = A^T m[:, t] A + bias, clamped at 0 when
-    relu (NaN kept); outputs past out's edge are dropped. m is (16, >= tiles, C_out), C_out a multiple of 16."""
-    out_h, out_w, channels = out.shape[1], out.shape[2], out.shape[3]
-    position_step = m.shape[1] * channels
-    clamp = 1 if relu else 0
-    for t in range(tiles):
-        tile = first_tile + t
-        top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
-        _output_tile(m, t * channels, position_step, bias, clamp, out, ((n * out_h + top) * out_w + left) * channels,
-                     out_w * channels, channels, min(TILE, out_h - top), min(TILE, out_w - left), channels)
-
-
-@jit
 def transform_weight(weight, u):
     """u (16, C_in, C_out) = G g G^T of each (C_in, C_out) pair's 3x3 kernel g; weight is (3, 3, C_in, C_out).
     G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
-    channels_in, channels_out = weight.shape[2], weight.shape[3]
-    rows = np.empty((PATCH, 3), dtype=weight.dtype)
-    for ci in range(channels_in):
-        for co in range(channels_out):
-            for j in range(3):
-                g0, g1, g2 = weight[0, j, ci, co], weight[1, j, ci, co], weight[2, j, ci, co]
-                rows[0, j] = g0
-                rows[1, j] = 0.5 * (g0 + g1 + g2)
-                rows[2, j] = 0.5 * (g0 - g1 + g2)
-                rows[3, j] = g2
-            for i in range(PATCH):
-                g0, g1, g2 = rows[i, 0], rows[i, 1], rows[i, 2]
-                u[4 * i, ci, co] = g0
-                u[4 * i + 1, ci, co] = 0.5 * (g0 + g1 + g2)
-                u[4 * i + 2, ci, co] = 0.5 * (g0 - g1 + g2)
-                u[4 * i + 3, ci, co] = g2
+    # Flat (tap, pair) rows, one row of G g (3 values per pair) at a time, each written as 4 rows of u: LLVM
+    # vectorises over the pairs. All 16 rows of u in one pass over the pairs ran 13x slower at 64 x 64 channels
+    # (16 store streams 16 KiB apart alias in the 4 KiB store-to-load check).
+    pairs = weight.shape[2] * weight.shape[3]
+    g = weight.reshape(9, pairs)
+    t = u.reshape(POSITIONS, pairs)
+    half = np.float32(0.5)
+    for i in range(PATCH):
+        for k in range(pairs):
+            if i == 0:
+                r0, r1, r2 = g[0, k], g[1, k], g[2, k]
+            elif i == 1:
+                r0, r1, r2 = (half * (g[0, k] + g[3, k] + g[6, k]), half * (g[1, k] + g[4, k] + g[7, k]),
+                              half * (g[2, k] + g[5, k] + g[8, k]))
+            elif i == 2:
+                r0, r1, r2 = (half * (g[0, k] - g[3, k] + g[6, k]), half * (g[1, k] - g[4, k] + g[7, k]),
+                              half * (g[2, k] - g[5, k] + g[8, k]))
+            else:
+                r0, r1, r2 = g[6, k], g[7, k], g[8, k]
+            t[PATCH * i, k] = r0
+            t[PATCH * i + 1, k] = half * (r0 + r1 + r2)
+            t[PATCH * i + 2, k] = half * (r0 - r1 + r2)
+            t[PATCH * i + 3, k] = r2
+
+
+@jit
+def _direct_tile(x, weight, bias, relu, n, top, left, pad_top, pad_left, out, row):
+    """The outputs of one tile (top, left) of image n as a direct 3x3 convolution, row a (C_out,) accumulator:
+    for tiles whose Winograd outputs are not all finite. Padding taps multiply zeros, as the direct path's padded
+    strips do, so an inf weight gives NaN there too; `value < 0` is False for NaN, which the ReLU keeps."""
+    height, width, channels_in = x.shape[1], x.shape[2], x.shape[3]
+    out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
+    for i in range(min(TILE, out_h - top)):
+        for j in range(min(TILE, out_w - left)):
+            for co in range(channels_out):
+                row[co] = bias[co]
+            for kh in range(3):
+                ih = top + i - pad_top + kh
+                for kw in range(3):
+                    iw = left + j - pad_left + kw
+                    inside = 0 <= ih < height and 0 <= iw < width
+                    for ci in range(channels_in):
+                        value = x[n, ih, iw, ci] if inside else np.float32(0.0)
+                        for co in range(channels_out):
+                            row[co] += value * weight[kh, kw, ci, co]
+            for co in range(channels_out):
+                value = row[co]
+                out[n, top + i, left + j, co] = 0.0 if relu != 0 and value < 0 else value
+
+
+@jit
+def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+    """The jobs of one slot of _winograd_forward (its own function: a view taken inside a prange body that then
+    loops leaks its reference in Numba 0.68)."""
+    pad_top, pad_left, relu, bands = geometry
+    batch, channels_in = x.shape[0], x.shape[3]
+    out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
+    slots, capacity = vs.shape[0], vs.shape[2]
+    v, m, patch, row = vs[slot], ms[slot], patches[slot], rows[slot]
+    tiles_w = (out_w + TILE - 1) // TILE
+    tiles = (out_h + TILE - 1) // TILE * tiles_w
+    v_step, m_step, u_step = capacity * channels_in, capacity * channels_out, channels_in * channels_out
+    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_forward_tile signature
+    # the tile shapes _forward_rows_jobs picks: tiles of the GEMM rows (Winograd tiles) x output channels
+    if channels_out >= direct.BROAD_TILE_CHANNELS:
+        kind, tile_rows, tile_channels = 2, direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
+    elif channels_out >= direct.TILE_CHANNELS:
+        kind, tile_rows, tile_channels = 1, direct.TILE_PIXELS, direct.TILE_CHANNELS
+    else:
+        kind, tile_rows, tile_channels = 0, direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
+    jobs = batch * bands
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
+        n = job // bands
+        band = job % bands
+        first = band * tiles // bands
+        count = (band + 1) * tiles // bands - first
+        transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, patch, v)
+        # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
+        # a job of fewer rows than one tile reads zero rows past them (capacity is at least one tile)
+        gemm_rows = max(count, tile_rows)
+        for t in range(count, gemm_rows):
+            for p in range(POSITIONS):
+                for c in range(channels_in):
+                    v[p, t, c] = 0.0
+        for p in range(POSITIONS):
+            for co_block in range(0, channels_out, tile_channels):
+                co = min(co_block, channels_out - tile_channels)
+                for t_block in range(0, gemm_rows, tile_rows):
+                    t = min(t_block, gemm_rows - tile_rows)
+                    direct._run_forward_tile(kind, m, p * m_step + t * channels_out + co, channels_out, zero, zero, v,
+                                             p * v_step + t * channels_in, channels_in, u, p * u_step + co,
+                                             zero_bias, co, one, one, zero, zero, zero, channels_in, channels_out)
+        for t in range(count):
+            tile = first + t
+            top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
+            finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
+                                  ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
+                                  channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
+            if not finite:
+                _direct_tile(x, weight, bias, relu, n, top, left, pad_top, pad_left, out, row)
+
+
+@parallel_jit
+def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+    """out = the 3x3 stride-1 convolution of x (N, H, W, C_in) with weight (3, 3, C_in, C_out) + bias, clamped at
+    0 when relu (NaN kept); u (4, 4, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
+    bands): each image's tiles are split into `bands` jobs of consecutive tiles; a job transforms its input tiles
+    into v (16, capacity, C_in), multiplies them by u position by position into m (4, 4, capacity, C_out) and
+    transforms those back into out, all in its slot's scratch (vs, ms, patches (4, 4, C_in), rows (C_out,))."""
+    for slot in prange(vs.shape[0]):
+        _forward_slot(np.int64(slot), x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
+
+
+# Bytes of transformed input and products (v and m) one job works on: they stay in L2 (2 MiB a core here) beside
+# the transformed weight, while each position's GEMM rereads them.
+JOB_BYTES = 512 << 10
+
+
+def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
+    """(scratch specs, (bands, slots)) of a Winograd pass whose forward convolution reads x_shape (N, H, W, C_in)
+    and writes out_hw pixels of channels_out channels; flipped: the pass also needs the kernel flipped and
+    transposed in the workspace (the backward-input)."""
+    batch, channels_in = x_shape[0], x_shape[3]
+    tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
+    per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
+    most = max(direct.NARROW_TILE_PIXELS, JOB_BYTES // per_tile)
+    bands = -(-tiles // most)
+    capacity = max(direct.NARROW_TILE_PIXELS, -(-tiles // bands))
+    specs = (("u", (PATCH, PATCH, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
+    if flipped:
+        specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
+    per_slot = (("v", (POSITIONS, capacity, channels_in)), ("m", (PATCH, PATCH, capacity, channels_out)),
+                ("patches", (PATCH, PATCH, channels_in)), ("rows", (channels_out,)))
+    slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
+                         budget)
+    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots)
+
+
+def fits(dtype, channels_in, channels_out, budget):
+    """Whether a Winograd pass's transformed weight (and the flipped copy of a backward-input) leave most of the
+    budget to the per-job scratch."""
+    return spec_bytes((POSITIONS + 9, channels_in, channels_out), dtype) <= budget // 4
+
+
+def forward(x, weight, bias, out, padding, relu, scratch, details):
+    """The Winograd forward on contiguous float32 operands with a scratch carved from plan's specs (flipped
+    False); bias may be None."""
+    u, zero_bias = scratch["u"], scratch["zero_bias"]
+    zero_bias[...] = 0.0
+    transform_weight(weight, u.reshape(POSITIONS, *u.shape[2:]))
+    _winograd_forward(x, weight, u, zero_bias if bias is None else bias, zero_bias, out,
+                      (int(padding[0]), int(padding[1]), 1 if relu else 0, details[0]), scratch["v"], scratch["m"],
+                      scratch["patches"], scratch["rows"])
+    return out
+
+
+def backward_input(grad_out, weight, out, padding, scratch, details):
+    """The input gradient of a 3x3 stride-1 convolution as the Winograd forward of grad_out with the kernel
+    flipped and its channel axes swapped, padded by 2 - padding (scratch from plan's specs, flipped True)."""
+    u, zero_bias, flipped = scratch["u"], scratch["zero_bias"], scratch["flipped"]
+    zero_bias[...] = 0.0
+    flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
+    transform_weight(flipped, u.reshape(POSITIONS, *u.shape[2:]))
+    _winograd_forward(grad_out, flipped, u, zero_bias, zero_bias, out, (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0]),
+                      scratch["v"], scratch["m"], scratch["patches"], scratch["rows"])
+    return out
