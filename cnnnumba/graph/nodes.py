@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _config
 from ..kernels import conv2d as conv_kernels
-from ..kernels import elementwise, fused, matmul, pool2d
+from ..kernels import elementwise, fused, layout, matmul, pool2d
 from ..kernels import loss as loss_kernels
 from .plan import Buffer
 
@@ -84,11 +84,14 @@ class InputNHWC(Node):
         self.source = None
 
     def forward(self):
-        target = self.output.buffer.array
-        if target.ndim == 4:
-            np.copyto(target, self.source.transpose(0, 2, 3, 1))
+        target, source = self.output.buffer.array, self.source
+        if target.ndim == 4 and target.shape[-1] > 1 and source.flags.c_contiguous and source.dtype == target.dtype:
+            layout.nchw_to_nhwc(source, target)
+        elif target.ndim == 4:
+            # one channel: the transpose is a plain copy; other strides: NumPy's general copy
+            np.copyto(target, source.transpose(0, 2, 3, 1))
         else:
-            np.copyto(target, self.source)
+            np.copyto(target, source)
 
 
 class Conv(Node):
