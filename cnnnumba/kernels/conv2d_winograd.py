@@ -213,11 +213,11 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
     pad_top, pad_left, relu, bands = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
-    slots, capacity = vs.shape[0], vs.shape[2]
+    slots = vs.shape[0]
     v, m, patch, row = vs[slot], ms[slot], patches[slot], rows[slot]
     tiles_w = (out_w + TILE - 1) // TILE
     tiles = (out_h + TILE - 1) // TILE * tiles_w
-    v_step, m_step, u_step = capacity * channels_in, capacity * channels_out, channels_in * channels_out
+    v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[3] * channels_out, channels_in * channels_out
     zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_forward_tile signature
     # the tile shapes _forward_rows_jobs picks: tiles of the GEMM rows (Winograd tiles) x output channels
     if channels_out >= direct.BROAD_TILE_CHANNELS:
@@ -234,7 +234,7 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
         count = (band + 1) * tiles // bands - first
         transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, patch, v)
         # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
-        # a job of fewer rows than one tile reads zero rows past them (capacity is at least one tile)
+        # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
         gemm_rows = max(count, tile_rows)
         for t in range(count, gemm_rows):
             for p in range(POSITIONS):
@@ -263,7 +263,7 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     """out = the 3x3 stride-1 convolution of x (N, H, W, C_in) with weight (3, 3, C_in, C_out) + bias, clamped at
     0 when relu (NaN kept); u (4, 4, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
     bands): each image's tiles are split into `bands` jobs of consecutive tiles; a job transforms its input tiles
-    into v (16, capacity, C_in), multiplies them by u position by position into m (4, 4, capacity, C_out) and
+    into v (16, rows, C_in), multiplies them by u position by position into m (4, 4, rows, C_out) and
     transforms those back into out, all in its slot's scratch (vs, ms, patches (4, 4, C_in), rows (C_out,))."""
     for slot in prange(vs.shape[0]):
         _forward_slot(np.int64(slot), x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
@@ -272,6 +272,13 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
 # Bytes of transformed input and products (v and m) one job works on: they stay in L2 (2 MiB a core here) beside
 # the transformed weight, while each position's GEMM rereads them.
 JOB_BYTES = 512 << 10
+
+
+def _unaliased(rows, channels, dtype):
+    """Rows for a (16, rows, channels) transformed array whose 16 positions do not lie a multiple of 4 KiB apart:
+    the transforms touch all 16 per tile, which would then share one L1 set and alias in the 4 KiB
+    store-to-load check."""
+    return rows + 1 if rows * channels * dtype.itemsize % 4096 == 0 else rows
 
 
 def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
@@ -287,7 +294,8 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
     specs = (("u", (PATCH, PATCH, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
     if flipped:
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
-    per_slot = (("v", (POSITIONS, capacity, channels_in)), ("m", (PATCH, PATCH, capacity, channels_out)),
+    per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),
+                ("m", (PATCH, PATCH, _unaliased(capacity, channels_out, dtype), channels_out)),
                 ("patches", (PATCH, PATCH, channels_in)), ("rows", (channels_out,)))
     slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
                          budget)
