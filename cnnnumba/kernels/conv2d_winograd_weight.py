@@ -102,7 +102,8 @@ def _inverse_axis(s0, s1, s2, s3):
 @jit
 def inverse_transform_weight_grad(summed, out):
     """out (3, 3, C_in, C_out) = G^T s G for each (C_in, C_out) pair, s the 4x4 products summed over tiles, held
-    in summed (16, C_in, C_out), which is overwritten. G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
+    in summed (4, 4, C_in, C_out), which is overwritten.
+    G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
     In two passes over flat rows of pairs, each reading 4 rows and writing 3 (G^T along the columns in place, then
     along the rows into out): LLVM vectorises those; one pass reading 16 rows and writing 9 it left scalar
     (too many possibly overlapping rows), 2.5-4x slower at 64 x 64 and 64 x 128 channels."""
@@ -139,6 +140,7 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
     v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
+    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_weight_tile signature
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         partials[chunk] = 0.0
         start, last = chunk * total // chunks, (chunk + 1) * total // chunks
@@ -160,15 +162,15 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
                     for co in range(0, channels_out, tile_channels):
                         direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
                                                 * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
-                                                0, z, p * z_position_step + co, 0, 1, count, channels_out)
+                                                zero, z, p * z_position_step + co, zero, one, count, channels_out)
             start += count
 
 
 @parallel_jit
 def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
     """partials[chunk] (4, 4, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
-    vs (slots, 17, tiles per job + 1, C_in), zs (slots, 16 * (tiles per job + 1) * C_out) and patches (slots, 4, 4, C_in) are
-    the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
+    vs (slots, 17, tiles per job + 1, C_in), zs (slots, 16 * (tiles per job + 1) * C_out) and patches
+    (slots, 4, 4, C_in) are the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
     for slot in prange(vs.shape[0]):
         _weight_slot(np.int64(slot), x, grad_out, partials, vs, zs, patches, geometry)
 
@@ -188,7 +190,7 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budge
         return None
     specs = (("partials", (chunks, *partial), dtype),)
     if chunks > 1:
-        specs += (("summed", (POSITIONS, channels_in, channels_out), dtype),)
+        specs += (("summed", partial, dtype),)
     capacity = min(JOB_TILES, total) + 1
     per_slot = (spec_bytes((POSITIONS + 1, capacity, channels_in), dtype)
                 + spec_bytes((POSITIONS * capacity * channels_out,), dtype)
@@ -211,6 +213,6 @@ def conv2d_backward_weight_winograd(x, grad_out, out, scratch, geometry):
         summed = scratch["summed"]
         sum_partials(partials, summed)
     else:
-        summed = partials.reshape(POSITIONS, out.shape[2], out.shape[3])
+        summed = partials[0]
     inverse_transform_weight_grad(summed, out)
     return out
