@@ -93,6 +93,27 @@ def test_small_jobs_split_images_unevenly(monkeypatch):
     assert bands == 3 and dict((name, shape) for name, shape, _ in specs)["v"][2] == 16
 
 
+@pytest.mark.parametrize("pads", [(0, 2, 2, 1), (2, 0, 1, 2), (1, 2, 0, 0)])
+def test_asymmetric_padding_matches_reference(pads):
+    """Padding (top, bottom, left, right): only top and left reach the kernels, the output size implies the rest;
+    the backward-input pads grad_out by 2 - top and 2 - left and reads zeros past its bottom and right edges."""
+    top, bottom, left, right = pads
+    x, weight, bias, _ = _arrays((2, 7, 9, 32, 48, 0))
+    out_hw = (7 + top + bottom - 2, 9 + left + right - 2)
+    grad_out = np.random.default_rng(1).standard_normal((2, *out_hw, 48), dtype=np.float32)
+    f32 = np.dtype(np.float32)
+    specs, details = conv2d_winograd.plan(f32, x.shape, 48, out_hw, conv2d_workspace.WORKSPACE_BYTES, False)
+    got = conv2d_winograd.forward(x, weight, bias, np.empty_like(grad_out), (top, left), True, carve(None, specs),
+                                  details)
+    want = reference.conv2d_forward(x, weight, bias, np.empty_like(grad_out), padding=(top, left), relu=True)
+    np.testing.assert_allclose(got, want, **TOLERANCE)
+    specs, details = conv2d_winograd.plan(f32, grad_out.shape, 32, x.shape[1:3], conv2d_workspace.WORKSPACE_BYTES,
+                                          True)
+    got = conv2d_winograd.backward_input(grad_out, weight, np.empty_like(x), (top, left), carve(None, specs), details)
+    want = reference.conv2d_backward_input(grad_out, weight, np.empty_like(x), padding=(top, left))
+    np.testing.assert_allclose(got, want, **TOLERANCE)
+
+
 def _dirty_workspace(size):
     """size bytes that start 3 bytes past a cache line, every float in them NaN."""
     return np.full(size + 67, 0xFF, np.uint8)[3:3 + size]
