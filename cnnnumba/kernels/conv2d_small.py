@@ -31,8 +31,11 @@ from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_
 
 # Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.
 JOBS_WANTED = 16
-# Weight-gradient partial buffers: at most this many, each summing whole images.
+# Weight-gradient partial buffers: at most this many, each summing whole images over at least
+# CHUNK_POSITIONS frame positions (every tile of a chunk ends in a sum across its vector lanes; with
+# LeNet-5's 6->16 layer at batch 64 in 16 chunks of 4 images those sums were a third of the instructions).
 MAX_WEIGHT_CHUNKS = 16
+CHUNK_POSITIONS = 2048
 # Bytes of frame and accumulators one job keeps (forward band, weight-gradient block of images): small enough
 # for L2, and a bound on scratch that does not grow with the image size or the batch.
 JOB_BYTES = 256 << 10
@@ -214,11 +217,18 @@ def _make_weight_tile(taps, outputs):
                 tap_row = builder.gep(partial_pointer, [builder.mul(partial_tap_step, ir.Constant(INDEX, k))])
                 for c in range(outputs):
                     total = builder.load(slots[k * outputs + c])
-                    lanes = [builder.extract_element(total, ir.Constant(ir.IntType(32), i)) for i in range(LANES)]
-                    while len(lanes) > 1:  # pairwise, in a fixed order
-                        lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+                    width = LANES
+                    while width > 1:  # halves added lane by lane: a fixed order in log2(16) vector steps
+                        width //= 2
+                        halves = [builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(ir.IntType(32),
+                                                                                                 width),
+                                                                                   list(range(start, start + width))))
+                                  for start in (0, width)]
+                        total = builder.fadd(halves[0], halves[1])
                     target = builder.gep(tap_row, [ir.Constant(INDEX, c)])
-                    builder.store(builder.fadd(builder.load(target), lanes[0]), target)
+                    builder.store(builder.fadd(builder.load(target),
+                                               builder.extract_element(total, ir.Constant(ir.IntType(32), 0))),
+                                  target)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -429,25 +439,29 @@ def _fill_block(x, grad_out, first, images, pad_top, pad_left, frames, grad):
     first + images - 1; grad's positions where no output pixel is stay as they are (zero)."""
     block, frame_h, frame_w = frames.shape[1], frames.shape[2], frames.shape[3]
     out_h, out_w, channels_out = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
-    # indexed per axis, every index from a range: no negative-index wraparound per store
-    grads = grad.reshape(channels_out, block, frame_h, frame_w)
+    plane = frame_h * frame_w
     for i in range(images):
         n = first + i
         _fill_frame(x, n, -pad_top, pad_left, frames, i)
         for oh in range(out_h):
-            for ow in range(out_w):
-                for co in range(channels_out):
-                    grads[co, i, oh, ow] = grad_out[n, oh, ow, co]
+            # one channel at a time: contiguous stores, loads a fixed stride apart
+            source = grad_out[n, oh].reshape(-1)
+            for co in range(channels_out):
+                target = grad[(co * block + i) * plane + oh * frame_w:(co * block + i) * plane + oh * frame_w + out_w]
+                pixels = source[co:]
+                for ow in range(out_w):
+                    target[ow] = pixels[ow * channels_out]
 
 
 @jit
 def _block_dots_tiled(frame, grad, partial, images, sizes):
     """float32: adds to partial (flat kH, kW, C_in, C_out) the dot products of every tap's frame run with
-    grad_out over a block of images, in register tiles of 16-pixel vectors, then the remainder."""
+    grad_out over a block of images, in register tiles of whole 16-pixel vectors: up to 15 positions past the
+    run, still inside the last image's plane (weight_frame_rows), grad_out is zero."""
     kernel_h, kernel_w, channels_in, channels_out, dilation_h, dilation_w, out_h, out_w, frame_w, plane, span = sizes
     tap_step = channels_in * channels_out  # between kw taps in a partial (kH, kW, C_in, C_out)
     length = (images - 1) * plane + (out_h - 1) * frame_w + out_w
-    vectors = length // LANES
+    vectors = -(-length // LANES)
     for ci in range(channels_in):
         for kh in range(kernel_h):
             row_offset = ci * span + kh * dilation_h * frame_w
@@ -457,14 +471,6 @@ def _block_dots_tiled(frame, grad, partial, images, sizes):
                 _run_weight_tiles(partial, (kh * kernel_w + kw) * tap_step + ci * channels_out, tap_step, frame,
                                   row_offset + kw * dilation_w, dilation_w, grad, span, vectors, four, channels_out)
                 kw += 4 if four else 1
-            for kw in range(kernel_w):
-                source = row_offset + kw * dilation_w
-                for co in range(channels_out):
-                    index = (kh * kernel_w + kw) * tap_step + ci * channels_out + co
-                    total = partial[index]
-                    for p in range(vectors * LANES, length):
-                        total += frame[source + p] * grad[co * span + p]
-                    partial[index] = total
 
 
 @jit
@@ -517,28 +523,44 @@ def _all_finite(values):
 
 
 @jit
-def _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w):
-    """(kH, kW, C_in, C_out, dilation_h, dilation_w, H_out, W_out, frame_w, plane, span) of a weight gradient."""
+def weight_frame_rows(out_h, out_w, kernel_h, kernel_w, dilation_h, dilation_w):
+    """Rows of a weight-gradient frame: the input rows the windows read, and more where needed so that at least
+    LANES positions follow the last output pixel of an image within its plane (the whole-vector dot products
+    read that far past a run; the grad_out plane is zero there)."""
+    frame_w = out_w + dilation_w * (kernel_w - 1)
+    rows = out_h + dilation_h * (kernel_h - 1)
+    after_last = dilation_h * (kernel_h - 1) * frame_w + dilation_w * (kernel_w - 1)
+    return rows + max(0, -(-(LANES - after_last) // frame_w))
+
+
+@jit
+def _weight_sizes(grad_out, partials, dilation_h, dilation_w, block):
+    """(kH, kW, C_in, C_out, dilation_h, dilation_w, H_out, W_out, frame_w, plane, span) of a weight gradient;
+    span = block planes, the run of one channel in the frames and grad_out planes."""
     _, kernel_h, kernel_w, channels_in, channels_out = partials.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
-    plane = (out_h + dilation_h * (kernel_h - 1)) * frame_w
+    plane = weight_frame_rows(out_h, out_w, kernel_h, kernel_w, dilation_h, dilation_w) * frame_w
     return (kernel_h, kernel_w, channels_in, channels_out, dilation_h, dilation_w, out_h, out_w, frame_w, plane,
-            frames.shape[1] // channels_in)
+            block * plane)
 
 
 @jit
 def _backward_weight_slot_tiled(slot, x, grad_out, partials, frames, grads, geometry):
     """The chunks of one slot of _backward_weight_tiled (its own function: see _forward_slot_tiled)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
-    sizes = _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w)
+    sizes = _weight_sizes(grad_out, partials, dilation_h, dilation_w, block)
     frame_w, plane = sizes[8], sizes[9]
     batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
     flat_partials = partials.reshape(chunks, -1)
     frame, grad = frames[slot], grads[slot]
-    frames_4d = frame.reshape(sizes[2], block, plane // frame_w, frame_w)
+    frames_4d = frame[:sizes[2] * sizes[10]].reshape(sizes[2], block, plane // frame_w, frame_w)
+    # the whole-vector runs read past the filled planes (into the slack, or an image slot a short block leaves
+    # unfilled): zeros there, not whatever the workspace held, which could be inf or NaN
     for i in range(grad.shape[0]):
         grad[i] = 0.0
+    for i in range(frame.shape[0]):
+        frame[i] = 0.0
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         partial = flat_partials[chunk]
         begin, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
@@ -571,12 +593,12 @@ def _backward_weight_tiled(x, grad_out, partials, frames, grads, geometry):
 def _backward_weight_slot(slot, x, grad_out, partials, frames, grads, geometry):
     """The chunks of one slot of _backward_weight (its own function: see _forward_slot_tiled)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
-    sizes = _weight_sizes(x, grad_out, partials, frames, dilation_h, dilation_w)
+    sizes = _weight_sizes(grad_out, partials, dilation_h, dilation_w, block)
     frame_w, plane = sizes[8], sizes[9]
     batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
     flat_partials = partials.reshape(chunks, -1)
     frame, grad = frames[slot], grads[slot]
-    frames_4d = frame.reshape(sizes[2], block, plane // frame_w, frame_w)
+    frames_4d = frame[:sizes[2] * sizes[10]].reshape(sizes[2], block, plane // frame_w, frame_w)
     for i in range(grad.shape[0]):
         grad[i] = 0.0
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
@@ -621,11 +643,13 @@ def block_images(image_bytes):
     return max(1, JOB_BYTES // image_bytes)
 
 
-def weight_chunks(batch, weight_bytes, budget):
-    """How many partial weight gradients a backward-weight call sums: at most MAX_WEIGHT_CHUNKS and as many as fit
-    half the budget (at least one: then the output itself) -- a function of the shape and budget only, so results
-    are bit-identical for any thread count."""
-    return int(max(1, min(batch, MAX_WEIGHT_CHUNKS, (budget // 2) // weight_bytes)))
+def weight_chunks(batch, plane, weight_bytes, budget):
+    """How many partial weight gradients a backward-weight call sums: at most MAX_WEIGHT_CHUNKS, each of at least
+    CHUNK_POSITIONS frame positions (plane per image), and as many as fit half the budget (at least one: then the
+    output itself) -- a function of the shape and budget only, so results are bit-identical for any thread
+    count."""
+    return int(max(1, min(batch, MAX_WEIGHT_CHUNKS, batch * plane // CHUNK_POSITIONS,
+                          (budget // 2) // weight_bytes)))
 
 
 def forward_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget, copy_weight=False):
@@ -665,11 +689,13 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, dilat
     dtype = np.dtype(dtype)
     batch, out_h, out_w, _ = out_shape
     kernel_h, kernel_w, channels_in, channels_out = weight_shape
-    plane = (out_h + dilation[0] * (kernel_h - 1)) * (out_w + dilation[1] * (kernel_w - 1))
-    chunks = weight_chunks(batch, spec_bytes(weight_shape, dtype), budget)
+    plane = (weight_frame_rows(out_h, out_w, kernel_h, kernel_w, dilation[0], dilation[1])
+             * (out_w + dilation[1] * (kernel_w - 1)))
+    chunks = weight_chunks(batch, plane, spec_bytes(weight_shape, dtype), budget)
     specs = (("partials", (chunks, *weight_shape), dtype),) if chunks > 1 else ()
     block = min(block_images((channels_in + channels_out) * plane * dtype.itemsize), -(-batch // chunks))
-    frame, grad = channels_in * block * plane, channels_out * block * plane
+    # LANES of frame slack: the last tap's whole-vector run reads up to 15 positions past the last plane
+    frame, grad = channels_in * block * plane + LANES, channels_out * block * plane
     slots = slots_within(spec_bytes((frame,), dtype) + spec_bytes((grad,), dtype), specs_bytes(specs), chunks,
                          budget)
     specs += (("frames", (slots, frame), dtype), ("grads", (slots, grad), dtype))

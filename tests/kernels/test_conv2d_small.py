@@ -98,7 +98,12 @@ def test_backward_weight_matches_reference(case, dtype):
 def test_dispatch_reaches_the_small_path_below_the_tiles(case):
     x_shape, w_shape, y_shape = _geometry(case)
     assert conv2d.uses_small(w_shape, (1, 1), 1)
-    if not conv2d.uses_fast_forward(np.float32, w_shape, y_shape, 1):
+    path = conv2d._plan("forward", np.dtype(np.float32), x_shape, w_shape, y_shape, (1, 1), _padding(case), case[7],
+                        1)[0]
+    # a register-tiled or Winograd path takes the layers it covers; every other one of these comes here
+    assert path in ("small", "winograd", "fast")
+    assert (path == "fast") == conv2d.uses_fast_forward(np.float32, w_shape, y_shape, 1)
+    if path == "small":
         x, w, b, y = _arrays(case, np.float32)
         got = conv2d.conv2d_forward(x, w, b, np.empty_like(y), padding=_padding(case), dilation=case[7])
         np.testing.assert_array_equal(got, conv2d_small.conv2d_forward_small(x, w, b, np.empty_like(y),
@@ -172,11 +177,16 @@ def test_results_do_not_depend_on_thread_count(case):
 
 def test_weight_chunks_depend_on_the_batch_and_budget_only():
     budget = 32 << 20
-    assert [conv2d_small.weight_chunks(batch, 4096, budget) for batch in (1, 2, 16, 64, 256)] == [1, 2, 16, 16, 16]
+    big = conv2d_small.CHUNK_POSITIONS  # one image fills a chunk
+    assert [conv2d_small.weight_chunks(batch, big, 4096, budget) for batch in (1, 2, 16, 64, 256)] == [1, 2, 16, 16,
+                                                                                                         16]
+    # small planes: whole images up to CHUNK_POSITIONS per chunk (LeNet-5's 6->16 layer: 14x14 planes)
+    assert conv2d_small.weight_chunks(64, 196, 4096, budget) == 64 * 196 // conv2d_small.CHUNK_POSITIONS
+    assert conv2d_small.weight_chunks(4, 196, 4096, budget) == 1
     # the partials take at most half the budget; one chunk (the output itself) when not even two fit
-    assert conv2d_small.weight_chunks(256, 1 << 20, budget) == 16
-    assert conv2d_small.weight_chunks(256, 3 << 20, budget) == 5
-    assert conv2d_small.weight_chunks(256, 20 << 20, budget) == 1
+    assert conv2d_small.weight_chunks(256, big, 1 << 20, budget) == 16
+    assert conv2d_small.weight_chunks(256, big, 3 << 20, budget) == 5
+    assert conv2d_small.weight_chunks(256, big, 20 << 20, budget) == 1
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[10], CASES[12]])
@@ -256,7 +266,8 @@ def test_passes_run_in_a_dirty_workspace_of_exactly_the_planned_size(case, dtype
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[10]])
-def test_partials_shrink_under_a_small_budget_and_stay_thread_count_independent(case):
+def test_partials_shrink_under_a_small_budget_and_stay_thread_count_independent(case, monkeypatch):
+    monkeypatch.setattr(conv2d_small, "CHUNK_POSITIONS", 1)  # the budget alone limits the partials here
     x, w, b, dy = _arrays(case, np.float32)
     weight_bytes = w.nbytes
     specs, geometry = conv2d_small.backward_weight_plan(np.float32, x.shape, w.shape, dy.shape, _padding(case),
@@ -277,3 +288,36 @@ def test_partials_shrink_under_a_small_budget_and_stay_thread_count_independent(
     np.testing.assert_allclose(results[0], reference.conv2d_backward_weight(x, dy, np.empty_like(w), (1, 1),
                                                                             _padding(case), case[7]),
                                rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("kernel, width", [((1, 1), 5), ((5, 5), 14), ((2, 1), 3), ((1, 3), 40)])
+def test_weight_frames_leave_a_vector_of_zeros_after_each_images_last_output(kernel, width):
+    out_w = width - kernel[1] + 1
+    rows = conv2d_small.weight_frame_rows(4, out_w, *kernel, 1, 1)
+    frame_w = width
+    last_output = (4 - 1) * frame_w + out_w  # one past the last output position of the plane
+    assert rows >= 4 + kernel[0] - 1
+    assert rows * frame_w - last_output - (kernel[0] - 1) * frame_w - (kernel[1] - 1) >= 0
+    assert rows * frame_w - last_output >= conv2d_small.LANES
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[3], CASES[13]])
+def test_weight_gradient_blocks_shorter_than_the_last_leave_nothing_behind(case, monkeypatch):
+    # five images in one chunk, two per block: the last block has one image and the slot's planes still hold
+    # the previous block's second image, which the whole-vector runs must not read as gradient
+    monkeypatch.setattr(conv2d_small, "CHUNK_POSITIONS", 1 << 30)
+    case = (5,) + case[1:]
+    x, w, b, dy = _arrays(case, np.float32)
+    x_shape, w_shape, y_shape = _geometry(case)
+    frame_w = y_shape[2] + w_shape[1] - 1
+    plane = conv2d_small.weight_frame_rows(y_shape[1], y_shape[2], *w_shape[:2], 1, 1) * frame_w
+    monkeypatch.setattr(conv2d_small, "JOB_BYTES", 2 * (w_shape[2] + w_shape[3]) * plane * 4)
+    specs, geometry = conv2d_small.backward_weight_plan(np.float32, x.shape, w.shape, dy.shape, _padding(case),
+                                                        case[7], 32 << 20)
+    assert geometry[4] == 2
+    # zeros, not a huge fill: an inf or NaN product would send the chunk down the exact path and hide a misread
+    workspace = np.zeros(conv2d_workspace.specs_bytes(specs), np.uint8)
+    got = conv2d_small.conv2d_backward_weight_small(x, dy, np.empty_like(w), _padding(case), case[7],
+                                                    conv2d_workspace.carve(workspace, specs), geometry)
+    np.testing.assert_allclose(got, reference.conv2d_backward_weight(x, dy, np.empty_like(w), (1, 1),
+                                                                     _padding(case), case[7]), rtol=2e-4, atol=2e-4)
