@@ -186,8 +186,8 @@ class BatchNormTrain(Node):
         chunks = fused.chunk_count(self.count)
         name = output.name
         self.stats = Buffer((3, channels), np.float64, name + ".stats")  # mean, biased variance, invstd
-        # statistics: per-chunk shifts, means, squared deviations; backward: gradient sums in [0], [1]
-        self.partials = Buffer((3, chunks, channels), np.float64, name + ".partials")
+        # per-chunk means and squared deviations (statistics), then gradient sums (backward)
+        self.partials = Buffer((2, chunks, channels), np.float64, name + ".partials")
         self.sums = Buffer((2, channels), np.float64, name + ".sums")
         self.coefficients = Buffer((7, channels), x.dtype, name + ".coefficients")
         self.param_grads = Buffer((2, channels), x.dtype, name + ".unused_param_grads")

@@ -35,20 +35,19 @@ def _sum_chunks_into(partials, chunks, out):
 
 @jit
 def _chunk_moments(x, partials, chunk):
-    # One pass over one chunk: deviations from a shift K (the chunk's first row), their sum D and the sum of their
-    # squares Q, in float64; then the chunk's mean K + D/n and its sum of squared deviations from that mean,
-    # Q - D^2/n, into partials[1] and partials[2]. Not raw squares: K is one of the chunk's values, so
-    # n (mean - K)^2 <= Q and the subtraction cancels at most log2(n) = 8 of float64's 53 bits whatever the mean
-    # (raw squares cancel all of them when the mean is large next to the spread). Two passes over the chunk (its
-    # mean first) measured 1.6 ms against 0.9 ms for this one on 65536x32 float32, one thread: these loops are
-    # bound by arithmetic, not memory, once the chunk is in cache.
+    # One pass over one chunk: deviations from a shift K (the chunk's first row, read again from x, not stored),
+    # their sum D and the sum of their squares Q, in float64; then the chunk's mean K + D/n and its sum of squared
+    # deviations from that mean, Q - D^2/n, into partials[0] and partials[1]. Not raw squares: K is one of the
+    # chunk's values, so n (mean - K)^2 <= Q and the subtraction cancels at most log2(n) = 8 of float64's 53 bits
+    # whatever the mean (raw squares cancel all of them when the mean is large next to the spread). Two passes
+    # over the chunk (its mean first) measured 1.6 ms against 0.9 ms for this one on 65536x32 float32, one
+    # thread: these loops are bound by arithmetic, not memory, once the chunk is in cache.
     # Views are taken here, not in the caller's prange body, where Numba 0.68 leaks them.
     rows, channels = x.shape
     begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
     count = end - begin
-    shifts, deviations, squares = partials[0, chunk], partials[1, chunk], partials[2, chunk]
+    deviations, squares = partials[0, chunk], partials[1, chunk]
     for c in range(channels):
-        shifts[c] = x[begin, c]
         deviations[c] = 0.0
         squares[c] = 0.0
     # Four rows per update of each accumulator: the accumulators live in memory (the channel count is not known
@@ -56,30 +55,31 @@ def _chunk_moments(x, partials, chunk):
     quad_end = begin + (count // 4) * 4
     for r in range(begin, quad_end, 4):
         for c in range(channels):
-            d0 = np.float64(x[r, c]) - shifts[c]
-            d1 = np.float64(x[r + 1, c]) - shifts[c]
-            d2 = np.float64(x[r + 2, c]) - shifts[c]
-            d3 = np.float64(x[r + 3, c]) - shifts[c]
+            shift = np.float64(x[begin, c])
+            d0 = np.float64(x[r, c]) - shift
+            d1 = np.float64(x[r + 1, c]) - shift
+            d2 = np.float64(x[r + 2, c]) - shift
+            d3 = np.float64(x[r + 3, c]) - shift
             deviations[c] += (d0 + d1) + (d2 + d3)
             squares[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for r in range(quad_end, end):
         for c in range(channels):
-            deviation = np.float64(x[r, c]) - shifts[c]
+            deviation = np.float64(x[r, c]) - np.float64(x[begin, c])
             deviations[c] += deviation
             squares[c] += deviation * deviation
     for c in range(channels):
         squares[c] -= deviations[c] * deviations[c] / count
-        deviations[c] = shifts[c] + deviations[c] / count  # now the chunk's mean
+        deviations[c] = np.float64(x[begin, c]) + deviations[c] / count  # now the chunk's mean
 
 
 @parallel_jit
 def batch_norm_statistics(x, eps, partials, mean, variance, invstd):
     """Per-channel float64 mean, biased variance and 1 / sqrt(variance + eps) of x (rows, C), one pass over x.
 
-    partials is a (3, chunk_count(rows), C) float64 scratch, left holding each chunk's shift, mean and sum of
-    squared deviations from its mean. The chunks combine in chunk order by Chan, Golub and LeVeque's formula for
-    the squared deviations of a union of groups, sum_k (M2_k + n_k (mean_k - mean)^2): every term is
-    non-negative, so no cancellation there either.
+    partials is a (2, chunk_count(rows), C) float64 scratch, left holding each chunk's mean and sum of squared
+    deviations from its mean. The chunks combine in chunk order by Chan, Golub and LeVeque's formula for the
+    squared deviations of a union of groups, sum_k (M2_k + n_k (mean_k - mean)^2): every term is non-negative, so
+    no cancellation there either.
     """
     rows, channels = x.shape
     chunks = chunk_count(rows)
@@ -92,14 +92,14 @@ def batch_norm_statistics(x, eps, partials, mean, variance, invstd):
     for chunk in range(chunks):
         count = min((chunk + 1) * ROWS_PER_CHUNK, rows) - chunk * ROWS_PER_CHUNK
         for c in range(channels):
-            mean[c] += count * partials[1, chunk, c]
+            mean[c] += count * partials[0, chunk, c]
     for c in range(channels):
         mean[c] = mean[c] / rows
     for chunk in range(chunks):
         count = min((chunk + 1) * ROWS_PER_CHUNK, rows) - chunk * ROWS_PER_CHUNK
         for c in range(channels):
-            offset = partials[1, chunk, c] - mean[c]
-            variance[c] += partials[2, chunk, c] + count * (offset * offset)
+            offset = partials[0, chunk, c] - mean[c]
+            variance[c] += partials[1, chunk, c] + count * (offset * offset)
     for c in range(channels):
         variance[c] = variance[c] / rows
         invstd[c] = 1.0 / np.sqrt(variance[c] + eps)

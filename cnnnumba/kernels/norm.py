@@ -21,7 +21,7 @@ ROWS_PER_CHUNK = 256
 
 def _statistics_buffers(x):
     rows, channels = x.shape
-    partials = np.empty((3, fused.chunk_count(rows), channels), dtype=np.float64)
+    partials = np.empty((2, fused.chunk_count(rows), channels), dtype=np.float64)
     mean, variance, invstd = (np.empty(channels, dtype=np.float64) for _ in range(3))
     return partials, mean, variance, invstd
 

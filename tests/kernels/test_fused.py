@@ -20,7 +20,7 @@ def _inputs(rows, channels, dtype, seed=0):
 
 def _fused_forward(x, weight, bias, relu, eps=1e-5):
     rows, channels = x.shape
-    partials = np.full((3, fused.chunk_count(rows), channels), np.nan)  # read only where written first
+    partials = np.full((2, fused.chunk_count(rows), channels), np.nan)  # read only where written first
     stats = np.empty((3, channels))
     out = np.empty_like(x)
     fused.batch_norm_statistics(x, eps, partials, stats[0], stats[1], stats[2])
@@ -132,7 +132,7 @@ def test_batch_norm_add_relu_equals_reference_and_unfused_kernels(shape, dtype):
     shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
     shortcut[0, 0] = np.nan  # NaN survives the ReLU, as in PyTorch
     rows, channels = shape
-    partials, stats = np.empty((3, fused.chunk_count(rows), channels)), np.empty((3, channels))
+    partials, stats = np.empty((2, fused.chunk_count(rows), channels)), np.empty((3, channels))
     fused.batch_norm_statistics(x, 1e-5, partials, stats[0], stats[1], stats[2])
     out = np.empty_like(x)
     fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias,
@@ -242,7 +242,7 @@ def test_batch_norm_add_relu_backward_equals_unfused_kernels_and_reference(shape
     shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
     rows, channels = shape
     stats = np.empty((3, channels))
-    fused.batch_norm_statistics(x, 1e-5, np.empty((3, fused.chunk_count(rows), channels)), *stats)
+    fused.batch_norm_statistics(x, 1e-5, np.empty((2, fused.chunk_count(rows), channels)), *stats)
     y = np.empty_like(x)
     fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias, np.empty((3, channels), dtype), y)
     y[0, 0] = np.nan  # masked, as NaN > 0 is False
@@ -265,7 +265,7 @@ def test_one_pass_statistics_are_as_accurate_as_two_passes_with_a_large_mean(dty
     rng = np.random.default_rng(0)
     rows = 5 * 256 + 17  # a short last chunk
     x = (offset + spread * rng.standard_normal((rows, 3))).astype(dtype)
-    partials, stats = np.empty((3, fused.chunk_count(rows), 3)), np.empty((3, 3))
+    partials, stats = np.empty((2, fused.chunk_count(rows), 3)), np.empty((3, 3))
     fused.batch_norm_statistics(x, 0.0, partials, *stats)
     mean, variance, _ = reference.batch_norm_statistics(x, 0.0)
     np.testing.assert_allclose(stats[0], mean, rtol=1e-13)
