@@ -124,6 +124,22 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
 
 
 @jit
+def _fill_patch(x, n, top, left, patch):
+    """patch (4, 4, C) = the input pixels of image n from (top, left) on, zero outside the image."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    for i in range(PATCH):
+        ih = top + i
+        for j in range(PATCH):
+            iw = left + j
+            if 0 <= ih < height and 0 <= iw < width:
+                for c in range(channels):
+                    patch[i, j, c] = x[n, ih, iw, c]
+            else:
+                for c in range(channels):
+                    patch[i, j, c] = 0.0
+
+
+@jit
 def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, patch, v):
     """v[:, t] = the transformed 4x4 input patch of tile first_tile + t of image n, for t < tiles; tiles are
     numbered row-major over a grid tiles_w wide, and tile (th, tw)'s patch starts at input pixel
@@ -139,16 +155,7 @@ def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, p
             _input_tile(x, ((n * height + top) * width + left) * channels, row_step, channels, v, t * channels,
                         position_step, channels)
         else:
-            for i in range(PATCH):
-                ih = top + i
-                for j in range(PATCH):
-                    iw = left + j
-                    if 0 <= ih < height and 0 <= iw < width:
-                        for c in range(channels):
-                            patch[i, j, c] = x[n, ih, iw, c]
-                    else:
-                        for c in range(channels):
-                            patch[i, j, c] = 0.0
+            _fill_patch(x, n, top, left, patch)
             _input_tile(patch, 0, PATCH * channels, channels, v, t * channels, position_step, channels)
 
 
@@ -182,31 +189,6 @@ def transform_weight(weight, u):
 
 
 @jit
-def _direct_tile(x, weight, bias, relu, n, top, left, pad_top, pad_left, out, row):
-    """The outputs of one tile (top, left) of image n as a direct 3x3 convolution, row a (C_out,) accumulator:
-    for tiles whose Winograd outputs are not all finite. Padding taps multiply zeros, as the direct path's padded
-    strips do, so an inf weight gives NaN there too; `value < 0` is False for NaN, which the ReLU keeps."""
-    height, width, channels_in = x.shape[1], x.shape[2], x.shape[3]
-    out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
-    for i in range(min(TILE, out_h - top)):
-        for j in range(min(TILE, out_w - left)):
-            for co in range(channels_out):
-                row[co] = bias[co]
-            for kh in range(3):
-                ih = top + i - pad_top + kh
-                for kw in range(3):
-                    iw = left + j - pad_left + kw
-                    inside = 0 <= ih < height and 0 <= iw < width
-                    for ci in range(channels_in):
-                        value = x[n, ih, iw, ci] if inside else np.float32(0.0)
-                        for co in range(channels_out):
-                            row[co] += value * weight[kh, kw, ci, co]
-            for co in range(channels_out):
-                value = row[co]
-                out[n, top + i, left + j, co] = 0.0 if relu != 0 and value < 0 else value
-
-
-@jit
 def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """The jobs of one slot of _winograd_forward (its own function: a view taken inside a prange body that then
     loops leaks its reference in Numba 0.68)."""
@@ -218,7 +200,8 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
     tiles_w = (out_w + TILE - 1) // TILE
     tiles = (out_h + TILE - 1) // TILE * tiles_w
     v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[3] * channels_out, channels_in * channels_out
-    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_forward_tile signature
+    zero, one, three = np.int64(0), np.int64(1), np.int64(3)  # not literals: those would compile another
+    # _run_forward_tile signature
     # the tile shapes _forward_rows_jobs picks: tiles of the GEMM rows (Winograd tiles) x output channels
     if channels_out >= direct.BROAD_TILE_CHANNELS:
         kind, tile_rows, tile_channels = 2, direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
@@ -254,8 +237,22 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
             finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
                                   ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
                                   channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
-            if not finite:
-                _direct_tile(x, weight, bias, relu, n, top, left, pad_top, pad_left, out, row)
+            if finite:
+                continue
+            # inf - inf inside the transforms may have made NaN where the direct sum gives inf: the tile's outputs
+            # again as the direct path computes them, from its zero-padded input patch, each pixel by a register
+            # tile whose pixels all read it (the copies land in row; one goes to out)
+            _fill_patch(x, n, top - pad_top, left - pad_left, patch)
+            for i in range(min(TILE, out_h - top)):
+                for j in range(min(TILE, out_w - left)):
+                    for co_block in range(0, channels_out, tile_channels):
+                        co = min(co_block, channels_out - tile_channels)
+                        direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
+                                                 (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
+                                                 three, PATCH * channels_in, channels_in, channels_in * channels_out,
+                                                 channels_in, channels_out)
+                    for c in range(channels_out):
+                        out[n, top + i, left + j, c] = row[0, 0, 0, c]
 
 
 @parallel_jit
@@ -264,7 +261,8 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     0 when relu (NaN kept); u (4, 4, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
     bands): each image's tiles are split into `bands` jobs of consecutive tiles; a job transforms its input tiles
     into v (16, rows, C_in), multiplies them by u position by position into m (4, 4, rows, C_out) and
-    transforms those back into out, all in its slot's scratch (vs, ms, patches (4, 4, C_in), rows (C_out,))."""
+    transforms those back into out, all in its slot's scratch (vs, ms, patches (4, 4, C_in), rows
+    (1, 1, 16, C_out)); weight is read only for tiles whose outputs come out non-finite, recomputed directly."""
     for slot in prange(vs.shape[0]):
         _forward_slot(np.int64(slot), x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
 
@@ -296,7 +294,8 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
     per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),
                 ("m", (PATCH, PATCH, _unaliased(capacity, channels_out, dtype), channels_out)),
-                ("patches", (PATCH, PATCH, channels_in)), ("rows", (channels_out,)))
+                ("patches", (PATCH, PATCH, channels_in)),
+                ("rows", (1, 1, direct.NARROW_TILE_PIXELS, channels_out)))
     slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
                          budget)
     return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots)
@@ -327,6 +326,7 @@ def backward_input(grad_out, weight, out, padding, scratch, details):
     zero_bias[...] = 0.0
     flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
     transform_weight(flipped, u.reshape(POSITIONS, *u.shape[2:]))
-    _winograd_forward(grad_out, flipped, u, zero_bias, zero_bias, out, (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0]),
-                      scratch["v"], scratch["m"], scratch["patches"], scratch["rows"])
+    geometry = (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0])
+    _winograd_forward(grad_out, flipped, u, zero_bias, zero_bias, out, geometry, scratch["v"], scratch["m"],
+                      scratch["patches"], scratch["rows"])
     return out

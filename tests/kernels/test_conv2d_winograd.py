@@ -234,5 +234,6 @@ def test_the_conv2d_entry_points_take_the_winograd_path_and_size_its_workspace()
     for args in ((np.float64, shape, (1, 1), (1, 1), (1, 1), 1), (dtype, shape, (2, 2), (1, 1), (1, 1), 1),
                  (dtype, shape, (1, 1), (1, 1), (2, 2), 1), (dtype, shape, (1, 1), (3, 3), (1, 1), 1),
                  (dtype, shape, (1, 1), (1, 1), (1, 1), 2), (dtype, (3, 3, 24, 64), (1, 1), (1, 1), (1, 1), 1),
-                 (dtype, (3, 3, 64, 40), (1, 1), (1, 1), (1, 1), 1), (dtype, (5, 5, 64, 64), (1, 1), (1, 1), (1, 1), 1)):
+                 (dtype, (3, 3, 64, 40), (1, 1), (1, 1), (1, 1), 1),
+                 (dtype, (5, 5, 64, 64), (1, 1), (1, 1), (1, 1), 1)):
         assert not conv2d.uses_winograd(*args), args
