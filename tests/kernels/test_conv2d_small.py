@@ -321,3 +321,30 @@ def test_weight_gradient_blocks_shorter_than_the_last_leave_nothing_behind(case,
                                                     conv2d_workspace.carve(workspace, specs), geometry)
     np.testing.assert_allclose(got, reference.conv2d_backward_weight(x, dy, np.empty_like(w), (1, 1),
                                                                      _padding(case), case[7]), rtol=2e-4, atol=2e-4)
+
+
+def test_input_gradient_scatter_covers_lenet_and_leaves_negative_padding_and_dilated_widths_to_the_gather():
+    assert conv2d_small.uses_scatter(np.float32, (64, 14, 14, 6), (5, 5, 6, 16), (64, 10, 10, 16), (0, 0), (1, 1))
+    assert not conv2d_small.uses_scatter(np.float64, (64, 14, 14, 6), (5, 5, 6, 16), (64, 10, 10, 16), (0, 0),
+                                         (1, 1))
+    assert not conv2d_small.uses_scatter(np.float32, (2, 11, 12, 2), (3, 3, 2, 3), (2, 11, 10, 3), (2, 2), (2, 3))
+    # padding -1 on the right: the frame (out_w + kW - 1 wide) ends inside the input
+    assert not conv2d_small.uses_scatter(np.float32, (1, 6, 8, 2), (3, 3, 2, 2), (1, 4, 5, 2), (0, 0), (1, 1))
+
+
+@pytest.mark.parametrize("batch", [1, 8, 11])
+def test_input_gradient_scatter_keeps_inf_and_nan_where_the_gradient_has_them(batch):
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((5, 5, 6, 16)).astype(np.float32)
+    dy = rng.standard_normal((batch, 10, 10, 16)).astype(np.float32)
+    dy[0, 3, 4, 2] = np.inf
+    dy[-1, 9, 9, 15] = np.nan
+    dy[0, 0, 0, 0] = -np.inf
+    got = conv2d_small.conv2d_backward_input_small(dy, w, np.empty((batch, 14, 14, 6), np.float32))
+    with np.errstate(invalid="ignore"):  # inf - inf in the reference's sums
+        expected = reference.conv2d_backward_input(dy, w, np.empty((batch, 14, 14, 6), np.float32), (1, 1), (0, 0),
+                                                   (1, 1))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=2e-4, atol=2e-4)
