@@ -348,3 +348,28 @@ def test_input_gradient_scatter_keeps_inf_and_nan_where_the_gradient_has_them(ba
     np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(got[finite], expected[finite], rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("batch, size, cin, cout, kernel, pad, relu", [
+    (11, 14, 6, 16, (5, 5), (0, 0), True),    # LeNet-5's second layer; the last block holds 3 images
+    (3, 9, 1, 13, (5, 5), (2, 2), False),     # 13 channels: one masked vector
+    (2, 6, 3, 33, (3, 2), (1, 0), True),      # three vectors, the last with one channel; non-square kernel
+    (1, 5, 16, 12, (1, 1), (0, 0), False),    # 1x1, one image
+])
+def test_forward_over_channels_matches_the_reference_and_keeps_nan(batch, size, cin, cout, kernel, pad, relu):
+    x_shape, w_shape = (batch, size, size, cin), (*kernel, cin, cout)
+    out_shape = (batch, size + 2 * pad[0] - kernel[0] + 1, size + 2 * pad[1] - kernel[1] + 1, cout)
+    specs, _ = conv2d_small.forward_plan(np.float32, x_shape, w_shape, out_shape, pad, (1, 1), 32 << 20)
+    assert "weight_rows" in dict((name, shape) for name, shape, _ in specs)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    x[-1, 0, 0, 0] = np.nan
+    w, b = rng.standard_normal(w_shape).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    got = conv2d_small.conv2d_forward_small(x, w, b, np.empty(out_shape, np.float32), pad, (1, 1), relu)
+    with np.errstate(invalid="ignore"):
+        expected = reference.conv2d_forward(x, w, b, np.empty(out_shape, np.float32), (1, 1), pad, (1, 1))
+    if relu:
+        expected = np.where(expected < 0, 0, expected)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    assert np.isnan(got).any()
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
