@@ -5,7 +5,7 @@ Per position p of the 4x4 transformed tile the sum is a product of V[p] (tiles x
 reduced over tiles: 16 multiplies per tile and channel pair where the direct gradient takes 36 (0.44x). Those
 products run on conv2d.py's register-tiled weight-gradient tiles (a tile's "pixels" are Winograd tiles here).
 The tiles of the batch, flattened (image, tile row, tile column), are split into chunks that depend on the shape
-only; each chunk sums its tiles' products into its own float32 partial U' (16, C_in, C_out) in tile order, a job
+only; each chunk sums its tiles' products into its own float32 partial U' (4, 4, C_in, C_out) in tile order, a job
 of at most JOB_TILES tiles at a time (its V and Z stay in L2), and the partials are summed in chunk order, then
 inverse-transformed: the result is bit-identical for any thread count.
 """
@@ -15,7 +15,9 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import conv2d as direct  # the weight-gradient tiles; looked up when the slot function compiles
+# conv2d.py imports this module for its dispatch; only the slot function reads conv2d's names (its weight tiles, at
+# compile time), so the module object is all this import needs, whichever of the two is imported first.
+from . import conv2d as direct
 from ._jit import jit, parallel_jit
 from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 from .conv2d_winograd import PATCH, POSITIONS, TILE, tiles_along, transform_input_tiles
