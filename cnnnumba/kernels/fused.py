@@ -6,9 +6,9 @@ float64 partials of ROWS_PER_CHUNK rows added in chunk order, so results do not 
 the elementwise passes run without contraction or reassociation, with the same arithmetic as kernels/norm.py,
 so a fused batch norm + ReLU gives the numbers of the two unfused kernels.
 
-The batch-norm passes are memory-bound, so they are built to read memory as few times as possible: the statistics
-read x once (each chunk's two passes run while it is in cache), and the batch norm + ReLU backward recomputes the
-ReLU mask from x instead of reading the output.
+The batch-norm passes are built to read memory as few times as possible: the statistics read x once, the batch
+norm + ReLU backward recomputes the ReLU mask from x instead of reading the output, and the batch norm + add + ReLU
+backward's apply pass reads the masked gradient its reduction pass wrote (bench/README.md, 2026-11-28 01:10 UTC).
 """
 import numpy as np
 from numba import prange
