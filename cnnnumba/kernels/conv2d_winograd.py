@@ -200,8 +200,8 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
     tiles_w = (out_w + TILE - 1) // TILE
     tiles = (out_h + TILE - 1) // TILE * tiles_w
     v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[3] * channels_out, channels_in * channels_out
-    zero, one, three = np.int64(0), np.int64(1), np.int64(3)  # not literals: those would compile another
-    # _run_forward_tile signature
+    # not literals: each literal argument would compile another _run_forward_tile signature
+    zero, one, three = np.int64(0), np.int64(1), np.int64(3)
     # the tile shapes _forward_rows_jobs picks: tiles of the GEMM rows (Winograd tiles) x output channels
     if channels_out >= direct.BROAD_TILE_CHANNELS:
         kind, tile_rows, tile_channels = 2, direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
