@@ -26,7 +26,8 @@ from numba.extending import intrinsic
 
 from . import conv2d_workspace
 from ._jit import jit, parallel_jit
-from ._vector import INDEX, LANES, broadcast, load_vector, offset_pointer, vector_fma, vector_type, element_pointer
+from ._vector import (INDEX, LANES, broadcast, element_pointer, load_vector, offset_pointer, store_vector, vector_fma,
+                      vector_type)
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 
 # Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.
@@ -909,6 +910,111 @@ def _forward_channels(x, weight_rows, bias, out, frames, geometry, relu):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# float32 weight gradient vectorised over output channels (the layers _forward_channels takes): partial[kh, j, co]
+# += frame_run[pixel, kh, j] · grad_out[pixel, co] over every output pixel, j < kW·C_in the contiguous NHWC inputs
+# of kernel row kh. A tile holds WEIGHT_ROWS_PER_TILE values of j for one 16-channel vector: per pixel one grad_out
+# load feeds that many FMAs, every product is one the gradient has, and the partials are whole vectors (no lane
+# sums).
+# ---------------------------------------------------------------------------------------------------------
+
+WEIGHT_ROWS_PER_TILE = 15
+
+
+@intrinsic
+def _channel_weight_tile(typingctx, frame, frame_offset, frame_row_step, frame_pixel_step, out_h, out_w, grad,
+                         grad_offset, grad_pixel_step, channels, partial, partial_offset, partial_row_step, rows):
+    """partial[partial_offset + t * partial_row_step + c] += sum over oh < out_h, ow < out_w of
+    frame[frame_offset + oh * frame_row_step + ow * frame_pixel_step + t] *
+    grad[grad_offset + (oh * out_w + ow) * grad_pixel_step + c], for t < rows (<= WEIGHT_ROWS_PER_TILE) and all 16
+    lanes c (grad_out read for c < channels, 0 above); offsets in float32 elements."""
+    index = types.intp
+    signature = types.void(frame, index, index, index, index, index, grad, index, index, index, partial, index,
+                           index, index)
+
+    def codegen(context, builder, sig, args):
+        (frame_value, frame_offset, frame_row_step, frame_pixel_step, out_h, out_w, grad_value, grad_offset,
+         grad_pixel_step, channels, partial_value, partial_offset, partial_row_step, rows) = args
+        vector = vector_type()
+        lane_indices = ir.VectorType(INDEX, LANES)
+        fma = vector_fma(builder)
+        frame_pointer = element_pointer(context, builder, sig.args[0], frame_value, frame_offset)
+        grad_pointer = element_pointer(context, builder, sig.args[6], grad_value, grad_offset)
+        partial_pointer = element_pointer(context, builder, sig.args[10], partial_value, partial_offset)
+        splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(lane_indices, ir.Undefined), channels, ir.Constant(ir.IntType(32), 0)),
+            ir.Constant(lane_indices, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        mask = builder.icmp_signed("<", ir.Constant(lane_indices, list(range(LANES))), splat)
+        last = builder.sub(rows, ir.Constant(INDEX, 1))
+        taps = [builder.select(builder.icmp_signed("<", ir.Constant(INDEX, t), rows), ir.Constant(INDEX, t), last)
+                for t in range(WEIGHT_ROWS_PER_TILE)]
+        slots = []
+        for _ in range(WEIGHT_ROWS_PER_TILE):
+            slot = cgutils.alloca_once(builder, vector)
+            builder.store(ir.Constant(vector, [0.0] * LANES), slot)
+            slots.append(slot)
+        with cgutils.for_range(builder, out_h) as row:
+            frame_row = builder.gep(frame_pointer, [builder.mul(row.index, frame_row_step)])
+            grad_row = builder.gep(grad_pointer, [builder.mul(builder.mul(row.index, out_w), grad_pixel_step)])
+            with cgutils.for_range(builder, out_w) as column:
+                pixel = builder.gep(frame_row, [builder.mul(column.index, frame_pixel_step)])
+                g = _masked_load(builder, builder.gep(grad_row, [builder.mul(column.index, grad_pixel_step)]), mask)
+                for t in range(WEIGHT_ROWS_PER_TILE):
+                    x = broadcast(builder, builder.load(builder.gep(pixel, [taps[t]])))
+                    builder.store(builder.call(fma, [x, g, builder.load(slots[t])]), slots[t])
+        for t in range(WEIGHT_ROWS_PER_TILE):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(INDEX, t), rows)):
+                target = builder.gep(partial_pointer, [builder.mul(ir.Constant(INDEX, t), partial_row_step)])
+                store_vector(builder, builder.fadd(load_vector(builder, target), builder.load(slots[t])), target)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@jit
+def _backward_weight_channels_slot(slot, x, grad_out, partials, frames, geometry):
+    """The chunks of one slot of _backward_weight_channels, one image at a time through the slot's frame."""
+    pad_top, pad_left, dilation_h, lanes = geometry
+    batch, height, width, channels_in = x.shape
+    _, out_h, out_w, channels_out = grad_out.shape
+    chunks, kernel_h, _, row_step = partials.shape
+    frame_w = out_w + lanes // channels_in - 1
+    slots = frames.shape[0]
+    frame = frames[slot]
+    flat_grad = grad_out.reshape(-1)
+    flat_partials = partials.reshape(chunks, -1)
+    for i in range(frame.shape[0]):
+        frame[i] = 0.0  # the padding stays zero; the inside is overwritten per image
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+        partial = flat_partials[chunk]
+        for i in range(partial.shape[0]):
+            partial[i] = 0.0
+        for n in range(chunk * batch // chunks, (chunk + 1) * batch // chunks):
+            source = x[n].reshape(-1)
+            for ih in range(height):
+                target = frame[((ih + pad_top) * frame_w + pad_left) * channels_in:]
+                row = source[ih * width * channels_in:(ih + 1) * width * channels_in]
+                for j in range(width * channels_in):
+                    target[j] = row[j]
+            for kh in range(kernel_h):
+                for j in range(0, lanes, WEIGHT_ROWS_PER_TILE):
+                    for co in range(0, channels_out, LANES):
+                        _channel_weight_tile(frame, kh * dilation_h * frame_w * channels_in + j,
+                                             frame_w * channels_in, channels_in, out_h, out_w, flat_grad,
+                                             n * out_h * out_w * channels_out + co, channels_out,
+                                             min(LANES, channels_out - co), partial, (kh * lanes + j) * row_step + co,
+                                             row_step, min(WEIGHT_ROWS_PER_TILE, lanes - j))
+
+
+@parallel_jit
+def _backward_weight_channels(x, grad_out, partials, frames, geometry):
+    """float32 weight gradient vectorised over output channels: partials (chunks, kH, kW * C_in, 16 *
+    ceil(C_out / 16)) the per-chunk sums at [kh, kw * C_in + ci, co]; frames one zero-padded input frame per
+    slot. geometry: (pad_top, pad_left, dilation_h, kW * C_in)."""
+    for slot in prange(frames.shape[0]):
+        _backward_weight_channels_slot(np.int64(slot), x, grad_out, partials, frames, geometry)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Scratch plans (the conv2d_workspace convention): specs from the shapes and the budget alone.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -1002,11 +1108,23 @@ def backward_input_plan(dtype, x_shape, weight_shape, out_shape, padding, dilati
 
 
 def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget):
-    """(scratch specs, (padding, dilation, images per block)) of the weight gradient: the partials (none when one
-    chunk: it is the output), then per slot the frames and grad_out planes of one block of images."""
+    """(scratch specs, geometry) of the weight gradient. The layers _forward_channels takes: per-chunk partials
+    in the (kH, kW * C_in, 16-padded C_out) layout, their sum ("total"), one input frame per slot; geometry
+    (padding, dilation_h, kW * C_in). Others: the partials (none when one chunk: it is the output), then per slot
+    the frames and grad_out planes of one block of images; geometry (padding, dilation, images per block)."""
     dtype = np.dtype(dtype)
     batch, out_h, out_w, _ = out_shape
     kernel_h, kernel_w, channels_in, channels_out = weight_shape
+    if (channels_out >= CHANNEL_TILE_MIN
+            and uses_scatter(dtype, x_shape, weight_shape, out_shape, padding, dilation)):
+        lanes = kernel_w * channels_in
+        total = (kernel_h, lanes, -(-channels_out // LANES) * LANES)
+        chunks = weight_chunks(batch, CHUNK_POSITIONS, spec_bytes(total, dtype), budget)
+        specs = (("partials", (chunks, *total), dtype), ("total", total, dtype))
+        frame = (out_h + dilation[0] * (kernel_h - 1)) * (out_w + kernel_w - 1) * channels_in
+        slots = slots_within(spec_bytes((frame,), dtype), specs_bytes(specs), chunks, budget)
+        specs += (("frames", (slots, frame), dtype),)
+        return specs, (padding[0], padding[1], dilation[0], lanes)
     plane = (weight_frame_rows(out_h, out_w, kernel_h, kernel_w, dilation[0], dilation[1])
              * (out_w + dilation[1] * (kernel_w - 1)))
     chunks = weight_chunks(batch, plane, spec_bytes(weight_shape, dtype), budget)
@@ -1091,6 +1209,12 @@ def conv2d_backward_weight_small(x, grad_out, out, padding=(0, 0), dilation=(1, 
     if scratch is None:
         scratch, geometry = _own_scratch(backward_weight_plan, out.dtype, x.shape, out.shape, grad_out.shape,
                                          padding, dilation)
+    if "total" in scratch:
+        total = scratch["total"]
+        _backward_weight_channels(x, grad_out, scratch["partials"], scratch["frames"], geometry)
+        sum_partials(scratch["partials"], total)
+        out.reshape(total.shape[0], total.shape[1], -1)[...] = total[:, :, :out.shape[3]]
+        return out
     partials = scratch["partials"] if "partials" in scratch else out.reshape((1, *out.shape))
     kernel = _backward_weight_tiled if out.dtype == np.float32 else _backward_weight
     kernel(x, grad_out, partials, scratch["frames"], scratch["grads"], geometry)
