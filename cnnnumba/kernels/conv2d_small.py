@@ -337,6 +337,104 @@ def _store_rows(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu):
                 result[ow, co] = 0.0 if relu and value < 0 else value
 
 
+def _make_interleave_store(channels):
+    """An intrinsic storing up to 16 pixels of `channels` accumulator planes as NHWC: a transpose of
+    channels x 16 floats in registers (constant shuffles) instead of one scalar load and store per element."""
+
+    @intrinsic
+    def interleave_store(typingctx, acc, acc_offset, plane_step, out, out_offset, pixels, relu):
+        """out[out_offset + p * channels + c] = acc[acc_offset + c * plane_step + p] for p < pixels (<= 16) and
+        c < channels, clamped at 0 when relu (NaN kept); offsets in float32 elements."""
+        index = types.intp
+        signature = types.void(acc, index, index, out, index, index, types.boolean)
+
+        def codegen(context, builder, sig, args):
+            acc_value, acc_offset, plane_step, out_value, out_offset, pixels, relu = args
+            vector = vector_type()
+            lane_indices = ir.VectorType(INDEX, LANES)
+            lane_numbers = ir.Constant(lane_indices, list(range(LANES)))
+            shuffle_mask = ir.VectorType(ir.IntType(32), LANES)
+
+            def lane_mask(count):
+                splat = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(lane_indices, ir.Undefined), count,
+                                           ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(lane_indices, ir.Undefined), ir.Constant(shuffle_mask, [0] * LANES))
+                return builder.icmp_signed("<", lane_numbers, splat)
+
+            acc_pointer = element_pointer(context, builder, sig.args[0], acc_value, acc_offset)
+            out_pointer = element_pointer(context, builder, sig.args[3], out_value, out_offset)
+            zero = ir.Constant(vector, [0.0] * LANES)
+            planes = []
+            for c in range(channels):
+                value = _masked_load(builder, builder.gep(acc_pointer, [builder.mul(plane_step, ir.Constant(INDEX, c))]),
+                                     lane_mask(pixels))
+                clamped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)
+                planes.append(builder.select(relu, clamped, value))
+            total = builder.mul(pixels, ir.Constant(INDEX, channels))
+            for k in range(channels):
+                # output lane l holds element e = 16k + l: channel e % channels of pixel e // channels
+                sources = [((LANES * k + l) % channels, (LANES * k + l) // channels) for l in range(LANES)]
+                used = sorted(set(c for c, _ in sources))
+                result = planes[used[0]]
+                held = {l for l, (c, _) in enumerate(sources) if c == used[0]}
+                # lanes of result: the channel's pixel p sits at lane p of its plane
+                mask = [sources[l][1] if l in held else 0 for l in range(LANES)]
+                result = builder.shuffle_vector(result, result, ir.Constant(shuffle_mask, mask))
+                for c in used[1:]:
+                    mask = [LANES + sources[l][1] if sources[l][0] == c else l for l in range(LANES)]
+                    result = builder.shuffle_vector(result, planes[c], ir.Constant(shuffle_mask, mask))
+                count = builder.sub(total, ir.Constant(INDEX, LANES * k))
+                _masked_store(builder, result, offset_pointer(builder, out_pointer, LANES * k), lane_mask(count))
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return interleave_store
+
+
+_interleave_store_8 = _make_interleave_store(8)
+_interleave_store_7 = _make_interleave_store(7)
+_interleave_store_6 = _make_interleave_store(6)
+_interleave_store_5 = _make_interleave_store(5)
+_interleave_store_4 = _make_interleave_store(4)
+_interleave_store_3 = _make_interleave_store(3)
+_interleave_store_2 = _make_interleave_store(2)
+_interleave_store_1 = _make_interleave_store(1)
+
+
+@jit
+def _store_rows_tiled(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu):
+    """_store_rows for float32, 16 pixels at a time through _interleave_store_* up to 8 channels."""
+    out_w, channels_out = out.shape[2], out.shape[3]
+    if channels_out > 8:
+        _store_rows(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu)
+        return
+    flat_out = out.reshape(-1)
+    for r in range(rows):
+        row = ((n * out.shape[1] + first_oh + r) * out_w) * channels_out
+        for ow in range(0, out_w, LANES):
+            pixels = min(LANES, out_w - ow)
+            source = r * frame_w + ow
+            target = row + ow * channels_out
+            if channels_out == 6:
+                _interleave_store_6(acc, source, acc_row_step, flat_out, target, pixels, relu)
+            elif channels_out == 8:
+                _interleave_store_8(acc, source, acc_row_step, flat_out, target, pixels, relu)
+            elif channels_out == 7:
+                _interleave_store_7(acc, source, acc_row_step, flat_out, target, pixels, relu)
+            elif channels_out == 5:
+                _interleave_store_5(acc, source, acc_row_step, flat_out, target, pixels, relu)
+            elif channels_out == 4:
+                _interleave_store_4(acc, source, acc_row_step, flat_out, target, pixels, relu)
+            elif channels_out == 3:
+                _interleave_store_3(acc, source, acc_row_step, flat_out, target, pixels, relu)
+            elif channels_out == 2:
+                _interleave_store_2(acc, source, acc_row_step, flat_out, target, pixels, relu)
+            else:
+                _interleave_store_1(acc, source, acc_row_step, flat_out, target, pixels, relu)
+
+
 @jit
 def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, relu):
     """The jobs of one slot of _forward_bands_tiled (its own function: a view taken inside a prange body that then
@@ -368,7 +466,7 @@ def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, re
         for start in range(0, padded, TILE_PIXELS):
             _run_pixel_tiles(acc, padded, frame, weight_t, bias, min(start, padded - TILE_PIXELS), channels_in,
                              plane, kernel_h, dilation_h * frame_w, kernel_w, dilation_w, channels_out)
-        _store_rows(acc, padded, out, n, first_oh, rows, frame_w, relu)
+        _store_rows_tiled(acc, padded, out, n, first_oh, rows, frame_w, relu)
 
 
 @parallel_jit

@@ -401,3 +401,18 @@ def test_weight_gradient_over_channels_matches_the_reference_on_one_and_two_thre
     np.testing.assert_allclose(results[0], reference.conv2d_backward_weight(x, dy, np.empty(w_shape, np.float32),
                                                                             (1, 1), pad, (1, 1)),
                                rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("cout", range(1, 9))
+def test_forward_stores_pixel_tiles_as_nhwc_for_every_narrow_channel_count(cout):
+    # 37 output columns: two whole runs of 16 pixels and a tail of 5 per row; relu with a NaN kept
+    rng = np.random.default_rng(cout)
+    x = rng.standard_normal((2, 5, 39, 2)).astype(np.float32)
+    x[1, 2, 20, 1] = np.nan
+    w, b = rng.standard_normal((3, 3, 2, cout)).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    got = conv2d_small.conv2d_forward_small(x, w, b, np.empty((2, 3, 37, cout), np.float32), (0, 0), (1, 1), True)
+    with np.errstate(invalid="ignore"):
+        expected = reference.conv2d_forward(x, w, b, np.empty((2, 3, 37, cout), np.float32), (1, 1), (0, 0), (1, 1))
+    expected = np.where(expected < 0, 0, expected)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
