@@ -811,19 +811,12 @@ def uses_fast_backward_weight(dtype, weight_shape, groups, dilation=(1, 1)):
 
 
 def uses_winograd(dtype, weight_shape, stride, padding, dilation, groups):
-    """Whether a forward or backward-input may take the Winograd F(2x2, 3x3) path: float32, groups 1, a 3x3
-    kernel, stride 1, dilation 1, padding at most 2 (the backward-input pads by 2 - padding), C_in and C_out
-    multiples of 16."""
+    """Whether a pass may take the Winograd F(2x2, 3x3) path (when its scratch fits the budget): float32, groups 1,
+    a 3x3 kernel, stride 1, dilation 1, padding at most 2 (the backward-input pads by 2 - padding), C_in and C_out
+    multiples of 16. One rule for the forward and both gradients."""
     return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
             and tuple(dilation) == (1, 1) and max(padding) <= 2 and weight_shape[2] % LANES == 0
             and weight_shape[3] % LANES == 0)
-
-
-def uses_winograd_backward_weight(dtype, weight_shape, stride, dilation, groups):
-    """Whether conv2d_backward_weight may take the Winograd F(2x2, 3x3) path (when its partials fit the budget):
-    float32, groups 1, a 3x3 kernel, stride 1, dilation 1, C_in and C_out multiples of 16."""
-    return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
-            and tuple(dilation) == (1, 1) and weight_shape[2] % LANES == 0 and weight_shape[3] % LANES == 0)
 
 
 # Layers with at most this many input and output channels, stride 1 and groups 1 run as the direct loops of
@@ -1107,7 +1100,7 @@ def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, paddi
                              budget)
         specs += (("strips", (slots, *strip), dtype), ("grad_blocks", (slots, block), dtype))
         winograd = None
-        if uses_winograd_backward_weight(dtype, weight_shape, stride, dilation, groups):
+        if uses_winograd(dtype, weight_shape, stride, padding, dilation, groups):
             winograd = conv2d_winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding,
                                                                    budget)
         if winograd is None:

@@ -331,7 +331,7 @@ def test_backward_weight_strips_hold_bands_of_rows(monkeypatch):
     """Tall images are padded into a chunk's strip a band of rows at a time; the result does not change."""
     case = CASES[20]
     x, w, _, dy = _arrays(case, np.float32)
-    monkeypatch.setattr(kernels, "uses_winograd_backward_weight", lambda *args: False)  # the direct tiles' strips
+    monkeypatch.setattr(kernels, "uses_winograd", lambda *args: False)  # the direct tiles' strips
     kernels._backward_weight_plan.cache_clear()
     want = kernels.conv2d_backward_weight(x, dy, np.empty_like(w), **_options(case))
     monkeypatch.setattr(kernels, "WEIGHT_STRIP_BYTES", 1)  # one output row per band

@@ -66,15 +66,16 @@ def test_matches_reference(case):
 
 def test_only_3x3_stride_1_float32_with_whole_channel_blocks_take_it():
     dtype = np.dtype(np.float32)
-    assert kernels.uses_winograd_backward_weight(dtype, (3, 3, 32, 64), (1, 1), (1, 1), 1)
+    assert kernels.uses_winograd(dtype, (3, 3, 32, 64), (1, 1), (1, 1), (1, 1), 1)
     for weight_shape, stride, dilation, groups in [((3, 3, 24, 32), (1, 1), (1, 1), 1),
                                                    ((3, 3, 32, 40), (1, 1), (1, 1), 1),
                                                    ((3, 3, 32, 32), (2, 2), (1, 1), 1),
                                                    ((3, 3, 32, 32), (1, 1), (2, 2), 1),
                                                    ((3, 3, 16, 32), (1, 1), (1, 1), 2),
                                                    ((5, 5, 32, 32), (1, 1), (1, 1), 1)]:
-        assert not kernels.uses_winograd_backward_weight(dtype, weight_shape, stride, dilation, groups)
-    assert not kernels.uses_winograd_backward_weight(np.dtype(np.float64), (3, 3, 32, 64), (1, 1), (1, 1), 1)
+        assert not kernels.uses_winograd(dtype, weight_shape, stride, (1, 1), dilation, groups)
+    assert not kernels.uses_winograd(np.dtype(np.float64), (3, 3, 32, 64), (1, 1), (1, 1), (1, 1), 1)
+    assert not kernels.uses_winograd(dtype, (3, 3, 32, 64), (1, 1), (3, 3), (1, 1), 1)  # padding past the kernel
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]])
