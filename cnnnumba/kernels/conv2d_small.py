@@ -403,6 +403,65 @@ _interleave_store_2 = _make_interleave_store(2)
 _interleave_store_1 = _make_interleave_store(1)
 
 
+def _make_deinterleave_load(channels):
+    """An intrinsic copying up to 16 NHWC pixels of `channels` channels into channel planes: the inverse of
+    _make_interleave_store's transpose."""
+
+    @intrinsic
+    def deinterleave_load(typingctx, source, source_offset, pixels, planes, plane_offset, plane_step):
+        """planes[plane_offset + c * plane_step + p] = source[source_offset + p * channels + c] for p < pixels
+        (<= 16) and c < channels; offsets in float32 elements."""
+        index = types.intp
+        signature = types.void(source, index, index, planes, index, index)
+
+        def codegen(context, builder, sig, args):
+            source_value, source_offset, pixels, planes_value, plane_offset, plane_step = args
+            lane_indices = ir.VectorType(INDEX, LANES)
+            lane_numbers = ir.Constant(lane_indices, list(range(LANES)))
+            shuffle_mask = ir.VectorType(ir.IntType(32), LANES)
+
+            def lane_mask(count):
+                splat = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(lane_indices, ir.Undefined), count,
+                                           ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(lane_indices, ir.Undefined), ir.Constant(shuffle_mask, [0] * LANES))
+                return builder.icmp_signed("<", lane_numbers, splat)
+
+            source_pointer = element_pointer(context, builder, sig.args[0], source_value, source_offset)
+            plane_pointer = element_pointer(context, builder, sig.args[3], planes_value, plane_offset)
+            total = builder.mul(pixels, ir.Constant(INDEX, channels))
+            pieces = [_masked_load(builder, offset_pointer(builder, source_pointer, LANES * k),
+                                   lane_mask(builder.sub(total, ir.Constant(INDEX, LANES * k))))
+                      for k in range(channels)]
+            for c in range(channels):
+                # plane lane p holds element e = p * channels + c: lane e % 16 of piece e // 16
+                sources = [divmod(p * channels + c, LANES) for p in range(LANES)]
+                used = sorted(set(k for k, _ in sources))
+                mask = [lane if k == used[0] else 0 for k, lane in sources]
+                result = builder.shuffle_vector(pieces[used[0]], pieces[used[0]], ir.Constant(shuffle_mask, mask))
+                for k in used[1:]:
+                    mask = [LANES + lane if piece == k else p for p, (piece, lane) in enumerate(sources)]
+                    result = builder.shuffle_vector(result, pieces[k], ir.Constant(shuffle_mask, mask))
+                _masked_store(builder, result, builder.gep(plane_pointer, [builder.mul(plane_step,
+                                                                                       ir.Constant(INDEX, c))]),
+                              lane_mask(pixels))
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return deinterleave_load
+
+
+_deinterleave_load_8 = _make_deinterleave_load(8)
+_deinterleave_load_7 = _make_deinterleave_load(7)
+_deinterleave_load_6 = _make_deinterleave_load(6)
+_deinterleave_load_5 = _make_deinterleave_load(5)
+_deinterleave_load_4 = _make_deinterleave_load(4)
+_deinterleave_load_3 = _make_deinterleave_load(3)
+_deinterleave_load_2 = _make_deinterleave_load(2)
+_deinterleave_load_1 = _make_deinterleave_load(1)
+
+
 @jit
 def _store_rows_tiled(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu):
     """_store_rows for float32, 16 pixels at a time through _interleave_store_* up to 8 channels."""
@@ -553,6 +612,45 @@ def _fill_block(x, grad_out, first, images, pad_top, pad_left, frames, grad):
 
 
 @jit
+def _fill_block_tiled(x, grad_out, first, images, pad_top, pad_left, frames, grad):
+    """_fill_block for float32: grad_out rows of up to 8 channels go to their planes 16 pixels at a time through
+    _deinterleave_load_*."""
+    channels_out = grad_out.shape[3]
+    if channels_out > 8:
+        _fill_block(x, grad_out, first, images, pad_top, pad_left, frames, grad)
+        return
+    block, frame_h, frame_w = frames.shape[1], frames.shape[2], frames.shape[3]
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    plane = frame_h * frame_w
+    flat_grad = grad_out.reshape(-1)
+    for i in range(images):
+        n = first + i
+        _fill_frame(x, n, -pad_top, pad_left, frames, i)
+        for oh in range(out_h):
+            for ow in range(0, out_w, LANES):
+                pixels = min(LANES, out_w - ow)
+                source = ((n * out_h + oh) * out_w + ow) * channels_out
+                target = i * plane + oh * frame_w + ow
+                span = block * plane
+                if channels_out == 6:
+                    _deinterleave_load_6(flat_grad, source, pixels, grad, target, span)
+                elif channels_out == 8:
+                    _deinterleave_load_8(flat_grad, source, pixels, grad, target, span)
+                elif channels_out == 7:
+                    _deinterleave_load_7(flat_grad, source, pixels, grad, target, span)
+                elif channels_out == 5:
+                    _deinterleave_load_5(flat_grad, source, pixels, grad, target, span)
+                elif channels_out == 4:
+                    _deinterleave_load_4(flat_grad, source, pixels, grad, target, span)
+                elif channels_out == 3:
+                    _deinterleave_load_3(flat_grad, source, pixels, grad, target, span)
+                elif channels_out == 2:
+                    _deinterleave_load_2(flat_grad, source, pixels, grad, target, span)
+                else:
+                    _deinterleave_load_1(flat_grad, source, pixels, grad, target, span)
+
+
+@jit
 def _block_dots_tiled(frame, grad, partial, images, sizes):
     """float32: adds to partial (flat kH, kW, C_in, C_out) the dot products of every tap's frame run with
     grad_out over a block of images, in register tiles of whole 16-pixel vectors: up to 15 positions past the
@@ -668,7 +766,7 @@ def _backward_weight_slot_tiled(slot, x, grad_out, partials, frames, grads, geom
                 partial[i] = 0.0
             for first in range(begin, last, block):
                 images = min(block, last - first)
-                _fill_block(x, grad_out, first, images, pad_top, pad_left, frames_4d, grad)
+                _fill_block_tiled(x, grad_out, first, images, pad_top, pad_left, frames_4d, grad)
                 if exact:
                     _block_dots_exact(frame, grad, partial, images, sizes)
                 else:

@@ -416,3 +416,14 @@ def test_forward_stores_pixel_tiles_as_nhwc_for_every_narrow_channel_count(cout)
     expected = np.where(expected < 0, 0, expected)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
     np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("cout", range(1, 9))
+def test_weight_gradient_lays_out_narrow_grad_out_in_planes_for_every_channel_count(cout):
+    # 37 output columns: two runs of 16 pixels and a tail of 5 per row, through the planar weight-gradient path
+    rng = np.random.default_rng(cout)
+    x = rng.standard_normal((3, 5, 39, 2)).astype(np.float32)
+    dy = rng.standard_normal((3, 3, 37, cout)).astype(np.float32)
+    got = conv2d_small.conv2d_backward_weight_small(x, dy, np.empty((3, 3, 2, cout), np.float32))
+    expected = reference.conv2d_backward_weight(x, dy, np.empty((3, 3, 2, cout), np.float32), (1, 1), (0, 0), (1, 1))
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4)
