@@ -9,6 +9,11 @@ contiguous run over the flattened band: `acc[co, p] += frame_flat[c, p + offset]
 positions (the Wp - W_out positions past each row's end are computed and dropped). Those long unit-stride loops
 are what LLVM vectorises; the accumulators of all C_out channels of a band stay in L1.
 
+float32 layers whose kernel rows read contiguous NHWC runs (width dilation 1, no negative padding: uses_row_runs)
+have kernels that index the NHWC data directly instead: the input gradient as a scatter of per-pixel GEMM rows
+into padded frames, and, from CHANNEL_TILE_MIN output channels, the forward and weight gradient vectorised over
+output channels. Neither computes the positions past a row's end that the planar frames carry.
+
 Layouts and conventions are those of conv2d.py: NHWC activations, (kH, kW, C_in, C_out) weights, (top, left)
 padding (bottom/right implied by the output size), `out` written whole and returned. The caller (conv2d.py)
 validates shapes; any padding works (negative padding too: the frame then starts inside the input), any
@@ -1249,7 +1254,7 @@ def forward_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, bud
     batch, out_h, out_w, channels_out = out_shape
     kernel_h, kernel_w, channels_in, _ = weight_shape
     if (not copy_weight and channels_out >= CHANNEL_TILE_MIN
-            and uses_scatter(dtype, x_shape, weight_shape, out_shape, padding, dilation)):
+            and uses_row_runs(dtype, x_shape, weight_shape, out_shape, padding, dilation)):
         lanes = kernel_w * channels_in
         specs = (("zero_bias", (channels_out,), dtype),
                  ("weight_rows", (kernel_h, lanes, -(-channels_out // LANES) * LANES), dtype))
@@ -1272,9 +1277,10 @@ def forward_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, bud
     return specs, (padding[0], padding[1], dilation[0], dilation[1], rows)
 
 
-def uses_scatter(dtype, x_shape, weight_shape, out_shape, padding, dilation):
-    """Whether the input gradient runs as _backward_input_scatter: float32, width dilation 1, and the padded
-    frame covering the input on every side (no negative padding)."""
+def uses_row_runs(dtype, x_shape, weight_shape, out_shape, padding, dilation):
+    """Whether the kernels that take a kernel row's kW * C_in inputs as one contiguous run of a zero-padded NHWC
+    frame apply (_backward_input_scatter; _forward_channels and _backward_weight_channels given enough output
+    channels): float32, width dilation 1, and the frame covering the input on every side (no negative padding)."""
     kernel_h, kernel_w = weight_shape[:2]
     frame_h = out_shape[1] + dilation[0] * (kernel_h - 1)
     frame_w = out_shape[2] + kernel_w - 1
@@ -1283,12 +1289,12 @@ def uses_scatter(dtype, x_shape, weight_shape, out_shape, padding, dilation):
 
 
 def backward_input_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget):
-    """Scratch specs and geometry of the input gradient: the scatter's (uses_scatter: the kernel rows as
+    """Scratch specs and geometry of the input gradient: the scatter's (uses_row_runs: the kernel rows as
     "weight_rows", per slot the frames of SCATTER_IMAGES images), else forward_plan's for a forward of grad_out
     (out_shape) into x_shape with the kernel flipped, its channel axes swapped, padded by the dilated extent
     minus the forward padding."""
     kernel_h, kernel_w, channels_in, channels_out = weight_shape
-    if uses_scatter(dtype, x_shape, weight_shape, out_shape, padding, dilation):
+    if uses_row_runs(dtype, x_shape, weight_shape, out_shape, padding, dilation):
         batch, out_h, out_w, _ = out_shape
         lanes = kernel_w * channels_in
         row_vectors = -(-lanes // LANES)
@@ -1312,7 +1318,7 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, dilat
     batch, out_h, out_w, _ = out_shape
     kernel_h, kernel_w, channels_in, channels_out = weight_shape
     if (channels_out >= CHANNEL_TILE_MIN
-            and uses_scatter(dtype, x_shape, weight_shape, out_shape, padding, dilation)):
+            and uses_row_runs(dtype, x_shape, weight_shape, out_shape, padding, dilation)):
         lanes = kernel_w * channels_in
         total = (kernel_h, lanes, -(-channels_out // LANES) * LANES)
         chunks = weight_chunks(batch, CHUNK_POSITIONS, spec_bytes(total, dtype), budget)

@@ -323,13 +323,13 @@ def test_weight_gradient_blocks_shorter_than_the_last_leave_nothing_behind(case,
                                                                      _padding(case), case[7]), rtol=2e-4, atol=2e-4)
 
 
-def test_input_gradient_scatter_covers_lenet_and_leaves_negative_padding_and_dilated_widths_to_the_gather():
-    assert conv2d_small.uses_scatter(np.float32, (64, 14, 14, 6), (5, 5, 6, 16), (64, 10, 10, 16), (0, 0), (1, 1))
-    assert not conv2d_small.uses_scatter(np.float64, (64, 14, 14, 6), (5, 5, 6, 16), (64, 10, 10, 16), (0, 0),
+def test_row_run_kernels_cover_lenet_and_leave_negative_padding_and_dilated_widths_to_the_others():
+    assert conv2d_small.uses_row_runs(np.float32, (64, 14, 14, 6), (5, 5, 6, 16), (64, 10, 10, 16), (0, 0), (1, 1))
+    assert not conv2d_small.uses_row_runs(np.float64, (64, 14, 14, 6), (5, 5, 6, 16), (64, 10, 10, 16), (0, 0),
                                          (1, 1))
-    assert not conv2d_small.uses_scatter(np.float32, (2, 11, 12, 2), (3, 3, 2, 3), (2, 11, 10, 3), (2, 2), (2, 3))
+    assert not conv2d_small.uses_row_runs(np.float32, (2, 11, 12, 2), (3, 3, 2, 3), (2, 11, 10, 3), (2, 2), (2, 3))
     # padding -1 on the right: the frame (out_w + kW - 1 wide) ends inside the input
-    assert not conv2d_small.uses_scatter(np.float32, (1, 6, 8, 2), (3, 3, 2, 2), (1, 4, 5, 2), (0, 0), (1, 1))
+    assert not conv2d_small.uses_row_runs(np.float32, (1, 6, 8, 2), (3, 3, 2, 2), (1, 4, 5, 2), (0, 0), (1, 1))
 
 
 @pytest.mark.parametrize("batch", [1, 8, 11])
