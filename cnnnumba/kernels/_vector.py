@@ -42,3 +42,44 @@ def offset_pointer(builder, pointer, elements):
     if isinstance(elements, int):
         elements = ir.Constant(INDEX, elements)
     return builder.gep(pointer, [elements])
+
+
+def splat(builder, scalar, vector):
+    """A `vector`-typed value with every lane = scalar (any element type; broadcast above is the float one)."""
+    single = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def lane_mask(builder, count):
+    """<16 x i1>: the lanes below count (an i64 value; none when count <= 0)."""
+    lanes = ir.VectorType(INDEX, LANES)
+    return builder.icmp_signed("<", ir.Constant(lanes, list(range(LANES))), splat(builder, count, lanes))
+
+
+def _mangled(vector):
+    element = vector.element
+    if isinstance(element, ir.IntType):
+        return f"v{LANES}i{element.width}"
+    return f"v{LANES}f{32 if isinstance(element, ir.FloatType) else 64}"
+
+
+def masked_load(builder, pointer, mask, vector=None, element_bytes=4):
+    """The lanes of mask loaded from pointer (others 0): nothing is read for a lane that is off, so a vector may
+    run past the end of an array."""
+    vector = vector or vector_type()
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [vector.as_pointer(), ir.IntType(32), mask.type, vector]),
+        f"llvm.masked.load.{_mangled(vector)}.p0")
+    return builder.call(function, [builder.bitcast(pointer, vector.as_pointer()),
+                                   ir.Constant(ir.IntType(32), element_bytes), mask, ir.Constant(vector, [0] * LANES)])
+
+
+def masked_store(builder, value, pointer, mask, element_bytes=4):
+    """The lanes of mask stored at pointer; nothing is written for a lane that is off."""
+    vector = value.type
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), ir.IntType(32), mask.type]),
+        f"llvm.masked.store.{_mangled(vector)}.p0")
+    builder.call(function, [value, builder.bitcast(pointer, vector.as_pointer()),
+                            ir.Constant(ir.IntType(32), element_bytes), mask])

@@ -31,8 +31,8 @@ from numba.extending import intrinsic
 
 from . import conv2d_workspace
 from ._jit import jit, parallel_jit
-from ._vector import (INDEX, LANES, broadcast, element_pointer, load_vector, offset_pointer, store_vector, vector_fma,
-                      vector_type)
+from ._vector import (INDEX, LANES, broadcast, element_pointer, lane_mask, load_vector, masked_load, masked_store,
+                      offset_pointer, store_vector, vector_fma, vector_type)
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 
 # Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.
@@ -356,24 +356,16 @@ def _make_interleave_store(channels):
         def codegen(context, builder, sig, args):
             acc_value, acc_offset, plane_step, out_value, out_offset, pixels, relu = args
             vector = vector_type()
-            lane_indices = ir.VectorType(INDEX, LANES)
-            lane_numbers = ir.Constant(lane_indices, list(range(LANES)))
             shuffle_mask = ir.VectorType(ir.IntType(32), LANES)
 
-            def lane_mask(count):
-                splat = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(lane_indices, ir.Undefined), count,
-                                           ir.Constant(ir.IntType(32), 0)),
-                    ir.Constant(lane_indices, ir.Undefined), ir.Constant(shuffle_mask, [0] * LANES))
-                return builder.icmp_signed("<", lane_numbers, splat)
 
             acc_pointer = element_pointer(context, builder, sig.args[0], acc_value, acc_offset)
             out_pointer = element_pointer(context, builder, sig.args[3], out_value, out_offset)
             zero = ir.Constant(vector, [0.0] * LANES)
             planes = []
             for c in range(channels):
-                value = _masked_load(builder, builder.gep(acc_pointer, [builder.mul(plane_step, ir.Constant(INDEX, c))]),
-                                     lane_mask(pixels))
+                value = masked_load(builder, builder.gep(acc_pointer, [builder.mul(plane_step, ir.Constant(INDEX, c))]),
+                                     lane_mask(builder, pixels))
                 clamped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)
                 planes.append(builder.select(relu, clamped, value))
             total = builder.mul(pixels, ir.Constant(INDEX, channels))
@@ -390,7 +382,8 @@ def _make_interleave_store(channels):
                     mask = [LANES + sources[l][1] if sources[l][0] == c else l for l in range(LANES)]
                     result = builder.shuffle_vector(result, planes[c], ir.Constant(shuffle_mask, mask))
                 count = builder.sub(total, ir.Constant(INDEX, LANES * k))
-                _masked_store(builder, result, offset_pointer(builder, out_pointer, LANES * k), lane_mask(count))
+                masked_store(builder, result, offset_pointer(builder, out_pointer, LANES * k),
+                             lane_mask(builder, count))
             return context.get_dummy_value()
 
         return signature, codegen
@@ -421,22 +414,14 @@ def _make_deinterleave_load(channels):
 
         def codegen(context, builder, sig, args):
             source_value, source_offset, pixels, planes_value, plane_offset, plane_step = args
-            lane_indices = ir.VectorType(INDEX, LANES)
-            lane_numbers = ir.Constant(lane_indices, list(range(LANES)))
             shuffle_mask = ir.VectorType(ir.IntType(32), LANES)
 
-            def lane_mask(count):
-                splat = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(lane_indices, ir.Undefined), count,
-                                           ir.Constant(ir.IntType(32), 0)),
-                    ir.Constant(lane_indices, ir.Undefined), ir.Constant(shuffle_mask, [0] * LANES))
-                return builder.icmp_signed("<", lane_numbers, splat)
 
             source_pointer = element_pointer(context, builder, sig.args[0], source_value, source_offset)
             plane_pointer = element_pointer(context, builder, sig.args[3], planes_value, plane_offset)
             total = builder.mul(pixels, ir.Constant(INDEX, channels))
-            pieces = [_masked_load(builder, offset_pointer(builder, source_pointer, LANES * k),
-                                   lane_mask(builder.sub(total, ir.Constant(INDEX, LANES * k))))
+            pieces = [masked_load(builder, offset_pointer(builder, source_pointer, LANES * k),
+                                   lane_mask(builder, builder.sub(total, ir.Constant(INDEX, LANES * k))))
                       for k in range(channels)]
             for c in range(channels):
                 # plane lane p holds element e = p * channels + c: lane e % 16 of piece e // 16
@@ -447,9 +432,9 @@ def _make_deinterleave_load(channels):
                 for k in used[1:]:
                     mask = [LANES + lane if piece == k else p for p, (piece, lane) in enumerate(sources)]
                     result = builder.shuffle_vector(result, pieces[k], ir.Constant(shuffle_mask, mask))
-                _masked_store(builder, result, builder.gep(plane_pointer, [builder.mul(plane_step,
+                masked_store(builder, result, builder.gep(plane_pointer, [builder.mul(plane_step,
                                                                                        ir.Constant(INDEX, c))]),
-                              lane_mask(pixels))
+                              lane_mask(builder, pixels))
             return context.get_dummy_value()
 
         return signature, codegen
@@ -860,7 +845,6 @@ def _make_scatter_tile(vectors):
             (grad_value, grad_offset, grad_image_step, images, weight_value, weight_offset, weight_step,
              channels_out, frame_value, frame_offset, frame_image_step, lanes) = args
             vector = vector_type()
-            lane_indices = ir.VectorType(INDEX, LANES)
             fma = vector_fma(builder)
             grad_pointer = element_pointer(context, builder, sig.args[0], grad_value, grad_offset)
             weight_pointer = element_pointer(context, builder, sig.args[4], weight_value, weight_offset)
@@ -885,45 +869,21 @@ def _make_scatter_tile(vectors):
                     for v in range(vectors):
                         slot = slots[i * vectors + v]
                         builder.store(builder.call(fma, [g, weights[v], builder.load(slot)]), slot)
-            lane_numbers = ir.Constant(lane_indices, list(range(LANES)))
             for i in range(SCATTER_IMAGES):
                 valid = builder.icmp_signed("<", ir.Constant(INDEX, i), images)
                 target = builder.gep(frame_pointer, [builder.mul(ir.Constant(INDEX, i), frame_image_step)])
                 for v in range(vectors):
                     count = builder.select(valid, builder.sub(lanes, ir.Constant(INDEX, v * LANES)),
                                            ir.Constant(INDEX, 0))
-                    splat = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(lane_indices, ir.Undefined), count,
-                                               ir.Constant(ir.IntType(32), 0)),
-                        ir.Constant(lane_indices, ir.Undefined),
-                        ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-                    mask = builder.icmp_signed("<", lane_numbers, splat)
+                    mask = lane_mask(builder, count)
                     pointer = offset_pointer(builder, target, v * LANES)
-                    old = _masked_load(builder, pointer, mask)
-                    _masked_store(builder, builder.fadd(old, builder.load(slots[i * vectors + v])), pointer, mask)
+                    old = masked_load(builder, pointer, mask)
+                    masked_store(builder, builder.fadd(old, builder.load(slots[i * vectors + v])), pointer, mask)
             return context.get_dummy_value()
 
         return signature, codegen
 
     return scatter_tile
-
-
-def _masked_load(builder, pointer, mask):
-    vector = vector_type()
-    function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vector, [vector.as_pointer(), ir.IntType(32), mask.type, vector]),
-        "llvm.masked.load.v16f32.p0")
-    return builder.call(function, [builder.bitcast(pointer, vector.as_pointer()), ir.Constant(ir.IntType(32), 4),
-                                   mask, ir.Constant(vector, [0.0] * LANES)])
-
-
-def _masked_store(builder, value, pointer, mask):
-    vector = vector_type()
-    function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), ir.IntType(32), mask.type]),
-        "llvm.masked.store.v16f32.p0")
-    builder.call(function, [value, builder.bitcast(pointer, vector.as_pointer()), ir.Constant(ir.IntType(32), 4),
-                            mask])
 
 
 _scatter_tile_2 = _make_scatter_tile(2)
@@ -1016,21 +976,14 @@ def _channel_tile(typingctx, frame, frame_offset, frame_image_step, frame_row_st
          weight_row_step, weight_kh_step, kernel_h, lanes, bias_value, out_value, out_offset, out_image_step,
          channels, relu) = args
         vector = vector_type()
-        lane_indices = ir.VectorType(INDEX, LANES)
         fma = vector_fma(builder)
         frame_pointer = element_pointer(context, builder, sig.args[0], frame_value, frame_offset)
         weight_pointer = element_pointer(context, builder, sig.args[5], weight_value, weight_offset)
         bias_pointer = element_pointer(context, builder, sig.args[11], bias_value, ir.Constant(INDEX, 0))
         out_pointer = element_pointer(context, builder, sig.args[12], out_value, out_offset)
-        lane_numbers = ir.Constant(lane_indices, list(range(LANES)))
 
-        def lane_mask(count):
-            splat = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(lane_indices, ir.Undefined), count, ir.Constant(ir.IntType(32), 0)),
-                ir.Constant(lane_indices, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-            return builder.icmp_signed("<", lane_numbers, splat)
 
-        start = _masked_load(builder, bias_pointer, lane_mask(channels))
+        start = masked_load(builder, bias_pointer, lane_mask(builder, channels))
         last = builder.sub(images, ir.Constant(INDEX, 1))
         rows, slots = [], []
         for i in range(SCATTER_IMAGES):
@@ -1051,12 +1004,12 @@ def _channel_tile(typingctx, frame, frame_offset, frame_image_step, frame_row_st
         zero = ir.Constant(vector, [0.0] * LANES)
         for i in range(SCATTER_IMAGES):
             valid = builder.icmp_signed("<", ir.Constant(INDEX, i), images)
-            mask = lane_mask(builder.select(valid, channels, ir.Constant(INDEX, 0)))
+            mask = lane_mask(builder, builder.select(valid, channels, ir.Constant(INDEX, 0)))
             value = builder.load(slots[i])
             clamped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)
             value = builder.select(relu, clamped, value)
             target = builder.gep(out_pointer, [builder.mul(ir.Constant(INDEX, i), out_image_step)])
-            _masked_store(builder, value, target, mask)
+            masked_store(builder, value, target, mask)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -1136,15 +1089,11 @@ def _channel_weight_tile(typingctx, frame, frame_offset, frame_row_step, frame_p
         (frame_value, frame_offset, frame_row_step, frame_pixel_step, out_h, out_w, grad_value, grad_offset,
          grad_pixel_step, channels, partial_value, partial_offset, partial_row_step, rows) = args
         vector = vector_type()
-        lane_indices = ir.VectorType(INDEX, LANES)
         fma = vector_fma(builder)
         frame_pointer = element_pointer(context, builder, sig.args[0], frame_value, frame_offset)
         grad_pointer = element_pointer(context, builder, sig.args[6], grad_value, grad_offset)
         partial_pointer = element_pointer(context, builder, sig.args[10], partial_value, partial_offset)
-        splat = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(lane_indices, ir.Undefined), channels, ir.Constant(ir.IntType(32), 0)),
-            ir.Constant(lane_indices, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-        mask = builder.icmp_signed("<", ir.Constant(lane_indices, list(range(LANES))), splat)
+        mask = lane_mask(builder, channels)
         last = builder.sub(rows, ir.Constant(INDEX, 1))
         taps = [builder.select(builder.icmp_signed("<", ir.Constant(INDEX, t), rows), ir.Constant(INDEX, t), last)
                 for t in range(WEIGHT_ROWS_PER_TILE)]
@@ -1158,7 +1107,7 @@ def _channel_weight_tile(typingctx, frame, frame_offset, frame_row_step, frame_p
             grad_row = builder.gep(grad_pointer, [builder.mul(builder.mul(row.index, out_w), grad_pixel_step)])
             with cgutils.for_range(builder, out_w) as column:
                 pixel = builder.gep(frame_row, [builder.mul(column.index, frame_pixel_step)])
-                g = _masked_load(builder, builder.gep(grad_row, [builder.mul(column.index, grad_pixel_step)]), mask)
+                g = masked_load(builder, builder.gep(grad_row, [builder.mul(column.index, grad_pixel_step)]), mask)
                 for t in range(WEIGHT_ROWS_PER_TILE):
                     x = broadcast(builder, builder.load(builder.gep(pixel, [taps[t]])))
                     builder.store(builder.call(fma, [x, g, builder.load(slots[t])]), slots[t])

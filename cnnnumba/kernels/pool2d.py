@@ -15,11 +15,10 @@ Max-pool indices follow PyTorch: the flat position ih * W + iw inside the image 
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
-from ._vector import INDEX, LANES
+from ._vector import INDEX, LANES, element_pointer, lane_mask, masked_load, masked_store, splat
 
 
 @jit
@@ -102,49 +101,6 @@ def _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, strid
 # array reads nothing past its end.
 # ---------------------------------------------------------------------------------------------------------
 
-def _splat(builder, scalar, vector_type):
-    single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(single, ir.Constant(vector_type, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-
-
-def _lane_mask(builder, count):
-    """<16 x i1>: lanes below count (an i64 value)."""
-    lanes = ir.VectorType(INDEX, LANES)
-    return builder.icmp_unsigned("<", ir.Constant(lanes, list(range(LANES))), _splat(builder, count, lanes))
-
-
-def _mangled(vector_type):
-    element = vector_type.element
-    kind = "i" if isinstance(element, ir.IntType) else "f"
-    bits = element.width if kind == "i" else (32 if isinstance(element, ir.FloatType) else 64)
-    return f"v{LANES}{kind}{bits}"
-
-
-def _masked_load(builder, pointer, mask, vector_type, element_bytes):
-    function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vector_type, [vector_type.as_pointer(), ir.IntType(32), mask.type,
-                                                      vector_type]),
-        f"llvm.masked.load.{_mangled(vector_type)}.p0")
-    return builder.call(function, [builder.bitcast(pointer, vector_type.as_pointer()),
-                                   ir.Constant(ir.IntType(32), element_bytes), mask,
-                                   ir.Constant(vector_type, [0] * LANES)])
-
-
-def _masked_store(builder, value, pointer, mask, element_bytes):
-    vector_type = value.type
-    function = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(), ir.IntType(32),
-                                                        mask.type]),
-        f"llvm.masked.store.{_mangled(vector_type)}.p0")
-    builder.call(function, [value, builder.bitcast(pointer, vector_type.as_pointer()),
-                            ir.Constant(ir.IntType(32), element_bytes), mask])
-
-
-def _pointer(context, builder, array_type, array, offset):
-    return builder.gep(context.make_array(array_type)(context, builder, array).data, [offset])
-
-
 @intrinsic
 def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, first_index, width, count):
     """For the `count` (<= 16) channels of one output pixel: the taps a0 = x[top + c], a1 = x[top + step + c],
@@ -160,10 +116,10 @@ def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, fi
         element_bytes = context.get_abi_sizeof(element)
         values = ir.VectorType(element, LANES)
         offsets = ir.VectorType(INDEX, LANES)
-        mask = _lane_mask(builder, count)
+        mask = lane_mask(builder, count)
 
         def tap(offset):
-            return _masked_load(builder, _pointer(context, builder, sig.args[0], x_value, offset), mask, values,
+            return masked_load(builder, element_pointer(context, builder, sig.args[0], x_value, offset), mask, values,
                                 element_bytes)
 
         best = tap(top)
@@ -173,11 +129,11 @@ def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, fi
             value = tap(position)
             take = builder.or_(builder.fcmp_ordered(">", value, best), builder.fcmp_unordered("uno", value, value))
             best = builder.select(take, value, best)
-            winner = builder.select(take, _splat(builder, offset, offsets), winner)
-        _masked_store(builder, best, _pointer(context, builder, sig.args[4], out_value, out_offset), mask,
+            winner = builder.select(take, splat(builder, offset, offsets), winner)
+        masked_store(builder, best, element_pointer(context, builder, sig.args[4], out_value, out_offset), mask,
                       element_bytes)
-        _masked_store(builder, builder.add(winner, _splat(builder, first_index, offsets)),
-                      _pointer(context, builder, sig.args[5], indices_value, out_offset), mask, 8)
+        masked_store(builder, builder.add(winner, splat(builder, first_index, offsets)),
+                      element_pointer(context, builder, sig.args[5], indices_value, out_offset), mask, 8)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -198,18 +154,19 @@ def _unpool_2x2_pixel(typingctx, grad_out, indices, out_offset, grad_in, top, bo
         element_bytes = context.get_abi_sizeof(element)
         values = ir.VectorType(element, LANES)
         offsets = ir.VectorType(INDEX, LANES)
-        mask = _lane_mask(builder, count)
-        grad = _masked_load(builder, _pointer(context, builder, sig.args[0], grad_out_value, out_offset), mask,
+        mask = lane_mask(builder, count)
+        grad = masked_load(builder, element_pointer(context, builder, sig.args[0], grad_out_value, out_offset), mask,
                             values, element_bytes)
-        winner = _masked_load(builder, _pointer(context, builder, sig.args[1], indices_value, out_offset), mask,
+        winner = masked_load(builder, element_pointer(context, builder, sig.args[1], indices_value, out_offset), mask,
                               offsets, 8)
-        winner = builder.sub(winner, _splat(builder, first_index, offsets))
+        winner = builder.sub(winner, splat(builder, first_index, offsets))
         zero = ir.Constant(values, [0] * LANES)
-        for position, offset in ((top, ir.Constant(INDEX, 0)), (builder.add(top, step), ir.Constant(INDEX, 1)),
-                                 (bottom, width), (builder.add(bottom, step), builder.add(width, ir.Constant(INDEX, 1)))):
-            chosen = builder.icmp_signed("==", winner, _splat(builder, offset, offsets))
-            _masked_store(builder, builder.select(chosen, grad, zero),
-                          _pointer(context, builder, sig.args[3], grad_in_value, position), mask, element_bytes)
+        taps = ((top, ir.Constant(INDEX, 0)), (builder.add(top, step), ir.Constant(INDEX, 1)), (bottom, width),
+                (builder.add(bottom, step), builder.add(width, ir.Constant(INDEX, 1))))
+        for position, offset in taps:
+            chosen = builder.icmp_signed("==", winner, splat(builder, offset, offsets))
+            masked_store(builder, builder.select(chosen, grad, zero),
+                          element_pointer(context, builder, sig.args[3], grad_in_value, position), mask, element_bytes)
         return context.get_dummy_value()
 
     return signature, codegen
