@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -38,22 +37,37 @@ def test_a_training_state_with_an_unknown_key_set_is_refused_by_name(tmp_path, e
 
 
 RUN = textwrap.dedent("""
-    import os, sys
+    import os, sys, time
     import cnnnumba as cn
     from cnnnumba import models, optim, train
     from cnnnumba.data import DataLoader, load_digits
 
-    path, epochs, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
+    path, epochs, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    resume = mode == "resume"
+
+
+    class StallingLoader(DataLoader):
+        # In mode "stall" the run stops after two batches of its second epoch, so the parent's kill lands
+        # mid-epoch however fast an epoch is (a timed kill missed once epochs took 0.1 s).
+        epochs_started = 0
+
+        def __iter__(self):
+            self.epochs_started += 1
+            for index, batch in enumerate(super().__iter__()):
+                if mode == "stall" and self.epochs_started == 2 and index == 2:
+                    print("MID-EPOCH", flush=True)
+                    time.sleep(600)
+                yield batch
+
+
     cn.manual_seed(0)
     model = models.small_cnn()
     optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loader = DataLoader(load_digits()[0], batch_size=64, shuffle=True, seed=3)
+    loader = StallingLoader(load_digits()[0], batch_size=64, shuffle=True, seed=3)
     start, history = train.load_training_state(path, model, optimizer, None, loader) if resume else (0, [])
 
     def log(line):
         print(line, flush=True)
-        if not resume and line.startswith("epoch 1/"):
-            print("CHECKPOINTED", flush=True)  # the parent waits for the file, then kills us in epoch 2
 
     train.fit(model, optimizer, loader, epochs, checkpoint_path=path, start_epoch=start, history=history,
               progress=False, log=log)
@@ -69,15 +83,11 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    victim = subprocess.Popen([sys.executable, str(script), killed, "3", "fresh"], stdout=subprocess.PIPE,
+    victim = subprocess.Popen([sys.executable, str(script), killed, "3", "stall"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     for line in victim.stdout:
-        if line.startswith("CHECKPOINTED"):
+        if line.startswith("MID-EPOCH"):  # epoch 1's checkpoint is written, two steps of epoch 2 are done
             break
-    deadline = time.monotonic() + 60
-    while not os.path.exists(killed) and time.monotonic() < deadline:  # fit saves right after logging epoch 1
-        time.sleep(0.01)
-    time.sleep(0.1)  # into epoch 2
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL
