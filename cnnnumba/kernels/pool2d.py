@@ -238,11 +238,18 @@ def _max_pool2d_backward_2x2(grad_out, indices, grad_in, first_job, end_job):
                 flat_in[i] = 0
 
 
+def _check_same_shape(array, like, name, like_name):
+    if array.shape != like.shape:
+        raise ValueError(f"max_pool2d kernel: {name} has shape {array.shape}, but {like_name} has {like.shape}")
+
+
 def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w):
     """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner.
 
     The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
+    # the 2x2 variant stores through raw vector pointers, which no bounds check (not even NUMBA_BOUNDSCHECK) sees
+    _check_same_shape(indices, out, "indices", "out")
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     inside = (pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1 and out_h > 0 and out_w > 0
@@ -343,6 +350,7 @@ def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h
     """grad_in[n, ih, iw, c] = sum of grad_out over the windows whose max was (ih, iw) in channel c.
 
     The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
+    _check_same_shape(indices, grad_out, "indices", "grad_out")
     batch, height, width, _ = grad_in.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     if (kernel_h == kernel_w == stride_h == stride_w == 2 and pad_h == pad_w == 0 and dilation_h == dilation_w == 1
