@@ -15,6 +15,7 @@ from numba.extending import intrinsic
 
 from . import conv2d_workspace
 from ._jit import jit, parallel_jit
+from ._slots import run_slots
 from .conv2d_gemm import gemm_plan
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
@@ -35,8 +36,7 @@ MAX_REDUCTION_CHUNKS = 16
 @jit
 def _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
                           groups, relu, rows_scratch):
-    """The jobs of one slot of _forward_general (its own function: a view taken inside a prange body that
-    then loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
+    """The jobs of one slot of _forward_general (run by kernels/_slots.run_slots)."""
     batch, height, width, _ = x.shape
     kernel_h, kernel_w, group_in, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -72,21 +72,18 @@ def _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_to
                 out[n, oh, ow, co] = 0.0 if relu and value < 0 else value
 
 
-@parallel_jit
 def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
                      relu, rows_scratch):
     """rows_scratch (slots, W_out, C_out): one output row per slot; each slot takes a contiguous share of the
     (image, row) jobs."""
-    for slot in prange(rows_scratch.shape[0]):
-        _forward_general_slot(np.int64(slot), x, weight, bias, out, stride_h, stride_w, pad_top, pad_left,
-                              dilation_h, dilation_w, groups, relu, rows_scratch)
+    run_slots(_forward_general_slot, rows_scratch.shape[0], x, weight, bias, out, stride_h, stride_w, pad_top, pad_left,
+              dilation_h, dilation_w, groups, relu, rows_scratch)
 
 
 @jit
 def _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride_w, pad_top, pad_left, dilation_h,
                                  dilation_w, groups, rows_scratch):
-    """The jobs of one slot of _backward_input_general (its own function: a view taken inside a prange body that
-    then loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
+    """The jobs of one slot of _backward_input_general (run by kernels/_slots.run_slots)."""
     batch, height, width, channels_in = out.shape
     kernel_h, kernel_w, channels_out, group_in = weight_t.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
@@ -122,14 +119,12 @@ def _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride
                 out[n, ih, iw, ci] = row[iw, ci]
 
 
-@parallel_jit
 def _backward_input_general(grad_out, weight_t, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
                             groups, rows_scratch):
     """weight_t is (kH, kW, C_out, C_in/groups): input channels innermost, so the inner loop is a contiguous axpy.
     rows_scratch (slots, W, C_in): one input row per slot."""
-    for slot in prange(rows_scratch.shape[0]):
-        _backward_input_general_slot(np.int64(slot), grad_out, weight_t, out, stride_h, stride_w, pad_top,
-                                     pad_left, dilation_h, dilation_w, groups, rows_scratch)
+    run_slots(_backward_input_general_slot, rows_scratch.shape[0], grad_out, weight_t, out, stride_h, stride_w, pad_top,
+              pad_left, dilation_h, dilation_w, groups, rows_scratch)
 
 
 @jit
@@ -415,8 +410,7 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 @jit
 def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
-    """The jobs of one slot of _forward_rows (its own function: a view taken inside a prange body that then
-    loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
+    """The jobs of one slot of _forward_rows (run by kernels/_slots.run_slots)."""
     rows_per_job, out_h = geometry[6], geometry[7]
     jobs = x.shape[0] * ((out_h + rows_per_job - 1) // rows_per_job)
     slots = strips.shape[0]
@@ -482,7 +476,6 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
                                       weight_tap_step, reduction, channels_out)
 
 
-@parallel_jit
 def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
@@ -493,10 +486,8 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     weight is (kH, kW, R, C_out) where R is C_in, or kW' * C_in with kW = 1 when the taps of a kernel row
     are folded into the reduction (dilation 1 along the width makes them contiguous in the strip).
     geometry is (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w,
-    out_first_h, out_first_w, out_step_h, out_step_w, reduction_block): one tuple, because a prange body that
-    passes on twenty-odd separate values leaks about 200 bytes per call in Numba 0.68."""
-    for slot in prange(strips.shape[0]):
-        _forward_rows_slot(np.int64(slot), x, weight, bias, out, strips, geometry, relu)
+    out_first_h, out_first_w, out_step_h, out_step_w, reduction_block)."""
+    run_slots(_forward_rows_slot, strips.shape[0], x, weight, bias, out, strips, geometry, relu)
 
 
 @jit
@@ -520,7 +511,6 @@ def _forward_phases_slot(slot, slots, x, weights, bias, out, strips, phases, red
         _forward_rows_jobs(first, last, x, weight, bias, out, strip, geometry, relu)
 
 
-@parallel_jit
 def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu, slots):
     """Several register-tiled forwards of one x in one parallel region: the stride phases of a strided
     backward-input, each writing its own grid of out pixels. phases is an int64 table, one row per forward:
@@ -528,15 +518,13 @@ def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu
     the weight's offset in the flat weights, frame width, jobs, cost per job (taps) and the cumulative cost up to
     and including it. The slots take contiguous shares of the total cost (a one-tap phase's jobs are cheaper
     than a four-tap one's); strips is flat, one strip of the largest phase per slot."""
-    for slot in prange(slots):
-        _forward_phases_slot(np.int64(slot), slots, x, weights, bias, out, strips, phases, reduction_block, relu)
+    run_slots(_forward_phases_slot, slots, slots, x, weights, bias, out, strips, phases, reduction_block, relu)
 
 
 @jit
 def _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
                                dilation_h, dilation_w, band_rows):
-    """The jobs of one slot of _backward_weight_rows (its own function: a view taken inside a prange body that
-    then loops leaks its reference in Numba 0.68, about 200 bytes per call)."""
+    """The jobs of one slot of _backward_weight_rows (run by kernels/_slots.run_slots)."""
     batch, _, _, channels = x.shape
     chunks, kernel_h, kernel_w, reduction, channels_out = partials.shape
     slots, _, frame_w, _ = strips.shape
@@ -585,7 +573,6 @@ def _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks,
             r += span
 
 
-@parallel_jit
 def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
                           dilation_h, dilation_w, band_rows):
     """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
@@ -596,9 +583,8 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
     image into its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every
     tap and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
     products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
-    for slot in prange(strips.shape[0]):
-        _backward_weight_rows_slot(np.int64(slot), x, grad_out, partials, strips, grad_blocks, stride_h, stride_w,
-                                   pad_top, pad_left, dilation_h, dilation_w, band_rows)
+    run_slots(_backward_weight_rows_slot, strips.shape[0], x, grad_out, partials, strips, grad_blocks, stride_h,
+              stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -659,11 +645,9 @@ def _pointwise_forward_slot(slot, slots, x_rows, weight, bias, out, stride_h, st
                        reduction_block)
 
 
-@parallel_jit
 def _pointwise_forward(x_rows, weight, bias, out, stride_h, stride_w, relu, reduction_block, slots):
-    for slot in prange(slots):
-        _pointwise_forward_slot(np.int64(slot), slots, x_rows, weight, bias, out, stride_h, stride_w, relu,
-                                reduction_block)
+    run_slots(_pointwise_forward_slot, slots, slots, x_rows, weight, bias, out, stride_h, stride_w, relu,
+              reduction_block)
 
 
 @jit
@@ -694,11 +678,9 @@ def _pointwise_backward_input_slot(slot, slots, grad_rows, weight_t, zero_bias, 
                        overwrite, reduction_block)
 
 
-@parallel_jit
 def _pointwise_backward_input(grad_rows, weight_t, zero_bias, out, stride_h, stride_w, reduction_block, slots):
-    for slot in prange(slots):
-        _pointwise_backward_input_slot(np.int64(slot), slots, grad_rows, weight_t, zero_bias, out, stride_h,
-                                       stride_w, reduction_block)
+    run_slots(_pointwise_backward_input_slot, slots, slots, grad_rows, weight_t, zero_bias, out, stride_h, stride_w,
+              reduction_block)
 
 
 @jit
@@ -735,12 +717,10 @@ def _pointwise_backward_weight_slot(slot, slots, x_rows, grad_flat, partials, ba
             r += count
 
 
-@parallel_jit
 def _pointwise_backward_weight(x_rows, grad_flat, partials, batch, stride_h, stride_w, out_h, out_w, block_rows,
                                slots):
-    for slot in prange(slots):
-        _pointwise_backward_weight_slot(np.int64(slot), slots, x_rows, grad_flat, partials, batch, stride_h,
-                                        stride_w, out_h, out_w, block_rows)
+    run_slots(_pointwise_backward_weight_slot, slots, slots, x_rows, grad_flat, partials, batch, stride_h, stride_w,
+              out_h, out_w, block_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -25,12 +25,13 @@ so results are bit-identical whatever the thread count.
 """
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import conv2d_workspace
-from ._jit import jit, parallel_jit
+from ._jit import jit
+from ._slots import run_slots
 from ._vector import (INDEX, LANES, broadcast, element_pointer, lane_mask, load_vector, masked_load, masked_store,
                       offset_pointer, store_vector, vector_fma, vector_type)
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
@@ -486,8 +487,7 @@ def _store_rows_tiled(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu):
 
 @jit
 def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, relu):
-    """The jobs of one slot of _forward_bands_tiled (its own function: a view taken inside a prange body that then
-    loops leaks its reference in Numba 0.68)."""
+    """The jobs of one slot of _forward_bands_tiled (run by kernels/_slots.run_slots)."""
     _, _, dilation_h, dilation_w, band_rows = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     _, kernel_h, kernel_w, channels_out = weight_t.shape
@@ -518,12 +518,10 @@ def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, re
         _store_rows_tiled(acc, padded, out, n, first_oh, rows, frame_w, relu)
 
 
-@parallel_jit
 def _forward_bands_tiled(x, weight_t, bias, out, frames, accs, geometry, relu):
     """float32 forward with register tiles; weight_t is (C_in, kH, kW, C_out). frames and accs: one row of
     scratch per slot. geometry: (pad_top, pad_left, dilation_h, dilation_w, band_rows)."""
-    for slot in prange(frames.shape[0]):
-        _forward_slot_tiled(np.int64(slot), x, weight_t, bias, out, frames, accs, geometry, relu)
+    run_slots(_forward_slot_tiled, frames.shape[0], x, weight_t, bias, out, frames, accs, geometry, relu)
 
 
 @jit
@@ -564,11 +562,9 @@ def _forward_slot(slot, x, weight, bias, out, frames, accs, geometry, relu):
         _store_rows(acc, length, out, n, first_oh, rows, frame_w, relu)
 
 
-@parallel_jit
 def _forward_bands(x, weight, bias, out, frames, accs, geometry, relu):
     """Forward of any float dtype with plain loops; weight is (kH, kW, C_in, C_out)."""
-    for slot in prange(frames.shape[0]):
-        _forward_slot(np.int64(slot), x, weight, bias, out, frames, accs, geometry, relu)
+    run_slots(_forward_slot, frames.shape[0], x, weight, bias, out, frames, accs, geometry, relu)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -734,7 +730,7 @@ def _weight_sizes(grad_out, partials, dilation_h, dilation_w, block):
 
 @jit
 def _backward_weight_slot_tiled(slot, x, grad_out, partials, frames, grads, geometry):
-    """The chunks of one slot of _backward_weight_tiled (its own function: see _forward_slot_tiled)."""
+    """The chunks of one slot of _backward_weight_tiled (run by kernels/_slots.run_slots)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
     sizes = _weight_sizes(grad_out, partials, dilation_h, dilation_w, block)
     frame_w, plane = sizes[8], sizes[9]
@@ -767,18 +763,16 @@ def _backward_weight_slot_tiled(slot, x, grad_out, partials, frames, grads, geom
                 break
 
 
-@parallel_jit
 def _backward_weight_tiled(x, grad_out, partials, frames, grads, geometry):
     """float32 weight gradient with register tiles: partials[chunk] (kH, kW, C_in, C_out) = the gradient of the
     chunk's images. frames (slots, C_in * block planes) and grads (slots, C_out * block planes): one row per
     slot. geometry: (pad_top, pad_left, dilation_h, dilation_w, images per block)."""
-    for slot in prange(frames.shape[0]):
-        _backward_weight_slot_tiled(np.int64(slot), x, grad_out, partials, frames, grads, geometry)
+    run_slots(_backward_weight_slot_tiled, frames.shape[0], x, grad_out, partials, frames, grads, geometry)
 
 
 @jit
 def _backward_weight_slot(slot, x, grad_out, partials, frames, grads, geometry):
-    """The chunks of one slot of _backward_weight (its own function: see _forward_slot_tiled)."""
+    """The chunks of one slot of _backward_weight (run by kernels/_slots.run_slots)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
     sizes = _weight_sizes(grad_out, partials, dilation_h, dilation_w, block)
     frame_w, plane = sizes[8], sizes[9]
@@ -807,11 +801,9 @@ def _backward_weight_slot(slot, x, grad_out, partials, frames, grads, geometry):
                 break
 
 
-@parallel_jit
 def _backward_weight(x, grad_out, partials, frames, grads, geometry):
     """Weight gradient of any float dtype with plain loops (see _backward_weight_tiled)."""
-    for slot in prange(frames.shape[0]):
-        _backward_weight_slot(np.int64(slot), x, grad_out, partials, frames, grads, geometry)
+    run_slots(_backward_weight_slot, frames.shape[0], x, grad_out, partials, frames, grads, geometry)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -939,14 +931,12 @@ def _backward_input_scatter_slot(slot, grad_out, weight_rows, out, frames, geome
                     row[j] = frame[source + j]
 
 
-@parallel_jit
 def _backward_input_scatter(grad_out, weight_rows, out, frames, geometry):
     """float32 input gradient of a stride-1 layer with width dilation 1 and no negative padding: weight_rows is
     (C_out, kH, row_vectors * 16) holding w[kh, kw, ci, co] at [co, kh, kw * C_in + ci] (zeros after), frames one
     row of SCATTER_IMAGES zero-padded input frames per slot. geometry: (pad_top, pad_left, dilation_h,
     row_vectors, kW * C_in)."""
-    for slot in prange(frames.shape[0]):
-        _backward_input_scatter_slot(np.int64(slot), grad_out, weight_rows, out, frames, geometry)
+    run_slots(_backward_input_scatter_slot, frames.shape[0], grad_out, weight_rows, out, frames, geometry)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1053,14 +1043,12 @@ def _forward_channels_slot(slot, x, weight_rows, bias, out, frames, geometry, re
                                   out_offset + co, out_image_step, min(LANES, channels_out - co), relu)
 
 
-@parallel_jit
 def _forward_channels(x, weight_rows, bias, out, frames, geometry, relu):
     """float32 forward of a stride-1 layer with width dilation 1 and no negative padding, vectorised over output
     channels: weight_rows is (kH, kW * C_in, 16 * ceil(C_out / 16)) holding w[kh, kw, ci, co] at
     [kh, kw * C_in + ci, co] (zeros after), frames one row of SCATTER_IMAGES zero-padded input frames per slot.
     geometry: (pad_top, pad_left, dilation_h, kW * C_in)."""
-    for slot in prange(frames.shape[0]):
-        _forward_channels_slot(np.int64(slot), x, weight_rows, bias, out, frames, geometry, relu)
+    run_slots(_forward_channels_slot, frames.shape[0], x, weight_rows, bias, out, frames, geometry, relu)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1155,13 +1143,11 @@ def _backward_weight_channels_slot(slot, x, grad_out, partials, frames, geometry
                                              row_step, min(WEIGHT_ROWS_PER_TILE, lanes - j))
 
 
-@parallel_jit
 def _backward_weight_channels(x, grad_out, partials, frames, geometry):
     """float32 weight gradient vectorised over output channels: partials (chunks, kH, kW * C_in, 16 *
     ceil(C_out / 16)) the per-chunk sums at [kh, kw * C_in + ci, co]; frames one zero-padded input frame per
     slot. geometry: (pad_top, pad_left, dilation_h, kW * C_in)."""
-    for slot in prange(frames.shape[0]):
-        _backward_weight_channels_slot(np.int64(slot), x, grad_out, partials, frames, geometry)
+    run_slots(_backward_weight_channels_slot, frames.shape[0], x, grad_out, partials, frames, geometry)
 
 
 # ---------------------------------------------------------------------------------------------------------

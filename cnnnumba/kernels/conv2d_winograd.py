@@ -14,14 +14,15 @@ convolutions of the transformed tiles), inside one parallel driver shared by the
 """
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 # conv2d.py imports this module for its dispatch; only functions here read conv2d's names (at compile time), so
 # the module object is all this import needs, whichever of the two is imported first.
 from . import conv2d as direct
-from ._jit import jit, parallel_jit
+from ._jit import jit
+from ._slots import run_slots
 from .conv2d_workspace import slots_within, spec_bytes, specs_bytes
 from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 
@@ -190,8 +191,7 @@ def transform_weight(weight, u):
 
 @jit
 def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """The jobs of one slot of _winograd_forward (its own function: a view taken inside a prange body that then
-    loops leaks its reference in Numba 0.68)."""
+    """The jobs of one slot of _winograd_forward (run by kernels/_slots.run_slots)."""
     pad_top, pad_left, relu, bands = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
@@ -255,7 +255,6 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
                         out[n, top + i, left + j, c] = row[0, 0, 0, c]
 
 
-@parallel_jit
 def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """out = the 3x3 stride-1 convolution of x (N, H, W, C_in) with weight (3, 3, C_in, C_out) + bias, clamped at
     0 when relu (NaN kept); u (4, 4, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
@@ -263,8 +262,7 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     into v (16, rows, C_in), multiplies them by u position by position into m (4, 4, rows, C_out) and
     transforms those back into out, all in its slot's scratch (vs, ms, patches (4, 4, C_in), rows
     (1, 1, 16, C_out)); weight is read only for tiles whose outputs come out non-finite, recomputed directly."""
-    for slot in prange(vs.shape[0]):
-        _forward_slot(np.int64(slot), x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
+    run_slots(_forward_slot, vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
 
 
 # Bytes of transformed input and products (v and m) one job works on: they stay in L2 (2 MiB a core here) beside

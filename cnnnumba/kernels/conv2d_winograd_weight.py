@@ -11,14 +11,15 @@ inverse-transformed: the result is bit-identical for any thread count.
 """
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 # conv2d.py imports this module for its dispatch; only the slot function reads conv2d's names (its weight tiles, at
 # compile time), so the module object is all this import needs, whichever of the two is imported first.
 from . import conv2d as direct
-from ._jit import jit, parallel_jit
+from ._jit import jit
+from ._slots import run_slots
 from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 from .conv2d_winograd import PATCH, POSITIONS, TILE, tiles_along, transform_input_tiles
 from .conv2d_workspace import slots_within, spec_bytes, specs_bytes, sum_partials
@@ -125,8 +126,7 @@ def inverse_transform_weight_grad(summed, out):
 
 @jit
 def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
-    """The chunks of one slot of _weight_gradient (its own function: a view taken inside a prange body leaks in
-    Numba 0.68)."""
+    """The chunks of one slot of _weight_gradient (run by kernels/_slots.run_slots)."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry
     batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
     chunks, slots, capacity = partials.shape[0], vs.shape[0], vs.shape[2]
@@ -168,13 +168,11 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
             start += count
 
 
-@parallel_jit
 def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
     """partials[chunk] (4, 4, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
     vs (slots, 17, tiles per job + 1, C_in), zs (slots, 16 * (tiles per job + 1) * C_out) and patches
     (slots, 4, 4, C_in) are the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
-    for slot in prange(vs.shape[0]):
-        _weight_slot(np.int64(slot), x, grad_out, partials, vs, zs, patches, geometry)
+    run_slots(_weight_slot, vs.shape[0], x, grad_out, partials, vs, zs, patches, geometry)
 
 
 def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget):

@@ -1,0 +1,138 @@
+"""Running a kernel's slots in parallel, each slot a call of one compiled slot function through its address.
+
+A parallel kernel whose prange body calls a jitted slot function has that function's code optimised and
+code-generated three times on a cold start: in the slot's own library, again in the gufunc that Numba builds for
+the prange body, and again when the gufunc is linked into the kernel. For the register-tiled convolution slots
+that was two thirds of their compile time (a Winograd forward: 8.5 s, of which the slot itself 3.7 s). Here the
+slot function is compiled once, for the exact argument types of the call, and the parallel loop reaches it
+through its address: one small parallel loop (`_run_slots_parallel`, all-integer arguments, compiled once for
+every kernel) calls a trampoline that unpacks the slot's arguments from the caller's frame.
+
+Numba drops an exception raised in a function called from a prange body (the loop goes on, nothing is raised), so
+a slot that fails is only noted there; once the loop is done that slot runs again serially, and its exception
+(e.g. an IndexError under NUMBA_BOUNDSCHECK) reaches the caller as from a direct call.
+"""
+import hashlib
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba._dispatcher import compute_fingerprint
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import jit, parallel_jit
+
+
+def _call_native(context, builder, address, argtypes, values):
+    """Call the Numba-compiled function returning None at `address` (an i64) with `values` of `argtypes`, and
+    return from the current function with its status if it raised."""
+    function_type = context.call_conv.get_function_type(types.none, argtypes)
+    callee = builder.inttoptr(address, function_type.as_pointer())
+    status, _ = context.call_conv.call_function(builder, callee, types.none, argtypes, values)
+    with cgutils.if_unlikely(builder, status.is_error):
+        context.call_conv.return_status_propagate(builder, status)
+
+
+INT64 = ir.IntType(64)
+_TRAMPOLINE_ARGUMENTS = (types.int64, types.int64, types.int64)  # slot, slot function address, packed arguments
+
+
+def _trampoline(context, module, arguments):
+    """The function (Numba's calling convention, arguments (slot, address, packed)) that calls the slot function at
+    `address` with slot and the tuple of type `arguments` stored at `packed`; one per tuple type in a module."""
+    function_type = context.call_conv.get_function_type(types.none, _TRAMPOLINE_ARGUMENTS)
+    name = "cnnnumba_slot_trampoline." + hashlib.sha1(str(arguments).encode()).hexdigest()
+    function = cgutils.get_or_insert_function(module, function_type, name)
+    if not function.is_declaration:
+        return function
+    function.linkage = "internal"
+    builder = ir.IRBuilder(function.append_basic_block())
+    return_pointer, exception_info, slot, address, packed = function.args
+    slot_types = (types.int64, *arguments.types)
+    stored = builder.load(builder.inttoptr(packed, context.get_value_type(arguments).as_pointer()))
+    values = [slot] + [builder.extract_value(stored, i) for i in range(len(arguments.types))]
+    slot_function_type = context.call_conv.get_function_type(types.none, slot_types)
+    callee = builder.inttoptr(address, slot_function_type.as_pointer())
+    flat = list(context.get_arg_packer(slot_types).as_arguments(builder, values))
+    # the slot's status and exception pass through unchanged: it returns None, like the trampoline
+    builder.ret(builder.call(callee, [return_pointer, exception_info] + flat))
+    return function
+
+
+@intrinsic
+def _pack_slot_arguments(typingctx, arguments):
+    """(address of a copy of the tuple `arguments` in this function's frame, address of its trampoline, address
+    of a cell in this frame holding -1, where a failing slot writes its number)."""
+    def codegen(context, builder, signature, values):
+        storage = cgutils.alloca_once(builder, context.get_value_type(arguments))
+        builder.store(values[0], storage)
+        failed = cgutils.alloca_once_value(builder, ir.Constant(INT64, -1))
+        trampoline = _trampoline(context, builder.module, arguments)
+        addresses = [builder.ptrtoint(storage, INT64), builder.ptrtoint(trampoline, INT64),
+                     builder.ptrtoint(failed, INT64)]
+        return context.make_tuple(builder, signature.return_type, addresses)
+
+    return types.UniTuple(types.int64, 3)(arguments), codegen
+
+
+@intrinsic
+def _call_trampoline(typingctx, trampoline, slot, address, packed, failed):
+    """Run one slot; if it raised, write its number to the cell at `failed` (any failing slot will do)."""
+    def codegen(context, builder, signature, values):
+        function_type = context.call_conv.get_function_type(types.none, _TRAMPOLINE_ARGUMENTS)
+        callee = builder.inttoptr(values[0], function_type.as_pointer())
+        status, _ = context.call_conv.call_function(builder, callee, types.none, list(_TRAMPOLINE_ARGUMENTS),
+                                                    list(values[1:4]))
+        with cgutils.if_unlikely(builder, status.is_error):
+            builder.store(values[1], builder.inttoptr(values[4], INT64.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.none(trampoline, slot, address, packed, failed), codegen
+
+
+@intrinsic
+def _rerun_failed_slot(typingctx, trampoline, address, packed, failed):
+    """Run again, here, the slot whose number is in the cell at `failed` (if any), so that its exception is raised."""
+    def codegen(context, builder, signature, values):
+        slot = builder.load(builder.inttoptr(values[3], INT64.as_pointer()))
+        with cgutils.if_unlikely(builder, builder.icmp_signed(">=", slot, ir.Constant(INT64, 0))):
+            _call_native(context, builder, values[0], list(_TRAMPOLINE_ARGUMENTS), [slot, values[1], values[2]])
+        return context.get_dummy_value()
+
+    return types.none(trampoline, address, packed, failed), codegen
+
+
+@parallel_jit
+def _run_slots_parallel(trampoline, address, packed, failed, slots):
+    for slot in prange(slots):
+        _call_trampoline(trampoline, np.int64(slot), address, packed, failed)
+
+
+@jit
+def _launch(address, slots, *arguments):
+    packed, trampoline, failed = _pack_slot_arguments(arguments)
+    _run_slots_parallel(trampoline, address, packed, failed, slots)
+    _rerun_failed_slot(trampoline, address, packed, failed)
+
+
+_ADDRESSES = {}
+
+
+def _slot_address(slot_function, arguments):
+    """The address of slot_function compiled for (int64 slot, *the Numba types of arguments)."""
+    signature = (types.int64, *(numba.typeof(argument) for argument in arguments))
+    slot_function.compile(signature)
+    compiled = slot_function.overloads[signature]
+    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+
+
+def run_slots(slot_function, slots, *arguments):
+    """slot_function(slot, *arguments) for slot in range(slots), in parallel. slot_function is a @jit function
+    returning None; arguments are arrays, scalars or tuples of them, kept alive by the caller during the call."""
+    key = (slot_function, *(compute_fingerprint(argument) for argument in arguments))
+    address = _ADDRESSES.get(key)
+    if address is None:
+        address = _ADDRESSES[key] = _slot_address(slot_function, arguments)
+    _launch(address, slots, *arguments)
