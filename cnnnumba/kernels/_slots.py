@@ -21,6 +21,7 @@ from numba import prange, types
 from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.ufunc.parallel import _launch_threads
 
 from ._jit import jit, parallel_jit
 
@@ -134,5 +135,8 @@ def run_slots(slot_function, slots, *arguments):
     key = (slot_function, *(compute_fingerprint(argument) for argument in arguments))
     address = _ADDRESSES.get(key)
     if address is None:
+        # _launch holds _run_slots_parallel's code but is not itself parallel: loaded from the cache, nothing
+        # starts Numba's threading layer, and its first parallel loop would call a null scheduler
+        _launch_threads()
         address = _ADDRESSES[key] = _slot_address(slot_function, arguments)
     _launch(address, slots, *arguments)
