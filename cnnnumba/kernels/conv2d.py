@@ -22,7 +22,8 @@ from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm
 from . import conv2d_small
 from . import conv2d_winograd, conv2d_winograd_weight
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
-from ._vector import INDEX, LANES, broadcast, element_pointer, load_vector, store_vector, vector_fma
+from ._vector import (INDEX, LANES, broadcast, element_pointer, lane_mask, load_vector, masked_load, masked_store,
+                      store_vector, vector_fma)
 
 # Reductions over the batch split the flattened (image, output row) range into this many chunks at most, a
 # number that does not depend on the thread count, so results are bit-identical for any number of threads.
@@ -386,25 +387,43 @@ def _run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel
                             grad_out_offset, grad_out_row_step, rows, columns, channels_out)
 
 
+@intrinsic
+def _copy_lanes(typingctx, out, out_offset, x, x_offset, count):
+    """out[out_offset + i] = x[x_offset + i] for i < min(count, 16): one masked vector load and store, nothing
+    touched past count (offsets and count in float32 elements)."""
+    index = types.intp
+
+    def codegen(context, builder, sig, args):
+        out_value, out_offset, x_value, x_offset, count = args
+        mask = lane_mask(builder, count)
+        value = masked_load(builder, element_pointer(context, builder, sig.args[2], x_value, x_offset), mask)
+        masked_store(builder, value, element_pointer(context, builder, sig.args[0], out_value, out_offset), mask)
+        return context.get_dummy_value()
+
+    return types.void(out, index, x, index, index), codegen
+
+
 @jit
 def _fill_strip(x, n, first_ih, pad_left, strip):
     """strip[r, c] = x[n, first_ih + r, c - pad_left] where that pixel exists, else 0: rows of the padded image
-    (a negative pad_left or first_ih starts the strip inside the image)."""
+    (a negative pad_left or first_ih starts the strip inside the image). x and strip are C-contiguous."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     frame_w = strip.shape[1]
     first_col = min(max(pad_left, 0), frame_w)
     last_col = max(min(pad_left + width, frame_w), first_col)
+    # a row's pixels are one contiguous run in both: 16 floats per masked copy, whatever the channel count (an
+    # element loop over 3 channels took longer than the weight gradient's arithmetic of a first layer)
+    run = (last_col - first_col) * channels
     for r in range(strip.shape[0]):
         ih = first_ih + r
         if ih < 0 or ih >= height:
             strip[r] = 0.0
         else:
             strip[r, :first_col] = 0.0
-            # element loops, not an array-to-array slice copy: that pulls in Numba's broadcasting setitem and
-            # its error formatting, seconds of cold compile for the same vectorised loop
-            for col in range(first_col, last_col):
-                for c in range(channels):
-                    strip[r, col, c] = x[n, ih, col - pad_left, c]
+            source = ((n * height + ih) * width + first_col - pad_left) * channels
+            target = (r * frame_w + first_col) * channels
+            for i in range(0, run, LANES):
+                _copy_lanes(strip, target + i, x, source + i, run - i)
             strip[r, last_col:] = 0.0
 
 
@@ -585,6 +604,70 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
     products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
     run_slots(_backward_weight_rows_slot, strips.shape[0], x, grad_out, partials, strips, grad_blocks, stride_h,
               stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
+
+
+@jit
+def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, stride_h, stride_w, pad_top, pad_left,
+                                  dilation_h, kernel_h, kernel_w, band_rows):
+    """The chunks of one slot of _backward_weight_columns (run by kernels/_slots.run_slots)."""
+    batch, _, _, channels = x.shape
+    chunks, _, _, reduction, channels_out = partials.shape
+    slots, _, frame_w, _ = strips.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    grad_row_step = out_w * channels_out
+    block_rows = columns.shape[1] // (out_w * reduction)
+    chunk_size = reduction * channels_out
+    run = kernel_w * channels  # the kW taps of a kernel row, side by side in a strip row (dilation 1 across)
+    if channels_out % BROAD_TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 2, BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS
+    elif channels_out % TILE_CHANNELS == 0:
+        kind, tile_rows, tile_channels = 1, WEIGHT_TILE_ROWS, TILE_CHANNELS
+    else:
+        kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
+    strip = strips[slot]
+    column_block = columns[slot]
+    # the rows past kH * kW * C_in (padding to a whole tile) stay zero: their products land in dropped rows
+    column_block[:] = 0.0
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+        first, last = _chunk_bounds(batch * out_h, chunks, chunk)
+        partials[chunk] = 0.0
+        r = first
+        while r < last:
+            n = r // out_h
+            oh = r % out_h
+            span = min(last - r, out_h - oh, band_rows)
+            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+            for b in range(0, span, block_rows):
+                count = min(block_rows, span - b)
+                for row in range(count):
+                    for ow in range(out_w):
+                        target = (row * out_w + ow) * reduction
+                        for kh in range(kernel_h):
+                            source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
+                            for i in range(0, run, LANES):
+                                _copy_lanes(column_block, target + kh * run + i, strip, source + i, run - i)
+                # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
+                for ci in range(0, reduction, tile_rows):
+                    for co in range(0, channels_out, tile_channels):
+                        _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, column_block,
+                                         ci, reduction, out_w * reduction, grad_out, (r + b) * grad_row_step + co,
+                                         grad_row_step, count, out_w, channels_out)
+            r += span
+
+
+def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, padding, dilation_h, kernel_hw,
+                             band_rows):
+    """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range as one
+    (1, 1, R, C_out) matrix, R >= kH * kW * C_in rounded up to a whole tile: for layers with few input channels
+    (a network's first), where folding only the kW taps (_backward_weight_rows) pads each kernel row's reduction
+    to a whole tile. A chunk pads the input rows under at most band_rows output rows of one image into its strip
+    (slots, strip_h, frame_w, C_in), then, a block of about PIXELS_PER_BLOCK output pixels at a time, copies the
+    kH * kW * C_in values under each pixel side by side into its columns (slots, block pixels * R) and runs
+    every tile over the block. Dilation 1 along the width. Each entry sums its pixels in (image, row, column)
+    order, so the result depends on the chunks only."""
+    run_slots(_backward_weight_columns_slot, strips.shape[0], x, grad_out, partials, strips, columns, stride[0],
+              stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -934,18 +1017,23 @@ def _reduction_chunks(pixels):
 
 
 def _backward_weight_fast(x, grad_out, out, stride, padding, dilation, scratch, plan):
-    """The register-tiled weight gradient on contiguous float32 operands, into out (kH, kW, C_in, C_out)."""
+    """The register-tiled weight gradient on contiguous float32 operands, into out (kH, kW, C_in, C_out): by
+    kernel rows, or as one column matrix (shape (1, 1, R, C_out)) where the plan carves "columns"."""
     shape, chunks, band_rows = plan
-    folded = out.shape[1] * out.shape[2]
     partials = scratch["partials"] if "partials" in scratch else out.reshape((1, *shape))
-    _backward_weight_rows(x, grad_out, partials, scratch["strips"], scratch["grad_blocks"], stride[0], stride[1],
-                          padding[0], padding[1], dilation[0], dilation[1], band_rows)
+    if "columns" in scratch:
+        _backward_weight_columns(x, grad_out, partials, scratch["strips"], scratch["columns"], stride, padding,
+                                 dilation[0], out.shape[:2], band_rows)
+    else:
+        _backward_weight_rows(x, grad_out, partials, scratch["strips"], scratch["grad_blocks"], stride[0], stride[1],
+                              padding[0], padding[1], dilation[0], dilation[1], band_rows)
     if "summed" not in scratch:
         sum_partials(partials, out.reshape(shape))
     else:
         # the folded reduction was padded to whole tiles: drop the padding rows
         summed = scratch["summed"]
         sum_partials(partials, summed)
+        folded = out.size // (shape[0] * shape[3])
         out.reshape(shape[0], folded, shape[3])[...] = summed[:, 0, :folded]
 
 
@@ -1034,6 +1122,27 @@ def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
     return "general", (("weight_t", transposed, dtype), rows), None
 
 
+def _backward_weight_columns_plan(dtype, x_shape, weight_shape, out_shape, stride, dilation, frame_w, reduction,
+                                  half, budget):
+    """(specs, (shape, chunks, band_rows)) of the column-matrix weight gradient (_backward_weight_columns): R =
+    reduction rows, partials and their padded sum within half the budget, then per slot a strip of the input
+    rows under a band of output rows and the columns of one block of them."""
+    kernel_h, _, channels_in, channels_out = weight_shape
+    batch, out_h, out_w, _ = out_shape
+    shape = (1, 1, reduction, channels_out)
+    specs = (("summed", shape, dtype),) if reduction != kernel_h * weight_shape[1] * channels_in else ()
+    wanted = min(batch * out_h, _reduction_chunks(batch * out_h * out_w))
+    chunks = int(max(1, min(wanted, (half - specs_bytes(specs)) // spec_bytes(shape, dtype))))
+    if chunks > 1 or specs:
+        specs += (("partials", (chunks, *shape), dtype),)
+    band_rows = min(out_h, max(1, WEIGHT_STRIP_BYTES // (stride[0] * frame_w * channels_in * dtype.itemsize)))
+    strip = ((band_rows - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1, frame_w, channels_in)
+    columns = max(1, PIXELS_PER_BLOCK // out_w) * out_w * reduction
+    slots = slots_within(spec_bytes(strip, dtype) + spec_bytes((columns,), dtype), specs_bytes(specs), chunks, budget)
+    specs += (("strips", (slots, *strip), dtype), ("columns", (slots, columns), dtype))
+    return specs, (shape, chunks, band_rows)
+
+
 @functools.lru_cache(maxsize=1024)
 def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups, budget):
     """(path, scratch specs, path details) of conv2d_backward_weight. The partial weight gradients and their
@@ -1055,6 +1164,12 @@ def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, paddi
         tile_rows = _weight_tile_rows(channels_out)
         folded = kernel_w * channels_in
         reduction = -(-folded // tile_rows) * tile_rows
+        columns = kernel_h * folded
+        padded_columns = -(-columns // tile_rows) * tile_rows
+        if dilation[1] == 1 and padded_columns < kernel_h * reduction \
+                and 2 * spec_bytes((padded_columns, channels_out), dtype) <= half:
+            return "fast", *_backward_weight_columns_plan(dtype, x_shape, weight_shape, out_shape, stride, dilation,
+                                                          frame_w, padded_columns, half, budget)
         fold = dilation[1] == 1
         if fold and reduction != folded and channels_in % tile_rows == 0 \
                 and 2 * spec_bytes((kernel_h, reduction, channels_out), dtype) > half:
