@@ -20,7 +20,7 @@ from .conv2d_gemm import gemm_plan
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 from . import conv2d_small
-from . import conv2d_winograd, conv2d_winograd_weight
+from . import conv2d_winograd, conv2d_winograd4, conv2d_winograd_weight
 from .conv2d_small import conv2d_backward_input_small, conv2d_backward_weight_small, conv2d_forward_small
 from ._vector import (INDEX, LANES, broadcast, element_pointer, lane_mask, load_vector, masked_load, masked_store,
                       store_vector, vector_fma)
@@ -1054,8 +1054,11 @@ def _general_rows(pixels, channels, jobs, dtype, budget):
 @functools.lru_cache(maxsize=1024)
 def _forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, groups, budget):
     """(path, scratch specs, path details) of conv2d_forward."""
-    if uses_winograd(dtype, weight_shape, stride, padding, dilation, groups) \
-            and conv2d_winograd.fits(dtype, weight_shape[2], weight_shape[3], budget):
+    winograd = uses_winograd(dtype, weight_shape, stride, padding, dilation, groups)
+    if winograd and conv2d_winograd4.suits(weight_shape[2]) \
+            and conv2d_winograd4.fits(dtype, weight_shape[2], weight_shape[3], budget):
+        return ("winograd4", *conv2d_winograd4.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False))
+    if winograd and conv2d_winograd.fits(dtype, weight_shape[2], weight_shape[3], budget):
         return ("winograd", *conv2d_winograd.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False))
     if uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and _tiles_fit(weight_shape[3], out_shape[2]) and spec_bytes(weight_shape, dtype) <= budget // 4:
@@ -1086,9 +1089,12 @@ def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
     The tiled paths need the weight flipped into the workspace: when it takes over a quarter of the budget,
     the GEMM path (which reads the weight in place) runs instead."""
     kernel_h, kernel_w, group_in, channels_out = weight_shape
-    if uses_winograd(dtype, weight_shape, stride, padding, dilation, groups) \
-            and conv2d_winograd.fits(dtype, weight_shape[2], weight_shape[3], budget):
-        # the forward convolution of grad_out that gives the input gradient: C_out channels in, C_in out
+    # the forward convolution of grad_out that gives the input gradient: C_out channels in, C_in out
+    winograd = uses_winograd(dtype, weight_shape, stride, padding, dilation, groups)
+    if winograd and conv2d_winograd4.suits(channels_out) \
+            and conv2d_winograd4.fits(dtype, weight_shape[2], weight_shape[3], budget):
+        return ("winograd4", *conv2d_winograd4.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True))
+    if winograd and conv2d_winograd.fits(dtype, weight_shape[2], weight_shape[3], budget):
         return ("winograd", *conv2d_winograd.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True))
     fits = spec_bytes(weight_shape, dtype) <= budget // 4
     transposed = (kernel_h, kernel_w, channels_out, group_in)
@@ -1260,7 +1266,9 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     path, specs, details = _plan("forward", dtype, x.shape, weight.shape, out.shape, stride, padding, dilation,
                                  groups)
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
-    if path == "winograd":
+    if path == "winograd4":
+        conv2d_winograd4.forward(x, weight, bias, out, padding, relu, scratch, details)
+    elif path == "winograd":
         conv2d_winograd.forward(x, weight, bias, out, padding, relu, scratch, details)
     elif path == "pointwise":
         if bias is None:
@@ -1299,7 +1307,9 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
     if path in ("fast", "pointwise"):
         scratch["zero_bias"][...] = 0.0
-    if path == "winograd":
+    if path == "winograd4":
+        conv2d_winograd4.backward_input(grad_out, weight, out, padding, scratch, details)
+    elif path == "winograd":
         conv2d_winograd.backward_input(grad_out, weight, out, padding, scratch, details)
     elif path == "pointwise":
         weight_t = scratch["weight"]

@@ -126,11 +126,11 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
 
 @jit
 def _fill_patch(x, n, top, left, patch):
-    """patch (4, 4, C) = the input pixels of image n from (top, left) on, zero outside the image."""
+    """patch (P, P, C) = the input pixels of image n from (top, left) on, zero outside the image."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-    for i in range(PATCH):
+    for i in range(patch.shape[0]):
         ih = top + i
-        for j in range(PATCH):
+        for j in range(patch.shape[1]):
             iw = left + j
             if 0 <= ih < height and 0 <= iw < width:
                 for c in range(channels):

@@ -21,6 +21,7 @@ from . import conv2d as direct
 from ._jit import jit
 from ._slots import run_slots
 from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
+from . import conv2d_winograd4, conv2d_winograd4_weight
 from .conv2d_winograd import PATCH, POSITIONS, TILE, tiles_along, transform_input_tiles
 from .conv2d_workspace import slots_within, spec_bytes, specs_bytes, sum_partials
 
@@ -175,14 +176,23 @@ def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
     run_slots(_weight_slot, vs.shape[0], x, grad_out, partials, vs, zs, patches, geometry)
 
 
+def uses_f4(channels_in, channels_out):
+    """Whether the weight gradient takes F(4x4) (conv2d_winograd4_weight.py) rather than F(2x2): on the layers whose
+    forward and backward-input take F(4x4)."""
+    return conv2d_winograd4.suits(channels_in) and conv2d_winograd4.suits(channels_out)
+
+
 def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget):
     """(scratch specs, details) of the Winograd weight gradient, or None when its partials do not fit half the
-    budget. The chunk count depends on the shape and budget only."""
+    budget. The chunk count depends on the shape and budget only. details[4] is the tile size: 4 for F(4x4)."""
     _, _, channels_in, channels_out = weight_shape
     batch, out_h, out_w, _ = out_shape
-    tiles_w, tiles_per_image = tiles_along(out_w), tiles_along(out_h) * tiles_along(out_w)
+    f4 = uses_f4(channels_in, channels_out)
+    tile, positions = (conv2d_winograd4.TILE, conv2d_winograd4.POSITIONS) if f4 else (TILE, POSITIONS)
+    tiles_w = -(-out_w // tile)
+    tiles_per_image = -(-out_h // tile) * tiles_w
     total = batch * tiles_per_image
-    partial = (PATCH, PATCH, channels_in, channels_out)
+    partial = (positions, channels_in, channels_out) if f4 else (PATCH, PATCH, channels_in, channels_out)
     half = budget // 2
     wanted = max(2, min(MAX_CHUNKS, total // TILES_PER_CHUNK) // 2 * 2)
     chunks = int(max(1, min(wanted, total, half // spec_bytes(partial, dtype))))
@@ -192,27 +202,34 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budge
     if chunks > 1:
         specs += (("summed", partial, dtype),)
     capacity = min(JOB_TILES, total) + 1
-    per_slot = (spec_bytes((POSITIONS + 1, capacity, channels_in), dtype)
-                + spec_bytes((POSITIONS * capacity * channels_out,), dtype)
+    per_slot = (spec_bytes((positions + 1, capacity, channels_in), dtype)
+                + spec_bytes((positions * capacity * channels_out,), dtype)
                 + spec_bytes((PATCH, PATCH, channels_in), dtype))
     slots = slots_within(per_slot, specs_bytes(specs), chunks, budget)
     if specs_bytes(specs) + slots * per_slot > budget:
         return None
-    specs += (("vs", (slots, POSITIONS + 1, capacity, channels_in), dtype),
-              ("zs", (slots, POSITIONS * capacity * channels_out), dtype),
+    specs += (("vs", (slots, positions + 1, capacity, channels_in), dtype),
+              ("zs", (slots, positions * capacity * channels_out), dtype),
               ("patches", (slots, PATCH, PATCH, channels_in), dtype))
-    return specs, (padding[0], padding[1], tiles_w, tiles_per_image)
+    return specs, (padding[0], padding[1], tiles_w, tiles_per_image, tile)
 
 
 def conv2d_backward_weight_winograd(x, grad_out, out, scratch, geometry):
     """The Winograd weight gradient of contiguous float32 x and grad_out into out (3, 3, C_in, C_out), with the
     scratch carved from backward_weight_plan's specs and its geometry."""
     partials = scratch["partials"]
-    _weight_gradient(x, grad_out, partials, scratch["vs"], scratch["zs"], scratch["patches"], geometry)
+    f4 = geometry[4] == conv2d_winograd4.TILE
+    if f4:
+        conv2d_winograd4_weight.weight_gradient(x, grad_out, partials, scratch["vs"], scratch["zs"], geometry)
+    else:
+        _weight_gradient(x, grad_out, partials, scratch["vs"], scratch["zs"], scratch["patches"], geometry[:4])
     if partials.shape[0] > 1:
         summed = scratch["summed"]
         sum_partials(partials, summed)
     else:
         summed = partials[0]
-    inverse_transform_weight_grad(summed, out)
+    if f4:
+        conv2d_winograd4_weight.inverse_transform_weight_grad(summed, out)
+    else:
+        inverse_transform_weight_grad(summed, out)
     return out

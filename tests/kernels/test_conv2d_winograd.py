@@ -1,9 +1,10 @@
-"""Winograd F(2x2, 3x3) forward and backward-input (kernels/conv2d_winograd.py) against kernels/reference.py."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) forward and backward-input (kernels/conv2d_winograd.py,
+conv2d_winograd4.py) against kernels/reference.py."""
 import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import conv2d, conv2d_winograd, conv2d_workspace, reference
+from cnnnumba.kernels import conv2d, conv2d_winograd, conv2d_winograd4, conv2d_workspace, reference
 from cnnnumba.kernels.conv2d_workspace import carve, specs_bytes
 
 # (batch, height, width, C_in, C_out, padding): odd and even output sizes, images of fewer tiles than one GEMM
@@ -26,7 +27,18 @@ CASES = [
 # 144-576 products gives. F(2x2, 3x3) adds the transforms' additions (coefficients +-1 and +-1/2, exact in binary)
 # to the products' rounding: a few ulps of the output scale. test_conv2d.py's float32 tolerance (2e-4 + 2e-4 of
 # the value) is 6x that worst case and still far below what a wrong tap, tile or channel gives (errors of O(1)).
+# F(4x4, 3x3) (transform coefficients up to 8, 36 products per output pixel summed back) errs 5-8x more: up to
+# 1.5e-4 with the 16-32-channel reductions it takes, 1.8-2.4e-4 with 64 (which take F(2x2): see
+# conv2d_winograd4.MAX_REDUCTION); test_f4_error_stays_within_the_tolerance measures it at the ResNet-20 shapes.
 TOLERANCE = dict(rtol=2e-4, atol=2e-4)
+
+VARIANTS = {"F2": conv2d_winograd, "F4": conv2d_winograd4}
+
+
+@pytest.fixture(params=VARIANTS)
+def winograd(request):
+    """The Winograd module a test runs: F(2x2) or F(4x4)."""
+    return VARIANTS[request.param]
 
 
 def _arrays(case, seed=0):
@@ -40,18 +52,18 @@ def _arrays(case, seed=0):
     return x, weight, bias, grad_out
 
 
-def _forward(x, weight, bias, pad, relu=False, workspace=None):
+def _forward(winograd, x, weight, bias, pad, relu=False, workspace=None):
     out = np.empty((x.shape[0], x.shape[1] + 2 * pad - 2, x.shape[2] + 2 * pad - 2, weight.shape[3]), np.float32)
-    specs, details = conv2d_winograd.plan(np.dtype(np.float32), x.shape, weight.shape[3], out.shape[1:3],
-                                          conv2d_workspace.WORKSPACE_BYTES, False)
-    return conv2d_winograd.forward(x, weight, bias, out, (pad, pad), relu, carve(workspace, specs), details)
+    specs, details = winograd.plan(np.dtype(np.float32), x.shape, weight.shape[3], out.shape[1:3],
+                                   conv2d_workspace.WORKSPACE_BYTES, False)
+    return winograd.forward(x, weight, bias, out, (pad, pad), relu, carve(workspace, specs), details)
 
 
-def _backward_input(grad_out, weight, x_shape, pad, workspace=None):
+def _backward_input(winograd, grad_out, weight, x_shape, pad, workspace=None):
     out = np.empty(x_shape, np.float32)
-    specs, details = conv2d_winograd.plan(np.dtype(np.float32), grad_out.shape, weight.shape[2], x_shape[1:3],
-                                          conv2d_workspace.WORKSPACE_BYTES, True)
-    return conv2d_winograd.backward_input(grad_out, weight, out, (pad, pad), carve(workspace, specs), details)
+    specs, details = winograd.plan(np.dtype(np.float32), grad_out.shape, weight.shape[2], x_shape[1:3],
+                                   conv2d_workspace.WORKSPACE_BYTES, True)
+    return winograd.backward_input(grad_out, weight, out, (pad, pad), carve(workspace, specs), details)
 
 
 def _reference_forward(x, weight, bias, pad, relu=False):
@@ -68,21 +80,21 @@ def job_size(request, monkeypatch):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_forward_matches_reference(case, job_size):
+def test_forward_matches_reference(case, job_size, winograd):
     x, weight, bias, _ = _arrays(case)
     pad = case[5]
     for b in (bias, None):
         for relu in (False, True):
-            np.testing.assert_allclose(_forward(x, weight, b, pad, relu), _reference_forward(x, weight, b, pad, relu),
-                                       **TOLERANCE)
+            np.testing.assert_allclose(_forward(winograd, x, weight, b, pad, relu),
+                                       _reference_forward(x, weight, b, pad, relu), **TOLERANCE)
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_backward_input_matches_reference(case, job_size):
+def test_backward_input_matches_reference(case, job_size, winograd):
     x, weight, _, grad_out = _arrays(case)
     pad = case[5]
     want = reference.conv2d_backward_input(grad_out, weight, np.empty_like(x), padding=(pad, pad))
-    np.testing.assert_allclose(_backward_input(grad_out, weight, x.shape, pad), want, **TOLERANCE)
+    np.testing.assert_allclose(_backward_input(winograd, grad_out, weight, x.shape, pad), want, **TOLERANCE)
 
 
 def test_small_jobs_split_images_unevenly(monkeypatch):
@@ -94,7 +106,7 @@ def test_small_jobs_split_images_unevenly(monkeypatch):
 
 
 @pytest.mark.parametrize("pads", [(0, 2, 2, 1), (2, 0, 1, 2), (1, 2, 0, 0)])
-def test_asymmetric_padding_matches_reference(pads):
+def test_asymmetric_padding_matches_reference(pads, winograd):
     """Padding (top, bottom, left, right): only top and left reach the kernels, the output size implies the rest;
     the backward-input pads grad_out by 2 - top and 2 - left and reads zeros past its bottom and right edges."""
     top, bottom, left, right = pads
@@ -102,14 +114,12 @@ def test_asymmetric_padding_matches_reference(pads):
     out_hw = (7 + top + bottom - 2, 9 + left + right - 2)
     grad_out = np.random.default_rng(1).standard_normal((2, *out_hw, 48), dtype=np.float32)
     f32 = np.dtype(np.float32)
-    specs, details = conv2d_winograd.plan(f32, x.shape, 48, out_hw, conv2d_workspace.WORKSPACE_BYTES, False)
-    got = conv2d_winograd.forward(x, weight, bias, np.empty_like(grad_out), (top, left), True, carve(None, specs),
-                                  details)
+    specs, details = winograd.plan(f32, x.shape, 48, out_hw, conv2d_workspace.WORKSPACE_BYTES, False)
+    got = winograd.forward(x, weight, bias, np.empty_like(grad_out), (top, left), True, carve(None, specs), details)
     want = reference.conv2d_forward(x, weight, bias, np.empty_like(grad_out), padding=(top, left), relu=True)
     np.testing.assert_allclose(got, want, **TOLERANCE)
-    specs, details = conv2d_winograd.plan(f32, grad_out.shape, 32, x.shape[1:3], conv2d_workspace.WORKSPACE_BYTES,
-                                          True)
-    got = conv2d_winograd.backward_input(grad_out, weight, np.empty_like(x), (top, left), carve(None, specs), details)
+    specs, details = winograd.plan(f32, grad_out.shape, 32, x.shape[1:3], conv2d_workspace.WORKSPACE_BYTES, True)
+    got = winograd.backward_input(grad_out, weight, np.empty_like(x), (top, left), carve(None, specs), details)
     want = reference.conv2d_backward_input(grad_out, weight, np.empty_like(x), padding=(top, left))
     np.testing.assert_allclose(got, want, **TOLERANCE)
 
@@ -120,33 +130,33 @@ def _dirty_workspace(size):
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5]])
-def test_a_given_workspace_gives_the_same_results(case):
+def test_a_given_workspace_gives_the_same_results(case, winograd):
     """A workspace of exactly the planned size, misaligned and full of NaN, gives the values of a fresh one; one
     byte less is refused."""
     x, weight, bias, grad_out = _arrays(case)
     pad = case[5]
     out_hw = grad_out.shape[1:3]
-    for flipped, run in ((False, lambda ws: _forward(x, weight, bias, pad, True, ws)),
-                         (True, lambda ws: _backward_input(grad_out, weight, x.shape, pad, ws))):
+    for flipped, run in ((False, lambda ws: _forward(winograd, x, weight, bias, pad, True, ws)),
+                         (True, lambda ws: _backward_input(winograd, grad_out, weight, x.shape, pad, ws))):
         source, channels_out = (grad_out, weight.shape[2]) if flipped else (x, weight.shape[3])
-        size = specs_bytes(conv2d_winograd.plan(np.dtype(np.float32), source.shape, channels_out,
-                                                x.shape[1:3] if flipped else out_hw, conv2d_workspace.WORKSPACE_BYTES,
-                                                flipped)[0])
+        size = specs_bytes(winograd.plan(np.dtype(np.float32), source.shape, channels_out,
+                                         x.shape[1:3] if flipped else out_hw, conv2d_workspace.WORKSPACE_BYTES,
+                                         flipped)[0])
         np.testing.assert_array_equal(run(_dirty_workspace(size)), run(None))
         with pytest.raises(ValueError, match="workspace of"):
             run(np.empty(size - 1, np.uint8))
 
 
 @pytest.mark.parametrize("case", [CASES[4], CASES[7]])
-def test_results_do_not_depend_on_thread_count(case, job_size):
+def test_results_do_not_depend_on_thread_count(case, job_size, winograd):
     x, weight, bias, grad_out = _arrays(case)
     saved = cn.get_num_threads()
     results = []
     try:
         for threads in (1, 2):
             cn.set_num_threads(threads)
-            results.append((_forward(x, weight, bias, case[5], True), _backward_input(grad_out, weight, x.shape,
-                                                                                      case[5])))
+            results.append((_forward(winograd, x, weight, bias, case[5], True),
+                            _backward_input(winograd, grad_out, weight, x.shape, case[5])))
     finally:
         cn.set_num_threads(saved)
     np.testing.assert_array_equal(results[0][0], results[1][0])
@@ -166,7 +176,7 @@ POSITIONS = {"interior": lambda h, w: (h // 2, w // 2), "top-left": lambda h, w:
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("where", POSITIONS)
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6]])
-def test_non_finite_inputs_give_what_the_direct_sum_gives(case, where, value):
+def test_non_finite_inputs_give_what_the_direct_sum_gives(case, where, value, winograd):
     """inf - inf inside the transforms turns an inf the direct sum keeps into NaN: tiles whose outputs are not
     all finite are recomputed directly, so inf stays inf (with its sign), NaN stays NaN, and the rest is
     untouched. With an inf at an interior pixel the reference has infinite outputs the plain Winograd sums would
@@ -178,11 +188,11 @@ def test_non_finite_inputs_give_what_the_direct_sum_gives(case, where, value):
     for relu in (False, True):
         want = _reference_forward(x, weight, bias, pad, relu)
         assert np.isfinite(want).any()
-        _assert_same_non_finite(_forward(x, weight, bias, pad, relu), want)
+        _assert_same_non_finite(_forward(winograd, x, weight, bias, pad, relu), want)
         if not np.isnan(value) and where == "interior" and not relu:
             assert np.isinf(want).any()
     want = reference.conv2d_backward_input(grad_out, weight, np.empty_like(x), padding=(pad, pad))
-    _assert_same_non_finite(_backward_input(grad_out, weight, x.shape, pad), want)
+    _assert_same_non_finite(_backward_input(winograd, grad_out, weight, x.shape, pad), want)
 
 
 def _direct_passes(monkeypatch, x, weight, bias, grad_out, pad):
@@ -201,7 +211,7 @@ def _direct_passes(monkeypatch, x, weight, bias, grad_out, pad):
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])
-def test_a_non_finite_weight_gives_what_the_direct_path_gives(value, monkeypatch):
+def test_a_non_finite_weight_gives_what_the_direct_path_gives(value, monkeypatch, winograd):
     """A whole output channel turns non-finite; padding taps multiply the inf by zero (NaN), as the direct
     path's padded strips do (the reference's backward-input never forms those products, so it is not the
     yardstick here)."""
@@ -209,8 +219,8 @@ def test_a_non_finite_weight_gives_what_the_direct_path_gives(value, monkeypatch
     weight[1, 2, 3, 4] = value
     want = _direct_passes(monkeypatch, x, weight, bias, grad_out, 1)
     assert not np.isfinite(want[0]).all() and not np.isfinite(want[1]).all()
-    _assert_same_non_finite(_forward(x, weight, bias, 1), want[0])
-    _assert_same_non_finite(_backward_input(grad_out, weight, x.shape, 1), want[1])
+    _assert_same_non_finite(_forward(winograd, x, weight, bias, 1), want[0])
+    _assert_same_non_finite(_backward_input(winograd, grad_out, weight, x.shape, 1), want[1])
 
 
 def test_the_conv2d_entry_points_take_the_winograd_path_and_size_its_workspace():
@@ -237,3 +247,52 @@ def test_the_conv2d_entry_points_take_the_winograd_path_and_size_its_workspace()
                  (dtype, (3, 3, 64, 40), (1, 1), (1, 1), (1, 1), 1),
                  (dtype, (5, 5, 64, 64), (1, 1), (1, 1), (1, 1), 1)):
         assert not conv2d.uses_winograd(*args), args
+
+
+def test_f4_matrices_give_the_convolution_exactly():
+    """In float64, A^T [(G g G^T) . (B^T d B)] A is the 4x4 correlation of a 6x6 patch d with a 3x3 kernel g."""
+    rng = np.random.default_rng(3)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    a_t, b_t, kernel = (np.array(conv2d_winograd4.OUTPUT_MATRIX), np.array(conv2d_winograd4.INPUT_MATRIX),
+                        conv2d_winograd4.KERNEL_MATRIX)
+    got = a_t @ ((kernel @ g @ kernel.T) * (b_t @ d @ b_t.T)) @ a_t.T
+    want = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _exact_forward(x, weight, pad):
+    x64 = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out_h, out_w = x64.shape[1] - 2, x64.shape[2] - 2
+    return sum(x64[:, i:i + out_h, j:j + out_w] @ weight[i, j].astype(np.float64) for i in range(3) for j in range(3))
+
+
+@pytest.mark.parametrize("channels", [16, 32])
+def test_f4_error_stays_within_the_tolerance(channels):
+    """At ResNet-20's 16- and 32-channel shapes (4 images), standard-normal data: F(4x4)'s largest error against
+    float64 stays under 1e-4 at 16 channels and 2e-4 at 32 (measured over 3 seeds: 0.66-0.80e-4 and 1.3-1.5e-4;
+    F(2x2) 1.0-1.8e-5; the points 0, +-1, +-2 gave 2.7e-4 and 3.5e-4 at 8 images)."""
+    size = 32 if channels == 16 else 16
+    x, weight, _, _ = _arrays((4, size, size, channels, channels, 1))
+    error = np.abs(_forward(conv2d_winograd4, x, weight, None, 1) - _exact_forward(x, weight, 1)).max()
+    assert error < 1e-4 * channels / 16
+
+
+def test_the_conv2d_entry_points_take_f4_for_reductions_up_to_32_channels():
+    """The forward reduces over C_in, the backward-input over C_out: each pass takes F(4x4) while its reduction is
+    at most conv2d_winograd4.MAX_REDUCTION channels, F(2x2) beyond."""
+    options = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    for channels_in, channels_out, forward, backward_input in ((16, 16, "winograd4", "winograd4"),
+                                                               (32, 64, "winograd4", "winograd"),
+                                                               (64, 32, "winograd", "winograd4"),
+                                                               (64, 64, "winograd", "winograd")):
+        x_shape, weight_shape, out_shape = (2, 8, 8, channels_in), (3, 3, channels_in, channels_out), \
+            (2, 8, 8, channels_out)
+        assert conv2d._plan("forward", np.float32, x_shape, weight_shape, out_shape, **options)[0] == forward
+        assert conv2d._plan("backward_input", np.float32, x_shape, weight_shape, out_shape,
+                            **options)[0] == backward_input
+    x, weight, bias, grad_out = _arrays((2, 9, 10, 16, 32, 1))
+    got = conv2d.conv2d_forward(x, weight, bias, np.empty_like(grad_out), relu=True, **options)
+    np.testing.assert_allclose(got, _reference_forward(x, weight, bias, 1, True), **TOLERANCE)
+    got = conv2d.conv2d_backward_input(grad_out, weight, np.empty_like(x), **options)
+    np.testing.assert_allclose(got, reference.conv2d_backward_input(grad_out, weight, np.empty_like(x),
+                                                                    padding=(1, 1)), **TOLERANCE)

@@ -1,5 +1,6 @@
-"""The Winograd F(2x2, 3x3) weight gradient (kernels/conv2d_winograd_weight.py, reached through conv2d.py) against
-kernels/reference.py, its workspace, thread independence, and inf/NaN inputs."""
+"""The Winograd F(2x2, 3x3) and F(4x4, 3x3) weight gradients (kernels/conv2d_winograd_weight.py,
+conv2d_winograd4_weight.py, reached through conv2d.py) against kernels/reference.py, their workspace, thread
+independence, and inf/NaN inputs."""
 import numpy as np
 import pytest
 
@@ -20,6 +21,15 @@ CASES = [
     (1, 3, 3, 16, 16, (0, 0)),      # a single output pixel: one tile, mostly past the edge
     (5, 12, 12, 32, 64, (1, 1)),    # several chunks
 ]
+
+
+@pytest.fixture(params=["F2", "F4"])
+def variant(request, monkeypatch):
+    """Every layer on F(2x2) or every layer on F(4x4), whatever its channel counts (plans made afresh)."""
+    monkeypatch.setattr(winograd, "uses_f4", lambda channels_in, channels_out: request.param == "F4")
+    kernels._backward_weight_plan.cache_clear()
+    yield request.param
+    kernels._backward_weight_plan.cache_clear()
 
 
 def _arrays(case, seed=0):
@@ -54,7 +64,7 @@ def _assert_close(got, want):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_reference(case):
+def test_matches_reference(case, variant):
     x, grad_out, out = _arrays(case)
     padding = case[5]
     assert _plan(x, grad_out, out, padding)[0] == "winograd"
@@ -79,7 +89,7 @@ def test_only_3x3_stride_1_float32_with_whole_channel_blocks_take_it():
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]])
-def test_a_given_workspace_gives_the_same_result(case):
+def test_a_given_workspace_gives_the_same_result(case, variant):
     """A workspace of exactly conv2d_workspace_bytes, one byte past a cache line, full of NaN-like garbage."""
     x, grad_out, out = _arrays(case)
     padding = case[5]
@@ -92,14 +102,14 @@ def test_a_given_workspace_gives_the_same_result(case):
     np.testing.assert_array_equal(got, want)
 
 
-def test_the_plan_leaves_room_for_the_direct_fallback():
+def test_the_plan_leaves_room_for_the_direct_fallback(variant):
     for case in CASES:
         x, grad_out, out = _arrays(case)
         path, specs, (_, direct_specs, _) = _plan(x, grad_out, out, case[5])
         assert path == "winograd" and specs_bytes(specs) >= specs_bytes(direct_specs)
 
 
-def test_bit_identical_on_1_and_2_threads():
+def test_bit_identical_on_1_and_2_threads(variant):
     case = CASES[7]
     x, grad_out, out = _arrays(case)
     chunks = _plan(x, grad_out, out, case[5])[1][0][1][0]
@@ -117,10 +127,12 @@ def test_bit_identical_on_1_and_2_threads():
 
 def test_chunks_follow_the_tile_count_and_stay_within_the_budget():
     dtype = np.dtype(np.float32)
-    for batch, chunks in ((1, 2), (16, 8), (64, 16)):
-        specs, _ = winograd.backward_weight_plan(dtype, (batch, 32, 32, 16), (3, 3, 16, 16), (batch, 32, 32, 16),
-                                                 (1, 1), WORKSPACE_BYTES)
-        assert dict((name, shape) for name, shape, _ in specs)["partials"][0] == chunks
+    # 32 x 32 outputs: 256 F(2x2) tiles an image at 64 channels, 64 F(4x4) tiles at 16 (TILES_PER_CHUNK each)
+    for batch, chunks, channels, positions in ((1, 2, 64, (4, 4)), (16, 8, 64, (4, 4)), (64, 16, 64, (4, 4)),
+                                               (16, 2, 16, (36,)), (64, 8, 16, (36,))):
+        specs, _ = winograd.backward_weight_plan(dtype, (batch, 32, 32, channels), (3, 3, channels, channels),
+                                                 (batch, 32, 32, channels), (1, 1), WORKSPACE_BYTES)
+        assert dict((name, shape) for name, shape, _ in specs)["partials"] == (chunks, *positions, channels, channels)
     # one partial of 16 x 512 x 512 float32 is 16 MiB, half the budget: too large, the direct path runs
     assert winograd.backward_weight_plan(dtype, (1, 8, 8, 512), (3, 3, 512, 512), (1, 8, 8, 512), (1, 1),
                                          WORKSPACE_BYTES) is not None
@@ -136,7 +148,7 @@ NON_FINITE_PLACES = [("x", 0.5, 0.5), ("x", 0.0, 0.0), ("x", 1.0, 1.0), ("grad_o
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("place", NON_FINITE_PLACES)
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[3]])
-def test_inf_or_nan_inputs_give_the_direct_gradient(case, place, value):
+def test_inf_or_nan_inputs_give_the_direct_gradient(case, place, value, variant):
     """Winograd's differences turn one inf into NaN (inf - inf, inf x 0) at taps where the direct products give
     inf; such a result is recomputed directly, so the NaN and inf entries are the reference's, and the whole
     result is the direct path's, bit for bit, in a workspace of exactly the planned size."""

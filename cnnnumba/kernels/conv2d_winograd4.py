@@ -1,0 +1,379 @@
+"""Winograd F(4x4, 3x3) forward and backward-input of 3x3 stride-1 convolutions on NHWC activations.
+
+The same scheme as conv2d_winograd.py's F(2x2, 3x3) with a 4x4 block of outputs per tile: the 6x6 input patch
+under it gives them as Y = A^T [U . V] A, V = B^T d B, U = G g G^T, with the interpolation points 0, 1, -1, 1/2,
+-2 (Lavin & Gray 2015 use 0, +-1, +-2; see INPUT_MATRIX). A tile costs 36 multiplies per channel pair for 16
+outputs (2.25 per output, F(2x2): 4) and stores 36 transformed values per channel for 16 outputs (F(2x2): 16 for
+4), so both the per-position GEMMs and the traffic through the v/m scratch shrink; that pays most where the GEMMs
+reduce over few channels (16, 32), where F(2x2)'s transforms cost as much as its products. Its float32 rounding
+is larger (coefficients up to 8 in A^T), and grows with the reduction: see MAX_REDUCTION.
+
+Transformed arrays are (36, tiles, channels) with position 6 * row + column. The input transform reads an edge
+tile's patch (up to half of the tiles at 16x16 or 32x32 outputs) with masked loads, a pixel outside the image
+never read and 0, instead of copying it into a zero-padded patch first. Tiles whose outputs come out non-finite
+are recomputed directly, as in conv2d_winograd.py.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# conv2d.py imports this module for its dispatch; only functions here read conv2d's names (at compile time).
+from . import conv2d as direct
+from ._jit import jit
+from ._slots import run_slots
+from ._vector import (INDEX, LANES, element_pointer, load_vector, masked_load, masked_store, splat, store_vector,
+                      vector_fma, vector_type)
+from . import conv2d_winograd as winograd2
+from .conv2d_winograd import _fill_patch, _unaliased
+from .conv2d_workspace import slots_within, spec_bytes, specs_bytes
+
+TILE = 4      # outputs per tile side
+PATCH = 6     # inputs per patch side: TILE + 3 - 1
+POSITIONS = PATCH * PATCH
+
+
+def tiles_along(size):
+    """Tiles covering `size` outputs along one axis (the last one may hang over the edge)."""
+    return (size + TILE - 1) // TILE
+
+
+# The interpolation points 0, 1, -1, 1/2, -2 (and infinity): against float64 on standard-normal data, F(4x4)'s
+# largest error was 3x smaller with them than with the usual 0, +-1, +-2 (Barabasz et al. 2020, "Error analysis
+# and improving the accuracy of Winograd convolution"), at a few more operations per transform.
+# B^T (input, 6 -> 6), A^T (output, 6 -> 4) and G (kernel, 3 -> 6), each applied along both axes.
+INPUT_MATRIX = ((1.0, -1.5, -2.0, 1.5, 1.0, 0.0),
+                (0.0, -1.0, 0.5, 2.5, 1.0, 0.0),
+                (0.0, 1.0, -2.5, 0.5, 1.0, 0.0),
+                (0.0, -2.0, -1.0, 2.0, 1.0, 0.0),
+                (0.0, 0.5, -1.0, -0.5, 1.0, 0.0),
+                (0.0, 1.0, -1.5, -2.0, 1.5, 1.0))
+OUTPUT_MATRIX = ((1.0, 1.0, 1.0, 1.0, 1.0, 0.0),
+                 (0.0, 1.0, -1.0, 0.5, -2.0, 0.0),
+                 (0.0, 1.0, 1.0, 0.25, 4.0, 0.0),
+                 (0.0, 1.0, -1.0, 0.125, -8.0, 1.0))
+KERNEL_MATRIX = np.array(((1.0, 0.0, 0.0),
+                          (1 / 3, 1 / 3, 1 / 3),
+                          (-1 / 3, 1 / 3, -1 / 3),
+                          (-16 / 15, -8 / 15, -4 / 15),
+                          (1 / 15, -2 / 15, 4 / 15),
+                          (0.0, 0.0, 1.0)))
+
+
+def _constant(value):
+    return ir.Constant(vector_type(), [float(value)] * LANES)
+
+
+def combine(builder, fma, row, values):
+    """sum of row[j] * values[j] over the nonzero coefficients: the +-1 terms added first, the others by FMAs."""
+    terms = [(c, v) for c, v in zip(row, values) if c != 0]
+    total = None
+    for c, v in sorted(terms, key=lambda term: abs(term[0]) != 1):
+        if abs(c) == 1:
+            if total is None:
+                total = v if c > 0 else builder.fneg(v)
+            else:
+                total = builder.fadd(total, v) if c > 0 else builder.fsub(total, v)
+        else:
+            total = builder.fmul(_constant(c), v) if total is None else builder.call(fma, [_constant(c), v, total])
+    return total
+
+
+def apply_axis(builder, fma, matrix, values):
+    """matrix @ values along one axis (values: vectors)."""
+    return [combine(builder, fma, row, values) for row in matrix]
+
+
+def _input_axis(builder, fma, d):
+    return apply_axis(builder, fma, INPUT_MATRIX, d)
+
+
+def _output_axis(builder, fma, m):
+    return apply_axis(builder, fma, OUTPUT_MATRIX, m)
+
+
+def _between(builder, low, value, high):
+    constant = ir.Constant(INDEX, value)
+    return builder.and_(builder.icmp_signed("<=", low, constant), builder.icmp_signed("<", constant, high))
+
+
+@intrinsic
+def _input_tile(typingctx, source, source_offset, row_step, pixel_step, first_row, last_row, first_column,
+                last_column, v, v_offset, position_step, channels):
+    """v[v_offset + (6 * i + j) * position_step + c] = (B^T d B)[i, j, c] for the 6x6 patch d whose pixel (i, j)
+    channel c is source[source_offset + i * row_step + j * pixel_step + c] where first_row <= i < last_row and
+    first_column <= j < last_column, and 0 elsewhere (nothing is read there: source_offset may lie before the
+    array); channels a multiple of 16."""
+    index = types.intp
+    signature = types.void(source, index, index, index, index, index, index, index, v, index, index, index)
+
+    def codegen(context, builder, sig, args):
+        (source_value, source_offset, row_step, pixel_step, first_row, last_row, first_column, last_column,
+         v_value, v_offset, position_step, channels) = args
+        fma = vector_fma(builder)
+        source_pointer = element_pointer(context, builder, sig.args[0], source_value, source_offset)
+        v_pointer = element_pointer(context, builder, sig.args[8], v_value, v_offset)
+        mask_type = ir.VectorType(ir.IntType(1), LANES)
+        whole = builder.and_(builder.and_(builder.icmp_signed("==", first_row, ir.Constant(INDEX, 0)),
+                                          builder.icmp_signed("==", last_row, ir.Constant(INDEX, PATCH))),
+                             builder.and_(builder.icmp_signed("==", first_column, ir.Constant(INDEX, 0)),
+                                          builder.icmp_signed("==", last_column, ir.Constant(INDEX, PATCH))))
+        blocks = builder.udiv(channels, ir.Constant(INDEX, LANES))
+
+        def transform(load):
+            with cgutils.for_range(builder, blocks) as block:
+                c = builder.mul(block.index, ir.Constant(INDEX, LANES))
+                d = [[load(i, j, builder.gep(source_pointer, [builder.add(builder.add(
+                    builder.mul(row_step, ir.Constant(INDEX, i)), builder.mul(pixel_step, ir.Constant(INDEX, j))),
+                    c)])) for j in range(PATCH)] for i in range(PATCH)]
+                columns = [_input_axis(builder, fma, [d[i][j] for i in range(PATCH)]) for j in range(PATCH)]
+                for i in range(PATCH):
+                    transformed = _input_axis(builder, fma, [columns[j][i] for j in range(PATCH)])
+                    for j in range(PATCH):
+                        position = builder.mul(position_step, ir.Constant(INDEX, PATCH * i + j))
+                        store_vector(builder, transformed[j], builder.gep(v_pointer, [builder.add(position, c)]))
+
+        # interior patches (most of them) with plain loads; edge ones with a mask per pixel
+        with builder.if_else(whole, likely=True) as (interior, edge):
+            with interior:
+                transform(lambda i, j, pointer: load_vector(builder, pointer))
+            with edge:
+                masks = [[splat(builder, builder.and_(_between(builder, first_row, i, last_row),
+                                                      _between(builder, first_column, j, last_column)), mask_type)
+                          for j in range(PATCH)] for i in range(PATCH)]
+                transform(lambda i, j, pointer: masked_load(builder, pointer, masks[i][j]))
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_offset, row_step, pixel_step,
+                 rows_inside, columns_inside, channels):
+    """out[out_offset + i * row_step + j * pixel_step + c] = (A^T m A)[i, j, c] + bias[c] for the i < rows_inside,
+    j < columns_inside of a 4x4 tile, where m[m_offset + (6 * r + s) * position_step + c] holds the 6x6 products;
+    clamped at 0 (NaN kept) when relu is nonzero; channels a multiple of 16. Returns 1 when every stored sum was
+    finite before the clamp, else 0 (the caller recomputes such tiles directly; see conv2d_winograd._output_tile)."""
+    index = types.intp
+    signature = index(m, index, index, bias, index, out, index, index, index, index, index, index)
+
+    def codegen(context, builder, sig, args):
+        (m_value, m_offset, position_step, bias_value, relu, out_value, out_offset, row_step, pixel_step,
+         rows_inside, columns_inside, channels) = args
+        fma = vector_fma(builder)
+        m_pointer = element_pointer(context, builder, sig.args[0], m_value, m_offset)
+        bias_pointer = element_pointer(context, builder, sig.args[3], bias_value, ir.Constant(INDEX, 0))
+        out_pointer = element_pointer(context, builder, sig.args[5], out_value, out_offset)
+        clamp = builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))
+        zero = _constant(0)
+        mask_type = ir.VectorType(ir.IntType(1), LANES)
+        inside = [[builder.and_(builder.icmp_signed("<", ir.Constant(INDEX, i), rows_inside),
+                                builder.icmp_signed("<", ir.Constant(INDEX, j), columns_inside))
+                   for j in range(TILE)] for i in range(TILE)]
+        masks = [[splat(builder, flag, mask_type) for flag in row] for row in inside]
+        # sum of value * 0 over the stored values: 0 when all are finite, NaN otherwise (no fast-math flags here)
+        residue = cgutils.alloca_once_value(builder, zero)
+        blocks = builder.udiv(channels, ir.Constant(INDEX, LANES))
+        with cgutils.for_range(builder, blocks) as block:
+            c = builder.mul(block.index, ir.Constant(INDEX, LANES))
+            m_block = [load_vector(builder, builder.gep(m_pointer, [builder.add(
+                builder.mul(position_step, ir.Constant(INDEX, p)), c)])) for p in range(POSITIONS)]
+            columns = [_output_axis(builder, fma, [m_block[PATCH * r + j] for r in range(PATCH)])
+                       for j in range(PATCH)]
+            bias_vector = load_vector(builder, builder.gep(bias_pointer, [c]))
+            residue_value = builder.load(residue)
+            for i in range(TILE):
+                pixels = _output_axis(builder, fma, [columns[j][i] for j in range(PATCH)])
+                for j in range(TILE):
+                    total = builder.fadd(pixels[j], bias_vector)
+                    residue_value = builder.fadd(residue_value, builder.select(
+                        masks[i][j], builder.fmul(total, zero), zero))
+                    # ordered `<` is false for NaN, so NaN passes through, as in PyTorch
+                    clamped = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
+                    value = builder.select(clamp, clamped, total)
+                    target = builder.add(builder.add(builder.mul(row_step, ir.Constant(INDEX, i)),
+                                                     builder.mul(pixel_step, ir.Constant(INDEX, j))), c)
+                    masked_store(builder, value, builder.gep(out_pointer, [target]), masks[i][j])
+            builder.store(residue_value, residue)
+        lanes_finite = builder.fcmp_ordered("==", builder.load(residue), zero)
+        all_finite = builder.icmp_unsigned("==", builder.bitcast(lanes_finite, ir.IntType(LANES)),
+                                           ir.Constant(ir.IntType(LANES), (1 << LANES) - 1))
+        return builder.zext(all_finite, INDEX)
+
+    return signature, codegen
+
+
+@jit
+def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, v):
+    """v[:, t] = the transformed 6x6 input patch of tile first_tile + t of image n, for t < tiles; tiles are
+    numbered row-major over a grid tiles_w wide, and tile (th, tw)'s patch starts at input pixel
+    (4 * th - pad_top, 4 * tw - pad_left), zero outside the image. v is (36, >= tiles, C), C a multiple of 16."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    row_step, position_step = width * channels, v.shape[1] * channels
+    for t in range(tiles):
+        tile = first_tile + t
+        top = (tile // tiles_w) * TILE - pad_top
+        left = (tile % tiles_w) * TILE - pad_left
+        _input_tile(x, ((n * height + top) * width + left) * channels, row_step, channels, max(0, -top),
+                    min(PATCH, height - top), max(0, -left), min(PATCH, width - left), v, t * channels,
+                    position_step, channels)
+
+
+@jit
+def transform_weight(weight, u):
+    """u (36, C_in, C_out) = G g G^T of each (C_in, C_out) pair's 3x3 kernel g, weight (3, 3, C_in, C_out),
+    formed in float64 and rounded once."""
+    # One row i of G g per pass over the pairs, written as its 6 positions (see conv2d_winograd.transform_weight:
+    # 36 store streams a pair-row apart alias in the 4 KiB store-to-load check)
+    pairs = weight.shape[2] * weight.shape[3]
+    g = weight.reshape(9, pairs)
+    t = u.reshape(POSITIONS, pairs)
+    kernel = KERNEL_MATRIX
+    for i in range(PATCH):
+        for k in range(pairs):
+            r0, r1, r2 = 0.0, 0.0, 0.0
+            for a in range(3):
+                r0 += kernel[i, a] * np.float64(g[3 * a, k])
+                r1 += kernel[i, a] * np.float64(g[3 * a + 1, k])
+                r2 += kernel[i, a] * np.float64(g[3 * a + 2, k])
+            for j in range(PATCH):
+                t[PATCH * i + j, k] = kernel[j, 0] * r0 + kernel[j, 1] * r1 + kernel[j, 2] * r2
+
+
+@jit
+def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+    """The jobs of one slot of _winograd_forward (run by kernels/_slots.run_slots)."""
+    pad_top, pad_left, relu, bands = geometry
+    batch, channels_in = x.shape[0], x.shape[3]
+    out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
+    slots = vs.shape[0]
+    v, m, patch, row = vs[slot], ms[slot], patches[slot], rows[slot]
+    tiles_w = (out_w + TILE - 1) // TILE
+    tiles = (out_h + TILE - 1) // TILE * tiles_w
+    v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[2] * channels_out, channels_in * channels_out
+    # not literals: each literal argument would compile another _run_forward_tile signature
+    zero, one, three = np.int64(0), np.int64(1), np.int64(3)
+    if channels_out >= direct.BROAD_TILE_CHANNELS:
+        kind, tile_rows, tile_channels = 2, direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
+    elif channels_out >= direct.TILE_CHANNELS:
+        kind, tile_rows, tile_channels = 1, direct.TILE_PIXELS, direct.TILE_CHANNELS
+    else:
+        kind, tile_rows, tile_channels = 0, direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
+    jobs = batch * bands
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
+        n = job // bands
+        band = job % bands
+        first = band * tiles // bands
+        count = (band + 1) * tiles // bands - first
+        transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, v)
+        # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
+        # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
+        gemm_rows = max(count, tile_rows)
+        for t in range(count, gemm_rows):
+            for p in range(POSITIONS):
+                for c in range(channels_in):
+                    v[p, t, c] = 0.0
+        for p in range(POSITIONS):
+            for co_block in range(0, channels_out, tile_channels):
+                co = min(co_block, channels_out - tile_channels)
+                for t_block in range(0, gemm_rows, tile_rows):
+                    t = min(t_block, gemm_rows - tile_rows)
+                    direct._run_forward_tile(kind, m, p * m_step + t * channels_out + co, channels_out, zero, zero, v,
+                                             p * v_step + t * channels_in, channels_in, u, p * u_step + co,
+                                             zero_bias, co, one, one, zero, zero, zero, channels_in, channels_out)
+        for t in range(count):
+            tile = first + t
+            top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
+            finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
+                                  ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
+                                  channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
+            if finite:
+                continue
+            # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
+            # conv2d_winograd._forward_slot)
+            _fill_patch(x, n, top - pad_top, left - pad_left, patch)
+            for i in range(min(TILE, out_h - top)):
+                for j in range(min(TILE, out_w - left)):
+                    for co_block in range(0, channels_out, tile_channels):
+                        co = min(co_block, channels_out - tile_channels)
+                        direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
+                                                 (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
+                                                 three, PATCH * channels_in, channels_in, channels_in * channels_out,
+                                                 channels_in, channels_out)
+                    for c in range(channels_out):
+                        out[n, top + i, left + j, c] = row[0, 0, 0, c]
+
+
+def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+    """out = the 3x3 stride-1 convolution of x (N, H, W, C_in) with weight (3, 3, C_in, C_out) + bias, clamped at
+    0 when relu (NaN kept); u (36, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
+    bands): each image's tiles are split into `bands` jobs of consecutive tiles; a job transforms its input tiles
+    into v (36, rows, C_in), multiplies them by u position by position into m (36, rows, C_out) and transforms
+    those back into out, all in its slot's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out))."""
+    run_slots(_forward_slot, vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
+
+
+def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
+    """(scratch specs, (bands, slots)) of an F(4x4) pass whose forward convolution reads x_shape (N, H, W, C_in)
+    and writes out_hw pixels of channels_out channels; flipped: the pass also needs the kernel flipped and
+    transposed in the workspace (the backward-input)."""
+    batch, channels_in = x_shape[0], x_shape[3]
+    tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
+    per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
+    most = max(direct.NARROW_TILE_PIXELS, winograd2.JOB_BYTES // per_tile)
+    bands = -(-tiles // most)
+    capacity = max(direct.NARROW_TILE_PIXELS, -(-tiles // bands))
+    specs = (("u", (POSITIONS, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
+    if flipped:
+        specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
+    per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),
+                ("m", (POSITIONS, _unaliased(capacity, channels_out, dtype), channels_out)),
+                ("patches", (PATCH, PATCH, channels_in)),
+                ("rows", (1, 1, direct.NARROW_TILE_PIXELS, channels_out)))
+    slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
+                         budget)
+    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots)
+
+
+# Input channels (the per-position GEMMs' reduction) up to which a pass takes F(4x4) rather than F(2x2): its error
+# grows with the reduction; on standard-normal data against float64 it reached 1.8-2.4e-4 at 64 channels (outputs
+# up to ~100), past the 2e-4 absolute tolerance the conv tests hold every path to, and 0.7-0.8e-4 at 16, 1.3-1.5e-4
+# at 32 (F(2x2): 1-4e-5).
+MAX_REDUCTION = 32
+
+
+def suits(channels_reduced):
+    """Whether a Winograd pass whose GEMMs reduce over channels_reduced channels takes F(4x4)."""
+    return channels_reduced <= MAX_REDUCTION
+
+
+def fits(dtype, channels_in, channels_out, budget):
+    """Whether an F(4x4) pass's transformed weight (and the flipped copy of a backward-input) leave most of the
+    budget to the per-job scratch."""
+    return spec_bytes((POSITIONS + 9, channels_in, channels_out), dtype) <= budget // 4
+
+
+def forward(x, weight, bias, out, padding, relu, scratch, details):
+    """The F(4x4) forward on contiguous float32 operands with a scratch carved from plan's specs (flipped False);
+    bias may be None."""
+    u, zero_bias = scratch["u"], scratch["zero_bias"]
+    zero_bias[...] = 0.0
+    transform_weight(weight, u)
+    _winograd_forward(x, weight, u, zero_bias if bias is None else bias, zero_bias, out,
+                      (int(padding[0]), int(padding[1]), 1 if relu else 0, details[0]), scratch["v"], scratch["m"],
+                      scratch["patches"], scratch["rows"])
+    return out
+
+
+def backward_input(grad_out, weight, out, padding, scratch, details):
+    """The input gradient of a 3x3 stride-1 convolution as the F(4x4) forward of grad_out with the kernel flipped
+    and its channel axes swapped, padded by 2 - padding (scratch from plan's specs, flipped True)."""
+    u, zero_bias, flipped = scratch["u"], scratch["zero_bias"], scratch["flipped"]
+    zero_bias[...] = 0.0
+    flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
+    transform_weight(flipped, u)
+    geometry = (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0])
+    _winograd_forward(grad_out, flipped, u, zero_bias, zero_bias, out, geometry, scratch["v"], scratch["m"],
+                      scratch["patches"], scratch["rows"])
+    return out
