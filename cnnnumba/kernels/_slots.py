@@ -131,7 +131,11 @@ def _slot_address(slot_function, arguments):
 
 def run_slots(slot_function, slots, *arguments):
     """slot_function(slot, *arguments) for slot in range(slots), in parallel. slot_function is a @jit function
-    returning None; arguments are arrays, scalars or tuples of them, kept alive by the caller during the call."""
+    returning None; arguments are arrays, scalars or tuples of them, kept alive by the caller during the call.
+    A single slot runs on the calling thread (a parallel region would only add its start-up)."""
+    if slots == 1:
+        slot_function(0, *arguments)
+        return
     key = (slot_function, *(compute_fingerprint(argument) for argument in arguments))
     address = _ADDRESSES.get(key)
     if address is None:

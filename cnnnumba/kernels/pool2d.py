@@ -4,7 +4,7 @@ Layout: every image buffer is (N, H, W, C), C-contiguous, so the channel loop is
 Callers allocate the outputs (the graph executor reuses its buffers) and validate every size: output sizes
 come from `shapes.pool_output_size`, strides and dilations are positive, padding at most half the kernel.
 
-Forward kernels run a prange over (image, output row); backward kernels run a prange over (image, input row)
+Forward kernels run a parallel loop over (image, output row); backward kernels one over (image, input row)
 and gather from the outputs whose windows cover each input pixel, so every iteration writes only its own row
 of the input gradient: no races, and the summation order does not depend on the thread count.
 
@@ -18,6 +18,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
+from ._slots import run_slots
 from ._vector import INDEX, LANES, element_pointer, lane_mask, masked_load, masked_store, splat
 
 
@@ -38,28 +39,28 @@ FEW_CHANNELS = 16
 # than it saves on a pass this short when the cores are shared (LeNet-5's 64x28x28x6 backward: 2 threads
 # 3.5 ms under load against about 0.5 ms on one).
 SERIAL_ELEMENTS = 1 << 19
-# Parallel pool passes split their (image, row) jobs into this many contiguous chunks, each one call of the serial
-# helper (no reduction crosses a chunk, so the split does not change any result).
-POOL_CHUNKS = 64
+# Parallel pool passes split their (image, row) jobs into this many contiguous slots (no reduction crosses a slot,
+# so the split does not change any result).
+POOL_SLOTS = 64
 
 
-@parallel_jit
-def _max_pool2d_forward_few_parallel(x, out, indices, kernel_h, kernel_w, stride_h, stride_w):
-    for job in prange(x.shape[0] * out.shape[1]):
-        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
-        _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, np.int64(job),
-                                np.int64(job + 1))
+def _run_pool_slots(slot_function, size, jobs, *arguments):
+    """slot_function(slot, slots, *arguments) over POOL_SLOTS slots of the jobs, or as one slot on the calling
+    thread for a pass of at most SERIAL_ELEMENTS elements: either way one compiled function."""
+    slots = 1 if size <= SERIAL_ELEMENTS else max(1, min(jobs, POOL_SLOTS))
+    run_slots(slot_function, slots, slots, *arguments)
 
 
 @jit
-def _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, first_job, end_job):
+def _max_pool2d_forward_few(slot, slots, x, out, indices, kernel_h, kernel_w, stride_h, stride_w):
     """max_pool2d_forward for few channels when every window lies inside x (no padding, dilation 1, no window
-    clipped by ceil_mode), for the (image, output row) jobs first_job..end_job - 1: one channel at a time, the
+    clipped by ceil_mode), for the slot's share of the (image, output row) jobs: one channel at a time, the
     running max and its index in scalars updated by selects (no branch to mispredict), scalar indexing only (no
     view per output pixel)."""
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
-    for job in range(first_job, end_job):
+    jobs = batch * out_h
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // out_h
         oh = job % out_h
         first_ih = oh * stride_h
@@ -172,23 +173,15 @@ def _unpool_2x2_pixel(typingctx, grad_out, indices, out_offset, grad_in, top, bo
     return signature, codegen
 
 
-@parallel_jit
-def _max_pool2d_forward_2x2_parallel(x, out, indices, stride_h, stride_w):
-    jobs = x.shape[0] * out.shape[1]
-    chunks = min(jobs, POOL_CHUNKS)
-    for chunk in prange(chunks):
-        _max_pool2d_forward_2x2(x, out, indices, stride_h, stride_w, np.int64(chunk * jobs // chunks),
-                                np.int64((chunk + 1) * jobs // chunks))
-
-
 @jit
-def _max_pool2d_forward_2x2(x, out, indices, stride_h, stride_w, first_job, end_job):
+def _max_pool2d_forward_2x2(slot, slots, x, out, indices, stride_h, stride_w):
     """max_pool2d_forward for a 2x2 window inside x (no padding, dilation 1, no window clipped) on C-contiguous
-    operands, for the (image, output row) jobs first_job..end_job - 1, a pixel's channels 16 at a time."""
+    operands, for the slot's share of the (image, output row) jobs, a pixel's channels 16 at a time."""
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     row = width * channels
-    for job in range(first_job, end_job):
+    jobs = batch * out_h
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // out_h
         ih = (job % out_h) * stride_h
         top = (n * height + ih) * row
@@ -200,26 +193,18 @@ def _max_pool2d_forward_2x2(x, out, indices, stride_h, stride_w, first_job, end_
                                ih * width + ow * stride_w, width, min(LANES, channels - c))
 
 
-@parallel_jit
-def _max_pool2d_backward_2x2_parallel(grad_out, indices, grad_in):
-    jobs = grad_in.shape[0] * grad_out.shape[1]
-    chunks = min(jobs, POOL_CHUNKS)
-    for chunk in prange(chunks):
-        _max_pool2d_backward_2x2(grad_out, indices, grad_in, np.int64(chunk * jobs // chunks),
-                                 np.int64((chunk + 1) * jobs // chunks))
-
-
 @jit
-def _max_pool2d_backward_2x2(grad_out, indices, grad_in, first_job, end_job):
+def _max_pool2d_backward_2x2(slot, slots, grad_out, indices, grad_in):
     """max_pool2d_backward for 2x2 windows with stride 2 that lie inside grad_in (no padding, dilation 1), on
-    C-contiguous operands, for the (image, output row) jobs first_job..end_job - 1: each job writes the two input
+    C-contiguous operands, for the slot's share of the (image, output row) jobs: each job writes the two input
     rows its windows cover, zeros in the columns right of the last window, and (the last row of windows of an
     image) zeros in the rows below it."""
     batch, height, width, channels = grad_in.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     row = width * channels
     flat_in = grad_in.reshape(-1)
-    for job in range(first_job, end_job):
+    jobs = batch * out_h
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // out_h
         oh = job % out_h
         top = (n * height + 2 * oh) * row
@@ -256,16 +241,10 @@ def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 
               and (out_h - 1) * stride_h + kernel_h <= height and (out_w - 1) * stride_w + kernel_w <= width)
     if (inside and kernel_h == 2 and kernel_w == 2 and x.flags.c_contiguous and out.flags.c_contiguous
             and indices.flags.c_contiguous):
-        if x.size <= SERIAL_ELEMENTS:
-            _max_pool2d_forward_2x2(x, out, indices, stride_h, stride_w, 0, batch * out_h)
-        else:
-            _max_pool2d_forward_2x2_parallel(x, out, indices, stride_h, stride_w)
+        _run_pool_slots(_max_pool2d_forward_2x2, x.size, batch * out_h, x, out, indices, stride_h, stride_w)
     elif inside and channels < FEW_CHANNELS:
-        if x.size <= SERIAL_ELEMENTS:
-            _max_pool2d_forward_few(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 0,
-                                    batch * out_h)
-        else:
-            _max_pool2d_forward_few_parallel(x, out, indices, kernel_h, kernel_w, stride_h, stride_w)
+        _run_pool_slots(_max_pool2d_forward_few, x.size, batch * out_h, x, out, indices, kernel_h, kernel_w,
+                        stride_h, stride_w)
     else:
         _max_pool2d_forward_general(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                                     dilation_h, dilation_w)
@@ -304,21 +283,16 @@ def _max_pool2d_forward_general(x, out, indices, kernel_h, kernel_w, stride_h, s
                             best_index[c] = flat
 
 
-@parallel_jit
-def _max_pool2d_backward_tiled_parallel(grad_out, indices, grad_in, kernel_h, kernel_w):
-    for job in prange(grad_in.shape[0] * grad_in.shape[1]):
-        _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w, np.int64(job), np.int64(job + 1))
-
-
 @jit
-def _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w, first_job, end_job):
+def _max_pool2d_backward_tiled(slot, slots, grad_out, indices, grad_in, kernel_h, kernel_w):
     """max_pool2d_backward when the windows tile the input (stride = kernel, no padding or dilation), for the
-    (image, input row) jobs first_job..end_job - 1: each input pixel lies in at most one window, so it takes that
+    slot's share of the (image, input row) jobs: each input pixel lies in at most one window, so it takes that
     window's gradient where it was the winner, else 0."""
     batch, height, width, channels = grad_in.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    jobs = batch * height
     # Scalar indexing only: a row view per pixel costs more than the work of a few channels.
-    for job in range(first_job, end_job):
+    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // height
         ih = job % height
         oh = ih // kernel_h
@@ -356,17 +330,11 @@ def max_pool2d_backward(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h
     if (kernel_h == kernel_w == stride_h == stride_w == 2 and pad_h == pad_w == 0 and dilation_h == dilation_w == 1
             and out_h > 0 and out_w > 0 and 2 * out_h <= height and 2 * out_w <= width
             and grad_out.flags.c_contiguous and indices.flags.c_contiguous and grad_in.flags.c_contiguous):
-        if grad_in.size <= SERIAL_ELEMENTS:
-            _max_pool2d_backward_2x2(grad_out, indices, grad_in, 0, batch * out_h)
-        else:
-            _max_pool2d_backward_2x2_parallel(grad_out, indices, grad_in)
+        _run_pool_slots(_max_pool2d_backward_2x2, grad_in.size, batch * out_h, grad_out, indices, grad_in)
     elif (stride_h == kernel_h and stride_w == kernel_w and pad_h == 0 and pad_w == 0 and dilation_h == 1
             and dilation_w == 1):
-        jobs = grad_in.shape[0] * grad_in.shape[1]
-        if grad_in.size <= SERIAL_ELEMENTS:
-            _max_pool2d_backward_tiled(grad_out, indices, grad_in, kernel_h, kernel_w, 0, jobs)
-        else:
-            _max_pool2d_backward_tiled_parallel(grad_out, indices, grad_in, kernel_h, kernel_w)
+        _run_pool_slots(_max_pool2d_backward_tiled, grad_in.size, batch * height, grad_out, indices, grad_in,
+                        kernel_h, kernel_w)
     else:
         _max_pool2d_backward_general(grad_out, indices, grad_in, kernel_h, kernel_w, stride_h, stride_w, pad_h,
                                      pad_w, dilation_h, dilation_w)
