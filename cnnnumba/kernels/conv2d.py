@@ -403,6 +403,20 @@ def _copy_lanes(typingctx, out, out_offset, x, x_offset, count):
     return types.void(out, index, x, index, index), codegen
 
 
+@intrinsic
+def _copy_vector(typingctx, out, out_offset, x, x_offset):
+    """out[out_offset:out_offset + 16] = x[x_offset:x_offset + 16] (offsets in float32 elements)."""
+    index = types.intp
+
+    def codegen(context, builder, sig, args):
+        out_value, out_offset, x_value, x_offset = args
+        value = load_vector(builder, element_pointer(context, builder, sig.args[2], x_value, x_offset))
+        store_vector(builder, value, element_pointer(context, builder, sig.args[0], out_value, out_offset))
+        return context.get_dummy_value()
+
+    return types.void(out, index, x, index), codegen
+
+
 @jit
 def _fill_strip(x, n, first_ih, pad_left, strip):
     """strip[r, c] = x[n, first_ih + r, c - pad_left] where that pixel exists, else 0: rows of the padded image
@@ -512,22 +526,34 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu):
 @jit
 def _forward_phases_slot(slot, slots, x, weights, bias, out, strips, phases, reduction_block, relu):
     """The share of one slot of all the phases' jobs (see _forward_phases)."""
-    channels = x.shape[3]
+    batch, channels = x.shape[0], x.shape[3]
     strip_size = strips.shape[0] // slots
     total = phases[-1, 22]
     first_unit, last_unit = slot * total // slots, (slot + 1) * total // slots
-    for p in range(phases.shape[0]):
-        g = phases[p]
-        jobs, cost, start = g[20], g[21], g[22] - g[20] * g[21]
-        # a job belongs to the slot whose share holds its first unit of work
-        first = min(jobs, max(0, -((start - first_unit) // cost)))
-        last = min(jobs, max(0, -((start - last_unit) // cost)))
-        if first >= last:
-            continue
-        geometry = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], reduction_block)
-        weight = weights[g[18]:g[18] + g[14] * g[15] * g[16] * g[17]].reshape((g[14], g[15], g[16], g[17]))
-        strip = strips[slot * strip_size:slot * strip_size + g[13] * g[19] * channels].reshape((g[13], g[19], channels))
-        _forward_rows_jobs(first, last, x, weight, bias, out, strip, geometry, relu)
+    # With an image or more per slot, the slot runs every phase of one image before the next: the phases write
+    # interleaved pixels of the same rows, which then stay in cache (phase after phase over the whole batch read
+    # and wrote each cache line of out once per phase). Fewer images: shares of all the phases' jobs by cost.
+    by_image = batch >= slots
+    images = (slot + 1) * batch // slots - slot * batch // slots if by_image else 1
+    for image in range(images):
+        n = slot * batch // slots + image
+        for p in range(phases.shape[0]):
+            g = phases[p]
+            jobs, cost, start = g[20], g[21], g[22] - g[20] * g[21]
+            if by_image:
+                first, last = n * (jobs // batch), (n + 1) * (jobs // batch)
+            else:
+                # a job belongs to the slot whose share holds its first unit of work
+                first = min(jobs, max(0, -((start - first_unit) // cost)))
+                last = min(jobs, max(0, -((start - last_unit) // cost)))
+            if first >= last:
+                continue
+            geometry = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12],
+                        reduction_block)
+            weight = weights[g[18]:g[18] + g[14] * g[15] * g[16] * g[17]].reshape((g[14], g[15], g[16], g[17]))
+            strip = strips[slot * strip_size:slot * strip_size + g[13] * g[19] * channels].reshape((g[13], g[19],
+                                                                                                 channels))
+            _forward_rows_jobs(first, last, x, weight, bias, out, strip, geometry, relu)
 
 
 def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu, slots):
@@ -615,7 +641,7 @@ def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, 
     slots, _, frame_w, _ = strips.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     grad_row_step = out_w * channels_out
-    block_rows = columns.shape[1] // (out_w * reduction)
+    block_rows = (columns.shape[1] - LANES) // (out_w * reduction)
     chunk_size = reduction * channels_out
     run = kernel_w * channels  # the kW taps of a kernel row, side by side in a strip row (dilation 1 across)
     if channels_out % BROAD_TILE_CHANNELS == 0:
@@ -626,8 +652,11 @@ def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, 
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     strip = strips[slot]
     column_block = columns[slot]
-    # the rows past kH * kW * C_in (padding to a whole tile) stay zero: their products land in dropped rows
+    # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
+    # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the last
+    # ones reach into LANES floats of slack at the end of the columns and into the strip's spare rows, zeroed here.
     column_block[:] = 0.0
+    strip[strip.shape[0] - (LANES + frame_w * channels - 1) // (frame_w * channels):] = 0.0
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         first, last = _chunk_bounds(batch * out_h, chunks, chunk)
         partials[chunk] = 0.0
@@ -646,7 +675,7 @@ def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, 
                         for kh in range(kernel_h):
                             source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
                             for i in range(0, run, LANES):
-                                _copy_lanes(column_block, target + kh * run + i, strip, source + i, run - i)
+                                _copy_vector(column_block, target + kh * run + i, strip, source + i)
                 # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
                 for ci in range(0, reduction, tile_rows):
                     for co in range(0, channels_out, tile_channels):
@@ -1142,8 +1171,10 @@ def _backward_weight_columns_plan(dtype, x_shape, weight_shape, out_shape, strid
     if chunks > 1 or specs:
         specs += (("partials", (chunks, *shape), dtype),)
     band_rows = min(out_h, max(1, WEIGHT_STRIP_BYTES // (stride[0] * frame_w * channels_in * dtype.itemsize)))
-    strip = ((band_rows - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1, frame_w, channels_in)
-    columns = max(1, PIXELS_PER_BLOCK // out_w) * out_w * reduction
+    # spare rows and LANES floats: the whole-vector copies of the last run of a row read and write past its end
+    spare = -(-LANES // (frame_w * channels_in))
+    strip = ((band_rows - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1 + spare, frame_w, channels_in)
+    columns = max(1, PIXELS_PER_BLOCK // out_w) * out_w * reduction + LANES
     slots = slots_within(spec_bytes(strip, dtype) + spec_bytes((columns,), dtype), specs_bytes(specs), chunks, budget)
     specs += (("strips", (slots, *strip), dtype), ("columns", (slots, columns), dtype))
     return specs, (shape, chunks, band_rows)
