@@ -652,6 +652,10 @@ def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, 
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     strip = strips[slot]
     column_block = columns[slot]
+    # the tiles get the operand types of _backward_weight_rows_slot's (a 3-D x, a flat grad_out), so a network
+    # with both kinds of layer compiles _run_weight_tile once for them
+    column_rows = column_block.reshape((1, 1, column_block.size))
+    grad_flat = grad_out.reshape(-1)
     # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
     # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the last
     # ones reach into LANES floats of slack at the end of the columns and into the strip's spare rows, zeroed here.
@@ -679,8 +683,8 @@ def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, 
                 # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
                 for ci in range(0, reduction, tile_rows):
                     for co in range(0, channels_out, tile_channels):
-                        _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, column_block,
-                                         ci, reduction, out_w * reduction, grad_out, (r + b) * grad_row_step + co,
+                        _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, column_rows,
+                                         ci, reduction, out_w * reduction, grad_flat, (r + b) * grad_row_step + co,
                                          grad_row_step, count, out_w, channels_out)
             r += span
 
