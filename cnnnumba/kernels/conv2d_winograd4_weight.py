@@ -76,15 +76,6 @@ def transform_grad_tiles(grad_out, n, first_tile, tiles, tiles_w, z, z_offset, p
 
 
 @jit
-def _kernel_column(s, k, j, a):
-    """(G^T s)[a, j] for pair k of s (36, pairs), in float64."""
-    total = 0.0
-    for i in range(PATCH):
-        total += KERNEL_MATRIX[i, a] * np.float64(s[PATCH * i + j, k])
-    return total
-
-
-@jit
 def inverse_transform_weight_grad(summed, out):
     """out (3, 3, C_in, C_out) = G^T s G for each (C_in, C_out) pair, s the 6x6 products summed over tiles, held in
     summed (36, C_in, C_out); formed in float64 and rounded once. One pair at a time: this runs once per pass, on
@@ -95,8 +86,16 @@ def inverse_transform_weight_grad(summed, out):
     kernel = KERNEL_MATRIX
     for k in range(pairs):
         for a in range(3):
-            r0, r1, r2 = _kernel_column(s, k, 0, a), _kernel_column(s, k, 1, a), _kernel_column(s, k, 2, a)
-            r3, r4, r5 = _kernel_column(s, k, 3, a), _kernel_column(s, k, 4, a), _kernel_column(s, k, 5, a)
+            # row a of G^T s: r_j = sum over i of G[i, a] s[i, j]
+            r0, r1, r2, r3, r4, r5 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+            for i in range(PATCH):
+                coefficient, row = kernel[i, a], PATCH * i
+                r0 += coefficient * s[row, k]
+                r1 += coefficient * s[row + 1, k]
+                r2 += coefficient * s[row + 2, k]
+                r3 += coefficient * s[row + 3, k]
+                r4 += coefficient * s[row + 4, k]
+                r5 += coefficient * s[row + 5, k]
             for b in range(3):
                 o[3 * a + b, k] = (r0 * kernel[0, b] + r1 * kernel[1, b] + r2 * kernel[2, b] + r3 * kernel[3, b]
                                    + r4 * kernel[4, b] + r5 * kernel[5, b])
