@@ -11,9 +11,13 @@ norm + ReLU backward recomputes the ReLU mask from x instead of reading the outp
 backward's apply pass reads the masked gradient its reduction pass wrote (bench/README.md, 2026-11-28 01:10 UTC).
 """
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
+from ._vector import INDEX, LANES, element_pointer
 from .elementwise import CHUNK as ELEMENT_CHUNK
 from .norm import EXACT_FASTMATH, ROWS_PER_CHUNK
 
@@ -22,6 +26,214 @@ from .norm import EXACT_FASTMATH, ROWS_PER_CHUNK
 def chunk_count(rows):
     """How many partial rows a (chunks, C) buffer needs for `rows` input rows."""
     return max((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-channel sums over one chunk's rows, 16 channels at a time, for channel counts that are a multiple of 16.
+# In plain Numba loops over a runtime channel count the float64 accumulators live in memory, and those loops were
+# bound by that arithmetic, not by memory (statistics of 65536x16 float32, one thread, data in cache: 0.35 ms
+# against 0.19 here; bench/README.md, 2026-11-28). These intrinsics walk a group of rows for one block of 16
+# channels with <16 x double> accumulators in registers: two sets, one for the even and one for the odd rows
+# counted from the group's first, so that consecutive rows do not wait on each other's additions, added together
+# and to the sums so far at the end. That order depends on the chunk alone, so the results do not depend on the
+# thread count. The arrays are C-contiguous (the typing refuses other layouts), and the callers
+# check that every block lies inside every array it touches before taking this path.
+# ---------------------------------------------------------------------------------------------------------
+
+def _all_c_contiguous(*arrays):
+    return all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+
+
+def _doubles():
+    return ir.VectorType(ir.DoubleType(), LANES)
+
+
+def _load_block(builder, pointer, element):
+    """The 16 elements at pointer, as <16 x element>."""
+    return builder.load(builder.bitcast(pointer, ir.VectorType(element, LANES).as_pointer()), align=4)
+
+
+def _store_block(builder, value, pointer):
+    builder.store(value, builder.bitcast(pointer, value.type.as_pointer()), align=4)
+
+
+def _widen(builder, vector):
+    """A <16 x float> or <16 x double> vector as <16 x double>, exactly."""
+    if isinstance(vector.type.element, ir.DoubleType):
+        return vector
+    return builder.fpext(vector, _doubles())
+
+
+def _fma(builder, a, b, c):
+    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
+                                              "llvm.fma.v16f64")
+    return builder.call(function, [a, b, c])
+
+
+def _block_rows(context, builder, array_type, array_value, c0):
+    """row -> a pointer to element (row, c0) of a C-contiguous 2-D array."""
+    width = cgutils.unpack_tuple(builder, context.make_array(array_type)(context, builder, array_value).shape, 2)[1]
+    block = element_pointer(context, builder, array_type, array_value, c0)
+    return lambda row: builder.gep(block, [builder.mul(row, width)])
+
+
+def _sum_rows_in_pairs(builder, begin, end, add_row, sums):
+    """Folds add_row(row, accumulators) -> accumulators over the rows begin..end-1, the even rows (counted from
+    begin) into `sums` and the odd ones into a set of zeros; returns the two sets added lane by lane."""
+    zero = ir.Constant(_doubles(), [0.0] * LANES)
+    slots = [[cgutils.alloca_once_value(builder, value) for value in values] for values in (sums, [zero] * len(sums))]
+
+    def add(row, parity):
+        for slot, value in zip(slots[parity], add_row(row, [builder.load(slot) for slot in slots[parity]])):
+            builder.store(value, slot)
+
+    two = ir.Constant(INDEX, 2)
+    count = builder.sub(end, begin)
+    pairs = builder.sdiv(count, two)
+    with cgutils.for_range(builder, pairs) as pair:
+        row = builder.add(begin, builder.mul(pair.index, two))
+        add(row, 0)
+        add(builder.add(row, ir.Constant(INDEX, 1)), 1)
+    with builder.if_then(builder.icmp_signed("!=", builder.mul(pairs, two), count)):
+        add(builder.sub(end, ir.Constant(INDEX, 1)), 0)
+    return [builder.fadd(builder.load(even), builder.load(odd)) for even, odd in zip(*slots)]
+
+
+@intrinsic
+def _block_moments(typingctx, x, first, begin, end, c0, deviations, squares):
+    """For the 16 channels c of the block at c0, over the rows r of begin..end-1, in float64: adds to
+    deviations[c] the sum of d = x[r, c] - x[first, c] and to squares[c] the sum of d * d."""
+    if not _all_c_contiguous(x, deviations, squares):
+        return None
+    index = types.intp
+    signature = types.void(x, index, index, index, index, deviations, squares)
+
+    def codegen(context, builder, sig, args):
+        x_value, first, begin, end, c0, deviations_value, squares_value = args
+        element = context.get_value_type(sig.args[0].dtype)
+        x_row = _block_rows(context, builder, sig.args[0], x_value, c0)
+        shift = _widen(builder, _load_block(builder, x_row(first), element))
+
+        def add_row(row, accumulators):
+            deviation = builder.fsub(_widen(builder, _load_block(builder, x_row(row), element)), shift)
+            total, squared = accumulators
+            return builder.fadd(total, deviation), _fma(builder, deviation, deviation, squared)
+
+        outputs = [element_pointer(context, builder, sig.args[k], value, c0)
+                   for k, value in ((5, deviations_value), (6, squares_value))]
+        sums = _sum_rows_in_pairs(builder, begin, end, add_row,
+                                  [_load_block(builder, pointer, ir.DoubleType()) for pointer in outputs])
+        for value, pointer in zip(sums, outputs):
+            _store_block(builder, value, pointer)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+def _grad_sums_codegen(context, builder, array_types, x_value, begin, end, c0, mean_value, sum_dy_value,
+                       sum_dy_xhat_value, gradient_at):
+    """The two sums of the batch-norm backward over the rows begin..end-1 for the block at c0, in float64, added to
+    sum_dy[c] (the sum of g) and sum_dy_xhat[c] (the sum of g * (x[r, c] - mean[c])), g = gradient_at(row) (the
+    masked gradient, in x's dtype). array_types: the Numba types of x, mean, sum_dy and sum_dy_xhat."""
+    x_type, mean_type, sum_dy_type, sum_dy_xhat_type = array_types
+    element = context.get_value_type(x_type.dtype)
+    x_row = _block_rows(context, builder, x_type, x_value, c0)
+    mean = _load_block(builder, element_pointer(context, builder, mean_type, mean_value, c0), ir.DoubleType())
+
+    def add_row(row, accumulators):
+        gradient = _widen(builder, gradient_at(row))
+        centred = builder.fsub(_widen(builder, _load_block(builder, x_row(row), element)), mean)
+        total, weighted = accumulators
+        return builder.fadd(total, gradient), _fma(builder, gradient, centred, weighted)
+
+    outputs = [element_pointer(context, builder, array_type, value, c0)
+               for array_type, value in ((sum_dy_type, sum_dy_value), (sum_dy_xhat_type, sum_dy_xhat_value))]
+    sums = _sum_rows_in_pairs(builder, begin, end, add_row,
+                              [_load_block(builder, pointer, ir.DoubleType()) for pointer in outputs])
+    for value, pointer in zip(sums, outputs):
+        _store_block(builder, value, pointer)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, relu, sum_dy, sum_dy_xhat):
+    """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y, or 0 where relu and the
+    pre-activation (x - coefficients[0]) * coefficients[1] + coefficients[2], computed in x's dtype without
+    contraction as batch_norm_act_forward computes it, is not > 0."""
+    if not _all_c_contiguous(grad_y, x, mean, coefficients, sum_dy, sum_dy_xhat):
+        return None
+    index = types.intp
+    signature = types.void(grad_y, x, index, index, index, mean, coefficients, types.boolean, sum_dy, sum_dy_xhat)
+
+    def codegen(context, builder, sig, args):
+        grad_y_value, x_value, begin, end, c0, mean_value, coefficients_value, relu, sum_dy_value, sum_dy_xhat_value \
+            = args
+        element = context.get_value_type(sig.args[1].dtype)
+        grad_row = _block_rows(context, builder, sig.args[0], grad_y_value, c0)
+        x_row = _block_rows(context, builder, sig.args[1], x_value, c0)
+        coefficient_row = _block_rows(context, builder, sig.args[6], coefficients_value, c0)
+        centre, scale, shift = (_load_block(builder, coefficient_row(ir.Constant(INDEX, k)), element)
+                                for k in range(3))
+        zero = ir.Constant(ir.VectorType(element, LANES), [0.0] * LANES)
+
+        def gradient_at(row):
+            gradient = _load_block(builder, grad_row(row), element)
+            pre_activation = builder.fadd(builder.fmul(builder.fsub(_load_block(builder, x_row(row), element), centre),
+                                                       scale), shift)
+            masked = builder.select(builder.fcmp_ordered(">", pre_activation, zero), gradient, zero)
+            return builder.select(relu, masked, gradient)
+
+        arrays = (sig.args[1], sig.args[5], sig.args[8], sig.args[9])
+        return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, sum_dy_value,
+                                  sum_dy_xhat_value, gradient_at)
+
+    return signature, codegen
+
+
+@intrinsic
+def _block_masked_grad_sums(typingctx, grad_y, y, x, begin, end, c0, mean, grad_shortcut, sum_dy, sum_dy_xhat):
+    """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y where y > 0, else 0 (NaN masked),
+    also stored into grad_shortcut."""
+    if not _all_c_contiguous(grad_y, y, x, mean, grad_shortcut, sum_dy, sum_dy_xhat):
+        return None
+    index = types.intp
+    signature = types.void(grad_y, y, x, index, index, index, mean, grad_shortcut, sum_dy, sum_dy_xhat)
+
+    def codegen(context, builder, sig, args):
+        grad_y_value, y_value, x_value, begin, end, c0, mean_value, grad_shortcut_value, sum_dy_value, \
+            sum_dy_xhat_value = args
+        element = context.get_value_type(sig.args[2].dtype)
+        grad_row = _block_rows(context, builder, sig.args[0], grad_y_value, c0)
+        y_row = _block_rows(context, builder, sig.args[1], y_value, c0)
+        shortcut_row = _block_rows(context, builder, sig.args[7], grad_shortcut_value, c0)
+        zero = ir.Constant(ir.VectorType(element, LANES), [0.0] * LANES)
+
+        def gradient_at(row):
+            kept = builder.fcmp_ordered(">", _load_block(builder, y_row(row), element), zero)
+            gradient = builder.select(kept, _load_block(builder, grad_row(row), element), zero)
+            _store_block(builder, gradient, shortcut_row(row))
+            return gradient
+
+        arrays = (sig.args[2], sig.args[6], sig.args[8], sig.args[9])
+        return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, sum_dy_value,
+                                  sum_dy_xhat_value, gradient_at)
+
+    return signature, codegen
+
+
+@jit
+def _group_rows(channels):
+    # A chunk's rows are walked in groups of about 2048 elements per array, each group block by block: the
+    # arrays' part of one group stays in L1 while its blocks go by (whole chunks at 64 channels did not: 64 KiB
+    # per array, and the add + ReLU backward reads three and writes one)
+    return max(2048 // channels, 2)
+
+
+@jit
+def _blocks_fit(x, partials, mean):
+    # the intrinsics' condition: whole 16-channel blocks, and the per-channel arrays they touch as wide as x
+    channels = x.shape[1]
+    return channels % LANES == 0 and partials.shape[-1] == channels and mean.shape[0] >= channels
 
 
 @jit
@@ -47,6 +259,23 @@ def _chunk_moments(x, partials, chunk):
     begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
     count = end - begin
     deviations, squares = partials[0, chunk], partials[1, chunk]
+    if count > 0 and _blocks_fit(x, partials, deviations):
+        deviations[:] = 0.0
+        squares[:] = 0.0
+        for group in range(begin, end, _group_rows(channels)):
+            for c in range(0, channels, LANES):
+                _block_moments(x, begin, group, min(group + _group_rows(channels), end), c, deviations, squares)
+    else:
+        _chunk_moments_by_rows(x, begin, end, deviations, squares)
+    for c in range(channels):
+        squares[c] -= deviations[c] * deviations[c] / count
+        deviations[c] = np.float64(x[begin, c]) + deviations[c] / count  # now the chunk's mean
+
+
+@jit
+def _chunk_moments_by_rows(x, begin, end, deviations, squares):
+    channels = x.shape[1]
+    count = end - begin
     for c in range(channels):
         deviations[c] = 0.0
         squares[c] = 0.0
@@ -67,9 +296,6 @@ def _chunk_moments(x, partials, chunk):
             deviation = np.float64(x[r, c]) - np.float64(x[begin, c])
             deviations[c] += deviation
             squares[c] += deviation * deviation
-    for c in range(channels):
-        squares[c] -= deviations[c] * deviations[c] / count
-        deviations[c] = np.float64(x[begin, c]) + deviations[c] / count  # now the chunk's mean
 
 
 @parallel_jit
@@ -147,6 +373,34 @@ def _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_
         coefficients[6, c] = mean[c]
 
 
+@jit(fastmath=EXACT_FASTMATH)
+def _chunk_grad_sums(grad_y, x, mean, coefficients, relu, partial_dy, partial_dy_xhat, chunk):
+    # one chunk's partial sums of the masked gradient g and of g * (x - mean); views are taken here, not in the
+    # caller's prange body, where Numba 0.68 leaks them
+    rows, channels = x.shape
+    begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
+    sum_dy, sum_dy_xhat = partial_dy[chunk], partial_dy_xhat[chunk]
+    if _blocks_fit(x, partial_dy, mean) and partial_dy_xhat.shape[1] == channels and grad_y.shape == x.shape \
+            and coefficients.shape[1] >= channels:
+        sum_dy[:] = 0.0
+        sum_dy_xhat[:] = 0.0
+        for group in range(begin, end, _group_rows(channels)):
+            for c in range(0, channels, LANES):
+                _block_grad_sums(grad_y, x, group, min(group + _group_rows(channels), end), c, mean, coefficients,
+                                 relu, sum_dy, sum_dy_xhat)
+        return
+    for c in range(channels):
+        sum_dy[c] = 0.0
+        sum_dy_xhat[c] = 0.0
+    for r in range(begin, end):
+        for c in range(channels):
+            g = np.float64(grad_y[r, c])
+            if relu and not (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c] > 0:
+                g = 0.0
+            sum_dy[c] += g
+            sum_dy_xhat[c] += g * (np.float64(x[r, c]) - mean[c])
+
+
 @parallel_jit(fastmath=EXACT_FASTMATH)
 def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial_dy, partial_dy_xhat, sums,
                             coefficients, grad_x, grad_weight, grad_bias):
@@ -161,16 +415,8 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
     chunks = chunk_count(rows)
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
     for chunk in prange(chunks):
-        for c in range(channels):
-            partial_dy[chunk, c] = 0.0
-            partial_dy_xhat[chunk, c] = 0.0
-        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
-            for c in range(channels):
-                g = np.float64(grad_y[r, c])
-                if relu and not (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c] > 0:
-                    g = 0.0
-                partial_dy[chunk, c] += g
-                partial_dy_xhat[chunk, c] += g * (np.float64(x[r, c]) - mean[c])
+        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
+        _chunk_grad_sums(grad_y, x, mean, coefficients, relu, partial_dy, partial_dy_xhat, np.int64(chunk))
     _sum_chunks_into(partial_dy, chunks, sums[0])
     _sum_chunks_into(partial_dy_xhat, chunks, sums[1])
     _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_weight, grad_bias)
@@ -182,6 +428,32 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
                 grad_x[r, c] = coefficients[4, c] + centred
             else:
                 grad_x[r, c] = (grad_y[r, c] * coefficients[3, c] + coefficients[4, c]) + centred
+
+
+@jit(fastmath=EXACT_FASTMATH)
+def _chunk_masked_grad_sums(grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat, chunk):
+    # one chunk's masked gradient g (stored into grad_shortcut) and partial sums of g and of g * (x - mean)
+    rows, channels = x.shape
+    begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
+    sum_dy, sum_dy_xhat = partial_dy[chunk], partial_dy_xhat[chunk]
+    if _blocks_fit(x, partial_dy, mean) and partial_dy_xhat.shape[1] == channels and grad_y.shape == x.shape \
+            and y.shape == x.shape and grad_shortcut.shape == x.shape:
+        sum_dy[:] = 0.0
+        sum_dy_xhat[:] = 0.0
+        for group in range(begin, end, _group_rows(channels)):
+            for c in range(0, channels, LANES):
+                _block_masked_grad_sums(grad_y, y, x, group, min(group + _group_rows(channels), end), c, mean,
+                                        grad_shortcut, sum_dy, sum_dy_xhat)
+        return
+    for c in range(channels):
+        sum_dy[c] = 0.0
+        sum_dy_xhat[c] = 0.0
+    for r in range(begin, end):
+        for c in range(channels):
+            g = grad_y[r, c] if y[r, c] > 0 else 0
+            grad_shortcut[r, c] = g
+            sum_dy[c] += np.float64(g)
+            sum_dy_xhat[c] += np.float64(g) * (np.float64(x[r, c]) - mean[c])
 
 
 @parallel_jit(fastmath=EXACT_FASTMATH)
@@ -197,15 +469,8 @@ def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight, partial_dy,
     rows, channels = x.shape
     chunks = chunk_count(rows)
     for chunk in prange(chunks):
-        for c in range(channels):
-            partial_dy[chunk, c] = 0.0
-            partial_dy_xhat[chunk, c] = 0.0
-        for r in range(chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)):
-            for c in range(channels):
-                g = grad_y[r, c] if y[r, c] > 0 else 0
-                grad_shortcut[r, c] = g
-                partial_dy[chunk, c] += np.float64(g)
-                partial_dy_xhat[chunk, c] += np.float64(g) * (np.float64(x[r, c]) - mean[c])
+        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
+        _chunk_masked_grad_sums(grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat, np.int64(chunk))
     _sum_chunks_into(partial_dy, chunks, sums[0])
     _sum_chunks_into(partial_dy_xhat, chunks, sums[1])
     _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_weight, grad_bias)

@@ -7,6 +7,8 @@ from cnnnumba.kernels import elementwise, norm, reference
 from cnnnumba.kernels import fused
 
 SHAPES = [(1, 3), (7, 5), (600, 4)]  # 600 rows span three statistics chunks
+# multiples of 16 channels take the register-accumulator sums: an odd row count in each chunk, a partial last one
+BLOCK_SHAPES = [(515, 16), (37, 32), (3, 64)]
 
 
 def _inputs(rows, channels, dtype, seed=0):
@@ -51,7 +53,7 @@ def _fused_add_relu_backward(grad_y, y, x, stats, weight):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + BLOCK_SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
 def test_batch_norm_act_matches_reference(shape, dtype, relu):
     x, weight, bias, grad_y = _inputs(*shape, dtype)
@@ -71,7 +73,7 @@ def test_batch_norm_act_matches_reference(shape, dtype, relu):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("shape", SHAPES[1:] + BLOCK_SHAPES)
 def test_batch_norm_relu_fusion_equals_unfused_kernels(shape, dtype):
     """Fused batch norm + ReLU gives the numbers of kernels/norm.py followed by the elementwise ReLU kernels."""
     x, weight, bias, grad_y = _inputs(*shape, dtype)
@@ -105,8 +107,9 @@ def test_relu_backward_bias_grad_equals_unfused(shape, dtype):
     np.testing.assert_allclose(grad_bias, expected_bias, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
-def test_fused_reductions_identical_for_any_thread_count():
-    x, weight, bias, grad_y = _inputs(1500, 6, np.float32)
+@pytest.mark.parametrize("channels", [6, 32])
+def test_fused_reductions_identical_for_any_thread_count(channels):
+    x, weight, bias, grad_y = _inputs(1500, channels, np.float32)
     results = []
     previous = cn.get_num_threads()
     try:
@@ -115,8 +118,8 @@ def test_fused_reductions_identical_for_any_thread_count():
             y, stats = _fused_forward(x, weight, bias, relu=True)
             grads = _fused_backward(grad_y, x, stats, weight, bias, relu=True)
             add_relu_grads = _fused_add_relu_backward(grad_y, y, x, stats, weight)
-            grad_x, grad_bias = np.empty_like(grad_y), np.empty(6, np.float32)
-            fused.relu_backward_bias_grad(grad_y, y, grad_x, np.empty((fused.chunk_count(1500), 6)), grad_bias)
+            grad_x, grad_bias = np.empty_like(grad_y), np.empty(channels, np.float32)
+            fused.relu_backward_bias_grad(grad_y, y, grad_x, np.empty((fused.chunk_count(1500), channels)), grad_bias)
             results.append((y, stats, *grads, *add_relu_grads, grad_bias))
     finally:
         cn.set_num_threads(previous)
@@ -125,7 +128,7 @@ def test_fused_reductions_identical_for_any_thread_count():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("shape", SHAPES[1:] + BLOCK_SHAPES)
 def test_batch_norm_add_relu_equals_reference_and_unfused_kernels(shape, dtype):
     """Batch norm + shortcut add + ReLU in one pass gives the bits of batch norm, np.add and the ReLU kernel."""
     x, weight, bias, _ = _inputs(*shape, dtype)
@@ -202,11 +205,11 @@ def test_relu_backward_bias_grad_same_bits_serial_parallel_and_any_thread_count(
         np.testing.assert_array_equal(grad_bias, results[0][1])
 
 
-def _mask_edge_inputs(dtype):
+def _mask_edge_inputs(dtype, channels):
     """x whose pre-activation is exactly 0 in many places (channel 0: x in {1, 2, 3}, mean exactly 2, bias 0),
     tiny of either sign around 0 (channel 1), and NaN (channel 2: one NaN makes the whole channel NaN)."""
     rows = 3 * 300  # several statistics chunks, and a multiple of 3 so channel 0's mean is exactly 2
-    x, weight, bias, grad_y = _inputs(rows, 4, dtype, seed=5)
+    x, weight, bias, grad_y = _inputs(rows, channels, dtype, seed=5)
     x[:, 0] = np.tile(np.array([1, 2, 3], dtype), rows // 3)
     bias[0] = 0
     x[:, 1] = np.tile(np.array([-1, 1], dtype), rows // 2) * np.finfo(dtype).tiny
@@ -215,10 +218,11 @@ def _mask_edge_inputs(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_backward_recomputes_the_forwards_relu_mask_bit_for_bit(dtype):
+@pytest.mark.parametrize("channels", [4, 16])
+def test_backward_recomputes_the_forwards_relu_mask_bit_for_bit(dtype, channels):
     """The ReLU mask recomputed from x is the forward's y > 0 exactly: the fused backward equals batch norm's
     backward without ReLU on grad_y masked by the forward's output, bit for bit, where y is exactly 0 and NaN."""
-    x, weight, bias, grad_y = _mask_edge_inputs(dtype)
+    x, weight, bias, grad_y = _mask_edge_inputs(dtype, channels)
     y, stats = _fused_forward(x, weight, bias, relu=True)
     assert (y[:, 0] == 0).sum() >= x.shape[0] // 3 and np.isnan(y[:, 2]).all()
     masked = np.where(y > 0, grad_y, 0).astype(dtype)
@@ -234,7 +238,7 @@ def test_backward_recomputes_the_forwards_relu_mask_bit_for_bit(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("shape", SHAPES[1:] + BLOCK_SHAPES)
 def test_batch_norm_add_relu_backward_equals_unfused_kernels_and_reference(shape, dtype):
     """The shortcut's gradient is the ReLU backward kernel's output and the rest is batch norm's backward without
     ReLU given it, bit for bit."""
@@ -259,13 +263,14 @@ def test_batch_norm_add_relu_backward_equals_unfused_kernels_and_reference(shape
 
 
 @pytest.mark.parametrize("dtype, offset, spread", [(np.float32, 1e4, 1e-2), (np.float64, 1e8, 1.0)])
-def test_one_pass_statistics_are_as_accurate_as_two_passes_with_a_large_mean(dtype, offset, spread):
+@pytest.mark.parametrize("channels", [3, 16])
+def test_one_pass_statistics_are_as_accurate_as_two_passes_with_a_large_mean(dtype, offset, spread, channels):
     # A sum of squares minus the squared sum would lose every digit of these variances (offset^2 / variance is
     # 1e12-1e16); the chunks' deviations from their own means and Chan's combination lose none.
     rng = np.random.default_rng(0)
     rows = 5 * 256 + 17  # a short last chunk
-    x = (offset + spread * rng.standard_normal((rows, 3))).astype(dtype)
-    partials, stats = np.empty((2, fused.chunk_count(rows), 3)), np.empty((3, 3))
+    x = (offset + spread * rng.standard_normal((rows, channels))).astype(dtype)
+    partials, stats = np.empty((2, fused.chunk_count(rows), channels)), np.empty((3, channels))
     fused.batch_norm_statistics(x, 0.0, partials, *stats)
     mean, variance, _ = reference.batch_norm_statistics(x, 0.0)
     np.testing.assert_allclose(stats[0], mean, rtol=1e-13)

@@ -5,7 +5,7 @@ import pytest
 import cnnnumba as cn
 from cnnnumba.kernels import norm, reference
 
-SHAPES = [(2, 3), (7, 1), (150, 4), (600, 5)]  # rows, channels; the larger ones span several 256-row chunks
+SHAPES = [(2, 3), (7, 1), (150, 4), (600, 5), (300, 32)]  # rows, channels; the larger ones span several 256-row chunks
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 
