@@ -9,9 +9,9 @@ reduce over few channels (16, 32), where F(2x2)'s transforms cost as much as its
 is larger (coefficients up to 8 in A^T), and grows with the reduction: see MAX_REDUCTION.
 
 Transformed arrays are (36, tiles, channels) with position 6 * row + column. The input transform reads an edge
-tile's patch (up to half of the tiles at 16x16 or 32x32 outputs) with masked loads, a pixel outside the image
-never read and 0, instead of copying it into a zero-padded patch first. Tiles whose outputs come out non-finite
-are recomputed directly, as in conv2d_winograd.py.
+tile's patch (up to half of the tiles at 32x32 outputs, 3/4 at 16x16) in place, each pixel outside the image from
+a constant of zeros, instead of copying it into a zero-padded patch first. Tiles whose outputs come out
+non-finite are recomputed directly, as in conv2d_winograd.py.
 """
 import numpy as np
 from llvmlite import ir
@@ -23,8 +23,8 @@ from numba.extending import intrinsic
 from . import conv2d as direct
 from ._jit import jit
 from ._slots import run_slots
-from ._vector import (INDEX, LANES, element_pointer, load_vector, masked_load, masked_store, splat, store_vector,
-                      vector_fma, vector_type)
+from ._vector import (INDEX, LANES, element_pointer, load_vector, masked_store, splat, store_vector, vector_fma,
+                      vector_type)
 from . import conv2d_winograd as winograd2
 from .conv2d_winograd import _fill_patch, _unaliased
 from .conv2d_workspace import slots_within, spec_bytes, specs_bytes
@@ -93,6 +93,14 @@ def _output_axis(builder, fma, m):
     return apply_axis(builder, fma, OUTPUT_MATRIX, m)
 
 
+def _zero_vector(module):
+    """A module-wide constant of 16 zero floats, for the pixels an edge patch reads outside the image."""
+    name = "cnnnumba_winograd4_zeros"
+    if name not in module.globals:
+        cgutils.global_constant(module, name, ir.Constant(ir.ArrayType(ir.FloatType(), LANES), [0.0] * LANES))
+    return module.globals[name]
+
+
 def _between(builder, low, value, high):
     constant = ir.Constant(INDEX, value)
     return builder.and_(builder.icmp_signed("<=", low, constant), builder.icmp_signed("<", constant, high))
@@ -114,19 +122,18 @@ def _input_tile(typingctx, source, source_offset, row_step, pixel_step, first_ro
         fma = vector_fma(builder)
         source_pointer = element_pointer(context, builder, sig.args[0], source_value, source_offset)
         v_pointer = element_pointer(context, builder, sig.args[8], v_value, v_offset)
-        mask_type = ir.VectorType(ir.IntType(1), LANES)
         whole = builder.and_(builder.and_(builder.icmp_signed("==", first_row, ir.Constant(INDEX, 0)),
                                           builder.icmp_signed("==", last_row, ir.Constant(INDEX, PATCH))),
                              builder.and_(builder.icmp_signed("==", first_column, ir.Constant(INDEX, 0)),
                                           builder.icmp_signed("==", last_column, ir.Constant(INDEX, PATCH))))
         blocks = builder.udiv(channels, ir.Constant(INDEX, LANES))
 
-        def transform(load):
+        def transform(pointer_of):
             with cgutils.for_range(builder, blocks) as block:
                 c = builder.mul(block.index, ir.Constant(INDEX, LANES))
-                d = [[load(i, j, builder.gep(source_pointer, [builder.add(builder.add(
+                d = [[load_vector(builder, pointer_of(i, j, builder.gep(source_pointer, [builder.add(builder.add(
                     builder.mul(row_step, ir.Constant(INDEX, i)), builder.mul(pixel_step, ir.Constant(INDEX, j))),
-                    c)])) for j in range(PATCH)] for i in range(PATCH)]
+                    c)]))) for j in range(PATCH)] for i in range(PATCH)]
                 columns = [_input_axis(builder, fma, [d[i][j] for i in range(PATCH)]) for j in range(PATCH)]
                 for i in range(PATCH):
                     transformed = _input_axis(builder, fma, [columns[j][i] for j in range(PATCH)])
@@ -134,15 +141,17 @@ def _input_tile(typingctx, source, source_offset, row_step, pixel_step, first_ro
                         position = builder.mul(position_step, ir.Constant(INDEX, PATCH * i + j))
                         store_vector(builder, transformed[j], builder.gep(v_pointer, [builder.add(position, c)]))
 
-        # interior patches (most of them) with plain loads; edge ones with a mask per pixel
+        # interior patches (most of them) read the image; an edge patch's pixels outside it read 16 zeros instead
+        # (a pointer select per pixel: as 16-lane masks they cost more than the transform)
         with builder.if_else(whole, likely=True) as (interior, edge):
             with interior:
-                transform(lambda i, j, pointer: load_vector(builder, pointer))
+                transform(lambda i, j, pointer: pointer)
             with edge:
-                masks = [[splat(builder, builder.and_(_between(builder, first_row, i, last_row),
-                                                      _between(builder, first_column, j, last_column)), mask_type)
-                          for j in range(PATCH)] for i in range(PATCH)]
-                transform(lambda i, j, pointer: masked_load(builder, pointer, masks[i][j]))
+                zeros = builder.bitcast(_zero_vector(builder.module), source_pointer.type)
+                inside = [[builder.and_(_between(builder, first_row, i, last_row),
+                                        _between(builder, first_column, j, last_column))
+                           for j in range(PATCH)] for i in range(PATCH)]
+                transform(lambda i, j, pointer: builder.select(inside[i][j], pointer, zeros))
         return context.get_dummy_value()
 
     return signature, codegen
@@ -167,36 +176,50 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
         out_pointer = element_pointer(context, builder, sig.args[5], out_value, out_offset)
         clamp = builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))
         zero = _constant(0)
-        mask_type = ir.VectorType(ir.IntType(1), LANES)
-        inside = [[builder.and_(builder.icmp_signed("<", ir.Constant(INDEX, i), rows_inside),
-                                builder.icmp_signed("<", ir.Constant(INDEX, j), columns_inside))
-                   for j in range(TILE)] for i in range(TILE)]
-        masks = [[splat(builder, flag, mask_type) for flag in row] for row in inside]
-        # sum of value * 0 over the stored values: 0 when all are finite, NaN otherwise (no fast-math flags here)
+        whole = builder.and_(builder.icmp_signed(">=", rows_inside, ir.Constant(INDEX, TILE)),
+                             builder.icmp_signed(">=", columns_inside, ir.Constant(INDEX, TILE)))
+        # the sum of the stored values: finite when all are (or, rarely, when finite ones overflow: that tile is
+        # then recomputed directly for nothing), inf or NaN when any is
         residue = cgutils.alloca_once_value(builder, zero)
         blocks = builder.udiv(channels, ir.Constant(INDEX, LANES))
-        with cgutils.for_range(builder, blocks) as block:
-            c = builder.mul(block.index, ir.Constant(INDEX, LANES))
-            m_block = [load_vector(builder, builder.gep(m_pointer, [builder.add(
-                builder.mul(position_step, ir.Constant(INDEX, p)), c)])) for p in range(POSITIONS)]
-            columns = [_output_axis(builder, fma, [m_block[PATCH * r + j] for r in range(PATCH)])
-                       for j in range(PATCH)]
-            bias_vector = load_vector(builder, builder.gep(bias_pointer, [c]))
-            residue_value = builder.load(residue)
-            for i in range(TILE):
-                pixels = _output_axis(builder, fma, [columns[j][i] for j in range(PATCH)])
-                for j in range(TILE):
-                    total = builder.fadd(pixels[j], bias_vector)
-                    residue_value = builder.fadd(residue_value, builder.select(
-                        masks[i][j], builder.fmul(total, zero), zero))
-                    # ordered `<` is false for NaN, so NaN passes through, as in PyTorch
-                    clamped = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
-                    value = builder.select(clamp, clamped, total)
-                    target = builder.add(builder.add(builder.mul(row_step, ir.Constant(INDEX, i)),
-                                                     builder.mul(pixel_step, ir.Constant(INDEX, j))), c)
-                    masked_store(builder, value, builder.gep(out_pointer, [target]), masks[i][j])
-            builder.store(residue_value, residue)
-        lanes_finite = builder.fcmp_ordered("==", builder.load(residue), zero)
+
+        def store_tile(masks):
+            with cgutils.for_range(builder, blocks) as block:
+                c = builder.mul(block.index, ir.Constant(INDEX, LANES))
+                m_block = [load_vector(builder, builder.gep(m_pointer, [builder.add(
+                    builder.mul(position_step, ir.Constant(INDEX, p)), c)])) for p in range(POSITIONS)]
+                columns = [_output_axis(builder, fma, [m_block[PATCH * r + j] for r in range(PATCH)])
+                           for j in range(PATCH)]
+                bias_vector = load_vector(builder, builder.gep(bias_pointer, [c]))
+                residue_value = builder.load(residue)
+                for i in range(TILE):
+                    pixels = _output_axis(builder, fma, [columns[j][i] for j in range(PATCH)])
+                    for j in range(TILE):
+                        total = builder.fadd(pixels[j], bias_vector)
+                        # ordered `<` is false for NaN, so NaN passes through, as in PyTorch
+                        clamped = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
+                        value = builder.select(clamp, clamped, total)
+                        offset = builder.add(builder.mul(row_step, ir.Constant(INDEX, i)),
+                                             builder.mul(pixel_step, ir.Constant(INDEX, j)))
+                        target = builder.gep(out_pointer, [builder.add(offset, c)])
+                        if masks is None:
+                            residue_value = builder.fadd(residue_value, total)
+                            store_vector(builder, value, target)
+                        else:
+                            residue_value = builder.fadd(residue_value, builder.select(masks[i][j], total, zero))
+                            masked_store(builder, value, target, masks[i][j])
+                builder.store(residue_value, residue)
+
+        with builder.if_else(whole, likely=True) as (interior, edge):
+            with interior:
+                store_tile(None)
+            with edge:
+                mask_type = ir.VectorType(ir.IntType(1), LANES)
+                store_tile([[splat(builder, builder.and_(
+                    builder.icmp_signed("<", ir.Constant(INDEX, i), rows_inside),
+                    builder.icmp_signed("<", ir.Constant(INDEX, j), columns_inside)), mask_type)
+                    for j in range(TILE)] for i in range(TILE)])
+        lanes_finite = builder.fcmp_ordered("==", builder.fmul(builder.load(residue), zero), zero)
         all_finite = builder.icmp_unsigned("==", builder.bitcast(lanes_finite, ir.IntType(LANES)),
                                            ir.Constant(ir.IntType(LANES), (1 << LANES) - 1))
         return builder.zext(all_finite, INDEX)
@@ -244,7 +267,7 @@ def transform_weight(weight, u):
 @jit
 def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """The jobs of one slot of _winograd_forward (run by kernels/_slots.run_slots)."""
-    pad_top, pad_left, relu, bands = geometry
+    pad_top, pad_left, relu, bands, band_tiles = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
     slots = vs.shape[0]
@@ -264,8 +287,12 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
     for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
         n = job // bands
         band = job % bands
-        first = band * tiles // bands
-        count = (band + 1) * tiles // bands - first
+        if band_tiles > 0:
+            first = band * band_tiles
+            count = min(band_tiles, tiles - first)
+        else:
+            first = band * tiles // bands
+            count = (band + 1) * tiles // bands - first
         transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, v)
         # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
         # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
@@ -308,32 +335,57 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
 def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """out = the 3x3 stride-1 convolution of x (N, H, W, C_in) with weight (3, 3, C_in, C_out) + bias, clamped at
     0 when relu (NaN kept); u (36, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
-    bands): each image's tiles are split into `bands` jobs of consecutive tiles; a job transforms its input tiles
-    into v (36, rows, C_in), multiplies them by u position by position into m (36, rows, C_out) and transforms
-    those back into out, all in its slot's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out))."""
+    bands, band_tiles): each image's tiles are split into `bands` jobs of consecutive tiles, band_tiles each (the
+    last one fewer), or as evenly as they go when band_tiles is 0; a job transforms its input tiles into v
+    (36, rows, C_in), multiplies them by u position by position into m (36, rows, C_out) and transforms those back
+    into out, all in its slot's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out)). ms may be vs
+    itself when each position's products are one register tile (see plan)."""
     run_slots(_forward_slot, vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
 
 
+def _gemm_tile(channels_out):
+    """(GEMM rows, output channels) of the register tile _forward_slot multiplies with."""
+    if channels_out >= direct.BROAD_TILE_CHANNELS:
+        return direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
+    if channels_out >= direct.TILE_CHANNELS:
+        return direct.TILE_PIXELS, direct.TILE_CHANNELS
+    return direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
+
+
+def in_place(channels_in, channels_out):
+    """Whether a pass's products overwrite its transformed input (m is v): when each position's GEMM is one
+    register tile of the job's rows and all its channels, which reads all of v[p] before it stores m[p]."""
+    return channels_in == channels_out == _gemm_tile(channels_out)[1]
+
+
 def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
-    """(scratch specs, (bands, slots)) of an F(4x4) pass whose forward convolution reads x_shape (N, H, W, C_in)
-    and writes out_hw pixels of channels_out channels; flipped: the pass also needs the kernel flipped and
-    transposed in the workspace (the backward-input)."""
+    """(scratch specs, (bands, slots, band_tiles)) of an F(4x4) pass whose forward convolution reads x_shape
+    (N, H, W, C_in) and writes out_hw pixels of channels_out channels; flipped: the pass also needs the kernel
+    flipped and transposed in the workspace (the backward-input). In place (16 or 32 channels in and out), a job
+    is one register tile of rows (16 or 8 tiles): its v, 36 KiB, stays in L1 from the input transform through
+    the GEMMs (which overwrite it) to the output transform; otherwise jobs share each image's tiles evenly, their
+    v and m within JOB_BYTES (L2)."""
     batch, channels_in = x_shape[0], x_shape[3]
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
-    per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
-    most = max(direct.NARROW_TILE_PIXELS, winograd2.JOB_BYTES // per_tile)
-    bands = -(-tiles // most)
-    capacity = max(direct.NARROW_TILE_PIXELS, -(-tiles // bands))
+    shared = in_place(channels_in, channels_out)
+    if shared:
+        band_tiles = capacity = _gemm_tile(channels_out)[0]
+        bands = -(-tiles // band_tiles)
+    else:
+        per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
+        most = max(direct.NARROW_TILE_PIXELS, winograd2.JOB_BYTES // per_tile)
+        bands, band_tiles = -(-tiles // most), 0
+        capacity = max(direct.NARROW_TILE_PIXELS, -(-tiles // bands))
     specs = (("u", (POSITIONS, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
     if flipped:
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
-    per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),
-                ("m", (POSITIONS, _unaliased(capacity, channels_out, dtype), channels_out)),
-                ("patches", (PATCH, PATCH, channels_in)),
-                ("rows", (1, 1, direct.NARROW_TILE_PIXELS, channels_out)))
+    per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),)
+    if not shared:
+        per_slot += (("m", (POSITIONS, _unaliased(capacity, channels_out, dtype), channels_out)),)
+    per_slot += (("patches", (PATCH, PATCH, channels_in)), ("rows", (1, 1, direct.NARROW_TILE_PIXELS, channels_out)))
     slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
                          budget)
-    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots)
+    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots, band_tiles)
 
 
 # Input channels (the per-position GEMMs' reduction) up to which a pass takes F(4x4) rather than F(2x2): its error
@@ -361,8 +413,8 @@ def forward(x, weight, bias, out, padding, relu, scratch, details):
     zero_bias[...] = 0.0
     transform_weight(weight, u)
     _winograd_forward(x, weight, u, zero_bias if bias is None else bias, zero_bias, out,
-                      (int(padding[0]), int(padding[1]), 1 if relu else 0, details[0]), scratch["v"], scratch["m"],
-                      scratch["patches"], scratch["rows"])
+                      (int(padding[0]), int(padding[1]), 1 if relu else 0, details[0], details[2]), scratch["v"],
+                      scratch.get("m", scratch["v"]), scratch["patches"], scratch["rows"])
     return out
 
 
@@ -373,7 +425,7 @@ def backward_input(grad_out, weight, out, padding, scratch, details):
     zero_bias[...] = 0.0
     flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
     transform_weight(flipped, u)
-    geometry = (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0])
-    _winograd_forward(grad_out, flipped, u, zero_bias, zero_bias, out, geometry, scratch["v"], scratch["m"],
-                      scratch["patches"], scratch["rows"])
+    geometry = (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0], details[2])
+    _winograd_forward(grad_out, flipped, u, zero_bias, zero_bias, out, geometry, scratch["v"],
+                      scratch.get("m", scratch["v"]), scratch["patches"], scratch["rows"])
     return out

@@ -20,6 +20,8 @@ CASES = [
     (2, 4, 5, 48, 32, 0),      # 2x3 outputs: one tile row
     (1, 10, 13, 32, 80, 1),
     (2, 17, 6, 64, 16, 2),
+    (1, 18, 22, 16, 16, 1),    # F(4x4) in place: 30 tiles in jobs of 16 and 14
+    (2, 13, 10, 32, 32, 1),    # F(4x4) in place: 12 tiles in jobs of 8 and 4
 ]
 
 # Measured over these cases against a float64 reference: the largest |Winograd - exact| was 3.3e-5, 3.3e-7 of the
