@@ -36,8 +36,10 @@ def chunk_count(rows):
 # channels with <16 x double> accumulators in registers: two sets, one for the even and one for the odd rows
 # counted from the group's first, so that consecutive rows do not wait on each other's additions, added together
 # and to the sums so far at the end. That order depends on the chunk alone, so the results do not depend on the
-# thread count. The arrays are C-contiguous (the typing refuses other layouts), and the callers
-# check that every block lies inside every array it touches before taking this path.
+# thread count. The arrays are C-contiguous (the typing refuses other layouts), and the callers check that every
+# block lies inside every array it touches before taking this path. The backward kernels call them straight from
+# their prange bodies: through a jitted per-chunk helper, the helper's code was compiled once more (its own library,
+# then the gufunc, then the kernel), about 1 s more of a cold cifar-cnn step.
 # ---------------------------------------------------------------------------------------------------------
 
 def _all_c_contiguous(*arrays):
@@ -130,12 +132,13 @@ def _block_moments(typingctx, x, first, begin, end, c0, deviations, squares):
     return signature, codegen
 
 
-def _grad_sums_codegen(context, builder, array_types, x_value, begin, end, c0, mean_value, sum_dy_value,
-                       sum_dy_xhat_value, gradient_at):
+def _grad_sums_codegen(context, builder, array_types, x_value, begin, end, c0, mean_value, partial_dy_value,
+                       partial_dy_xhat_value, chunk, gradient_at):
     """The two sums of the batch-norm backward over the rows begin..end-1 for the block at c0, in float64, added to
-    sum_dy[c] (the sum of g) and sum_dy_xhat[c] (the sum of g * (x[r, c] - mean[c])), g = gradient_at(row) (the
-    masked gradient, in x's dtype). array_types: the Numba types of x, mean, sum_dy and sum_dy_xhat."""
-    x_type, mean_type, sum_dy_type, sum_dy_xhat_type = array_types
+    partial_dy[chunk, c] (the sum of g) and partial_dy_xhat[chunk, c] (the sum of g * (x[r, c] - mean[c])),
+    g = gradient_at(row) (the masked gradient, in x's dtype). array_types: the Numba types of x, mean, partial_dy
+    and partial_dy_xhat."""
+    x_type, mean_type, partial_dy_type, partial_dy_xhat_type = array_types
     element = context.get_value_type(x_type.dtype)
     x_row = _block_rows(context, builder, x_type, x_value, c0)
     mean = _load_block(builder, element_pointer(context, builder, mean_type, mean_value, c0), ir.DoubleType())
@@ -146,8 +149,9 @@ def _grad_sums_codegen(context, builder, array_types, x_value, begin, end, c0, m
         total, weighted = accumulators
         return builder.fadd(total, gradient), _fma(builder, gradient, centred, weighted)
 
-    outputs = [element_pointer(context, builder, array_type, value, c0)
-               for array_type, value in ((sum_dy_type, sum_dy_value), (sum_dy_xhat_type, sum_dy_xhat_value))]
+    outputs = [_block_rows(context, builder, array_type, value, c0)(chunk)
+               for array_type, value in ((partial_dy_type, partial_dy_value),
+                                         (partial_dy_xhat_type, partial_dy_xhat_value))]
     sums = _sum_rows_in_pairs(builder, begin, end, add_row,
                               [_load_block(builder, pointer, ir.DoubleType()) for pointer in outputs])
     for value, pointer in zip(sums, outputs):
@@ -156,18 +160,20 @@ def _grad_sums_codegen(context, builder, array_types, x_value, begin, end, c0, m
 
 
 @intrinsic
-def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, relu, sum_dy, sum_dy_xhat):
+def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, relu, partial_dy, partial_dy_xhat,
+                     chunk):
     """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y, or 0 where relu and the
     pre-activation (x - coefficients[0]) * coefficients[1] + coefficients[2], computed in x's dtype without
     contraction as batch_norm_act_forward computes it, is not > 0."""
-    if not _all_c_contiguous(grad_y, x, mean, coefficients, sum_dy, sum_dy_xhat):
+    if not _all_c_contiguous(grad_y, x, mean, coefficients, partial_dy, partial_dy_xhat):
         return None
     index = types.intp
-    signature = types.void(grad_y, x, index, index, index, mean, coefficients, types.boolean, sum_dy, sum_dy_xhat)
+    signature = types.void(grad_y, x, index, index, index, mean, coefficients, types.boolean, partial_dy,
+                           partial_dy_xhat, index)
 
     def codegen(context, builder, sig, args):
-        grad_y_value, x_value, begin, end, c0, mean_value, coefficients_value, relu, sum_dy_value, sum_dy_xhat_value \
-            = args
+        (grad_y_value, x_value, begin, end, c0, mean_value, coefficients_value, relu, partial_dy_value,
+         partial_dy_xhat_value, chunk) = args
         element = context.get_value_type(sig.args[1].dtype)
         grad_row = _block_rows(context, builder, sig.args[0], grad_y_value, c0)
         x_row = _block_rows(context, builder, sig.args[1], x_value, c0)
@@ -184,24 +190,26 @@ def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, r
             return builder.select(relu, masked, gradient)
 
         arrays = (sig.args[1], sig.args[5], sig.args[8], sig.args[9])
-        return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, sum_dy_value,
-                                  sum_dy_xhat_value, gradient_at)
+        return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, partial_dy_value,
+                                  partial_dy_xhat_value, chunk, gradient_at)
 
     return signature, codegen
 
 
 @intrinsic
-def _block_masked_grad_sums(typingctx, grad_y, y, x, begin, end, c0, mean, grad_shortcut, sum_dy, sum_dy_xhat):
+def _block_masked_grad_sums(typingctx, grad_y, y, x, begin, end, c0, mean, grad_shortcut, partial_dy,
+                            partial_dy_xhat, chunk):
     """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y where y > 0, else 0 (NaN masked),
     also stored into grad_shortcut."""
-    if not _all_c_contiguous(grad_y, y, x, mean, grad_shortcut, sum_dy, sum_dy_xhat):
+    if not _all_c_contiguous(grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat):
         return None
     index = types.intp
-    signature = types.void(grad_y, y, x, index, index, index, mean, grad_shortcut, sum_dy, sum_dy_xhat)
+    signature = types.void(grad_y, y, x, index, index, index, mean, grad_shortcut, partial_dy, partial_dy_xhat,
+                           index)
 
     def codegen(context, builder, sig, args):
-        grad_y_value, y_value, x_value, begin, end, c0, mean_value, grad_shortcut_value, sum_dy_value, \
-            sum_dy_xhat_value = args
+        (grad_y_value, y_value, x_value, begin, end, c0, mean_value, grad_shortcut_value, partial_dy_value,
+         partial_dy_xhat_value, chunk) = args
         element = context.get_value_type(sig.args[2].dtype)
         grad_row = _block_rows(context, builder, sig.args[0], grad_y_value, c0)
         y_row = _block_rows(context, builder, sig.args[1], y_value, c0)
@@ -215,25 +223,16 @@ def _block_masked_grad_sums(typingctx, grad_y, y, x, begin, end, c0, mean, grad_
             return gradient
 
         arrays = (sig.args[2], sig.args[6], sig.args[8], sig.args[9])
-        return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, sum_dy_value,
-                                  sum_dy_xhat_value, gradient_at)
+        return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, partial_dy_value,
+                                  partial_dy_xhat_value, chunk, gradient_at)
 
     return signature, codegen
 
 
-@jit
-def _group_rows(channels):
-    # A chunk's rows are walked in groups of about 2048 elements per array, each group block by block: the
-    # arrays' part of one group stays in L1 while its blocks go by (whole chunks at 64 channels did not: 64 KiB
-    # per array, and the add + ReLU backward reads three and writes one)
-    return max(2048 // channels, 2)
-
-
-@jit
-def _blocks_fit(x, partials, mean):
-    # the intrinsics' condition: whole 16-channel blocks, and the per-channel arrays they touch as wide as x
-    channels = x.shape[1]
-    return channels % LANES == 0 and partials.shape[-1] == channels and mean.shape[0] >= channels
+# A chunk's rows are walked in groups of about this many elements per array, each group block by block: the
+# arrays' part of one group stays in L1 while its blocks go by (whole chunks at 64 channels did not: 64 KiB per
+# array, and the add + ReLU backward reads three and writes one).
+GROUP_ELEMENTS = 2048
 
 
 @jit
@@ -259,43 +258,35 @@ def _chunk_moments(x, partials, chunk):
     begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
     count = end - begin
     deviations, squares = partials[0, chunk], partials[1, chunk]
-    if count > 0 and _blocks_fit(x, partials, deviations):
-        deviations[:] = 0.0
-        squares[:] = 0.0
-        for group in range(begin, end, _group_rows(channels)):
-            for c in range(0, channels, LANES):
-                _block_moments(x, begin, group, min(group + _group_rows(channels), end), c, deviations, squares)
-    else:
-        _chunk_moments_by_rows(x, begin, end, deviations, squares)
-    for c in range(channels):
-        squares[c] -= deviations[c] * deviations[c] / count
-        deviations[c] = np.float64(x[begin, c]) + deviations[c] / count  # now the chunk's mean
-
-
-@jit
-def _chunk_moments_by_rows(x, begin, end, deviations, squares):
-    channels = x.shape[1]
-    count = end - begin
     for c in range(channels):
         deviations[c] = 0.0
         squares[c] = 0.0
-    # Four rows per update of each accumulator: the accumulators live in memory (the channel count is not known
-    # at compile time), and one update per row made the loop wait on store-to-load latency.
-    quad_end = begin + (count // 4) * 4
-    for r in range(begin, quad_end, 4):
-        for c in range(channels):
-            shift = np.float64(x[begin, c])
-            d0 = np.float64(x[r, c]) - shift
-            d1 = np.float64(x[r + 1, c]) - shift
-            d2 = np.float64(x[r + 2, c]) - shift
-            d3 = np.float64(x[r + 3, c]) - shift
-            deviations[c] += (d0 + d1) + (d2 + d3)
-            squares[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-    for r in range(quad_end, end):
-        for c in range(channels):
-            deviation = np.float64(x[r, c]) - np.float64(x[begin, c])
-            deviations[c] += deviation
-            squares[c] += deviation * deviation
+    if channels % LANES == 0 and partials.shape[2] == channels and count > 0:
+        group_rows = max(GROUP_ELEMENTS // channels, 2)
+        for group in range(begin, end, group_rows):
+            for c in range(0, channels, LANES):
+                _block_moments(x, begin, group, min(group + group_rows, end), c, deviations, squares)
+    else:
+        # Four rows per update of each accumulator: the accumulators live in memory (the channel count is not
+        # known at compile time), and one update per row made the loop wait on store-to-load latency.
+        quad_end = begin + (count // 4) * 4
+        for r in range(begin, quad_end, 4):
+            for c in range(channels):
+                shift = np.float64(x[begin, c])
+                d0 = np.float64(x[r, c]) - shift
+                d1 = np.float64(x[r + 1, c]) - shift
+                d2 = np.float64(x[r + 2, c]) - shift
+                d3 = np.float64(x[r + 3, c]) - shift
+                deviations[c] += (d0 + d1) + (d2 + d3)
+                squares[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        for r in range(quad_end, end):
+            for c in range(channels):
+                deviation = np.float64(x[r, c]) - np.float64(x[begin, c])
+                deviations[c] += deviation
+                squares[c] += deviation * deviation
+    for c in range(channels):
+        squares[c] -= deviations[c] * deviations[c] / count
+        deviations[c] = np.float64(x[begin, c]) + deviations[c] / count  # now the chunk's mean
 
 
 @parallel_jit
@@ -373,34 +364,6 @@ def _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_
         coefficients[6, c] = mean[c]
 
 
-@jit(fastmath=EXACT_FASTMATH)
-def _chunk_grad_sums(grad_y, x, mean, coefficients, relu, partial_dy, partial_dy_xhat, chunk):
-    # one chunk's partial sums of the masked gradient g and of g * (x - mean); views are taken here, not in the
-    # caller's prange body, where Numba 0.68 leaks them
-    rows, channels = x.shape
-    begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
-    sum_dy, sum_dy_xhat = partial_dy[chunk], partial_dy_xhat[chunk]
-    if _blocks_fit(x, partial_dy, mean) and partial_dy_xhat.shape[1] == channels and grad_y.shape == x.shape \
-            and coefficients.shape[1] >= channels:
-        sum_dy[:] = 0.0
-        sum_dy_xhat[:] = 0.0
-        for group in range(begin, end, _group_rows(channels)):
-            for c in range(0, channels, LANES):
-                _block_grad_sums(grad_y, x, group, min(group + _group_rows(channels), end), c, mean, coefficients,
-                                 relu, sum_dy, sum_dy_xhat)
-        return
-    for c in range(channels):
-        sum_dy[c] = 0.0
-        sum_dy_xhat[c] = 0.0
-    for r in range(begin, end):
-        for c in range(channels):
-            g = np.float64(grad_y[r, c])
-            if relu and not (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c] > 0:
-                g = 0.0
-            sum_dy[c] += g
-            sum_dy_xhat[c] += g * (np.float64(x[r, c]) - mean[c])
-
-
 @parallel_jit(fastmath=EXACT_FASTMATH)
 def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial_dy, partial_dy_xhat, sums,
                             coefficients, grad_x, grad_weight, grad_bias):
@@ -414,9 +377,27 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
     rows, channels = x.shape
     chunks = chunk_count(rows)
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
+    blocks = channels % LANES == 0 and grad_y.shape == x.shape and partial_dy.shape[1] == channels \
+        and partial_dy_xhat.shape[1] == channels and mean.shape[0] == channels and coefficients.shape[1] == channels
+    group_rows = max(GROUP_ELEMENTS // channels, 2)
     for chunk in prange(chunks):
-        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
-        _chunk_grad_sums(grad_y, x, mean, coefficients, relu, partial_dy, partial_dy_xhat, np.int64(chunk))
+        for c in range(channels):
+            partial_dy[chunk, c] = 0.0
+            partial_dy_xhat[chunk, c] = 0.0
+        begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
+        if blocks:
+            for group in range(begin, end, group_rows):
+                for c in range(0, channels, LANES):
+                    _block_grad_sums(grad_y, x, group, min(group + group_rows, end), c, mean, coefficients, relu,
+                                     partial_dy, partial_dy_xhat, chunk)
+            continue
+        for r in range(begin, end):
+            for c in range(channels):
+                g = np.float64(grad_y[r, c])
+                if relu and not (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c] > 0:
+                    g = 0.0
+                partial_dy[chunk, c] += g
+                partial_dy_xhat[chunk, c] += g * (np.float64(x[r, c]) - mean[c])
     _sum_chunks_into(partial_dy, chunks, sums[0])
     _sum_chunks_into(partial_dy_xhat, chunks, sums[1])
     _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_weight, grad_bias)
@@ -428,32 +409,6 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
                 grad_x[r, c] = coefficients[4, c] + centred
             else:
                 grad_x[r, c] = (grad_y[r, c] * coefficients[3, c] + coefficients[4, c]) + centred
-
-
-@jit(fastmath=EXACT_FASTMATH)
-def _chunk_masked_grad_sums(grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat, chunk):
-    # one chunk's masked gradient g (stored into grad_shortcut) and partial sums of g and of g * (x - mean)
-    rows, channels = x.shape
-    begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
-    sum_dy, sum_dy_xhat = partial_dy[chunk], partial_dy_xhat[chunk]
-    if _blocks_fit(x, partial_dy, mean) and partial_dy_xhat.shape[1] == channels and grad_y.shape == x.shape \
-            and y.shape == x.shape and grad_shortcut.shape == x.shape:
-        sum_dy[:] = 0.0
-        sum_dy_xhat[:] = 0.0
-        for group in range(begin, end, _group_rows(channels)):
-            for c in range(0, channels, LANES):
-                _block_masked_grad_sums(grad_y, y, x, group, min(group + _group_rows(channels), end), c, mean,
-                                        grad_shortcut, sum_dy, sum_dy_xhat)
-        return
-    for c in range(channels):
-        sum_dy[c] = 0.0
-        sum_dy_xhat[c] = 0.0
-    for r in range(begin, end):
-        for c in range(channels):
-            g = grad_y[r, c] if y[r, c] > 0 else 0
-            grad_shortcut[r, c] = g
-            sum_dy[c] += np.float64(g)
-            sum_dy_xhat[c] += np.float64(g) * (np.float64(x[r, c]) - mean[c])
 
 
 @parallel_jit(fastmath=EXACT_FASTMATH)
@@ -468,9 +423,27 @@ def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight, partial_dy,
     """
     rows, channels = x.shape
     chunks = chunk_count(rows)
+    blocks = channels % LANES == 0 and grad_y.shape == x.shape and y.shape == x.shape \
+        and grad_shortcut.shape == x.shape and partial_dy.shape[1] == channels \
+        and partial_dy_xhat.shape[1] == channels and mean.shape[0] == channels
+    group_rows = max(GROUP_ELEMENTS // channels, 2)
     for chunk in prange(chunks):
-        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
-        _chunk_masked_grad_sums(grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat, np.int64(chunk))
+        for c in range(channels):
+            partial_dy[chunk, c] = 0.0
+            partial_dy_xhat[chunk, c] = 0.0
+        begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
+        if blocks:
+            for group in range(begin, end, group_rows):
+                for c in range(0, channels, LANES):
+                    _block_masked_grad_sums(grad_y, y, x, group, min(group + group_rows, end), c, mean,
+                                            grad_shortcut, partial_dy, partial_dy_xhat, chunk)
+            continue
+        for r in range(begin, end):
+            for c in range(channels):
+                g = grad_y[r, c] if y[r, c] > 0 else 0
+                grad_shortcut[r, c] = g
+                partial_dy[chunk, c] += np.float64(g)
+                partial_dy_xhat[chunk, c] += np.float64(g) * (np.float64(x[r, c]) - mean[c])
     _sum_chunks_into(partial_dy, chunks, sums[0])
     _sum_chunks_into(partial_dy_xhat, chunks, sums[1])
     _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_weight, grad_bias)
