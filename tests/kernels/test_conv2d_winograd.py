@@ -251,6 +251,19 @@ def test_the_conv2d_entry_points_take_the_winograd_path_and_size_its_workspace()
         assert not conv2d.uses_winograd(*args), args
 
 
+def test_f4_runs_16_and_32_channel_passes_in_place_in_jobs_of_one_register_tile():
+    """The in-place CASES really are: no m scratch, jobs of 16 (16 channels) or 8 (32 channels) tiles; a pass whose
+    channel counts differ keeps m and shares each image's tiles evenly."""
+    f32 = np.dtype(np.float32)
+    for case, bands, band_tiles in ((CASES[9], 2, 16), (CASES[10], 2, 8), (CASES[0], 1, 0)):
+        batch, height, width, channels_in, channels_out, pad = case
+        out_hw = (height + 2 * pad - 2, width + 2 * pad - 2)
+        specs, details = conv2d_winograd4.plan(f32, (batch, height, width, channels_in), channels_out, out_hw,
+                                               conv2d_workspace.WORKSPACE_BYTES, False)
+        assert (details[0], details[2]) == (bands, band_tiles)
+        assert ("m" in dict((name, shape) for name, shape, _ in specs)) == (band_tiles == 0)
+
+
 def test_f4_matrices_give_the_convolution_exactly():
     """In float64, A^T [(G g G^T) . (B^T d B)] A is the 4x4 correlation of a 6x6 patch d with a 3x3 kernel g."""
     rng = np.random.default_rng(3)
