@@ -18,12 +18,20 @@ TOLERANCES = {
 }
 
 
-def compare_with_torch(cn_fn, torch_fn, arrays, dtype=np.float64, requires_grad=None, tolerances=None, seed=0):
+def _rms_at_least_one(array):
+    return max(1.0, float(np.sqrt(np.mean(np.square(array, dtype=np.float64)))))
+
+
+def compare_with_torch(cn_fn, torch_fn, arrays, dtype=np.float64, requires_grad=None, tolerances=None, seed=0,
+                       atol_per_rms=False):
     """Run cn_fn and torch_fn on Tensors made from the same arrays; compare outputs and input gradients.
 
     Float arrays become `dtype`; integer arrays (labels) are passed unchanged and never require grad.
     `requires_grad` is one bool per array (default: every float array). The backward pass uses the same random
     output gradient in both frameworks. Returns the cnnnumba output.
+    `atol_per_rms`: each absolute tolerance counts per unit of the RMS of the PyTorch array it is held against
+    (when that is above 1), for results whose rounding grows with the size of the values combined into each of
+    them rather than with the result itself (Winograd convolutions: each output mixes 36 transformed products).
     """
     rtol, atol, grad_rtol, grad_atol = tolerances or TOLERANCES[dtype]
     arrays = [np.asarray(a) for a in arrays]
@@ -37,7 +45,9 @@ def compare_with_torch(cn_fn, torch_fn, arrays, dtype=np.float64, requires_grad=
     expected = torch_out.detach().numpy()
     assert cn_out.shape == expected.shape, f"shape {cn_out.shape} != torch {expected.shape}"
     assert cn_out.dtype == expected.dtype, f"dtype {cn_out.dtype} != torch {expected.dtype}"
-    np.testing.assert_allclose(cn_out.data, expected, rtol=rtol, atol=atol, err_msg="forward differs from PyTorch")
+    scale = _rms_at_least_one if atol_per_rms else (lambda a: 1.0)
+    np.testing.assert_allclose(cn_out.data, expected, rtol=rtol, atol=atol * scale(expected),
+                               err_msg="forward differs from PyTorch")
     if any(requires_grad) and torch_out.requires_grad:
         projection = np.random.default_rng(seed).standard_normal(expected.shape).astype(expected.dtype)
         cn_out.backward(projection)
@@ -45,7 +55,9 @@ def compare_with_torch(cn_fn, torch_fn, arrays, dtype=np.float64, requires_grad=
         for position, (c, t) in enumerate(zip(cn_inputs, torch_inputs)):
             if t.requires_grad:
                 assert c.grad is not None, f"no gradient reached input {position}"
-                np.testing.assert_allclose(c.grad, t.grad.numpy(), rtol=grad_rtol, atol=grad_atol,
+                expected_grad = t.grad.numpy()
+                np.testing.assert_allclose(c.grad, expected_grad, rtol=grad_rtol,
+                                           atol=grad_atol * scale(expected_grad),
                                            err_msg=f"gradient of input {position} differs from PyTorch")
     return cn_out
 

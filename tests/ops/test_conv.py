@@ -36,8 +36,11 @@ def _case_arrays(x_shape, w_shape, seed=0):
 @pytest.mark.parametrize("x_shape, w_shape, options", CASES)
 def test_matches_torch(x_shape, w_shape, options, dtype):
     arrays = _case_arrays(x_shape, w_shape)
+    # standard-normal weights give outputs of RMS ~12 at 16 channels; 3x3 layers reducing over 16-32 channels take
+    # Winograd F(4x4), whose rounding is ~5e-6 of that RMS (README, Performance): the absolute tolerance scales with it
     compare_with_torch(lambda x, w, b: F.conv2d(x, w, b, **options),
-                       lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **options), arrays, dtype=dtype)
+                       lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **options), arrays, dtype=dtype,
+                       atol_per_rms=True)
 
 
 @requires_torch
