@@ -7,8 +7,13 @@ from numba.core.cpu import ParallelOptions
 from .._config import recover_corrupt_cache_entries
 
 # fastmath without nnan/ninf: NaN and Inf must survive max-pooling, losses and anomaly checks.
+# Without reassoc: a kernel that calls another carries a copy of the callee's code, optimised again with the caller,
+# and which copy a call reaches depends on what the process compiled or loaded first. With reassociation allowed,
+# the copies summed in different orders, so a process that compiled its kernels and one that loaded them from the
+# cache trained to different weights from one seed (tests/reliability/test_determinism.py). The hot loops keep
+# their order explicitly (register-tile intrinsics), so this costs them nothing.
 # Numba accepts only a plain set (not a frozenset) for fastmath, hence the set(...) copies below.
-FASTMATH = frozenset({"contract", "arcp", "reassoc", "nsz"})
+FASTMATH = frozenset({"contract", "arcp", "nsz"})
 
 # Parallel kernels parallelise their explicit prange loops and nothing else. With parallel=True Numba also turns
 # every array expression, np.zeros/np.empty_like/astype, slice assignment (`row[:] = 0`) and in-place array
