@@ -29,9 +29,9 @@ def add_parser(commands):
                        help="training step and/or inference (default: both)")
     bench.add_argument("--steps", type=positive_int, help="timed steps; the median is reported (default: 20)")
     bench.add_argument("--warmup", type=non_negative_int, help="untimed steps after the first (default: 3)")
-    bench.add_argument("--rounds", type=positive_int, default=1,
+    bench.add_argument("--rounds", type=positive_int,
                        help="run everything this many times, interleaved, and keep for each run the round with "
-                            "the least outside load (for shared machines; default: 1)")
+                            "the least outside load (for shared machines; default: 1, 3 with --scaling)")
     bench.add_argument("--threads", type=positive_int, help="threads for every framework (default: all cores)")
     bench.add_argument("--eager", action="store_true",
                        help="run cnnnumba eagerly even where graph capture exists; with --profile, profile the eager "
@@ -44,6 +44,10 @@ def add_parser(commands):
                        help="instead of the comparison, break one captured training step into its graph nodes "
                             "(forward and backward ms, GFLOP/s, %% of peak), the fused update and the executor's "
                             "own time outside the nodes (--profile --eager: the eager step, op by op)")
+    bench.add_argument("--scaling", action="store_true",
+                       help="instead of the comparison, time cnnnumba on 1 thread and on --threads (default: all "
+                            "cores) back to back in each round, NumPy's sgemm likewise, and report the speed-up "
+                            "(the median over rounds of each round's ratio)")
     bench.add_argument("--seed", type=non_negative_int, default=0, help="weights and batches (default: 0)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a bar chart PNG (needs matplotlib)")
@@ -59,8 +63,14 @@ def settings_from(args, parser):
     if threads > numba.config.NUMBA_NUM_THREADS:
         parser.error(f"argument --threads: expected at most {numba.config.NUMBA_NUM_THREADS} (the threads Numba "
                      f"can start), but got {threads}")
-    if args.plot and args.profile:
-        parser.error("argument --plot: the plot shows the comparison; leave it out with --profile")
+    if args.scaling and args.profile:
+        parser.error("argument --scaling: --profile and --scaling are separate runs; give one of them")
+    if args.scaling and threads < 2:
+        parser.error(f"argument --scaling: compares 1 thread with more, but --threads is {threads}"
+                     + ("" if args.threads else " (Numba started 1 thread: set NUMBA_NUM_THREADS)"))
+    if args.plot and (args.profile or args.scaling):
+        parser.error(f"argument --plot: the plot shows the comparison; leave it out with "
+                     f"{'--profile' if args.profile else '--scaling'}")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         parser.error("argument --plot: matplotlib is not installed (pip install matplotlib)")
     for option, path in (("--json", args.json), ("--plot", args.plot)):
@@ -70,8 +80,8 @@ def settings_from(args, parser):
     return {"models": args.models or default_models, "batch_sizes": args.batch_sizes or base["batch_sizes"],
             "modes": args.modes or base["modes"], "steps": args.steps or base["steps"],
             "warmup": base["warmup"] if args.warmup is None else args.warmup, "threads": threads,
-            "rounds": args.rounds, "eager": args.eager, "no_torch": args.no_torch, "torch_compile": args.torch_compile,
-            "quick": args.quick, "seed": args.seed, "distinct_batches": 4, "peak_size": base["peak_size"],
+            "rounds": args.rounds or (3 if args.scaling else 1), "eager": args.eager, "no_torch": args.no_torch,
+            "torch_compile": args.torch_compile, "quick": args.quick, "seed": args.seed, "distinct_batches": 4, "peak_size": base["peak_size"],
             "peak_repeats": base["peak_repeats"]}
 
 
@@ -83,6 +93,11 @@ def run(args, parser):
         document = harness.run_profile(settings)
         print(report.profile_table(document))
         failed = document["profile"]["status"] != "ok"
+    elif args.scaling:
+        document = harness.run_scaling(settings)
+        print()
+        print(report.scaling_table(document))
+        failed = any(record["status"] != "ok" for record in document["scaling"])
     else:
         document = harness.run_comparison(settings)
         print()

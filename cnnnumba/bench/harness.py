@@ -276,6 +276,70 @@ def _progress_line(record):
             f"others busy {record['other_load_cores'] or 0:.2f} cores")
 
 
+def _scaling_run(group, threads, settings):
+    """One run of a --scaling group on `threads` threads: (seconds of its work, None) or (None, error)."""
+    model, batch_size, mode = group
+    if model == "sgemm":
+        result = run_worker({"kind": "peak", "size": settings["peak_size"], "repeats": settings["peak_repeats"]},
+                            threads)
+        seconds = 2 * result["size"] ** 3 / (result["gflops"] * 1e9) if result["status"] == "ok" else None
+    else:
+        spec = {"kind": "model", "framework": "cnnnumba", "variant": None, "model": model, "batch_size": batch_size,
+                "mode": mode, "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"],
+                "eager": settings["eager"], "distinct_batches": settings["distinct_batches"], "threads": threads}
+        result = run_worker(spec, threads)
+        seconds = statistics.median(result["step_ms"]) / 1e3 if result["status"] == "ok" else None
+    return seconds, result.get("error"), result.get("other_load_cores")
+
+
+def _scaling_summary(group, rounds, threads):
+    """The record of one --scaling group from its rounds: each round's speed-up (1-thread time over the
+    `threads`-thread time of the same round) and their median; rounds where either run failed are left out."""
+    import numpy as np
+
+    model, batch_size, mode = group
+    paired = [r for r in rounds if r["seconds"]["1"] is not None and r["seconds"][str(threads)] is not None]
+    record = {"model": model, "batch_size": batch_size, "mode": mode, "threads": [1, threads], "rounds": rounds,
+              "status": "ok" if paired else "failed"}
+    if not paired:
+        record["error"] = next((r["error"] for r in rounds if r.get("error")), "no round succeeded")
+        return record
+    speedups = [r["seconds"]["1"] / r["seconds"][str(threads)] for r in paired]
+    record.update(speedup_by_round=speedups, speedup=float(np.median(speedups)),
+                  seconds={key: float(np.median([r["seconds"][key] for r in paired])) for key in ("1", str(threads))},
+                  other_load_cores=max(r["other_load_cores"] or 0.0 for r in paired))
+    return record
+
+
+def run_scaling(settings, log=print):
+    """cnnnumba's training step or inference on 1 thread and on settings["threads"], and NumPy's sgemm likewise
+    (what the machine itself gives), the two counts back to back in each round, in turn first; the speed-up is
+    taken round by round and its median reported. Returns the JSON document."""
+    threads = settings["threads"]
+    document = _header(settings, {"status": "not measured"})
+    groups = [("sgemm", settings["peak_size"], None)] + [(model, batch_size, mode) for model in settings["models"]
+                                                         for batch_size in settings["batch_sizes"]
+                                                         for mode in settings["modes"]]
+    rounds = {group: [] for group in groups}
+    for round_index in range(settings["rounds"]):
+        for group in groups:
+            seconds, errors, loads = {}, [], []
+            for count in (1, threads) if round_index % 2 == 0 else (threads, 1):
+                seconds[str(count)], error, load = _scaling_run(group, count, settings)
+                errors.append(error)
+                loads.append(load)
+                where = f"{group[0]} " + (f"{group[1]}x{group[1]}" if group[0] == "sgemm" else
+                                          f"batch {group[1]} {group[2]}")
+                log(f"  {where}, {count} thread(s), round {round_index + 1}: "
+                    + (f"{seconds[str(count)] * 1e3:.2f} ms" if seconds[str(count)] is not None else
+                       f"FAILED ({error})"))
+            rounds[group].append({"round": round_index + 1, "seconds": seconds,
+                                  "error": next((e for e in errors if e), None),
+                                  "other_load_cores": max((load or 0.0 for load in loads), default=None)})
+    document["scaling"] = [_scaling_summary(group, rounds[group], threads) for group in groups]
+    return document
+
+
 def run_profile(settings, log=print):
     """One cnnnumba training step broken into its graph nodes (captured, the default) or its ops (eager);
     returns the JSON document."""

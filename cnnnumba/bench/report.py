@@ -58,6 +58,40 @@ def comparison_table(document):
     return "\n".join(lines)
 
 
+def scaling_table(document):
+    """One row per model × batch × mode: time on 1 thread and on more, and the speed-up; NumPy's sgemm below."""
+    threads = document["threads"]
+    headers = ["model", "batch", "mode", "1 thread ms", f"{threads} threads ms", "speed-up", "rounds",
+               "others"]
+    rows, sgemm = [], None
+    for record in document["scaling"]:
+        if record["model"] == "sgemm":
+            sgemm = record
+            continue
+        head = [record["model"], record["batch_size"], record["mode"]]
+        if record["status"] != "ok":
+            rows.append(head + ["failed: " + record["error"][:60]] + [""] * 4)
+            continue
+        by_round = record["speedup_by_round"]
+        milliseconds = [_number(record["seconds"][key] * 1e3, 2) for key in ("1", str(threads))]
+        rows.append(head + milliseconds + [f"{record['speedup']:.2f}", f"{min(by_round):.2f}-{max(by_round):.2f}",
+                                           _number(record["other_load_cores"], 2)])
+    lines = [_render(headers, rows, 3), ""]
+    if sgemm is not None and sgemm["status"] == "ok":
+        size, by_round = sgemm["batch_size"], sgemm["speedup_by_round"]
+        gflops = {key: 2 * size ** 3 / seconds / 1e9 for key, seconds in sgemm["seconds"].items()}
+        lines.append(f"NumPy float32 sgemm ({size}²) in the same rounds: {gflops['1']:.1f} GFLOP/s on 1 thread, "
+                     f"{gflops[str(threads)]:.1f} on {threads}: speed-up {sgemm['speedup']:.2f} "
+                     f"({min(by_round):.2f}-{max(by_round):.2f}), what the machine gives a tuned BLAS.")
+    elif sgemm is not None:
+        lines.append(f"NumPy float32 sgemm: failed ({sgemm['error']})")
+    lines += [f"speed-up = the 1-thread time over the {threads}-thread time of the same round (the two runs follow "
+              f"each other, in turn first), median of {document['settings']['rounds']} round(s); rounds = its "
+              f"range; ms = medians over rounds of the median of {document['settings']['steps']} timed steps;",
+              "others = the most cores other processes kept busy during a round's runs."]
+    return "\n".join(lines)
+
+
 def profile_table(document):
     """One row per op (eager) or graph node (captured) and phase of the profiled training step, then the optimizer,
     the rest and the total."""

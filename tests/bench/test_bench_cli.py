@@ -153,6 +153,9 @@ def test_profile_breaks_the_captured_step_into_graph_nodes(tmp_path):
     (["--modes", "predict"], "invalid choice: 'predict'"),
     (["--rounds", "0"], "--rounds: expected a positive integer, but got 0"),
     (["--profile", "--plot", "x.png"], "--plot: the plot shows the comparison"),
+    (["--scaling", "--plot", "x.png"], "--plot: the plot shows the comparison; leave it out with --scaling"),
+    (["--scaling", "--profile"], "--scaling: --profile and --scaling are separate runs"),
+    (["--scaling", "--threads", "1"], "--scaling: compares 1 thread with more, but --threads is 1"),
     (["--json", "/no/such/folder/out.json"], "--json: the folder of /no/such/folder/out.json does not exist"),
 ])
 def test_bad_arguments_exit_2(capsys, arguments, message):
@@ -225,3 +228,61 @@ def test_flops_are_counted_after_the_first_cnnnumba_step_not_before_it(monkeypat
     document = harness.run_comparison(settings, log=lambda line: None)
     assert "parent trace" not in events
     assert [r["flops_per_step"] for r in document["records"]] == [4 * 3_000_000, 4 * 1_000_000]
+
+
+def test_scaling_pairs_each_round_s_thread_counts_alternating_which_runs_first(monkeypatch):
+    """The speed-up divides the 1-thread time by the other's from the same round (the VM's speed drifts between
+    rounds), in turn first so a drift within a round does not always favour one count; a round where either run
+    failed is left out."""
+    from cnnnumba.bench import harness, report
+
+    calls = []
+    times = {(1, 1): 90.0, (1, 2): 50.0, (2, 1): 60.0, (2, 2): 40.0, (3, 1): 80.0, (3, 2): None}
+
+    def fake_worker(spec, threads):
+        round_index = 1 + sum(1 for call in calls if call[:2] == (spec["kind"], threads))
+        calls.append((spec["kind"], threads, round_index))
+        if spec["kind"] == "peak":
+            return {"status": "ok", "size": 100, "gflops": 10.0 * threads, "other_load_cores": 0.0}
+        milliseconds = times[(round_index, threads)]
+        if milliseconds is None:
+            return {"status": "failed", "error": "boom", "other_load_cores": 0.1}
+        return {"status": "ok", "step_ms": [milliseconds, milliseconds + 1.0, milliseconds - 1.0],
+                "other_load_cores": 0.05 * round_index}
+
+    monkeypatch.setattr(harness, "run_worker", fake_worker)
+    settings = {"models": ["cifar-cnn"], "batch_sizes": [64], "modes": ["train"], "steps": 3, "warmup": 0,
+                "rounds": 3, "threads": 2, "eager": False, "seed": 0, "distinct_batches": 1, "peak_size": 100,
+                "peak_repeats": 1}
+    document = harness.run_scaling(settings, log=lambda line: None)
+    model_calls = [(threads, round_index) for kind, threads, round_index in calls if kind == "model"]
+    assert model_calls == [(1, 1), (2, 1), (2, 2), (1, 2), (1, 3), (2, 3)]
+    sgemm, cifar = document["scaling"]
+    assert sgemm["model"] == "sgemm" and sgemm["speedup_by_round"] == [2.0, 2.0, 2.0]
+    assert cifar["status"] == "ok" and cifar["threads"] == [1, 2]
+    assert cifar["speedup_by_round"] == pytest.approx([1.8, 1.5])  # round 3's 2-thread run failed
+    assert cifar["speedup"] == pytest.approx(1.65)
+    assert cifar["seconds"] == pytest.approx({"1": 0.075, "2": 0.045})
+    table = report.scaling_table(document)
+    assert "cifar-cnn" in table and "1.65" in table and "1.50-1.80" in table
+    assert "speed-up 2.00" in table  # sgemm
+
+
+@pytest.mark.slow
+def test_scaling_reports_the_speed_up_of_a_real_run(tmp_path):
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread: nothing to scale to")
+    path = tmp_path / "scaling.json"
+    finished = _bench(["--scaling", "--models", "lenet5", "--batch-size", "4", "--modes", "train", "--steps", "2",
+                       "--warmup", "0", "--rounds", "1", "--threads", "2", "--json", str(path)])
+    assert finished.returncode == 0, finished.stderr
+    assert "speed-up" in finished.stdout and "NumPy float32 sgemm" in finished.stdout
+    document = json.loads(path.read_text())
+    assert document["threads"] == 2
+    sgemm, lenet = document["scaling"]
+    assert lenet["model"] == "lenet5" and lenet["status"] == "ok" and lenet["threads"] == [1, 2]
+    assert lenet["seconds"]["1"] > 0 and lenet["seconds"]["2"] > 0
+    assert lenet["speedup"] == pytest.approx(lenet["seconds"]["1"] / lenet["seconds"]["2"])
+    assert sgemm["status"] == "ok" and sgemm["speedup"] > 0
