@@ -272,6 +272,10 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
     slots = vs.shape[0]
     v, m, patch, row = vs[slot], ms[slot], patches[slot], rows[slot]
+    # the GEMMs' m and u as 6 x 6 positions (the tiles address them by flat offsets): the operand types of the
+    # direct path's and F(2x2)'s forward tiles, so _run_forward_tile compiles no signature for this path alone
+    m_tiles = m.reshape(PATCH, PATCH, m.shape[1], m.shape[2])
+    u_tiles = u.reshape(PATCH, PATCH, u.shape[1], u.shape[2])
     tiles_w = (out_w + TILE - 1) // TILE
     tiles = (out_h + TILE - 1) // TILE * tiles_w
     v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[2] * channels_out, channels_in * channels_out
@@ -306,9 +310,10 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
                 co = min(co_block, channels_out - tile_channels)
                 for t_block in range(0, gemm_rows, tile_rows):
                     t = min(t_block, gemm_rows - tile_rows)
-                    direct._run_forward_tile(kind, m, p * m_step + t * channels_out + co, channels_out, zero, zero, v,
-                                             p * v_step + t * channels_in, channels_in, u, p * u_step + co,
-                                             zero_bias, co, one, one, zero, zero, zero, channels_in, channels_out)
+                    direct._run_forward_tile(kind, m_tiles, p * m_step + t * channels_out + co, channels_out, zero,
+                                             zero, v, p * v_step + t * channels_in, channels_in, u_tiles,
+                                             p * u_step + co, zero_bias, co, one, one, zero, zero, zero, channels_in,
+                                             channels_out)
         for t in range(count):
             tile = first + t
             top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE

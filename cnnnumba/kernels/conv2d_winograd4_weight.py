@@ -78,7 +78,7 @@ def transform_grad_tiles(grad_out, n, first_tile, tiles, tiles_w, z, z_offset, p
 @jit
 def inverse_transform_weight_grad(summed, out):
     """out (3, 3, C_in, C_out) = G^T s G for each (C_in, C_out) pair, s the 6x6 products summed over tiles, held in
-    summed (36, C_in, C_out); formed in float64 and rounded once. One pair at a time: this runs once per pass, on
+    summed (6, 6, C_in, C_out); formed in float64 and rounded once. One pair at a time: this runs once per pass, on
     layers of at most 32 x 32 channels (conv2d_winograd4.MAX_REDUCTION), where it costs microseconds."""
     pairs = out.shape[2] * out.shape[3]
     s = summed.reshape(POSITIONS, pairs)
@@ -146,7 +146,7 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, geometry):
 
 
 def weight_gradient(x, grad_out, partials, vs, zs, geometry):
-    """partials[chunk] (36, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
+    """partials[chunk] (6, 6, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
     vs (slots, 37, tiles per job + 1, C_in) and zs (slots, 36 * (tiles per job + 1) * C_out) are the slots'
     scratch; geometry starts (pad_top, pad_left, tiles_w, tiles per image)."""
     run_slots(_weight_slot, vs.shape[0], x, grad_out, partials, vs, zs, geometry)

@@ -192,7 +192,10 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budge
     tiles_w = -(-out_w // tile)
     tiles_per_image = -(-out_h // tile) * tiles_w
     total = batch * tiles_per_image
-    partial = (positions, channels_in, channels_out) if f4 else (PATCH, PATCH, channels_in, channels_out)
+    # F(4x4)'s 36 positions as 6 x 6, as F(2x2)'s 16 are 4 x 4: the partials then have one type on both paths, so
+    # sum_partials and the weight tiles compile one signature between them
+    side = conv2d_winograd4.PATCH if f4 else PATCH
+    partial = (side, side, channels_in, channels_out)
     half = budget // 2
     wanted = max(2, min(MAX_CHUNKS, total // TILES_PER_CHUNK) // 2 * 2)
     chunks = int(max(1, min(wanted, total, half // spec_bytes(partial, dtype))))
