@@ -17,9 +17,24 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
+from ._slots import run_slots
 from ._vector import INDEX, LANES, element_pointer
 from .elementwise import CHUNK as ELEMENT_CHUNK
 from .norm import EXACT_FASTMATH, ROWS_PER_CHUNK
+
+
+# The statistics, batch norm + ReLU forward and its backward run their chunk and row loops as slot functions
+# (kernels/_slots.py), not prange kernels: a prange kernel compiles its loop body again in the gufunc and again
+# when linking it (the backward: 2.6-2.8 s cold as a prange kernel, 1.0-1.5 s as plain functions). Row passes
+# split into at most ROW_SLOTS contiguous slots, chunk passes into one slot per chunk.
+ROW_SLOTS = 64
+
+
+def _run_in_slots(slot_function, jobs, *arguments):
+    """slot_function(slot, slots, *arguments) over min(jobs, ROW_SLOTS) slots, each taking a contiguous share of
+    the jobs (no sum crosses a slot, so the split changes no result)."""
+    slots = max(1, min(int(jobs), ROW_SLOTS))
+    run_slots(slot_function, slots, slots, *arguments)
 
 
 @jit
@@ -37,9 +52,9 @@ def chunk_count(rows):
 # counted from the group's first, so that consecutive rows do not wait on each other's additions, added together
 # and to the sums so far at the end. That order depends on the chunk alone, so the results do not depend on the
 # thread count. The arrays are C-contiguous (the typing refuses other layouts), and the callers check that every
-# block lies inside every array it touches before taking this path. The backward kernels call them straight from
-# their prange bodies: through a jitted per-chunk helper, the helper's code was compiled once more (its own library,
-# then the gufunc, then the kernel), about 1 s more of a cold cifar-cnn step.
+# block lies inside every array it touches before taking this path. The prange kernels below call them straight
+# from their prange bodies: through a jitted per-chunk helper, the helper's code was compiled once more (its own
+# library, then the gufunc, then the kernel).
 # ---------------------------------------------------------------------------------------------------------
 
 def _all_c_contiguous(*arrays):
@@ -289,20 +304,18 @@ def _chunk_moments(x, partials, chunk):
         deviations[c] = np.float64(x[begin, c]) + deviations[c] / count  # now the chunk's mean
 
 
-@parallel_jit
-def batch_norm_statistics(x, eps, partials, mean, variance, invstd):
-    """Per-channel float64 mean, biased variance and 1 / sqrt(variance + eps) of x (rows, C), one pass over x.
+@jit
+def _moments_slot(slot, slots, x, partials):
+    """_chunk_moments of the slot's share of the chunks (run by kernels/_slots.run_slots)."""
+    chunks = chunk_count(x.shape[0])
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+        _chunk_moments(x, partials, chunk)
 
-    partials is a (2, chunk_count(rows), C) float64 scratch, left holding each chunk's mean and sum of squared
-    deviations from its mean. The chunks combine in chunk order by Chan, Golub and LeVeque's formula for the
-    squared deviations of a union of groups, sum_k (M2_k + n_k (mean_k - mean)^2): every term is non-negative, so
-    no cancellation there either.
-    """
-    rows, channels = x.shape
+
+@jit
+def _combine_moments(rows, eps, partials, mean, variance, invstd):
     chunks = chunk_count(rows)
-    for chunk in prange(chunks):
-        # np.int64: a prange index is uint64 inside the gufunc, which would compile the helper a second time
-        _chunk_moments(x, partials, np.int64(chunk))
+    channels = mean.shape[0]
     for c in range(channels):
         mean[c] = 0.0
         variance[c] = 0.0
@@ -322,6 +335,19 @@ def batch_norm_statistics(x, eps, partials, mean, variance, invstd):
         invstd[c] = 1.0 / np.sqrt(variance[c] + eps)
 
 
+def batch_norm_statistics(x, eps, partials, mean, variance, invstd):
+    """Per-channel float64 mean, biased variance and 1 / sqrt(variance + eps) of x (rows, C), one pass over x.
+
+    partials is a (2, chunk_count(rows), C) float64 scratch, left holding each chunk's mean and sum of squared
+    deviations from its mean. The chunks combine in chunk order by Chan, Golub and LeVeque's formula for the
+    squared deviations of a union of groups, sum_k (M2_k + n_k (mean_k - mean)^2): every term is non-negative, so
+    no cancellation there either.
+    """
+    rows = x.shape[0]
+    _run_in_slots(_moments_slot, chunk_count(rows), x, partials)
+    _combine_moments(rows, float(eps), partials, mean, variance, invstd)
+
+
 @jit
 def _normalize_coefficients(mean, invstd, weight, bias, coefficients):
     # the per-channel centre, scale and shift rounded to x's dtype, in rows 0-2 of coefficients; the forward and
@@ -332,21 +358,26 @@ def _normalize_coefficients(mean, invstd, weight, bias, coefficients):
         coefficients[2, c] = bias[c]
 
 
-@parallel_jit(fastmath=EXACT_FASTMATH)
+@jit(fastmath=EXACT_FASTMATH)
+def _normalize_rows_slot(slot, slots, x, coefficients, relu, out):
+    """The slot's share of batch_norm_act_forward's rows (run by kernels/_slots.run_slots)."""
+    rows, channels = x.shape
+    for r in range(slot * rows // slots, (slot + 1) * rows // slots):
+        for c in range(channels):
+            value = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
+            if relu and value <= 0:
+                value = 0
+            out[r, c] = value
+
+
 def batch_norm_act_forward(x, mean, invstd, weight, bias, relu, coefficients, out):
     """out = (x - mean) * invstd * weight + bias per channel, then max(., 0) when relu (NaN kept).
 
     coefficients is a scratch of x's dtype with at least 3 rows of C: the per-channel centre, scale and shift
     rounded to x's dtype exactly as the unfused kernel rounds them.
     """
-    rows, channels = x.shape
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    for r in prange(rows):
-        for c in range(channels):
-            value = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
-            if relu and value <= 0:
-                value = 0
-            out[r, c] = value
+    _run_in_slots(_normalize_rows_slot, x.shape[0], x, coefficients, bool(relu), out)
 
 
 @jit
@@ -364,23 +395,16 @@ def _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_
         coefficients[6, c] = mean[c]
 
 
-@parallel_jit(fastmath=EXACT_FASTMATH)
-def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial_dy, partial_dy_xhat, sums,
-                            coefficients, grad_x, grad_weight, grad_bias):
-    """Gradients of training-mode batch norm (through the batch statistics) followed by ReLU when relu.
-
-    The ReLU mask is recomputed from x (pre-activation > 0, the pre-activation computed as batch_norm_act_forward
-    computes it, bit for bit: same coefficients, same operations, no contraction), so neither the output nor the
-    masked gradient is read or stored: two passes that read grad_y and x. bias is only read for that mask.
-    sums is a (2, C) float64 scratch and coefficients a (7, C) scratch of x's dtype.
-    """
+@jit(fastmath=EXACT_FASTMATH)
+def _backward_sums_slot(slot, slots, grad_y, x, mean, coefficients, relu, partial_dy, partial_dy_xhat):
+    """batch_norm_act_backward's per-chunk sums of the (masked) gradient and of it times x - mean, for the slot's
+    share of the chunks (run by kernels/_slots.run_slots)."""
     rows, channels = x.shape
     chunks = chunk_count(rows)
-    _normalize_coefficients(mean, invstd, weight, bias, coefficients)
     blocks = channels % LANES == 0 and grad_y.shape == x.shape and partial_dy.shape[1] == channels \
         and partial_dy_xhat.shape[1] == channels and mean.shape[0] == channels and coefficients.shape[1] == channels
     group_rows = max(GROUP_ELEMENTS // channels, 2)
-    for chunk in prange(chunks):
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         for c in range(channels):
             partial_dy[chunk, c] = 0.0
             partial_dy_xhat[chunk, c] = 0.0
@@ -398,10 +422,22 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
                     g = 0.0
                 partial_dy[chunk, c] += g
                 partial_dy_xhat[chunk, c] += g * (np.float64(x[r, c]) - mean[c])
+
+
+@jit
+def _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd, weight, coefficients, grad_weight,
+                          grad_bias):
+    chunks = chunk_count(rows)
     _sum_chunks_into(partial_dy, chunks, sums[0])
     _sum_chunks_into(partial_dy_xhat, chunks, sums[1])
     _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_weight, grad_bias)
-    for r in prange(rows):
+
+
+@jit(fastmath=EXACT_FASTMATH)
+def _backward_rows_slot(slot, slots, grad_y, x, coefficients, relu, grad_x):
+    """The slot's share of batch_norm_act_backward's rows of grad_x (run by kernels/_slots.run_slots)."""
+    rows, channels = x.shape
+    for r in range(slot * rows // slots, (slot + 1) * rows // slots):
         for c in range(channels):
             centred = (x[r, c] - coefficients[6, c]) * coefficients[5, c]
             if relu and not (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c] > 0:
@@ -409,6 +445,25 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
                 grad_x[r, c] = coefficients[4, c] + centred
             else:
                 grad_x[r, c] = (grad_y[r, c] * coefficients[3, c] + coefficients[4, c]) + centred
+
+
+def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial_dy, partial_dy_xhat, sums,
+                            coefficients, grad_x, grad_weight, grad_bias):
+    """Gradients of training-mode batch norm (through the batch statistics) followed by ReLU when relu.
+
+    The ReLU mask is recomputed from x (pre-activation > 0, the pre-activation computed as batch_norm_act_forward
+    computes it, bit for bit: same coefficients, same operations, no contraction), so neither the output nor the
+    masked gradient is read or stored: two passes that read grad_y and x. bias is only read for that mask.
+    sums is a (2, C) float64 scratch and coefficients a (7, C) scratch of x's dtype.
+    """
+    rows = x.shape[0]
+    relu = bool(relu)
+    _normalize_coefficients(mean, invstd, weight, bias, coefficients)
+    _run_in_slots(_backward_sums_slot, chunk_count(rows), grad_y, x, mean, coefficients, relu, partial_dy,
+                  partial_dy_xhat)
+    _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd, weight, coefficients, grad_weight,
+                          grad_bias)
+    _run_in_slots(_backward_rows_slot, rows, grad_y, x, coefficients, relu, grad_x)
 
 
 @parallel_jit(fastmath=EXACT_FASTMATH)

@@ -1,6 +1,7 @@
 """The kernel decorators' compile options, and kernels that must compile once for the eager and captured paths."""
 import re
 
+import numba
 import numpy as np
 import pytest
 from numba import prange
@@ -63,7 +64,7 @@ def test_eager_and_captured_steps_call_each_shared_kernel_with_one_signature(dty
         kernel = getattr(module, name)
 
         def recording(*args, kernel=kernel, name=name):
-            used[name].add(tuple(kernel.typeof_pyval(a) for a in args))
+            used[name].add(tuple(numba.typeof(a) for a in args))
             return kernel(*args)
 
         monkeypatch.setattr(module, name, recording)
