@@ -277,7 +277,8 @@ def _progress_line(record):
 
 
 def _scaling_run(group, threads, settings):
-    """One run of a --scaling group on `threads` threads: (seconds of its work, None) or (None, error)."""
+    """One run of a --scaling group on `threads` threads: (seconds of its step or matmul, or None when it failed,
+    its error or None, the cores other processes kept busy meanwhile)."""
     model, batch_size, mode = group
     if model == "sgemm":
         result = run_worker({"kind": "peak", "size": settings["peak_size"], "repeats": settings["peak_repeats"]},
@@ -335,7 +336,7 @@ def run_scaling(settings, log=print):
                        f"FAILED ({error})"))
             rounds[group].append({"round": round_index + 1, "seconds": seconds,
                                   "error": next((e for e in errors if e), None),
-                                  "other_load_cores": max((load or 0.0 for load in loads), default=None)})
+                                  "other_load_cores": max(load or 0.0 for load in loads)})
     document["scaling"] = [_scaling_summary(group, rounds[group], threads) for group in groups]
     return document
 
