@@ -144,3 +144,16 @@ def run_slots(slot_function, slots, *arguments):
         _launch_threads()
         address = _ADDRESSES[key] = _slot_address(slot_function, arguments)
     _launch(address, slots, *arguments)
+
+
+# Kernels whose slots each take a contiguous share of their jobs split them into at most this many slots: enough
+# that any thread count here gets an even split, few enough that a share is not a sliver.
+SHARE_SLOTS = 64
+
+
+def run_shares(slot_function, jobs, *arguments):
+    """slot_function(slot, slots, *arguments) for slot in range(slots), slots = min(jobs, SHARE_SLOTS) (at least
+    1), each slot taking a contiguous share of the jobs; where no sum crosses a share, the split changes no
+    result."""
+    slots = max(1, min(int(jobs), SHARE_SLOTS))
+    run_slots(slot_function, slots, slots, *arguments)

@@ -17,24 +17,16 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
-from ._slots import run_slots
+from ._slots import run_shares
 from ._vector import INDEX, LANES, element_pointer
 from .elementwise import CHUNK as ELEMENT_CHUNK
 from .norm import EXACT_FASTMATH, ROWS_PER_CHUNK
 
 
 # The statistics, batch norm + ReLU forward and its backward run their chunk and row loops as slot functions
-# (kernels/_slots.py), not prange kernels: a prange kernel compiles its loop body again in the gufunc and again
-# when linking it (the backward: 2.6-2.8 s cold as a prange kernel, 1.0-1.5 s as plain functions). Row passes
-# split into at most ROW_SLOTS contiguous slots, chunk passes into one slot per chunk.
-ROW_SLOTS = 64
-
-
-def _run_in_slots(slot_function, jobs, *arguments):
-    """slot_function(slot, slots, *arguments) over min(jobs, ROW_SLOTS) slots, each taking a contiguous share of
-    the jobs (no sum crosses a slot, so the split changes no result)."""
-    slots = max(1, min(int(jobs), ROW_SLOTS))
-    run_slots(slot_function, slots, slots, *arguments)
+# over contiguous shares of the chunks or rows (kernels/_slots.run_shares), not prange kernels: a prange kernel
+# compiles its loop body again in the gufunc and again when linking it (the backward: 2.6-2.8 s cold as a prange
+# kernel, 1.0-1.5 s as plain functions).
 
 
 @jit
@@ -344,7 +336,7 @@ def batch_norm_statistics(x, eps, partials, mean, variance, invstd):
     no cancellation there either.
     """
     rows = x.shape[0]
-    _run_in_slots(_moments_slot, chunk_count(rows), x, partials)
+    run_shares(_moments_slot, chunk_count(rows), x, partials)
     _combine_moments(rows, float(eps), partials, mean, variance, invstd)
 
 
@@ -377,7 +369,7 @@ def batch_norm_act_forward(x, mean, invstd, weight, bias, relu, coefficients, ou
     rounded to x's dtype exactly as the unfused kernel rounds them.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    _run_in_slots(_normalize_rows_slot, x.shape[0], x, coefficients, bool(relu), out)
+    run_shares(_normalize_rows_slot, x.shape[0], x, coefficients, bool(relu), out)
 
 
 @jit
@@ -459,11 +451,11 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
     rows = x.shape[0]
     relu = bool(relu)
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    _run_in_slots(_backward_sums_slot, chunk_count(rows), grad_y, x, mean, coefficients, relu, partial_dy,
+    run_shares(_backward_sums_slot, chunk_count(rows), grad_y, x, mean, coefficients, relu, partial_dy,
                   partial_dy_xhat)
     _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd, weight, coefficients, grad_weight,
                           grad_bias)
-    _run_in_slots(_backward_rows_slot, rows, grad_y, x, coefficients, relu, grad_x)
+    run_shares(_backward_rows_slot, rows, grad_y, x, coefficients, relu, grad_x)
 
 
 @parallel_jit(fastmath=EXACT_FASTMATH)

@@ -18,7 +18,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._jit import jit, parallel_jit
-from ._slots import run_slots
+from ._slots import run_shares
 from ._vector import INDEX, LANES, element_pointer, lane_mask, masked_load, masked_store, splat
 
 
@@ -39,16 +39,13 @@ FEW_CHANNELS = 16
 # than it saves on a pass this short when the cores are shared (LeNet-5's 64x28x28x6 backward: 2 threads
 # 3.5 ms under load against about 0.5 ms on one).
 SERIAL_ELEMENTS = 1 << 19
-# Parallel pool passes split their (image, row) jobs into this many contiguous slots (no reduction crosses a slot,
-# so the split does not change any result).
-POOL_SLOTS = 64
 
 
 def _run_pool_slots(slot_function, size, jobs, *arguments):
-    """slot_function(slot, slots, *arguments) over POOL_SLOTS slots of the jobs, or as one slot on the calling
-    thread for a pass of at most SERIAL_ELEMENTS elements: either way one compiled function."""
-    slots = 1 if size <= SERIAL_ELEMENTS else max(1, min(jobs, POOL_SLOTS))
-    run_slots(slot_function, slots, slots, *arguments)
+    """slot_function(slot, slots, *arguments) over contiguous shares of the (image, row) jobs (run_shares: no
+    reduction crosses a share), or as one slot on the calling thread for a pass of at most SERIAL_ELEMENTS
+    elements: either way one compiled function."""
+    run_shares(slot_function, 1 if size <= SERIAL_ELEMENTS else jobs, *arguments)
 
 
 @jit

@@ -6,6 +6,8 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba.kernels import conv2d as kernels
+from cnnnumba.kernels import conv2d_winograd4
+from cnnnumba.kernels import conv2d_winograd4_weight
 from cnnnumba.kernels import conv2d_winograd_weight as winograd
 from cnnnumba.kernels import reference
 from cnnnumba.kernels.conv2d_workspace import WORKSPACE_BYTES, specs_bytes
@@ -125,6 +127,18 @@ def test_bit_identical_on_1_and_2_threads(variant):
     finally:
         cn.set_num_threads(saved)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_the_f4_inverse_transform_is_g_transposed_s_g():
+    # dW = G^T s G for each (C_in, C_out) pair, s the 6 x 6 products summed over tiles, formed in float64 and
+    # rounded once: against the matrix product in float64 it may differ by that one rounding only
+    rng = np.random.default_rng(3)
+    summed = rng.standard_normal((6, 6, 16, 32)).astype(np.float32)
+    out = np.empty((3, 3, 16, 32), np.float32)
+    conv2d_winograd4_weight.inverse_transform_weight_grad(summed, out)
+    g = conv2d_winograd4.KERNEL_MATRIX
+    expected = np.einsum("ia,ijkl,jb->abkl", g, summed.astype(np.float64), g)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
 def test_chunks_follow_the_tile_count_and_stay_within_the_budget():
