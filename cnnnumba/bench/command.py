@@ -45,9 +45,9 @@ def add_parser(commands):
                             "(forward and backward ms, GFLOP/s, %% of peak), the fused update and the executor's "
                             "own time outside the nodes (--profile --eager: the eager step, op by op)")
     bench.add_argument("--scaling", action="store_true",
-                       help="instead of the comparison, time cnnnumba on 1 thread and on --threads (default: all "
-                            "cores) back to back in each round, NumPy's sgemm likewise, and report the speed-up "
-                            "(the median over rounds of each round's ratio)")
+                       help="instead of the comparison, time pairs of cnnnumba steps, one on 1 thread and one on "
+                            "--threads (default: all cores) back to back, in one process per round, NumPy's sgemm "
+                            "likewise, and report the speed-up (the median over the pairs of each pair's ratio)")
     bench.add_argument("--seed", type=non_negative_int, default=0, help="weights and batches (default: 0)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a bar chart PNG (needs matplotlib)")

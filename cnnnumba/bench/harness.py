@@ -277,45 +277,52 @@ def _progress_line(record):
 
 
 def _scaling_run(group, threads, settings):
-    """One run of a --scaling group on `threads` threads: (seconds of its step or matmul, or None when it failed,
-    its error or None, the cores other processes kept busy meanwhile)."""
+    """One round of a --scaling group, a worker process started on `threads` threads: (its pairs, each
+    {"1": seconds, str(threads): seconds}, or None when it failed; its error or None; the cores other processes
+    kept busy meanwhile)."""
     model, batch_size, mode = group
+    spec = {"kind": "scaling", "model": model, "threads": threads, "steps": settings["steps"],
+            "warmup": settings["warmup"]}
     if model == "sgemm":
-        result = run_worker({"kind": "peak", "size": settings["peak_size"], "repeats": settings["peak_repeats"]},
-                            threads)
-        seconds = 2 * result["size"] ** 3 / (result["gflops"] * 1e9) if result["status"] == "ok" else None
+        spec["size"] = batch_size
     else:
-        spec = {"kind": "model", "framework": "cnnnumba", "variant": None, "model": model, "batch_size": batch_size,
-                "mode": mode, "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"],
-                "eager": settings["eager"], "distinct_batches": settings["distinct_batches"], "threads": threads}
-        result = run_worker(spec, threads)
-        seconds = statistics.median(result["step_ms"]) / 1e3 if result["status"] == "ok" else None
-    return seconds, result.get("error"), result.get("other_load_cores")
+        spec.update(batch_size=batch_size, mode=mode, seed=settings["seed"], eager=settings["eager"],
+                    distinct_batches=settings["distinct_batches"])
+    result = run_worker(spec, threads)
+    return (result["pairs"] if result["status"] == "ok" else None), result.get("error"), \
+        result.get("other_load_cores")
+
+
+def _pair_speedups(pairs, threads):
+    return [pair["1"] / pair[str(threads)] for pair in pairs]
 
 
 def _scaling_summary(group, rounds, threads):
-    """The record of one --scaling group from its rounds: each round's speed-up (1-thread time over the
-    `threads`-thread time of the same round) and their median; rounds where either run failed are left out."""
+    """The record of one --scaling group from its rounds: the median over all pairs of a pair's speed-up (its
+    1-thread time over its `threads`-thread time), each round's median, and the median time per count; rounds
+    whose worker failed are left out."""
     import numpy as np
 
     model, batch_size, mode = group
-    paired = [r for r in rounds if r["seconds"]["1"] is not None and r["seconds"][str(threads)] is not None]
+    done = [r for r in rounds if r["pairs"]]
     record = {"model": model, "batch_size": batch_size, "mode": mode, "threads": [1, threads], "rounds": rounds,
-              "status": "ok" if paired else "failed"}
-    if not paired:
+              "status": "ok" if done else "failed"}
+    if not done:
         record["error"] = next((r["error"] for r in rounds if r.get("error")), "no round succeeded")
         return record
-    speedups = [r["seconds"]["1"] / r["seconds"][str(threads)] for r in paired]
-    record.update(speedup_by_round=speedups, speedup=float(np.median(speedups)),
-                  seconds={key: float(np.median([r["seconds"][key] for r in paired])) for key in ("1", str(threads))},
-                  other_load_cores=max(r["other_load_cores"] or 0.0 for r in paired))
+    pairs = [pair for r in done for pair in r["pairs"]]
+    record.update(speedup=float(np.median(_pair_speedups(pairs, threads))), pairs=len(pairs),
+                  speedup_by_round=[float(np.median(_pair_speedups(r["pairs"], threads))) for r in done],
+                  seconds={key: float(np.median([pair[key] for pair in pairs])) for key in ("1", str(threads))},
+                  other_load_cores=max(r["other_load_cores"] or 0.0 for r in done))
     return record
 
 
 def run_scaling(settings, log=print):
     """cnnnumba's training step or inference on 1 thread and on settings["threads"], and NumPy's sgemm likewise
-    (what the machine itself gives), the two counts back to back in each round, in turn first; the speed-up is
-    taken round by round and its median reported. Returns the JSON document."""
+    (what the machine itself gives): each round is one worker process per group that times `steps` pairs, one run
+    on each count back to back, in turn first. The speed-up is the median over all pairs of a pair's ratio.
+    Returns the JSON document."""
     threads = settings["threads"]
     document = _header(settings, {"status": "not measured"})
     groups = [("sgemm", settings["peak_size"], None)] + [(model, batch_size, mode) for model in settings["models"]
@@ -324,19 +331,18 @@ def run_scaling(settings, log=print):
     rounds = {group: [] for group in groups}
     for round_index in range(settings["rounds"]):
         for group in groups:
-            seconds, errors, loads = {}, [], []
-            for count in (1, threads) if round_index % 2 == 0 else (threads, 1):
-                seconds[str(count)], error, load = _scaling_run(group, count, settings)
-                errors.append(error)
-                loads.append(load)
-                where = f"{group[0]} " + (f"{group[1]}x{group[1]}" if group[0] == "sgemm" else
-                                          f"batch {group[1]} {group[2]}")
-                log(f"  {where}, {count} thread(s), round {round_index + 1}: "
-                    + (f"{seconds[str(count)] * 1e3:.2f} ms" if seconds[str(count)] is not None else
-                       f"FAILED ({error})"))
-            rounds[group].append({"round": round_index + 1, "seconds": seconds,
-                                  "error": next((e for e in errors if e), None),
-                                  "other_load_cores": max(load or 0.0 for load in loads)})
+            pairs, error, load = _scaling_run(group, threads, settings)
+            rounds[group].append({"round": round_index + 1, "pairs": pairs, "error": error,
+                                  "other_load_cores": load})
+            where = f"{group[0]} " + (f"{group[1]}x{group[1]}" if group[0] == "sgemm" else
+                                      f"batch {group[1]} {group[2]}")
+            if pairs:
+                medians = [statistics.median(pair[key] for pair in pairs) * 1e3 for key in ("1", str(threads))]
+                log(f"  {where}, round {round_index + 1}: 1 thread {medians[0]:.2f} ms, {threads} threads "
+                    f"{medians[1]:.2f} ms, speed-up {statistics.median(_pair_speedups(pairs, threads)):.2f} "
+                    f"(median of {len(pairs)} pairs)")
+            else:
+                log(f"  {where}, round {round_index + 1}: FAILED ({error})")
     document["scaling"] = [_scaling_summary(group, rounds[group], threads) for group in groups]
     return document
 

@@ -80,15 +80,17 @@ def scaling_table(document):
     if sgemm is not None and sgemm["status"] == "ok":
         size, by_round = sgemm["batch_size"], sgemm["speedup_by_round"]
         gflops = {key: 2 * size ** 3 / seconds / 1e9 for key, seconds in sgemm["seconds"].items()}
-        lines.append(f"NumPy float32 sgemm ({size}²) in the same rounds: {gflops['1']:.1f} GFLOP/s on 1 thread, "
+        lines.append(f"NumPy float32 sgemm ({size}²) measured the same way: {gflops['1']:.1f} GFLOP/s on 1 thread, "
                      f"{gflops[str(threads)]:.1f} on {threads}: speed-up {sgemm['speedup']:.2f} "
                      f"({min(by_round):.2f}-{max(by_round):.2f}), what the machine gives a tuned BLAS.")
     elif sgemm is not None:
         lines.append(f"NumPy float32 sgemm: failed ({sgemm['error']})")
-    lines += [f"speed-up = the 1-thread time over the {threads}-thread time of the same round (the two runs follow "
-              f"each other, in turn first), median of {document['settings']['rounds']} round(s); rounds = its "
-              f"range; ms = medians over rounds of the median of {document['settings']['steps']} timed steps;",
-              "others = the most cores other processes kept busy during a round's runs."]
+    settings = document["settings"]
+    lines += [f"speed-up = the median over all pairs (a pair: one step on 1 thread and one on {threads}, back to "
+              f"back, in turn first; {settings['steps']} pairs a round) of the 1-thread time over the "
+              f"{threads}-thread time; rounds = the range of each round's median over {settings['rounds']} "
+              f"round(s), one process each, started on {threads} threads; ms = medians over all pairs;",
+              "others = the most cores other processes kept busy during a round."]
     return "\n".join(lines)
 
 

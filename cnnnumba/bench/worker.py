@@ -1,7 +1,8 @@
 """One measurement in a process of its own: `python -m cnnnumba.bench.worker SPEC_JSON` prints one result line.
 
 Each framework runs in a fresh process with the thread count fixed by the parent's environment, so thread pools
-(Numba's, OpenMP's, BLAS's) never compete inside one process, and each run's peak memory is its own.
+(Numba's, OpenMP's, BLAS's) never compete inside one process, and each run's peak memory is its own. A --scaling
+run alone switches its own framework between 1 thread and that count, step by step.
 """
 import json
 import math
@@ -29,8 +30,9 @@ def _peak_rss_mib():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def sgemm_peak(size, repeats):
-    """Median GFLOP/s of a float32 (size × size) @ (size × size) NumPy matmul, after one warm-up product."""
+def _sgemm_operands(size):
+    """(a, b, out) for a float32 (size × size) @ (size × size) NumPy matmul, after one product checked at a
+    random element."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -42,6 +44,14 @@ def sgemm_peak(size, repeats):
     expected = float(a[probe[0]] @ b[:, probe[1]])
     if not math.isclose(float(out[probe[0], probe[1]]), expected, rel_tol=1e-3, abs_tol=1e-2):
         raise RuntimeError("the sgemm peak measurement computed a wrong product")
+    return a, b, out
+
+
+def sgemm_peak(size, repeats):
+    """Median GFLOP/s of a float32 (size × size) @ (size × size) NumPy matmul, after one warm-up product."""
+    import numpy as np
+
+    a, b, out = _sgemm_operands(size)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -50,6 +60,49 @@ def sgemm_peak(size, repeats):
     seconds = statistics.median(times)
     return {"size": size, "dtype": "float32", "repeats": repeats, "median_ms": seconds * 1e3,
             "gflops": 2.0 * size**3 / seconds / 1e9}
+
+
+def measure_scaling(spec):
+    """`steps` pairs of one run on 1 thread and one on spec["threads"], back to back, in turn first: a cnnnumba step
+    of spec["model"], or for "sgemm" one NumPy float32 product of spec["size"]. The two runs of a pair are at most
+    a step apart, so the speed drift of a shared VM (a 1-thread cifar-cnn step measured 65-103 ms in processes
+    minutes apart) cancels in their ratio. Both counts run in this one process, started on spec["threads"]."""
+    threads = spec["threads"]
+    if spec["model"] == "sgemm":
+        import numpy as np
+
+        from ..kernels.matmul import openblas_thread_setters
+
+        _, set_threads = openblas_thread_setters("numpy")
+        if set_threads is None:
+            raise RuntimeError("NumPy's BLAS is not an OpenBLAS whose thread count can be set: no sgemm to compare")
+        a, b, out = _sgemm_operands(spec["size"])
+        runs = [lambda: np.matmul(a, b, out=out)]
+    else:
+        from .. import set_num_threads
+        from . import runners
+
+        model = runners.build_model(spec["model"], spec["seed"])
+        batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1)
+        step, _ = runners.cnnnumba_step(model, spec["mode"], eager=spec["eager"])
+        set_threads = set_num_threads
+        runs = [lambda images=images, labels=labels: step(images, labels) for images, labels in batches]
+    for count in (threads, 1):
+        set_threads(count)
+        for index in range(1 + spec["warmup"]):
+            runs[index % len(runs)]()
+    pairs = []
+    for index in range(spec["steps"]):
+        pair = {}
+        for count in (1, threads) if index % 2 == 0 else (threads, 1):
+            set_threads(count)
+            run = runs[index % len(runs)]
+            started = time.perf_counter()
+            run()
+            pair[str(count)] = time.perf_counter() - started
+        pairs.append(pair)
+    set_threads(threads)
+    return {"pairs": pairs}
 
 
 def _check_values(output):
@@ -272,6 +325,8 @@ def main(argv=None):
     try:
         if spec["kind"] == "peak":
             result = sgemm_peak(spec["size"], spec["repeats"])
+        elif spec["kind"] == "scaling":
+            result = measure_scaling(spec)
         elif spec["kind"] == "profile":
             result = profile_model(spec) if spec.get("eager") else profile_captured(spec)
         else:

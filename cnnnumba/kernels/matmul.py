@@ -25,23 +25,27 @@ SINGLE_THREAD_MACS = 1 << 24
 _OPENBLAS_SERIAL_MACS = 1 << 18
 
 
-def _scipy_openblas_thread_setters():
-    """ctypes (get, set) of the thread count of the OpenBLAS that Numba's np.dot calls (SciPy's), or (None, None)
-    when SciPy is missing or its BLAS is another library."""
+def openblas_thread_setters(package):
+    """ctypes (get, set) of the thread count of the OpenBLAS bundled with `package`: "scipy" (what Numba's np.dot
+    calls) or "numpy" (what NumPy's matmul calls); (None, None) when the package is missing or its BLAS is another
+    library."""
     try:
-        import scipy
-        import scipy.linalg.cython_blas  # noqa: F401  (what Numba binds np.dot to; loads the library)
+        module = __import__(package)
+        if package == "scipy":
+            import scipy.linalg.cython_blas  # noqa: F401  (what Numba binds np.dot to; loads the library)
     except ImportError:
         return None, None
-    scipy_dir = os.path.dirname(scipy.__file__)
-    for path in glob.glob(scipy_dir + ".libs/*openblas*") + glob.glob(os.path.join(scipy_dir, ".libs", "*openblas*")):
+    package_dir = os.path.dirname(module.__file__)
+    for path in (glob.glob(package_dir + ".libs/*openblas*")
+                 + glob.glob(os.path.join(package_dir, ".libs", "*openblas*"))):
         try:
             library = ctypes.CDLL(path)  # already loaded: this only returns a handle
         except OSError:
             continue
-        for prefix in ("scipy_openblas", "openblas"):
-            get = getattr(library, f"{prefix}_get_num_threads", None)
-            set_ = getattr(library, f"{prefix}_set_num_threads", None)
+        # NumPy's 64-bit-integer build suffixes its symbols with 64_
+        for name in ("scipy_openblas{}", "openblas{}", "scipy_openblas{}64_"):
+            get = getattr(library, name.format("_get_num_threads"), None)
+            set_ = getattr(library, name.format("_set_num_threads"), None)
             if get is not None and set_ is not None:
                 get.argtypes, get.restype = [], ctypes.c_int
                 set_.argtypes, set_.restype = [ctypes.c_int], None
@@ -49,7 +53,7 @@ def _scipy_openblas_thread_setters():
     return None, None
 
 
-_GET_BLAS_THREADS, _SET_BLAS_THREADS = _scipy_openblas_thread_setters()
+_GET_BLAS_THREADS, _SET_BLAS_THREADS = openblas_thread_setters("scipy")
 
 
 def one_blas_thread(kernel, macs, *args):

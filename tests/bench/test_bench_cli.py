@@ -230,24 +230,24 @@ def test_flops_are_counted_after_the_first_cnnnumba_step_not_before_it(monkeypat
     assert [r["flops_per_step"] for r in document["records"]] == [4 * 3_000_000, 4 * 1_000_000]
 
 
-def test_scaling_pairs_each_round_s_thread_counts_alternating_which_runs_first(monkeypatch):
-    """The speed-up divides the 1-thread time by the other's from the same round (the VM's speed drifts between
-    rounds), in turn first so a drift within a round does not always favour one count; a round where either run
-    failed is left out."""
+def test_scaling_takes_the_median_over_all_pairs_of_each_pair_s_ratio(monkeypatch):
+    """The speed-up divides a 1-thread time by the other count's time of the same pair (the VM's speed drifts
+    between processes and within one), and takes the median over the pairs of every round; a failed round is left
+    out."""
     from cnnnumba.bench import harness, report
 
-    calls = []
-    times = {(1, 1): 90.0, (1, 2): 50.0, (2, 1): 60.0, (2, 2): 40.0, (3, 1): 80.0, (3, 2): None}
+    specs = []
+    pairs_by_round = {1: [(90.0, 50.0), (80.0, 50.0), (70.0, 50.0)], 2: [(60.0, 40.0), (60.0, 30.0), (66.0, 30.0)],
+                      3: None}
 
     def fake_worker(spec, threads):
-        round_index = 1 + sum(1 for call in calls if call[:2] == (spec["kind"], threads))
-        calls.append((spec["kind"], threads, round_index))
-        if spec["kind"] == "peak":
-            return {"status": "ok", "size": 100, "gflops": 10.0 * threads, "other_load_cores": 0.0}
-        milliseconds = times[(round_index, threads)]
-        if milliseconds is None:
+        specs.append((spec, threads))
+        round_index = 1 + sum(1 for seen, _ in specs[:-1] if seen["model"] == spec["model"])
+        if spec["model"] == "sgemm":
+            return {"status": "ok", "pairs": [{"1": 2.0, "2": 1.0}] * 2, "other_load_cores": 0.0}
+        if pairs_by_round[round_index] is None:
             return {"status": "failed", "error": "boom", "other_load_cores": 0.1}
-        return {"status": "ok", "step_ms": [milliseconds, milliseconds + 1.0, milliseconds - 1.0],
+        return {"status": "ok", "pairs": [{"1": a / 1e3, "2": b / 1e3} for a, b in pairs_by_round[round_index]],
                 "other_load_cores": 0.05 * round_index}
 
     monkeypatch.setattr(harness, "run_worker", fake_worker)
@@ -255,17 +255,42 @@ def test_scaling_pairs_each_round_s_thread_counts_alternating_which_runs_first(m
                 "rounds": 3, "threads": 2, "eager": False, "seed": 0, "distinct_batches": 1, "peak_size": 100,
                 "peak_repeats": 1}
     document = harness.run_scaling(settings, log=lambda line: None)
-    model_calls = [(threads, round_index) for kind, threads, round_index in calls if kind == "model"]
-    assert model_calls == [(1, 1), (2, 1), (2, 2), (1, 2), (1, 3), (2, 3)]
+    assert all(threads == 2 and spec["kind"] == "scaling" and spec["threads"] == 2 for spec, threads in specs)
+    assert [spec["model"] for spec, _ in specs] == ["sgemm", "cifar-cnn"] * 3
+    assert specs[0][0]["size"] == 100 and specs[1][0]["batch_size"] == 64 and specs[1][0]["steps"] == 3
     sgemm, cifar = document["scaling"]
-    assert sgemm["model"] == "sgemm" and sgemm["speedup_by_round"] == [2.0, 2.0, 2.0]
-    assert cifar["status"] == "ok" and cifar["threads"] == [1, 2]
-    assert cifar["speedup_by_round"] == pytest.approx([1.8, 1.5])  # round 3's 2-thread run failed
-    assert cifar["speedup"] == pytest.approx(1.65)
-    assert cifar["seconds"] == pytest.approx({"1": 0.075, "2": 0.045})
+    assert sgemm["model"] == "sgemm" and sgemm["speedup"] == 2.0 and sgemm["speedup_by_round"] == [2.0, 2.0, 2.0]
+    assert cifar["status"] == "ok" and cifar["threads"] == [1, 2] and cifar["pairs"] == 6
+    # pair ratios 1.8, 1.6, 1.4 | 1.5, 2.0, 2.2: round medians 1.6 and 2.0, overall median (1.6 + 1.8) / 2
+    assert cifar["speedup_by_round"] == pytest.approx([1.6, 2.0])
+    assert cifar["speedup"] == pytest.approx(1.7)
+    assert cifar["seconds"] == pytest.approx({"1": 0.068, "2": 0.045})
+    assert cifar["other_load_cores"] == pytest.approx(0.1)
     table = report.scaling_table(document)
-    assert "cifar-cnn" in table and "1.65" in table and "1.50-1.80" in table
+    assert "cifar-cnn" in table and "1.70" in table and "1.60-2.00" in table
     assert "speed-up 2.00" in table  # sgemm
+
+
+def test_a_scaling_worker_times_each_pair_on_both_counts_in_turn_first(monkeypatch):
+    from cnnnumba.bench import worker
+    from cnnnumba.kernels import matmul
+
+    get_threads, set_threads = matmul.openblas_thread_setters("numpy")
+    if set_threads is None:
+        pytest.skip("NumPy's BLAS thread count cannot be set here")
+    counts, before = [], get_threads()
+
+    def recording_setter(count):
+        counts.append(count)
+        set_threads(count)
+
+    monkeypatch.setattr(matmul, "openblas_thread_setters", lambda package: (get_threads, recording_setter))
+    result = worker.measure_scaling({"model": "sgemm", "size": 64, "threads": 3, "steps": 4, "warmup": 1})
+    assert len(result["pairs"]) == 4
+    assert all(pair.keys() == {"1", "3"} and min(pair.values()) > 0 for pair in result["pairs"])
+    # the warm-up on both counts, then each pair in turn first, then the process's own count again
+    assert counts == [3, 1] + [1, 3, 3, 1, 1, 3, 3, 1] + [3]
+    set_threads(before)
 
 
 @pytest.mark.slow
@@ -284,5 +309,7 @@ def test_scaling_reports_the_speed_up_of_a_real_run(tmp_path):
     sgemm, lenet = document["scaling"]
     assert lenet["model"] == "lenet5" and lenet["status"] == "ok" and lenet["threads"] == [1, 2]
     assert lenet["seconds"]["1"] > 0 and lenet["seconds"]["2"] > 0
-    assert lenet["speedup"] == pytest.approx(lenet["seconds"]["1"] / lenet["seconds"]["2"])
+    assert lenet["pairs"] == 2 and len(lenet["rounds"][0]["pairs"]) == 2
+    ratios = sorted(pair["1"] / pair["2"] for pair in lenet["rounds"][0]["pairs"])
+    assert lenet["speedup"] == pytest.approx(sum(ratios) / 2)
     assert sgemm["status"] == "ok" and sgemm["speedup"] > 0
