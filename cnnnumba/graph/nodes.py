@@ -410,17 +410,18 @@ class Flatten(Node):
         x, out = self.inputs[0].buffer.array, self.output.buffer.array
         if x.ndim == 4:
             batch, height, width, channels = x.shape
-            np.copyto(out.reshape(batch, channels, height, width), x.transpose(0, 3, 1, 2))
+            layout.nhwc_to_nchw(x, out.reshape(batch, channels, height, width))
         else:
             np.copyto(out.reshape(x.shape), x)
 
     def backward(self):
-        grad, target = self.output.grad.array, self.inputs[0].grad.array
+        grad, target = self.output.grad.array, self.grad_target(0)
         if target.ndim == 4:
             batch, height, width, channels = target.shape
-            self.deliver(0, grad.reshape(batch, channels, height, width).transpose(0, 2, 3, 1))
+            layout.nchw_to_nhwc(grad.reshape(batch, channels, height, width), target)
         else:
-            self.deliver(0, grad.reshape(target.shape))
+            np.copyto(target, grad.reshape(target.shape))
+        self.finish_grad(0)
 
 
 class Linear(Node):

@@ -35,10 +35,12 @@ def _first_tap(start, dilation):
 FEW_CHANNELS = 16
 
 
-# Pool passes of at most this many elements (input side) run on the calling thread: a parallel region costs more
-# than it saves on a pass this short when the cores are shared (LeNet-5's 64x28x28x6 backward: 2 threads
-# 3.5 ms under load against about 0.5 ms on one).
-SERIAL_ELEMENTS = 1 << 19
+# Pool passes of at most this many elements (input side) run on the calling thread, where a parallel region costs
+# more than it saves. On 2 idle cores, serial over parallel time, same process, paired calls: 64x10x10x16 (102k)
+# forward 1.20, backward 0.62; 64x28x28x6 (301k) 1.63 and 1.17; 64x8x8x128 (524k, the cifar-cnn's last pool) 2.13
+# and 2.16. On busy cores parallel regions wait for a descheduled thread (LeNet-5's 64x28x28x6 backward: 3.5 ms
+# on 2 threads under load against about 0.5 ms on one), which no bound here can fix.
+SERIAL_ELEMENTS = 1 << 17
 
 
 def _run_pool_slots(slot_function, size, jobs, *arguments):

@@ -1,4 +1,4 @@
-"""The NCHW -> NHWC layout kernel against NumPy's transpose, and the graph's input node on each path."""
+"""The NCHW <-> NHWC layout kernels against NumPy's transpose, and the graph's input and flatten nodes."""
 import numpy as np
 import pytest
 
@@ -6,14 +6,28 @@ from cnnnumba.graph import nodes
 from cnnnumba.kernels import layout
 
 
+# (70, ...): more images than run_shares makes slots, so some slots take two images
+SHAPES = [(1, 2, 1, 1), (3, 3, 5, 7), (2, 17, 4, 3), (70, 3, 2, 5)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 2, 1, 1), (3, 3, 5, 7), (2, 17, 4, 3)])
+@pytest.mark.parametrize("shape", SHAPES)
 def test_nchw_to_nhwc_matches_numpy(shape, dtype):
     source = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     source[0, -1, 0, -1] = np.nan
     target = np.full((shape[0], shape[2], shape[3], shape[1]), 7, dtype)
     layout.nchw_to_nhwc(source, target)
     np.testing.assert_array_equal(target, source.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nhwc_to_nchw_matches_numpy(shape, dtype):
+    source = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    source[-1, 0, -1, 0] = np.inf
+    target = np.full((shape[0], shape[3], shape[1], shape[2]), 7, dtype)
+    layout.nhwc_to_nchw(source, target)
+    np.testing.assert_array_equal(target, source.transpose(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize("source", [
@@ -31,3 +45,28 @@ def test_input_node_lays_out_every_batch_as_nhwc(source):
     node.forward()
     expected = source if source.ndim == 2 else source.transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(value.buffer.array, expected)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_flatten_node_gives_nchw_order_and_its_gradient_back_in_nhwc(accumulate):
+    rng = np.random.default_rng(2)
+    x = nodes.Value((3, 2, 4, 5), np.float32, "x")
+    x.buffer.array = rng.standard_normal(x.shape).astype(np.float32)
+    x.needs_grad = True
+    x.grad = nodes.Buffer(x.shape, np.float32, "x.grad")
+    x.grad.array = rng.standard_normal(x.shape).astype(np.float32)
+    earlier = x.grad.array.copy()
+    out = nodes.Value((3, 40), np.float32, "flat")
+    out.buffer.array = np.full(out.shape, -1, np.float32)
+    out.grad = nodes.Buffer(out.shape, np.float32, "flat.grad")
+    out.grad.array = rng.standard_normal(out.shape).astype(np.float32)
+    node = nodes.Flatten([x], out)
+    if accumulate:
+        node.accumulate[0] = True
+        node.scratch[0] = nodes.Buffer(x.shape, np.float32, "x.grad_part")
+        node.scratch[0].array = np.full(x.shape, np.nan, np.float32)
+    node.forward()
+    np.testing.assert_array_equal(out.buffer.array, x.buffer.array.transpose(0, 3, 1, 2).reshape(3, 40))
+    node.backward()
+    delivered = out.grad.array.reshape(3, 5, 2, 4).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(x.grad.array, earlier + delivered if accumulate else delivered)
