@@ -17,7 +17,7 @@ from . import conv2d_workspace
 from ._jit import jit, parallel_jit
 from ._slots import run_slots
 from .conv2d_gemm import gemm_plan
-from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
+from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials, sum_partials_serial
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
 from . import conv2d_small
 from . import conv2d_winograd, conv2d_winograd4, conv2d_winograd_weight
@@ -165,7 +165,7 @@ def _backward_weight_general(x, grad_out, partials, out, stride_h, stride_w, pad
                                 value = x[n, ih, iw, g * group_in + ci]
                                 for co in range(g * group_out, (g + 1) * group_out):
                                     partials[chunk, kh, kw, ci, co] += value * grad_out[n, oh, ow, co]
-    sum_partials(partials, out)
+    sum_partials_serial(partials, out)
 
 
 @parallel_jit
@@ -183,7 +183,7 @@ def _backward_bias_kernel(grad_out, partials, out):
             for ow in range(out_w):
                 for c in range(channels):
                     partials[chunk, c] += grad_out[n, oh, ow, c]
-    sum_partials(partials, out)
+    sum_partials_serial(partials, out)
 
 
 # ---------------------------------------------------------------------------------------------------------
