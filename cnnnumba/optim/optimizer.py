@@ -7,9 +7,10 @@ import numpy as np
 from ..autograd.grad_mode import enable_grad
 from ..autograd.tensor import Tensor
 
-# Parameters at least this large use the parallel kernels. Measured on 2 idle cores, 2^20 float32 elements: SGD
-# 0.38 ms parallel vs 0.55 ms serial; below ~2^18 the thread start-up eats the gain.
-PARALLEL_MIN_SIZE = 1 << 18
+# Parameters (or a fused update's flat arena) at least this large use the parallel kernels. SGD with momentum on 2
+# idle cores, float32, paired calls, serial over parallel time: 62006 elements (LeNet-5's arena) 1.09, 160000
+# (about the cifar-cnn's) 1.59, 2^20 1.82; below 2^16 the thread start-up eats the gain.
+PARALLEL_MIN_SIZE = 1 << 16
 
 
 class _RequiredParameter:
