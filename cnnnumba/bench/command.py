@@ -97,7 +97,9 @@ def run(args, parser):
         document = harness.run_scaling(settings)
         print()
         print(report.scaling_table(document))
-        failed = any(record["status"] != "ok" for record in document["scaling"])
+        # the sgemm is a reference: where NumPy's BLAS thread count cannot be set it is reported as failed, and
+        # cnnnumba's own figures still stand
+        failed = any(record["status"] != "ok" for record in document["scaling"] if record["model"] != "sgemm")
     else:
         document = harness.run_comparison(settings)
         print()

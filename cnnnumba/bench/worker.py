@@ -43,7 +43,7 @@ def _sgemm_operands(size):
     probe = rng.integers(0, size, 2)
     expected = float(a[probe[0]] @ b[:, probe[1]])
     if not math.isclose(float(out[probe[0], probe[1]]), expected, rel_tol=1e-3, abs_tol=1e-2):
-        raise RuntimeError("the sgemm peak measurement computed a wrong product")
+        raise RuntimeError("the sgemm measurement computed a wrong product")
     return a, b, out
 
 
@@ -85,7 +85,16 @@ def measure_scaling(spec):
         model = runners.build_model(spec["model"], spec["seed"])
         batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1)
         step, _ = runners.cnnnumba_step(model, spec["mode"], eager=spec["eager"])
-        set_threads = set_num_threads
+        from ..kernels.matmul import openblas_thread_setters
+
+        # the step's BLAS calls (im2col GEMMs through NumPy, large linear layers through SciPy) follow the count too,
+        # as they would in a process started on it
+        blas_setters = [setter for _, setter in map(openblas_thread_setters, ("numpy", "scipy")) if setter]
+
+        def set_threads(count):
+            set_num_threads(count)
+            for setter in blas_setters:
+                setter(count)
         runs = [lambda images=images, labels=labels: step(images, labels) for images, labels in batches]
     for count in (threads, 1):
         set_threads(count)

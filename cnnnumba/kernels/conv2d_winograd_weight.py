@@ -110,7 +110,8 @@ def inverse_transform_weight_grad(summed, out):
     G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
     In two passes over flat rows of pairs, each reading 4 rows and writing 3 (G^T along the columns in place, then
     along the rows into out): LLVM vectorises those; one pass reading 16 rows and writing 9 it left scalar
-    (too many possibly overlapping rows), 2.5-4x slower at 64 x 64 and 64 x 128 channels."""
+    (too many possibly overlapping rows), 2.5-4x slower at 64 x 64 and 64 x 128 channels. On the calling thread:
+    split over 2 threads (columns, then rows) it took 0.091 ms at 64 x 128 channels against 0.039 on one."""
     pairs = out.shape[2] * out.shape[3]
     s = summed.reshape(POSITIONS, pairs)
     o = out.reshape(9, pairs)

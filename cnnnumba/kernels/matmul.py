@@ -42,8 +42,8 @@ def openblas_thread_setters(package):
             library = ctypes.CDLL(path)  # already loaded: this only returns a handle
         except OSError:
             continue
-        # NumPy's 64-bit-integer build suffixes its symbols with 64_
-        for name in ("scipy_openblas{}", "openblas{}", "scipy_openblas{}64_"):
+        # 64-bit-integer builds (NumPy's wheels) suffix their symbols with 64_
+        for name in ("scipy_openblas{}", "openblas{}", "scipy_openblas{}64_", "openblas{}64_"):
             get = getattr(library, name.format("_get_num_threads"), None)
             set_ = getattr(library, name.format("_set_num_threads"), None)
             if get is not None and set_ is not None:

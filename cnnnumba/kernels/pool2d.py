@@ -38,8 +38,9 @@ FEW_CHANNELS = 16
 # Pool passes of at most this many elements (input side) run on the calling thread, where a parallel region costs
 # more than it saves. On 2 idle cores, serial over parallel time, same process, paired calls: 64x10x10x16 (102k)
 # forward 1.20, backward 0.62; 64x28x28x6 (301k) 1.63 and 1.17; 64x8x8x128 (524k, the cifar-cnn's last pool) 2.13
-# and 2.16. On busy cores parallel regions wait for a descheduled thread (LeNet-5's 64x28x28x6 backward: 3.5 ms
-# on 2 threads under load against about 0.5 ms on one), which no bound here can fix.
+# and 2.16. The bound favours idle cores, as the benchmarks run: on busy cores a parallel region waits for a
+# descheduled thread (LeNet-5's 64x28x28x6 backward, parallel again under this bound: 3.5 ms on 2 threads under
+# load against about 0.5 ms on one), as every parallel kernel here does.
 SERIAL_ELEMENTS = 1 << 17
 
 

@@ -8,8 +8,9 @@ from ..autograd.grad_mode import enable_grad
 from ..autograd.tensor import Tensor
 
 # Parameters (or a fused update's flat arena) at least this large use the parallel kernels. SGD with momentum on 2
-# idle cores, float32, paired calls, serial over parallel time: 62006 elements (LeNet-5's arena) 1.09, 160000
-# (about the cifar-cnn's) 1.59, 2^20 1.82; below 2^16 the thread start-up eats the gain.
+# idle cores, float32, paired calls, serial over parallel time: 160000 elements (about the cifar-cnn's arena) 1.59,
+# 2^20 1.82; at LeNet-5's 62006 it was 1.09, within the noise, so that stays serial (a parallel region also waits
+# for a descheduled thread on busy cores).
 PARALLEL_MIN_SIZE = 1 << 16
 
 

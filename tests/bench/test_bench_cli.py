@@ -5,6 +5,7 @@ No timing is asserted: the machine is shared, and the numbers only have to be pr
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -285,12 +286,14 @@ def test_a_scaling_worker_times_each_pair_on_both_counts_in_turn_first(monkeypat
         set_threads(count)
 
     monkeypatch.setattr(matmul, "openblas_thread_setters", lambda package: (get_threads, recording_setter))
-    result = worker.measure_scaling({"model": "sgemm", "size": 64, "threads": 3, "steps": 4, "warmup": 1})
+    try:
+        result = worker.measure_scaling({"model": "sgemm", "size": 64, "threads": 3, "steps": 4, "warmup": 1})
+    finally:
+        set_threads(before)
     assert len(result["pairs"]) == 4
     assert all(pair.keys() == {"1", "3"} and min(pair.values()) > 0 for pair in result["pairs"])
     # the warm-up on both counts, then each pair in turn first, then the process's own count again
     assert counts == [3, 1] + [1, 3, 3, 1, 1, 3, 3, 1] + [3]
-    set_threads(before)
 
 
 @pytest.mark.slow
@@ -313,3 +316,46 @@ def test_scaling_reports_the_speed_up_of_a_real_run(tmp_path):
     ratios = sorted(pair["1"] / pair["2"] for pair in lenet["rounds"][0]["pairs"])
     assert lenet["speedup"] == pytest.approx(sum(ratios) / 2)
     assert sgemm["status"] == "ok" and sgemm["speedup"] > 0
+
+
+def test_a_scaling_worker_sets_numba_and_both_blas_libraries_to_each_step_s_count(monkeypatch):
+    """A 1-thread step is 1 thread everywhere: the BLAS calls inside a step (im2col GEMMs, large linear layers)
+    follow the count too, as in a process started on it."""
+    import cnnnumba
+    from cnnnumba.bench import runners, worker
+    from cnnnumba.kernels import matmul
+
+    seen = {"numba": [], "numpy": [], "scipy": [], "steps": []}
+    monkeypatch.setattr(cnnnumba, "set_num_threads", seen["numba"].append)
+    monkeypatch.setattr(matmul, "openblas_thread_setters", lambda package: (None, seen[package].append))
+    monkeypatch.setattr(runners, "build_model", lambda name, seed: None)
+    monkeypatch.setattr(runners, "make_batches", lambda name, batch, distinct, seed: [(1, 2)])
+
+    def step(images, labels):
+        seen["steps"].append(seen["numba"][-1])
+        assert seen["numpy"][-1] == seen["scipy"][-1] == seen["numba"][-1]
+
+    monkeypatch.setattr(runners, "cnnnumba_step", lambda model, mode, eager: (step, "captured"))
+    spec = {"model": "cifar-cnn", "batch_size": 4, "mode": "train", "seed": 0, "eager": False,
+            "distinct_batches": 1, "threads": 2, "steps": 2, "warmup": 0}
+    result = worker.measure_scaling(spec)
+    assert len(result["pairs"]) == 2
+    assert seen["steps"] == [2, 1] + [1, 2, 2, 1]
+    assert seen["numba"][-1] == seen["numpy"][-1] == seen["scipy"][-1] == 2
+
+
+def test_bench_node_scaling_lists_every_node_on_both_counts():
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread: nothing to scale to")
+    script = Path(__file__).resolve().parents[2] / "bench" / "node_scaling.py"
+    finished = subprocess.run([sys.executable, str(script), "--model", "small-cnn", "--batch-size", "4", "--threads",
+                               "2", "--rounds", "2"], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    lines = finished.stdout.splitlines()
+    assert any(line.split()[:2] == ["forward", "conv"] for line in lines)
+    assert any(line.split()[:2] == ["backward", "conv"] for line in lines)
+    untimed = next(line for line in lines if line.startswith("untimed_step_ms")).split()
+    assert float(untimed[1]) > 0 and float(untimed[2]) > 0
+    assert lines[-1].startswith("lost ms by node kind: ")

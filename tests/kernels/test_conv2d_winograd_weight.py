@@ -10,7 +10,6 @@ from cnnnumba.kernels import conv2d_winograd4
 from cnnnumba.kernels import conv2d_winograd4_weight
 from cnnnumba.kernels import conv2d_winograd_weight as winograd
 from cnnnumba.kernels import reference
-from cnnnumba.kernels import conv2d_workspace
 from cnnnumba.kernels.conv2d_workspace import WORKSPACE_BYTES, specs_bytes
 
 # (batch, height, width, C_in, C_out, padding): odd and even output sizes, padding 0/1/2, batch 1, C 16/32/48/64
@@ -140,26 +139,6 @@ def test_the_f4_inverse_transform_is_g_transposed_s_g():
     g = conv2d_winograd4.KERNEL_MATRIX
     expected = np.einsum("ia,ijkl,jb->abkl", g, summed.astype(np.float64), g)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
-
-
-@pytest.mark.parametrize("share_elements", [1, 1000, 1 << 40], ids=["most shares", "uneven", "serial"])
-def test_the_partials_sum_split_over_threads_gives_the_serial_bits(share_elements, monkeypatch):
-    """sum_partials takes contiguous shares of its output: any split, on 1 or 2 threads, gives the bits of the
-    serial sum in chunk order (sum_partials_serial), within float32 rounding of the float64 sum."""
-    partials = np.random.default_rng(5).standard_normal((3, 4, 4, 16, 24)).astype(np.float32)
-    expected = np.full((4, 4, 16, 24), np.nan, np.float32)
-    conv2d_workspace.sum_partials_serial(partials, expected)
-    np.testing.assert_allclose(expected, partials.astype(np.float64).sum(axis=0), rtol=1e-6, atol=1e-6)
-    monkeypatch.setattr(conv2d_workspace, "SHARE_ELEMENTS", share_elements)
-    saved = cn.get_num_threads()
-    try:
-        for threads in (1, 2):
-            cn.set_num_threads(threads)
-            got = np.full_like(expected, np.nan)
-            conv2d_workspace.sum_partials(partials, got)
-            np.testing.assert_array_equal(got, expected)
-    finally:
-        cn.set_num_threads(saved)
 
 
 def test_chunks_follow_the_tile_count_and_stay_within_the_budget():
