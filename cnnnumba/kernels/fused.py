@@ -23,10 +23,10 @@ from .elementwise import CHUNK as ELEMENT_CHUNK
 from .norm import EXACT_FASTMATH, ROWS_PER_CHUNK
 
 
-# The statistics, batch norm + ReLU forward and its backward run their chunk and row loops as slot functions
-# over contiguous shares of the chunks or rows (kernels/_slots.run_shares), not prange kernels: a prange kernel
-# compiles its loop body again in the gufunc and again when linking it (the backward: 2.6-2.8 s cold as a prange
-# kernel, 1.0-1.5 s as plain functions).
+# The statistics and the batch norm + ReLU (or + add + ReLU) forwards and backwards run their chunk and row loops
+# as slot functions over contiguous shares of the chunks or rows (kernels/_slots.run_shares), not prange kernels:
+# a prange kernel compiles its loop body again in the gufunc and again when linking it (the backward: 2.6-2.8 s
+# cold as a prange kernel, 1.0-1.5 s as plain functions).
 
 
 @jit
@@ -458,23 +458,17 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
     run_shares(_backward_rows_slot, rows, grad_y, x, coefficients, relu, grad_x)
 
 
-@parallel_jit(fastmath=EXACT_FASTMATH)
-def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight, partial_dy, partial_dy_xhat, sums,
-                                 coefficients, grad_shortcut, grad_x, grad_weight, grad_bias):
-    """Gradients of relu(batch_norm(x) + shortcut), training mode: grad_shortcut is the masked gradient
-    (grad_y where y > 0, y the fused output), written by the reduction pass, which the apply pass then reads
-    instead of grad_y and y; grad_x, grad_weight and grad_bias are batch norm's gradients given that gradient.
-
-    The numbers are those of the ReLU backward kernel followed by batch_norm_act_backward without ReLU. sums is
-    a (2, C) float64 scratch and coefficients a (7, C) scratch of x's dtype (rows 3-6 used).
-    """
+@jit(fastmath=EXACT_FASTMATH)
+def _masked_backward_sums_slot(slot, slots, grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat):
+    """batch_norm_add_relu_backward's masked gradient (into grad_shortcut) and its per-chunk sums, for the slot's
+    share of the chunks (run by kernels/_slots.run_slots)."""
     rows, channels = x.shape
     chunks = chunk_count(rows)
     blocks = channels % LANES == 0 and grad_y.shape == x.shape and y.shape == x.shape \
         and grad_shortcut.shape == x.shape and partial_dy.shape[1] == channels \
         and partial_dy_xhat.shape[1] == channels and mean.shape[0] == channels
     group_rows = max(GROUP_ELEMENTS // channels, 2)
-    for chunk in prange(chunks):
+    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         for c in range(channels):
             partial_dy[chunk, c] = 0.0
             partial_dy_xhat[chunk, c] = 0.0
@@ -491,13 +485,24 @@ def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight, partial_dy,
                 grad_shortcut[r, c] = g
                 partial_dy[chunk, c] += np.float64(g)
                 partial_dy_xhat[chunk, c] += np.float64(g) * (np.float64(x[r, c]) - mean[c])
-    _sum_chunks_into(partial_dy, chunks, sums[0])
-    _sum_chunks_into(partial_dy_xhat, chunks, sums[1])
-    _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_weight, grad_bias)
-    for r in prange(rows):
-        for c in range(channels):
-            centred = (x[r, c] - coefficients[6, c]) * coefficients[5, c]
-            grad_x[r, c] = (grad_shortcut[r, c] * coefficients[3, c] + coefficients[4, c]) + centred
+
+
+def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight, partial_dy, partial_dy_xhat, sums,
+                                 coefficients, grad_shortcut, grad_x, grad_weight, grad_bias):
+    """Gradients of relu(batch_norm(x) + shortcut), training mode: grad_shortcut is the masked gradient
+    (grad_y where y > 0, y the fused output), written by the reduction pass, which the apply pass then reads
+    instead of grad_y and y; grad_x, grad_weight and grad_bias are batch norm's gradients given that gradient.
+
+    The numbers are those of the ReLU backward kernel followed by batch_norm_act_backward without ReLU, whose
+    apply pass this is. sums is a (2, C) float64 scratch and coefficients a (7, C) scratch of x's dtype (rows 3-6
+    used).
+    """
+    rows = x.shape[0]
+    run_shares(_masked_backward_sums_slot, chunk_count(rows), grad_y, y, x, mean, grad_shortcut, partial_dy,
+               partial_dy_xhat)
+    _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd, weight, coefficients, grad_weight,
+                          grad_bias)
+    run_shares(_backward_rows_slot, rows, grad_shortcut, x, coefficients, False, grad_x)
 
 
 # relu_backward_bias_grad runs serially up to this many elements: a parallel region costs more than it saves on a
@@ -593,7 +598,17 @@ def relu_backward_bias_grad(grad_y, y, grad_x, partials, grad_bias):
         _relu_backward_bias_grad_parallel(grad_y, y, grad_x, partials, grad_bias)
 
 
-@parallel_jit(fastmath=EXACT_FASTMATH)
+@jit(fastmath=EXACT_FASTMATH)
+def _normalize_add_relu_rows_slot(slot, slots, x, shortcut, coefficients, out):
+    """The slot's share of batch_norm_add_relu_forward's rows (run by kernels/_slots.run_slots)."""
+    rows, channels = x.shape
+    for r in range(slot * rows // slots, (slot + 1) * rows // slots):
+        for c in range(channels):
+            normalized = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
+            total = normalized + shortcut[r, c]
+            out[r, c] = 0 if total <= 0 else total
+
+
 def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias, coefficients, out):
     """out = max((x - mean) * invstd * weight + bias + shortcut, 0) per channel (NaN kept): the end of a residual
     block (batch norm, shortcut add, ReLU) in one pass over memory instead of three.
@@ -602,13 +617,8 @@ def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias, coeffic
     unfused batch norm, add and ReLU kernels. coefficients is a scratch of x's dtype, as for
     batch_norm_act_forward.
     """
-    rows, channels = x.shape
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    for r in prange(rows):
-        for c in range(channels):
-            normalized = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
-            total = normalized + shortcut[r, c]
-            out[r, c] = 0 if total <= 0 else total
+    run_shares(_normalize_add_relu_rows_slot, x.shape[0], x, shortcut, coefficients, out)
 
 
 @jit
