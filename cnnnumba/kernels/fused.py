@@ -351,12 +351,16 @@ def _normalize_coefficients(mean, invstd, weight, bias, coefficients):
 
 
 @jit(fastmath=EXACT_FASTMATH)
-def _normalize_rows_slot(slot, slots, x, coefficients, relu, out):
-    """The slot's share of batch_norm_act_forward's rows (run by kernels/_slots.run_slots)."""
+def _normalize_rows_slot(slot, slots, x, shortcut, add, coefficients, relu, out):
+    """The slot's share of the rows of batch_norm_act_forward (add False: shortcut is not read) or of
+    batch_norm_add_relu_forward (run by kernels/_slots.run_slots). The batch-norm value is rounded to x's dtype
+    before the shortcut is added, as the unfused kernels round it."""
     rows, channels = x.shape
     for r in range(slot * rows // slots, (slot + 1) * rows // slots):
         for c in range(channels):
             value = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
+            if add:
+                value = value + shortcut[r, c]
             if relu and value <= 0:
                 value = 0
             out[r, c] = value
@@ -369,7 +373,7 @@ def batch_norm_act_forward(x, mean, invstd, weight, bias, relu, coefficients, ou
     rounded to x's dtype exactly as the unfused kernel rounds them.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_rows_slot, x.shape[0], x, coefficients, bool(relu), out)
+    run_shares(_normalize_rows_slot, x.shape[0], x, x, False, coefficients, bool(relu), out)
 
 
 @jit
@@ -598,17 +602,6 @@ def relu_backward_bias_grad(grad_y, y, grad_x, partials, grad_bias):
         _relu_backward_bias_grad_parallel(grad_y, y, grad_x, partials, grad_bias)
 
 
-@jit(fastmath=EXACT_FASTMATH)
-def _normalize_add_relu_rows_slot(slot, slots, x, shortcut, coefficients, out):
-    """The slot's share of batch_norm_add_relu_forward's rows (run by kernels/_slots.run_slots)."""
-    rows, channels = x.shape
-    for r in range(slot * rows // slots, (slot + 1) * rows // slots):
-        for c in range(channels):
-            normalized = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
-            total = normalized + shortcut[r, c]
-            out[r, c] = 0 if total <= 0 else total
-
-
 def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias, coefficients, out):
     """out = max((x - mean) * invstd * weight + bias + shortcut, 0) per channel (NaN kept): the end of a residual
     block (batch norm, shortcut add, ReLU) in one pass over memory instead of three.
@@ -618,7 +611,7 @@ def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias, coeffic
     batch_norm_act_forward.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_add_relu_rows_slot, x.shape[0], x, shortcut, coefficients, out)
+    run_shares(_normalize_rows_slot, x.shape[0], x, shortcut, True, coefficients, True, out)
 
 
 @jit
