@@ -67,11 +67,11 @@ def measure_scaling(spec):
     of spec["model"], or for "sgemm" one NumPy float32 product of spec["size"]. The two runs of a pair are at most
     a step apart, so the speed drift of a shared VM (a 1-thread cifar-cnn step measured 65-103 ms in processes
     minutes apart) cancels in their ratio. Both counts run in this one process, started on spec["threads"]."""
+    from ..kernels.matmul import openblas_thread_setters
+
     threads = spec["threads"]
     if spec["model"] == "sgemm":
         import numpy as np
-
-        from ..kernels.matmul import openblas_thread_setters
 
         _, set_threads = openblas_thread_setters("numpy")
         if set_threads is None:
@@ -85,8 +85,6 @@ def measure_scaling(spec):
         model = runners.build_model(spec["model"], spec["seed"])
         batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1)
         step, _ = runners.cnnnumba_step(model, spec["mode"], eager=spec["eager"])
-        from ..kernels.matmul import openblas_thread_setters
-
         # the step's BLAS calls (im2col GEMMs through NumPy, large linear layers through SciPy) follow the count too,
         # as they would in a process started on it
         blas_setters = [setter for _, setter in map(openblas_thread_setters, ("numpy", "scipy")) if setter]
@@ -95,6 +93,7 @@ def measure_scaling(spec):
             set_num_threads(count)
             for setter in blas_setters:
                 setter(count)
+
         runs = [lambda images=images, labels=labels: step(images, labels) for images, labels in batches]
     for count in (threads, 1):
         set_threads(count)
