@@ -8,6 +8,13 @@ slot function is compiled once, for the exact argument types of the call, and th
 through its address: one small parallel loop (`_run_slots_parallel`, all-integer arguments, compiled once for
 every kernel) calls a trampoline that unpacks the slot's arguments from the caller's frame.
 
+The slots are not split among the threads in fixed halves: each thread claims the next unclaimed slot from a
+counter until none is left. A vCPU of a shared host often runs at two thirds of its speed for seconds at a time
+while the other runs at full speed (its host core's other hyperthread busy); with fixed halves every parallel pass
+then waits for the slow one, and two threads gave about 1.4x one. Claimed slots move to whichever thread is free.
+Which thread runs a slot changes no result: slots write disjoint outputs or per-slot partials. Kernels whose work
+needs per-thread scratch use run_jobs: a job is claimed like a slot and told which worker (scratch) runs it.
+
 Numba drops an exception raised in a function called from a prange body (the loop goes on, nothing is raised), so
 a slot that fails is only noted there; once the loop is done that slot runs again serially, and its exception
 (e.g. an IndexError under NUMBA_BOUNDSCHECK) reaches the caller as from a direct call.
@@ -37,23 +44,27 @@ def _call_native(context, builder, address, argtypes, values):
 
 
 INT64 = ir.IntType(64)
-_TRAMPOLINE_ARGUMENTS = (types.int64, types.int64, types.int64)  # slot, slot function address, packed arguments
+# slot, worker, slot function address, packed arguments
+_TRAMPOLINE_ARGUMENTS = (types.int64, types.int64, types.int64, types.int64)
 
 
-def _trampoline(context, module, arguments):
-    """The function (Numba's calling convention, arguments (slot, address, packed)) that calls the slot function at
-    `address` with slot and the tuple of type `arguments` stored at `packed`; one per tuple type in a module."""
+def _trampoline(context, module, arguments, pass_worker):
+    """The function (Numba's calling convention, arguments (slot, worker, address, packed)) that calls the slot
+    function at `address` with slot, worker if pass_worker, and the tuple of type `arguments` stored at `packed`;
+    one per tuple type and pass_worker in a module."""
     function_type = context.call_conv.get_function_type(types.none, _TRAMPOLINE_ARGUMENTS)
-    name = "cnnnumba_slot_trampoline." + hashlib.sha1(str(arguments).encode()).hexdigest()
+    name = ("cnnnumba_job_trampoline." if pass_worker else "cnnnumba_slot_trampoline.") + hashlib.sha1(
+        str(arguments).encode()).hexdigest()
     function = cgutils.get_or_insert_function(module, function_type, name)
     if not function.is_declaration:
         return function
     function.linkage = "internal"
     builder = ir.IRBuilder(function.append_basic_block())
-    return_pointer, exception_info, slot, address, packed = function.args
-    slot_types = (types.int64, *arguments.types)
+    return_pointer, exception_info, slot, worker, address, packed = function.args
+    leading = [slot, worker] if pass_worker else [slot]
+    slot_types = (types.int64,) * len(leading) + tuple(arguments.types)
     stored = builder.load(builder.inttoptr(packed, context.get_value_type(arguments).as_pointer()))
-    values = [slot] + [builder.extract_value(stored, i) for i in range(len(arguments.types))]
+    values = leading + [builder.extract_value(stored, i) for i in range(len(arguments.types))]
     slot_function_type = context.call_conv.get_function_type(types.none, slot_types)
     callee = builder.inttoptr(address, slot_function_type.as_pointer())
     flat = list(context.get_arg_packer(slot_types).as_arguments(builder, values))
@@ -62,88 +73,133 @@ def _trampoline(context, module, arguments):
     return function
 
 
+def _make_pack_arguments(pass_worker):
+    @intrinsic
+    def pack_arguments(typingctx, arguments):
+        """(address of a copy of the tuple `arguments` in this function's frame, address of its trampoline,
+        address of a cell in this frame holding -1, where a failing slot writes its number, address of a cell
+        holding 0, the next slot to claim)."""
+        def codegen(context, builder, signature, values):
+            storage = cgutils.alloca_once(builder, context.get_value_type(arguments))
+            builder.store(values[0], storage)
+            failed = cgutils.alloca_once_value(builder, ir.Constant(INT64, -1))
+            next_slot = cgutils.alloca_once_value(builder, ir.Constant(INT64, 0))
+            trampoline = _trampoline(context, builder.module, arguments, pass_worker)
+            addresses = [builder.ptrtoint(storage, INT64), builder.ptrtoint(trampoline, INT64),
+                         builder.ptrtoint(failed, INT64), builder.ptrtoint(next_slot, INT64)]
+            return context.make_tuple(builder, signature.return_type, addresses)
+
+        return types.UniTuple(types.int64, 4)(arguments), codegen
+
+    return pack_arguments
+
+
+_pack_slot_arguments = _make_pack_arguments(False)
+_pack_job_arguments = _make_pack_arguments(True)
+
+
 @intrinsic
-def _pack_slot_arguments(typingctx, arguments):
-    """(address of a copy of the tuple `arguments` in this function's frame, address of its trampoline, address
-    of a cell in this frame holding -1, where a failing slot writes its number)."""
+def _claim(typingctx, cell):
+    """The value of the int64 at address `cell`, which is atomically incremented: the next slot to run."""
     def codegen(context, builder, signature, values):
-        storage = cgutils.alloca_once(builder, context.get_value_type(arguments))
-        builder.store(values[0], storage)
-        failed = cgutils.alloca_once_value(builder, ir.Constant(INT64, -1))
-        trampoline = _trampoline(context, builder.module, arguments)
-        addresses = [builder.ptrtoint(storage, INT64), builder.ptrtoint(trampoline, INT64),
-                     builder.ptrtoint(failed, INT64)]
-        return context.make_tuple(builder, signature.return_type, addresses)
+        return builder.atomic_rmw("add", builder.inttoptr(values[0], INT64.as_pointer()), ir.Constant(INT64, 1),
+                                  "monotonic")
 
-    return types.UniTuple(types.int64, 3)(arguments), codegen
+    return types.int64(cell), codegen
 
 
 @intrinsic
-def _call_trampoline(typingctx, trampoline, slot, address, packed, failed):
+def _call_trampoline(typingctx, trampoline, slot, worker, address, packed, failed):
     """Run one slot; if it raised, write its number to the cell at `failed` (any failing slot will do)."""
     def codegen(context, builder, signature, values):
         function_type = context.call_conv.get_function_type(types.none, _TRAMPOLINE_ARGUMENTS)
         callee = builder.inttoptr(values[0], function_type.as_pointer())
         status, _ = context.call_conv.call_function(builder, callee, types.none, list(_TRAMPOLINE_ARGUMENTS),
-                                                    list(values[1:4]))
+                                                    list(values[1:5]))
         with cgutils.if_unlikely(builder, status.is_error):
-            builder.store(values[1], builder.inttoptr(values[4], INT64.as_pointer()))
+            builder.store(values[1], builder.inttoptr(values[5], INT64.as_pointer()))
         return context.get_dummy_value()
 
-    return types.none(trampoline, slot, address, packed, failed), codegen
+    return types.none(trampoline, slot, worker, address, packed, failed), codegen
 
 
 @intrinsic
 def _rerun_failed_slot(typingctx, trampoline, address, packed, failed):
-    """Run again, here, the slot whose number is in the cell at `failed` (if any), so that its exception is raised."""
+    """Run again, here, as worker 0, the slot whose number is in the cell at `failed` (if any), so that its
+    exception is raised."""
     def codegen(context, builder, signature, values):
         slot = builder.load(builder.inttoptr(values[3], INT64.as_pointer()))
         with cgutils.if_unlikely(builder, builder.icmp_signed(">=", slot, ir.Constant(INT64, 0))):
-            _call_native(context, builder, values[0], list(_TRAMPOLINE_ARGUMENTS), [slot, values[1], values[2]])
+            _call_native(context, builder, values[0], list(_TRAMPOLINE_ARGUMENTS),
+                         [slot, ir.Constant(INT64, 0), values[1], values[2]])
         return context.get_dummy_value()
 
     return types.none(trampoline, address, packed, failed), codegen
 
 
 @parallel_jit
-def _run_slots_parallel(trampoline, address, packed, failed, slots):
-    for slot in prange(slots):
-        _call_trampoline(trampoline, np.int64(slot), address, packed, failed)
+def _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, workers):
+    for worker in prange(workers):
+        slot = _claim(next_slot)
+        while slot < slots:
+            _call_trampoline(trampoline, slot, np.int64(worker), address, packed, failed)
+            slot = _claim(next_slot)
 
 
 @jit
-def _launch(address, slots, *arguments):
-    packed, trampoline, failed = _pack_slot_arguments(arguments)
-    _run_slots_parallel(trampoline, address, packed, failed, slots)
+def _launch(address, slots, workers, *arguments):
+    packed, trampoline, failed, next_slot = _pack_slot_arguments(arguments)
+    _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, workers)
+    _rerun_failed_slot(trampoline, address, packed, failed)
+
+
+@jit
+def _launch_jobs(address, jobs, workers, *arguments):
+    packed, trampoline, failed, next_job = _pack_job_arguments(arguments)
+    _run_slots_parallel(trampoline, address, packed, failed, next_job, jobs, workers)
     _rerun_failed_slot(trampoline, address, packed, failed)
 
 
 _ADDRESSES = {}
+# The most threads a launch may run: per-worker scratch is sized by it.
+WORKERS = numba.config.NUMBA_NUM_THREADS
 
 
-def _slot_address(slot_function, arguments):
-    """The address of slot_function compiled for (int64 slot, *the Numba types of arguments)."""
-    signature = (types.int64, *(numba.typeof(argument) for argument in arguments))
-    slot_function.compile(signature)
-    compiled = slot_function.overloads[signature]
-    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
-
-
-def run_slots(slot_function, slots, *arguments):
-    """slot_function(slot, *arguments) for slot in range(slots), in parallel. slot_function is a @jit function
-    returning None; arguments are arrays, scalars or tuples of them, kept alive by the caller during the call.
-    A single slot runs on the calling thread (a parallel region would only add its start-up)."""
-    if slots == 1:
-        slot_function(0, *arguments)
-        return
-    key = (slot_function, *(compute_fingerprint(argument) for argument in arguments))
+def _address(function, leading, arguments):
+    """The address of function compiled for (`leading` int64s, *the Numba types of arguments), compiled once."""
+    key = (function, leading, *(compute_fingerprint(argument) for argument in arguments))
     address = _ADDRESSES.get(key)
     if address is None:
         # _launch holds _run_slots_parallel's code but is not itself parallel: loaded from the cache, nothing
         # starts Numba's threading layer, and its first parallel loop would call a null scheduler
         _launch_threads()
-        address = _ADDRESSES[key] = _slot_address(slot_function, arguments)
-    _launch(address, slots, *arguments)
+        signature = (types.int64,) * leading + tuple(numba.typeof(argument) for argument in arguments)
+        function.compile(signature)
+        compiled = function.overloads[signature]
+        address = _ADDRESSES[key] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+    return address
+
+
+def run_slots(slot_function, slots, *arguments):
+    """slot_function(slot, *arguments) for slot in range(slots), in parallel, each slot claimed by the next free
+    thread. slot_function is a @jit function returning None; arguments are arrays, scalars or tuples of them, kept
+    alive by the caller during the call. A single slot runs on the calling thread (a parallel region would only
+    add its start-up)."""
+    if slots == 1:
+        slot_function(0, *arguments)
+        return
+    _launch(_address(slot_function, 1, arguments), slots, min(slots, WORKERS), *arguments)
+
+
+def run_jobs(job_function, jobs, workers, *arguments):
+    """job_function(job, worker, *arguments) for job in range(jobs), in parallel, each job claimed by the next
+    free thread; worker < workers numbers the thread running the job, so that scratch indexed by worker is used by
+    one job at a time (workers: how many scratch sets there are, at most WORKERS are used)."""
+    if jobs == 1:
+        job_function(0, 0, *arguments)
+        return
+    _launch_jobs(_address(job_function, 2, arguments), jobs, max(1, min(int(workers), int(jobs), WORKERS)),
+                 *arguments)
 
 
 # Kernels whose slots each take a contiguous share of their jobs split them into at most this many slots: enough

@@ -15,7 +15,7 @@ from numba.extending import intrinsic
 
 from . import conv2d_workspace
 from ._jit import jit, parallel_jit
-from ._slots import run_slots
+from ._slots import run_jobs, run_shares, run_slots
 from .conv2d_gemm import gemm_plan
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials, sum_partials_serial
 from .conv2d_gemm import conv2d_backward_input_gemm, conv2d_backward_weight_gemm, conv2d_forward_gemm
@@ -442,13 +442,9 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 
 @jit
-def _forward_rows_slot(slot, x, weight, bias, out, strips, geometry, relu):
-    """The jobs of one slot of _forward_rows (run by kernels/_slots.run_slots)."""
-    rows_per_job, out_h = geometry[6], geometry[7]
-    jobs = x.shape[0] * ((out_h + rows_per_job - 1) // rows_per_job)
-    slots = strips.shape[0]
-    _forward_rows_jobs(slot * jobs // slots, (slot + 1) * jobs // slots, x, weight, bias, out, strips[slot], geometry,
-                       relu)
+def _forward_rows_job(job, worker, x, weight, bias, out, strips, geometry, relu):
+    """One job of _forward_rows (run by kernels/_slots.run_jobs), in worker's strip."""
+    _forward_rows_jobs(job, job + 1, x, weight, bias, out, strips[worker], geometry, relu)
 
 
 @jit
@@ -512,7 +508,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
 def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
-    (slots, strip_h, frame_w, C_in); each slot takes a contiguous share of the jobs.
+    (workers, strip_h, frame_w, C_in); the threads claim the jobs one by one.
     The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
     out_first_w + out_step_w * ow (steps of 1 for a plain forward; the phases of a strided backward-input
     each fill every stride-th pixel). relu clamps the stored sums at 0 (NaN kept) in the tiles' last store.
@@ -520,7 +516,9 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     are folded into the reduction (dilation 1 along the width makes them contiguous in the strip).
     geometry is (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w,
     out_first_h, out_first_w, out_step_h, out_step_w, reduction_block)."""
-    run_slots(_forward_rows_slot, strips.shape[0], x, weight, bias, out, strips, geometry, relu)
+    rows_per_job, out_h = geometry[6], geometry[7]
+    run_jobs(_forward_rows_job, x.shape[0] * -(-out_h // rows_per_job), strips.shape[0], x, weight, bias, out,
+             strips, geometry, relu)
 
 
 @jit
@@ -567,12 +565,12 @@ def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu
 
 
 @jit
-def _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
-                               dilation_h, dilation_w, band_rows):
-    """The jobs of one slot of _backward_weight_rows (run by kernels/_slots.run_slots)."""
+def _backward_weight_rows_chunk(chunk, worker, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w,
+                                pad_top, pad_left, dilation_h, dilation_w, band_rows):
+    """One chunk of _backward_weight_rows (run by kernels/_slots.run_jobs), in worker's strip and grad block."""
     batch, _, _, channels = x.shape
     chunks, kernel_h, kernel_w, reduction, channels_out = partials.shape
-    slots, _, frame_w, _ = strips.shape
+    frame_w = strips.shape[2]
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     rows = batch * out_h
     x_pixel_step = stride_w * channels
@@ -587,58 +585,57 @@ def _backward_weight_rows_slot(slot, x, grad_out, partials, strips, grad_blocks,
     else:
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     grad_flat = grad_out.reshape(-1)
-    strip = strips[slot]
-    # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the slot's
+    strip = strips[worker]
+    # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the worker's
     # cache-line-aligned buffer (the caller's array may start anywhere), then read by every tap and tile.
-    grad_block = grad_blocks[slot]
-    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
-        first, last = _chunk_bounds(rows, chunks, chunk)
-        partials[chunk] = 0.0
-        r = first
-        while r < last:
-            n = r // out_h
-            oh = r % out_h
-            span = min(last - r, out_h - oh, band_rows)
-            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
-                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
-            for b in range(0, span, block_rows):
-                count = min(block_rows, span - b)
-                grad_start = (r + b) * grad_row_step
-                for i in range(count * grad_row_step):  # an element loop compiles faster than a slice copy
-                    grad_block[i] = grad_flat[grad_start + i]
-                for kh in range(kernel_h):
-                    for kw in range(kernel_w):
-                        x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
-                        tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
-                        for ci in range(0, reduction, tile_rows):
-                            for co in range(0, channels_out, tile_channels):
-                                _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
-                                                 x_start + ci, x_pixel_step, x_row_step, grad_block, co,
-                                                 grad_row_step, count, out_w, channels_out)
-            r += span
+    grad_block = grad_blocks[worker]
+    first, last = _chunk_bounds(rows, chunks, chunk)
+    partials[chunk] = 0.0
+    r = first
+    while r < last:
+        n = r // out_h
+        oh = r % out_h
+        span = min(last - r, out_h - oh, band_rows)
+        _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                    strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+        for b in range(0, span, block_rows):
+            count = min(block_rows, span - b)
+            grad_start = (r + b) * grad_row_step
+            for i in range(count * grad_row_step):  # an element loop compiles faster than a slice copy
+                grad_block[i] = grad_flat[grad_start + i]
+            for kh in range(kernel_h):
+                for kw in range(kernel_w):
+                    x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
+                    tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
+                    for ci in range(0, reduction, tile_rows):
+                        for co in range(0, channels_out, tile_channels):
+                            _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
+                                             x_start + ci, x_pixel_step, x_row_step, grad_block, co,
+                                             grad_row_step, count, out_w, channels_out)
+        r += span
 
 
 def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
                           dilation_h, dilation_w, band_rows):
     """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
     (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
-    when the kW taps are folded into the reduction (dilation 1 along the width). The chunks are split in
-    contiguous shares among the slots of strips (slots, strip_h, frame_w, C_in) and grad_blocks (slots,
-    block pixels * C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one
+    when the kW taps are folded into the reduction (dilation 1 along the width). The threads claim the chunks one
+    by one, each working in its own strip of strips (workers, strip_h, frame_w, C_in) and block of grad_blocks
+    (workers, block pixels * C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one
     image into its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every
     tap and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
     products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
-    run_slots(_backward_weight_rows_slot, strips.shape[0], x, grad_out, partials, strips, grad_blocks, stride_h,
-              stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
+    run_jobs(_backward_weight_rows_chunk, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
+             grad_blocks, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
 
 
 @jit
-def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, stride_h, stride_w, pad_top, pad_left,
-                                  dilation_h, kernel_h, kernel_w, band_rows):
-    """The chunks of one slot of _backward_weight_columns (run by kernels/_slots.run_slots)."""
+def _backward_weight_columns_chunk(chunk, worker, x, grad_out, partials, strips, columns, stride_h, stride_w, pad_top,
+                                   pad_left, dilation_h, kernel_h, kernel_w, band_rows):
+    """One chunk of _backward_weight_columns (run by kernels/_slots.run_jobs), in worker's strip and columns."""
     batch, _, _, channels = x.shape
     chunks, _, _, reduction, channels_out = partials.shape
-    slots, _, frame_w, _ = strips.shape
+    frame_w = strips.shape[2]
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     grad_row_step = out_w * channels_out
     block_rows = (columns.shape[1] - LANES) // (out_w * reduction)
@@ -650,9 +647,9 @@ def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, 
         kind, tile_rows, tile_channels = 1, WEIGHT_TILE_ROWS, TILE_CHANNELS
     else:
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
-    strip = strips[slot]
-    column_block = columns[slot]
-    # the tiles get the operand types of _backward_weight_rows_slot's (a 3-D x, a flat grad_out), so a network
+    strip = strips[worker]
+    column_block = columns[worker]
+    # the tiles get the operand types of _backward_weight_rows_chunk's (a 3-D x, a flat grad_out), so a network
     # with both kinds of layer compiles _run_weight_tile once for them
     column_rows = column_block.reshape((1, 1, column_block.size))
     grad_flat = grad_out.reshape(-1)
@@ -661,32 +658,31 @@ def _backward_weight_columns_slot(slot, x, grad_out, partials, strips, columns, 
     # ones reach into LANES floats of slack at the end of the columns and into the strip's spare rows, zeroed here.
     column_block[:] = 0.0
     strip[strip.shape[0] - (LANES + frame_w * channels - 1) // (frame_w * channels):] = 0.0
-    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
-        first, last = _chunk_bounds(batch * out_h, chunks, chunk)
-        partials[chunk] = 0.0
-        r = first
-        while r < last:
-            n = r // out_h
-            oh = r % out_h
-            span = min(last - r, out_h - oh, band_rows)
-            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
-                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
-            for b in range(0, span, block_rows):
-                count = min(block_rows, span - b)
-                for row in range(count):
-                    for ow in range(out_w):
-                        target = (row * out_w + ow) * reduction
-                        for kh in range(kernel_h):
-                            source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
-                            for i in range(0, run, LANES):
-                                _copy_vector(column_block, target + kh * run + i, strip, source + i)
-                # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
-                for ci in range(0, reduction, tile_rows):
-                    for co in range(0, channels_out, tile_channels):
-                        _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, column_rows,
-                                         ci, reduction, out_w * reduction, grad_flat, (r + b) * grad_row_step + co,
-                                         grad_row_step, count, out_w, channels_out)
-            r += span
+    first, last = _chunk_bounds(batch * out_h, chunks, chunk)
+    partials[chunk] = 0.0
+    r = first
+    while r < last:
+        n = r // out_h
+        oh = r % out_h
+        span = min(last - r, out_h - oh, band_rows)
+        _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                    strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+        for b in range(0, span, block_rows):
+            count = min(block_rows, span - b)
+            for row in range(count):
+                for ow in range(out_w):
+                    target = (row * out_w + ow) * reduction
+                    for kh in range(kernel_h):
+                        source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
+                        for i in range(0, run, LANES):
+                            _copy_vector(column_block, target + kh * run + i, strip, source + i)
+            # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
+            for ci in range(0, reduction, tile_rows):
+                for co in range(0, channels_out, tile_channels):
+                    _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, column_rows,
+                                     ci, reduction, out_w * reduction, grad_flat, (r + b) * grad_row_step + co,
+                                     grad_row_step, count, out_w, channels_out)
+        r += span
 
 
 def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, padding, dilation_h, kernel_hw,
@@ -695,12 +691,12 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
     (1, 1, R, C_out) matrix, R >= kH * kW * C_in rounded up to a whole tile: for layers with few input channels
     (a network's first), where folding only the kW taps (_backward_weight_rows) pads each kernel row's reduction
     to a whole tile. A chunk pads the input rows under at most band_rows output rows of one image into its strip
-    (slots, strip_h, frame_w, C_in), then, a block of about PIXELS_PER_BLOCK output pixels at a time, copies the
-    kH * kW * C_in values under each pixel side by side into its columns (slots, block pixels * R) and runs
+    (workers, strip_h, frame_w, C_in), then, a block of about PIXELS_PER_BLOCK output pixels at a time, copies the
+    kH * kW * C_in values under each pixel side by side into its columns (workers, block pixels * R) and runs
     every tile over the block. Dilation 1 along the width. Each entry sums its pixels in (image, row, column)
     order, so the result depends on the chunks only."""
-    run_slots(_backward_weight_columns_slot, strips.shape[0], x, grad_out, partials, strips, columns, stride[0],
-              stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows)
+    run_jobs(_backward_weight_columns_chunk, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
+             columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -730,7 +726,7 @@ def _pointwise_row(out, out_row, out_pixel_step, pixels, x_rows, x_row, x_pixel_
     whole = pixels - pixels % tile_pixels
     for co_block in range(0, channels_out, tile_channels):
         co = min(co_block, channels_out - tile_channels)
-        # as in _forward_rows_slot: later reduction blocks add to the sums in out, only the last may clamp, and
+        # as in _forward_rows_jobs: later reduction blocks add to the sums in out, only the last may clamp, and
         # an overlapping last tile recomputes its whole reduction
         for r in range(0, reduction, reduction_block):
             block = min(reduction_block, reduction - r)
@@ -761,9 +757,9 @@ def _pointwise_forward_slot(slot, slots, x_rows, weight, bias, out, stride_h, st
                        reduction_block)
 
 
-def _pointwise_forward(x_rows, weight, bias, out, stride_h, stride_w, relu, reduction_block, slots):
-    run_slots(_pointwise_forward_slot, slots, slots, x_rows, weight, bias, out, stride_h, stride_w, relu,
-              reduction_block)
+def _pointwise_forward(x_rows, weight, bias, out, stride_h, stride_w, relu, reduction_block):
+    run_shares(_pointwise_forward_slot, out.shape[0] * out.shape[1], x_rows, weight, bias, out, stride_h, stride_w,
+               relu, reduction_block)
 
 
 @jit
@@ -794,9 +790,9 @@ def _pointwise_backward_input_slot(slot, slots, grad_rows, weight_t, zero_bias, 
                        overwrite, reduction_block)
 
 
-def _pointwise_backward_input(grad_rows, weight_t, zero_bias, out, stride_h, stride_w, reduction_block, slots):
-    run_slots(_pointwise_backward_input_slot, slots, slots, grad_rows, weight_t, zero_bias, out, stride_h, stride_w,
-              reduction_block)
+def _pointwise_backward_input(grad_rows, weight_t, zero_bias, out, stride_h, stride_w, reduction_block):
+    run_shares(_pointwise_backward_input_slot, out.shape[0] * out.shape[1], grad_rows, weight_t, zero_bias, out,
+               stride_h, stride_w, reduction_block)
 
 
 @jit
@@ -833,10 +829,9 @@ def _pointwise_backward_weight_slot(slot, slots, x_rows, grad_flat, partials, ba
             r += count
 
 
-def _pointwise_backward_weight(x_rows, grad_flat, partials, batch, stride_h, stride_w, out_h, out_w, block_rows,
-                               slots):
-    run_slots(_pointwise_backward_weight_slot, slots, slots, x_rows, grad_flat, partials, batch, stride_h, stride_w,
-              out_h, out_w, block_rows)
+def _pointwise_backward_weight(x_rows, grad_flat, partials, batch, stride_h, stride_w, out_h, out_w, block_rows):
+    run_shares(_pointwise_backward_weight_slot, partials.shape[0], x_rows, grad_flat, partials, batch, stride_h,
+               stride_w, out_h, out_w, block_rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1096,7 +1091,7 @@ def _forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dila
     if uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and _tiles_fit(weight_shape[3], out_shape[2]) and spec_bytes(weight_shape, dtype) <= budget // 4:
         specs = (("zero_bias", (weight_shape[3],), dtype), ("weight", weight_shape, dtype))
-        return "pointwise", specs, slots_within(0, 0, out_shape[0] * out_shape[1], budget)
+        return "pointwise", specs, None
     if uses_fast_forward(dtype, weight_shape, out_shape, groups):
         specs = (("zero_bias", (weight_shape[3],), dtype),)
         if spec_bytes(weight_shape, dtype) <= budget // 4:
@@ -1134,7 +1129,7 @@ def _backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
     if fits and uses_pointwise(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and _tiles_fit(group_in, out_shape[2]):
         specs = (("zero_bias", (group_in,), dtype), ("weight", transposed, dtype))
-        return "pointwise", specs, slots_within(0, 0, x_shape[0] * x_shape[1], budget)
+        return "pointwise", specs, None
     if fits and uses_fast_backward_input(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
         specs = (("zero_bias", (x_shape[3],), dtype), ("weight", (kernel_h * kernel_w * channels_out * group_in,),
                                                        dtype))
@@ -1199,7 +1194,7 @@ def _backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, paddi
         chunks = int(max(1, min(wanted, half // spec_bytes(weight_shape, dtype))))
         specs = (("partials", (chunks, *weight_shape), dtype),) if chunks > 1 else ()
         block_rows = max(1, PIXELS_PER_BLOCK // out_w)
-        return "pointwise", specs, (slots_within(0, 0, chunks, budget), block_rows)
+        return "pointwise", specs, block_rows
     if uses_fast_backward_weight(dtype, weight_shape, groups, dilation):
         frame_w = max(padding[1] + x_shape[2], (out_w - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
         tile_rows = _weight_tile_rows(channels_out)
@@ -1310,7 +1305,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
             bias = scratch["zero_bias"]
             bias[...] = 0.0
         _pointwise_forward(x.reshape(-1, x.shape[2], x.shape[3]), _aligned_into(weight, scratch["weight"]), bias, out,
-                           stride[0], stride[1], 1 if relu else 0, REDUCTION_BLOCK, details)
+                           stride[0], stride[1], 1 if relu else 0, REDUCTION_BLOCK)
     elif path == "fast":
         if bias is None:
             bias = scratch["zero_bias"]
@@ -1350,7 +1345,7 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
         weight_t = scratch["weight"]
         weight_t[...] = weight.transpose(0, 1, 3, 2)
         _pointwise_backward_input(grad_out.reshape(-1, grad_out.shape[2], grad_out.shape[3]), weight_t,
-                                  scratch["zero_bias"], out, stride[0], stride[1], REDUCTION_BLOCK, details)
+                                  scratch["zero_bias"], out, stride[0], stride[1], REDUCTION_BLOCK)
     elif path == "fast" and max(stride) > 1:
         _backward_input_phases(grad_out, weight, out, stride, padding, scratch, details)
     elif path == "fast":
@@ -1388,10 +1383,9 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
                                  dilation, groups)
     scratch = carve(workspace, specs) if path != "gemm" else None  # the GEMM path carves its own
     if path == "pointwise":
-        slots, block_rows = details
         partials = scratch["partials"] if "partials" in scratch else out.reshape((1, *out.shape))
         _pointwise_backward_weight(x.reshape(-1, x.shape[2], x.shape[3]), grad_out.reshape(-1), partials, x.shape[0],
-                                   stride[0], stride[1], grad_out.shape[1], grad_out.shape[2], block_rows, slots)
+                                   stride[0], stride[1], grad_out.shape[1], grad_out.shape[2], details)
         if "partials" in scratch:
             sum_partials(partials, out)
     elif path == "fast":

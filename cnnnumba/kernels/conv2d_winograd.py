@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 # the module object is all this import needs, whichever of the two is imported first.
 from . import conv2d as direct
 from ._jit import jit
-from ._slots import run_slots
+from ._slots import run_jobs
 from .conv2d_workspace import slots_within, spec_bytes, specs_bytes
 from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 
@@ -191,13 +191,13 @@ def transform_weight(weight, u):
 
 
 @jit
-def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """The jobs of one slot of _winograd_forward (run by kernels/_slots.run_slots)."""
+def _forward_job(job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+    """One job of _winograd_forward (run by kernels/_slots.run_jobs): a band of an image's tiles, in worker's
+    scratch."""
     pad_top, pad_left, relu, bands = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
-    slots = vs.shape[0]
-    v, m, patch, row = vs[slot], ms[slot], patches[slot], rows[slot]
+    v, m, patch, row = vs[worker], ms[worker], patches[worker], rows[worker]
     tiles_w = (out_w + TILE - 1) // TILE
     tiles = (out_h + TILE - 1) // TILE * tiles_w
     v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[3] * channels_out, channels_in * channels_out
@@ -210,50 +210,48 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
         kind, tile_rows, tile_channels = 1, direct.TILE_PIXELS, direct.TILE_CHANNELS
     else:
         kind, tile_rows, tile_channels = 0, direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
-    jobs = batch * bands
-    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
-        n = job // bands
-        band = job % bands
-        first = band * tiles // bands
-        count = (band + 1) * tiles // bands - first
-        transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, patch, v)
-        # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
-        # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
-        gemm_rows = max(count, tile_rows)
-        for t in range(count, gemm_rows):
-            for p in range(POSITIONS):
-                for c in range(channels_in):
-                    v[p, t, c] = 0.0
+    n = job // bands
+    band = job % bands
+    first = band * tiles // bands
+    count = (band + 1) * tiles // bands - first
+    transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, patch, v)
+    # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
+    # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
+    gemm_rows = max(count, tile_rows)
+    for t in range(count, gemm_rows):
         for p in range(POSITIONS):
-            for co_block in range(0, channels_out, tile_channels):
-                co = min(co_block, channels_out - tile_channels)
-                for t_block in range(0, gemm_rows, tile_rows):
-                    t = min(t_block, gemm_rows - tile_rows)
-                    direct._run_forward_tile(kind, m, p * m_step + t * channels_out + co, channels_out, zero, zero, v,
-                                             p * v_step + t * channels_in, channels_in, u, p * u_step + co,
-                                             zero_bias, co, one, one, zero, zero, zero, channels_in, channels_out)
-        for t in range(count):
-            tile = first + t
-            top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
-            finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
-                                  ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
-                                  channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
-            if finite:
-                continue
-            # inf - inf inside the transforms may have made NaN where the direct sum gives inf: the tile's outputs
-            # again as the direct path computes them, from its zero-padded input patch, each pixel by a register
-            # tile whose pixels all read it (the copies land in row; one goes to out)
-            _fill_patch(x, n, top - pad_top, left - pad_left, patch)
-            for i in range(min(TILE, out_h - top)):
-                for j in range(min(TILE, out_w - left)):
-                    for co_block in range(0, channels_out, tile_channels):
-                        co = min(co_block, channels_out - tile_channels)
-                        direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
-                                                 (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
-                                                 three, PATCH * channels_in, channels_in, channels_in * channels_out,
-                                                 channels_in, channels_out)
-                    for c in range(channels_out):
-                        out[n, top + i, left + j, c] = row[0, 0, 0, c]
+            for c in range(channels_in):
+                v[p, t, c] = 0.0
+    for p in range(POSITIONS):
+        for co_block in range(0, channels_out, tile_channels):
+            co = min(co_block, channels_out - tile_channels)
+            for t_block in range(0, gemm_rows, tile_rows):
+                t = min(t_block, gemm_rows - tile_rows)
+                direct._run_forward_tile(kind, m, p * m_step + t * channels_out + co, channels_out, zero, zero, v,
+                                         p * v_step + t * channels_in, channels_in, u, p * u_step + co,
+                                         zero_bias, co, one, one, zero, zero, zero, channels_in, channels_out)
+    for t in range(count):
+        tile = first + t
+        top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
+        finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
+                              ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
+                              channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
+        if finite:
+            continue
+        # inf - inf inside the transforms may have made NaN where the direct sum gives inf: the tile's outputs
+        # again as the direct path computes them, from its zero-padded input patch, each pixel by a register
+        # tile whose pixels all read it (the copies land in row; one goes to out)
+        _fill_patch(x, n, top - pad_top, left - pad_left, patch)
+        for i in range(min(TILE, out_h - top)):
+            for j in range(min(TILE, out_w - left)):
+                for co_block in range(0, channels_out, tile_channels):
+                    co = min(co_block, channels_out - tile_channels)
+                    direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
+                                             (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
+                                             three, PATCH * channels_in, channels_in, channels_in * channels_out,
+                                             channels_in, channels_out)
+                for c in range(channels_out):
+                    out[n, top + i, left + j, c] = row[0, 0, 0, c]
 
 
 def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
@@ -263,7 +261,8 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     into v (16, rows, C_in), multiplies them by u position by position into m (4, 4, rows, C_out) and
     transforms those back into out, all in its slot's scratch (vs, ms, patches (4, 4, C_in), rows
     (1, 1, 16, C_out)); weight is read only for tiles whose outputs come out non-finite, recomputed directly."""
-    run_slots(_forward_slot, vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
+    run_jobs(_forward_job, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
+             ms, patches, rows)
 
 
 # Bytes of transformed input and products (v and m) one job works on: they stay in L2 (2 MiB a core here) beside

@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 # conv2d.py imports this module for its dispatch; only functions here read conv2d's names (at compile time).
 from . import conv2d as direct
 from ._jit import jit
-from ._slots import run_slots
+from ._slots import run_jobs
 from ._vector import (INDEX, LANES, element_pointer, load_vector, masked_store, splat, store_vector, vector_fma,
                       vector_type)
 from . import conv2d_winograd as winograd2
@@ -265,13 +265,13 @@ def transform_weight(weight, u):
 
 
 @jit
-def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """The jobs of one slot of _winograd_forward (run by kernels/_slots.run_slots)."""
+def _forward_job(job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+    """One job of _winograd_forward (run by kernels/_slots.run_jobs): a band of an image's tiles, in worker's
+    scratch."""
     pad_top, pad_left, relu, bands, band_tiles = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
-    slots = vs.shape[0]
-    v, m, patch, row = vs[slot], ms[slot], patches[slot], rows[slot]
+    v, m, patch, row = vs[worker], ms[worker], patches[worker], rows[worker]
     # the GEMMs' m and u as 6 x 6 positions (the tiles address them by flat offsets): the operand types of the
     # direct path's and F(2x2)'s forward tiles, so _run_forward_tile compiles no signature for this path alone
     m_tiles = m.reshape(PATCH, PATCH, m.shape[1], m.shape[2])
@@ -287,54 +287,52 @@ def _forward_slot(slot, x, weight, u, bias, zero_bias, out, geometry, vs, ms, pa
         kind, tile_rows, tile_channels = 1, direct.TILE_PIXELS, direct.TILE_CHANNELS
     else:
         kind, tile_rows, tile_channels = 0, direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
-    jobs = batch * bands
-    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
-        n = job // bands
-        band = job % bands
-        if band_tiles > 0:
-            first = band * band_tiles
-            count = min(band_tiles, tiles - first)
-        else:
-            first = band * tiles // bands
-            count = (band + 1) * tiles // bands - first
-        transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, v)
-        # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
-        # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
-        gemm_rows = max(count, tile_rows)
-        for t in range(count, gemm_rows):
-            for p in range(POSITIONS):
-                for c in range(channels_in):
-                    v[p, t, c] = 0.0
+    n = job // bands
+    band = job % bands
+    if band_tiles > 0:
+        first = band * band_tiles
+        count = min(band_tiles, tiles - first)
+    else:
+        first = band * tiles // bands
+        count = (band + 1) * tiles // bands - first
+    transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, v)
+    # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
+    # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
+    gemm_rows = max(count, tile_rows)
+    for t in range(count, gemm_rows):
         for p in range(POSITIONS):
-            for co_block in range(0, channels_out, tile_channels):
-                co = min(co_block, channels_out - tile_channels)
-                for t_block in range(0, gemm_rows, tile_rows):
-                    t = min(t_block, gemm_rows - tile_rows)
-                    direct._run_forward_tile(kind, m_tiles, p * m_step + t * channels_out + co, channels_out, zero,
-                                             zero, v, p * v_step + t * channels_in, channels_in, u_tiles,
-                                             p * u_step + co, zero_bias, co, one, one, zero, zero, zero, channels_in,
-                                             channels_out)
-        for t in range(count):
-            tile = first + t
-            top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
-            finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
-                                  ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
-                                  channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
-            if finite:
-                continue
-            # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
-            # conv2d_winograd._forward_slot)
-            _fill_patch(x, n, top - pad_top, left - pad_left, patch)
-            for i in range(min(TILE, out_h - top)):
-                for j in range(min(TILE, out_w - left)):
-                    for co_block in range(0, channels_out, tile_channels):
-                        co = min(co_block, channels_out - tile_channels)
-                        direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
-                                                 (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
-                                                 three, PATCH * channels_in, channels_in, channels_in * channels_out,
-                                                 channels_in, channels_out)
-                    for c in range(channels_out):
-                        out[n, top + i, left + j, c] = row[0, 0, 0, c]
+            for c in range(channels_in):
+                v[p, t, c] = 0.0
+    for p in range(POSITIONS):
+        for co_block in range(0, channels_out, tile_channels):
+            co = min(co_block, channels_out - tile_channels)
+            for t_block in range(0, gemm_rows, tile_rows):
+                t = min(t_block, gemm_rows - tile_rows)
+                direct._run_forward_tile(kind, m_tiles, p * m_step + t * channels_out + co, channels_out, zero,
+                                         zero, v, p * v_step + t * channels_in, channels_in, u_tiles,
+                                         p * u_step + co, zero_bias, co, one, one, zero, zero, zero, channels_in,
+                                         channels_out)
+    for t in range(count):
+        tile = first + t
+        top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
+        finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
+                              ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
+                              channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
+        if finite:
+            continue
+        # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
+        # conv2d_winograd._forward_job)
+        _fill_patch(x, n, top - pad_top, left - pad_left, patch)
+        for i in range(min(TILE, out_h - top)):
+            for j in range(min(TILE, out_w - left)):
+                for co_block in range(0, channels_out, tile_channels):
+                    co = min(co_block, channels_out - tile_channels)
+                    direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
+                                             (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
+                                             three, PATCH * channels_in, channels_in, channels_in * channels_out,
+                                             channels_in, channels_out)
+                for c in range(channels_out):
+                    out[n, top + i, left + j, c] = row[0, 0, 0, c]
 
 
 def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
@@ -345,11 +343,12 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     (36, rows, C_in), multiplies them by u position by position into m (36, rows, C_out) and transforms those back
     into out, all in its slot's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out)). ms may be vs
     itself when each position's products are one register tile (see plan)."""
-    run_slots(_forward_slot, vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows)
+    run_jobs(_forward_job, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
+             ms, patches, rows)
 
 
 def _gemm_tile(channels_out):
-    """(GEMM rows, output channels) of the register tile _forward_slot multiplies with."""
+    """(GEMM rows, output channels) of the register tile _forward_job multiplies with."""
     if channels_out >= direct.BROAD_TILE_CHANNELS:
         return direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
     if channels_out >= direct.TILE_CHANNELS:

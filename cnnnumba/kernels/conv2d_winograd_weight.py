@@ -19,7 +19,7 @@ from numba.extending import intrinsic
 # compile time), so the module object is all this import needs, whichever of the two is imported first.
 from . import conv2d as direct
 from ._jit import jit
-from ._slots import run_slots
+from ._slots import run_jobs
 from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 from . import conv2d_winograd4, conv2d_winograd4_weight
 from .conv2d_winograd import PATCH, POSITIONS, TILE, tiles_along, transform_input_tiles
@@ -127,11 +127,11 @@ def inverse_transform_weight_grad(summed, out):
 
 
 @jit
-def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
-    """The chunks of one slot of _weight_gradient (run by kernels/_slots.run_slots)."""
+def _weight_chunk(chunk, worker, x, grad_out, partials, vs, zs, patches, geometry):
+    """One chunk of _weight_gradient (run by kernels/_slots.run_jobs), in worker's scratch."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry
     batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
-    chunks, slots, capacity = partials.shape[0], vs.shape[0], vs.shape[2]
+    chunks, capacity = partials.shape[0], vs.shape[2]
     job_tiles = capacity - 1
     if channels_out % direct.BROAD_TILE_CHANNELS == 0:
         kind, tile_rows, tile_channels = 2, direct.BROAD_WEIGHT_TILE_ROWS, direct.BROAD_TILE_CHANNELS
@@ -139,42 +139,41 @@ def _weight_slot(slot, x, grad_out, partials, vs, zs, patches, geometry):
         kind, tile_rows, tile_channels = 1, direct.WEIGHT_TILE_ROWS, direct.TILE_CHANNELS
     else:
         kind, tile_rows, tile_channels = 0, direct.NARROW_WEIGHT_TILE_ROWS, direct.NARROW_TILE_CHANNELS
-    v_slot, z, patch = vs[slot], zs[slot], patches[slot]
+    v_slot, z, patch = vs[worker], zs[worker], patches[worker]
     v_flat = v_slot.reshape(-1)
     v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
     zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_weight_tile signature
-    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
-        partials[chunk] = 0.0
-        start, last = chunk * total // chunks, (chunk + 1) * total // chunks
-        while start < last:
-            count = min(last - start, job_tiles)
-            k = 0
-            while k < count:  # the job's tiles, image by image
-                n, tile = (start + k) // tiles_per_image, (start + k) % tiles_per_image
-                run = min(count - k, tiles_per_image - tile)
-                # transform_input_tiles writes from tile 0 of the v it is given: a view starting k tiles in, with
-                # v_slot's position step (v_slot has a 17th position of room for it)
-                v = v_flat[k * channels_in:k * channels_in + POSITIONS * v_position_step].reshape(
-                    POSITIONS, capacity, channels_in)
-                transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v)
-                transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
-                k += run
-            for p in range(POSITIONS):
-                for ci in range(0, channels_in, tile_rows):
-                    for co in range(0, channels_out, tile_channels):
-                        direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
-                                                * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
-                                                zero, z, p * z_position_step + co, zero, one, count, channels_out)
-            start += count
+    partials[chunk] = 0.0
+    start, last = chunk * total // chunks, (chunk + 1) * total // chunks
+    while start < last:
+        count = min(last - start, job_tiles)
+        k = 0
+        while k < count:  # the job's tiles, image by image
+            n, tile = (start + k) // tiles_per_image, (start + k) % tiles_per_image
+            run = min(count - k, tiles_per_image - tile)
+            # transform_input_tiles writes from tile 0 of the v it is given: a view starting k tiles in, with
+            # v_slot's position step (v_slot has a 17th position of room for it)
+            v = v_flat[k * channels_in:k * channels_in + POSITIONS * v_position_step].reshape(
+                POSITIONS, capacity, channels_in)
+            transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v)
+            transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
+            k += run
+        for p in range(POSITIONS):
+            for ci in range(0, channels_in, tile_rows):
+                for co in range(0, channels_out, tile_channels):
+                    direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
+                                            * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
+                                            zero, z, p * z_position_step + co, zero, one, count, channels_out)
+        start += count
 
 
 def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
     """partials[chunk] (4, 4, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
     vs (slots, 17, tiles per job + 1, C_in), zs (slots, 16 * (tiles per job + 1) * C_out) and patches
     (slots, 4, 4, C_in) are the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
-    run_slots(_weight_slot, vs.shape[0], x, grad_out, partials, vs, zs, patches, geometry)
+    run_jobs(_weight_chunk, partials.shape[0], vs.shape[0], x, grad_out, partials, vs, zs, patches, geometry)
 
 
 def uses_f4(channels_in, channels_out):

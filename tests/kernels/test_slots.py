@@ -1,10 +1,12 @@
-"""run_slots: every slot runs once with the caller's arguments, whatever their types, and a slot's exception
-reaches the caller."""
+"""run_slots and run_jobs: every slot (job) runs once with the caller's arguments, whatever their types; a job's
+worker's scratch serves one job at a time; the threads claim the work, so a slow thread takes less of it; and an
+exception in a slot reaches the caller."""
+import numba
 import numpy as np
 import pytest
 
 from cnnnumba.kernels._jit import jit
-from cnnnumba.kernels._slots import run_slots
+from cnnnumba.kernels._slots import WORKERS, run_jobs, run_slots
 
 
 @jit
@@ -66,3 +68,61 @@ def test_an_exception_in_a_slot_reaches_the_caller():
         run_slots(_failing_slot, 4, out, 2)
     run_slots(_failing_slot, 4, out, -1)
     np.testing.assert_array_equal(out, 1.0)
+
+
+@jit
+def _record_job(job, worker, seen, workers_seen, busy, overlaps, spins):
+    """seen[job] += 1 and workers_seen[job] = worker; counts in overlaps[worker] any job that found worker's
+    scratch (busy[worker]) in use by another job; spins longer on worker 1 (a slow core) when spins > 0."""
+    seen[job] += 1
+    workers_seen[job] = worker
+    if busy[worker] != 0:
+        overlaps[worker] += 1
+    busy[worker] = 1
+    total = 0.0
+    for i in range(spins * (20 if worker == 1 else 1)):
+        total += np.sqrt(i + total * 1e-9)
+    busy[worker] = 0 if total >= 0 else 2
+
+
+def _run_recorded_jobs(jobs, workers, spins):
+    seen, workers_seen = np.zeros(jobs, np.int64), np.full(jobs, -1, np.int64)
+    busy, overlaps = np.zeros(workers, np.int64), np.zeros(workers, np.int64)
+    run_jobs(_record_job, jobs, workers, seen, workers_seen, busy, overlaps, spins)
+    return seen, workers_seen, overlaps
+
+
+@pytest.mark.parametrize("jobs, workers", [(1, 2), (2, 2), (7, 1), (97, 2), (64, 64)])
+def test_every_job_runs_once_on_a_worker_below_the_count_given(jobs, workers):
+    seen, workers_seen, overlaps = _run_recorded_jobs(jobs, workers, 200)
+    np.testing.assert_array_equal(seen, 1)
+    assert workers_seen.min() >= 0 and workers_seen.max() < min(workers, WORKERS)
+    np.testing.assert_array_equal(overlaps, 0)
+
+
+@pytest.mark.skipif(WORKERS < 2, reason="needs two threads")
+def test_a_slow_thread_takes_fewer_jobs():
+    # worker 1's jobs spin 20x longer, as on a core that runs slowly: fixed halves would give each worker 64 jobs
+    previous = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        seen, workers_seen, _ = _run_recorded_jobs(128, 2, 20000)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(seen, 1)
+    assert np.count_nonzero(workers_seen == 0) > 2 * np.count_nonzero(workers_seen == 1), np.bincount(workers_seen)
+
+
+@jit
+def _failing_job(job, worker, out, bad_job):
+    if job == bad_job:
+        raise ValueError("job failed on purpose")
+    out[job] = worker + 1.0
+
+
+def test_an_exception_in_a_job_reaches_the_caller():
+    out = np.zeros(9)
+    with pytest.raises(ValueError, match="job failed on purpose"):
+        run_jobs(_failing_job, 9, 2, out, 4)
+    run_jobs(_failing_job, 9, 2, out, -1)
+    assert np.all(out >= 1.0)
