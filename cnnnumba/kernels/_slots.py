@@ -13,10 +13,11 @@ counter until none is left. A vCPU of a shared host often runs at two thirds of 
 while the other runs at full speed (its host core's other hyperthread busy); with fixed halves every parallel pass
 then waits for the slow one, and two threads gave about 1.4x one. Claimed slots move to whichever thread is free.
 Which thread runs a slot changes no result: slots write disjoint outputs or per-slot partials. Kernels whose work
-needs per-thread scratch use run_jobs: a job is claimed like a slot and told which worker (scratch) runs it.
+needs per-thread scratch use run_jobs: ranges of jobs are claimed like slots, each told which worker (scratch set)
+runs it.
 
 Numba drops an exception raised in a function called from a prange body (the loop goes on, nothing is raised), so
-a slot that fails is only noted there; once the loop is done that slot runs again serially, and its exception
+a slot (range) that fails is only noted there; once the loop is done it runs again serially, and its exception
 (e.g. an IndexError under NUMBA_BOUNDSCHECK) reaches the caller as from a direct call.
 """
 import hashlib
@@ -44,24 +45,24 @@ def _call_native(context, builder, address, argtypes, values):
 
 
 INT64 = ir.IntType(64)
-# slot, worker, slot function address, packed arguments
-_TRAMPOLINE_ARGUMENTS = (types.int64, types.int64, types.int64, types.int64)
+# first slot, end of the range, worker, slot function address, packed arguments
+_TRAMPOLINE_ARGUMENTS = (types.int64,) * 5
 
 
-def _trampoline(context, module, arguments, pass_worker):
-    """The function (Numba's calling convention, arguments (slot, worker, address, packed)) that calls the slot
-    function at `address` with slot, worker if pass_worker, and the tuple of type `arguments` stored at `packed`;
-    one per tuple type and pass_worker in a module."""
+def _trampoline(context, module, arguments, pass_range):
+    """The function (Numba's calling convention, arguments (first, last, worker, address, packed)) that calls the
+    function at `address` with (first, last, worker) if pass_range, else with first alone, and then the tuple of
+    type `arguments` stored at `packed`; one per tuple type and pass_range in a module."""
     function_type = context.call_conv.get_function_type(types.none, _TRAMPOLINE_ARGUMENTS)
-    name = ("cnnnumba_job_trampoline." if pass_worker else "cnnnumba_slot_trampoline.") + hashlib.sha1(
+    name = ("cnnnumba_job_trampoline." if pass_range else "cnnnumba_slot_trampoline.") + hashlib.sha1(
         str(arguments).encode()).hexdigest()
     function = cgutils.get_or_insert_function(module, function_type, name)
     if not function.is_declaration:
         return function
     function.linkage = "internal"
     builder = ir.IRBuilder(function.append_basic_block())
-    return_pointer, exception_info, slot, worker, address, packed = function.args
-    leading = [slot, worker] if pass_worker else [slot]
+    return_pointer, exception_info, first, last, worker, address, packed = function.args
+    leading = [first, last, worker] if pass_range else [first]
     slot_types = (types.int64,) * len(leading) + tuple(arguments.types)
     stored = builder.load(builder.inttoptr(packed, context.get_value_type(arguments).as_pointer()))
     values = leading + [builder.extract_value(stored, i) for i in range(len(arguments.types))]
@@ -73,18 +74,18 @@ def _trampoline(context, module, arguments, pass_worker):
     return function
 
 
-def _make_pack_arguments(pass_worker):
+def _make_pack_arguments(pass_range):
     @intrinsic
     def pack_arguments(typingctx, arguments):
         """(address of a copy of the tuple `arguments` in this function's frame, address of its trampoline,
-        address of a cell in this frame holding -1, where a failing slot writes its number, address of a cell
-        holding 0, the next slot to claim)."""
+        address of a cell in this frame holding -1, where a failing range writes its first slot, address of a
+        cell holding 0, the next slot to claim)."""
         def codegen(context, builder, signature, values):
             storage = cgutils.alloca_once(builder, context.get_value_type(arguments))
             builder.store(values[0], storage)
             failed = cgutils.alloca_once_value(builder, ir.Constant(INT64, -1))
             next_slot = cgutils.alloca_once_value(builder, ir.Constant(INT64, 0))
-            trampoline = _trampoline(context, builder.module, arguments, pass_worker)
+            trampoline = _trampoline(context, builder.module, arguments, pass_range)
             addresses = [builder.ptrtoint(storage, INT64), builder.ptrtoint(trampoline, INT64),
                          builder.ptrtoint(failed, INT64), builder.ptrtoint(next_slot, INT64)]
             return context.make_tuple(builder, signature.return_type, addresses)
@@ -99,70 +100,78 @@ _pack_job_arguments = _make_pack_arguments(True)
 
 
 @intrinsic
-def _claim(typingctx, cell):
-    """The value of the int64 at address `cell`, which is atomically incremented: the next slot to run."""
+def _claim(typingctx, cell, count):
+    """The value of the int64 at address `cell`, to which count is added atomically: the first of the next count
+    slots to run."""
     def codegen(context, builder, signature, values):
-        return builder.atomic_rmw("add", builder.inttoptr(values[0], INT64.as_pointer()), ir.Constant(INT64, 1),
-                                  "monotonic")
+        return builder.atomic_rmw("add", builder.inttoptr(values[0], INT64.as_pointer()), values[1], "monotonic")
 
-    return types.int64(cell), codegen
+    return types.int64(cell, count), codegen
 
 
 @intrinsic
-def _call_trampoline(typingctx, trampoline, slot, worker, address, packed, failed):
-    """Run one slot; if it raised, write its number to the cell at `failed` (any failing slot will do)."""
+def _call_trampoline(typingctx, trampoline, first, last, worker, address, packed, failed):
+    """Run slots first..last - 1; if that raised, write first to the cell at `failed` (any failing range will do)."""
     def codegen(context, builder, signature, values):
         function_type = context.call_conv.get_function_type(types.none, _TRAMPOLINE_ARGUMENTS)
         callee = builder.inttoptr(values[0], function_type.as_pointer())
         status, _ = context.call_conv.call_function(builder, callee, types.none, list(_TRAMPOLINE_ARGUMENTS),
-                                                    list(values[1:5]))
+                                                    list(values[1:6]))
         with cgutils.if_unlikely(builder, status.is_error):
-            builder.store(values[1], builder.inttoptr(values[5], INT64.as_pointer()))
+            builder.store(values[1], builder.inttoptr(values[6], INT64.as_pointer()))
         return context.get_dummy_value()
 
-    return types.none(trampoline, slot, worker, address, packed, failed), codegen
+    return types.none(trampoline, first, last, worker, address, packed, failed), codegen
 
 
 @intrinsic
-def _rerun_failed_slot(typingctx, trampoline, address, packed, failed):
-    """Run again, here, as worker 0, the slot whose number is in the cell at `failed` (if any), so that its
+def _rerun_failed_range(typingctx, trampoline, address, packed, failed, grain, slots):
+    """Run again, here, as worker 0, the range whose first slot is in the cell at `failed` (if any), so that its
     exception is raised."""
     def codegen(context, builder, signature, values):
-        slot = builder.load(builder.inttoptr(values[3], INT64.as_pointer()))
-        with cgutils.if_unlikely(builder, builder.icmp_signed(">=", slot, ir.Constant(INT64, 0))):
-            _call_native(context, builder, values[0], list(_TRAMPOLINE_ARGUMENTS),
-                         [slot, ir.Constant(INT64, 0), values[1], values[2]])
+        trampoline, address, packed, failed, grain, slots = values
+        first = builder.load(builder.inttoptr(failed, INT64.as_pointer()))
+        with cgutils.if_unlikely(builder, builder.icmp_signed(">=", first, ir.Constant(INT64, 0))):
+            end = builder.add(first, grain)
+            last = builder.select(builder.icmp_signed("<", end, slots), end, slots)
+            _call_native(context, builder, trampoline, list(_TRAMPOLINE_ARGUMENTS),
+                         [first, last, ir.Constant(INT64, 0), address, packed])
         return context.get_dummy_value()
 
-    return types.none(trampoline, address, packed, failed), codegen
+    return types.none(trampoline, address, packed, failed, grain, slots), codegen
 
 
 @parallel_jit
-def _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, workers):
+def _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, workers, grain):
     for worker in prange(workers):
-        slot = _claim(next_slot)
-        while slot < slots:
-            _call_trampoline(trampoline, slot, np.int64(worker), address, packed, failed)
-            slot = _claim(next_slot)
+        first = _claim(next_slot, grain)
+        while first < slots:
+            _call_trampoline(trampoline, first, min(first + grain, slots), np.int64(worker), address, packed, failed)
+            first = _claim(next_slot, grain)
 
 
 @jit
 def _launch(address, slots, workers, *arguments):
     packed, trampoline, failed, next_slot = _pack_slot_arguments(arguments)
-    _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, workers)
-    _rerun_failed_slot(trampoline, address, packed, failed)
+    one = np.int64(1)
+    _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, workers, one)
+    _rerun_failed_range(trampoline, address, packed, failed, one, slots)
 
 
 @jit
-def _launch_jobs(address, jobs, workers, *arguments):
+def _launch_jobs(address, jobs, workers, grain, *arguments):
     packed, trampoline, failed, next_job = _pack_job_arguments(arguments)
-    _run_slots_parallel(trampoline, address, packed, failed, next_job, jobs, workers)
-    _rerun_failed_slot(trampoline, address, packed, failed)
+    _run_slots_parallel(trampoline, address, packed, failed, next_job, jobs, workers, grain)
+    _rerun_failed_range(trampoline, address, packed, failed, grain, jobs)
 
 
 _ADDRESSES = {}
 # The most threads a launch may run: per-worker scratch is sized by it.
 WORKERS = numba.config.NUMBA_NUM_THREADS
+# run_jobs hands out a launch's jobs in ranges of about jobs / (workers * CLAIMS_PER_WORKER): each range is one
+# call, whose set-up is then paid once for several small jobs (the F(4x4) forward's 8-tile jobs ran 4-8% slower
+# one call each), while the last range a slow thread holds is still a small part of the pass.
+CLAIMS_PER_WORKER = 32
 
 
 def _address(function, leading, arguments):
@@ -192,14 +201,17 @@ def run_slots(slot_function, slots, *arguments):
 
 
 def run_jobs(job_function, jobs, workers, *arguments):
-    """job_function(job, worker, *arguments) for job in range(jobs), in parallel, each job claimed by the next
-    free thread; worker < workers numbers the thread running the job, so that scratch indexed by worker is used by
-    one job at a time (workers: how many scratch sets there are, at most WORKERS are used)."""
-    if jobs == 1:
-        job_function(0, 0, *arguments)
+    """job_function(first, last, worker, *arguments) runs jobs first..last - 1, for ranges that together cover
+    range(jobs) once, in parallel, each range claimed by the next free thread; worker < workers numbers the thread
+    running it, so that scratch indexed by worker serves one range at a time (workers: how many scratch sets there
+    are; at most WORKERS are used). Jobs must not depend on which range or worker runs them."""
+    if jobs <= 1:
+        if jobs == 1:
+            job_function(0, 1, 0, *arguments)
         return
-    _launch_jobs(_address(job_function, 2, arguments), jobs, max(1, min(int(workers), int(jobs), WORKERS)),
-                 *arguments)
+    workers = max(1, min(int(workers), int(jobs), WORKERS))
+    grain = max(1, int(jobs) // (workers * CLAIMS_PER_WORKER))
+    _launch_jobs(_address(job_function, 3, arguments), jobs, workers, grain, *arguments)
 
 
 # Kernels whose slots each take a contiguous share of their jobs split them into at most this many slots: enough

@@ -442,9 +442,9 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 
 @jit
-def _forward_rows_job(job, worker, x, weight, bias, out, strips, geometry, relu):
-    """One job of _forward_rows (run by kernels/_slots.run_jobs), in worker's strip."""
-    _forward_rows_jobs(job, job + 1, x, weight, bias, out, strips[worker], geometry, relu)
+def _forward_rows_job(first_job, last_job, worker, x, weight, bias, out, strips, geometry, relu):
+    """Jobs first_job..last_job - 1 of _forward_rows (run by kernels/_slots.run_jobs), in worker's strip."""
+    _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strips[worker], geometry, relu)
 
 
 @jit
@@ -565,9 +565,10 @@ def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu
 
 
 @jit
-def _backward_weight_rows_chunk(chunk, worker, x, grad_out, partials, strips, grad_blocks, stride_h, stride_w,
-                                pad_top, pad_left, dilation_h, dilation_w, band_rows):
-    """One chunk of _backward_weight_rows (run by kernels/_slots.run_jobs), in worker's strip and grad block."""
+def _backward_weight_rows_chunk(first_chunk, last_chunk, worker, x, grad_out, partials, strips, grad_blocks,
+                                stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows):
+    """Chunks first_chunk..last_chunk - 1 of _backward_weight_rows (run by kernels/_slots.run_jobs), in
+    worker's strip and grad block."""
     batch, _, _, channels = x.shape
     chunks, kernel_h, kernel_w, reduction, channels_out = partials.shape
     frame_w = strips.shape[2]
@@ -589,30 +590,31 @@ def _backward_weight_rows_chunk(chunk, worker, x, grad_out, partials, strips, gr
     # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the worker's
     # cache-line-aligned buffer (the caller's array may start anywhere), then read by every tap and tile.
     grad_block = grad_blocks[worker]
-    first, last = _chunk_bounds(rows, chunks, chunk)
-    partials[chunk] = 0.0
-    r = first
-    while r < last:
-        n = r // out_h
-        oh = r % out_h
-        span = min(last - r, out_h - oh, band_rows)
-        _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
-                    strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
-        for b in range(0, span, block_rows):
-            count = min(block_rows, span - b)
-            grad_start = (r + b) * grad_row_step
-            for i in range(count * grad_row_step):  # an element loop compiles faster than a slice copy
-                grad_block[i] = grad_flat[grad_start + i]
-            for kh in range(kernel_h):
-                for kw in range(kernel_w):
-                    x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
-                    tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
-                    for ci in range(0, reduction, tile_rows):
-                        for co in range(0, channels_out, tile_channels):
-                            _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
-                                             x_start + ci, x_pixel_step, x_row_step, grad_block, co,
-                                             grad_row_step, count, out_w, channels_out)
-        r += span
+    for chunk in range(first_chunk, last_chunk):
+        first, last = _chunk_bounds(rows, chunks, chunk)
+        partials[chunk] = 0.0
+        r = first
+        while r < last:
+            n = r // out_h
+            oh = r % out_h
+            span = min(last - r, out_h - oh, band_rows)
+            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+            for b in range(0, span, block_rows):
+                count = min(block_rows, span - b)
+                grad_start = (r + b) * grad_row_step
+                for i in range(count * grad_row_step):  # an element loop compiles faster than a slice copy
+                    grad_block[i] = grad_flat[grad_start + i]
+                for kh in range(kernel_h):
+                    for kw in range(kernel_w):
+                        x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
+                        tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
+                        for ci in range(0, reduction, tile_rows):
+                            for co in range(0, channels_out, tile_channels):
+                                _run_weight_tile(kind, partials, tap_start + ci * channels_out + co, strip,
+                                                 x_start + ci, x_pixel_step, x_row_step, grad_block, co,
+                                                 grad_row_step, count, out_w, channels_out)
+            r += span
 
 
 def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
@@ -630,9 +632,10 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
 
 
 @jit
-def _backward_weight_columns_chunk(chunk, worker, x, grad_out, partials, strips, columns, stride_h, stride_w, pad_top,
-                                   pad_left, dilation_h, kernel_h, kernel_w, band_rows):
-    """One chunk of _backward_weight_columns (run by kernels/_slots.run_jobs), in worker's strip and columns."""
+def _backward_weight_columns_chunk(first_chunk, last_chunk, worker, x, grad_out, partials, strips, columns,
+                                   stride_h, stride_w, pad_top, pad_left, dilation_h, kernel_h, kernel_w, band_rows):
+    """Chunks first_chunk..last_chunk - 1 of _backward_weight_columns (run by kernels/_slots.run_jobs), in
+    worker's strip and columns."""
     batch, _, _, channels = x.shape
     chunks, _, _, reduction, channels_out = partials.shape
     frame_w = strips.shape[2]
@@ -649,7 +652,7 @@ def _backward_weight_columns_chunk(chunk, worker, x, grad_out, partials, strips,
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     strip = strips[worker]
     column_block = columns[worker]
-    # the tiles get the operand types of _backward_weight_rows_chunk's (a 3-D x, a flat grad_out), so a network
+    # the tiles get the operand types of _backward_weight_rows_slot's (a 3-D x, a flat grad_out), so a network
     # with both kinds of layer compiles _run_weight_tile once for them
     column_rows = column_block.reshape((1, 1, column_block.size))
     grad_flat = grad_out.reshape(-1)
@@ -658,31 +661,32 @@ def _backward_weight_columns_chunk(chunk, worker, x, grad_out, partials, strips,
     # ones reach into LANES floats of slack at the end of the columns and into the strip's spare rows, zeroed here.
     column_block[:] = 0.0
     strip[strip.shape[0] - (LANES + frame_w * channels - 1) // (frame_w * channels):] = 0.0
-    first, last = _chunk_bounds(batch * out_h, chunks, chunk)
-    partials[chunk] = 0.0
-    r = first
-    while r < last:
-        n = r // out_h
-        oh = r % out_h
-        span = min(last - r, out_h - oh, band_rows)
-        _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
-                    strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
-        for b in range(0, span, block_rows):
-            count = min(block_rows, span - b)
-            for row in range(count):
-                for ow in range(out_w):
-                    target = (row * out_w + ow) * reduction
-                    for kh in range(kernel_h):
-                        source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
-                        for i in range(0, run, LANES):
-                            _copy_vector(column_block, target + kh * run + i, strip, source + i)
-            # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
-            for ci in range(0, reduction, tile_rows):
-                for co in range(0, channels_out, tile_channels):
-                    _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, column_rows,
-                                     ci, reduction, out_w * reduction, grad_flat, (r + b) * grad_row_step + co,
-                                     grad_row_step, count, out_w, channels_out)
-        r += span
+    for chunk in range(first_chunk, last_chunk):
+        first, last = _chunk_bounds(batch * out_h, chunks, chunk)
+        partials[chunk] = 0.0
+        r = first
+        while r < last:
+            n = r // out_h
+            oh = r % out_h
+            span = min(last - r, out_h - oh, band_rows)
+            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+            for b in range(0, span, block_rows):
+                count = min(block_rows, span - b)
+                for row in range(count):
+                    for ow in range(out_w):
+                        target = (row * out_w + ow) * reduction
+                        for kh in range(kernel_h):
+                            source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
+                            for i in range(0, run, LANES):
+                                _copy_vector(column_block, target + kh * run + i, strip, source + i)
+                # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
+                for ci in range(0, reduction, tile_rows):
+                    for co in range(0, channels_out, tile_channels):
+                        _run_weight_tile(kind, partials, chunk * chunk_size + ci * channels_out + co, column_rows,
+                                         ci, reduction, out_w * reduction, grad_flat, (r + b) * grad_row_step + co,
+                                         grad_row_step, count, out_w, channels_out)
+            r += span
 
 
 def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, padding, dilation_h, kernel_hw,

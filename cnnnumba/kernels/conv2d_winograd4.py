@@ -265,9 +265,9 @@ def transform_weight(weight, u):
 
 
 @jit
-def _forward_job(job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """One job of _winograd_forward (run by kernels/_slots.run_jobs): a band of an image's tiles, in worker's
-    scratch."""
+def _forward_job(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+    """Jobs first_job..last_job - 1 of _winograd_forward (run by kernels/_slots.run_jobs): each a band of an
+    image's tiles, in worker's scratch."""
     pad_top, pad_left, relu, bands, band_tiles = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
@@ -287,52 +287,53 @@ def _forward_job(job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, 
         kind, tile_rows, tile_channels = 1, direct.TILE_PIXELS, direct.TILE_CHANNELS
     else:
         kind, tile_rows, tile_channels = 0, direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
-    n = job // bands
-    band = job % bands
-    if band_tiles > 0:
-        first = band * band_tiles
-        count = min(band_tiles, tiles - first)
-    else:
-        first = band * tiles // bands
-        count = (band + 1) * tiles // bands - first
-    transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, v)
-    # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
-    # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
-    gemm_rows = max(count, tile_rows)
-    for t in range(count, gemm_rows):
+    for job in range(first_job, last_job):
+        n = job // bands
+        band = job % bands
+        if band_tiles > 0:
+            first = band * band_tiles
+            count = min(band_tiles, tiles - first)
+        else:
+            first = band * tiles // bands
+            count = (band + 1) * tiles // bands - first
+        transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, v)
+        # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
+        # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
+        gemm_rows = max(count, tile_rows)
+        for t in range(count, gemm_rows):
+            for p in range(POSITIONS):
+                for c in range(channels_in):
+                    v[p, t, c] = 0.0
         for p in range(POSITIONS):
-            for c in range(channels_in):
-                v[p, t, c] = 0.0
-    for p in range(POSITIONS):
-        for co_block in range(0, channels_out, tile_channels):
-            co = min(co_block, channels_out - tile_channels)
-            for t_block in range(0, gemm_rows, tile_rows):
-                t = min(t_block, gemm_rows - tile_rows)
-                direct._run_forward_tile(kind, m_tiles, p * m_step + t * channels_out + co, channels_out, zero,
-                                         zero, v, p * v_step + t * channels_in, channels_in, u_tiles,
-                                         p * u_step + co, zero_bias, co, one, one, zero, zero, zero, channels_in,
-                                         channels_out)
-    for t in range(count):
-        tile = first + t
-        top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
-        finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
-                              ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
-                              channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
-        if finite:
-            continue
-        # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
-        # conv2d_winograd._forward_job)
-        _fill_patch(x, n, top - pad_top, left - pad_left, patch)
-        for i in range(min(TILE, out_h - top)):
-            for j in range(min(TILE, out_w - left)):
-                for co_block in range(0, channels_out, tile_channels):
-                    co = min(co_block, channels_out - tile_channels)
-                    direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
-                                             (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
-                                             three, PATCH * channels_in, channels_in, channels_in * channels_out,
-                                             channels_in, channels_out)
-                for c in range(channels_out):
-                    out[n, top + i, left + j, c] = row[0, 0, 0, c]
+            for co_block in range(0, channels_out, tile_channels):
+                co = min(co_block, channels_out - tile_channels)
+                for t_block in range(0, gemm_rows, tile_rows):
+                    t = min(t_block, gemm_rows - tile_rows)
+                    direct._run_forward_tile(kind, m_tiles, p * m_step + t * channels_out + co, channels_out, zero,
+                                             zero, v, p * v_step + t * channels_in, channels_in, u_tiles,
+                                             p * u_step + co, zero_bias, co, one, one, zero, zero, zero, channels_in,
+                                             channels_out)
+        for t in range(count):
+            tile = first + t
+            top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
+            finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
+                                  ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
+                                  channels_out, min(TILE, out_h - top), min(TILE, out_w - left), channels_out)
+            if finite:
+                continue
+            # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
+            # conv2d_winograd._forward_slot)
+            _fill_patch(x, n, top - pad_top, left - pad_left, patch)
+            for i in range(min(TILE, out_h - top)):
+                for j in range(min(TILE, out_w - left)):
+                    for co_block in range(0, channels_out, tile_channels):
+                        co = min(co_block, channels_out - tile_channels)
+                        direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
+                                                 (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
+                                                 three, PATCH * channels_in, channels_in, channels_in * channels_out,
+                                                 channels_in, channels_out)
+                    for c in range(channels_out):
+                        out[n, top + i, left + j, c] = row[0, 0, 0, c]
 
 
 def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):

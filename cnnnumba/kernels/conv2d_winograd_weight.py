@@ -127,8 +127,9 @@ def inverse_transform_weight_grad(summed, out):
 
 
 @jit
-def _weight_chunk(chunk, worker, x, grad_out, partials, vs, zs, patches, geometry):
-    """One chunk of _weight_gradient (run by kernels/_slots.run_jobs), in worker's scratch."""
+def _weight_chunk(first_chunk, last_chunk, worker, x, grad_out, partials, vs, zs, patches, geometry):
+    """Chunks first_chunk..last_chunk - 1 of _weight_gradient (run by kernels/_slots.run_jobs), in worker's
+    scratch."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry
     batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
     chunks, capacity = partials.shape[0], vs.shape[2]
@@ -145,28 +146,29 @@ def _weight_chunk(chunk, worker, x, grad_out, partials, vs, zs, patches, geometr
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
     zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_weight_tile signature
-    partials[chunk] = 0.0
-    start, last = chunk * total // chunks, (chunk + 1) * total // chunks
-    while start < last:
-        count = min(last - start, job_tiles)
-        k = 0
-        while k < count:  # the job's tiles, image by image
-            n, tile = (start + k) // tiles_per_image, (start + k) % tiles_per_image
-            run = min(count - k, tiles_per_image - tile)
-            # transform_input_tiles writes from tile 0 of the v it is given: a view starting k tiles in, with
-            # v_slot's position step (v_slot has a 17th position of room for it)
-            v = v_flat[k * channels_in:k * channels_in + POSITIONS * v_position_step].reshape(
-                POSITIONS, capacity, channels_in)
-            transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v)
-            transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
-            k += run
-        for p in range(POSITIONS):
-            for ci in range(0, channels_in, tile_rows):
-                for co in range(0, channels_out, tile_channels):
-                    direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
-                                            * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
-                                            zero, z, p * z_position_step + co, zero, one, count, channels_out)
-        start += count
+    for chunk in range(first_chunk, last_chunk):
+        partials[chunk] = 0.0
+        start, last = chunk * total // chunks, (chunk + 1) * total // chunks
+        while start < last:
+            count = min(last - start, job_tiles)
+            k = 0
+            while k < count:  # the job's tiles, image by image
+                n, tile = (start + k) // tiles_per_image, (start + k) % tiles_per_image
+                run = min(count - k, tiles_per_image - tile)
+                # transform_input_tiles writes from tile 0 of the v it is given: a view starting k tiles in, with
+                # v_slot's position step (v_slot has a 17th position of room for it)
+                v = v_flat[k * channels_in:k * channels_in + POSITIONS * v_position_step].reshape(
+                    POSITIONS, capacity, channels_in)
+                transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v)
+                transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
+                k += run
+            for p in range(POSITIONS):
+                for ci in range(0, channels_in, tile_rows):
+                    for co in range(0, channels_out, tile_channels):
+                        direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
+                                                * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
+                                                zero, z, p * z_position_step + co, zero, one, count, channels_out)
+            start += count
 
 
 def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):

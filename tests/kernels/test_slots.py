@@ -71,17 +71,19 @@ def test_an_exception_in_a_slot_reaches_the_caller():
 
 
 @jit
-def _record_job(job, worker, seen, workers_seen, busy, overlaps, spins):
-    """seen[job] += 1 and workers_seen[job] = worker; counts in overlaps[worker] any job that found worker's
-    scratch (busy[worker]) in use by another job; spins longer on worker 1 (a slow core) when spins > 0."""
-    seen[job] += 1
-    workers_seen[job] = worker
+def _record_job(first, last, worker, seen, workers_seen, busy, overlaps, spins):
+    """For each job of the range: seen[job] += 1 and workers_seen[job] = worker; counts in overlaps[worker] any
+    range that found worker's scratch (busy[worker]) in use by another; spins 20x longer per job on worker 1 (a
+    slow core)."""
     if busy[worker] != 0:
         overlaps[worker] += 1
     busy[worker] = 1
     total = 0.0
-    for i in range(spins * (20 if worker == 1 else 1)):
-        total += np.sqrt(i + total * 1e-9)
+    for job in range(first, last):
+        seen[job] += 1
+        workers_seen[job] = worker
+        for i in range(spins * (20 if worker == 1 else 1)):
+            total += np.sqrt(i + total * 1e-9)
     busy[worker] = 0 if total >= 0 else 2
 
 
@@ -92,7 +94,7 @@ def _run_recorded_jobs(jobs, workers, spins):
     return seen, workers_seen, overlaps
 
 
-@pytest.mark.parametrize("jobs, workers", [(1, 2), (2, 2), (7, 1), (97, 2), (64, 64)])
+@pytest.mark.parametrize("jobs, workers", [(1, 2), (2, 2), (7, 1), (97, 2), (64, 64), (1000, 2)])
 def test_every_job_runs_once_on_a_worker_below_the_count_given(jobs, workers):
     seen, workers_seen, overlaps = _run_recorded_jobs(jobs, workers, 200)
     np.testing.assert_array_equal(seen, 1)
@@ -114,15 +116,17 @@ def test_a_slow_thread_takes_fewer_jobs():
 
 
 @jit
-def _failing_job(job, worker, out, bad_job):
-    if job == bad_job:
-        raise ValueError("job failed on purpose")
-    out[job] = worker + 1.0
+def _failing_job(first, last, worker, out, bad_job):
+    for job in range(first, last):
+        if job == bad_job:
+            raise ValueError("job failed on purpose")
+        out[job] = worker + 1.0
 
 
-def test_an_exception_in_a_job_reaches_the_caller():
-    out = np.zeros(9)
+@pytest.mark.parametrize("jobs, bad_job", [(9, 4), (1000, 999), (1000, 3)])
+def test_an_exception_in_a_job_reaches_the_caller(jobs, bad_job):
+    out = np.zeros(jobs)
     with pytest.raises(ValueError, match="job failed on purpose"):
-        run_jobs(_failing_job, 9, 2, out, 4)
-    run_jobs(_failing_job, 9, 2, out, -1)
+        run_jobs(_failing_job, jobs, 2, out, bad_job)
+    run_jobs(_failing_job, jobs, 2, out, -1)
     assert np.all(out >= 1.0)
