@@ -35,16 +35,15 @@ MAX_REDUCTION_CHUNKS = 16
 # ---------------------------------------------------------------------------------------------------------
 
 @jit
-def _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                          groups, relu, rows_scratch):
-    """The jobs of one slot of _forward_general (run by kernels/_slots.run_slots)."""
+def _forward_general_rows(first_job, last_job, worker, x, weight, bias, out, stride_h, stride_w, pad_top, pad_left,
+                          dilation_h, dilation_w, groups, relu, rows_scratch):
+    """Jobs (image, output row) first_job..last_job - 1 of _forward_general (run by kernels/_slots.run_jobs)."""
     batch, height, width, _ = x.shape
     kernel_h, kernel_w, group_in, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
     group_out = channels_out // groups
-    slots = rows_scratch.shape[0]
-    row = rows_scratch[slot]
-    for job in range(slot * batch * out_h // slots, (slot + 1) * batch * out_h // slots):
+    row = rows_scratch[worker]
+    for job in range(first_job, last_job):
         n = job // out_h
         oh = job % out_h
         if bias is None:
@@ -75,23 +74,23 @@ def _forward_general_slot(slot, x, weight, bias, out, stride_h, stride_w, pad_to
 
 def _forward_general(x, weight, bias, out, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
                      relu, rows_scratch):
-    """rows_scratch (slots, W_out, C_out): one output row per slot; each slot takes a contiguous share of the
-    (image, row) jobs."""
-    run_slots(_forward_general_slot, rows_scratch.shape[0], x, weight, bias, out, stride_h, stride_w, pad_top, pad_left,
-              dilation_h, dilation_w, groups, relu, rows_scratch)
+    """rows_scratch (slots, W_out, C_out): one output row per slot; the threads claim ranges of the (image, row)
+    jobs."""
+    run_jobs(_forward_general_rows, out.shape[0] * out.shape[1], rows_scratch.shape[0], x, weight, bias, out, stride_h,
+             stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, relu, rows_scratch)
 
 
 @jit
-def _backward_input_general_slot(slot, grad_out, weight_t, out, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                                 dilation_w, groups, rows_scratch):
-    """The jobs of one slot of _backward_input_general (run by kernels/_slots.run_slots)."""
+def _backward_input_general_rows(first_job, last_job, worker, grad_out, weight_t, out, stride_h, stride_w, pad_top,
+                                 pad_left, dilation_h, dilation_w, groups, rows_scratch):
+    """Jobs (image, input row) first_job..last_job - 1 of _backward_input_general (run by
+    kernels/_slots.run_jobs)."""
     batch, height, width, channels_in = out.shape
     kernel_h, kernel_w, channels_out, group_in = weight_t.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     group_out = channels_out // groups
-    slots = rows_scratch.shape[0]
-    row = rows_scratch[slot]
-    for job in range(slot * batch * height // slots, (slot + 1) * batch * height // slots):
+    row = rows_scratch[worker]
+    for job in range(first_job, last_job):
         n = job // height
         ih = job % height
         row[...] = 0.0
@@ -124,8 +123,8 @@ def _backward_input_general(grad_out, weight_t, out, stride_h, stride_w, pad_top
                             groups, rows_scratch):
     """weight_t is (kH, kW, C_out, C_in/groups): input channels innermost, so the inner loop is a contiguous axpy.
     rows_scratch (slots, W, C_in): one input row per slot."""
-    run_slots(_backward_input_general_slot, rows_scratch.shape[0], grad_out, weight_t, out, stride_h, stride_w, pad_top,
-              pad_left, dilation_h, dilation_w, groups, rows_scratch)
+    run_jobs(_backward_input_general_rows, out.shape[0] * out.shape[1], rows_scratch.shape[0], grad_out, weight_t, out,
+             stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, rows_scratch)
 
 
 @jit
@@ -508,7 +507,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
 def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
-    (workers, strip_h, frame_w, C_in); the threads claim the jobs one by one.
+    (workers, strip_h, frame_w, C_in); the threads claim ranges of the jobs.
     The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
     out_first_w + out_step_w * ow (steps of 1 for a plain forward; the phases of a strided backward-input
     each fill every stride-th pixel). relu clamps the stored sums at 0 (NaN kept) in the tiles' last store.
@@ -619,14 +618,14 @@ def _backward_weight_rows_chunk(first_chunk, last_chunk, worker, x, grad_out, pa
 
 def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, stride_w, pad_top, pad_left,
                           dilation_h, dilation_w, band_rows):
-    """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out
-    (kH, kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile
-    when the kW taps are folded into the reduction (dilation 1 along the width). The threads claim the chunks one
-    by one, each working in its own strip of strips (workers, strip_h, frame_w, C_in) and block of grad_blocks
-    (workers, block pixels * C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one
-    image into its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every
-    tap and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels'
-    products in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
+    """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range, laid out (kH,
+    kW, R, C_out) where R is C_in, or (kH, 1, R, C_out) with R >= kW * C_in rounded up to a whole tile when the kW
+    taps are folded into the reduction (dilation 1 along the width). The threads claim ranges of chunks, each
+    working in its own strip of strips (workers, strip_h, frame_w, C_in) and block of grad_blocks (workers, block
+    pixels * C_out, cache-line aligned). A chunk pads the input rows of at most band_rows output rows of one image
+    into its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every tap
+    and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels' products
+    in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
     run_jobs(_backward_weight_rows_chunk, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
              grad_blocks, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
 
@@ -652,15 +651,10 @@ def _backward_weight_columns_chunk(first_chunk, last_chunk, worker, x, grad_out,
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     strip = strips[worker]
     column_block = columns[worker]
-    # the tiles get the operand types of _backward_weight_rows_slot's (a 3-D x, a flat grad_out), so a network
+    # the tiles get the operand types of _backward_weight_rows_chunk's (a 3-D x, a flat grad_out), so a network
     # with both kinds of layer compiles _run_weight_tile once for them
     column_rows = column_block.reshape((1, 1, column_block.size))
     grad_flat = grad_out.reshape(-1)
-    # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
-    # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the last
-    # ones reach into LANES floats of slack at the end of the columns and into the strip's spare rows, zeroed here.
-    column_block[:] = 0.0
-    strip[strip.shape[0] - (LANES + frame_w * channels - 1) // (frame_w * channels):] = 0.0
     for chunk in range(first_chunk, last_chunk):
         first, last = _chunk_bounds(batch * out_h, chunks, chunk)
         partials[chunk] = 0.0
@@ -699,6 +693,13 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
     kH * kW * C_in values under each pixel side by side into its columns (workers, block pixels * R) and runs
     every tile over the block. Dilation 1 along the width. Each entry sums its pixels in (image, row, column)
     order, so the result depends on the chunks only."""
+    # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
+    # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the last
+    # ones reach into LANES floats of slack at the end of the columns and into the strips' spare rows, zeroed here
+    # once for every range of chunks.
+    row_size = strips.shape[2] * strips.shape[3]
+    columns[...] = 0.0
+    strips[:, strips.shape[1] - (LANES + row_size - 1) // row_size:] = 0.0
     run_jobs(_backward_weight_columns_chunk, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
              columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows)
 

@@ -19,9 +19,9 @@ padding (bottom/right implied by the output size), `out` written whole and retur
 validates shapes; any padding works (negative padding too: the frame then starts inside the input), any
 dilation, float32 and float64. All scratch (the transposed weight, the weight-gradient partials, each job's
 frame and accumulators) comes from one workspace in the conv2d_workspace convention: `*_plan` give the specs
-from the shapes and the budget, per-job scratch exists once per slot (each slot takes a contiguous share of the
-jobs), and the number of partial weight gradients depends on the shape and budget only, summed in a fixed order,
-so results are bit-identical whatever the thread count.
+from the shapes and the budget, per-job scratch exists once per slot (a thread's scratch set: the threads claim
+ranges of jobs, each running them in its own slot), and the number of partial weight gradients depends on the
+shape and budget only, summed in a fixed order, so results are bit-identical whatever the thread count.
 """
 import numpy as np
 from llvmlite import ir
@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 
 from . import conv2d_workspace
 from ._jit import jit
-from ._slots import run_slots
+from ._slots import run_jobs
 from ._vector import (INDEX, LANES, broadcast, element_pointer, lane_mask, load_vector, masked_load, masked_store,
                       offset_pointer, store_vector, vector_fma, vector_type)
 from .conv2d_workspace import carve, slots_within, spec_bytes, specs_bytes, sum_partials
@@ -326,7 +326,7 @@ def _fill_frame(x, n, first_ih, pad_left, frames, i):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Forward: each slot takes a contiguous share of the (image, band of output rows) jobs.
+# Forward: the threads claim ranges of the (image, band of output rows) jobs.
 # ---------------------------------------------------------------------------------------------------------
 
 @jit
@@ -485,20 +485,23 @@ def _store_rows_tiled(acc, acc_row_step, out, n, first_oh, rows, frame_w, relu):
                 _interleave_store_1(acc, source, acc_row_step, flat_out, target, pixels, relu)
 
 
+def _band_jobs(out, band_rows):
+    """How many (image, band of output rows) jobs a forward of out (N, H_out, W_out, C_out) has."""
+    return out.shape[0] * -(-out.shape[1] // band_rows)
+
+
 @jit
-def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, relu):
-    """The jobs of one slot of _forward_bands_tiled (run by kernels/_slots.run_slots)."""
+def _forward_jobs_tiled(first_job, last_job, worker, x, weight_t, bias, out, frames, accs, geometry, relu):
+    """Jobs first_job..last_job - 1 of _forward_bands_tiled (run by kernels/_slots.run_jobs)."""
     _, _, dilation_h, dilation_w, band_rows = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     _, kernel_h, kernel_w, channels_out = weight_t.shape
     out_h, out_w = out.shape[1], out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
     bands = (out_h + band_rows - 1) // band_rows
-    jobs = batch * bands
-    slots = frames.shape[0]
-    frame, acc = frames[slot], accs[slot]
+    frame, acc = frames[worker], accs[worker]
     first_image = np.int64(0)  # a band's frame holds one image; not a literal 0 (a second signature)
-    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
+    for job in range(first_job, last_job):
         n = job // bands
         first_oh = (job % bands) * band_rows
         rows = min(band_rows, out_h - first_oh)
@@ -521,23 +524,22 @@ def _forward_slot_tiled(slot, x, weight_t, bias, out, frames, accs, geometry, re
 def _forward_bands_tiled(x, weight_t, bias, out, frames, accs, geometry, relu):
     """float32 forward with register tiles; weight_t is (C_in, kH, kW, C_out). frames and accs: one row of
     scratch per slot. geometry: (pad_top, pad_left, dilation_h, dilation_w, band_rows)."""
-    run_slots(_forward_slot_tiled, frames.shape[0], x, weight_t, bias, out, frames, accs, geometry, relu)
+    run_jobs(_forward_jobs_tiled, _band_jobs(out, geometry[4]), frames.shape[0], x, weight_t, bias, out, frames,
+             accs, geometry, relu)
 
 
 @jit
-def _forward_slot(slot, x, weight, bias, out, frames, accs, geometry, relu):
-    """The jobs of one slot of _forward_bands: plain loops, each tap one unit-stride axpy over the band."""
+def _forward_jobs(first_job, last_job, worker, x, weight, bias, out, frames, accs, geometry, relu):
+    """Jobs first_job..last_job - 1 of _forward_bands: plain loops, each tap one unit-stride axpy over the band."""
     _, _, dilation_h, dilation_w, band_rows = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     kernel_h, kernel_w, _, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
     bands = (out_h + band_rows - 1) // band_rows
-    jobs = batch * bands
-    slots = frames.shape[0]
-    frame, acc = frames[slot], accs[slot]
+    frame, acc = frames[worker], accs[worker]
     first_image = np.int64(0)  # a band's frame holds one image; not a literal 0 (a second signature)
-    for job in range(slot * jobs // slots, (slot + 1) * jobs // slots):
+    for job in range(first_job, last_job):
         n = job // bands
         first_oh = (job % bands) * band_rows
         rows = min(band_rows, out_h - first_oh)
@@ -564,11 +566,12 @@ def _forward_slot(slot, x, weight, bias, out, frames, accs, geometry, relu):
 
 def _forward_bands(x, weight, bias, out, frames, accs, geometry, relu):
     """Forward of any float dtype with plain loops; weight is (kH, kW, C_in, C_out)."""
-    run_slots(_forward_slot, frames.shape[0], x, weight, bias, out, frames, accs, geometry, relu)
+    run_jobs(_forward_jobs, _band_jobs(out, geometry[4]), frames.shape[0], x, weight, bias, out, frames, accs,
+             geometry, relu)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Weight gradient: each slot takes a contiguous share of the partial sums (chunks of whole images); a chunk
+# Weight gradient: the threads claim ranges of the partial sums (chunks of whole images); a chunk
 # goes in blocks of images laid end to end in the slot's frame planes, and grad_out laid out the same way with
 # zeros wherever no output pixel is (past each row, below each image), so every dot product runs over a whole
 # block. A position past a row's end reads a real pixel of the frame and multiplies it by that zero, which
@@ -729,22 +732,16 @@ def _weight_sizes(grad_out, partials, dilation_h, dilation_w, block):
 
 
 @jit
-def _backward_weight_slot_tiled(slot, x, grad_out, partials, frames, grads, geometry):
-    """The chunks of one slot of _backward_weight_tiled (run by kernels/_slots.run_slots)."""
+def _backward_weight_chunks_tiled(first_chunk, last_chunk, worker, x, grad_out, partials, frames, grads, geometry):
+    """Chunks first_chunk..last_chunk - 1 of _backward_weight_tiled (run by kernels/_slots.run_jobs)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
     sizes = _weight_sizes(grad_out, partials, dilation_h, dilation_w, block)
     frame_w, plane = sizes[8], sizes[9]
-    batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
+    batch, chunks = x.shape[0], partials.shape[0]
     flat_partials = partials.reshape(chunks, -1)
-    frame, grad = frames[slot], grads[slot]
+    frame, grad = frames[worker], grads[worker]
     frames_4d = frame[:sizes[2] * sizes[10]].reshape(sizes[2], block, plane // frame_w, frame_w)
-    # the whole-vector runs read past the filled planes (into the slack, or an image slot a short block leaves
-    # unfilled): zeros there, not whatever the workspace held, which could be inf or NaN
-    for i in range(grad.shape[0]):
-        grad[i] = 0.0
-    for i in range(frame.shape[0]):
-        frame[i] = 0.0
-    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+    for chunk in range(first_chunk, last_chunk):
         partial = flat_partials[chunk]
         begin, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
         for exact in (False, True):
@@ -767,22 +764,26 @@ def _backward_weight_tiled(x, grad_out, partials, frames, grads, geometry):
     """float32 weight gradient with register tiles: partials[chunk] (kH, kW, C_in, C_out) = the gradient of the
     chunk's images. frames (slots, C_in * block planes) and grads (slots, C_out * block planes): one row per
     slot. geometry: (pad_top, pad_left, dilation_h, dilation_w, images per block)."""
-    run_slots(_backward_weight_slot_tiled, frames.shape[0], x, grad_out, partials, frames, grads, geometry)
+    # the whole-vector runs read past the filled planes (into the slack, or an image slot a short block leaves
+    # unfilled): zeros there, not whatever the workspace held, which could be inf or NaN; zeroed once here, not
+    # once per range of chunks
+    grads[...] = 0.0
+    frames[...] = 0.0
+    run_jobs(_backward_weight_chunks_tiled, partials.shape[0], frames.shape[0], x, grad_out, partials, frames, grads,
+             geometry)
 
 
 @jit
-def _backward_weight_slot(slot, x, grad_out, partials, frames, grads, geometry):
-    """The chunks of one slot of _backward_weight (run by kernels/_slots.run_slots)."""
+def _backward_weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, frames, grads, geometry):
+    """Chunks first_chunk..last_chunk - 1 of _backward_weight (run by kernels/_slots.run_jobs)."""
     pad_top, pad_left, dilation_h, dilation_w, block = geometry
     sizes = _weight_sizes(grad_out, partials, dilation_h, dilation_w, block)
     frame_w, plane = sizes[8], sizes[9]
-    batch, chunks, slots = x.shape[0], partials.shape[0], frames.shape[0]
+    batch, chunks = x.shape[0], partials.shape[0]
     flat_partials = partials.reshape(chunks, -1)
-    frame, grad = frames[slot], grads[slot]
+    frame, grad = frames[worker], grads[worker]
     frames_4d = frame[:sizes[2] * sizes[10]].reshape(sizes[2], block, plane // frame_w, frame_w)
-    for i in range(grad.shape[0]):
-        grad[i] = 0.0
-    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+    for chunk in range(first_chunk, last_chunk):
         partial = flat_partials[chunk]
         begin, last = chunk * batch // chunks, (chunk + 1) * batch // chunks
         for exact in (False, True):
@@ -803,7 +804,9 @@ def _backward_weight_slot(slot, x, grad_out, partials, frames, grads, geometry):
 
 def _backward_weight(x, grad_out, partials, frames, grads, geometry):
     """Weight gradient of any float dtype with plain loops (see _backward_weight_tiled)."""
-    run_slots(_backward_weight_slot, frames.shape[0], x, grad_out, partials, frames, grads, geometry)
+    grads[...] = 0.0  # as in _backward_weight_tiled
+    run_jobs(_backward_weight_chunks, partials.shape[0], frames.shape[0], x, grad_out, partials, frames, grads,
+             geometry)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -883,8 +886,8 @@ _scatter_tile_1 = _make_scatter_tile(1)
 
 
 @jit
-def _backward_input_scatter_slot(slot, grad_out, weight_rows, out, frames, geometry):
-    """The image blocks of one slot of _backward_input_scatter."""
+def _backward_input_scatter_blocks(first_block, last_block, worker, grad_out, weight_rows, out, frames, geometry):
+    """Image blocks first_block..last_block - 1 of _backward_input_scatter."""
     pad_top, pad_left, dilation_h, row_vectors, _ = geometry
     batch, out_h, out_w, channels_out = grad_out.shape
     _, height, width, channels_in = out.shape
@@ -895,12 +898,10 @@ def _backward_input_scatter_slot(slot, grad_out, weight_rows, out, frames, geome
     frame_w = out_w + lanes // channels_in - 1
     image_step = frame_h * frame_w * channels_in
     grad_image_step = out_h * out_w * channels_out
-    blocks = -(-batch // SCATTER_IMAGES)
-    slots = frames.shape[0]
-    frame = frames[slot]
+    frame = frames[worker]
     flat_grad = grad_out.reshape(-1)
     flat_weight = weight_rows.reshape(-1)
-    for block in range(slot * blocks // slots, (slot + 1) * blocks // slots):
+    for block in range(first_block, last_block):
         first = block * SCATTER_IMAGES
         images = min(SCATTER_IMAGES, batch - first)
         for i in range(images * image_step):
@@ -936,7 +937,8 @@ def _backward_input_scatter(grad_out, weight_rows, out, frames, geometry):
     (C_out, kH, row_vectors * 16) holding w[kh, kw, ci, co] at [co, kh, kw * C_in + ci] (zeros after), frames one
     row of SCATTER_IMAGES zero-padded input frames per slot. geometry: (pad_top, pad_left, dilation_h,
     row_vectors, kW * C_in)."""
-    run_slots(_backward_input_scatter_slot, frames.shape[0], grad_out, weight_rows, out, frames, geometry)
+    run_jobs(_backward_input_scatter_blocks, -(-grad_out.shape[0] // SCATTER_IMAGES), frames.shape[0], grad_out,
+             weight_rows, out, frames, geometry)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1006,8 +1008,8 @@ def _channel_tile(typingctx, frame, frame_offset, frame_image_step, frame_row_st
 
 
 @jit
-def _forward_channels_slot(slot, x, weight_rows, bias, out, frames, geometry, relu):
-    """The image blocks of one slot of _forward_channels."""
+def _forward_channels_blocks(first_block, last_block, worker, x, weight_rows, bias, out, frames, geometry, relu):
+    """Image blocks first_block..last_block - 1 of _forward_channels."""
     pad_top, pad_left, dilation_h, lanes = geometry
     batch, height, width, channels_in = x.shape
     _, out_h, out_w, channels_out = out.shape
@@ -1016,12 +1018,10 @@ def _forward_channels_slot(slot, x, weight_rows, bias, out, frames, geometry, re
     frame_w = out_w + lanes // channels_in - 1
     image_step = frame_h * frame_w * channels_in
     out_image_step = out_h * out_w * channels_out
-    blocks = -(-batch // SCATTER_IMAGES)
-    slots = frames.shape[0]
-    frame = frames[slot]
+    frame = frames[worker]
     flat_weight = weight_rows.reshape(-1)
     flat_out = out.reshape(-1)
-    for block in range(slot * blocks // slots, (slot + 1) * blocks // slots):
+    for block in range(first_block, last_block):
         first = block * SCATTER_IMAGES
         images = min(SCATTER_IMAGES, batch - first)
         for i in range(images * image_step):
@@ -1048,7 +1048,8 @@ def _forward_channels(x, weight_rows, bias, out, frames, geometry, relu):
     channels: weight_rows is (kH, kW * C_in, 16 * ceil(C_out / 16)) holding w[kh, kw, ci, co] at
     [kh, kw * C_in + ci, co] (zeros after), frames one row of SCATTER_IMAGES zero-padded input frames per slot.
     geometry: (pad_top, pad_left, dilation_h, kW * C_in)."""
-    run_slots(_forward_channels_slot, frames.shape[0], x, weight_rows, bias, out, frames, geometry, relu)
+    run_jobs(_forward_channels_blocks, -(-x.shape[0] // SCATTER_IMAGES), frames.shape[0], x, weight_rows, bias, out,
+             frames, geometry, relu)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1109,20 +1110,18 @@ def _channel_weight_tile(typingctx, frame, frame_offset, frame_row_step, frame_p
 
 
 @jit
-def _backward_weight_channels_slot(slot, x, grad_out, partials, frames, geometry):
-    """The chunks of one slot of _backward_weight_channels, one image at a time through the slot's frame."""
+def _backward_weight_channels_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, frames, geometry):
+    """Chunks first_chunk..last_chunk - 1 of _backward_weight_channels, one image at a time through the
+    worker's frame."""
     pad_top, pad_left, dilation_h, lanes = geometry
     batch, height, width, channels_in = x.shape
     _, out_h, out_w, channels_out = grad_out.shape
     chunks, kernel_h, _, row_step = partials.shape
     frame_w = out_w + lanes // channels_in - 1
-    slots = frames.shape[0]
-    frame = frames[slot]
+    frame = frames[worker]
     flat_grad = grad_out.reshape(-1)
     flat_partials = partials.reshape(chunks, -1)
-    for i in range(frame.shape[0]):
-        frame[i] = 0.0  # the padding stays zero; the inside is overwritten per image
-    for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
+    for chunk in range(first_chunk, last_chunk):
         partial = flat_partials[chunk]
         for i in range(partial.shape[0]):
             partial[i] = 0.0
@@ -1147,7 +1146,9 @@ def _backward_weight_channels(x, grad_out, partials, frames, geometry):
     """float32 weight gradient vectorised over output channels: partials (chunks, kH, kW * C_in, 16 *
     ceil(C_out / 16)) the per-chunk sums at [kh, kw * C_in + ci, co]; frames one zero-padded input frame per
     slot. geometry: (pad_top, pad_left, dilation_h, kW * C_in)."""
-    run_slots(_backward_weight_channels_slot, frames.shape[0], x, grad_out, partials, frames, geometry)
+    frames[...] = 0.0  # the padding stays zero; the inside is overwritten per image
+    run_jobs(_backward_weight_channels_chunks, partials.shape[0], frames.shape[0], x, grad_out, partials, frames,
+             geometry)
 
 
 # ---------------------------------------------------------------------------------------------------------

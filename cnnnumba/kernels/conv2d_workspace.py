@@ -4,24 +4,24 @@ Every conv pass describes its scratch as a tuple of (name, shape, dtype) specs, 
 kept within WORKSPACE_BYTES; `specs_bytes` says how big a workspace must be for them and `carve` cuts the views
 out of a caller's workspace (a 1-D uint8 array), or out of a fresh one when the caller passes None. A memory
 planner can therefore size one workspace as the maximum over every pass it will run, and replay them without
-allocating. Scratch that each parallel job needs (padded strips, output rows) exists once per *slot*: the jobs of
-a pass are split in contiguous shares among at most SCRATCH_SLOTS slots, so its size does not grow with the batch.
+allocating. Scratch that each parallel job needs (padded strips, output rows) exists once per *slot*, one per
+thread at most (SCRATCH_SLOTS): the threads claim ranges of a pass's jobs and run each in their own slot
+(kernels/_slots.run_jobs), so its size does not grow with the batch.
 """
 import functools
 import math
 
-import numba
 import numpy as np
 
 from ._jit import jit
-from ._slots import run_shares
+from ._slots import WORKERS, run_shares
 
 # The budget for all the scratch of one conv pass, whatever the batch size and channel count. A pass that
 # cannot fit (one transformed weight larger than a quarter of it) takes a path that needs no weight copy.
 WORKSPACE_BYTES = 32 << 20
 CACHE_LINE = 64
-# Per-job scratch exists once per slot; more slots than threads buys nothing, so the most threads Numba may run.
-SCRATCH_SLOTS = numba.config.NUMBA_NUM_THREADS
+# Per-job scratch exists once per slot; more slots than threads buys nothing.
+SCRATCH_SLOTS = WORKERS
 
 
 def spec_bytes(shape, dtype):
