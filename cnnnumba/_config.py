@@ -1,4 +1,5 @@
 """Process-wide settings read once from the environment: threads, random generator, dtype, compile cache."""
+import hashlib
 import os
 import sys
 import tempfile
@@ -80,7 +81,8 @@ if _env_threads:
 # for the package's __pycache__ and then the user-wide cache (~/.cache/numba); when none of those is writable it
 # refuses to decorate the kernels (RuntimeError at import). What is added here: CNNNUMBA_CACHE_DIR, a warning
 # that names an unwritable requested directory, a private fallback when nothing Numba would try is writable, and
-# (in `recover_corrupt_cache_entries`) treating a truncated cache file as a miss instead of a crash.
+# (in `guard_cache_entries`) treating a truncated cache file as a miss instead of a crash and an entry written
+# before any kernel source changed as stale.
 
 def _unwritable_reason(path):
     """None when `path` is (or can be made) a directory this process can write into, else why not."""
@@ -151,13 +153,36 @@ if CACHE_DIR is not None:
         sys.modules["numba"].config.CACHE_DIR = CACHE_DIR
 
 
-def recover_corrupt_cache_entries(dispatcher):
+def guard_cache_entries(dispatcher):
     """Make a truncated or garbled cache file of this kernel a cache miss (recompile and rewrite it, with a
-    warning) instead of the UnpicklingError/EOFError Numba raises on the kernel's first call."""
+    warning) instead of the UnpicklingError/EOFError Numba raises on the kernel's first call; and make its entries
+    stale once any file of cnnnumba/kernels changed. Numba checks only the time stamp of the kernel's own file, but
+    a kernel's code carries copies of the jitted functions it calls from other files, and the compile flags live in
+    kernels/_jit.py: after either changed, an old entry loaded as before (a cache warm from before the flags lost
+    float reassociation kept giving other weights than a fresh one; tests/reliability/test_cache.py)."""
     cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
     if cache_file is not None and not isinstance(cache_file, _recovering_cache_file_class()):
         cache_file.__class__ = _recovering_cache_file_class()
+        cache_file._source_stamp = (cache_file._source_stamp, _kernel_sources_digest())
     return dispatcher
+
+
+_KERNEL_SOURCES_DIGEST = None
+
+
+def _kernel_sources_digest():
+    """A digest of every .py file of cnnnumba/kernels (names and contents), computed once per process."""
+    global _KERNEL_SOURCES_DIGEST
+    if _KERNEL_SOURCES_DIGEST is None:
+        digest = hashlib.sha256()
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                digest.update(name.encode() + b"\0")
+                with open(os.path.join(folder, name), "rb") as source:
+                    digest.update(source.read())
+        _KERNEL_SOURCES_DIGEST = digest.hexdigest()
+    return _KERNEL_SOURCES_DIGEST
 
 
 _RECOVERING_CACHE_FILE = None

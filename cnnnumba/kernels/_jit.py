@@ -4,7 +4,7 @@ import functools
 import numba
 from numba.core.cpu import ParallelOptions
 
-from .._config import recover_corrupt_cache_entries
+from .._config import guard_cache_entries
 
 # fastmath without nnan/ninf: NaN and Inf must survive max-pooling, losses and anomaly checks.
 # Without reassoc: a kernel that calls another carries a copy of the callee's code, optimised again with the caller,
@@ -42,15 +42,16 @@ _jit = functools.partial(_numba_jit, **_OPTIONS)
 _parallel_jit = functools.partial(_numba_jit, parallel=True, **_OPTIONS)
 
 
-def _recovering(decorator):
-    """`decorator` (used bare or with options) whose kernels treat a truncated cache file as a cache miss."""
+def _guarded(decorator):
+    """`decorator` (used bare or with options) whose kernels' cache entries are checked (_config.guard_cache_entries):
+    a truncated file is a miss, and so is an entry from before a kernel source changed."""
     def decorate(function=None, **options):
         if function is None:
             return lambda f: decorate(f, **options)
-        return recover_corrupt_cache_entries(decorator(function, **options))
+        return guard_cache_entries(decorator(function, **options))
 
     return decorate
 
 
-jit = _recovering(_jit)
-parallel_jit = _recovering(_parallel_jit)
+jit = _guarded(_jit)
+parallel_jit = _guarded(_parallel_jit)

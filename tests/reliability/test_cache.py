@@ -150,3 +150,27 @@ def test_several_processes_compiling_into_one_empty_cache_at_once(tmp_path):
     assert not [p for p in folder.rglob("*") if ".tmp." in p.name]  # Numba's temporary files were all renamed
     after, err = _run(env)
     assert after["misses"] == 0 and after["hits"] == KERNELS_CALLED, err
+
+
+def test_an_entry_goes_stale_when_any_kernel_source_changes(tmp_path):
+    # Numba checks only the time stamp of a kernel's own file. The max-pool kernels' file stays as it is here; the
+    # compile flags' file (kernels/_jit.py) changes, as it did when float reassociation was dropped: entries from
+    # before must not load (they gave other weights than fresh ones).
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    package = tmp_path / "copy" / "cnnnumba"
+    shutil.copytree(os.path.join(root, "cnnnumba"), package, ignore=shutil.ignore_patterns("__pycache__"))
+    env = _environment(tmp_path, CNNNUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    program = ("import sys\nsys.path.insert(0, %r)\n" % str(tmp_path / "copy") + POOL_PROGRAM
+               + "\nassert cn.__file__.startswith(%r), cn.__file__\n" % str(package))
+    first, _ = _run(env, program)
+    second, _ = _run(env, program)
+    assert (first["hits"], second["hits"], second["misses"]) == (0, KERNELS_CALLED, 0)
+    with open(package / "kernels" / "_jit.py", "a") as source:
+        source.write("# a change to the compile flags' file\n")
+    third, _ = _run(env, program)
+    fourth, _ = _run(env, program)
+    assert (third["hits"], third["misses"]) == (0, KERNELS_CALLED)
+    assert (fourth["hits"], fourth["misses"]) == (KERNELS_CALLED, 0)
+    assert third["result"] == fourth["result"] == EXPECTED
