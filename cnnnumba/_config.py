@@ -156,7 +156,7 @@ if CACHE_DIR is not None:
 def guard_cache_entries(dispatcher):
     """Make a truncated or garbled cache file of this kernel a cache miss (recompile and rewrite it, with a
     warning) instead of the UnpicklingError/EOFError Numba raises on the kernel's first call; and make its entries
-    stale once any file of cnnnumba/kernels changed. Numba checks only the time stamp of the kernel's own file, but
+    stale once any file of cnnnumba/kernels changed (or NUMBA_BOUNDSCHECK did). Numba checks only the time stamp of the kernel's own file, but
     a kernel's code carries copies of the jitted functions it calls from other files, and the compile flags live in
     kernels/_jit.py: after either changed, an old entry loaded as before (a cache warm from before the flags lost
     float reassociation kept giving other weights than a fresh one; tests/reliability/test_cache.py)."""
@@ -171,10 +171,14 @@ _KERNEL_SOURCES_DIGEST = None
 
 
 def _kernel_sources_digest():
-    """A digest of every .py file of cnnnumba/kernels (names and contents), computed once per process."""
+    """A digest of every .py file of cnnnumba/kernels (names and contents) and of NUMBA_BOUNDSCHECK (which Numba's
+    cache also ignores: a bounds-checked kernel and an unchecked one would load in each other's place), computed
+    once per process."""
     global _KERNEL_SOURCES_DIGEST
     if _KERNEL_SOURCES_DIGEST is None:
-        digest = hashlib.sha256()
+        import numba
+
+        digest = hashlib.sha256(f"boundscheck={numba.config.BOUNDSCHECK}\0".encode())
         folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
         for name in sorted(os.listdir(folder)):
             if name.endswith(".py"):

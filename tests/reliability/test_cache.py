@@ -152,7 +152,7 @@ def test_several_processes_compiling_into_one_empty_cache_at_once(tmp_path):
     assert after["misses"] == 0 and after["hits"] == KERNELS_CALLED, err
 
 
-def test_an_entry_goes_stale_when_any_kernel_source_changes(tmp_path):
+def test_an_entry_goes_stale_when_any_kernel_source_or_the_bounds_check_changes(tmp_path):
     # Numba checks only the time stamp of a kernel's own file. The max-pool kernels' file stays as it is here; the
     # compile flags' file (kernels/_jit.py) changes, as it did when float reassociation was dropped: entries from
     # before must not load (they gave other weights than fresh ones).
@@ -174,3 +174,6 @@ def test_an_entry_goes_stale_when_any_kernel_source_changes(tmp_path):
     assert (third["hits"], third["misses"]) == (0, KERNELS_CALLED)
     assert (fourth["hits"], fourth["misses"]) == (KERNELS_CALLED, 0)
     assert third["result"] == fourth["result"] == EXPECTED
+    # Numba's own key ignores NUMBA_BOUNDSCHECK too: bounds-checked kernels are compiled, not the unchecked loaded
+    checked, _ = _run(dict(env, NUMBA_BOUNDSCHECK="1"), program)
+    assert (checked["hits"], checked["misses"], checked["result"]) == (0, KERNELS_CALLED, EXPECTED)
