@@ -154,12 +154,14 @@ if CACHE_DIR is not None:
 
 
 def guard_cache_entries(dispatcher):
-    """Make a truncated or garbled cache file of this kernel a cache miss (recompile and rewrite it, with a
-    warning) instead of the UnpicklingError/EOFError Numba raises on the kernel's first call; and make its entries
-    stale once any file of cnnnumba/kernels changed (or NUMBA_BOUNDSCHECK did). Numba checks only the time stamp of the kernel's own file, but
-    a kernel's code carries copies of the jitted functions it calls from other files, and the compile flags live in
-    kernels/_jit.py: after either changed, an old entry loaded as before (a cache warm from before the flags lost
-    float reassociation kept giving other weights than a fresh one; tests/reliability/test_cache.py)."""
+    """Make a truncated or garbled cache file of this kernel a cache miss (recompile and rewrite it, with a warning)
+    instead of the UnpicklingError/EOFError Numba raises on the kernel's first call; and make its entries stale once
+    any file of cnnnumba/kernels changed (or NUMBA_BOUNDSCHECK did). Numba checks only the time stamp of the
+    kernel's own file, but a kernel's code carries copies of the jitted functions it calls from other files, and the
+    compile flags live in kernels/_jit.py: after either changed, an old entry loaded as before (a cache warm from
+    before the flags lost float reassociation kept giving other weights than a fresh one;
+    tests/reliability/test_cache.py). Checked and unchecked kernels share entry names, so runs of both kinds need
+    cache directories of their own (each would otherwise keep recompiling over the other's entries)."""
     cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
     if cache_file is not None and not isinstance(cache_file, _recovering_cache_file_class()):
         cache_file.__class__ = _recovering_cache_file_class()
@@ -178,7 +180,7 @@ def _kernel_sources_digest():
     if _KERNEL_SOURCES_DIGEST is None:
         import numba
 
-        digest = hashlib.sha256(f"boundscheck={numba.config.BOUNDSCHECK}\0".encode())
+        digest = hashlib.sha256(f"boundscheck={bool(numba.config.BOUNDSCHECK)}\0".encode())
         folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
         for name in sorted(os.listdir(folder)):
             if name.endswith(".py"):

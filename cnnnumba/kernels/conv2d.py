@@ -505,7 +505,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
 
 
 def _forward_rows(x, weight, bias, out, strips, geometry, relu):
-    """Each job pads the input rows under rows_per_job output rows of one image into its slot's strip (no
+    """Each job pads the input rows under rows_per_job output rows of one image into its worker's strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
     (workers, strip_h, frame_w, C_in); the threads claim ranges of the jobs.
     The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns

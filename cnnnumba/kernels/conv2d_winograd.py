@@ -260,7 +260,7 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     0 when relu (NaN kept); u (4, 4, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
     bands): each image's tiles are split into `bands` jobs of consecutive tiles; a job transforms its input tiles
     into v (16, rows, C_in), multiplies them by u position by position into m (4, 4, rows, C_out) and
-    transforms those back into out, all in its slot's scratch (vs, ms, patches (4, 4, C_in), rows
+    transforms those back into out, all in its worker's scratch (vs, ms, patches (4, 4, C_in), rows
     (1, 1, 16, C_out)); weight is read only for tiles whose outputs come out non-finite, recomputed directly."""
     run_jobs(_forward_job, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
              ms, patches, rows)

@@ -322,7 +322,7 @@ def _forward_job(first_job, last_job, worker, x, weight, u, bias, zero_bias, out
             if finite:
                 continue
             # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
-            # conv2d_winograd._forward_slot)
+            # conv2d_winograd._forward_job)
             _fill_patch(x, n, top - pad_top, left - pad_left, patch)
             for i in range(min(TILE, out_h - top)):
                 for j in range(min(TILE, out_w - left)):
@@ -342,7 +342,7 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     bands, band_tiles): each image's tiles are split into `bands` jobs of consecutive tiles, band_tiles each (the
     last one fewer), or as evenly as they go when band_tiles is 0; a job transforms its input tiles into v
     (36, rows, C_in), multiplies them by u position by position into m (36, rows, C_out) and transforms those back
-    into out, all in its slot's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out)). ms may be vs
+    into out, all in its worker's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out)). ms may be vs
     itself when each position's products are one register tile (see plan)."""
     run_jobs(_forward_job, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
              ms, patches, rows)
