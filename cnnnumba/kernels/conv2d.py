@@ -441,7 +441,7 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 
 @jit
-def _forward_rows_job(first_job, last_job, worker, x, weight, bias, out, strips, geometry, relu):
+def _forward_rows_claimed(first_job, last_job, worker, x, weight, bias, out, strips, geometry, relu):
     """Jobs first_job..last_job - 1 of _forward_rows (run by kernels/_slots.run_jobs), in worker's strip."""
     _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strips[worker], geometry, relu)
 
@@ -516,7 +516,7 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     geometry is (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w,
     out_first_h, out_first_w, out_step_h, out_step_w, reduction_block)."""
     rows_per_job, out_h = geometry[6], geometry[7]
-    run_jobs(_forward_rows_job, x.shape[0] * -(-out_h // rows_per_job), strips.shape[0], x, weight, bias, out,
+    run_jobs(_forward_rows_claimed, x.shape[0] * -(-out_h // rows_per_job), strips.shape[0], x, weight, bias, out,
              strips, geometry, relu)
 
 
@@ -564,8 +564,8 @@ def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu
 
 
 @jit
-def _backward_weight_rows_chunk(first_chunk, last_chunk, worker, x, grad_out, partials, strips, grad_blocks,
-                                stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows):
+def _backward_weight_rows_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, grad_blocks,
+                                 stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows):
     """Chunks first_chunk..last_chunk - 1 of _backward_weight_rows (run by kernels/_slots.run_jobs), in
     worker's strip and grad block."""
     batch, _, _, channels = x.shape
@@ -626,13 +626,13 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
     into its strip at a time, then walks them in blocks of about PIXELS_PER_BLOCK output pixels, running every tap
     and (C_in, C_out) tile over a block while its pixels are in L1. Each weight entry receives its pixels' products
     in (image, row, column) order whatever the bands, so the result depends on the chunks only."""
-    run_jobs(_backward_weight_rows_chunk, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
+    run_jobs(_backward_weight_rows_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
              grad_blocks, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
 
 
 @jit
-def _backward_weight_columns_chunk(first_chunk, last_chunk, worker, x, grad_out, partials, strips, columns,
-                                   stride_h, stride_w, pad_top, pad_left, dilation_h, kernel_h, kernel_w, band_rows):
+def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, columns,
+                                    stride_h, stride_w, pad_top, pad_left, dilation_h, kernel_h, kernel_w, band_rows):
     """Chunks first_chunk..last_chunk - 1 of _backward_weight_columns (run by kernels/_slots.run_jobs), in
     worker's strip and columns."""
     batch, _, _, channels = x.shape
@@ -651,7 +651,7 @@ def _backward_weight_columns_chunk(first_chunk, last_chunk, worker, x, grad_out,
         kind, tile_rows, tile_channels = 0, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
     strip = strips[worker]
     column_block = columns[worker]
-    # the tiles get the operand types of _backward_weight_rows_chunk's (a 3-D x, a flat grad_out), so a network
+    # the tiles get the operand types of _backward_weight_rows_chunks's (a 3-D x, a flat grad_out), so a network
     # with both kinds of layer compiles _run_weight_tile once for them
     column_rows = column_block.reshape((1, 1, column_block.size))
     grad_flat = grad_out.reshape(-1)
@@ -700,7 +700,7 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
     row_size = strips.shape[2] * strips.shape[3]
     columns[...] = 0.0
     strips[:, strips.shape[1] - (LANES + row_size - 1) // row_size:] = 0.0
-    run_jobs(_backward_weight_columns_chunk, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
+    run_jobs(_backward_weight_columns_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
              columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows)
 
 

@@ -191,7 +191,7 @@ def transform_weight(weight, u):
 
 
 @jit
-def _forward_job(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """Jobs first_job..last_job - 1 of _winograd_forward (run by kernels/_slots.run_jobs): each a band of an
     image's tiles, in worker's scratch."""
     pad_top, pad_left, relu, bands = geometry
@@ -262,7 +262,7 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     into v (16, rows, C_in), multiplies them by u position by position into m (4, 4, rows, C_out) and
     transforms those back into out, all in its worker's scratch (vs, ms, patches (4, 4, C_in), rows
     (1, 1, 16, C_out)); weight is read only for tiles whose outputs come out non-finite, recomputed directly."""
-    run_jobs(_forward_job, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
+    run_jobs(_forward_jobs, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
              ms, patches, rows)
 
 

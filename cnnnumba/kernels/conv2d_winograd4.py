@@ -265,7 +265,7 @@ def transform_weight(weight, u):
 
 
 @jit
-def _forward_job(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
+def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """Jobs first_job..last_job - 1 of _winograd_forward (run by kernels/_slots.run_jobs): each a band of an
     image's tiles, in worker's scratch."""
     pad_top, pad_left, relu, bands, band_tiles = geometry
@@ -322,7 +322,7 @@ def _forward_job(first_job, last_job, worker, x, weight, u, bias, zero_bias, out
             if finite:
                 continue
             # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
-            # conv2d_winograd._forward_job)
+            # conv2d_winograd._forward_jobs)
             _fill_patch(x, n, top - pad_top, left - pad_left, patch)
             for i in range(min(TILE, out_h - top)):
                 for j in range(min(TILE, out_w - left)):
@@ -344,12 +344,12 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
     (36, rows, C_in), multiplies them by u position by position into m (36, rows, C_out) and transforms those back
     into out, all in its worker's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out)). ms may be vs
     itself when each position's products are one register tile (see plan)."""
-    run_jobs(_forward_job, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
+    run_jobs(_forward_jobs, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
              ms, patches, rows)
 
 
 def _gemm_tile(channels_out):
-    """(GEMM rows, output channels) of the register tile _forward_job multiplies with."""
+    """(GEMM rows, output channels) of the register tile _forward_jobs multiplies with."""
     if channels_out >= direct.BROAD_TILE_CHANNELS:
         return direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
     if channels_out >= direct.TILE_CHANNELS:

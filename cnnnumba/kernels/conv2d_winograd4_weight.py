@@ -102,7 +102,7 @@ def inverse_transform_weight_grad(summed, out):
 
 
 @jit
-def _weight_chunk(first_chunk, last_chunk, worker, x, grad_out, partials, vs, zs, geometry):
+def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, zs, geometry):
     """Chunks first_chunk..last_chunk - 1 of _weight_gradient (run by kernels/_slots.run_jobs), in worker's
     scratch."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry[0], geometry[1], geometry[2], geometry[3]
@@ -150,4 +150,4 @@ def weight_gradient(x, grad_out, partials, vs, zs, geometry):
     """partials[chunk] (6, 6, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
     vs (slots, 37, tiles per job + 1, C_in) and zs (slots, 36 * (tiles per job + 1) * C_out) are the slots'
     scratch; geometry starts (pad_top, pad_left, tiles_w, tiles per image)."""
-    run_jobs(_weight_chunk, partials.shape[0], vs.shape[0], x, grad_out, partials, vs, zs, geometry)
+    run_jobs(_weight_chunks, partials.shape[0], vs.shape[0], x, grad_out, partials, vs, zs, geometry)

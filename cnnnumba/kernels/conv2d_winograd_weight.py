@@ -127,7 +127,7 @@ def inverse_transform_weight_grad(summed, out):
 
 
 @jit
-def _weight_chunk(first_chunk, last_chunk, worker, x, grad_out, partials, vs, zs, patches, geometry):
+def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, zs, patches, geometry):
     """Chunks first_chunk..last_chunk - 1 of _weight_gradient (run by kernels/_slots.run_jobs), in worker's
     scratch."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry
@@ -175,7 +175,7 @@ def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
     """partials[chunk] (4, 4, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
     vs (slots, 17, tiles per job + 1, C_in), zs (slots, 16 * (tiles per job + 1) * C_out) and patches
     (slots, 4, 4, C_in) are the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
-    run_jobs(_weight_chunk, partials.shape[0], vs.shape[0], x, grad_out, partials, vs, zs, patches, geometry)
+    run_jobs(_weight_chunks, partials.shape[0], vs.shape[0], x, grad_out, partials, vs, zs, patches, geometry)
 
 
 def uses_f4(channels_in, channels_out):

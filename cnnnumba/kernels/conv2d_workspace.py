@@ -5,7 +5,7 @@ kept within WORKSPACE_BYTES; `specs_bytes` says how big a workspace must be for 
 out of a caller's workspace (a 1-D uint8 array), or out of a fresh one when the caller passes None. A memory
 planner can therefore size one workspace as the maximum over every pass it will run, and replay them without
 allocating. Scratch that each parallel job needs (padded strips, output rows) exists once per *slot*, one per
-thread at most (SCRATCH_SLOTS): the threads claim ranges of a pass's jobs and run each in their own slot
+thread at most (_slots.WORKERS): the threads claim ranges of a pass's jobs and run each in their own slot
 (kernels/_slots.run_jobs), so its size does not grow with the batch.
 """
 import functools
@@ -20,10 +20,6 @@ from ._slots import WORKERS, run_shares
 # cannot fit (one transformed weight larger than a quarter of it) takes a path that needs no weight copy.
 WORKSPACE_BYTES = 32 << 20
 CACHE_LINE = 64
-# Per-job scratch exists once per slot; more slots than threads buys nothing.
-SCRATCH_SLOTS = WORKERS
-
-
 def spec_bytes(shape, dtype):
     """Bytes one spec takes in a workspace: its array rounded up to whole cache lines."""
     size = math.prod(shape) * np.dtype(dtype).itemsize
@@ -46,9 +42,10 @@ def specs_bytes(specs):
 
 
 def slots_within(per_slot_bytes, fixed_bytes, jobs, budget):
-    """How many per-job scratch slots fit beside fixed_bytes in the budget: 1 to SCRATCH_SLOTS, no more than jobs."""
+    """How many per-job scratch slots fit beside fixed_bytes in the budget: 1 to WORKERS (more slots than threads
+    buys nothing), no more than jobs."""
     fit = (budget - fixed_bytes) // max(per_slot_bytes, 1)
-    return int(max(1, min(SCRATCH_SLOTS, jobs, fit)))
+    return int(max(1, min(WORKERS, jobs, fit)))
 
 
 def new_workspace(nbytes):
