@@ -11,7 +11,7 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba.kernels import conv2d as kernels
-from cnnnumba.kernels import reference
+from cnnnumba import reference
 
 try:
     import torch

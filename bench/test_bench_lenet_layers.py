@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import conv2d_gemm, conv2d_small, pool2d, reference
+from cnnnumba.kernels import conv2d_gemm, conv2d_small, pool2d
+from cnnnumba import reference
 
 try:
     import torch

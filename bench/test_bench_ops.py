@@ -11,7 +11,8 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba.bench.flops import linear_flops
-from cnnnumba.kernels import matmul, norm, pool2d, reference
+from cnnnumba.kernels import matmul, norm, pool2d
+from cnnnumba import reference
 
 try:
     import torch

@@ -1,5 +1,5 @@
 """cnnnumba: train convolutional neural networks on the CPU, fast, with Numba kernels and a PyTorch-shaped API."""
-from . import _config  # noqa: F401  (first: it settles Numba's cache directory before numba is imported)
+from .kernels import _runtime  # noqa: F401  (first: thread and cache settings must precede numba's import)
 from . import functional
 from ._config import get_num_threads, manual_seed, set_num_threads
 from .autograd import GradcheckError, Tensor, enable_grad, gradcheck, is_grad_enabled, no_grad

@@ -67,13 +67,13 @@ def measure_scaling(spec):
     of spec["model"], or for "sgemm" one NumPy float32 product of spec["size"]. The two runs of a pair are at most
     a step apart, so the speed drift of a shared VM (a 1-thread cifar-cnn step measured 65-103 ms in processes
     minutes apart) cancels in their ratio. Both counts run in this one process, started on spec["threads"]."""
-    from ..kernels.matmul import openblas_thread_setters
+    from ..kernels._runtime import blas
 
     threads = spec["threads"]
     if spec["model"] == "sgemm":
         import numpy as np
 
-        _, set_threads = openblas_thread_setters("numpy")
+        _, set_threads = blas.openblas_thread_setters("numpy")
         if set_threads is None:
             raise RuntimeError("NumPy's BLAS is not an OpenBLAS whose thread count can be set: no sgemm to compare")
         a, b, out = _sgemm_operands(spec["size"])
@@ -87,7 +87,7 @@ def measure_scaling(spec):
         step, _ = runners.cnnnumba_step(model, spec["mode"], eager=spec["eager"])
         # the step's BLAS calls (im2col GEMMs through NumPy, large linear layers through SciPy) follow the count too,
         # as they would in a process started on it
-        blas_setters = [setter for _, setter in map(openblas_thread_setters, ("numpy", "scipy")) if setter]
+        blas_setters = [setter for _, setter in map(blas.openblas_thread_setters, ("numpy", "scipy")) if setter]
 
         def set_threads(count):
             set_num_threads(count)

@@ -11,7 +11,7 @@ import math
 
 from numba import prange
 
-from ._jit import jit, parallel_jit
+from ._runtime import jit, parallel_jit
 
 CHUNK = 32768
 

@@ -16,17 +16,19 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import jit, parallel_jit
-from ._slots import run_shares
-from ._vector import INDEX, LANES, element_pointer
+from ._runtime import EXACT_FASTMATH, jit, parallel_jit, run_shares
+from ._runtime.vector import INDEX, LANES, element_pointer
 from .elementwise import CHUNK as ELEMENT_CHUNK
-from .norm import EXACT_FASTMATH, ROWS_PER_CHUNK
 
 
 # The statistics and the batch norm + ReLU (or + add + ReLU) forwards and backwards run their chunk and row loops
-# as slot functions over contiguous shares of the chunks or rows (kernels/_slots.run_shares), not prange kernels:
+# as slot functions over contiguous shares of the chunks or rows (_runtime.jobs.run_shares), not prange kernels:
 # a prange kernel compiles its loop body again in the gufunc and again when linking it (the backward: 2.6-2.8 s
 # cold as a prange kernel, 1.0-1.5 s as plain functions).
+
+# Per-channel sums over rows are split into chunks of this many rows whatever the thread count, and the chunk
+# partials are added in chunk order, so the statistics and gradients are bit-identical for any thread count.
+ROWS_PER_CHUNK = 256
 
 
 @jit
@@ -298,7 +300,7 @@ def _chunk_moments(x, partials, chunk):
 
 @jit
 def _moments_slot(slot, slots, x, partials):
-    """_chunk_moments of the slot's share of the chunks (run by kernels/_slots.run_slots)."""
+    """_chunk_moments of the slot's share of the chunks (run by _runtime.jobs.run_slots)."""
     chunks = chunk_count(x.shape[0])
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         _chunk_moments(x, partials, chunk)
@@ -353,7 +355,7 @@ def _normalize_coefficients(mean, invstd, weight, bias, coefficients):
 @jit(fastmath=EXACT_FASTMATH)
 def _normalize_rows_slot(slot, slots, x, shortcut, add, coefficients, relu, out):
     """The slot's share of the rows of batch_norm_act_forward (add False: shortcut is not read) or of
-    batch_norm_add_relu_forward (run by kernels/_slots.run_slots). The batch-norm value is rounded to x's dtype
+    batch_norm_add_relu_forward (run by _runtime.jobs.run_slots). The batch-norm value is rounded to x's dtype
     before the shortcut is added, as the unfused kernels round it."""
     rows, channels = x.shape
     for r in range(slot * rows // slots, (slot + 1) * rows // slots):
@@ -394,7 +396,7 @@ def _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_
 @jit(fastmath=EXACT_FASTMATH)
 def _backward_sums_slot(slot, slots, grad_y, x, mean, coefficients, relu, partial_dy, partial_dy_xhat):
     """batch_norm_act_backward's per-chunk sums of the (masked) gradient and of it times x - mean, for the slot's
-    share of the chunks (run by kernels/_slots.run_slots)."""
+    share of the chunks (run by _runtime.jobs.run_slots)."""
     rows, channels = x.shape
     chunks = chunk_count(rows)
     blocks = channels % LANES == 0 and grad_y.shape == x.shape and partial_dy.shape[1] == channels \
@@ -431,7 +433,7 @@ def _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd,
 
 @jit(fastmath=EXACT_FASTMATH)
 def _backward_rows_slot(slot, slots, grad_y, x, coefficients, relu, grad_x):
-    """The slot's share of batch_norm_act_backward's rows of grad_x (run by kernels/_slots.run_slots)."""
+    """The slot's share of batch_norm_act_backward's rows of grad_x (run by _runtime.jobs.run_slots)."""
     rows, channels = x.shape
     for r in range(slot * rows // slots, (slot + 1) * rows // slots):
         for c in range(channels):
@@ -465,7 +467,7 @@ def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial
 @jit(fastmath=EXACT_FASTMATH)
 def _masked_backward_sums_slot(slot, slots, grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat):
     """batch_norm_add_relu_backward's masked gradient (into grad_shortcut) and its per-chunk sums, for the slot's
-    share of the chunks (run by kernels/_slots.run_slots)."""
+    share of the chunks (run by _runtime.jobs.run_slots)."""
     rows, channels = x.shape
     chunks = chunk_count(rows)
     blocks = channels % LANES == 0 and grad_y.shape == x.shape and y.shape == x.shape \

@@ -1,6 +1,5 @@
 """Layout kernels: NCHW (the public layout) to the graph's NHWC at the input edge, and back at a flatten."""
-from ._jit import jit
-from ._slots import run_shares
+from ._runtime import jit, run_shares
 
 
 # The inner loop runs along the target's contiguous axis (whole-line writes) when that axis is at least this long;
@@ -12,7 +11,7 @@ CONTIGUOUS_RUN = 16
 
 @jit
 def _transpose_images(slot, slots, source, target):
-    """target[n, k, r] = source[n, r, k] for the slot's share of the images (run by kernels/_slots.run_slots)."""
+    """target[n, k, r] = source[n, r, k] for the slot's share of the images (run by _runtime.jobs.run_slots)."""
     images, rows, columns = source.shape
     for image in range(slot * images // slots, (slot + 1) * images // slots):
         matrix, transposed = source[image].reshape(-1), target[image].reshape(-1)

@@ -9,7 +9,7 @@ int64 and uint64, compiling the row helpers twice.
 import numpy as np
 from numba import prange
 
-from ._jit import jit, parallel_jit
+from ._runtime import jit, parallel_jit
 
 
 @jit

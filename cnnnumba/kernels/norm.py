@@ -8,15 +8,9 @@ a cold first cifar-cnn step).
 import numpy as np
 from numba import prange
 
-from ._jit import parallel_jit
-
-# The elementwise passes run without reassociation and contraction: with them LLVM rounded some elements
-# differently depending on where the thread count split the rows (vectorized body against scalar remainder).
-EXACT_FASTMATH = {"arcp", "nsz"}
-
-# Per-channel sums over rows are split into chunks of this many rows whatever the thread count, and the chunk
-# partials are added in chunk order, so the statistics and gradients are bit-identical for any thread count.
-ROWS_PER_CHUNK = 256
+from . import fused
+from ._runtime import EXACT_FASTMATH, parallel_jit
+from .fused import ROWS_PER_CHUNK
 
 
 def _statistics_buffers(x):
@@ -109,7 +103,3 @@ def batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, eps):
     grad_x = np.empty_like(grad_y)
     _scale_channels(grad_y, (weight.astype(np.float64) * invstd).astype(grad_y.dtype), grad_x)
     return grad_x, sum_dy_xhat, sum_dy
-
-
-# Last: fused.py reads EXACT_FASTMATH and ROWS_PER_CHUNK from this module when it is imported first.
-from . import fused  # noqa: E402

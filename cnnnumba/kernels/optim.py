@@ -10,7 +10,7 @@ The test against kernels/reference.py covers both copies.
 import numba
 import numpy as np
 
-from ._jit import jit, parallel_jit
+from ._runtime import jit, parallel_jit
 
 
 @jit

@@ -17,9 +17,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._jit import jit, parallel_jit
-from ._slots import run_shares
-from ._vector import INDEX, LANES, element_pointer, lane_mask, masked_load, masked_store, splat
+from ._runtime import jit, parallel_jit, run_shares
+from ._runtime.vector import INDEX, LANES, element_pointer, lane_mask, masked_load, masked_store, splat
 
 
 @jit

@@ -274,9 +274,9 @@ def test_scaling_takes_the_median_over_all_pairs_of_each_pair_s_ratio(monkeypatc
 
 def test_a_scaling_worker_times_each_pair_on_both_counts_in_turn_first(monkeypatch):
     from cnnnumba.bench import worker
-    from cnnnumba.kernels import matmul
+    from cnnnumba.kernels._runtime import blas
 
-    get_threads, set_threads = matmul.openblas_thread_setters("numpy")
+    get_threads, set_threads = blas.openblas_thread_setters("numpy")
     if set_threads is None:
         pytest.skip("NumPy's BLAS thread count cannot be set here")
     counts, before = [], get_threads()
@@ -285,7 +285,7 @@ def test_a_scaling_worker_times_each_pair_on_both_counts_in_turn_first(monkeypat
         counts.append(count)
         set_threads(count)
 
-    monkeypatch.setattr(matmul, "openblas_thread_setters", lambda package: (get_threads, recording_setter))
+    monkeypatch.setattr(blas, "openblas_thread_setters", lambda package: (get_threads, recording_setter))
     try:
         result = worker.measure_scaling({"model": "sgemm", "size": 64, "threads": 3, "steps": 4, "warmup": 1})
     finally:
@@ -323,11 +323,11 @@ def test_a_scaling_worker_sets_numba_and_both_blas_libraries_to_each_step_s_coun
     follow the count too, as in a process started on it."""
     import cnnnumba
     from cnnnumba.bench import runners, worker
-    from cnnnumba.kernels import matmul
+    from cnnnumba.kernels._runtime import blas
 
     seen = {"numba": [], "numpy": [], "scipy": [], "steps": []}
     monkeypatch.setattr(cnnnumba, "set_num_threads", seen["numba"].append)
-    monkeypatch.setattr(matmul, "openblas_thread_setters", lambda package: (None, seen[package].append))
+    monkeypatch.setattr(blas, "openblas_thread_setters", lambda package: (None, seen[package].append))
     monkeypatch.setattr(runners, "build_model", lambda name, seed: None)
     monkeypatch.setattr(runners, "make_batches", lambda name, batch, distinct, seed: [(1, 2)])
 

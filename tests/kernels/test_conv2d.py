@@ -6,7 +6,7 @@ import cnnnumba as cn
 from cnnnumba import functional as F
 from cnnnumba import shapes
 from cnnnumba.kernels import conv2d as kernels
-from cnnnumba.kernels import reference
+from cnnnumba import reference
 from tests.helpers import compare_with_torch, requires_torch, torch
 
 # (batch, height, width, C_in, C_out, (kH, kW), stride, (pad_top, pad_bottom, pad_left, pad_right), dilation, groups)

@@ -5,7 +5,7 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba.kernels import conv2d as kernels
-from cnnnumba.kernels import reference
+from cnnnumba import reference
 
 # (x shape NHWC, weight shape (kH, kW, C_in, C_out), stride, (pad_top, pad_left), dilation)
 COLUMNS = [

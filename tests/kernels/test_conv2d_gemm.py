@@ -5,7 +5,7 @@ import pytest
 from cnnnumba import shapes
 from cnnnumba.kernels import conv2d_gemm as kernels
 from cnnnumba.kernels import conv2d_workspace
-from cnnnumba.kernels import reference
+from cnnnumba import reference
 
 # (batch, height, width, C_in, C_out, (kH, kW), stride, (pad_top, pad_bottom, pad_left, pad_right), dilation)
 CASES = [

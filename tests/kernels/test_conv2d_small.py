@@ -5,7 +5,8 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba import shapes
-from cnnnumba.kernels import conv2d, conv2d_workspace, reference
+from cnnnumba.kernels import conv2d, conv2d_workspace
+from cnnnumba import reference
 from cnnnumba.kernels import conv2d_small
 from tests.helpers import requires_torch
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import conv2d, conv2d_winograd, conv2d_winograd4, conv2d_workspace, reference
+from cnnnumba.kernels import conv2d, conv2d_winograd, conv2d_winograd4, conv2d_workspace
+from cnnnumba import reference
 from cnnnumba.kernels.conv2d_workspace import carve, specs_bytes
 
 # (batch, height, width, C_in, C_out, padding): odd and even output sizes, images of fewer tiles than one GEMM

@@ -9,7 +9,7 @@ from cnnnumba.kernels import conv2d as kernels
 from cnnnumba.kernels import conv2d_winograd4
 from cnnnumba.kernels import conv2d_winograd4_weight
 from cnnnumba.kernels import conv2d_winograd_weight as winograd
-from cnnnumba.kernels import reference
+from cnnnumba import reference
 from cnnnumba.kernels.conv2d_workspace import WORKSPACE_BYTES, specs_bytes
 
 # (batch, height, width, C_in, C_out, padding): odd and even output sizes, padding 0/1/2, batch 1, C 16/32/48/64

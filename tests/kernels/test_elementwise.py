@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import elementwise, reference
+from cnnnumba.kernels import elementwise
+from cnnnumba import reference
 
 SIZES = [0, 1, 7, elementwise.CHUNK, 2 * elementwise.CHUNK + 5]
 SPECIALS = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30, -1e-30, 80.0, -80.0, 800.0, -800.0])

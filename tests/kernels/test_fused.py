@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import elementwise, norm, reference
+from cnnnumba.kernels import elementwise, norm
+from cnnnumba import reference
 from cnnnumba.kernels import fused
 
 SHAPES = [(1, 3), (7, 5), (600, 4)]  # 600 rows span three statistics chunks

@@ -10,7 +10,7 @@ import cnnnumba as cn
 from cnnnumba import functional as F
 from cnnnumba import nn, optim
 from cnnnumba.kernels import fused, loss, matmul
-from cnnnumba.kernels._jit import _parallel_jit, jit
+from cnnnumba.kernels._runtime.jit import _parallel_jit, jit
 
 
 def _zeros_then_prange_then_slice_fill(x):

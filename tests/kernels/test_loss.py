@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import loss, reference
+from cnnnumba.kernels import loss
+from cnnnumba import reference
 
 SHAPES = [(1, 1), (1, 5), (4, 3), (33, 10)]  # rows, classes
 DTYPES = [np.float32, np.float64]

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import matmul, reference
+from cnnnumba.kernels import matmul
+from cnnnumba.kernels._runtime import blas
+from cnnnumba import reference
 from tests.helpers import rms_at_least_one
 
 
@@ -59,27 +61,27 @@ def test_bias_gradient_does_not_depend_on_thread_count():
     np.testing.assert_array_equal(results[0], results[1])
 
 
-@pytest.mark.skipif(matmul._SET_BLAS_THREADS is None, reason="SciPy's OpenBLAS thread setter not found")
+@pytest.mark.skipif(blas._SET_BLAS_THREADS is None, reason="SciPy's OpenBLAS thread setter not found")
 @pytest.mark.parametrize("macs, threads_inside", [
     (64 * 400 * 120, 1),                            # a linear layer: one thread
-    (matmul.SINGLE_THREAD_MACS + 1, "unchanged"),   # a large GEMM keeps BLAS's threads
+    (blas.SINGLE_THREAD_MACS + 1, "unchanged"),   # a large GEMM keeps BLAS's threads
     (10, "unchanged"),                              # OpenBLAS runs it on the calling thread anyway
 ])
 def test_small_products_run_on_one_blas_thread_and_restore_the_count(macs, threads_inside):
-    before = matmul._GET_BLAS_THREADS()
+    before = blas._GET_BLAS_THREADS()
     seen = []
-    matmul.one_blas_thread(lambda: seen.append(matmul._GET_BLAS_THREADS()), macs)
+    blas.one_blas_thread(lambda: seen.append(blas._GET_BLAS_THREADS()), macs)
     assert seen == [before if threads_inside == "unchanged" else threads_inside]
-    assert matmul._GET_BLAS_THREADS() == before
+    assert blas._GET_BLAS_THREADS() == before
 
 
 def test_blas_thread_count_is_restored_when_the_kernel_raises():
-    before = matmul._GET_BLAS_THREADS() if matmul._GET_BLAS_THREADS else None
+    before = blas._GET_BLAS_THREADS() if blas._GET_BLAS_THREADS else None
 
     def failing():
         raise RuntimeError("kernel failed")
 
     with pytest.raises(RuntimeError, match="kernel failed"):
-        matmul.one_blas_thread(failing, 64 * 400 * 120)
+        blas.one_blas_thread(failing, 64 * 400 * 120)
     if before is not None:
-        assert matmul._GET_BLAS_THREADS() == before
+        assert blas._GET_BLAS_THREADS() == before

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import norm, reference
+from cnnnumba.kernels import norm
+from cnnnumba import reference
 
 SHAPES = [(2, 3), (7, 1), (150, 4), (600, 5), (300, 32)]  # rows, channels; the larger ones span several 256-row chunks
 DTYPES = [np.float32, np.float64]

@@ -4,7 +4,7 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba.kernels import optim as kernels
-from cnnnumba.kernels import reference
+from cnnnumba import reference
 
 TOLERANCE = {np.float32: dict(rtol=2e-6, atol=1e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
 

@@ -4,7 +4,8 @@ import pytest
 
 import cnnnumba as cn
 from cnnnumba import shapes
-from cnnnumba.kernels import pool2d, reference
+from cnnnumba.kernels import pool2d
+from cnnnumba import reference
 
 # (N, H, W, C), kernel, stride, padding, dilation, ceil_mode
 WINDOW_CASES = [

@@ -5,8 +5,8 @@ import numba
 import numpy as np
 import pytest
 
-from cnnnumba.kernels._jit import jit
-from cnnnumba.kernels._slots import WORKERS, run_jobs, run_slots
+from cnnnumba.kernels._runtime.jit import jit
+from cnnnumba.kernels._runtime.jobs import WORKERS, run_jobs, run_slots
 
 
 @jit

@@ -7,7 +7,7 @@ import textwrap
 _SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
-    from cnnnumba.kernels._slots import run_slots
+    from cnnnumba.kernels._runtime.jobs import run_slots
     from tests.kernels.test_slots import _record_slot
 
     seen = np.zeros(3, np.int64)

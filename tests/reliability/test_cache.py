@@ -21,7 +21,7 @@ POOL_PROGRAM = textwrap.dedent("""
     y.sum().backward()
     kernels = [k for k in vars(pool2d).values() if hasattr(k, "stats")]
     print(json.dumps({"result": [float(y.data.sum()), float(x.grad.sum())],
-                      "chosen": cn._config.CACHE_DIR, "numba": numba.config.CACHE_DIR,
+                      "chosen": cn.kernels._runtime.environment.CACHE_DIR, "numba": numba.config.CACHE_DIR,
                       "hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
                       "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels)}))
 """)
@@ -30,14 +30,16 @@ CONFIG_PROGRAM = textwrap.dedent("""
     warnings.simplefilter("always")
     import numba
     import cnnnumba as cn
-    print(json.dumps({"chosen": cn._config.CACHE_DIR, "numba": numba.config.CACHE_DIR}))
+    print(json.dumps({"chosen": cn.kernels._runtime.environment.CACHE_DIR, "numba": numba.config.CACHE_DIR}))
 """)
 EXPECTED = [249.0, 54.0]
 KERNELS_CALLED = 2  # the forward and backward max-pool kernels the dispatchers chose; helpers compile into them
 
 
 def _environment(tmp_path, **variables):
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "CNNNUMBA_CACHE_DIR")}
+    # NUMBA_BOUNDSCHECK too: the caller's setting would make the "unchecked" runs checked ones
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "CNNNUMBA_CACHE_DIR",
+                                                             "NUMBA_BOUNDSCHECK")}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), TMPDIR=str(tmp_path / "tmp"))
     os.makedirs(tmp_path / "tmp", exist_ok=True)
     env.update(variables)
@@ -154,8 +156,9 @@ def test_several_processes_compiling_into_one_empty_cache_at_once(tmp_path):
 
 def test_an_entry_goes_stale_when_any_kernel_source_or_the_bounds_check_changes(tmp_path):
     # Numba checks only the time stamp of a kernel's own file. The max-pool kernels' file stays as it is here; the
-    # compile flags' file (kernels/_jit.py) changes, as it did when float reassociation was dropped: entries from
-    # before must not load (they gave other weights than fresh ones).
+    # compile flags' file (kernels/_runtime/jit.py, in a subpackage) changes, as it did when float reassociation was
+    # dropped: entries from before must not load (they gave other weights than fresh ones). The reference twins
+    # are outside the digest: editing one must not recompile the kernels.
     import shutil
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -167,7 +170,11 @@ def test_an_entry_goes_stale_when_any_kernel_source_or_the_bounds_check_changes(
     first, _ = _run(env, program)
     second, _ = _run(env, program)
     assert (first["hits"], second["hits"], second["misses"]) == (0, KERNELS_CALLED, 0)
-    with open(package / "kernels" / "_jit.py", "a") as source:
+    with open(package / "reference" / "__init__.py", "a") as source:
+        source.write("# a change to a test oracle\n")
+    after_oracle, _ = _run(env, program)
+    assert (after_oracle["hits"], after_oracle["misses"]) == (KERNELS_CALLED, 0)
+    with open(package / "kernels" / "_runtime" / "jit.py", "a") as source:
         source.write("# a change to the compile flags' file\n")
     third, _ = _run(env, program)
     fourth, _ = _run(env, program)

@@ -68,7 +68,7 @@ def test_the_same_seed_gives_bit_identical_weights_across_runs_and_thread_counts
 def test_a_fresh_process_reproduces_the_weights_bit_for_bit_whether_it_compiles_or_loads_its_kernels(tmp_path):
     # The first child compiles every kernel into an empty cache, the second loads them from it. With LLVM free to
     # reassociate float sums, the same kernel's code differed between the two (a callee's copy is picked at link
-    # time), and so did the weights: see kernels/_jit.py.
+    # time), and so did the weights: see kernels/_runtime/jit.py.
     program = STEPS_PROGRAM + "\nprint(weights_after(4, eager=False), weights_after(4, eager=True))\n"
     environment = dict(os.environ, CNNNUMBA_CACHE_DIR=str(tmp_path))
     printed = []

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import cnnnumba as cn
 from cnnnumba import functional as F
-from cnnnumba.kernels import reference
+from cnnnumba import reference
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -9,7 +9,7 @@ dW = G^T [sum over tiles of (A dy A^T) . V] G, where dy is the tile's 2x2 output
 Transformed arrays are (16, tiles, channels) with position 4 * row + column, so the GEMM of one position reads
 rows of channels that are contiguous. The transforms' coefficients are 0, +-1 and +-1/2. The per-tile input and
 output transforms are intrinsics on <16 x float> channel blocks (as plain loops over 1-D views they ran 10-14x
-slower: views cost more than the arithmetic). The per-position GEMMs run on conv2d.py's register tiles (as 1x1
+slower: views cost more than the arithmetic). The per-position GEMMs run on tiles.py's register tiles (as 1x1
 convolutions of the transformed tiles), inside one parallel driver shared by the forward and the backward-input.
 """
 import numpy as np
@@ -18,13 +18,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# conv2d.py imports this module for its dispatch; only functions here read conv2d's names (at compile time), so
-# the module object is all this import needs, whichever of the two is imported first.
-from . import conv2d as direct
-from ._jit import jit
-from ._slots import run_jobs
-from .conv2d_workspace import slots_within, spec_bytes, specs_bytes
-from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
+from ..._runtime import jit, run_jobs
+from ..tiles import NARROW_TILE_PIXELS, forward_tile, run_forward_tile
+from ..workspace import slots_within, spec_bytes, specs_bytes
+from ..._runtime.vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 
 TILE = 2      # outputs per tile side
 PATCH = 4     # inputs per patch side: TILE + 3 - 1
@@ -192,7 +189,7 @@ def transform_weight(weight, u):
 
 @jit
 def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """Jobs first_job..last_job - 1 of _winograd_forward (run by kernels/_slots.run_jobs): each a band of an
+    """Jobs first_job..last_job - 1 of _winograd_forward (run by _runtime.jobs.run_jobs): each a band of an
     image's tiles, in worker's scratch."""
     pad_top, pad_left, relu, bands = geometry
     batch, channels_in = x.shape[0], x.shape[3]
@@ -201,15 +198,10 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
     tiles_w = (out_w + TILE - 1) // TILE
     tiles = (out_h + TILE - 1) // TILE * tiles_w
     v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[3] * channels_out, channels_in * channels_out
-    # not literals: each literal argument would compile another _run_forward_tile signature
+    # not literals: each literal argument would compile another run_forward_tile signature
     zero, one, three = np.int64(0), np.int64(1), np.int64(3)
     # the tile shapes _forward_rows_jobs picks: tiles of the GEMM rows (Winograd tiles) x output channels
-    if channels_out >= direct.BROAD_TILE_CHANNELS:
-        kind, tile_rows, tile_channels = 2, direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
-    elif channels_out >= direct.TILE_CHANNELS:
-        kind, tile_rows, tile_channels = 1, direct.TILE_PIXELS, direct.TILE_CHANNELS
-    else:
-        kind, tile_rows, tile_channels = 0, direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
+    kind, tile_rows, tile_channels = forward_tile(channels_out)
     for job in range(first_job, last_job):
         n = job // bands
         band = job % bands
@@ -228,7 +220,7 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
                 co = min(co_block, channels_out - tile_channels)
                 for t_block in range(0, gemm_rows, tile_rows):
                     t = min(t_block, gemm_rows - tile_rows)
-                    direct._run_forward_tile(kind, m, p * m_step + t * channels_out + co, channels_out, zero, zero, v,
+                    run_forward_tile(kind, m, p * m_step + t * channels_out + co, channels_out, zero, zero, v,
                                              p * v_step + t * channels_in, channels_in, u, p * u_step + co,
                                              zero_bias, co, one, one, zero, zero, zero, channels_in, channels_out)
         for t in range(count):
@@ -247,7 +239,7 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
                 for j in range(min(TILE, out_w - left)):
                     for co_block in range(0, channels_out, tile_channels):
                         co = min(co_block, channels_out - tile_channels)
-                        direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
+                        run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
                                                  (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
                                                  three, PATCH * channels_in, channels_in, channels_in * channels_out,
                                                  channels_in, channels_out)
@@ -285,16 +277,16 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
     batch, channels_in = x_shape[0], x_shape[3]
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
     per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
-    most = max(direct.NARROW_TILE_PIXELS, JOB_BYTES // per_tile)
+    most = max(NARROW_TILE_PIXELS, JOB_BYTES // per_tile)
     bands = -(-tiles // most)
-    capacity = max(direct.NARROW_TILE_PIXELS, -(-tiles // bands))
+    capacity = max(NARROW_TILE_PIXELS, -(-tiles // bands))
     specs = (("u", (PATCH, PATCH, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
     if flipped:
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
     per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),
                 ("m", (PATCH, PATCH, _unaliased(capacity, channels_out, dtype), channels_out)),
                 ("patches", (PATCH, PATCH, channels_in)),
-                ("rows", (1, 1, direct.NARROW_TILE_PIXELS, channels_out)))
+                ("rows", (1, 1, NARROW_TILE_PIXELS, channels_out)))
     slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
                          budget)
     return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots)

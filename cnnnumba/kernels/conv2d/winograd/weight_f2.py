@@ -1,9 +1,9 @@
 """Winograd F(2x2, 3x3) weight gradient of 3x3 stride-1 convolutions: dW = G^T [sum over tiles of
-(A dy A^T) . (B^T d B)] G, with the input transform of conv2d_winograd.py and dy each tile's 2x2 output gradient.
+(A dy A^T) . (B^T d B)] G, with the input transform of f2.py and dy each tile's 2x2 output gradient.
 
 Per position p of the 4x4 transformed tile the sum is a product of V[p] (tiles x C_in) and Z[p] (tiles x C_out)
 reduced over tiles: 16 multiplies per tile and channel pair where the direct gradient takes 36 (0.44x). Those
-products run on conv2d.py's register-tiled weight-gradient tiles (a tile's "pixels" are Winograd tiles here).
+products run on tiles.py's weight-gradient tiles (a tile's "pixels" are Winograd tiles here).
 The tiles of the batch, flattened (image, tile row, tile column), are split into chunks that depend on the shape
 only; each chunk sums its tiles' products into its own float32 partial U' (4, 4, C_in, C_out) in tile order, a job
 of at most JOB_TILES tiles at a time (its V and Z stay in L2), and the partials are summed in chunk order, then
@@ -15,15 +15,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# conv2d.py imports this module for its dispatch; only the slot function reads conv2d's names (its weight tiles, at
-# compile time), so the module object is all this import needs, whichever of the two is imported first.
-from . import conv2d as direct
-from ._jit import jit
-from ._slots import run_jobs
-from ._vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
-from . import conv2d_winograd4, conv2d_winograd4_weight
-from .conv2d_winograd import PATCH, POSITIONS, TILE, tiles_along, transform_input_tiles
-from .conv2d_workspace import slots_within, spec_bytes, specs_bytes, sum_partials
+from ..._runtime import jit, run_jobs
+from ..._runtime.vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
+from ..tiles import run_weight_tile, weight_tile
+from .f2 import PATCH, POSITIONS, TILE, transform_input_tiles
 
 # Tiles per job: V (16, JOB_TILES, C_in) and Z (16, JOB_TILES, C_out) together 2 MiB at 256 channels each.
 # Their positions lie one tile more than JOB_TILES apart: a transform stores 16 vectors, one per position, and
@@ -128,24 +123,19 @@ def inverse_transform_weight_grad(summed, out):
 
 @jit
 def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, zs, patches, geometry):
-    """Chunks first_chunk..last_chunk - 1 of _weight_gradient (run by kernels/_slots.run_jobs), in worker's
+    """Chunks first_chunk..last_chunk - 1 of _weight_gradient (run by _runtime.jobs.run_jobs), in worker's
     scratch."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry
     batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
     chunks, capacity = partials.shape[0], vs.shape[2]
     job_tiles = capacity - 1
-    if channels_out % direct.BROAD_TILE_CHANNELS == 0:
-        kind, tile_rows, tile_channels = 2, direct.BROAD_WEIGHT_TILE_ROWS, direct.BROAD_TILE_CHANNELS
-    elif channels_out % direct.TILE_CHANNELS == 0:
-        kind, tile_rows, tile_channels = 1, direct.WEIGHT_TILE_ROWS, direct.TILE_CHANNELS
-    else:
-        kind, tile_rows, tile_channels = 0, direct.NARROW_WEIGHT_TILE_ROWS, direct.NARROW_TILE_CHANNELS
+    kind, tile_rows, tile_channels = weight_tile(channels_out)
     v_slot, z, patch = vs[worker], zs[worker], patches[worker]
     v_flat = v_slot.reshape(-1)
     v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
-    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_weight_tile signature
+    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another run_weight_tile signature
     for chunk in range(first_chunk, last_chunk):
         partials[chunk] = 0.0
         start, last = chunk * total // chunks, (chunk + 1) * total // chunks
@@ -165,76 +155,14 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
             for p in range(POSITIONS):
                 for ci in range(0, channels_in, tile_rows):
                     for co in range(0, channels_out, tile_channels):
-                        direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
+                        run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
                                                 * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
                                                 zero, z, p * z_position_step + co, zero, one, count, channels_out)
             start += count
 
 
-def _weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
+def weight_gradient(x, grad_out, partials, vs, zs, patches, geometry):
     """partials[chunk] (4, 4, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
     vs (slots, 17, tiles per job + 1, C_in), zs (slots, 16 * (tiles per job + 1) * C_out) and patches
     (slots, 4, 4, C_in) are the slots' scratch; geometry (pad_top, pad_left, tiles_w, tiles per image)."""
     run_jobs(_weight_chunks, partials.shape[0], vs.shape[0], x, grad_out, partials, vs, zs, patches, geometry)
-
-
-def uses_f4(channels_in, channels_out):
-    """Whether the weight gradient takes F(4x4) (conv2d_winograd4_weight.py) rather than F(2x2): on the layers whose
-    forward and backward-input take F(4x4)."""
-    return conv2d_winograd4.suits(channels_in) and conv2d_winograd4.suits(channels_out)
-
-
-def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget):
-    """(scratch specs, details) of the Winograd weight gradient, or None when its partials do not fit half the
-    budget. The chunk count depends on the shape and budget only. details[4] is the tile size: 4 for F(4x4)."""
-    _, _, channels_in, channels_out = weight_shape
-    batch, out_h, out_w, _ = out_shape
-    f4 = uses_f4(channels_in, channels_out)
-    tile, positions = (conv2d_winograd4.TILE, conv2d_winograd4.POSITIONS) if f4 else (TILE, POSITIONS)
-    tiles_w = -(-out_w // tile)
-    tiles_per_image = -(-out_h // tile) * tiles_w
-    total = batch * tiles_per_image
-    # F(4x4)'s 36 positions as 6 x 6, as F(2x2)'s 16 are 4 x 4: the partials then have one type on both paths, so
-    # sum_partials and the weight tiles compile one signature between them
-    side = conv2d_winograd4.PATCH if f4 else PATCH
-    partial = (side, side, channels_in, channels_out)
-    half = budget // 2
-    wanted = max(2, min(MAX_CHUNKS, total // TILES_PER_CHUNK) // 2 * 2)
-    chunks = int(max(1, min(wanted, total, half // spec_bytes(partial, dtype))))
-    if chunks * spec_bytes(partial, dtype) > half:
-        return None
-    specs = (("partials", (chunks, *partial), dtype),)
-    if chunks > 1:
-        specs += (("summed", partial, dtype),)
-    capacity = min(JOB_TILES, total) + 1
-    per_slot = (spec_bytes((positions + 1, capacity, channels_in), dtype)
-                + spec_bytes((positions * capacity * channels_out,), dtype)
-                + spec_bytes((PATCH, PATCH, channels_in), dtype))
-    slots = slots_within(per_slot, specs_bytes(specs), chunks, budget)
-    if specs_bytes(specs) + slots * per_slot > budget:
-        return None
-    specs += (("vs", (slots, positions + 1, capacity, channels_in), dtype),
-              ("zs", (slots, positions * capacity * channels_out), dtype),
-              ("patches", (slots, PATCH, PATCH, channels_in), dtype))
-    return specs, (padding[0], padding[1], tiles_w, tiles_per_image, tile)
-
-
-def conv2d_backward_weight_winograd(x, grad_out, out, scratch, geometry):
-    """The Winograd weight gradient of contiguous float32 x and grad_out into out (3, 3, C_in, C_out), with the
-    scratch carved from backward_weight_plan's specs and its geometry."""
-    partials = scratch["partials"]
-    f4 = geometry[4] == conv2d_winograd4.TILE
-    if f4:
-        conv2d_winograd4_weight.weight_gradient(x, grad_out, partials, scratch["vs"], scratch["zs"], geometry)
-    else:
-        _weight_gradient(x, grad_out, partials, scratch["vs"], scratch["zs"], scratch["patches"], geometry[:4])
-    if partials.shape[0] > 1:
-        summed = scratch["summed"]
-        sum_partials(partials, summed)
-    else:
-        summed = partials[0]
-    if f4:
-        conv2d_winograd4_weight.inverse_transform_weight_grad(summed, out)
-    else:
-        inverse_transform_weight_grad(summed, out)
-    return out

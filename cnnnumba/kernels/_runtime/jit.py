@@ -4,7 +4,7 @@ import functools
 import numba
 from numba.core.cpu import ParallelOptions
 
-from .._config import guard_cache_entries
+from .cache import guard_cache_entries
 
 # fastmath without nnan/ninf: NaN and Inf must survive max-pooling, losses and anomaly checks.
 # Without reassoc: a kernel that calls another carries a copy of the callee's code, optimised again with the caller,
@@ -14,6 +14,9 @@ from .._config import guard_cache_entries
 # their order explicitly (register-tile intrinsics), so this costs them nothing.
 # Numba accepts only a plain set (not a frozenset) for fastmath, hence the set(...) copies below.
 FASTMATH = frozenset({"contract", "arcp", "nsz"})
+# The elementwise batch-norm passes also run without contraction: with it LLVM rounded some elements differently
+# depending on where the thread count split the rows (vectorized body against scalar remainder).
+EXACT_FASTMATH = {"arcp", "nsz"}
 
 # Parallel kernels parallelise their explicit prange loops and nothing else. With parallel=True Numba also turns
 # every array expression, np.zeros/np.empty_like/astype, slice assignment (`row[:] = 0`) and in-place array
@@ -43,7 +46,7 @@ _parallel_jit = functools.partial(_numba_jit, parallel=True, **_OPTIONS)
 
 
 def _guarded(decorator):
-    """`decorator` (used bare or with options) whose kernels' cache entries are checked (_config.guard_cache_entries):
+    """`decorator` (used bare or with options) whose kernels' cache entries are checked (cache.guard_cache_entries):
     a truncated file is a miss, and so is an entry from before a kernel source changed."""
     def decorate(function=None, **options):
         if function is None:

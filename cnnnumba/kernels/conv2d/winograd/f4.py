@@ -1,17 +1,17 @@
 """Winograd F(4x4, 3x3) forward and backward-input of 3x3 stride-1 convolutions on NHWC activations.
 
-The same scheme as conv2d_winograd.py's F(2x2, 3x3) with a 4x4 block of outputs per tile: the 6x6 input patch
+The same scheme as f2.py's F(2x2, 3x3) with a 4x4 block of outputs per tile: the 6x6 input patch
 under it gives them as Y = A^T [U . V] A, V = B^T d B, U = G g G^T, with the interpolation points 0, 1, -1, 1/2,
 -2 (Lavin & Gray 2015 use 0, +-1, +-2; see INPUT_MATRIX). A tile costs 36 multiplies per channel pair for 16
 outputs (2.25 per output, F(2x2): 4) and stores 36 transformed values per channel for 16 outputs (F(2x2): 16 for
 4), so both the per-position GEMMs and the traffic through the v/m scratch shrink; that pays most where the GEMMs
 reduce over few channels (16, 32), where F(2x2)'s transforms cost as much as its products. Its float32 rounding
-is larger (coefficients up to 8 in A^T), and grows with the reduction: see MAX_REDUCTION.
+is larger (coefficients up to 8 in A^T), and grows with the reduction: see select.WINOGRAD_F4_MAX_REDUCTION.
 
 Transformed arrays are (36, tiles, channels) with position 6 * row + column. The input transform reads an edge
 tile's patch (up to half of the tiles at 32x32 outputs, 3/4 at 16x16) in place, each pixel outside the image from
 a constant of zeros, instead of copying it into a zero-padded patch first. Tiles whose outputs come out
-non-finite are recomputed directly, as in conv2d_winograd.py.
+non-finite are recomputed directly, as in f2.py.
 """
 import numpy as np
 from llvmlite import ir
@@ -19,15 +19,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# conv2d.py imports this module for its dispatch; only functions here read conv2d's names (at compile time).
-from . import conv2d as direct
-from ._jit import jit
-from ._slots import run_jobs
-from ._vector import (INDEX, LANES, element_pointer, load_vector, masked_store, splat, store_vector, vector_fma,
+from ..._runtime import jit, run_jobs
+from ..._runtime.vector import (INDEX, LANES, element_pointer, load_vector, masked_store, splat, store_vector, vector_fma,
                       vector_type)
-from . import conv2d_winograd as winograd2
-from .conv2d_winograd import _fill_patch, _unaliased
-from .conv2d_workspace import slots_within, spec_bytes, specs_bytes
+from ..tiles import NARROW_TILE_PIXELS, forward_tile, run_forward_tile
+from ..workspace import slots_within, spec_bytes, specs_bytes
+from .f2 import JOB_BYTES, _fill_patch, _unaliased
 
 TILE = 4      # outputs per tile side
 PATCH = 6     # inputs per patch side: TILE + 3 - 1
@@ -163,7 +160,7 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
     """out[out_offset + i * row_step + j * pixel_step + c] = (A^T m A)[i, j, c] + bias[c] for the i < rows_inside,
     j < columns_inside of a 4x4 tile, where m[m_offset + (6 * r + s) * position_step + c] holds the 6x6 products;
     clamped at 0 (NaN kept) when relu is nonzero; channels a multiple of 16. Returns 1 when every stored sum was
-    finite before the clamp, else 0 (the caller recomputes such tiles directly; see conv2d_winograd._output_tile)."""
+    finite before the clamp, else 0 (the caller recomputes such tiles directly; see f2._output_tile)."""
     index = types.intp
     signature = index(m, index, index, bias, index, out, index, index, index, index, index, index)
 
@@ -247,7 +244,7 @@ def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, v
 def transform_weight(weight, u):
     """u (36, C_in, C_out) = G g G^T of each (C_in, C_out) pair's 3x3 kernel g, weight (3, 3, C_in, C_out),
     formed in float64 and rounded once."""
-    # One row i of G g per pass over the pairs, written as its 6 positions (see conv2d_winograd.transform_weight:
+    # One row i of G g per pass over the pairs, written as its 6 positions (see f2.transform_weight:
     # 36 store streams a pair-row apart alias in the 4 KiB store-to-load check)
     pairs = weight.shape[2] * weight.shape[3]
     g = weight.reshape(9, pairs)
@@ -266,27 +263,22 @@ def transform_weight(weight, u):
 
 @jit
 def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """Jobs first_job..last_job - 1 of _winograd_forward (run by kernels/_slots.run_jobs): each a band of an
+    """Jobs first_job..last_job - 1 of _winograd_forward (run by _runtime.jobs.run_jobs): each a band of an
     image's tiles, in worker's scratch."""
     pad_top, pad_left, relu, bands, band_tiles = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
     v, m, patch, row = vs[worker], ms[worker], patches[worker], rows[worker]
     # the GEMMs' m and u as 6 x 6 positions (the tiles address them by flat offsets): the operand types of the
-    # direct path's and F(2x2)'s forward tiles, so _run_forward_tile compiles no signature for this path alone
+    # direct path's and F(2x2)'s forward tiles, so run_forward_tile compiles no signature for this path alone
     m_tiles = m.reshape(PATCH, PATCH, m.shape[1], m.shape[2])
     u_tiles = u.reshape(PATCH, PATCH, u.shape[1], u.shape[2])
     tiles_w = (out_w + TILE - 1) // TILE
     tiles = (out_h + TILE - 1) // TILE * tiles_w
     v_step, m_step, u_step = vs.shape[2] * channels_in, ms.shape[2] * channels_out, channels_in * channels_out
-    # not literals: each literal argument would compile another _run_forward_tile signature
+    # not literals: each literal argument would compile another run_forward_tile signature
     zero, one, three = np.int64(0), np.int64(1), np.int64(3)
-    if channels_out >= direct.BROAD_TILE_CHANNELS:
-        kind, tile_rows, tile_channels = 2, direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
-    elif channels_out >= direct.TILE_CHANNELS:
-        kind, tile_rows, tile_channels = 1, direct.TILE_PIXELS, direct.TILE_CHANNELS
-    else:
-        kind, tile_rows, tile_channels = 0, direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
+    kind, tile_rows, tile_channels = forward_tile(channels_out)
     for job in range(first_job, last_job):
         n = job // bands
         band = job % bands
@@ -309,7 +301,7 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
                 co = min(co_block, channels_out - tile_channels)
                 for t_block in range(0, gemm_rows, tile_rows):
                     t = min(t_block, gemm_rows - tile_rows)
-                    direct._run_forward_tile(kind, m_tiles, p * m_step + t * channels_out + co, channels_out, zero,
+                    run_forward_tile(kind, m_tiles, p * m_step + t * channels_out + co, channels_out, zero,
                                              zero, v, p * v_step + t * channels_in, channels_in, u_tiles,
                                              p * u_step + co, zero_bias, co, one, one, zero, zero, zero, channels_in,
                                              channels_out)
@@ -322,13 +314,13 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
             if finite:
                 continue
             # the tile's outputs again as the direct path computes them, from its zero-padded input patch (see
-            # conv2d_winograd._forward_jobs)
+            # f2._forward_jobs)
             _fill_patch(x, n, top - pad_top, left - pad_left, patch)
             for i in range(min(TILE, out_h - top)):
                 for j in range(min(TILE, out_w - left)):
                     for co_block in range(0, channels_out, tile_channels):
                         co = min(co_block, channels_out - tile_channels)
-                        direct._run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
+                        run_forward_tile(kind, row, co, channels_out, zero, relu, patch,
                                                  (PATCH * i + j) * channels_in, zero, weight, co, bias, co, three,
                                                  three, PATCH * channels_in, channels_in, channels_in * channels_out,
                                                  channels_in, channels_out)
@@ -348,19 +340,10 @@ def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patc
              ms, patches, rows)
 
 
-def _gemm_tile(channels_out):
-    """(GEMM rows, output channels) of the register tile _forward_jobs multiplies with."""
-    if channels_out >= direct.BROAD_TILE_CHANNELS:
-        return direct.BROAD_TILE_PIXELS, direct.BROAD_TILE_CHANNELS
-    if channels_out >= direct.TILE_CHANNELS:
-        return direct.TILE_PIXELS, direct.TILE_CHANNELS
-    return direct.NARROW_TILE_PIXELS, direct.NARROW_TILE_CHANNELS
-
-
 def in_place(channels_in, channels_out):
     """Whether a pass's products overwrite its transformed input (m is v): when each position's GEMM is one
     register tile of the job's rows and all its channels, which reads all of v[p] before it stores m[p]."""
-    return channels_in == channels_out == _gemm_tile(channels_out)[1]
+    return channels_in == channels_out == forward_tile(channels_out)[2]
 
 
 def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
@@ -374,35 +357,23 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
     shared = in_place(channels_in, channels_out)
     if shared:
-        band_tiles = capacity = _gemm_tile(channels_out)[0]
+        band_tiles = capacity = forward_tile(channels_out)[1]
         bands = -(-tiles // band_tiles)
     else:
         per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
-        most = max(direct.NARROW_TILE_PIXELS, winograd2.JOB_BYTES // per_tile)
+        most = max(NARROW_TILE_PIXELS, JOB_BYTES // per_tile)
         bands, band_tiles = -(-tiles // most), 0
-        capacity = max(direct.NARROW_TILE_PIXELS, -(-tiles // bands))
+        capacity = max(NARROW_TILE_PIXELS, -(-tiles // bands))
     specs = (("u", (POSITIONS, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
     if flipped:
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
     per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),)
     if not shared:
         per_slot += (("m", (POSITIONS, _unaliased(capacity, channels_out, dtype), channels_out)),)
-    per_slot += (("patches", (PATCH, PATCH, channels_in)), ("rows", (1, 1, direct.NARROW_TILE_PIXELS, channels_out)))
+    per_slot += (("patches", (PATCH, PATCH, channels_in)), ("rows", (1, 1, NARROW_TILE_PIXELS, channels_out)))
     slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
                          budget)
     return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots, band_tiles)
-
-
-# Input channels (the per-position GEMMs' reduction) up to which a pass takes F(4x4) rather than F(2x2): its error
-# grows with the reduction; on standard-normal data against float64 it reached 1.8-2.4e-4 at 64 channels (outputs
-# up to ~100), past the 2e-4 absolute tolerance the conv tests hold every path to, and 0.7-0.8e-4 at 16, 1.3-1.5e-4
-# at 32 (F(2x2): 1-4e-5).
-MAX_REDUCTION = 32
-
-
-def suits(channels_reduced):
-    """Whether a Winograd pass whose GEMMs reduce over channels_reduced channels takes F(4x4)."""
-    return channels_reduced <= MAX_REDUCTION
 
 
 def fits(dtype, channels_in, channels_out, budget):

@@ -1,23 +1,18 @@
-"""Convolution as im2col + one BLAS GEMM per chunk of output rows, for groups=1 layers with few channels.
-
-The register-tiled kernels in conv2d.py need at least a 32-channel tile; layers such as LeNet-5's (1→6, 6→16)
-fall short of it, and a direct loop over 6 or 16 channels cannot vectorise. Here the taps are unrolled into the
+"""Convolution as im2col + one BLAS GEMM per chunk of output rows: the groups=1 layers no register-tiled or
+few-channel variant takes (strided layers of 2 to 15 channels, float64 ones). The taps are unrolled into the
 reduction axis (kH·kW·C_in), so one GEMM does all the arithmetic with BLAS's own blocking. The columns are kept
 transposed, (kH·kW·C_in, pixels), so that im2col copies whole output rows (contiguous, vectorisable) instead of
-scattering single channels. Layouts are those of conv2d.py: NHWC activations, (kH, kW, C_in, C_out) weights,
-(top, left) padding with the output size implied. The columns live in the caller's workspace (conv2d_workspace)
+scattering single channels. Layouts are those of the package: NHWC activations, (kH, kW, C_in, C_out) weights,
+(top, left) padding with the output size implied. The columns live in the caller's workspace (workspace.py)
 and are bounded by processing the flattened (image, output row) range in chunks — whole images when one fits
 the budget, else rows — and the weight gradient sums the chunks' GEMMs in chunk order, so results do not depend
 on the thread count.
 """
-import functools
-
 import numpy as np
 from numba import prange
 
-from . import conv2d_workspace
-from ._jit import jit, parallel_jit
-from .conv2d_workspace import carve, spec_bytes, specs_bytes
+from .._runtime import jit, parallel_jit
+from .workspace import CACHE_LINE, spec_bytes
 
 
 @jit
@@ -89,8 +84,7 @@ def _col2im(columns, first_row, out_h, stride_h, stride_w, pad_top, pad_left, di
                         out[n, ih, ow * stride_w + offset, c] += columns[r, j, ow]
 
 
-@functools.lru_cache(maxsize=512)
-def gemm_plan(pass_name, batch, out_h, out_w, reduction, channels_out, dtype, budget):
+def plan(pass_name, batch, out_h, out_w, reduction, channels_out, dtype, budget):
     """(scratch specs, output rows per chunk) of one GEMM pass ("forward", "backward_input", "backward_weight"):
     whole images per chunk when one fits the budget, else rows; the weight gradient adds each later chunk's GEMM
     through a partial of at most a quarter of the budget, a block of reduction rows at a time."""
@@ -103,26 +97,12 @@ def gemm_plan(pass_name, batch, out_h, out_w, reduction, channels_out, dtype, bu
         specs = (("partial", (block, channels_out), dtype),)
         fixed = spec_bytes((block, channels_out), dtype)
     row_bytes = reduction * out_w * dtype.itemsize
-    rows = max(1, min(total_rows, (budget - fixed - 2 * conv2d_workspace.CACHE_LINE) // row_bytes))
+    rows = max(1, min(total_rows, (budget - fixed - 2 * CACHE_LINE) // row_bytes))
     if rows >= out_h:
         rows = rows // out_h * out_h
     if pass_name == "backward_weight" and rows >= total_rows:
         specs = ()  # one chunk writes the gradient directly
     return (("columns", (reduction * rows * out_w,), dtype),) + specs, rows
-
-
-def gemm_workspace_bytes(pass_name, batch, out_h, out_w, reduction, channels_out, dtype):
-    """Workspace bytes one GEMM pass needs at these sizes (under conv2d_workspace.WORKSPACE_BYTES)."""
-    return specs_bytes(gemm_plan(pass_name, batch, out_h, out_w, reduction, channels_out, np.dtype(dtype),
-                                 conv2d_workspace.WORKSPACE_BYTES)[0])
-
-
-def _setup(pass_name, activations_dtype, out_shape, weight_shape, workspace):
-    batch, out_h, out_w, channels_out = out_shape
-    reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
-    specs, rows = gemm_plan(pass_name, batch, out_h, out_w, reduction, channels_out, np.dtype(activations_dtype),
-                            conv2d_workspace.WORKSPACE_BYTES)
-    return carve(workspace, specs), rows, reduction
 
 
 def _chunk_columns(views, reduction, rows, out_w):
@@ -133,12 +113,11 @@ def _options(stride, padding, dilation, weight_shape):
     return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], weight_shape[0], weight_shape[1])
 
 
-def conv2d_forward_gemm(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), relu=False,
-                        workspace=None):
-    """out (N, H_out, W_out, C_out) = conv(x, weight) + bias (then max(., 0) when relu), groups=1; writes `out`
-    and returns it. workspace: see conv2d_workspace (None: allocate one)."""
+def forward(x, weight, bias, out, stride, padding, dilation, relu, views, rows):
+    """out (N, H_out, W_out, C_out) = conv(x, weight) + bias (then max(., 0) when relu), groups=1, with the
+    scratch views and chunk rows of plan."""
     batch, out_h, out_w, channels_out = out.shape
-    views, rows, reduction = _setup("forward", x.dtype, out.shape, weight.shape, workspace)
+    reduction = weight.shape[0] * weight.shape[1] * weight.shape[2]
     matrix = weight.reshape(reduction, channels_out)
     options = _options(stride, padding, dilation, weight.shape)
     flat_out = out.reshape(-1, channels_out)
@@ -156,11 +135,10 @@ def conv2d_forward_gemm(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dil
     return out
 
 
-def conv2d_backward_input_gemm(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-                               workspace=None):
-    """out (N, H, W, C_in) = the gradient of conv2d_forward_gemm with respect to x."""
+def backward_input(grad_out, weight, out, stride, padding, dilation, views, rows):
+    """out (N, H, W, C_in) = the gradient of forward with respect to x."""
     batch, out_h, out_w, channels_out = grad_out.shape
-    views, rows, reduction = _setup("backward_input", grad_out.dtype, grad_out.shape, weight.shape, workspace)
+    reduction = weight.shape[0] * weight.shape[1] * weight.shape[2]
     matrix = weight.reshape(reduction, channels_out)
     options = _options(stride, padding, dilation, weight.shape)
     flat_grad = grad_out.reshape(-1, channels_out)
@@ -174,10 +152,10 @@ def conv2d_backward_input_gemm(grad_out, weight, out, stride=(1, 1), padding=(0,
     return out
 
 
-def conv2d_backward_weight_gemm(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), workspace=None):
-    """out (kH, kW, C_in, C_out) = the gradient of conv2d_forward_gemm with respect to weight."""
+def backward_weight(x, grad_out, out, stride, padding, dilation, views, rows):
+    """out (kH, kW, C_in, C_out) = the gradient of forward with respect to weight."""
     batch, out_h, out_w, channels_out = grad_out.shape
-    views, rows, reduction = _setup("backward_weight", x.dtype, grad_out.shape, out.shape, workspace)
+    reduction = out.shape[0] * out.shape[1] * out.shape[2]
     target = out.reshape(reduction, channels_out)
     options = _options(stride, padding, dilation, out.shape)
     flat_grad = grad_out.reshape(-1, channels_out)

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
-from ._jit import jit, parallel_jit
+from .jit import jit, parallel_jit
 
 
 def _call_native(context, builder, address, argtypes, values):

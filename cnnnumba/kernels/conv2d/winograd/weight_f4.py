@@ -1,8 +1,8 @@
 """Winograd F(4x4, 3x3) weight gradient of 3x3 stride-1 convolutions: dW = G^T [sum over tiles of
-(A dy A^T) . (B^T d B)] G, with the matrices and input transform of conv2d_winograd4.py and dy each tile's 4x4
+(A dy A^T) . (B^T d B)] G, with the matrices and input transform of f4.py and dy each tile's 4x4
 output gradient.
 
-The scheme of conv2d_winograd_weight.py (which plans both and picks this one; see its module docstring for the
+The scheme of weight_f2.py (weight.py plans both; see weight_f2's module docstring for the
 chunks, jobs and partials) with 36 positions per tile of 16 outputs: 2.25 products per output pixel and channel
 pair where F(2x2) takes 4 and the direct gradient 9.
 """
@@ -12,13 +12,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# conv2d.py imports this module (through conv2d_winograd_weight) for its dispatch; only the slot function reads
-# conv2d's names (its weight tiles, at compile time), so the module object is all this import needs.
-from . import conv2d as direct
-from ._jit import jit
-from ._slots import run_jobs
-from ._vector import INDEX, LANES, element_pointer, masked_load, splat, store_vector, vector_fma
-from .conv2d_winograd4 import KERNEL_MATRIX, OUTPUT_MATRIX, PATCH, POSITIONS, TILE, apply_axis, transform_input_tiles
+from ..._runtime import jit, run_jobs
+from ..._runtime.vector import INDEX, LANES, element_pointer, masked_load, splat, store_vector, vector_fma
+from ..tiles import run_weight_tile, weight_tile
+from .f4 import KERNEL_MATRIX, OUTPUT_MATRIX, PATCH, POSITIONS, TILE, apply_axis, transform_input_tiles
 
 # A along one axis (4 values to 6): the transpose of A^T
 GRAD_MATRIX = tuple(tuple(OUTPUT_MATRIX[i][j] for i in range(TILE)) for j in range(PATCH))
@@ -79,7 +76,7 @@ def transform_grad_tiles(grad_out, n, first_tile, tiles, tiles_w, z, z_offset, p
 def inverse_transform_weight_grad(summed, out):
     """out (3, 3, C_in, C_out) = G^T s G for each (C_in, C_out) pair, s the 6x6 products summed over tiles, held in
     summed (6, 6, C_in, C_out); formed in float64 and rounded once. One pair at a time: this runs once per pass, on
-    layers of at most 32 x 32 channels (conv2d_winograd4.MAX_REDUCTION), where it costs microseconds."""
+    layers of at most 32 x 32 channels (select.WINOGRAD_F4_MAX_REDUCTION), where it costs microseconds."""
     pairs = out.shape[2] * out.shape[3]
     s = summed.reshape(POSITIONS, pairs)
     o = out.reshape(9, pairs)
@@ -103,24 +100,19 @@ def inverse_transform_weight_grad(summed, out):
 
 @jit
 def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, zs, geometry):
-    """Chunks first_chunk..last_chunk - 1 of _weight_gradient (run by kernels/_slots.run_jobs), in worker's
+    """Chunks first_chunk..last_chunk - 1 of _weight_gradient (run by _runtime.jobs.run_jobs), in worker's
     scratch."""
     pad_top, pad_left, tiles_w, tiles_per_image = geometry[0], geometry[1], geometry[2], geometry[3]
     batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
     chunks, capacity = partials.shape[0], vs.shape[2]
     job_tiles = capacity - 1
-    if channels_out % direct.BROAD_TILE_CHANNELS == 0:
-        kind, tile_rows, tile_channels = 2, direct.BROAD_WEIGHT_TILE_ROWS, direct.BROAD_TILE_CHANNELS
-    elif channels_out % direct.TILE_CHANNELS == 0:
-        kind, tile_rows, tile_channels = 1, direct.WEIGHT_TILE_ROWS, direct.TILE_CHANNELS
-    else:
-        kind, tile_rows, tile_channels = 0, direct.NARROW_WEIGHT_TILE_ROWS, direct.NARROW_TILE_CHANNELS
+    kind, tile_rows, tile_channels = weight_tile(channels_out)
     v_slot, z = vs[worker], zs[worker]
     v_flat = v_slot.reshape(-1)
     v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
-    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another _run_weight_tile signature
+    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another run_weight_tile signature
     for chunk in range(first_chunk, last_chunk):
         partials[chunk] = 0.0
         start, last = chunk * total // chunks, (chunk + 1) * total // chunks
@@ -140,7 +132,7 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
             for p in range(POSITIONS):
                 for ci in range(0, channels_in, tile_rows):
                     for co in range(0, channels_out, tile_channels):
-                        direct._run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
+                        run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
                                                 * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
                                                 zero, z, p * z_position_step + co, zero, one, count, channels_out)
             start += count

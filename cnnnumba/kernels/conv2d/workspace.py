@@ -5,16 +5,15 @@ kept within WORKSPACE_BYTES; `specs_bytes` says how big a workspace must be for 
 out of a caller's workspace (a 1-D uint8 array), or out of a fresh one when the caller passes None. A memory
 planner can therefore size one workspace as the maximum over every pass it will run, and replay them without
 allocating. Scratch that each parallel job needs (padded strips, output rows) exists once per *slot*, one per
-thread at most (_slots.WORKERS): the threads claim ranges of a pass's jobs and run each in their own slot
-(kernels/_slots.run_jobs), so its size does not grow with the batch.
+thread at most (_runtime.WORKERS): the threads claim ranges of a pass's jobs and run each in their own slot
+(_runtime.jobs.run_jobs), so its size does not grow with the batch.
 """
 import functools
 import math
 
 import numpy as np
 
-from ._jit import jit
-from ._slots import WORKERS, run_shares
+from .._runtime import WORKERS, jit, run_shares
 
 # The budget for all the scratch of one conv pass, whatever the batch size and channel count. A pass that
 # cannot fit (one transformed weight larger than a quarter of it) takes a path that needs no weight copy.
@@ -103,3 +102,24 @@ def sum_partials(partials, out):
     """out = the partial results (a workspace's per-chunk weight or bias gradients) summed over their leading
     axis in chunk order, so the result does not depend on the thread count; the elements split over the threads."""
     run_shares(_sum_partials_share, out.size // SHARE_ELEMENTS, partials, out)
+
+@jit
+def all_finite(values):
+    """Whether a 1-D array holds no inf or NaN (v - v is NaN exactly for those)."""
+    bad = False
+    for k in range(values.shape[0]):
+        residue = values[k] - values[k]
+        bad |= residue != residue
+    return not bad
+
+
+# Reductions over the batch split the flattened (image, output row) range into this many chunks at most, a
+# number that does not depend on the thread count, so results are bit-identical for any number of threads.
+MAX_REDUCTION_CHUNKS = 16
+
+
+@jit
+def chunk_bounds(total, chunks, index):
+    # callers pass a prange index as np.int64: Numba types it uint64 inside the gufunc and int64 outside,
+    # and each type would compile a copy of every helper it reaches
+    return index * total // chunks, (index + 1) * total // chunks

@@ -1,4 +1,5 @@
-"""Plain-NumPy versions of every kernel: the test oracle and the benchmarks' baseline.
+"""Plain-NumPy versions of every kernel: the test oracle and the benchmarks' baseline. They live outside
+cnnnumba/kernels so that editing an oracle leaves the compiled kernels' cache valid.
 
 Each function has the same signature and layout conventions as its Numba twin in the kernel module named in
 its section, and is written for clarity, not speed.

@@ -1,0 +1,178 @@
+"""2-D convolution kernels on NHWC activations and (kH, kW, C_in/groups, C_out) weights: the entry points that ops
+and graph nodes call. Each checks what would otherwise index out of bounds, asks select.py which variant runs (and
+with what scratch), carves that scratch from the caller's workspace and runs it.
+
+Padding is (top, left); the bottom/right padding is implied by the output size. Every entry point writes into a
+caller-supplied array `out` (so a memory planner can hand in a preallocated buffer) and returns it. A workspace is
+a 1-D uint8 array of at least conv2d_workspace_bytes(...) bytes holding all scratch, or None to allocate one.
+
+The package: select.py (which variant runs), tiles.py (the register tiles and their rules), direct.py and
+pointwise.py (register-tiled direct and 1x1), winograd/ (F(2x2) and F(4x4) forward, input and weight gradients),
+small.py, small_bands.py and small_rows.py (few channels), gemm.py (im2col + BLAS), general.py (any groups,
+dilation, dtype; the bias gradient), workspace.py (scratch layout, partial sums).
+"""
+import numpy as np
+
+from . import direct, gemm, general, pointwise, small
+from .select import Geometry, Pass, Plan, Variant, force_variant, plan, select
+from .winograd import f2 as winograd_f2
+from .winograd import f4 as winograd_f4
+from .winograd import weight as winograd_weight
+from .workspace import WORKSPACE_BYTES, all_finite, carve, specs_bytes
+
+__all__ = ["Geometry", "Pass", "Plan", "Variant", "WORKSPACE_BYTES", "conv2d_backward_bias",
+           "conv2d_backward_input", "conv2d_backward_weight", "conv2d_forward", "conv2d_workspace_bytes",
+           "force_variant", "plan", "select"]
+
+
+def _guard(condition, message):
+    if not condition:
+        raise ValueError(f"conv2d kernel: {message}")
+
+
+def _check_geometry(x_shape, weight_shape, out_hw, stride, dilation, groups):
+    _guard(len(x_shape) == 4 and len(weight_shape) == 4, "activations and weight must be 4-D")
+    _guard(min(stride) >= 1 and min(dilation) >= 1 and groups >= 1, "stride, dilation and groups must be positive")
+    channels_in, channels_out = x_shape[3], weight_shape[3]
+    if channels_in != weight_shape[2] * groups:
+        _guard(False, f"input channels {channels_in} != {weight_shape[2]} x {groups} groups")
+    if channels_out % groups:
+        _guard(False, f"output channels {channels_out} not divisible by groups {groups}")
+    _guard(min(out_hw) >= 1 and min(weight_shape[:2]) >= 1, "empty output or kernel")
+
+
+def _contiguous(array, dtype):
+    if array.dtype != dtype:
+        _guard(False, f"dtype {array.dtype} != {dtype}")
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _check_out(out, shape, dtype):
+    if out.shape != tuple(shape):
+        _guard(False, f"out has shape {out.shape}, expected {tuple(shape)}")
+    _guard(out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable,
+           "out must be a writeable C-contiguous array of the input dtype")
+
+
+_PASSES = {"forward": Pass.FORWARD, "backward_input": Pass.BACKWARD_INPUT, "backward_weight": Pass.BACKWARD_WEIGHT}
+
+
+def conv2d_workspace_bytes(pass_name, x_shape, weight_shape, out_shape, dtype, stride=(1, 1), padding=(0, 0),
+                           dilation=(1, 1), groups=1):
+    """Bytes of workspace one pass needs: pass_name is "forward", "backward_input", "backward_weight" or
+    "backward_bias"; x_shape (N, H, W, C_in) and out_shape (N, H_out, W_out, C_out) are the forward's NHWC
+    input and output, weight_shape (kH, kW, C_in/groups, C_out). At most WORKSPACE_BYTES (beyond it only where
+    one slot's strip of kernel rows alone is larger). A workspace of that many bytes (or more), given to the pass
+    as `workspace=`, lets it run without allocating."""
+    if pass_name == "backward_bias":
+        return specs_bytes(general.backward_bias_plan(np.dtype(dtype), tuple(out_shape))[0])
+    geometry = Geometry(x_shape, weight_shape, out_shape, stride, padding, dilation, groups)
+    return specs_bytes(plan(_PASSES[pass_name], geometry, dtype).specs)
+
+
+def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False,
+                   workspace=None):
+    """out[n, oh, ow, co] = bias[co] + sum over taps and the group's input channels of x * weight, then
+    max(out, 0) when relu (NaN kept), applied as each output tile is stored."""
+    dtype = x.dtype
+    _check_geometry(x.shape, weight.shape, out.shape[1:3], stride, dilation, groups)
+    _check_out(out, (x.shape[0], out.shape[1], out.shape[2], weight.shape[3]), dtype)
+    x, weight = _contiguous(x, dtype), _contiguous(weight, dtype)
+    if bias is not None:
+        if bias.shape != (weight.shape[3],):
+            _guard(False, f"bias shape {bias.shape}")
+        bias = _contiguous(bias, dtype)
+    variant, specs, details = plan(Pass.FORWARD, Geometry(x.shape, weight.shape, out.shape, stride, padding,
+                                                          dilation, groups), dtype)
+    scratch = carve(workspace, specs)
+    if variant is Variant.WINOGRAD_F4:
+        winograd_f4.forward(x, weight, bias, out, padding, relu, scratch, details)
+    elif variant is Variant.WINOGRAD_F2:
+        winograd_f2.forward(x, weight, bias, out, padding, relu, scratch, details)
+    elif variant is Variant.POINTWISE:
+        pointwise.forward(x, weight, bias, out, stride, relu, scratch)
+    elif variant is Variant.DIRECT:
+        direct.forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details)
+    elif variant is Variant.SMALL_ROWS:
+        small.forward_rows(x, weight, bias, out, relu, scratch, details)
+    elif variant is Variant.SMALL_BANDS:
+        small.forward_bands(x, weight, bias, out, relu, scratch, details)
+    elif variant is Variant.GEMM:
+        gemm.forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details)
+    else:
+        general.forward(x, weight, bias, out, stride, padding, dilation, groups, relu, scratch)
+    return out
+
+
+def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                          workspace=None):
+    """Gradient of the forward with respect to its input x, written into out (shape of x)."""
+    dtype = grad_out.dtype
+    _check_geometry(out.shape, weight.shape, grad_out.shape[1:3], stride, dilation, groups)
+    _check_out(out, out.shape, dtype)
+    _guard(grad_out.shape[0] == out.shape[0] and grad_out.shape[3] == weight.shape[3], "grad_out shape")
+    grad_out, weight = _contiguous(grad_out, dtype), _contiguous(weight, dtype)
+    variant, specs, details = plan(Pass.BACKWARD_INPUT, Geometry(out.shape, weight.shape, grad_out.shape, stride,
+                                                                 padding, dilation, groups), dtype)
+    scratch = carve(workspace, specs)
+    if variant is Variant.WINOGRAD_F4:
+        winograd_f4.backward_input(grad_out, weight, out, padding, scratch, details)
+    elif variant is Variant.WINOGRAD_F2:
+        winograd_f2.backward_input(grad_out, weight, out, padding, scratch, details)
+    elif variant is Variant.POINTWISE:
+        pointwise.backward_input(grad_out, weight, out, stride, scratch)
+    elif variant is Variant.DIRECT:
+        direct.backward_input(grad_out, weight, out, stride, padding, dilation, scratch, details)
+    elif variant is Variant.SMALL_ROWS:
+        small.backward_input_rows(grad_out, weight, out, scratch, details)
+    elif variant is Variant.SMALL_BANDS:
+        small.backward_input_bands(grad_out, weight, out, scratch, details)
+    elif variant is Variant.GEMM:
+        gemm.backward_input(grad_out, weight, out, stride, padding, dilation, scratch, details)
+    else:
+        general.backward_input(grad_out, weight, out, stride, padding, dilation, groups, scratch)
+    return out
+
+
+def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                           workspace=None):
+    """Gradient of the forward with respect to its weight, written into out (kH, kW, C_in/groups, C_out)."""
+    dtype = x.dtype
+    _check_geometry(x.shape, out.shape, grad_out.shape[1:3], stride, dilation, groups)
+    _check_out(out, out.shape, dtype)
+    _guard(grad_out.shape[0] == x.shape[0] and grad_out.shape[3] == out.shape[3], "grad_out shape")
+    x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
+    variant, specs, details = plan(Pass.BACKWARD_WEIGHT, Geometry(x.shape, out.shape, grad_out.shape, stride,
+                                                                  padding, dilation, groups), dtype)
+    scratch = carve(workspace, specs)
+    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F2):
+        geometry, direct_specs, direct_details = details
+        winograd_weight.backward_weight(x, grad_out, out, scratch, geometry)
+        # An inf among the inputs comes out of Winograd's differences as NaN (inf - inf, inf * 0) where the direct
+        # products may give inf, and any inf or NaN input leaves some of out non-finite: then redo it directly.
+        if not all_finite(out.reshape(-1)):
+            direct.backward_weight(x, grad_out, out, stride, padding, dilation, carve(workspace, direct_specs),
+                                   direct_details)
+    elif variant is Variant.POINTWISE:
+        pointwise.backward_weight(x, grad_out, out, stride, scratch, details)
+    elif variant in (Variant.DIRECT, Variant.DIRECT_COLUMNS):
+        direct.backward_weight(x, grad_out, out, stride, padding, dilation, scratch, details,
+                               columns=variant is Variant.DIRECT_COLUMNS)
+    elif variant is Variant.SMALL_ROWS:
+        small.backward_weight_rows(x, grad_out, out, scratch, details)
+    elif variant is Variant.SMALL_BANDS:
+        small.backward_weight_bands(x, grad_out, out, scratch, details)
+    elif variant is Variant.GEMM:
+        gemm.backward_weight(x, grad_out, out, stride, padding, dilation, scratch, details)
+    else:
+        general.backward_weight(x, grad_out, out, stride, padding, dilation, groups, scratch)
+    return out
+
+
+def conv2d_backward_bias(grad_out, out, workspace=None):
+    """Gradient with respect to the bias: grad_out summed over images and pixels, written into out (C_out,)."""
+    _guard(grad_out.ndim == 4, "grad_out must be 4-D")
+    _check_out(out, (grad_out.shape[3],), grad_out.dtype)
+    specs, _ = general.backward_bias_plan(grad_out.dtype, grad_out.shape)
+    general.backward_bias(grad_out, out, carve(workspace, specs))
+    return out

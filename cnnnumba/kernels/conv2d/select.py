@@ -1,0 +1,370 @@
+"""Which convolution kernel runs for a pass, a shape, a dtype and a machine: the one place that decides, as
+PyTorch's _select_conv_backend does. `select` returns a Variant; `plan` adds the scratch that variant carves from
+the workspace (from the shapes and the budget alone, so a memory planner can size a workspace before any pass
+runs). `force_variant` lets tests and benchmarks run a chosen variant.
+
+Every rule below is tried in order and the first that applies wins; each says in a line why it is where it is.
+"""
+import contextlib
+import enum
+import functools
+import threading
+from collections import namedtuple
+
+import numpy as np
+
+from .._runtime.machine import target_machine
+from . import direct, gemm, general, pointwise, small, workspace
+from .tiles import NARROW_TILE_CHANNELS, forward_tiles_fit, weight_tile
+from .winograd import f2 as winograd_f2
+from .winograd import f4 as winograd_f4
+from .winograd import weight as winograd_weight
+
+
+class Pass(enum.Enum):
+    FORWARD = "forward"
+    BACKWARD_INPUT = "backward_input"
+    BACKWARD_WEIGHT = "backward_weight"
+
+
+class Variant(enum.Enum):
+    WINOGRAD_F4 = "winograd_f4"        # Winograd F(4x4, 3x3): 4x fewer multiplies than direct, error grows with C
+    WINOGRAD_F2 = "winograd_f2"        # Winograd F(2x2, 3x3): 2.25x fewer, accurate at any channel count
+    POINTWISE = "pointwise"            # 1x1 register tiles reading and writing the rows in place
+    DIRECT = "direct"                  # register tiles over strips of padded rows; strided backward-input by phases
+    DIRECT_COLUMNS = "direct_columns"  # weight gradient as one column matrix: few channels, taps folded tight
+    SMALL_ROWS = "small_rows"          # few channels, kernel rows read as contiguous NHWC runs
+    SMALL_BANDS = "small_bands"        # few channels, channel-planar frames vectorised over pixels
+    GEMM = "gemm"                      # im2col + BLAS GEMM
+    GENERAL = "general"                # plain loops: any groups, dtype, stride, dilation
+
+
+# NHWC activations: x_shape (N, H, W, C_in), out_shape (N, H_out, W_out, C_out); weight (kH, kW, C_in/groups, C_out).
+Geometry = namedtuple("Geometry", "x_shape weight_shape out_shape stride padding dilation groups")
+Plan = namedtuple("Plan", "variant specs details")
+
+# Layers with at most this many input and output channels (stride 1, groups 1) run the few-channel kernels when no
+# register-tiled variant applies: the tiles need 16 channels on their vector side.
+SMALL_MAX_CHANNELS = 16
+# The few-channel forward and weight gradient vectorise over output channels from this many (12 of 16 lanes busy).
+CHANNEL_TILE_MIN = 12
+# Input channels (the per-position GEMMs' reduction) up to which Winograd takes F(4x4) rather than F(2x2): its
+# error grows with the reduction, and past 32 channels it left the 2e-4 tolerance every conv path is held to.
+WINOGRAD_F4_MAX_REDUCTION = 32
+
+
+def winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
+    """Winograd's shape rule, one for the forward and both gradients: float32, groups 1, a 3x3 kernel, stride 1,
+    dilation 1, padding at most 2 (the backward-input pads by 2 - padding), C_in and C_out multiples of 16."""
+    return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and max(padding) <= 2 and weight_shape[2] % NARROW_TILE_CHANNELS == 0
+            and weight_shape[3] % NARROW_TILE_CHANNELS == 0)
+
+
+def winograd_f4_suits(channels_reduced):
+    """Whether F(4x4) keeps within the tolerance for a pass reducing over this many channels."""
+    return channels_reduced <= WINOGRAD_F4_MAX_REDUCTION
+
+
+def pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups):
+    """float32, a 1x1 kernel, no padding, groups 1, and an output grid inside the input (the tiles then read and
+    write the rows in place, with no padded strips)."""
+    return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (1, 1) and tuple(padding) == (0, 0)
+            and (out_shape[1] - 1) * stride[0] < x_shape[1] and (out_shape[2] - 1) * stride[1] < x_shape[2])
+
+
+def direct_forward_applies(dtype, weight_shape, out_shape, groups):
+    """The register-tiled forward needs whole tiles of output channels x pixels of a row."""
+    return dtype == np.float32 and groups == 1 and forward_tiles_fit(weight_shape[3], out_shape[2])
+
+
+def direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
+    """The input gradient as register-tiled forwards of grad_out: one with stride 1 (padding within the dilated
+    kernel), or one per stride phase (dilation 1) when every phase row holds a whole tile."""
+    if dtype != np.float32 or groups != 1:
+        return False
+    if tuple(stride) == (1, 1):
+        return (padding[0] <= dilation[0] * (weight_shape[0] - 1) and padding[1] <= dilation[1] * (weight_shape[1] - 1)
+                and forward_tiles_fit(x_shape[3], x_shape[2]))
+    return tuple(dilation) == (1, 1) and forward_tiles_fit(x_shape[3], x_shape[2] // stride[1])
+
+
+def direct_backward_weight_applies(dtype, weight_shape, groups, dilation):
+    """Whole weight-gradient tiles: C_out a multiple of 16, and C_in a multiple of the tile's input channels unless
+    the kW taps fold into the reduction (dilation 1 along the width)."""
+    return (dtype == np.float32 and groups == 1 and weight_shape[3] % NARROW_TILE_CHANNELS == 0
+            and (weight_shape[2] % weight_tile(weight_shape[3])[1] == 0 or dilation[1] == 1))
+
+
+def small_applies(weight_shape, stride, groups):
+    """The few-channel kernels: stride 1, groups 1, at most SMALL_MAX_CHANNELS channels in and out."""
+    return groups == 1 and tuple(stride) == (1, 1) and max(weight_shape[2], weight_shape[3]) <= SMALL_MAX_CHANNELS
+
+
+def row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation):
+    """Whether a kernel row's kW * C_in inputs are one contiguous run of a zero-padded NHWC frame: float32, width
+    dilation 1, and the frame covering the input on every side (no negative padding)."""
+    kernel_h, kernel_w = weight_shape[:2]
+    frame_h = out_shape[1] + dilation[0] * (kernel_h - 1)
+    frame_w = out_shape[2] + kernel_w - 1
+    return (np.dtype(dtype) == np.float32 and dilation[1] == 1 and min(padding) >= 0
+            and frame_h >= x_shape[1] + padding[0] and frame_w >= x_shape[2] + padding[1])
+
+
+def _weight_fits(dtype, weight_shape, budget):
+    """The tiled variants copy the weight (aligned, or flipped) into the workspace: at most a quarter of it."""
+    return workspace.spec_bytes(weight_shape, dtype) <= budget // 4
+
+
+def _select_forward(dtype, geometry, budget, machine):
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    channels_in, channels_out = weight_shape[2], weight_shape[3]
+    winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
+    if winograd and winograd_f4_suits(channels_in) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
+        return Variant.WINOGRAD_F4
+    if winograd and winograd_f2.fits(dtype, channels_in, channels_out, budget):
+        return Variant.WINOGRAD_F2
+    if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
+            and forward_tiles_fit(channels_out, out_shape[2]) and _weight_fits(dtype, weight_shape, budget):
+        return Variant.POINTWISE
+    if direct_forward_applies(dtype, weight_shape, out_shape, groups):
+        return Variant.DIRECT
+    if small_applies(weight_shape, stride, groups):
+        if channels_out >= CHANNEL_TILE_MIN and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding,
+                                                                dilation):
+            return Variant.SMALL_ROWS
+        return Variant.SMALL_BANDS
+    return Variant.GEMM if groups == 1 else Variant.GENERAL
+
+
+def _select_backward_input(dtype, geometry, budget, machine):
+    """x_shape is the gradient's (the forward's input) shape; the passes run as forwards of grad_out with C_out
+    channels in and C_in out. The tiled variants need the weight flipped into the workspace: when it takes over a
+    quarter of the budget, GEMM (which reads the weight in place) runs instead."""
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    group_in, channels_out = weight_shape[2], weight_shape[3]
+    winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
+    if winograd and winograd_f4_suits(channels_out) and winograd_f4.fits(dtype, group_in, channels_out, budget):
+        return Variant.WINOGRAD_F4
+    if winograd and winograd_f2.fits(dtype, group_in, channels_out, budget):
+        return Variant.WINOGRAD_F2
+    fits = _weight_fits(dtype, weight_shape, budget)
+    if fits and pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
+            and forward_tiles_fit(group_in, out_shape[2]):
+        return Variant.POINTWISE
+    if fits and direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
+        return Variant.DIRECT
+    if small_applies(weight_shape, stride, groups):
+        if row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation):
+            return Variant.SMALL_ROWS
+        return Variant.SMALL_BANDS
+    return Variant.GEMM if groups == 1 else Variant.GENERAL
+
+
+def _select_backward_weight(dtype, geometry, budget, machine):
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    channels_in, channels_out = weight_shape[2], weight_shape[3]
+    if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
+            and channels_out % NARROW_TILE_CHANNELS == 0 and channels_in % weight_tile(channels_out)[1] == 0:
+        return Variant.POINTWISE
+    if direct_backward_weight_applies(dtype, weight_shape, groups, dilation):
+        # A column matrix when folding the taps pads the reduction less than folding each kernel row does.
+        if dilation[1] == 1 and direct.weight_columns_fit(dtype, weight_shape, budget):
+            return Variant.DIRECT_COLUMNS
+        if winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
+            use_f4 = winograd_f4_suits(channels_in) and winograd_f4_suits(channels_out)
+            if winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget,
+                                                    use_f4) is not None:
+                return Variant.WINOGRAD_F4 if use_f4 else Variant.WINOGRAD_F2
+        return Variant.DIRECT
+    if small_applies(weight_shape, stride, groups):
+        if channels_out >= CHANNEL_TILE_MIN and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding,
+                                                                dilation):
+            return Variant.SMALL_ROWS
+        return Variant.SMALL_BANDS
+    return Variant.GEMM if groups == 1 else Variant.GENERAL
+
+
+_SELECTORS = {Pass.FORWARD: _select_forward, Pass.BACKWARD_INPUT: _select_backward_input,
+              Pass.BACKWARD_WEIGHT: _select_backward_weight}
+
+
+def select(pass_, geometry, dtype, budget=None, machine=None):
+    """The Variant that runs `pass_` (a Pass) for a Geometry and dtype within a workspace budget (bytes; default
+    workspace.WORKSPACE_BYTES) on a machine (default: the one the kernels are compiled for), unless
+    force_variant chose one."""
+    budget = workspace.WORKSPACE_BYTES if budget is None else budget
+    forced = _forced().get(pass_)
+    if forced is not None:
+        if not applies(pass_, forced, dtype, geometry, budget):
+            raise ValueError(f"force_variant: the {pass_.value} pass cannot run {forced.name} for {geometry} "
+                             f"({np.dtype(dtype)})")
+        return forced
+    return _SELECTORS[pass_](np.dtype(dtype), geometry, budget, machine or target_machine())
+
+
+# ----- plans: the chosen variant's scratch, from the shapes and the budget --------------------------------------
+
+def _forward_planner(variant, dtype, geometry, budget):
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    if variant is Variant.WINOGRAD_F4:
+        return winograd_f4.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False)
+    if variant is Variant.WINOGRAD_F2:
+        return winograd_f2.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False)
+    if variant is Variant.POINTWISE:
+        return pointwise.forward_plan(dtype, weight_shape)
+    if variant is Variant.DIRECT:
+        return direct.forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, budget)
+    if variant is Variant.SMALL_ROWS:
+        return small.forward_rows_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget)
+    if variant is Variant.SMALL_BANDS:
+        return small.forward_bands_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget)
+    if variant is Variant.GEMM:
+        reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
+        return gemm.plan("forward", out_shape[0], out_shape[1], out_shape[2], reduction, weight_shape[3], dtype,
+                         budget)
+    return general.forward_plan(dtype, out_shape, weight_shape, budget)
+
+
+def _backward_input_planner(variant, dtype, geometry, budget):
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    kernel_h, kernel_w, group_in, channels_out = weight_shape
+    if variant is Variant.WINOGRAD_F4:
+        return winograd_f4.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True)
+    if variant is Variant.WINOGRAD_F2:
+        return winograd_f2.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True)
+    if variant is Variant.POINTWISE:
+        return pointwise.backward_input_plan(dtype, weight_shape)
+    if variant is Variant.DIRECT:
+        return direct.backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, budget)
+    if variant is Variant.SMALL_ROWS:
+        return small.backward_input_rows_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget)
+    if variant is Variant.SMALL_BANDS:
+        return small.backward_input_bands_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget)
+    if variant is Variant.GEMM:
+        return gemm.plan("backward_input", out_shape[0], out_shape[1], out_shape[2], kernel_h * kernel_w * group_in,
+                         channels_out, dtype, budget)
+    return general.backward_input_plan(dtype, x_shape, weight_shape, budget)
+
+
+def _backward_weight_planner(variant, dtype, geometry, budget):
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F2):
+        specs, details = winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding,
+                                                              budget, variant is Variant.WINOGRAD_F4)
+        # The direct plan rides along in the same workspace: it reruns a gradient that came out inf or NaN.
+        direct_specs, direct_details = direct.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride,
+                                                                   padding, dilation, budget)
+        room = workspace.specs_bytes(direct_specs) - workspace.specs_bytes(specs)
+        if room > 0:
+            specs += (("direct_room", (room,), np.uint8),)
+        return specs, (details, direct_specs, direct_details)
+    if variant is Variant.POINTWISE:
+        return pointwise.backward_weight_plan(dtype, weight_shape, out_shape, budget)
+    if variant is Variant.DIRECT_COLUMNS:
+        return direct.backward_weight_columns_plan(dtype, x_shape, weight_shape, out_shape, stride, padding,
+                                                   dilation, budget)
+    if variant is Variant.DIRECT:
+        return direct.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation,
+                                           budget)
+    if variant is Variant.SMALL_ROWS:
+        return small.backward_weight_rows_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget)
+    if variant is Variant.SMALL_BANDS:
+        return small.backward_weight_bands_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget)
+    if variant is Variant.GEMM:
+        batch, out_h, out_w, _ = out_shape
+        return gemm.plan("backward_weight", batch, out_h, out_w, weight_shape[0] * weight_shape[1] * weight_shape[2],
+                         weight_shape[3], dtype, budget)
+    return general.backward_weight_plan(dtype, weight_shape, out_shape, budget)
+
+
+_PLANNERS = {Pass.FORWARD: _forward_planner, Pass.BACKWARD_INPUT: _backward_input_planner,
+             Pass.BACKWARD_WEIGHT: _backward_weight_planner}
+
+
+@functools.lru_cache(maxsize=2048)
+def _cached_plan(pass_, dtype, geometry, budget, machine, forced):
+    variant = select(pass_, geometry, dtype, budget, machine)
+    specs, details = _PLANNERS[pass_](variant, dtype, geometry, budget)
+    return Plan(variant, specs, details)
+
+
+def plan(pass_, geometry, dtype, budget=None, machine=None):
+    """The Plan (variant, scratch specs, variant details) of a pass; cached per shape, budget, machine and forced
+    variant."""
+    geometry = Geometry(*(tuple(map(int, v)) if isinstance(v, (tuple, list)) else int(v) for v in geometry))
+    budget = workspace.WORKSPACE_BYTES if budget is None else budget
+    return _cached_plan(pass_, np.dtype(dtype), geometry, budget, machine or target_machine(),
+                        _forced().get(pass_))
+
+
+# ----- forcing a variant (tests, benchmarks) --------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _forced():
+    return getattr(_local, "forced", {})
+
+
+def applies(pass_, variant, dtype, geometry, budget=None):
+    """Whether `variant`'s kernels can run `pass_` for this geometry (what they assume of the shape and the
+    budget), whether or not select would prefer it."""
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    dtype = np.dtype(dtype)
+    budget = workspace.WORKSPACE_BYTES if budget is None else budget
+    group_in, channels_out = weight_shape[2], weight_shape[3]
+    winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
+    if pass_ is Pass.BACKWARD_WEIGHT:
+        tiled = direct_backward_weight_applies(dtype, weight_shape, groups, dilation)
+        rules = {
+            Variant.WINOGRAD_F4: lambda: tiled and winograd and winograd_weight.backward_weight_plan(
+                dtype, x_shape, weight_shape, out_shape, padding, budget, True) is not None,
+            Variant.WINOGRAD_F2: lambda: tiled and winograd and winograd_weight.backward_weight_plan(
+                dtype, x_shape, weight_shape, out_shape, padding, budget, False) is not None,
+            Variant.POINTWISE: lambda: pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding,
+                                                         groups) and channels_out % NARROW_TILE_CHANNELS == 0
+            and group_in % weight_tile(channels_out)[1] == 0,
+            Variant.DIRECT_COLUMNS: lambda: tiled and dilation[1] == 1
+            and direct.weight_columns_fit(dtype, weight_shape, budget),
+            Variant.DIRECT: lambda: tiled,
+            Variant.SMALL_ROWS: lambda: small_applies(weight_shape, stride, groups)
+            and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation),
+        }
+    else:
+        reduced, produced = (group_in, channels_out) if pass_ is Pass.FORWARD else (channels_out, group_in)
+        fits = _weight_fits(dtype, weight_shape, budget)
+        tiled = (direct_forward_applies(dtype, weight_shape, out_shape, groups) if pass_ is Pass.FORWARD else
+                 fits and direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding, dilation,
+                                                        groups))
+        rules = {
+            Variant.WINOGRAD_F4: lambda: winograd and winograd_f4.fits(dtype, group_in, channels_out, budget),
+            Variant.WINOGRAD_F2: lambda: winograd and winograd_f2.fits(dtype, group_in, channels_out, budget),
+            Variant.POINTWISE: lambda: fits and pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride,
+                                                                  padding, groups)
+            and forward_tiles_fit(produced, out_shape[2]),
+            Variant.DIRECT: lambda: tiled,
+            Variant.SMALL_ROWS: lambda: small_applies(weight_shape, stride, groups)
+            and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation),
+        }
+    rules[Variant.SMALL_BANDS] = lambda: groups == 1 and tuple(stride) == (1, 1)
+    rules[Variant.GEMM] = lambda: groups == 1
+    rules[Variant.GENERAL] = lambda: True
+    rule = rules.get(variant)
+    return rule is not None and bool(rule())
+
+
+@contextlib.contextmanager
+def force_variant(forward=None, backward_input=None, backward_weight=None):
+    """Within the block, on this thread, run the given Variant for each pass named (the others as select
+    decides). A pass whose shape the forced variant cannot run raises ValueError when it is planned."""
+    chosen = {Pass.FORWARD: forward, Pass.BACKWARD_INPUT: backward_input, Pass.BACKWARD_WEIGHT: backward_weight}
+    for pass_, variant in chosen.items():
+        if variant is not None and not isinstance(variant, Variant):
+            raise TypeError(f"force_variant: {pass_.value} expected a Variant, but got {variant!r}")
+    previous = _forced()
+    _local.forced = {**previous, **{p: v for p, v in chosen.items() if v is not None}}
+    try:
+        yield
+    finally:
+        _local.forced = previous

@@ -1,0 +1,465 @@
+"""Register tiles of the float32 convolutions: LLVM IR intrinsics whose accumulators stay in vector registers, and
+the rules that pick a tile for a layer. Every register-tiled pass (direct, 1x1, the Winograd GEMMs, their weight
+gradients) runs these tiles; a tile's shape is a parameter of its builder (pixels or input channels x vectors of
+LANES output channels), so a CPU tier can size them for its registers.
+
+A forward tile computes `pixels` output pixels x `vectors` * LANES output channels: per input channel, `vectors`
+weight loads and `pixels` broadcast inputs feed pixels * vectors fused multiply-adds. Tiles at the right/bottom
+edges are shifted back to overlap their neighbour (recomputing identical values) instead of needing remainder code.
+A weight-gradient tile accumulates `rows` input channels x `vectors` * LANES output channels over pixels.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .._runtime import jit
+from .._runtime.vector import INDEX, LANES, broadcast, element_pointer, load_vector, store_vector, vector_fma, vector_type
+
+TILE_PIXELS = 8
+TILE_CHANNELS = 2 * LANES
+WEIGHT_TILE_ROWS = 8
+NARROW_TILE_PIXELS = 16
+# Broad tiles, 4 pixels x 64 channels (4 weight loads and 4 broadcasts per 16 FMAs instead of 2 and 8), for layers
+# with 64 or more output channels; wide ones, 8 x 32, from 32; narrow ones, 16 x 16, for 16-channel layers.
+BROAD_TILE_PIXELS = 4
+BROAD_TILE_CHANNELS = 4 * 16
+BROAD_WEIGHT_TILE_ROWS = 4
+NARROW_TILE_CHANNELS = LANES
+NARROW_WEIGHT_TILE_ROWS = 16
+
+
+# The tile-kind rules, one per pass kind; kinds number the tiles run_forward_tile and run_weight_tile run.
+BROAD, WIDE, NARROW = 2, 1, 0
+
+
+@jit
+def forward_tile(channels_out):
+    """(kind, pixels, channels) of the forward tile for a layer of channels_out outputs (forward, 1x1, the
+    Winograd GEMMs): the widest tile the channels fill, edge tiles overlapping."""
+    if channels_out >= BROAD_TILE_CHANNELS:
+        return BROAD, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS
+    if channels_out >= TILE_CHANNELS:
+        return WIDE, TILE_PIXELS, TILE_CHANNELS
+    return NARROW, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
+
+
+@jit
+def weight_tile(channels_out):
+    """(kind, input channels, output channels) of the weight-gradient tile: the widest whose channels divide
+    channels_out (a weight gradient's tiles cannot overlap: they accumulate)."""
+    if channels_out % BROAD_TILE_CHANNELS == 0:
+        return BROAD, BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS
+    if channels_out % TILE_CHANNELS == 0:
+        return WIDE, WEIGHT_TILE_ROWS, TILE_CHANNELS
+    return NARROW, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
+
+
+def forward_tiles_fit(channels, width):
+    """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile."""
+    if channels >= TILE_CHANNELS:
+        return width >= TILE_PIXELS
+    return channels >= NARROW_TILE_CHANNELS and width >= NARROW_TILE_PIXELS
+
+
+def _make_forward_tile(pixels, vectors):
+    """An intrinsic computing one forward tile of `pixels` output pixels x `vectors` * 16 output channels."""
+
+    @intrinsic
+    def forward_tile(typingctx, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                     weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                     channels_in, channels_out):
+        """out[p * out_pixel_step + 0:V*16] = start + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
+        weight[taps, ci, 0:V*16] for the pixels p of one tile, where start is bias[0:V*16], or the tile's own
+        out values when accumulate is nonzero, and the stored sums clamped at 0 (NaN kept) when relu is nonzero;
+        offsets and steps count float32 elements, the row step of weight is channels_out."""
+        index = types.intp
+        signature = types.void(out, index, index, index, index, x, index, index, weight, index, bias, index, index,
+                               index, index, index, index, index, index)
+
+        def codegen(context, builder, sig, args):
+            (out_value, out_offset, out_pixel_step, accumulate, relu, x_value, x_offset, x_pixel_step, weight_value,
+             weight_offset, bias_value, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+             channels_in, channels_out) = args
+            fma = vector_fma(builder)
+            out_pointer = element_pointer(context, builder, sig.args[0], out_value, out_offset)
+            x_pointer = element_pointer(context, builder, sig.args[5], x_value, x_offset)
+            weight_pointer = element_pointer(context, builder, sig.args[8], weight_value, weight_offset)
+            bias_pointer = element_pointer(context, builder, sig.args[10], bias_value, bias_offset)
+            bias_vectors = [load_vector(builder, builder.gep(bias_pointer, [ir.Constant(INDEX, v * LANES)]))
+                            for v in range(vectors)]
+            from_out = builder.icmp_signed("!=", accumulate, ir.Constant(INDEX, 0))
+            accumulators = []
+            for p in range(pixels):
+                out_pixel = builder.gep(out_pointer, [builder.mul(out_pixel_step, ir.Constant(INDEX, p))])
+                for v in range(vectors):
+                    slot = cgutils.alloca_once(builder, bias_vectors[v].type)
+                    with builder.if_else(from_out) as (then, otherwise):
+                        with then:
+                            previous = load_vector(builder, builder.gep(out_pixel, [ir.Constant(INDEX, v * LANES)]))
+                            builder.store(previous, slot)
+                        with otherwise:
+                            builder.store(bias_vectors[v], slot)
+                    accumulators.append(slot)
+            with cgutils.for_range(builder, kernel_h) as tap_h:
+                with cgutils.for_range(builder, kernel_w) as tap_w:
+                    x_tap = builder.gep(x_pointer, [builder.add(builder.mul(tap_h.index, x_tap_h_step),
+                                                                builder.mul(tap_w.index, x_tap_w_step))])
+                    tap = builder.add(builder.mul(tap_h.index, kernel_w), tap_w.index)
+                    weight_tap = builder.gep(weight_pointer, [builder.mul(tap, weight_tap_step)])
+                    with cgutils.for_range(builder, channels_in) as channel:
+                        weight_row = builder.gep(weight_tap, [builder.mul(channel.index, channels_out)])
+                        weights = [load_vector(builder, builder.gep(weight_row, [ir.Constant(INDEX, v * LANES)]))
+                                   for v in range(vectors)]
+                        x_channel = builder.gep(x_tap, [channel.index])
+                        for p in range(pixels):
+                            pixel = builder.mul(x_pixel_step, ir.Constant(INDEX, p))
+                            value = broadcast(builder, builder.load(builder.gep(x_channel, [pixel])))
+                            for v in range(vectors):
+                                slot = accumulators[vectors * p + v]
+                                builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
+            zero = ir.Constant(bias_vectors[0].type, [0.0] * LANES)
+            # two store sequences behind one branch, so a tile without the ReLU pays nothing for it
+            with builder.if_else(builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))) as (clamped, plain):
+                for clamp, block in ((True, clamped), (False, plain)):
+                    with block:
+                        for p in range(pixels):
+                            out_pixel = builder.gep(out_pointer,
+                                                    [builder.mul(out_pixel_step, ir.Constant(INDEX, p))])
+                            for v in range(vectors):
+                                total = builder.load(accumulators[vectors * p + v])
+                                if clamp:
+                                    # ordered `<` is false for NaN, so NaN passes through, as in PyTorch
+                                    total = builder.select(builder.fcmp_ordered("<", total, zero), zero, total)
+                                store_vector(builder, total, builder.gep(out_pixel, [ir.Constant(INDEX, v * LANES)]))
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return forward_tile
+
+
+def _make_weight_tile(rows_per_tile, vectors):
+    """An intrinsic accumulating one weight-gradient tile of `rows_per_tile` input channels x `vectors` * 16
+    output channels."""
+
+    @intrinsic
+    def weight_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                    grad_out_offset, grad_out_row_step, rows, columns, channels_out):
+        """grad_weight[r, 0:V*16] += sum over (row, column) of x[row, column, r] * grad_out[row, column, 0:V*16]
+        for the input channels r of one tile; grad_out pixels are channels_out apart, grad_weight rows too."""
+        index = types.intp
+        signature = types.void(grad_weight, index, x, index, index, index, grad_out, index, index, index, index,
+                               index)
+
+        def codegen(context, builder, sig, args):
+            (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
+             grad_out_offset, grad_out_row_step, rows, columns, channels_out) = args
+            fma = vector_fma(builder)
+            grad_weight_pointer = element_pointer(context, builder, sig.args[0], grad_weight_value,
+                                                   grad_weight_offset)
+            x_pointer = element_pointer(context, builder, sig.args[2], x_value, x_offset)
+            grad_out_pointer = element_pointer(context, builder, sig.args[6], grad_out_value, grad_out_offset)
+            accumulators = []
+            for r in range(rows_per_tile):
+                row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(INDEX, r))])
+                for v in range(vectors):
+                    current = load_vector(builder, builder.gep(row_pointer, [ir.Constant(INDEX, v * LANES)]))
+                    slot = cgutils.alloca_once(builder, current.type)
+                    builder.store(current, slot)
+                    accumulators.append((slot, row_pointer, v))
+            with cgutils.for_range(builder, rows) as row:
+                x_row = builder.gep(x_pointer, [builder.mul(row.index, x_row_step)])
+                grad_row = builder.gep(grad_out_pointer, [builder.mul(row.index, grad_out_row_step)])
+                with cgutils.for_range(builder, columns) as column:
+                    x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
+                    grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
+                    grads = [load_vector(builder, builder.gep(grad_pixel, [ir.Constant(INDEX, v * LANES)]))
+                             for v in range(vectors)]
+                    for r in range(rows_per_tile):
+                        value = broadcast(builder, builder.load(builder.gep(x_pixel, [ir.Constant(INDEX, r)])))
+                        for v in range(vectors):
+                            slot = accumulators[vectors * r + v][0]
+                            builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
+            for slot, row_pointer, v in accumulators:
+                store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(INDEX, v * LANES)]))
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return weight_tile
+
+
+_forward_tile_wide = _make_forward_tile(TILE_PIXELS, 2)
+_forward_tile_broad = _make_forward_tile(BROAD_TILE_PIXELS, 4)
+_forward_tile_narrow = _make_forward_tile(NARROW_TILE_PIXELS, 1)
+_weight_tile_wide = _make_weight_tile(WEIGHT_TILE_ROWS, 2)
+_weight_tile_narrow = _make_weight_tile(NARROW_WEIGHT_TILE_ROWS, 1)
+_weight_tile_broad = _make_weight_tile(BROAD_WEIGHT_TILE_ROWS, 4)
+
+
+@jit
+def run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                      weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                      channels_in, channels_out):
+    """The forward tile of the given kind (forward_tile)."""
+    if kind == BROAD:
+        _forward_tile_broad(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                            weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                            weight_tap_step, channels_in, channels_out)
+    elif kind == WIDE:
+        _forward_tile_wide(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                      weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                      channels_in, channels_out)
+    else:
+        _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                             weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                             weight_tap_step, channels_in, channels_out)
+
+
+@jit
+def run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                     grad_out_offset, grad_out_row_step, rows, columns, channels_out):
+    """The weight-gradient tile of the given kind (weight_tile)."""
+    if kind == BROAD:
+        _weight_tile_broad(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                           grad_out_offset, grad_out_row_step, rows, columns, channels_out)
+    elif kind == WIDE:
+        _weight_tile_wide(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                     grad_out_offset, grad_out_row_step, rows, columns, channels_out)
+    else:
+        _weight_tile_narrow(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                            grad_out_offset, grad_out_row_step, rows, columns, channels_out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# float32 forward tile, spelled out in LLVM IR so its accumulators stay in vector registers (plain loops keep
+# them in memory: one load and one store per FMA, 10-18 GFLOP/s on one thread). A tile is `outputs` output
+# channels x 32 flattened pixels: per tap two <16 x float> frame loads and `outputs` broadcast weights feed
+# 2 * outputs FMAs.
+# ---------------------------------------------------------------------------------------------------------
+
+PIXEL_TILE_VECTORS = 2
+PIXEL_TILE_PIXELS = PIXEL_TILE_VECTORS * LANES
+
+
+def _make_pixel_tile(outputs):
+    """An intrinsic computing acc[c, p0:p0+32] for `outputs` consecutive output channels c of one band."""
+
+    @intrinsic
+    def pixel_tile(typingctx, acc, acc_offset, acc_row_step, frame, frame_offset, weight, weight_offset, bias,
+                   bias_offset, channels_in, plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out):
+        """acc[acc_offset + c * acc_row_step + i] = bias[bias_offset + c] + sum over (ci, kh, kw) of
+        frame[frame_offset + ci * plane_step + kh * row_step + kw * tap_step + i] *
+        weight[weight_offset + ((ci * kernel_h + kh) * kernel_w + kw) * channels_out + c], for c < outputs and
+        i < 32; offsets and steps count float32 elements."""
+        index = types.intp
+        signature = types.void(acc, index, index, frame, index, weight, index, bias, index, index, index, index,
+                               index, index, index, index)
+
+        def codegen(context, builder, sig, args):
+            (acc_value, acc_offset, acc_row_step, frame_value, frame_offset, weight_value, weight_offset, bias_value,
+             bias_offset, channels_in, plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out) = args
+            vector = vector_type()
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 "llvm.fma.v16f32")
+
+            def pointer(position, value, offset):
+                data = context.make_array(sig.args[position])(context, builder, value).data
+                return builder.gep(data, [offset])
+
+            acc_pointer = pointer(0, acc_value, acc_offset)
+            frame_pointer = pointer(3, frame_value, frame_offset)
+            weight_pointer = pointer(5, weight_value, weight_offset)
+            bias_pointer = pointer(7, bias_value, bias_offset)
+            slots = []
+            for c in range(outputs):
+                start = broadcast(builder, builder.load(builder.gep(bias_pointer, [ir.Constant(INDEX, c)])))
+                for _ in range(PIXEL_TILE_VECTORS):
+                    slot = cgutils.alloca_once(builder, vector)
+                    builder.store(start, slot)
+                    slots.append(slot)
+            with cgutils.for_range(builder, channels_in) as channel:
+                frame_plane = builder.gep(frame_pointer, [builder.mul(channel.index, plane_step)])
+                weight_plane = builder.gep(weight_pointer,
+                                           [builder.mul(builder.mul(channel.index, kernel_h),
+                                                        builder.mul(kernel_w, channels_out))])
+                with cgutils.for_range(builder, kernel_h) as tap_h:
+                    frame_row = builder.gep(frame_plane, [builder.mul(tap_h.index, row_step)])
+                    weight_row = builder.gep(weight_plane,
+                                             [builder.mul(tap_h.index, builder.mul(kernel_w, channels_out))])
+                    with cgutils.for_range(builder, kernel_w) as tap_w:
+                        frame_tap = builder.gep(frame_row, [builder.mul(tap_w.index, tap_step)])
+                        weight_tap = builder.gep(weight_row, [builder.mul(tap_w.index, channels_out)])
+                        pixels = [builder.load(builder.bitcast(builder.gep(frame_tap, [ir.Constant(INDEX, v * LANES)]),
+                                                               vector.as_pointer()), align=4)
+                                  for v in range(PIXEL_TILE_VECTORS)]
+                        for c in range(outputs):
+                            w = broadcast(builder, builder.load(builder.gep(weight_tap, [ir.Constant(INDEX, c)])))
+                            for v in range(PIXEL_TILE_VECTORS):
+                                slot = slots[c * PIXEL_TILE_VECTORS + v]
+                                builder.store(builder.call(fma, [w, pixels[v], builder.load(slot)]), slot)
+            for c in range(outputs):
+                acc_row = builder.gep(acc_pointer, [builder.mul(acc_row_step, ir.Constant(INDEX, c))])
+                for v in range(PIXEL_TILE_VECTORS):
+                    target = builder.bitcast(builder.gep(acc_row, [ir.Constant(INDEX, v * LANES)]), vector.as_pointer())
+                    builder.store(builder.load(slots[c * PIXEL_TILE_VECTORS + v]), target, align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return pixel_tile
+
+
+_pixel_tile_8 = _make_pixel_tile(8)
+_pixel_tile_7 = _make_pixel_tile(7)
+_pixel_tile_6 = _make_pixel_tile(6)
+_pixel_tile_5 = _make_pixel_tile(5)
+_pixel_tile_4 = _make_pixel_tile(4)
+_pixel_tile_3 = _make_pixel_tile(3)
+_pixel_tile_2 = _make_pixel_tile(2)
+_pixel_tile_1 = _make_pixel_tile(1)
+
+
+@jit
+def run_pixel_tiles(acc, acc_row_step, frame, weight, bias, p0, channels_in, plane_step, kernel_h, row_step,
+                     kernel_w, tap_step, channels_out):
+    """All output channels of the 32 pixels from p0: tiles of 8 output channels, then one tile as wide as the
+    rest (LeNet-5's 6 channels in one tile: 2 frame loads per 12 FMAs, not per 8 + 4)."""
+    co = 0
+    while co + 8 <= channels_out:
+        _pixel_tile_8(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
+                      plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
+        co += 8
+    rest = channels_out - co
+    args_offset = co * acc_row_step + p0
+    if rest == 7:
+        _pixel_tile_7(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 6:
+        _pixel_tile_6(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 5:
+        _pixel_tile_5(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 4:
+        _pixel_tile_4(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 3:
+        _pixel_tile_3(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 2:
+        _pixel_tile_2(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+    elif rest == 1:
+        _pixel_tile_1(acc, args_offset, acc_row_step, frame, p0, weight, co, bias, co, channels_in, plane_step,
+                      kernel_h, row_step, kernel_w, tap_step, channels_out)
+
+
+def _make_pixel_weight_tile(taps, outputs):
+    """An intrinsic adding to the weight gradient of `taps` consecutive kw taps x `outputs` output channels the
+    dot products of their frame rows with grad_out, over `vectors` * 16 flattened pixels."""
+
+    @intrinsic
+    def weight_tile(typingctx, partial, partial_offset, partial_tap_step, frame, frame_offset, tap_step, grad,
+                    grad_offset, grad_row_step, vectors):
+        """partial[partial_offset + k * partial_tap_step + c] += sum over i < vectors * 16 of
+        frame[frame_offset + k * tap_step + i] * grad[grad_offset + c * grad_row_step + i], for k < taps and
+        c < outputs; offsets and steps count float32 elements. The 16 lanes are summed in a fixed order."""
+        index = types.intp
+        signature = types.void(partial, index, index, frame, index, index, grad, index, index, index)
+
+        def codegen(context, builder, sig, args):
+            (partial_value, partial_offset, partial_tap_step, frame_value, frame_offset, tap_step, grad_value,
+             grad_offset, grad_row_step, vectors) = args
+            vector = vector_type()
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 "llvm.fma.v16f32")
+
+            def pointer(position, value, offset):
+                data = context.make_array(sig.args[position])(context, builder, value).data
+                return builder.gep(data, [offset])
+
+            partial_pointer = pointer(0, partial_value, partial_offset)
+            frame_pointer = pointer(3, frame_value, frame_offset)
+            grad_pointer = pointer(6, grad_value, grad_offset)
+            frame_rows = [builder.gep(frame_pointer, [builder.mul(tap_step, ir.Constant(INDEX, k))])
+                          for k in range(taps)]
+            grad_rows = [builder.gep(grad_pointer, [builder.mul(grad_row_step, ir.Constant(INDEX, c))])
+                         for c in range(outputs)]
+            slots = []
+            for _ in range(taps * outputs):
+                slot = cgutils.alloca_once(builder, vector)
+                builder.store(ir.Constant(vector, [0.0] * LANES), slot)
+                slots.append(slot)
+            with cgutils.for_range(builder, vectors) as step:
+                offset = builder.mul(step.index, ir.Constant(INDEX, LANES))
+
+                def load(row):
+                    return builder.load(builder.bitcast(builder.gep(row, [offset]), vector.as_pointer()), align=4)
+
+                frames = [load(row) for row in frame_rows]
+                grads = [load(row) for row in grad_rows]
+                for k in range(taps):
+                    for c in range(outputs):
+                        slot = slots[k * outputs + c]
+                        builder.store(builder.call(fma, [frames[k], grads[c], builder.load(slot)]), slot)
+            for k in range(taps):
+                tap_row = builder.gep(partial_pointer, [builder.mul(partial_tap_step, ir.Constant(INDEX, k))])
+                for c in range(outputs):
+                    total = builder.load(slots[k * outputs + c])
+                    width = LANES
+                    while width > 1:  # halves added lane by lane: a fixed order in log2(16) vector steps
+                        width //= 2
+                        halves = [builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(ir.IntType(32),
+                                                                                                 width),
+                                                                                   list(range(start, start + width))))
+                                  for start in (0, width)]
+                        total = builder.fadd(halves[0], halves[1])
+                    target = builder.gep(tap_row, [ir.Constant(INDEX, c)])
+                    builder.store(builder.fadd(builder.load(target),
+                                               builder.extract_element(total, ir.Constant(ir.IntType(32), 0))),
+                                  target)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return weight_tile
+
+
+_weight_tile_4x4 = _make_pixel_weight_tile(4, 4)
+_weight_tile_4x2 = _make_pixel_weight_tile(4, 2)
+_weight_tile_4x1 = _make_pixel_weight_tile(4, 1)
+_weight_tile_1x4 = _make_pixel_weight_tile(1, 4)
+_weight_tile_1x2 = _make_pixel_weight_tile(1, 2)
+_weight_tile_1x1 = _make_pixel_weight_tile(1, 1)
+
+
+@jit
+def run_pixel_weight_tiles(partial, partial_offset, partial_tap_step, frame, frame_offset, tap_step, grad, grad_row_step,
+                      vectors, four_taps, channels_out):
+    """One kw block (4 taps when four_taps, else 1) x all output channels: tiles of 4 channels, then 2 and 1."""
+    co = 0
+    while co + 4 <= channels_out:
+        if four_taps:
+            _weight_tile_4x4(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        else:
+            _weight_tile_1x4(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        co += 4
+    if co + 2 <= channels_out:
+        if four_taps:
+            _weight_tile_4x2(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        else:
+            _weight_tile_1x2(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        co += 2
+    if co < channels_out:
+        if four_taps:
+            _weight_tile_4x1(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
+        else:
+            _weight_tile_1x1(partial, partial_offset + co, partial_tap_step, frame, frame_offset, tap_step, grad,
+                             co * grad_row_step, grad_row_step, vectors)
