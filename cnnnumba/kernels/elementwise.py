@@ -22,7 +22,7 @@ _GELU_KAPPA = 0.044715
 
 
 # The cheap kernels below loop over slices that start at 0 rather than indexing from `begin`: LLVM vectorizes
-# those loops, and the same ReLU indexed from `begin` ran 2.5x slower (1M float32: 0.95 ms against 0.38 ms).
+# those loops, and indexed from `begin` they stay scalar.
 
 @jit
 def _relu_range(x, out, begin, end):

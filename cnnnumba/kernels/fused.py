@@ -23,8 +23,7 @@ from .elementwise import CHUNK as ELEMENT_CHUNK
 
 # The statistics and the batch norm + ReLU (or + add + ReLU) forwards and backwards run their chunk and row loops
 # as slot functions over contiguous shares of the chunks or rows (_runtime.jobs.run_shares), not prange kernels:
-# a prange kernel compiles its loop body again in the gufunc and again when linking it (the backward: 2.6-2.8 s
-# cold as a prange kernel, 1.0-1.5 s as plain functions).
+# a prange kernel compiles its loop body again in the gufunc and again when linking it (twice the cold compile).
 
 # Per-channel sums over rows are split into chunks of this many rows whatever the thread count, and the chunk
 # partials are added in chunk order, so the statistics and gradients are bit-identical for any thread count.
@@ -40,8 +39,7 @@ def chunk_count(rows):
 # ---------------------------------------------------------------------------------------------------------
 # Per-channel sums over one chunk's rows, 16 channels at a time, for channel counts that are a multiple of 16.
 # In plain Numba loops over a runtime channel count the float64 accumulators live in memory, and those loops were
-# bound by that arithmetic, not by memory (statistics of 65536x16 float32, one thread, data in cache: 0.35 ms
-# against 0.19 here; bench/README.md, 2026-11-28). These intrinsics walk a group of rows for one block of 16
+# bound by that arithmetic, not by memory (bench/README.md, "Figures behind code comments"). These intrinsics walk a group of rows for one block of 16
 # channels with <16 x double> accumulators in registers: two sets, one for the even and one for the odd rows
 # counted from the group's first, so that consecutive rows do not wait on each other's additions, added together
 # and to the sums so far at the end. That order depends on the chunk alone, so the results do not depend on the
@@ -259,9 +257,8 @@ def _chunk_moments(x, partials, chunk):
     # their sum D and the sum of their squares Q, in float64; then the chunk's mean K + D/n and its sum of squared
     # deviations from that mean, Q - D^2/n, into partials[0] and partials[1]. Not raw squares: K is one of the
     # chunk's values, so n (mean - K)^2 <= Q and the subtraction cancels at most log2(n) = 8 of float64's 53 bits
-    # whatever the mean (raw squares cancel all of them when the mean is large next to the spread). Two passes
-    # over the chunk (its mean first) measured 1.6 ms against 0.9 ms for this one on 65536x32 float32, one
-    # thread: these loops are bound by arithmetic, not memory, once the chunk is in cache.
+    # whatever the mean (raw squares cancel all of them when the mean is large next to the spread). One pass, not
+    # two (its mean first): these loops are bound by arithmetic, not memory, once the chunk is in cache.
     # Views are taken here, not in the caller's prange body, where Numba 0.68 leaks them.
     rows, channels = x.shape
     begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
@@ -512,7 +509,7 @@ def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight, partial_dy,
 
 
 # relu_backward_bias_grad runs serially up to this many elements: a parallel region costs more than it saves on a
-# memory-bound pass this short when the cores are shared (bench/README.md, 2026-11-27 23:08 UTC entry)
+# memory-bound pass this short when the cores are shared
 SERIAL_ELEMENTS = 1 << 19
 
 
@@ -544,8 +541,7 @@ def _relu_backward_bias_rows(grad_y, y, grad_x, partials, chunk):
 def _relu_backward_bias_columns(grad_y, y, grad_x, partials, chunk):
     rows, channels = grad_y.shape
     begin, end = chunk * ROWS_PER_CHUNK, min((chunk + 1) * ROWS_PER_CHUNK, rows)
-    # Few channels: that row loop ran 7-15x slower (a 6-trip inner loop, scalar, with a store-to-load chain
-    # through partials). The mask goes over one flat slice starting at 0, which LLVM vectorizes; the sums go down
+    # Few channels: that row loop runs scalar (a 6-trip inner loop with a store-to-load chain through partials). The mask goes over one flat slice starting at 0, which LLVM vectorizes; the sums go down
     # each column with four independent accumulators (rows r mod 4), added in a fixed order.
     y_part = y.reshape(-1)[begin * channels:end * channels]
     grad_y_part = grad_y.reshape(-1)[begin * channels:end * channels]
@@ -618,7 +614,7 @@ def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias, coeffic
 
 @jit
 def _add_relu_range(a, b, out, begin, end):
-    # slices that start at 0: LLVM vectorizes this loop; indexing from `begin` it ran 2.5x slower (scalar)
+    # slices that start at 0: LLVM vectorizes this loop; indexing from `begin` it stays scalar
     a_part, b_part, out_part = a[begin:end], b[begin:end], out[begin:end]
     for i in range(out_part.size):
         total = a_part[i] + b_part[i]

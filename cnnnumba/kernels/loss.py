@@ -2,8 +2,8 @@
 
 Every row is shifted by its maximum before exponentiating and its sums are float64, so logits of +-1e4 stay finite.
 Softmax and log-softmax run parallel over rows. The cross-entropy pair is serial: a training step's loss has a
-batch of rows of a few classes (64 x 10 in the cifar-cnn, some microseconds of work), while the two parallel
-versions took 2-3 s of a cold first training step to compile, and their prange typed the row index both as
+batch of rows of a few classes (some microseconds of work), while the two parallel versions took seconds of a
+cold first training step to compile, and their prange typed the row index both as
 int64 and uint64, compiling the row helpers twice.
 """
 import numpy as np

@@ -3,7 +3,7 @@
 The products call BLAS through np.dot, which owns the threads: none of them runs inside a prange. The bias
 gradient (a sum over rows) is one serial loop in row order, so it gives the same bits on any thread count: a
 linear layer's gradient has a batch of rows (64 x 10 in the cifar-cnn), far less work than starting a parallel
-region, and the parallel chunked version took 1.5-3.7 s of a cold first training step to compile.
+region, and the parallel chunked version took seconds of a cold first training step to compile.
 
 A small product runs on one BLAS thread (_runtime.blas.one_blas_thread).
 """

@@ -2,8 +2,7 @@
 
 The training-mode passes are the graph executor's buffer-writing kernels in fused.py (batch norm + ReLU with the
 ReLU off), called through allocating wrappers: a captured step records its first step eagerly and then replays
-the fused kernels, and with one set of kernels their parallel loops compile once instead of twice (10-12 s CPU of
-a cold first cifar-cnn step).
+the fused kernels, and with one set of kernels their parallel loops compile once instead of twice.
 """
 import numpy as np
 from numba import prange

@@ -35,11 +35,8 @@ FEW_CHANNELS = 16
 
 
 # Pool passes of at most this many elements (input side) run on the calling thread, where a parallel region costs
-# more than it saves. On 2 idle cores, serial over parallel time, same process, paired calls: 64x10x10x16 (102k)
-# forward 1.20, backward 0.62; 64x28x28x6 (301k) 1.63 and 1.17; 64x8x8x128 (524k, the cifar-cnn's last pool) 2.13
-# and 2.16. The bound favours idle cores, as the benchmarks run: on busy cores a parallel region waits for a
-# descheduled thread (LeNet-5's 64x28x28x6 backward, parallel again under this bound: 3.5 ms on 2 threads under
-# load against about 0.5 ms on one), as every parallel kernel here does.
+# more than it saves (measured on 2 idle cores: bench/README.md, "Figures behind code comments"). The bound favours
+# idle cores, as the benchmarks run: on busy cores a parallel region waits for a descheduled thread.
 SERIAL_ELEMENTS = 1 << 17
 
 
@@ -66,7 +63,7 @@ def _max_pool2d_forward_few(slot, slots, x, out, indices, kernel_h, kernel_w, st
         for ow in range(out_w):
             first_iw = ow * stride_w
             if kernel_h == 2 and kernel_w == 2:
-                # the common 2x2 window spelled out: taps known at compile time run about 3x faster
+                # the common 2x2 window spelled out: taps known at compile time unroll and vectorize
                 for c in range(channels):
                     best = x[n, first_ih, first_iw, c]
                     best_index = first_ih * width + first_iw

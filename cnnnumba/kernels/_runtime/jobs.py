@@ -169,8 +169,8 @@ _ADDRESSES = {}
 # The most threads a launch may run: per-worker scratch is sized by it.
 WORKERS = numba.config.NUMBA_NUM_THREADS
 # run_jobs hands out a launch's jobs in ranges of about jobs / (workers * CLAIMS_PER_WORKER): each range is one
-# call, whose set-up is then paid once for several small jobs (the F(4x4) forward's 8-tile jobs ran 4-8% slower
-# one call each), while the last range a slow thread holds is still a small part of the pass.
+# call, whose set-up is then paid once for several small jobs (an F(4x4) forward's 8-tile jobs ran measurably
+# slower one call each), while the last range a slow thread holds is still a small part of the pass.
 CLAIMS_PER_WORKER = 16
 
 

@@ -16,8 +16,8 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, lane_ma
 # grad_out[oh, ow, co] · w[kh, kw, ci, co]. For one output pixel and kernel row kh the kW·C_in values it adds are
 # contiguous in NHWC, so a pixel's contribution is a short GEMM row (C_out long reduction, kW·C_in wide) added
 # into a zero-padded per-image frame, whose inside is then copied out. Every product computed is one the input
-# gradient has (the gather form, a forward of grad_out padded by the kernel extent, multiplies zeros: 2.5x the
-# FMAs at LeNet-5's 16->6 channels, 10x10 -> 14x14). A tile is the same pixel of SCATTER_IMAGES images, so its
+# gradient has (the gather form, a forward of grad_out padded by the kernel extent, also multiplies the padding's
+# zeros). A tile is the same pixel of SCATTER_IMAGES images, so its
 # read-modify-writes go to different frames and none waits on the one before it.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ def _backward_input_scatter(grad_out, weight_rows, out, frames, geometry):
 # output pixel and kernel row kh the input it reads, x[oh + kh·dh, ow .. ow + kW - 1, :], is kW·C_in contiguous
 # floats of an NHWC frame, so out[pixel, co0:co0+16] += sum over those j of x_run[j] · rows[kh, j, co0:co0+16]
 # with one broadcast and one FMA per j. Nothing is computed past a row's end (the pixel-vectorised tiles compute
-# W_out + kW - 1 positions per row: 40% waste at 10 output columns), and the accumulators are NHWC already. A tile
+# W_out + kW - 1 positions per row), and the accumulators are NHWC already. A tile
 # is the same pixel of SCATTER_IMAGES images (8 accumulators, one weight load per 8 FMAs).
 # ---------------------------------------------------------------------------------------------------------
 

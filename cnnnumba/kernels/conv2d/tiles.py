@@ -234,8 +234,7 @@ def run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel_
 
 # ---------------------------------------------------------------------------------------------------------
 # float32 forward tile, spelled out in LLVM IR so its accumulators stay in vector registers (plain loops keep
-# them in memory: one load and one store per FMA, 10-18 GFLOP/s on one thread). A tile is `outputs` output
-# channels x 32 flattened pixels: per tap two <16 x float> frame loads and `outputs` broadcast weights feed
+# them in memory: one load and one store per FMA). A tile is `outputs` output channels x 32 flattened pixels: per tap two <16 x float> frame loads and `outputs` broadcast weights feed
 # 2 * outputs FMAs.
 # ---------------------------------------------------------------------------------------------------------
 

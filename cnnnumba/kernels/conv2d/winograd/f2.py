@@ -8,8 +8,8 @@ dW = G^T [sum over tiles of (A dy A^T) . V] G, where dy is the tile's 2x2 output
 
 Transformed arrays are (16, tiles, channels) with position 4 * row + column, so the GEMM of one position reads
 rows of channels that are contiguous. The transforms' coefficients are 0, +-1 and +-1/2. The per-tile input and
-output transforms are intrinsics on <16 x float> channel blocks (as plain loops over 1-D views they ran 10-14x
-slower: views cost more than the arithmetic). The per-position GEMMs run on tiles.py's register tiles (as 1x1
+output transforms are intrinsics on <16 x float> channel blocks (as plain loops over 1-D views the views cost more
+than the arithmetic). The per-position GEMMs run on tiles.py's register tiles (as 1x1
 convolutions of the transformed tiles), inside one parallel driver shared by the forward and the backward-input.
 """
 import numpy as np
@@ -162,9 +162,8 @@ def transform_weight(weight, u):
     """u (16, C_in, C_out) = G g G^T of each (C_in, C_out) pair's 3x3 kernel g; weight is (3, 3, C_in, C_out).
     G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
     # Flat (tap, pair) rows, one row of G g (3 values per pair) at a time, each written as 4 rows of u: LLVM
-    # vectorises over the pairs. All 16 rows of u in one pass over the pairs ran 13x slower at 64 x 64 channels
-    # (16 store streams 16 KiB apart alias in the 4 KiB store-to-load check). On the calling thread: split by rows
-    # of G g over 2 threads it saved at most 7 us a call (64 x 128 channels, 0.029 -> 0.022 ms).
+    # vectorises over the pairs. Not all 16 rows of u in one pass over the pairs: 16 store streams 16 KiB apart
+    # alias in the 4 KiB store-to-load check. On the calling thread: split over threads it saved microseconds.
     pairs = weight.shape[2] * weight.shape[3]
     g = weight.reshape(9, pairs)
     t = u.reshape(POSITIONS, pairs)

@@ -22,7 +22,7 @@ from .f2 import PATCH, POSITIONS, TILE, transform_input_tiles
 
 # Tiles per job: V (16, JOB_TILES, C_in) and Z (16, JOB_TILES, C_out) together 2 MiB at 256 channels each.
 # Their positions lie one tile more than JOB_TILES apart: a transform stores 16 vectors, one per position, and
-# at a distance that is a multiple of 4 KiB those 16 stores fall in one L1 set (the transforms ran 1.2-1.7x slower).
+# at a distance that is a multiple of 4 KiB those 16 stores would fall in one L1 set.
 JOB_TILES = 64
 # Tiles per partial, at least: zeroing and summing a partial costs about what 1/500 of its tiles' products do.
 TILES_PER_CHUNK = 512
@@ -105,8 +105,7 @@ def inverse_transform_weight_grad(summed, out):
     G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
     In two passes over flat rows of pairs, each reading 4 rows and writing 3 (G^T along the columns in place, then
     along the rows into out): LLVM vectorises those; one pass reading 16 rows and writing 9 it left scalar
-    (too many possibly overlapping rows), 2.5-4x slower at 64 x 64 and 64 x 128 channels. On the calling thread:
-    split over 2 threads (columns, then rows) it took 0.091 ms at 64 x 128 channels against 0.039 on one."""
+    (too many possibly overlapping rows). On the calling thread: split over threads it ran slower."""
     pairs = out.shape[2] * out.shape[3]
     s = summed.reshape(POSITIONS, pairs)
     o = out.reshape(9, pairs)
