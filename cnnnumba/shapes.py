@@ -18,13 +18,6 @@ def pair(value, name):
     return (int(first), int(second))
 
 
-def positive_pair(value, name):
-    result = pair(value, name)
-    if min(result) <= 0:
-        raise ValueError(f"{name} must be positive, but got {value!r}")
-    return result
-
-
 def non_negative_pair(value, name):
     result = pair(value, name)
     if min(result) < 0:
