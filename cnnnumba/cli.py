@@ -137,6 +137,8 @@ def run_info():
     import numpy as np
 
     import cnnnumba as cn
+    from .kernels._runtime.machine import target_machine
+    from .kernels.conv2d.tiles import tile_shapes
     from .kernels.elementwise import relu_forward
 
     probe = np.zeros(1 << 20, dtype=np.float32)
@@ -149,6 +151,14 @@ def run_info():
     print(f"threads: {cn.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}; threading layer: "
           f"{numba.threading_layer()}")
     print(f"cpu: {llvm.get_host_cpu_name()}; SIMD: {' '.join(simd) or 'none detected'}")
+    machine = target_machine()
+    restricted = " (restricted by NUMBA_CPU_NAME)" if numba.config.CPU_NAME else ""
+    print(f"kernels compiled for: {machine.tier} ({machine.cpu}{restricted}): {machine.vector_bits}-bit vectors, "
+          f"{machine.lanes} float32 lanes, {machine.registers} vector registers, FMA {'yes' if machine.fma else 'no'}")
+    shapes = tile_shapes()
+    print("register tiles: forward " + ", ".join(f"{p}x{c}" for p, c in shapes["forward"])
+          + "; weight gradient " + ", ".join(f"{r}x{c}" for r, c in shapes["weight"])
+          + f"; few-channel {shapes['few-channel'][0][0]} pixels")
     print(f"numba cache: {cache}")
     return 0
 

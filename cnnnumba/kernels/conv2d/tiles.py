@@ -55,6 +55,15 @@ def weight_tile(channels_out):
     return NARROW, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
 
 
+def tile_shapes():
+    """The register tiles, for reports: pass kind -> [(pixels or input channels, output channels), ...]."""
+    return {"forward": [(BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS), (TILE_PIXELS, TILE_CHANNELS),
+                        (NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS)],
+            "weight": [(BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS), (WEIGHT_TILE_ROWS, TILE_CHANNELS),
+                       (NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS)],
+            "few-channel": [(PIXEL_TILE_PIXELS, 0)]}
+
+
 def forward_tiles_fit(channels, width):
     """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile."""
     if channels >= TILE_CHANNELS:
