@@ -17,7 +17,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._runtime import EXACT_FASTMATH, jit, parallel_jit, run_shares
-from ._runtime.vector import INDEX, LANES, element_pointer
+from ._runtime.vector import INDEX, LANES, element_pointer, fma_function
 from .elementwise import CHUNK as ELEMENT_CHUNK
 
 
@@ -74,9 +74,7 @@ def _widen(builder, vector):
 
 
 def _fma(builder, a, b, c):
-    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
-                                              "llvm.fma.v16f64")
-    return builder.call(function, [a, b, c])
+    return builder.call(fma_function(builder, a.type), [a, b, c])
 
 
 def _block_rows(context, builder, array_type, array_value, c0):

@@ -1,7 +1,12 @@
 """LLVM IR building blocks for the kernels written as Numba intrinsics: <16 x float> loads, stores, broadcasts
-and FMAs on raw element pointers (AVX-512 width; LLVM splits them on narrower machines)."""
+and FMAs on raw element pointers. 16 lanes is the channel block of every layout; LLVM splits a vector into the
+target's registers (one zmm, two ymm, four xmm or NEON q registers), and the tiles are sized per tier for that
+(conv2d/tiles.py). Only target-independent LLVM intrinsics are named here (llvm.fma, llvm.fmuladd, llvm.masked.*),
+so the IR compiles for any CPU."""
 from llvmlite import ir
 from numba.core import cgutils
+
+from .machine import target_machine
 
 LANES = 16
 INDEX = ir.IntType(64)
@@ -11,9 +16,17 @@ def vector_type():
     return ir.VectorType(ir.FloatType(), LANES)
 
 
+def fma_function(builder, vector):
+    """The fused multiply-add a * b + c of `vector`s: llvm.fma where the target has an FMA instruction; elsewhere
+    (SSE4.2) llvm.fma would become a library call per lane, so llvm.fmuladd, which LLVM lowers to a multiply and
+    an add there (results then differ from FMA tiers in the last bit, the same on every run)."""
+    name = "llvm.fma" if target_machine().fma else "llvm.fmuladd"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                          f"{name}.{_mangled(vector)}")
+
+
 def vector_fma(builder):
-    vector = vector_type()
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), "llvm.fma.v16f32")
+    return fma_function(builder, vector_type())
 
 
 def element_pointer(context, builder, array_type, array_value, offset):
@@ -60,8 +73,8 @@ def lane_mask(builder, count):
 def _mangled(vector):
     element = vector.element
     if isinstance(element, ir.IntType):
-        return f"v{LANES}i{element.width}"
-    return f"v{LANES}f{32 if isinstance(element, ir.FloatType) else 64}"
+        return f"v{vector.count}i{element.width}"
+    return f"v{vector.count}f{32 if isinstance(element, ir.FloatType) else 64}"
 
 
 def masked_load(builder, pointer, mask, vector=None, element_bytes=4):

@@ -15,7 +15,8 @@ import numpy as np
 
 from .._runtime.machine import target_machine
 from . import direct, gemm, general, pointwise, small, workspace
-from .tiles import NARROW_TILE_CHANNELS, forward_tiles_fit, weight_tile
+from .._runtime.vector import LANES
+from .tiles import forward_tiles_fit, weight_tile
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
@@ -57,8 +58,8 @@ def winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
     """Winograd's shape rule, one for the forward and both gradients: float32, groups 1, a 3x3 kernel, stride 1,
     dilation 1, padding at most 2 (the backward-input pads by 2 - padding), C_in and C_out multiples of 16."""
     return (dtype == np.float32 and groups == 1 and tuple(weight_shape[:2]) == (3, 3) and tuple(stride) == (1, 1)
-            and tuple(dilation) == (1, 1) and max(padding) <= 2 and weight_shape[2] % NARROW_TILE_CHANNELS == 0
-            and weight_shape[3] % NARROW_TILE_CHANNELS == 0)
+            and tuple(dilation) == (1, 1) and max(padding) <= 2 and weight_shape[2] % LANES == 0
+            and weight_shape[3] % LANES == 0)
 
 
 def winograd_f4_suits(channels_reduced):
@@ -92,7 +93,7 @@ def direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding,
 def direct_backward_weight_applies(dtype, weight_shape, groups, dilation):
     """Whole weight-gradient tiles: C_out a multiple of 16, and C_in a multiple of the tile's input channels unless
     the kW taps fold into the reduction (dilation 1 along the width)."""
-    return (dtype == np.float32 and groups == 1 and weight_shape[3] % NARROW_TILE_CHANNELS == 0
+    return (dtype == np.float32 and groups == 1 and weight_shape[3] % LANES == 0
             and (weight_shape[2] % weight_tile(weight_shape[3])[1] == 0 or dilation[1] == 1))
 
 
@@ -165,7 +166,7 @@ def _select_backward_weight(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
-            and channels_out % NARROW_TILE_CHANNELS == 0 and channels_in % weight_tile(channels_out)[1] == 0:
+            and channels_out % LANES == 0 and channels_in % weight_tile(channels_out)[1] == 0:
         return Variant.POINTWISE
     if direct_backward_weight_applies(dtype, weight_shape, groups, dilation):
         # A column matrix when folding the taps pads the reduction less than folding each kernel row does.
@@ -323,7 +324,7 @@ def applies(pass_, variant, dtype, geometry, budget=None):
             Variant.WINOGRAD_F2: lambda: tiled and winograd and winograd_weight.backward_weight_plan(
                 dtype, x_shape, weight_shape, out_shape, padding, budget, False) is not None,
             Variant.POINTWISE: lambda: pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding,
-                                                         groups) and channels_out % NARROW_TILE_CHANNELS == 0
+                                                         groups) and channels_out % LANES == 0
             and group_in % weight_tile(channels_out)[1] == 0,
             Variant.DIRECT_COLUMNS: lambda: tiled and dilation[1] == 1
             and direct.weight_columns_fit(dtype, weight_shape, budget),

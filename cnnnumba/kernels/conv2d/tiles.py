@@ -14,19 +14,35 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._runtime import jit
-from .._runtime.vector import INDEX, LANES, broadcast, element_pointer, load_vector, store_vector, vector_fma, vector_type
+from .._runtime.machine import target_machine
+from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_function, load_vector, store_vector,
+                               vector_fma, vector_type)
 
-TILE_PIXELS = 8
-TILE_CHANNELS = 2 * LANES
-WEIGHT_TILE_ROWS = 8
-NARROW_TILE_PIXELS = 16
-# Broad tiles, 4 pixels x 64 channels (4 weight loads and 4 broadcasts per 16 FMAs instead of 2 and 8), for layers
-# with 64 or more output channels; wide ones, 8 x 32, from 32; narrow ones, 16 x 16, for 16-channel layers.
-BROAD_TILE_PIXELS = 4
-BROAD_TILE_CHANNELS = 4 * 16
-BROAD_WEIGHT_TILE_ROWS = 4
-NARROW_TILE_CHANNELS = LANES
-NARROW_WEIGHT_TILE_ROWS = 16
+# The tiles' shapes per CPU tier: (pixels, vectors of LANES output channels) of the forward tiles and (input
+# channels, vectors) of the weight-gradient tiles, for the kinds BROAD, WIDE and NARROW (see forward_tile and
+# weight_tile), and (vectors of pixels, output channels) of the largest few-channel tile. A tile's accumulators,
+# its loads and a broadcast must fit the tier's vector registers; one <LANES x float> vector is one zmm, two ymm
+# (AVX2) or four xmm / NEON registers.
+TIER_TILES = {
+    # 32 zmm: 16 accumulators; broad tiles (4 x 64: 4 weight loads and 4 broadcasts per 16 FMAs, against 2 and 8)
+    # from 64 output channels, wide (8 x 32) from 32, narrow (16 x 16) for 16-channel layers
+    "avx512": {"forward": ((4, 4), (8, 2), (16, 1)), "weight": ((4, 4), (8, 2), (16, 1)), "few_channel": (2, 8)},
+    # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
+    # kernels are 6 x 16 too); a weight gradient's input channels must divide 16, so 4 x 16 (8 accumulators)
+    "avx2": {"forward": ((6, 1),) * 3, "weight": ((4, 1),) * 3, "few_channel": (1, 6)},
+    # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 3 x 16 is 12 accumulators
+    "sse": {"forward": ((3, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 3)},
+}
+_TIER_TABLE = {"avx512": "avx512", "avx2": "avx2", "avx": "avx2", "neon": "avx2", "sse": "sse", "generic": "sse"}
+TILES = TIER_TILES[_TIER_TABLE[target_machine().tier]]
+
+(BROAD_TILE_PIXELS, _broad), (TILE_PIXELS, _wide), (NARROW_TILE_PIXELS, _narrow) = TILES["forward"]
+BROAD_TILE_CHANNELS, TILE_CHANNELS, NARROW_TILE_CHANNELS = _broad * LANES, _wide * LANES, _narrow * LANES
+(BROAD_WEIGHT_TILE_ROWS, _broad), (WEIGHT_TILE_ROWS, _wide), (NARROW_WEIGHT_TILE_ROWS, _narrow) = TILES["weight"]
+BROAD_WEIGHT_TILE_CHANNELS, WEIGHT_TILE_CHANNELS, NARROW_WEIGHT_TILE_CHANNELS = (
+    _broad * LANES, _wide * LANES, _narrow * LANES)
+# The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
+MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
 
 # The tile-kind rules, one per pass kind; kinds number the tiles run_forward_tile and run_weight_tile run.
@@ -48,20 +64,20 @@ def forward_tile(channels_out):
 def weight_tile(channels_out):
     """(kind, input channels, output channels) of the weight-gradient tile: the widest whose channels divide
     channels_out (a weight gradient's tiles cannot overlap: they accumulate)."""
-    if channels_out % BROAD_TILE_CHANNELS == 0:
-        return BROAD, BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS
-    if channels_out % TILE_CHANNELS == 0:
-        return WIDE, WEIGHT_TILE_ROWS, TILE_CHANNELS
-    return NARROW, NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS
+    if channels_out % BROAD_WEIGHT_TILE_CHANNELS == 0:
+        return BROAD, BROAD_WEIGHT_TILE_ROWS, BROAD_WEIGHT_TILE_CHANNELS
+    if channels_out % WEIGHT_TILE_CHANNELS == 0:
+        return WIDE, WEIGHT_TILE_ROWS, WEIGHT_TILE_CHANNELS
+    return NARROW, NARROW_WEIGHT_TILE_ROWS, NARROW_WEIGHT_TILE_CHANNELS
 
 
 def tile_shapes():
     """The register tiles, for reports: pass kind -> [(pixels or input channels, output channels), ...]."""
     return {"forward": [(BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS), (TILE_PIXELS, TILE_CHANNELS),
                         (NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS)],
-            "weight": [(BROAD_WEIGHT_TILE_ROWS, BROAD_TILE_CHANNELS), (WEIGHT_TILE_ROWS, TILE_CHANNELS),
-                       (NARROW_WEIGHT_TILE_ROWS, NARROW_TILE_CHANNELS)],
-            "few-channel": [(PIXEL_TILE_PIXELS, 0)]}
+            "weight": [(BROAD_WEIGHT_TILE_ROWS, BROAD_WEIGHT_TILE_CHANNELS), (WEIGHT_TILE_ROWS, WEIGHT_TILE_CHANNELS),
+                       (NARROW_WEIGHT_TILE_ROWS, NARROW_WEIGHT_TILE_CHANNELS)],
+            "few-channel": [(PIXEL_TILE_PIXELS, PIXEL_TILE_OUTPUTS)]}
 
 
 def forward_tiles_fit(channels, width):
@@ -199,12 +215,9 @@ def _make_weight_tile(rows_per_tile, vectors):
     return weight_tile
 
 
-_forward_tile_wide = _make_forward_tile(TILE_PIXELS, 2)
-_forward_tile_broad = _make_forward_tile(BROAD_TILE_PIXELS, 4)
-_forward_tile_narrow = _make_forward_tile(NARROW_TILE_PIXELS, 1)
-_weight_tile_wide = _make_weight_tile(WEIGHT_TILE_ROWS, 2)
-_weight_tile_narrow = _make_weight_tile(NARROW_WEIGHT_TILE_ROWS, 1)
-_weight_tile_broad = _make_weight_tile(BROAD_WEIGHT_TILE_ROWS, 4)
+_forward_tile_broad, _forward_tile_wide, _forward_tile_narrow = (_make_forward_tile(*shape)
+                                                                 for shape in TILES["forward"])
+_weight_tile_broad, _weight_tile_wide, _weight_tile_narrow = (_make_weight_tile(*shape) for shape in TILES["weight"])
 
 
 @jit
@@ -247,12 +260,13 @@ def run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel_
 # 2 * outputs FMAs.
 # ---------------------------------------------------------------------------------------------------------
 
-PIXEL_TILE_VECTORS = 2
+PIXEL_TILE_VECTORS, PIXEL_TILE_OUTPUTS = TILES["few_channel"]
 PIXEL_TILE_PIXELS = PIXEL_TILE_VECTORS * LANES
 
 
 def _make_pixel_tile(outputs):
-    """An intrinsic computing acc[c, p0:p0+32] for `outputs` consecutive output channels c of one band."""
+    """An intrinsic computing acc[c, p0:p0 + PIXEL_TILE_PIXELS] for `outputs` consecutive output channels c of one
+    band."""
 
     @intrinsic
     def pixel_tile(typingctx, acc, acc_offset, acc_row_step, frame, frame_offset, weight, weight_offset, bias,
@@ -260,7 +274,7 @@ def _make_pixel_tile(outputs):
         """acc[acc_offset + c * acc_row_step + i] = bias[bias_offset + c] + sum over (ci, kh, kw) of
         frame[frame_offset + ci * plane_step + kh * row_step + kw * tap_step + i] *
         weight[weight_offset + ((ci * kernel_h + kh) * kernel_w + kw) * channels_out + c], for c < outputs and
-        i < 32; offsets and steps count float32 elements."""
+        i < PIXEL_TILE_PIXELS; offsets and steps count float32 elements."""
         index = types.intp
         signature = types.void(acc, index, index, frame, index, weight, index, bias, index, index, index, index,
                                index, index, index, index)
@@ -269,8 +283,7 @@ def _make_pixel_tile(outputs):
             (acc_value, acc_offset, acc_row_step, frame_value, frame_offset, weight_value, weight_offset, bias_value,
              bias_offset, channels_in, plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out) = args
             vector = vector_type()
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                 "llvm.fma.v16f32")
+            fma = fma_function(builder, vector)
 
             def pointer(position, value, offset):
                 data = context.make_array(sig.args[position])(context, builder, value).data
@@ -319,7 +332,7 @@ def _make_pixel_tile(outputs):
     return pixel_tile
 
 
-_pixel_tile_8 = _make_pixel_tile(8)
+_pixel_tile_full = _make_pixel_tile(PIXEL_TILE_OUTPUTS)
 _pixel_tile_7 = _make_pixel_tile(7)
 _pixel_tile_6 = _make_pixel_tile(6)
 _pixel_tile_5 = _make_pixel_tile(5)
@@ -332,13 +345,13 @@ _pixel_tile_1 = _make_pixel_tile(1)
 @jit
 def run_pixel_tiles(acc, acc_row_step, frame, weight, bias, p0, channels_in, plane_step, kernel_h, row_step,
                      kernel_w, tap_step, channels_out):
-    """All output channels of the 32 pixels from p0: tiles of 8 output channels, then one tile as wide as the
-    rest (LeNet-5's 6 channels in one tile: 2 frame loads per 12 FMAs, not per 8 + 4)."""
+    """All output channels of the PIXEL_TILE_PIXELS pixels from p0: tiles of PIXEL_TILE_OUTPUTS output channels,
+    then one tile as wide as the rest (LeNet-5's 6 channels in one tile, not 4 + 2)."""
     co = 0
-    while co + 8 <= channels_out:
-        _pixel_tile_8(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
+    while co + PIXEL_TILE_OUTPUTS <= channels_out:
+        _pixel_tile_full(acc, co * acc_row_step + p0, acc_row_step, frame, p0, weight, co, bias, co, channels_in,
                       plane_step, kernel_h, row_step, kernel_w, tap_step, channels_out)
-        co += 8
+        co += PIXEL_TILE_OUTPUTS
     rest = channels_out - co
     args_offset = co * acc_row_step + p0
     if rest == 7:
@@ -381,8 +394,7 @@ def _make_pixel_weight_tile(taps, outputs):
             (partial_value, partial_offset, partial_tap_step, frame_value, frame_offset, tap_step, grad_value,
              grad_offset, grad_row_step, vectors) = args
             vector = vector_type()
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                 "llvm.fma.v16f32")
+            fma = fma_function(builder, vector)
 
             def pointer(position, value, offset):
                 data = context.make_array(sig.args[position])(context, builder, value).data

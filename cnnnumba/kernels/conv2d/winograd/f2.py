@@ -19,7 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..._runtime import jit, run_jobs
-from ..tiles import NARROW_TILE_PIXELS, forward_tile, run_forward_tile
+from ..tiles import MAX_TILE_PIXELS, forward_tile, run_forward_tile
 from ..workspace import slots_within, spec_bytes, specs_bytes
 from ..._runtime.vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
 
@@ -276,16 +276,16 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
     batch, channels_in = x_shape[0], x_shape[3]
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
     per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
-    most = max(NARROW_TILE_PIXELS, JOB_BYTES // per_tile)
+    most = max(MAX_TILE_PIXELS, JOB_BYTES // per_tile)
     bands = -(-tiles // most)
-    capacity = max(NARROW_TILE_PIXELS, -(-tiles // bands))
+    capacity = max(MAX_TILE_PIXELS, -(-tiles // bands))
     specs = (("u", (PATCH, PATCH, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
     if flipped:
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
     per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),
                 ("m", (PATCH, PATCH, _unaliased(capacity, channels_out, dtype), channels_out)),
                 ("patches", (PATCH, PATCH, channels_in)),
-                ("rows", (1, 1, NARROW_TILE_PIXELS, channels_out)))
+                ("rows", (1, 1, MAX_TILE_PIXELS, channels_out)))
     slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
                          budget)
     return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots)
