@@ -9,6 +9,7 @@ from .. import _config
 from ..kernels import conv2d as conv_kernels
 from ..kernels import elementwise, fused, layout, matmul, pool2d
 from ..kernels import loss as loss_kernels
+from ..ops.norm import update_running_statistics
 from .plan import Buffer
 
 
@@ -232,17 +233,8 @@ class BatchNormTrain(Node):
         momentum = self.momentum
         if self.module is not None and self.module.momentum is None:
             momentum = 1.0 / float(self.module.num_batches_tracked)
-        # the same operations, in the same order and precisions, as the eager op
-        same_dtype, wide = self.running_scratch
-        np.multiply(self.running_mean, 1.0 - momentum, out=same_dtype)
-        np.multiply(mean, momentum, out=wide)
-        np.add(same_dtype, wide, out=wide)
-        np.copyto(self.running_mean, wide)
-        np.multiply(self.running_var, 1.0 - momentum, out=same_dtype)
-        np.multiply(variance, momentum, out=wide)
-        np.multiply(wide, self.count / (self.count - 1), out=wide)
-        np.add(same_dtype, wide, out=wide)
-        np.copyto(self.running_var, wide)
+        update_running_statistics(self.running_mean, self.running_var, mean, variance, self.count, momentum,
+                                  self.running_scratch)
 
     def _gradient_targets(self):
         """(grad_x, grad_weight, grad_bias, finish): where the kernel writes each, and the indices to finish."""
