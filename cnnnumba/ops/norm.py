@@ -32,6 +32,27 @@ def from_channel_rows(rows, shape):
     return np.ascontiguousarray(np.moveaxis(channels_last, -1, 1))
 
 
+def update_running_statistics(running_mean, running_var, mean, variance, count, momentum, scratch=None):
+    """running = (1 - momentum) * running + momentum * batch statistic, in place, with the unbiased variance.
+
+    The running value is scaled in its own dtype, the float64 batch statistic in float64, and their float64 sum
+    rounded back. The eager op and the captured step both call this, so their running statistics agree bit for bit.
+    `scratch` (an array of the running statistics' dtype and a float64 one, one element per channel) spares the
+    two allocations.
+    """
+    same_dtype, wide = scratch if scratch is not None else (np.empty_like(running_mean),
+                                                          np.empty(running_mean.shape, dtype=np.float64))
+    np.multiply(running_mean, 1.0 - momentum, out=same_dtype)
+    np.multiply(mean, momentum, out=wide)
+    np.add(same_dtype, wide, out=wide)
+    np.copyto(running_mean, wide)
+    np.multiply(running_var, 1.0 - momentum, out=same_dtype)
+    np.multiply(variance, momentum, out=wide)
+    np.multiply(wide, count / (count - 1), out=wide)
+    np.add(same_dtype, wide, out=wide)
+    np.copyto(running_var, wide)
+
+
 class BatchNorm(Function):
     """Batch norm over (N, C, *spatial); weight and bias may be None (then 1 and 0, and no gradient)."""
 
@@ -48,9 +69,7 @@ class BatchNorm(Function):
         if training:
             y, mean, variance, invstd = kernels.batch_norm_forward_train(rows, self.weight, bias, eps)
             if running_mean is not None:
-                count = rows.shape[0]
-                running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-                running_var[...] = (1.0 - momentum) * running_var + momentum * variance * (count / (count - 1))
+                update_running_statistics(running_mean, running_var, mean, variance, rows.shape[0], momentum)
             self.mean, self.invstd = mean, invstd
         else:
             y = kernels.batch_norm_forward_eval(rows, running_mean, running_var, self.weight, bias, eps)

@@ -11,7 +11,7 @@ import pytest
 import cnnnumba as cn
 from cnnnumba import functional as F
 from cnnnumba import _config, nn, optim
-from cnnnumba.graph.capture import TracedResult, Tracer
+from cnnnumba.graph.trace import TracedResult, Tracer
 
 
 def small_cnn(image_size=8):

@@ -1,0 +1,78 @@
+"""Fusion passes, run in order over the plain nodes that lowering made: batch norm folded into the conv before it
+(inference), ReLU into the conv or batch norm before it, add + ReLU into one node, and a residual block's batch
+norm + add + ReLU into one. A pass absorbs a value only when no other op reads it, and the fused value keeps the
+absorbing node's name with a suffix (`conv3_bn_relu`)."""
+from . import nodes as N
+
+
+def fold_batch_norm(lowering):
+    """Inference: an eval-mode batch norm right after a plain conv becomes that conv's scale and bias."""
+    for batch_norm in [node for node in lowering.nodes if type(node) is N.BatchNormEval]:
+        x = batch_norm.inputs[0]
+        conv = x.producer
+        if isinstance(conv, N.FoldedConv) and conv.bn is None and not conv.relu and lowering.single_use(x):
+            conv.bn = batch_norm.folding
+            _absorb(lowering, batch_norm, x, "_bn")
+
+
+def fuse_conv_relu(lowering):
+    """A ReLU after a conv is applied as the conv kernel stores each output tile."""
+    _fuse_relu_into(lowering, (N.Conv, N.FoldedConv))
+
+
+def fuse_batch_norm_relu(lowering):
+    """A ReLU after a batch norm is applied in the batch norm's normalizing pass."""
+    _fuse_relu_into(lowering, (N.BatchNormTrain, N.BatchNormEval))
+
+
+def fuse_add_relu(lowering):
+    """relu(a + b) as one pass over memory (AddReLU), in the ReLU's place."""
+    for relu in [node for node in lowering.nodes if type(node) is N.ReLU]:
+        x = relu.inputs[0]
+        add = x.producer
+        if isinstance(add, N.Add) and lowering.single_use(x):
+            lowering.nodes.remove(add)
+            lowering.substitute(relu, N.AddReLU(list(add.inputs), x))
+            lowering.replace(relu.output, x)
+            x.name += "_relu"
+
+
+def fuse_batch_norm_add_relu(lowering):
+    """Training: relu(batch_norm(x) + shortcut), a residual block's end, as one node when only the add reads the
+    batch norm's output."""
+    for add_relu in [node for node in lowering.nodes if type(node) is N.AddReLU]:
+        a, b = add_relu.inputs
+        for normalized, shortcut in ((a, b), (b, a)):
+            batch_norm = normalized.producer
+            if type(batch_norm) is N.BatchNormTrain and not batch_norm.relu and normalized is not shortcut \
+                    and lowering.single_use(normalized):
+                lowering.nodes.remove(batch_norm)
+                lowering.substitute(add_relu, N.BatchNormAddReLU(batch_norm, shortcut, add_relu.output))
+                break
+
+
+# the order matters: a fold makes a conv+bn that a following ReLU can join; an add's ReLU must be fused before
+# the batch norm feeding that add can join it
+PASSES = (fold_batch_norm, fuse_conv_relu, fuse_batch_norm_relu, fuse_add_relu, fuse_batch_norm_add_relu)
+
+
+def fuse(lowering):
+    """Run every fusion pass over `lowering`'s nodes, in order."""
+    for fusion_pass in PASSES:
+        fusion_pass(lowering)
+
+
+def _fuse_relu_into(lowering, producer_types):
+    for relu in [node for node in lowering.nodes if type(node) is N.ReLU]:
+        x = relu.inputs[0]
+        producer = x.producer
+        if isinstance(producer, producer_types) and not producer.relu and lowering.single_use(x):
+            producer.relu = True
+            _absorb(lowering, relu, x, "_relu")
+
+
+def _absorb(lowering, node, into, suffix):
+    """Remove `node`, whose work its input's producer now does: readers of its output read `into` instead."""
+    lowering.nodes.remove(node)
+    lowering.replace(node.output, into)
+    into.name += suffix

@@ -1,0 +1,139 @@
+"""Convolution nodes: the training conv (+ bias and ReLU) and the inference conv with batch norm folded in."""
+import numpy as np
+
+from ...kernels import conv2d as conv_kernels
+from ...kernels import elementwise, fused
+from ..plan import Buffer
+from .base import Node, rows
+
+
+class Conv(Node):
+    """conv2d (+ its bias and ReLU, both applied as the kernel stores each output tile), the weight re-laid-out
+    to (kH, kW, C_in/groups, C_out) at each step; backward masks by the ReLU and sums the bias gradient in one
+    pass. Its kernels' scratch comes from `workspace`, one array the schedule shares among all conv nodes."""
+
+    def __init__(self, x, weight, bias, output, stride, padding, dilation, groups, relu=False):
+        super().__init__([x, weight] + ([bias] if bias is not None else []), output)
+        self.has_bias, self.relu = bias is not None, relu
+        self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        c_out, group_in, kernel_h, kernel_w = weight.shape
+        self.weight_khwc = Buffer((kernel_h, kernel_w, group_in, c_out), weight.dtype, output.name + ".w_khwc")
+        self.grad_weight_khwc = Buffer(self.weight_khwc.shape, weight.dtype, output.name + ".grad_w_khwc")
+        self.grad_pre = Buffer(output.shape, output.dtype, output.name + ".grad_pre")
+        self.partials = Buffer((fused.chunk_count(int(np.prod(output.shape[:-1]))), output.shape[-1]), np.float64,
+                               output.name + ".partials")
+        self.workspace = None
+
+    @property
+    def name(self):
+        return ("conv+bias" if self.has_bias else "conv") + ("+relu" if self.relu else "")
+
+    def workspace_bytes(self):
+        """The most scratch any of this node's kernel calls takes (the schedule's workspace is at least this)."""
+        passes = ["forward"]
+        if self.output.needs_grad:
+            passes += [name for name, needed in (("backward_input", self.needs(0)), ("backward_weight", self.needs(1)),
+                                                 ("backward_bias", self.has_bias and self.needs(2) and not self.relu))
+                       if needed]
+        return max(conv_kernels.conv2d_workspace_bytes(name, self.inputs[0].shape, self.weight_khwc.shape,
+                                                       self.output.shape, self.output.dtype, **self.options)
+                   for name in passes)
+
+    def forward_buffers(self):
+        return super().forward_buffers() + [self.weight_khwc]
+
+    def backward_buffers(self):
+        extra = [self.weight_khwc, self.inputs[0].buffer]
+        if self.relu:
+            extra += [self.grad_pre, self.output.buffer, self.partials]
+        if self.needs(1):
+            extra.append(self.grad_weight_khwc)
+        return super().backward_buffers() + extra
+
+    def forward(self):
+        weight = self.inputs[1].buffer.array
+        np.copyto(self.weight_khwc.array, weight.transpose(2, 3, 1, 0))
+        bias = self.inputs[2].buffer.array if self.has_bias else None
+        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc.array, bias, self.output.buffer.array,
+                                    relu=self.relu, workspace=self.workspace, **self.options)
+
+    def backward(self):
+        grad_y = self.output.grad.array
+        if self.relu:
+            grad = self.grad_pre.array
+            if self.has_bias and self.needs(2):
+                fused.relu_backward_bias_grad(rows(grad_y), rows(self.output.buffer.array), rows(grad),
+                                              self.partials.array, self.grad_target(2))
+                self.finish_grad(2)
+            else:
+                elementwise.relu_backward(grad_y.reshape(-1), self.output.buffer.array.reshape(-1), grad.reshape(-1))
+        else:
+            grad = grad_y
+            if self.has_bias and self.needs(2):
+                conv_kernels.conv2d_backward_bias(grad, self.grad_target(2), workspace=self.workspace)
+                self.finish_grad(2)
+        if self.needs(1):
+            conv_kernels.conv2d_backward_weight(self.inputs[0].buffer.array, grad, self.grad_weight_khwc.array,
+                                                workspace=self.workspace, **self.options)
+            self.deliver(1, self.grad_weight_khwc.array.transpose(3, 2, 0, 1))
+        if self.needs(0):
+            conv_kernels.conv2d_backward_input(grad, self.weight_khwc.array, self.grad_target(0),
+                                               workspace=self.workspace, **self.options)
+            self.finish_grad(0)
+
+
+class FoldedConv(Node):
+    """Inference conv with the following eval-mode batch norm folded in: w' = w * s, b' = (b - mean) * s + beta,
+    s = gamma / sqrt(running_var + eps), refolded from the live parameters at every call (+ ReLU in place)."""
+
+    def __init__(self, x, output, conv_weight, conv_bias, bn, stride, padding, dilation, groups, relu):
+        super().__init__([x], output)
+        self.conv_weight, self.conv_bias = conv_weight, conv_bias  # arrays (the model's own), conv_bias may be None
+        self.bn = bn  # (running_mean, running_var, gamma or None, beta or None, eps) or None for a plain conv
+        self.relu = relu
+        self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        c_out, group_in, kernel_h, kernel_w = conv_weight.shape
+        dtype = conv_weight.dtype
+        self.weight_khwc = np.empty((kernel_h, kernel_w, group_in, c_out), dtype=dtype)
+        self.bias = np.empty(c_out, dtype=dtype)
+        self.scale = np.empty(c_out, dtype=np.float64)
+        self.wide_weight = np.empty(self.weight_khwc.shape, dtype=np.float64)
+        self.wide_bias = np.empty(c_out, dtype=np.float64)
+        self.workspace = None
+
+    @property
+    def name(self):
+        return ("conv+bn(folded)" if self.bn is not None else "conv") + ("+relu" if self.relu else "")
+
+    def workspace_bytes(self):
+        return conv_kernels.conv2d_workspace_bytes("forward", self.inputs[0].shape, self.weight_khwc.shape,
+                                                   self.output.shape, self.output.dtype, **self.options)
+
+    def fold(self):
+        weight_view = self.conv_weight.transpose(2, 3, 1, 0)
+        if self.bn is None:
+            np.copyto(self.weight_khwc, weight_view)
+            if self.conv_bias is not None:
+                np.copyto(self.bias, self.conv_bias)
+            return
+        running_mean, running_var, gamma, beta, eps = self.bn
+        np.add(running_var, eps, out=self.scale, dtype=np.float64)
+        np.sqrt(self.scale, out=self.scale)
+        np.divide(1.0 if gamma is None else gamma, self.scale, out=self.scale, dtype=np.float64)
+        np.multiply(weight_view, self.scale, out=self.wide_weight, dtype=np.float64)
+        np.copyto(self.weight_khwc, self.wide_weight, casting="same_kind")
+        if self.conv_bias is None:
+            np.negative(running_mean, out=self.wide_bias, dtype=np.float64)
+        else:
+            np.subtract(self.conv_bias, running_mean, out=self.wide_bias, dtype=np.float64)
+        np.multiply(self.wide_bias, self.scale, out=self.wide_bias)
+        if beta is not None:
+            np.add(self.wide_bias, beta, out=self.wide_bias, dtype=np.float64)
+        np.copyto(self.bias, self.wide_bias, casting="same_kind")
+
+    def forward(self):
+        self.fold()
+        has_bias = self.bn is not None or self.conv_bias is not None
+        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc, self.bias if has_bias else None,
+                                    self.output.buffer.array, relu=self.relu, workspace=self.workspace,
+                                    **self.options)
