@@ -134,7 +134,7 @@ def _import_cycles(edges, scope):
 
 @pytest.mark.parametrize("scope", [
     "cnnnumba.graph",
-    pytest.param("cnnnumba.kernels", marks=pytest.mark.xfail(strict=True, reason="removed by the kernels restructure")),
+    "cnnnumba.kernels",
 ])
 def test_no_import_cycle(scope):
     sources = {_module_name(path): (path.read_text(), path.name == "__init__.py")
