@@ -30,8 +30,8 @@ TIER_TILES = {
     # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
     # kernels are 6 x 16 too); a weight gradient's input channels must divide 16, so 4 x 16 (8 accumulators)
     "avx2": {"forward": ((6, 1),) * 3, "weight": ((4, 1),) * 3, "few_channel": (1, 6)},
-    # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 3 x 16 is 12 accumulators
-    "sse": {"forward": ((3, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 3)},
+    # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 2 x 16 is 8 accumulators and 4 loads
+    "sse": {"forward": ((2, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 2)},
 }
 _TIER_TABLE = {"avx512": "avx512", "avx2": "avx2", "avx": "avx2", "neon": "avx2", "sse": "sse", "generic": "sse"}
 TILES = TIER_TILES[_TIER_TABLE[target_machine().tier]]
