@@ -35,6 +35,7 @@ def _script(name, *arguments, cache_root=None):
     return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # 13 s with the workers' caches warm, about a minute cold
 def test_compare_outputs_finds_the_same_tree_identical(cache_root, tmp_path):
     cases = ["conv2d/model_layers[1]/float32", "pool2d/max[0]/float64", "functional/chain/float32", "models/lenet5"]
     finished = _script("compare_outputs.py", ROOT, ROOT, "--out", tmp_path, "--threads", "1", "--cases", *cases,
@@ -51,6 +52,7 @@ def test_compare_outputs_finds_the_same_tree_identical(cache_root, tmp_path):
     assert meta["cnnnumba"] == str(ROOT / "cnnnumba" / "__init__.py") and meta["errors"] == {}
 
 
+@pytest.mark.slow  # four worker processes: 6 s warm
 def test_compare_trees_completes_and_pairs_the_rounds(cache_root, tmp_path):
     report = tmp_path / "runs.json"
     finished = _script("compare_trees.py", ROOT, ROOT, "--models", "lenet5", "--modes", "train", "--rounds", "2",
