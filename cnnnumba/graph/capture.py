@@ -25,6 +25,7 @@ from ..ops.pool import AdaptiveAvgPool2d as AdaptiveAvgPoolOp
 from ..ops.pool import AvgPool2d as AvgPoolOp
 from ..ops.pool import MaxPool2d as MaxPoolOp
 from . import nodes as N
+from .gradient_sync import gradient_sync_for
 from .plan import plan_memory, plan_workspace, unplanned_bytes
 from .update import FusedUpdate
 
@@ -451,6 +452,8 @@ class _TrainingGraph:
         self.labels = self.loss_node.target
         self.classes = self.logits_value.shape[1]
         self.bn_modules = [n.module for n in forward if isinstance(n, N.BatchNormTrain) and n.module is not None]
+        # data-parallel (DistributedDataParallel under MPI): gradient buckets all-reduced during the backward
+        self.gradient_sync = gradient_sync_for(model, self.update, self.schedule.backward_nodes)
 
     def _bind_labels(self, records, loss, y):
         """The cross-entropy's target becomes a buffer the step fills with each batch's labels."""
@@ -471,9 +474,12 @@ class _TrainingGraph:
             module.num_batches_tracked += 1
         for node in self.schedule.forward_nodes:
             node.forward()
-        for node in self.schedule.backward_nodes:
+        sync = self.gradient_sync
+        for index, node in enumerate(self.schedule.backward_nodes):
             node.backward()
-        self.update.step()
+            if sync is not None:
+                sync.backward_node_done(index)  # starts the buckets this node completed; drives MPI progress
+        self.update.step(before_group=None if sync is None else sync.wait_for)
         self.input_node.source = None
         return float(self.loss_node.value)
 
