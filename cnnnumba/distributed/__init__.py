@@ -12,6 +12,10 @@ import traceback
 import numpy as np
 
 _OPS = ("sum", "max", "min", "product")
+# the world size MPI launchers announce to each process: MPICH's and Intel MPI's Hydra (and Slurm's PMI2), Open MPI,
+# MVAPICH
+_LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_DONE_TAG = 0x6E6E  # rank 0's "finished after Ctrl-C" message
 _comm = None
 _previous_excepthook = None
 
@@ -24,6 +28,16 @@ def _mpi():
         raise ImportError("cnnnumba.distributed needs mpi4py and an MPI library: pip install 'cnnnumba[mpi]' "
                           f"(mpi4py and mpich); importing mpi4py failed: {error}") from None
     return MPI
+
+
+def launcher_world_size():
+    """How many ranks the MPI launcher (`mpiexec -n N`, `srun --mpi=pmi2`) started, read from the environment it
+    gives each rank without importing mpi4py; 1 for a process started alone."""
+    for variable in _LAUNCHER_SIZE_VARIABLES:
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 def is_available():
@@ -164,6 +178,29 @@ def abort(code=1):
     _group().Abort(code)
 
 
+def exit_after_interrupt(code=130, timeout=300):
+    """End this rank after a Ctrl-C that every rank received (mpiexec forwards SIGINT to all of them).
+
+    mpiexec ends the whole job as soon as one rank exits after a Ctrl-C, so the other ranks wait here (at most
+    `timeout` seconds) until rank 0, which writes the files, has finished and sends them word. A point-to-point
+    message, not a collective: a peer may have left a collective unmatched when the interrupt came. Exits without
+    MPI_Finalize, which could wait for that collective.
+    """
+    comm = _group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if comm.Get_rank() == 0:
+        for rank in range(1, comm.Get_size()):
+            comm.isend(code, dest=rank, tag=_DONE_TAG)
+        time.sleep(0.1)  # let the small messages leave before this process does
+    else:
+        request = comm.irecv(source=0, tag=_DONE_TAG)
+        deadline = time.monotonic() + timeout
+        while not request.Test() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    os._exit(code)
+
+
 def destroy_process_group():
     """Leave the process group: cnnnumba stops using MPI (MPI itself is finalized when the process exits)."""
     global _comm, _previous_excepthook
@@ -176,5 +213,5 @@ def destroy_process_group():
 
 
 __all__ = ["abort", "all_gather_object", "all_reduce", "all_reduce_start", "barrier", "broadcast", "broadcast_start",
-           "destroy_process_group", "get_local_world_size", "get_rank", "get_world_size", "init_process_group",
-           "is_available", "is_initialized", "test", "wait"]
+           "destroy_process_group", "exit_after_interrupt", "get_local_world_size", "get_rank", "get_world_size",
+           "init_process_group", "is_available", "is_initialized", "launcher_world_size", "test", "wait"]

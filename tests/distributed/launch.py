@@ -20,14 +20,13 @@ def require_mpi():
         pytest.skip("mpiexec is not on PATH (pip install 'cnnnumba[mpi]')")
 
 
-def run_mpi(arguments, ranks=2, timeout=180, env=None, launcher=None):
-    """Run `mpiexec -n ranks python -m ... arguments` (or `launcher` + arguments) in a new session; returns the
-    CompletedProcess. On timeout the session's whole process group (mpiexec and every rank) is killed and the
+def run_mpi(arguments, ranks=2, timeout=180, env=None):
+    """Run `mpiexec -n ranks python arguments...` in a new session, one kernel thread per rank unless `env` says
+    otherwise; returns the CompletedProcess. On timeout the session's whole process group (mpiexec and every rank) is killed and the
     test fails with what the ranks printed."""
     require_mpi()
-    command = ["mpiexec", "-n", str(ranks), sys.executable, *map(str, arguments)] if launcher is None \
-        else [*launcher, *map(str, arguments)]
-    environment = dict(os.environ, PYTHONPATH=str(REPO), CNNNUMBA_NUM_THREADS="1", **(env or {}))
+    command = ["mpiexec", "-n", str(ranks), sys.executable, *map(str, arguments)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "CNNNUMBA_NUM_THREADS": "1", **(env or {})}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                                env=environment, start_new_session=True)
     try:
