@@ -1,8 +1,8 @@
 """Data-parallel gradient averaging inside a captured training step, overlapped with the backward.
 
 The fused update keeps each parameter group's gradients in one flat arena. The sync cuts each arena into buckets
-(contiguous slices of at most `bucket_bytes`, walked from the arena's end: the last layers' gradients, which the
-backward produces first) and starts a bucket's nonblocking all-reduce (MPI_Iallreduce, in place) right after the
+(contiguous slices of at most `bucket_bytes`, the first at most 1 MiB, walked from the arena's end: the last
+layers' gradients, which the backward produces first) and starts a bucket's nonblocking all-reduce (MPI_Iallreduce, in place) right after the
 last backward node that writes into it, while later nodes keep computing. MPI moves a nonblocking collective
 forward only inside MPI calls (MPICH runs no progress thread unless MPIR_CVAR_ASYNC_PROGRESS=1), so after every
 backward node the sync polls the buckets in flight: that poll is what drives the transfers between kernels. A
@@ -13,6 +13,8 @@ broadcast during the backward in the same way, as DistributedDataParallel(broadc
 import numpy as np
 
 from .. import distributed as dist
+
+FIRST_BUCKET_BYTES = 2**20  # as PyTorch's DDP: a small first bucket, so communication starts early in the backward
 
 
 class _Bucket:
@@ -50,13 +52,14 @@ class GradientSync:
 
     def _cut(self, arena, sizes_and_ready, bucket_bytes):
         """Buckets over `arena`, whose parameters have the given sizes, from the arena's end backwards."""
-        limit = max(1, bucket_bytes // arena.itemsize)
+        limit = max(1, min(bucket_bytes, FIRST_BUCKET_BYTES) // arena.itemsize)
         end = arena.size
         start, ready, count = end, -1, 0
         for size, ready_after in reversed(sizes_and_ready):
             if count and count + size > limit:
                 self.buckets.append(_Bucket(arena[start:end], max(ready, 0), arena))
                 end, ready, count = start, -1, 0
+                limit = max(1, bucket_bytes // arena.itemsize)
             start -= size
             count += size
             ready = max(ready, ready_after)

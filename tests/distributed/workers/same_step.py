@@ -36,4 +36,9 @@ np.savez(f"{out_dir}/rank{rank}.npz", **ddp.module.state_dict())
 if step is not None:  # the step ran as a graph whose gradients went in several overlapped buckets
     sync = step.last.gradient_sync
     assert sync is not None and len(sync.buckets) > 1, sync
+    last_node = len(step.last.schedule.backward_nodes) - 1
+    assert sync.buckets[0].ready_after < last_node, "no bucket starts before the backward has ended"
+    arena = step.last.update.groups[0][3]
+    assert sum(b.array.size for b in sync.buckets) == arena.size  # the buckets tile the gradient arena
+    assert all(np.shares_memory(b.array, arena) for b in sync.buckets)  # in place: no copies
 dist.destroy_process_group()
