@@ -1,14 +1,15 @@
 """Data-parallel gradient averaging inside a captured training step, overlapped with the backward.
 
 The fused update keeps each parameter group's gradients in one flat arena. The sync cuts each arena into buckets
-(contiguous slices of at most `bucket_bytes`, the first at most 1 MiB, walked from the arena's end: the last
-layers' gradients, which the backward produces first) and starts a bucket's nonblocking all-reduce (MPI_Iallreduce, in place) right after the
-last backward node that writes into it, while later nodes keep computing. MPI moves a nonblocking collective
-forward only inside MPI calls (MPICH runs no progress thread unless MPIR_CVAR_ASYNC_PROGRESS=1), so after every
-backward node the sync polls the buckets in flight: that poll is what drives the transfers between kernels. A
-bucket found complete is divided by the world size at once. The update waits only for the buckets of the group it
-is about to update. Rank 0's buffers (batch norm's running statistics, final once the forward has run) are
-broadcast during the backward in the same way, as DistributedDataParallel(broadcast_buffers=True) does.
+(contiguous slices of at most `bucket_bytes`, the first at most 1 MiB, walked from the arena's end: the last layers'
+gradients, which the backward produces first) and starts a bucket's nonblocking all-reduce (MPI_Iallreduce, in
+place) right after the last backward node that writes into it, while later nodes keep computing. MPI moves a
+nonblocking collective forward only inside MPI calls (MPICH runs no progress thread unless
+MPIR_CVAR_ASYNC_PROGRESS=1), so after every backward node the sync polls the buckets in flight: that poll is what
+drives the transfers between kernels. A bucket found complete is divided by the world size at once. The update waits
+only for the buckets of the group it is about to update. Rank 0's buffers (batch norm's running statistics, final
+once the forward has run) are broadcast during the backward in the same way, as
+DistributedDataParallel(broadcast_buffers=True) does.
 """
 import numpy as np
 

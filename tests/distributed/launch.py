@@ -22,8 +22,8 @@ def require_mpi():
 
 def run_mpi(arguments, ranks=2, timeout=180, env=None):
     """Run `mpiexec -n ranks python arguments...` in a new session, one kernel thread per rank unless `env` says
-    otherwise; returns the CompletedProcess. On timeout the session's whole process group (mpiexec and every rank) is killed and the
-    test fails with what the ranks printed."""
+    otherwise; returns the CompletedProcess. On timeout the session's whole process group (mpiexec and every
+    rank) is killed and the test fails with what the ranks printed."""
     require_mpi()
     command = ["mpiexec", "-n", str(ranks), sys.executable, *map(str, arguments)]
     environment = {**os.environ, "PYTHONPATH": str(REPO), "CNNNUMBA_NUM_THREADS": "1", **(env or {})}
