@@ -34,10 +34,12 @@ def build_parser():
     train.add_argument("--dataset", type=_dataset_spec, default=("digits", None),
                        help="digits (bundled), mnist:PATH (IDX files) or cifar10:PATH (binary version)")
     train.add_argument("--epochs", type=positive_int, default=10)
-    train.add_argument("--batch-size", type=positive_int, default=32)
+    train.add_argument("--batch-size", type=positive_int, default=32,
+                       help="images per step on each rank (under mpiexec -n N a step sees N times as many)")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
     train.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam")
-    train.add_argument("--threads", type=positive_int, help="threads for the kernels (default: all cores)")
+    train.add_argument("--threads", type=positive_int, help="threads for the kernels (default: all cores, divided "
+                                                            "among the ranks on this machine under mpiexec)")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--checkpoint", metavar="PATH", help="save the training state here after every epoch")
     train.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --checkpoint")
@@ -74,15 +76,61 @@ def _make_optimizer(name, parameters, lr):
     return optim.AdamW(parameters, lr=lr)
 
 
+def _join_process_group():
+    """(rank, world size): the MPI process group when mpiexec started several ranks, else (0, 1)."""
+    from . import distributed as dist
+
+    if dist.launcher_world_size() == 1:
+        return 0, 1
+    dist.init_process_group()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _threads_per_rank():
+    """This machine's cores divided among the ranks running on it (2 ranks must not run 4 threads on 2 cores)."""
+    from . import distributed as dist
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // dist.get_local_world_size())
+
+
 def run_train(args, parser):
+    """`cnnnumba train`; under `mpiexec -n N` every rank runs it and training is data-parallel."""
+    try:
+        rank, world = _join_process_group()
+    except ImportError as error:
+        parser.error(str(error))
+    if world == 1:
+        return _train(args, parser, rank, world)
+    from . import distributed as dist
+
+    try:
+        return _train(args, parser, rank, world)
+    except KeyboardInterrupt:
+        # rank 0 has written its checkpoint (fit saves before the interrupt leaves it)
+        if rank == 0:
+            print("interrupted", file=sys.stderr)
+        dist.exit_after_interrupt(130)
+    except SystemExit as error:  # a usage error on one rank must not leave the others waiting for it
+        if error.code:
+            dist.abort(error.code if isinstance(error.code, int) else 2)
+        raise
+
+
+def _train(args, parser, rank, world):
     import cnnnumba as cn
     from . import train as training
-    from .data import DataLoader
+    from .data import DataLoader, DistributedSampler
     from .models import build_model
+    from .nn.parallel import DistributedDataParallel
 
-    if args.threads is not None:
+    say = print if rank == 0 else (lambda *args, **kwargs: None)
+    threads = args.threads
+    if threads is None and world > 1 and not os.environ.get("CNNNUMBA_NUM_THREADS"):
+        threads = min(_threads_per_rank(), cn.get_num_threads())
+    if threads is not None:
         try:
-            cn.set_num_threads(args.threads)
+            cn.set_num_threads(threads)
         except ValueError as error:
             parser.error(f"argument --threads: {error}")
     cn.manual_seed(args.seed)
@@ -100,34 +148,49 @@ def run_train(args, parser):
     except ValueError as error:
         parser.error(f"argument --model: {error}")
     optimizer = _make_optimizer(args.optimizer, model.parameters(), args.lr or DEFAULT_LR[args.optimizer])
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    test_loader = DataLoader(test_set, batch_size=256)
+    if world == 1:
+        train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+        test_loader = DataLoader(test_set, batch_size=256)
+    else:  # each rank its share: of every epoch's shuffled order, and of the test set (unpadded)
+        sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed)
+        train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, seed=args.seed)
+        test_loader = DataLoader(test_set, batch_size=256, sampler=range(rank, len(test_set), world))
     start_epoch, history = 0, []
-    if args.resume:
+    if args.resume:  # every rank reads it (on a cluster, from a shared file system)
         try:
             start_epoch, history = training.load_training_state(args.resume, model, optimizer, None, train_loader)
         except (OSError, ValueError, KeyError) as error:
             parser.error(f"argument --resume: cannot resume from {args.resume}: {error}")
-        print(f"resumed from {args.resume} after epoch {start_epoch}")
+        say(f"resumed from {args.resume} after epoch {start_epoch}")
     parameters = sum(p.size for p in model.parameters())
-    print(f"training {model_name} ({parameters:,} parameters) on {name}: {len(train_set)} train / {len(test_set)} "
-          f"test images, {args.optimizer} lr {args.lr or DEFAULT_LR[args.optimizer]}, batch {args.batch_size}, "
-          f"{cn.get_num_threads()} threads")
+    threads = f"{cn.get_num_threads()} threads"
+    layout = f"batch {args.batch_size}, {threads}" if world == 1 else \
+        f"batch {args.batch_size} per rank ({args.batch_size * world} per step), {world} ranks × {threads}"
+    say(f"training {model_name} ({parameters:,} parameters) on {name}: {len(train_set)} train / {len(test_set)} "
+        f"test images, {args.optimizer} lr {args.lr or DEFAULT_LR[args.optimizer]}, {layout}", flush=True)
+    trained = model if world == 1 else DistributedDataParallel(model)
     try:
-        history = training.fit(model, optimizer, train_loader, args.epochs, test_loader=test_loader,
-                               checkpoint_path=args.checkpoint, start_epoch=start_epoch, history=history,
-                               progress=not args.no_progress, eager=args.eager)
+        history = training.fit(trained, optimizer, train_loader, args.epochs, test_loader=test_loader,
+                               checkpoint_path=args.checkpoint if rank == 0 else None, start_epoch=start_epoch,
+                               history=history, progress=not args.no_progress and rank == 0, eager=args.eager,
+                               log=say)
     except KeyboardInterrupt:
+        if world > 1:
+            raise
         print("interrupted", file=sys.stderr)
         return 130
     except training.NonFiniteLossError as error:
         print(f"cnnnumba: error: {error}", file=sys.stderr)
+        if world > 1:  # the other ranks would wait for this one in the next all-reduce
+            from . import distributed as dist
+
+            dist.abort(1)
         return 1
-    if args.plot and history:
+    if args.plot and history and rank == 0:
         training.plot_history(history, args.plot)
-        print(f"plot written to {args.plot}")
-    result = training.evaluate(model, test_loader)
-    print(f"test accuracy: {result['accuracy']:.4f}")
+        say(f"plot written to {args.plot}")
+    result = training.evaluate(model, test_loader, reduce_across_ranks=world > 1)
+    say(f"test accuracy: {result['accuracy']:.4f}")
     return 0
 
 

@@ -1,14 +1,17 @@
 """The training loop: fit, evaluate, and training-state checkpoints that resume exactly."""
 import contextlib
 import math
+import sys
 import time
 
 import numpy as np
 
 from . import _config
+from . import distributed as dist
 from .autograd import Tensor, detect_anomaly as _detect_anomaly, no_grad
 from .graph import capture
 from .io import load, save
+from .nn.parallel import DistributedDataParallel
 from .ops.loss import cross_entropy
 
 CHECKPOINT_KIND = "cnnnumba.training_state"
@@ -18,8 +21,11 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; nothing was written."""
 
 
-def evaluate(model, loader, loss_fn=cross_entropy):
-    """Mean loss and accuracy of `model` over `loader`, in eval mode and without recording gradients."""
+def evaluate(model, loader, loss_fn=cross_entropy, reduce_across_ranks=False):
+    """Mean loss and accuracy of `model` over `loader`, in eval mode and without recording gradients.
+
+    With `reduce_across_ranks` every rank of the process group must call it (a collective): each evaluates its
+    loader (its share of the test set) and all get the mean over every rank's samples."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
@@ -32,9 +38,17 @@ def evaluate(model, loader, loss_fn=cross_entropy):
                 count += len(labels)
     finally:
         model.train(was_training)
+    if reduce_across_ranks:
+        total_loss, correct, count = _sum_over_ranks(total_loss, correct, count)
     if count == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return {"loss": total_loss / count, "accuracy": correct / count}
+
+
+def _sum_over_ranks(*values):
+    totals = np.array(values, dtype=np.float64)
+    dist.all_reduce(totals)
+    return totals.tolist()
 
 
 def training_state(model, optimizer, scheduler, loader, epoch, history):
@@ -83,10 +97,81 @@ def load_training_state(path, model, optimizer, scheduler, loader):
     return restore_training_state(load(path), model, optimizer, scheduler, loader)
 
 
-def _progress(total, description, enabled):
-    from tqdm.auto import tqdm
+FIRST_STEP_NOTE = "step 1 records the graph and compiles the kernels (slow on the first run only; cached after)"
 
-    return tqdm(total=total, desc=description, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
+
+class _LineProgress:
+    """Progress for a stream that is not a terminal (a log file, CI, mpiexec's forwarded output): a line per
+    tenth of the epoch, or after `interval` seconds, instead of a carriage-return update per batch."""
+
+    def __init__(self, total, description, stream, interval=10.0):
+        self.total, self.description, self.stream, self.interval = total, description, stream, interval
+        self.n, self.postfix = 0, ""
+        self.last_line_at, self.last_tenth = time.perf_counter(), 0
+
+    def note(self, text):
+        self.stream.write(f"{self.description}: {text}\n")
+        self.stream.flush()
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, **values):
+        self.postfix = ", ".join(f"{name} {value}" for name, value in values.items())
+        tenth = 10 * self.n // max(self.total, 1)
+        now = time.perf_counter()
+        if tenth > self.last_tenth or now - self.last_line_at >= self.interval:
+            self.last_tenth, self.last_line_at = tenth, now
+            self.note(f"{self.n}/{self.total} batches, {self.postfix}")
+
+    def restart_clock(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _BarProgress:
+    """tqdm's bar on a terminal; `note` shows a message in it, `restart_clock` leaves the first step (compilation)
+    out of its rate and time left."""
+
+    def __init__(self, total, description, stream):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=description, unit="batch", leave=False, dynamic_ncols=True, file=stream)
+
+    def note(self, text):
+        self.bar.set_postfix_str(text)
+
+    def update(self, n=1):
+        self.bar.update(n)
+
+    def set_postfix(self, **values):
+        self.bar.set_postfix(**values)
+
+    def restart_clock(self):
+        done = self.bar.n
+        self.bar.reset(total=self.bar.total)
+        self.bar.update(done)
+
+    def close(self):
+        self.bar.close()
+
+
+class _NoProgress:
+    def _ignore(self, *args, **kwargs):
+        pass
+
+    note = update = set_postfix = restart_clock = close = _ignore
+
+
+def _progress(total, description, enabled, stream=None):
+    if not enabled:
+        return _NoProgress()
+    stream = sys.stderr if stream is None else stream
+    if getattr(stream, "isatty", lambda: False)():
+        return _BarProgress(total, description, stream)
+    return _LineProgress(total, description, stream)
 
 
 def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler=None, scheduler_per_step=False,
@@ -105,6 +190,12 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
     op by op instead. A captured step has already updated the weights when a non-finite loss is seen.
     `detect_anomaly=True` runs eager steps under `cnnnumba.autograd.detect_anomaly()`: the first op whose forward
     or backward produces NaN or Inf raises AnomalyError naming it, before the weights change or anything is saved.
+
+    Data-parallel: every rank calls fit with `model` a DistributedDataParallel and a train loader over its share
+    (a DistributedSampler, whose `set_epoch` fit calls each epoch). The epoch's train loss, accuracy and images/s
+    are summed over all ranks, and the test metrics too (give each rank its share of the test set). Checkpoints
+    hold the unwrapped model (`model.module`), so any number of ranks can resume them; pass `checkpoint_path` and
+    `log` on rank 0 alone.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, but got {epochs!r}")
@@ -113,6 +204,10 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
     eager = eager or detect_anomaly
     history = list(history or [])
     captured_step = None
+    distributed = isinstance(model, DistributedDataParallel)
+    saved_model = model.module if distributed else model
+    sampler = getattr(train_loader, "sampler", None)
+    first_step_of_run = True
 
     def save_interrupted(epochs_done, data_order):
         """On Ctrl-C: the training state with the weights reached so far and the loader at `data_order`."""
@@ -120,20 +215,25 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
             return
         current = train_loader.state_dict()
         train_loader.load_state_dict(data_order)
-        save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epochs_done, history)
+        save_training_state(checkpoint_path, saved_model, optimizer, scheduler, train_loader, epochs_done, history)
         train_loader.load_state_dict(current)
         if log is not None:
             log(f"interrupted: checkpoint saved to {checkpoint_path}")
 
     for epoch in range(start_epoch, epochs):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
         loader_state = train_loader.state_dict()
         model.train()
         if not eager and captured_step is None:
             captured_step = capture(model, loss_fn, optimizer)
         total_loss, correct, count, started = 0.0, 0, 0, time.perf_counter()
+        rate_since, rate_count = started, 0  # the progress rate leaves out the run's first (compiling) step
         bar = _progress(len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
         try:
             for step, (images, labels) in enumerate(train_loader):
+                if first_step_of_run:
+                    bar.note(FIRST_STEP_NOTE)
                 if captured_step is None:
                     optimizer.zero_grad()
                     with _detect_anomaly() if detect_anomaly else contextlib.nullcontext():
@@ -156,9 +256,15 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
                 total_loss += value * len(labels)
                 correct += int(np.sum(np.argmax(logits.data, axis=1) == labels))
                 count += len(labels)
-                elapsed = time.perf_counter() - started
+                now = time.perf_counter()
+                if first_step_of_run:
+                    bar.restart_clock()
+                    first_step_of_run = False
+                    rate_since, rate_count = now, count
                 bar.update(1)
-                bar.set_postfix(loss=f"{total_loss / count:.4f}", img_s=f"{count / max(elapsed, 1e-9):.0f}")
+                rate = (count - rate_count) / max(now - rate_since, 1e-9) if count > rate_count \
+                    else count / max(now - started, 1e-9)
+                bar.set_postfix(loss=f"{total_loss / count:.4f}", img_s=f"{rate:.0f}")
         except KeyboardInterrupt:
             bar.close()
             save_interrupted(epoch, loader_state)  # the epoch restarts from its data order on resume
@@ -166,13 +272,15 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
         bar.close()
         if scheduler is not None and not scheduler_per_step:
             scheduler.step()
+        if distributed:
+            total_loss, correct, count = _sum_over_ranks(total_loss, correct, count)
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "train_loss": total_loss / max(count, 1),
                   "train_accuracy": correct / max(count, 1), "images_per_second": count / max(seconds, 1e-9),
                   "seconds": seconds}
         try:
             if test_loader is not None:
-                result = evaluate(model, test_loader, loss_fn)
+                result = evaluate(saved_model, test_loader, loss_fn, reduce_across_ranks=distributed)
                 record["test_loss"], record["test_accuracy"] = result["loss"], result["accuracy"]
         except KeyboardInterrupt:
             # the epoch's training is complete (its test metrics are not): resume starts the next epoch
@@ -184,7 +292,8 @@ def fit(model, optimizer, train_loader, epochs, loss_fn=cross_entropy, scheduler
             log(format_epoch(record, epochs))
         if checkpoint_path is not None:
             try:
-                save_training_state(checkpoint_path, model, optimizer, scheduler, train_loader, epoch + 1, history)
+                save_training_state(checkpoint_path, saved_model, optimizer, scheduler, train_loader, epoch + 1,
+                                    history)
             except KeyboardInterrupt:  # the interrupted write left the previous file; write this epoch's again
                 save_interrupted(epoch + 1, train_loader.state_dict())
                 raise

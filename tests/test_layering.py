@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cnnnumba"
 
 # DESIGN.md's table; `models` (layer 7, beside data and io) builds on nn and is used by train, cli and bench.
 LAYER_OF = {
-    "_config": 1, "shapes": 1, "_argtypes": 1,
+    "_config": 1, "shapes": 1, "_argtypes": 1, "distributed": 1,
     "kernels": 2, "reference": 2,
     "autograd": 3,
     "ops": 4, "functional": 4,

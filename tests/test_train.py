@@ -121,3 +121,23 @@ def test_ctrl_c_anywhere_in_an_epoch_leaves_a_resumable_checkpoint(tmp_path, mon
     assert (epoch, len(history)) == ((0, 0) if where == "training" else (1, 1))
     for (name, expected), actual in zip(model.state_dict().items(), resumed_model.state_dict().values()):
         np.testing.assert_array_equal(actual, expected, err_msg=name)  # the weights reached, not the epoch's start
+
+
+def test_progress_into_a_log_file_is_a_line_per_tenth_of_an_epoch(monkeypatch):
+    """Not a terminal (a log, CI, mpiexec): whole lines, about ten per epoch, and a note that the first step
+    compiles instead of a time left computed from it."""
+    import io
+
+    stream = io.StringIO()  # isatty() is False
+    monkeypatch.setattr("sys.stderr", stream)
+    model, optimizer, _, _ = _setup()
+    images, labels = np.zeros((40 * 8, 1, 8, 8), np.float32), np.zeros(40 * 8, np.int64)
+    loader = DataLoader(ArrayDataset(images, labels), batch_size=8)
+    train.fit(model, optimizer, loader, 1, progress=True, log=None)
+    text = stream.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert lines[0] == f"epoch 1/1: {train.FIRST_STEP_NOTE}"
+    counts = [line for line in lines[1:] if " batches, loss " in line]
+    assert len(counts) == len(lines) - 1 and 10 <= len(counts) <= 11, lines
+    assert counts[-1].startswith("epoch 1/1: 40/40 batches")

@@ -82,8 +82,39 @@ def _topological_order(root):
     return order
 
 
+_post_backward_hooks = {}
+
+
+class RemovableHandle:
+    """What `register_post_backward_hook` returns: `handle.remove()` unregisters the hook."""
+
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+
+def register_post_backward_hook(hook):
+    """Call `hook(leaves)` at the end of every `backward()`, with the tuple of leaf tensors whose `.grad` it added
+    to (DistributedDataParallel averages its parameters' gradients across ranks there)."""
+    if not callable(hook):
+        raise TypeError(f"register_post_backward_hook expected a callable, but got {type(hook).__name__}")
+    key = object()
+    _post_backward_hooks[key] = hook
+    return RemovableHandle(_post_backward_hooks, key)
+
+
 def run_backward(root, grad):
-    """Propagate `grad` (d something / d root) to every leaf that requires grad, adding into `.grad`."""
+    """Propagate `grad` (d something / d root) to every leaf that requires grad, adding into `.grad`, then run the
+    post-backward hooks."""
+    leaves = []
+    _walk_backward(root, grad, leaves)
+    for hook in list(_post_backward_hooks.values()):
+        hook(tuple(leaves))
+
+
+def _walk_backward(root, grad, leaves):
     pending = {id(root): grad}
     for tensor in _topological_order(root):
         grad_output = pending.pop(id(tensor), None)
@@ -96,6 +127,7 @@ def run_backward(root, grad):
                     tensor.grad = np.array(grad_output, dtype=tensor.dtype, copy=True)
                 else:
                     tensor.grad += grad_output
+                leaves.append(tensor)
             continue
         input_grads = op.backward(grad_output)
         if not isinstance(input_grads, tuple):

@@ -27,9 +27,13 @@ class DataLoader:
     None. `transform(x, generator=...)` is applied to each batch of images; its generator is derived from the
     epoch and the batch index, so a run resumed from `state_dict()` sees exactly the same batches, even when
     the state was taken in the middle of an epoch.
+
+    A `sampler` (an iterable of dataset indices with a length, such as `DistributedSampler`) decides the samples
+    and their order instead of `shuffle`; its order is read at the start of each epoch.
     """
 
-    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, transform=None):
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, transform=None,
+                 sampler=None):
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(
                 f"DataLoader expected a dataset with __len__ and __getitem__, but got {type(dataset).__name__}"
@@ -46,6 +50,12 @@ class DataLoader:
                 raise TypeError(f"seed should be None or an integer, but got seed={seed!r}")
             if seed < 0:
                 raise ValueError(f"seed should be a non-negative integer, but got seed={seed}")
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("sampler option is mutually exclusive with shuffle")
+            if not (hasattr(sampler, "__iter__") and hasattr(sampler, "__len__")):
+                raise TypeError(f"sampler should be an iterable of indices with a length, but got "
+                                f"{type(sampler).__name__}")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform should be callable, but got {type(transform).__name__}")
         self.dataset = dataset
@@ -54,6 +64,7 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.seed = seed
         self.transform = transform
+        self.sampler = sampler
         self._transform_takes_generator = transform is not None and _takes_generator(transform)
         if seed is None:
             seed = int(_config.generator().integers(2**63))
@@ -63,10 +74,13 @@ class DataLoader:
         self._active_epoch = None
         self._resume = None
 
+    def _sample_count(self):
+        return len(self.dataset) if self.sampler is None else len(self.sampler)
+
     def __len__(self):
         if self.drop_last:
-            return len(self.dataset) // self.batch_size
-        return math.ceil(len(self.dataset) / self.batch_size)
+            return self._sample_count() // self.batch_size
+        return math.ceil(self._sample_count() / self.batch_size)
 
     def state_dict(self):
         """Where the loader stands: the generator state at the start of the current epoch and the batches
@@ -114,8 +128,14 @@ class DataLoader:
         else:
             start_state, skip = self._generator.bit_generator.state, 0
         self._generator.bit_generator.state = start_state
-        n = len(self.dataset)
-        order = self._generator.permutation(n) if self.shuffle else None
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            if order.size != len(self.sampler):
+                raise ValueError(f"the sampler yielded {order.size} indices, but its length is {len(self.sampler)}")
+            n = order.size
+        else:
+            n = len(self.dataset)
+            order = self._generator.permutation(n) if self.shuffle else None
         epoch_key = int(self._generator.integers(2**63)) if self.transform is not None else None
         n_batches = len(self)
         token = object()

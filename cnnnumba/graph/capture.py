@@ -12,6 +12,7 @@ from ..autograd.tensor import Tensor
 from ..ops.loss import CrossEntropy as CrossEntropyOp
 from . import nodes as N
 from .fusion import fuse
+from .gradient_sync import gradient_sync_for
 from .lower import Lowering, number_values
 from .plan import plan_memory, plan_workspace, unplanned_bytes
 from .trace import Tracer
@@ -188,6 +189,8 @@ class _TrainingGraph:
         self.labels = self.loss_node.target
         self.classes = self.logits_value.shape[1]
         self.bn_modules = [n.module for n in forward if isinstance(n, N.BatchNormTrain) and n.module is not None]
+        # data-parallel (DistributedDataParallel under MPI): gradient buckets all-reduced during the backward
+        self.gradient_sync = gradient_sync_for(model, self.update, self.schedule.backward_nodes)
 
     def _bind_labels(self, records, loss, y):
         """The cross-entropy's target becomes a buffer the step fills with each batch's labels."""
@@ -208,9 +211,12 @@ class _TrainingGraph:
             module.num_batches_tracked += 1
         for node in self.schedule.forward_nodes:
             node.forward()
-        for node in self.schedule.backward_nodes:
+        sync = self.gradient_sync
+        for index, node in enumerate(self.schedule.backward_nodes):
             node.backward()
-        self.update.step()
+            if sync is not None:
+                sync.backward_node_done(index)  # starts the buckets this node completed; drives MPI progress
+        self.update.step(before_group=None if sync is None else sync.wait_for)
         self.input_node.source = None
         return float(self.loss_node.value)
 

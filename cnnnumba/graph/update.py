@@ -104,9 +104,15 @@ class FusedUpdate:
             return False
         return all(param.data is view for param, view in self.homes)
 
-    def step(self):
+    def step(self, before_group=None):
+        """The update; `before_group(grad_arena)`, when given, runs before each group's update (None: before the
+        whole unfused step) so a data-parallel step waits only for the gradients that group needs."""
         if not self.fused:
+            if before_group is not None:
+                before_group(None)
             self.optimizer.step()
             return
         for group, params, param_arena, grad_arena, states in self.groups:
+            if before_group is not None:
+                before_group(grad_arena)
             self.optimizer.update_flat(group, params, param_arena, grad_arena, states)

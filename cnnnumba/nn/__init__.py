@@ -1,5 +1,5 @@
 """Neural-network building blocks with PyTorch's names: Module, Parameter, layers, losses, init and utils."""
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .activation import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .container import Sequential
 from .conv import Conv2d
@@ -14,4 +14,4 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten", "GELU",
            "Identity", "LeakyReLU", "Linear", "MSELoss", "MaxPool2d", "Module", "Parameter", "ReLU", "Sequential",
-           "Sigmoid", "Tanh", "functional", "init", "utils"]
+           "Sigmoid", "Tanh", "functional", "init", "parallel", "utils"]
