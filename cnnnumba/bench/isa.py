@@ -284,6 +284,8 @@ def summarize(document):
     observed = {}
     for seen in _observations(document):
         for library, value in seen.items():
+            if value is None:  # the library printed no ISA line: nothing to show or judge
+                continue
             shown = _shown(library, value)
             entry = observed.setdefault(library, {"values": [], "took": []})
             if shown not in entry["values"]:
