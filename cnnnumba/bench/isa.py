@@ -307,8 +307,8 @@ def report_lines(document):
         return []
     host_part = f"host {info['host_cpu']}, {info['host_tier']}"
     if info["restricted"]:
-        lines = [f"instruction set: {info['requested']} RESTRICTED ({host_part}): a stand-in for a "
-                 f"{_TIER_NAMES[info['requested']]} CPU; Numba compiles for {info['numba_target']['cpu']}"]
+        lines = [f"instruction set: {info['requested']} RESTRICTED ({host_part}): a stand-in for a CPU whose "
+                 f"widest is {_TIER_NAMES[info['requested']]}; Numba compiles for {info['numba_target']['cpu']}"]
     else:
         lines = [f"instruction set: native ({host_part}), not restricted; Numba compiles for "
                  f"{info['numba_target']['cpu']} ({info['numba_target']['tier']})"]
