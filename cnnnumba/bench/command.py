@@ -4,6 +4,7 @@ import os
 import sys
 
 from .._argtypes import non_negative_int, positive_int
+from .isa import TIERS
 from .runners import MODEL_INPUTS
 
 # --quick leaves ResNet-20 out: its six runs (three frameworks, two modes) alone take about a minute here
@@ -48,6 +49,10 @@ def add_parser(commands):
                        help="instead of the comparison, time pairs of cnnnumba steps, one on 1 thread and one on "
                             "--threads (default: all cores) back to back, in one process per round, NumPy's sgemm "
                             "likewise, and report the speed-up (the median over the pairs of each pair's ratio)")
+    bench.add_argument("--isa", choices=TIERS, default="native",
+                       help="restrict every worker, and every library in it (Numba, PyTorch with oneDNN and MKL, "
+                            "OpenBLAS, NumPy), to this instruction set: a stand-in for a CPU of that tier; the "
+                            "reports name the tier (default: native, the host's own, environment left as it is)")
     bench.add_argument("--seed", type=non_negative_int, default=0, help="weights and batches (default: 0)")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH", help="write a bar chart PNG (needs matplotlib)")
@@ -76,12 +81,20 @@ def settings_from(args, parser):
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             parser.error(f"argument {option}: the folder of {path} does not exist")
+    if args.isa != "native":
+        from . import isa
+
+        try:
+            isa.check(args.isa)
+        except ValueError as error:
+            parser.error(f"argument {error}")
     default_models = [PROFILE_MODEL] if args.profile else base["models"]
     return {"models": args.models or default_models, "batch_sizes": args.batch_sizes or base["batch_sizes"],
             "modes": args.modes or base["modes"], "steps": args.steps or base["steps"],
             "warmup": base["warmup"] if args.warmup is None else args.warmup, "threads": threads,
             "rounds": args.rounds or (3 if args.scaling else 1), "eager": args.eager, "no_torch": args.no_torch,
-            "torch_compile": args.torch_compile, "quick": args.quick, "seed": args.seed, "distinct_batches": 4, "peak_size": base["peak_size"],
+            "torch_compile": args.torch_compile, "quick": args.quick, "seed": args.seed, "isa": args.isa,
+            "distinct_batches": 4, "peak_size": base["peak_size"],
             "peak_repeats": base["peak_repeats"]}
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from . import isa
 from .flops import COUNTED, model_flops
 from .worker import RESULT_MARKER
 
@@ -87,12 +88,13 @@ def _children_cpu_seconds():
 
 
 def run_worker(spec, threads, timeout=WORKER_TIMEOUT_S):
-    """Run one measurement in a fresh process pinned to `threads` threads; returns its result dict.
+    """Run one measurement in a fresh process pinned to `threads` threads (and restricted to spec["isa"], when
+    given, through isa.apply); returns its result dict.
 
     The result also says how busy the rest of the machine was meanwhile: `other_load_cores`, the cores that
     other processes kept busy on average while the worker ran (0 on a quiet machine).
     """
-    environment = dict(os.environ)
+    environment = isa.apply(spec.get("isa", "native"), dict(os.environ))
     for variable in ("CNNNUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         environment[variable] = str(threads)
     busy_before, own_before, started = _busy_cpu_seconds(), _children_cpu_seconds(), time.perf_counter()
@@ -120,7 +122,7 @@ def _record(spec, result, flops, peak_gflops):
     record = {"model": spec["model"], "batch_size": spec["batch_size"], "mode": spec["mode"],
               "framework": spec["framework"], "variant": spec.get("variant") or result.get("variant"),
               "threads": spec["threads"], "status": result["status"],
-              "other_load_cores": result.get("other_load_cores")}
+              "other_load_cores": result.get("other_load_cores"), "isa_observed": result.get("isa")}
     if result["status"] != "ok":
         record["error"] = result["error"]
         return record
@@ -193,8 +195,8 @@ def _compare_group(records, attempts):
 
 
 def measure_peak(settings, log):
-    peak = run_worker({"kind": "peak", "size": settings["peak_size"], "repeats": settings["peak_repeats"]},
-                      settings["threads"])
+    peak = run_worker({"kind": "peak", "size": settings["peak_size"], "repeats": settings["peak_repeats"],
+                       "isa": settings.get("isa", "native")}, settings["threads"])
     if peak["status"] == "ok":
         log(f"sgemm peak (NumPy float32 matmul {peak['size']}x{peak['size']}, {settings['threads']} threads): "
             f"{peak['gflops']:.1f} GFLOP/s")
@@ -207,7 +209,8 @@ def _header(settings, peak):
     return {"schema": SCHEMA, "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine_info(), "versions": versions(), "threads": settings["threads"],
             "settings": {key: value for key, value in settings.items() if key != "threads"},
-            "flops_counted": COUNTED, "sgemm_peak": peak}
+            "flops_counted": COUNTED, "sgemm_peak": peak,
+            "isa": isa.describe_request(settings.get("isa", "native"))}
 
 
 def run_comparison(settings, log=print):
@@ -246,7 +249,8 @@ def run_comparison(settings, log=print):
                         spec = {"kind": "model", "framework": framework, "variant": variant, "model": model,
                                 "batch_size": batch_size, "mode": mode, "steps": settings["steps"],
                                 "warmup": settings["warmup"], "seed": settings["seed"], "eager": settings["eager"],
-                                "distinct_batches": settings["distinct_batches"], "threads": settings["threads"]}
+                                "distinct_batches": settings["distinct_batches"], "threads": settings["threads"],
+                                "isa": settings.get("isa", "native")}
                         result = run_worker(spec, settings["threads"])
                         flops = per_image(mode, result) * batch_size if result["status"] == "ok" else 0
                         record = _record(spec, result, flops, peak_gflops)
@@ -257,6 +261,7 @@ def run_comparison(settings, log=print):
                 _compare_group(group, [attempts[run] for run in runs])
                 records.extend(group)
     document["records"] = records
+    isa.summarize(document)
     document["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return document
 
@@ -279,10 +284,10 @@ def _progress_line(record):
 def _scaling_run(group, threads, settings):
     """One round of a --scaling group, a worker process started on `threads` threads: (its pairs, each
     {"1": seconds, str(threads): seconds}, or None when it failed; its error or None; the cores other processes
-    kept busy meanwhile)."""
+    kept busy meanwhile; what it saw of its instruction set)."""
     model, batch_size, mode = group
     spec = {"kind": "scaling", "model": model, "threads": threads, "steps": settings["steps"],
-            "warmup": settings["warmup"]}
+            "warmup": settings["warmup"], "isa": settings.get("isa", "native")}
     if model == "sgemm":
         spec["size"] = batch_size
     else:
@@ -290,7 +295,7 @@ def _scaling_run(group, threads, settings):
                     distinct_batches=settings["distinct_batches"])
     result = run_worker(spec, threads)
     return (result["pairs"] if result["status"] == "ok" else None), result.get("error"), \
-        result.get("other_load_cores")
+        result.get("other_load_cores"), result.get("isa")
 
 
 def _pair_speedups(pairs, threads):
@@ -331,9 +336,9 @@ def run_scaling(settings, log=print):
     rounds = {group: [] for group in groups}
     for round_index in range(settings["rounds"]):
         for group in groups:
-            pairs, error, load = _scaling_run(group, threads, settings)
+            pairs, error, load, observed = _scaling_run(group, threads, settings)
             rounds[group].append({"round": round_index + 1, "pairs": pairs, "error": error,
-                                  "other_load_cores": load})
+                                  "other_load_cores": load, "isa": observed})
             where = f"{group[0]} " + (f"{group[1]}x{group[1]}" if group[0] == "sgemm" else
                                       f"batch {group[1]} {group[2]}")
             if pairs:
@@ -344,7 +349,7 @@ def run_scaling(settings, log=print):
             else:
                 log(f"  {where}, round {round_index + 1}: FAILED ({error})")
     document["scaling"] = [_scaling_summary(group, rounds[group], threads) for group in groups]
-    return document
+    return isa.summarize(document)
 
 
 def run_profile(settings, log=print):
@@ -355,7 +360,7 @@ def run_profile(settings, log=print):
     document = _header(settings, peak)
     spec = {"kind": "profile", "model": settings["models"][0], "batch_size": settings["batch_sizes"][0],
             "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"],
-            "eager": settings["eager"]}
+            "eager": settings["eager"], "isa": settings.get("isa", "native")}
     result = run_worker(spec, settings["threads"])
     if result["status"] == "ok":
         for op in result["ops"]:
@@ -365,4 +370,4 @@ def run_profile(settings, log=print):
                 op[f"{phase}_gflops"] = gflops
                 op[f"{phase}_percent_of_peak"] = 100.0 * gflops / peak_gflops if gflops and peak_gflops else None
     document["profile"] = result
-    return document
+    return isa.summarize(document)

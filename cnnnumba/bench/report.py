@@ -4,6 +4,7 @@ import os
 import tempfile
 
 from .harness import framework_label
+from .isa import report_lines, title
 
 
 def _number(value, digits=1):
@@ -55,7 +56,7 @@ def comparison_table(document):
              f"FLOPs counted: {document['flops_counted']}."]
     if document.get("torch_missing"):
         lines.append("torch is missing: cnnnumba ran alone.")
-    return "\n".join(lines)
+    return "\n".join(report_lines(document) + lines)
 
 
 def scaling_table(document):
@@ -76,7 +77,7 @@ def scaling_table(document):
         milliseconds = [_number(record["seconds"][key] * 1e3, 2) for key in ("1", str(threads))]
         rows.append(head + milliseconds + [f"{record['speedup']:.2f}", f"{min(by_round):.2f}-{max(by_round):.2f}",
                                            _number(record["other_load_cores"], 2)])
-    lines = [_render(headers, rows, 3), ""]
+    lines = report_lines(document) + [_render(headers, rows, 3), ""]
     if sgemm is not None and sgemm["status"] == "ok":
         size, by_round = sgemm["batch_size"], sgemm["speedup_by_round"]
         gflops = {key: 2 * size ** 3 / seconds / 1e9 for key, seconds in sgemm["seconds"].items()}
@@ -99,7 +100,7 @@ def profile_table(document):
     the rest and the total."""
     profile = document["profile"]
     if profile["status"] != "ok":
-        return f"profile failed: {profile['error']}"
+        return "\n".join(report_lines(document) + [f"profile failed: {profile['error']}"])
     captured = profile.get("path") == "captured"
     step = profile["step_ms"]
     headers = ["phase", "node" if captured else "layer", "op" if not captured else "value",
@@ -133,10 +134,10 @@ def profile_table(document):
     path = (f"one captured training step (graph replay; median of {profile['steps']} timed steps, each node's "
             f"median; steps without timers: {_number(profile.get('untimed_step_ms'), 2)} ms)" if captured else
             f"one eager training step (median of {profile['steps']} steps)")
-    title = (f"profile: {profile['model']}, batch {profile['batch_size']}, {path}, {document['threads']} threads, "
-             f"sgemm peak {_number(document['sgemm_peak'].get('gflops'))} GFLOP/s; other processes kept "
-             f"{_number(profile.get('other_load_cores'), 2)} cores busy meanwhile")
-    return title + "\n" + _render(headers, rows, 4)
+    heading = (f"profile: {profile['model']}, batch {profile['batch_size']}, {path}, {document['threads']} "
+               f"threads, sgemm peak {_number(document['sgemm_peak'].get('gflops'))} GFLOP/s; other processes kept "
+               f"{_number(profile.get('other_load_cores'), 2)} cores busy meanwhile")
+    return "\n".join(report_lines(document) + [heading, _render(headers, rows, 4)])
 
 
 def write_json(document, path):
@@ -175,7 +176,8 @@ def plot(document, path):
     axes.set_xticklabels([f"{m}\nbatch {b}\n{mode}" for m, b, mode in groups])
     axes.set_yscale("log")  # LeNet-5 and the cifar-cnn differ by orders of magnitude
     axes.set_ylabel("images / s, log scale (higher is better)")
-    axes.set_title(f"cnnnumba vs PyTorch, {document['threads']} threads, {document['machine']['cpu']}", fontsize=9)
+    axes.set_title(f"cnnnumba vs PyTorch, {title(document)}, {document['threads']} threads, "
+                   f"{document['machine']['cpu']}", fontsize=9)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -343,6 +343,10 @@ def main(argv=None):
     except Exception as error:  # reported to the parent, which records it and goes on with the other runs
         traceback.print_exc()
         result = {"status": "failed", "error": f"{type(error).__name__}: {error}".strip()[:500]}
+    from .isa import observe
+
+    # after the measurement, so the probes (a small convolution in PyTorch) cost the timed steps nothing
+    result["isa"] = observe(with_torch=spec.get("framework") == "torch")
     print(RESULT_MARKER + json.dumps(result), flush=True)
     return 0
 
