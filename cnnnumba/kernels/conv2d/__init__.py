@@ -66,7 +66,8 @@ def conv2d_workspace_bytes(pass_name, x_shape, weight_shape, out_shape, dtype, s
     as `workspace=`, lets it run without allocating."""
     if pass_name == "backward_bias":
         return specs_bytes(general.backward_bias_plan(np.dtype(dtype), tuple(out_shape))[0])
-    geometry = Geometry(x_shape, weight_shape, out_shape, stride, padding, dilation, groups)
+    geometry = Geometry(tuple(x_shape), tuple(weight_shape), tuple(out_shape), tuple(stride), tuple(padding),
+                        tuple(dilation), int(groups))
     return specs_bytes(plan(_PASSES[pass_name], geometry, dtype).specs)
 
 
@@ -82,8 +83,8 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         if bias.shape != (weight.shape[3],):
             _guard(False, f"bias shape {bias.shape}")
         bias = _contiguous(bias, dtype)
-    variant, specs, details = plan(Pass.FORWARD, Geometry(x.shape, weight.shape, out.shape, stride, padding,
-                                                          dilation, groups), dtype)
+    variant, specs, details = plan(Pass.FORWARD, Geometry(x.shape, weight.shape, out.shape, tuple(stride),
+                                                          tuple(padding), tuple(dilation), int(groups)), dtype)
     scratch = carve(workspace, specs)
     if variant is Variant.WINOGRAD_F4:
         winograd_f4.forward(x, weight, bias, out, padding, relu, scratch, details)
@@ -112,8 +113,9 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == out.shape[0] and grad_out.shape[3] == weight.shape[3], "grad_out shape")
     grad_out, weight = _contiguous(grad_out, dtype), _contiguous(weight, dtype)
-    variant, specs, details = plan(Pass.BACKWARD_INPUT, Geometry(out.shape, weight.shape, grad_out.shape, stride,
-                                                                 padding, dilation, groups), dtype)
+    variant, specs, details = plan(Pass.BACKWARD_INPUT, Geometry(out.shape, weight.shape, grad_out.shape,
+                                                                 tuple(stride), tuple(padding), tuple(dilation),
+                                                                 int(groups)), dtype)
     scratch = carve(workspace, specs)
     if variant is Variant.WINOGRAD_F4:
         winograd_f4.backward_input(grad_out, weight, out, padding, scratch, details)
@@ -142,8 +144,9 @@ def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dila
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == x.shape[0] and grad_out.shape[3] == out.shape[3], "grad_out shape")
     x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
-    variant, specs, details = plan(Pass.BACKWARD_WEIGHT, Geometry(x.shape, out.shape, grad_out.shape, stride,
-                                                                  padding, dilation, groups), dtype)
+    variant, specs, details = plan(Pass.BACKWARD_WEIGHT, Geometry(x.shape, out.shape, grad_out.shape,
+                                                                  tuple(stride), tuple(padding), tuple(dilation),
+                                                                  int(groups)), dtype)
     scratch = carve(workspace, specs)
     if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F2):
         geometry, direct_specs, direct_details = details

@@ -284,19 +284,19 @@ _PLANNERS = {Pass.FORWARD: _forward_planner, Pass.BACKWARD_INPUT: _backward_inpu
 
 
 @functools.lru_cache(maxsize=2048)
-def _cached_plan(pass_, dtype, geometry, budget, machine, forced):
+def _cached_plan(pass_, geometry, dtype, budget, machine, forced):
+    geometry = Geometry(*(tuple(map(int, v)) if isinstance(v, tuple) else int(v) for v in geometry))
+    dtype = np.dtype(dtype)
     variant = select(pass_, geometry, dtype, budget, machine)
     specs, details = _PLANNERS[pass_](variant, dtype, geometry, budget)
     return Plan(variant, specs, details)
 
 
 def plan(pass_, geometry, dtype, budget=None, machine=None):
-    """The Plan (variant, scratch specs, variant details) of a pass; cached per shape, budget, machine and forced
-    variant."""
-    geometry = Geometry(*(tuple(map(int, v)) if isinstance(v, (tuple, list)) else int(v) for v in geometry))
-    budget = workspace.WORKSPACE_BYTES if budget is None else budget
-    return _cached_plan(pass_, np.dtype(dtype), geometry, budget, machine or target_machine(),
-                        _forced().get(pass_))
+    """The Plan (variant, scratch specs, variant details) of a pass for a Geometry of tuples and ints; cached per
+    shape, budget, machine and forced variant (a kernel call allocates nothing here once its shape was planned)."""
+    return _cached_plan(pass_, geometry, dtype, workspace.WORKSPACE_BYTES if budget is None else budget,
+                        machine or target_machine(), _forced().get(pass_))
 
 
 # ----- forcing a variant (tests, benchmarks) --------------------------------------------------------------------
