@@ -1,5 +1,5 @@
-"""LeNet-5's few-channel layers: conv2d passes (conv2d_small.py vs the im2col + GEMM path it replaced, and PyTorch)
-and 2x2 max pooling, batch 64.
+"""LeNet-5's few-channel layers: conv2d passes (each few-channel variant and the im2col + GEMM variant they
+replaced, forced through the public entry points, and PyTorch) and 2x2 max pooling, batch 64.
 
 Run: python -m pytest bench/test_bench_lenet_layers.py --benchmark-only
 Each case checks its result against the NumPy reference once and compiles outside the timing; GFLOP/s
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import cnnnumba as cn
-from cnnnumba.kernels import conv2d_gemm, conv2d_small, pool2d
 from cnnnumba import reference
+from cnnnumba.kernels import conv2d as kernels
+from cnnnumba.kernels import pool2d
 
 try:
     import torch
@@ -22,6 +23,7 @@ BATCH = 64
 # (C_in, C_out, input size, padding), 5x5 kernel: LeNet-5's two convolutions on 28x28 images
 LAYERS = [(1, 6, 28, 2), (6, 16, 14, 0)]
 PASSES = ["forward", "backward_input", "backward_weight"]
+VARIANTS = [kernels.Variant.SMALL_ROWS, kernels.Variant.SMALL_BANDS, kernels.Variant.GEMM]
 
 
 def _arrays(layer):
@@ -36,20 +38,21 @@ def _arrays(layer):
 
 
 def _run(module, name, layer, x, weight, bias, grad_out):
-    padding = (layer[3], layer[3])
-    if module is reference or module is conv2d_gemm:
-        suffix = "" if module is reference else "_gemm"
-        options = dict(stride=(1, 1), padding=padding)
-        if name == "forward":
-            return lambda: getattr(module, "conv2d_forward" + suffix)(x, weight, bias, np.empty_like(grad_out), **options)
-        if name == "backward_input":
-            return lambda: getattr(module, "conv2d_backward_input" + suffix)(grad_out, weight, np.empty_like(x), **options)
-        return lambda: getattr(module, "conv2d_backward_weight" + suffix)(x, grad_out, np.empty_like(weight), **options)
+    """A pass of the entry points (module=kernels) or their NumPy twins (module=reference)."""
+    options = dict(stride=(1, 1), padding=(layer[3], layer[3]))
     if name == "forward":
-        return lambda: conv2d_small.conv2d_forward_small(x, weight, bias, np.empty_like(grad_out), padding)
+        return lambda: module.conv2d_forward(x, weight, bias, np.empty_like(grad_out), **options)
     if name == "backward_input":
-        return lambda: conv2d_small.conv2d_backward_input_small(grad_out, weight, np.empty_like(x), padding)
-    return lambda: conv2d_small.conv2d_backward_weight_small(x, grad_out, np.empty_like(weight), padding)
+        return lambda: module.conv2d_backward_input(grad_out, weight, np.empty_like(x), **options)
+    return lambda: module.conv2d_backward_weight(x, grad_out, np.empty_like(weight), **options)
+
+
+def _forced(variant, name, run):
+    """run under force_variant (per thread: pytest-benchmark times on the calling thread)."""
+    def forced_run():
+        with kernels.force_variant(**{name: variant}):
+            return run()
+    return forced_run
 
 
 def _torch_run(name, layer, x, weight, bias, grad_out):
@@ -65,7 +68,7 @@ def _torch_run(name, layer, x, weight, bias, grad_out):
 
 @pytest.mark.parametrize("name", PASSES)
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: f"{layer[0]}to{layer[1]}@{layer[2]}")
-@pytest.mark.parametrize("framework", ["small", "gemm", "torch"])
+@pytest.mark.parametrize("framework", [v.value for v in VARIANTS] + ["torch"])
 def test_conv_pass(benchmark, framework, layer, name):
     arrays = _arrays(layer)
     if framework == "torch":
@@ -74,8 +77,12 @@ def test_conv_pass(benchmark, framework, layer, name):
         torch.set_num_threads(cn.get_num_threads())
         run = _torch_run(name, layer, *arrays)
     else:
-        run = _run(conv2d_small if framework == "small" else conv2d_gemm, name, layer, *arrays)
-        np.testing.assert_allclose(run(), _run(reference, name, layer, *arrays)(), rtol=1e-3, atol=1e-2)
+        run = _forced(kernels.Variant(framework), name, _run(kernels, name, layer, *arrays))
+        try:
+            got = run()
+        except ValueError as error:  # the variant cannot run this pass of this layer
+            pytest.skip(str(error))
+        np.testing.assert_allclose(got, _run(reference, name, layer, *arrays)(), rtol=1e-3, atol=1e-2)
     benchmark.pedantic(run, rounds=15, iterations=3, warmup_rounds=2)
     if benchmark.stats is not None:  # None under --benchmark-disable
         flops = 2.0 * BATCH * arrays[3].shape[1] ** 2 * layer[1] * layer[0] * 25

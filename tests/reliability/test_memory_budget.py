@@ -1,4 +1,4 @@
-"""Every conv pass keeps its scratch within one fixed budget (conv2d_workspace.WORKSPACE_BYTES), whatever the
+"""Every conv pass keeps its scratch within one fixed budget (conv2d workspace.WORKSPACE_BYTES), whatever the
 batch and channel count: the workspace size function over a table of shapes up to ImageNet scale, and the traced
 peak of forward + both backward passes at a large batch, measured in a fresh process, which stays under the
 budget and does not grow with the batch."""
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cnnnumba.kernels import conv2d as kernels
-from cnnnumba.kernels import conv2d_workspace
+from cnnnumba.kernels.conv2d import Variant
+from cnnnumba.kernels.conv2d import workspace as conv2d_workspace
 
 PASSES = ("forward", "backward_input", "backward_weight", "backward_bias")
 # (batch, C_in, C_out, input size, kernel, stride, padding)
@@ -27,7 +28,7 @@ HUGE = [
     (1, 3, 32, 4096, 3, 1, 1),        # one huge image
     (4096, 256, 512, 56, 1, 2, 0),    # 1x1 projection shortcuts (the 1x1 path)
     (4096, 1024, 2048, 14, 1, 2, 0),  # a 1x1 weight of a quarter of the budget: two partial weight gradients
-    (4096, 1, 6, 28, 5, 1, 2),        # LeNet-5's few-channel layers: the direct path of conv2d_small.py
+    (4096, 1, 6, 28, 5, 1, 2),        # LeNet-5's few-channel layers: the few-channel variants of small.py
     (4096, 6, 16, 14, 5, 1, 0),
     (4096, 3, 8, 224, 3, 1, 1),
 ]
@@ -53,12 +54,13 @@ PROGRAM = textwrap.dedent("""
     import json, sys, tracemalloc
     import numpy as np
     from cnnnumba.kernels import conv2d as kernels
+    from cnnnumba.kernels.conv2d import workspace
 
     dtype = np.dtype(sys.argv[1])
     channels_in, channels_out, size, groups = map(int, sys.argv[2:6])
     batches = [int(b) for b in sys.argv[6].split(",")]
     if len(sys.argv) > 7:
-        kernels.conv2d_workspace.WORKSPACE_BYTES = int(sys.argv[7])
+        workspace.WORKSPACE_BYTES = int(sys.argv[7])
     report = []
     for batch in [2] + batches:  # batch 2 compiles (or loads) the kernels outside the measurement
         rng = np.random.default_rng(0)
@@ -118,12 +120,13 @@ FEW_CHANNELS = [(1024, 1, 6, 28, 5, 2), (1024, 6, 16, 14, 5, 0), (256, 3, 8, 32,
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", FEW_CHANNELS)
 def test_few_channel_passes_take_their_scratch_from_the_workspace(shape, dtype):
-    """The direct few-channel path (conv2d_small.py) at a large batch: each pass's workspace is within the budget,
+    """The few-channel variants (small.py) at a large batch: each pass's workspace is within the budget,
     and given it, forward + both backward passes allocate nothing more (no per-job frames, partials or weight
     copies of their own)."""
     batch, channels_in, channels_out, size, kernel, padding = shape
     x_shape, w_shape, y_shape = _shapes(batch, channels_in, channels_out, size, kernel, 1, padding)
-    assert kernels.uses_small(w_shape, (1, 1), 1)
+    geometry = kernels.Geometry(x_shape, w_shape, y_shape, (1, 1), (padding, padding), (1, 1), 1)
+    assert kernels.select(kernels.Pass.FORWARD, geometry, dtype) in (Variant.SMALL_ROWS, Variant.SMALL_BANDS)
     options = dict(padding=(padding, padding))
     sizes = [kernels.conv2d_workspace_bytes(name, x_shape, w_shape, y_shape, dtype, **options) for name in PASSES]
     assert 0 < max(sizes) <= conv2d_workspace.WORKSPACE_BYTES, sizes

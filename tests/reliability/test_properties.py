@@ -1,5 +1,5 @@
 """Property tests: random convolution and pooling configurations through the public ops (Numba kernels, every
-fast and general path they choose) against the NumPy twins in kernels/reference.py, forward and backward."""
+fast and general path they choose) against the NumPy twins in cnnnumba/reference/, forward and backward."""
 import math
 
 import numpy as np

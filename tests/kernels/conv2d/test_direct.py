@@ -1,0 +1,117 @@
+"""The register-tiled direct variants (direct.py): Variant.DIRECT for every pass (the strided input gradient by
+phases) and Variant.DIRECT_COLUMNS, the weight gradient as one column matrix; reduction blocks, weight-gradient
+partials and strip bands under changed planning constants."""
+import numpy as np
+import pytest
+
+from cnnnumba.kernels.conv2d import Pass, Variant, direct, plan, workspace
+from tests.kernels.conv2d.common import (CASES, ConvCase, arrays, assert_close, case_id, check_passes,
+                                         expected_pass, forced, on_threads, run_pass, select_module)
+
+# The cases whose shapes the direct tiles take, per pass (float32; never float64)
+DIRECT_APPLIES = {
+    Pass.FORWARD: (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30),
+    Pass.BACKWARD_INPUT: (11, 15, 16, 19, 20, 21, 22, 23, 24, 25, 27, 28, 29, 30),
+    Pass.BACKWARD_WEIGHT: (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30),
+}
+PASS_NAMES = {Pass.FORWARD: "forward", Pass.BACKWARD_INPUT: "backward_input", Pass.BACKWARD_WEIGHT: "backward_weight"}
+
+
+def test_direct_applies_to_exactly_the_tiled_cases():
+    """The case table must keep exercising the register-tiled kernels, not only the general ones."""
+    for index, case in enumerate(CASES):
+        for pass_, indices in DIRECT_APPLIES.items():
+            assert select_module.applies(pass_, Variant.DIRECT, np.float32, case.geometry) == (index in indices), \
+                (index, pass_)
+            assert not select_module.applies(pass_, Variant.DIRECT, np.float64, case.geometry), (index, pass_)
+
+
+@pytest.mark.parametrize("index", sorted(set().union(*DIRECT_APPLIES.values())))
+def test_forced_direct_matches_the_reference(index):
+    """Every pass the direct tiles can run, run by them (where select prefers Winograd or the 1x1 tiles too)."""
+    case = CASES[index]
+    names = [PASS_NAMES[p] for p, indices in DIRECT_APPLIES.items() if index in indices]
+    with forced(Variant.DIRECT, *names):
+        check_passes(case, names=names)
+        check_passes(case, names=("forward",) if "forward" in names else (), bias=False, relu=True)
+
+
+@pytest.mark.parametrize("case", [CASES[i] for i in (11, 16, 21, 23, 26)], ids=case_id)
+def test_reduction_blocks_add_up(case, small_reduction_blocks):
+    """Wide layers split the reduction into blocks that accumulate in out; blocks of 8 make these cases do it, and
+    the ReLU clamps only after the last block (a clamp before it would lose negatives)."""
+    names = [PASS_NAMES[p] for p in (Pass.FORWARD, Pass.BACKWARD_INPUT)
+             if CASES.index(case) in DIRECT_APPLIES[p]]
+    with forced(Variant.DIRECT, *names):
+        check_passes(case, names=names)
+        check_passes(case, names=("forward",), relu=True)
+
+
+def test_weight_gradient_partials_shrink_under_a_small_budget_and_stay_thread_independent(plan_constant):
+    """With a budget that holds two partials instead of the usual count, the result still matches the reference
+    and is bit-identical on 1 and 2 threads (the chunk count depends on the shape and the budget only)."""
+    case = CASES[19]
+    partial = 3 * 96 * 32 * 4  # kH x (kW * C_in) x C_out, the folded layout
+    plan_constant(workspace, "WORKSPACE_BYTES", 2 * (2 * partial + 256))
+    data = arrays(case)
+    with forced(Variant.DIRECT, "backward_weight"):
+        variant, _, (shape, chunks, band_rows) = plan(Pass.BACKWARD_WEIGHT, case.geometry, case.dtype)
+        assert variant is Variant.DIRECT and shape == (3, 1, 96, 32) and chunks == 2
+        one, two = on_threads(lambda: run_pass("backward_weight", case, data))
+    np.testing.assert_array_equal(one, two)
+    assert_close(one, expected_pass("backward_weight", case, data))
+
+
+def test_backward_weight_strips_hold_bands_of_rows(plan_constant):
+    """Tall images are padded into a chunk's strip a band of rows at a time; the result does not change."""
+    case = CASES[20]
+    data = arrays(case)
+    with forced(Variant.DIRECT, "backward_weight"):
+        want = run_pass("backward_weight", case, data)
+        plan_constant(direct, "WEIGHT_STRIP_BYTES", 1)  # one output row per band
+        assert plan(Pass.BACKWARD_WEIGHT, case.geometry, case.dtype).details[2] == 1
+        got = run_pass("backward_weight", case, data)
+    np.testing.assert_array_equal(got, want)
+
+
+# ---- Variant.DIRECT_COLUMNS: all kH * kW * C_in values under an output pixel side by side, one reduction
+# padded once to a whole tile (layers with few input channels) ----
+
+COLUMNS = [
+    ConvCase(2, 12, 10, 3, 16, padding=1),                                  # a first layer: 27 -> 32 rows of 16
+    ConvCase(3, 9, 11, 3, 32, padding=1),                                   # 27 -> 32 rows of 8-row tiles
+    ConvCase(2, 9, 18, 3, 64, stride=2, padding=1),                         # stride 2, 4-row tiles of 64 channels
+    ConvCase(2, 10, 12, 1, 16),                                             # one channel, no padding
+    ConvCase(2, 13, 9, 3, 16, stride=(2, 1), padding=(2, 1), dilation=(2, 1)),  # stride, dilation: height only
+    ConvCase(1, 8, 70, 2, 32, kernel=(5, 3), padding=(2, 0)),               # more than a block's pixels in a row
+    ConvCase(2, 5, 6, 3, 32, kernel=(2, 4), stride=(1, 2), padding=(1, 2)),  # non-square kernel, strided width
+]
+
+
+@pytest.mark.parametrize("case", COLUMNS, ids=case_id)
+def test_the_column_weight_gradient_matches_the_reference(case):
+    assert case.selected("backward_weight") is Variant.DIRECT_COLUMNS
+    check_passes(case, names=("backward_weight",))
+
+
+@pytest.mark.parametrize("case", [
+    ConvCase(2, 8, 16, 16, 32, stride=2, padding=1),   # 16 input channels: a kernel row is whole tiles already
+    ConvCase(1, 12, 12, 8, 32, kernel=5, stride=2, padding=2),  # 8 channels under a 5-wide row: 200 rows either way
+    ConvCase(2, 9, 12, 8, 32, padding=1, dilation=(1, 2)),  # width dilation: the kW taps are not side by side
+], ids=case_id)
+def test_layers_whose_kernel_rows_fill_whole_tiles_keep_the_row_path(case):
+    assert case.selected("backward_weight") is Variant.DIRECT
+    assert not select_module.applies(Pass.BACKWARD_WEIGHT, Variant.DIRECT_COLUMNS, case.dtype, case.geometry)
+
+
+@pytest.mark.parametrize("case", [COLUMNS[1], COLUMNS[4]], ids=case_id)
+def test_the_column_weight_gradient_does_not_depend_on_thread_count_or_bands(case, plan_constant):
+    data = arrays(case, seed=1)
+    results = on_threads(lambda: run_pass("backward_weight", case, data))
+    # one output row per band: the strip is refilled for every row, the sums keep their order
+    plan_constant(direct, "WEIGHT_STRIP_BYTES", 1)
+    columns_plan = plan(Pass.BACKWARD_WEIGHT, case.geometry, case.dtype)
+    assert columns_plan.variant is Variant.DIRECT_COLUMNS and columns_plan.details[2] == 1
+    results.append(run_pass("backward_weight", case, data))
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])

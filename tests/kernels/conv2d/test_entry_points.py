@@ -1,0 +1,118 @@
+"""The public conv2d entry points (cnnnumba.kernels.conv2d) on the shared case table, every pass against its NumPy
+twin, whichever variant select() picks; what every variant must do alike (ReLU epilogue, any alignment or
+layout of the operands, thread-count independence, refusing bad geometry)."""
+import numpy as np
+import pytest
+
+from cnnnumba import functional as F
+from cnnnumba.kernels import conv2d as kernels
+from tests.helpers import compare_with_torch, requires_torch, torch
+from tests.kernels.conv2d.common import (CASES, POINTWISE_CASES, ConvCase, arrays, assert_close, case_id,
+                                         check_passes, expected_pass, on_threads, run_pass, shifted)
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_every_pass_matches_the_reference(case, dtype):
+    case = case.cast(dtype)
+    data = arrays(case)
+    check_passes(case, data)
+    check_passes(case, data, names=("forward",), bias=False)
+
+
+def test_the_table_reaches_every_variant_of_every_pass():
+    """The table keeps exercising each variant select() can pick for the shapes (the Winograd, few-channel and
+    1x1 tests add their own shapes)."""
+    reached = {name: {case.cast(dtype).selected(name) for case in CASES for dtype in DTYPES}
+               for name in ("forward", "backward_input", "backward_weight")}
+    V = kernels.Variant
+    common = {V.POINTWISE, V.DIRECT, V.GEMM, V.GENERAL, V.SMALL_BANDS, V.WINOGRAD_F4, V.WINOGRAD_F2}
+    assert reached["forward"] >= common - {V.WINOGRAD_F2} | {V.WINOGRAD_F4}
+    assert reached["backward_input"] >= common | {V.SMALL_ROWS}
+    assert reached["backward_weight"] >= common | {V.DIRECT_COLUMNS}
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POINTWISE_CASES + [CASES[22], CASES[23]], ids=case_id)
+def test_public_conv2d_on_the_1x1_and_strided_phase_paths_matches_torch(case, dtype):
+    """Through F.conv2d (NCHW) in float32 these cases reach the 1x1 kernels and the one-region stride phases."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((case.batch, case.c_in, case.h, case.w))
+    weight = rng.standard_normal((case.c_out, case.c_in // case.groups, *case.kernel))
+    bias = rng.standard_normal(case.c_out)
+    options = case.options
+    compare_with_torch(lambda *a: F.conv2d(*a, **options), lambda *a: torch.nn.functional.conv2d(*a, **options),
+                       [x, weight, bias], dtype=dtype)
+
+
+# the direct tiles, the 1x1 tiles, the column weight gradient, Winograd, the few-channel kernels
+ALIGNMENT_CASES = [CASES[16], CASES[27], ConvCase(2, 12, 10, 3, 16, padding=1), CASES[20], CASES[0]]
+
+
+@pytest.mark.parametrize("offset", [1, 3, 4])
+@pytest.mark.parametrize("case", ALIGNMENT_CASES, ids=case_id)
+def test_operands_at_any_alignment_give_the_aligned_results(offset, case):
+    """Weights are copied to a cache-line-aligned buffer when they start elsewhere; grad_out blocks likewise; the
+    tiles that read activations where they lie load them unaligned: the results are the aligned ones, bit for
+    bit."""
+    data = arrays(case)
+    moved = type(data)(*(shifted(a, offset) for a in data))
+    for name in ("forward", "backward_input", "backward_weight"):
+        np.testing.assert_array_equal(run_pass(name, case, moved), run_pass(name, case, data), err_msg=name)
+
+
+def test_non_contiguous_operands_are_accepted():
+    for case in (CASES[0].cast(np.float64), ConvCase(3, 9, 9, 6, 16, kernel=5)):
+        data = arrays(case)
+        strided = data._replace(x=np.asfortranarray(data.x),
+                                weight=data.weight[:, ::-1].copy()[:, ::-1])  # a negative-stride view of the same values
+        assert not strided.x.flags.c_contiguous and not strided.weight.flags.c_contiguous
+        for name in ("forward", "backward_input", "backward_weight"):
+            np.testing.assert_array_equal(run_pass(name, case, strided), run_pass(name, case, data), err_msg=name)
+
+
+@pytest.mark.parametrize("case", [CASES[i] for i in (5, 11, 18, 19, 20, 27, 28)], ids=case_id)
+def test_weight_and_bias_gradients_do_not_depend_on_thread_count(case):
+    data = arrays(case)
+    one, two = on_threads(lambda: [run_pass(name, case, data) for name in ("backward_weight", "backward_bias")])
+    for name, a, b in zip(("backward_weight", "backward_bias"), one, two):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_out_of_bounds_geometry_is_refused():
+    x, w, b, y = arrays(CASES[0])
+    with pytest.raises(ValueError, match="input channels"):
+        kernels.conv2d_forward(x[..., :2], w, b, np.empty_like(y))
+    with pytest.raises(ValueError, match="out has shape"):
+        kernels.conv2d_forward(x, w, b, np.empty((2, 5, 4, 3), np.float32))
+
+
+# ---- ReLU in the forward's epilogue ----
+
+# general, groups, tiled with edge tiles, narrow, broad, 1x1, Winograd, few channels
+RELU_CASES = [CASES[i] for i in (0, 5, 9, 11, 16, 20, 21, 26, 27, 28)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", RELU_CASES, ids=case_id)
+def test_forward_relu_equals_forward_then_relu(case, dtype):
+    case = case.cast(dtype)
+    data = arrays(case)
+    got = run_pass("forward", case, data, relu=True)
+    plain = run_pass("forward", case, data)
+    np.testing.assert_array_equal(got, np.where(plain < 0, 0, plain))
+    assert (got == 0).any() and (got > 0).any()
+    assert_close(got, expected_pass("forward", case, data, relu=True))
+
+
+@pytest.mark.parametrize("case", [CASES[16], CASES[0], CASES[0].cast(np.float64), CASES[20], CASES[14]],
+                         ids=case_id)
+def test_forward_relu_keeps_nan(case):
+    data = arrays(case)
+    data.x[0, 2, 3, 0] = np.nan
+    got = run_pass("forward", case, data, relu=True)
+    assert np.isnan(got).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected_pass("forward", case, data)))

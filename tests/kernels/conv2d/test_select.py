@@ -1,0 +1,201 @@
+"""select.py, the one place that decides which variant runs: a table from (pass, shape, dtype, machine) to the
+expected Variant covering every variant of every pass (cifar-cnn, ResNet-20 and LeNet-5 layers, and edge cases);
+force_variant (refusals, per thread, part of the plan cache key); applies() agreeing with select()."""
+import threading
+
+import numpy as np
+import pytest
+
+from cnnnumba.kernels import conv2d as kernels
+from cnnnumba.kernels._runtime.machine import Machine, target_machine
+from cnnnumba.kernels.conv2d import Pass, Variant, force_variant, plan, select
+from tests.kernels.conv2d.common import CASES, ConvCase, arrays, run_pass, select_module
+
+F, BI, BW = Pass.FORWARD, Pass.BACKWARD_INPUT, Pass.BACKWARD_WEIGHT
+V = Variant
+f64 = np.float64
+
+LAYERS = {  # batch 4; the models' layers at their input sizes
+    "resnet20 16->16 @32": ConvCase(4, 32, 32, 16, 16, padding=1),
+    "resnet20 32->32 @16": ConvCase(4, 16, 16, 32, 32, padding=1),
+    "resnet20 64->64 @8": ConvCase(4, 8, 8, 64, 64, padding=1),
+    "resnet20 16->32 s2": ConvCase(4, 32, 32, 16, 32, stride=2, padding=1),
+    "resnet20 1x1 16->32 s2": ConvCase(4, 32, 32, 16, 32, kernel=1, stride=2),
+    "resnet20 stem 3->16": ConvCase(4, 32, 32, 3, 16, padding=1),
+    "cifar-cnn 3->32 @32": ConvCase(4, 32, 32, 3, 32, padding=1),
+    "cifar-cnn 32->64 @16": ConvCase(4, 16, 16, 32, 64, padding=1),
+    "cifar-cnn 64->64 @16": ConvCase(4, 16, 16, 64, 64, padding=1),
+    "lenet5 1->6 @28": ConvCase(4, 28, 28, 1, 6, kernel=5, padding=2),
+    "lenet5 6->16 @14": ConvCase(4, 14, 14, 6, 16, kernel=5),
+    # edge cases
+    "6->12 5x5": ConvCase(4, 14, 14, 6, 12, kernel=5),             # 12 outputs: vectorised over channels
+    "3->8 7x7 s2": ConvCase(2, 32, 32, 3, 8, kernel=7, stride=2, padding=3),
+    "32->40 3x3": ConvCase(2, 9, 17, 32, 40, padding=1),           # 40 outputs: no whole weight tiles
+    "groups 2": ConvCase(2, 8, 8, 4, 6, padding=1, groups=2),
+    "depthwise": ConvCase(2, 8, 8, 16, 16, padding=1, groups=16),
+    "1x1 16->32 @8": ConvCase(2, 8, 8, 16, 32, kernel=1),          # rows narrower than a 16-channel input tile
+    "3x3 16->16 padding 3": ConvCase(2, 16, 16, 16, 16, padding=3),  # padding past Winograd's 2
+}
+
+# (pass, layer, dtype, expected variant)
+TABLE = [
+    (F, "resnet20 16->16 @32", None, V.WINOGRAD_F4), (BI, "resnet20 16->16 @32", None, V.WINOGRAD_F4),
+    (BW, "resnet20 16->16 @32", None, V.WINOGRAD_F4), (BW, "resnet20 32->32 @16", None, V.WINOGRAD_F4),
+    (F, "resnet20 64->64 @8", None, V.WINOGRAD_F2), (BI, "resnet20 64->64 @8", None, V.WINOGRAD_F2),
+    (BW, "resnet20 64->64 @8", None, V.WINOGRAD_F2),
+    # F(4x4) while the pass's reduction is at most 32 channels: C_in forward, C_out backward-input
+    (F, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4), (BI, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F2),
+    (BW, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F2), (BW, "cifar-cnn 64->64 @16", None, V.WINOGRAD_F2),
+    (F, "resnet20 1x1 16->32 s2", None, V.POINTWISE), (BI, "resnet20 1x1 16->32 s2", None, V.POINTWISE),
+    (BW, "resnet20 1x1 16->32 s2", None, V.POINTWISE),
+    (F, "1x1 16->32 @8", None, V.POINTWISE), (BI, "1x1 16->32 @8", None, V.GEMM),
+    (F, "resnet20 16->32 s2", None, V.DIRECT), (BI, "resnet20 16->32 s2", None, V.DIRECT),
+    (BW, "resnet20 16->32 s2", None, V.DIRECT), (F, "cifar-cnn 3->32 @32", None, V.DIRECT),
+    (F, "32->40 3x3", None, V.DIRECT), (BI, "32->40 3x3", None, V.DIRECT),
+    (F, "3x3 16->16 padding 3", None, V.DIRECT), (BW, "lenet5 6->16 @14", None, V.DIRECT),
+    (BW, "cifar-cnn 3->32 @32", None, V.DIRECT_COLUMNS), (BW, "resnet20 stem 3->16", None, V.DIRECT_COLUMNS),
+    (F, "lenet5 6->16 @14", None, V.SMALL_ROWS), (BI, "lenet5 6->16 @14", None, V.SMALL_ROWS),
+    (BI, "lenet5 1->6 @28", None, V.SMALL_ROWS), (BW, "6->12 5x5", None, V.SMALL_ROWS),
+    (BI, "resnet20 stem 3->16", None, V.SMALL_ROWS),
+    (F, "lenet5 1->6 @28", None, V.SMALL_BANDS), (BW, "lenet5 1->6 @28", None, V.SMALL_BANDS),
+    (F, "lenet5 6->16 @14", f64, V.SMALL_BANDS), (BI, "lenet5 6->16 @14", f64, V.SMALL_BANDS),
+    (BW, "lenet5 6->16 @14", f64, V.SMALL_BANDS), (F, "resnet20 16->16 @32", f64, V.SMALL_BANDS),
+    (F, "3->8 7x7 s2", None, V.GEMM), (BI, "cifar-cnn 3->32 @32", None, V.GEMM),
+    (BW, "32->40 3x3", None, V.GEMM), (F, "cifar-cnn 3->32 @32", f64, V.GEMM),
+    (BI, "resnet20 64->64 @8", f64, V.GEMM), (BW, "resnet20 1x1 16->32 s2", f64, V.GEMM),
+    (F, "groups 2", None, V.GENERAL), (BI, "groups 2", f64, V.GENERAL), (BW, "depthwise", None, V.GENERAL),
+    (F, "depthwise", f64, V.GENERAL), (BI, "depthwise", None, V.GENERAL),
+]
+MACHINES = {
+    "avx2": Machine("avx2", "haswell", 256, 8, 16, True),
+    "avx512": Machine("avx512", "skylake-avx512", 512, 16, 32, True),
+}
+
+
+def _row_id(row):
+    pass_, layer, dtype, expected = row
+    return f"{pass_.value}-{layer}-{np.dtype(dtype or np.float32).name}-{expected.name}"
+
+
+def _case(layer, dtype):
+    return LAYERS[layer].cast(dtype or np.float32)
+
+
+def test_the_table_covers_every_variant_of_every_pass():
+    covered = {(pass_, expected) for pass_, _, _, expected in TABLE}
+    for pass_ in Pass:
+        variants = set(Variant) - ({V.DIRECT_COLUMNS} if pass_ is not BW else set())
+        assert {v for p, v in covered if p is pass_} == variants, pass_
+
+
+@pytest.mark.parametrize("machine", MACHINES)
+@pytest.mark.parametrize("row", TABLE, ids=_row_id)
+def test_select_picks_the_expected_variant(row, machine):
+    pass_, layer, dtype, expected = row
+    case = _case(layer, dtype)
+    assert select(pass_, case.geometry, case.dtype, machine=MACHINES[machine]) is expected
+    assert select(pass_, case.geometry, case.dtype) is expected  # the machine the kernels are compiled for
+    assert select_module.applies(pass_, expected, case.dtype, case.geometry)
+
+
+def test_avx2_and_avx512_select_the_same_variants_today():
+    """Selection does not depend on the machine yet (#17 will size tiles and thresholds per tier): the whole
+    table and the entry points' case table give one variant per machine."""
+    shapes = [(_case(layer, dtype), pass_) for pass_, layer, dtype, _ in TABLE]
+    shapes += [(case.cast(dtype), pass_) for case in CASES for dtype in (np.float32, f64) for pass_ in Pass]
+    for case, pass_ in shapes:
+        picks = {select(pass_, case.geometry, case.dtype, machine=m) for m in (*MACHINES.values(), target_machine())}
+        assert len(picks) == 1, (case, pass_, picks)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, f64])
+def test_the_selected_variant_applies(dtype):
+    """applies() holds for whatever select() picks, on every layer and case the tests use."""
+    for case in [c.cast(dtype) for c in (*LAYERS.values(), *CASES)]:
+        for pass_ in Pass:
+            variant = select(pass_, case.geometry, case.dtype)
+            assert select_module.applies(pass_, variant, case.dtype, case.geometry), (case, pass_, variant)
+
+
+def test_winograd_applies_to_3x3_stride_1_float32_with_whole_channel_blocks():
+    rule = select_module.winograd_applies
+    f32, shape = np.float32, (3, 3, 64, 64)
+    assert rule(f32, shape, (1, 1), (1, 1), (1, 1), 1)
+    assert rule(f32, shape, (1, 1), (2, 2), (1, 1), 1)
+    for args in ((f64, shape, (1, 1), (1, 1), (1, 1), 1), (f32, shape, (2, 2), (1, 1), (1, 1), 1),
+                 (f32, shape, (1, 1), (1, 1), (2, 2), 1), (f32, shape, (1, 1), (3, 3), (1, 1), 1),
+                 (f32, shape, (1, 1), (1, 1), (1, 1), 2), (f32, (3, 3, 24, 64), (1, 1), (1, 1), (1, 1), 1),
+                 (f32, (3, 3, 64, 40), (1, 1), (1, 1), (1, 1), 1), (f32, (5, 5, 64, 64), (1, 1), (1, 1), (1, 1), 1)):
+        assert not rule(*args), args
+
+
+# ---- force_variant ----
+
+@pytest.mark.parametrize("pass_name, variant, layer", [
+    ("forward", V.WINOGRAD_F4, "lenet5 6->16 @14"),        # a 5x5 kernel
+    ("forward", V.DIRECT_COLUMNS, "cifar-cnn 3->32 @32"),  # a weight-gradient variant only
+    ("backward_input", V.POINTWISE, "resnet20 16->16 @32"),
+    ("backward_weight", V.SMALL_ROWS, "resnet20 64->64 @8"),  # too many channels
+    ("backward_weight", V.GEMM, "groups 2"),
+])
+def test_forcing_a_variant_that_cannot_run_the_shape_raises_naming_it(pass_name, variant, layer):
+    case = LAYERS[layer]
+    pass_ = Pass(pass_name)
+    assert not select_module.applies(pass_, variant, case.dtype, case.geometry)
+    with force_variant(**{pass_name: variant}):
+        with pytest.raises(ValueError, match=f"{pass_name} pass cannot run {variant.name}"):
+            select(pass_, case.geometry, case.dtype)
+        with pytest.raises(ValueError, match=variant.name):
+            run_pass(pass_name, case, arrays(case))
+
+
+def test_force_variant_takes_variants_only():
+    with pytest.raises(TypeError, match="forward expected a Variant"):
+        with force_variant(forward="gemm"):
+            pass
+
+
+def test_force_variant_applies_to_the_named_passes_until_the_block_ends():
+    case = LAYERS["resnet20 16->16 @32"]
+    with force_variant(backward_input=V.GEMM):
+        assert select(BI, case.geometry, case.dtype) is V.GEMM
+        assert select(F, case.geometry, case.dtype) is V.WINOGRAD_F4
+        with force_variant(forward=V.DIRECT):  # nested: adds to the outer block
+            assert [select(p, case.geometry, case.dtype) for p in Pass] == [V.DIRECT, V.GEMM, V.WINOGRAD_F4]
+        assert select(F, case.geometry, case.dtype) is V.WINOGRAD_F4
+    assert select(BI, case.geometry, case.dtype) is V.WINOGRAD_F4
+
+
+def test_force_variant_is_per_thread():
+    """Threads may train side by side: a block on one thread leaves another thread's selection alone."""
+    case = LAYERS["resnet20 16->16 @32"]
+    inside, seen = threading.Event(), {}
+
+    def other_thread():
+        inside.wait(10)
+        seen["select"] = select(F, case.geometry, case.dtype)
+        seen["plan"] = plan(F, case.geometry, case.dtype).variant
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with force_variant(forward=V.GEMM):
+        inside.set()
+        worker.join(10)
+        assert select(F, case.geometry, case.dtype) is V.GEMM
+    assert seen == {"select": V.WINOGRAD_F4, "plan": V.WINOGRAD_F4}
+
+
+def test_forcing_is_part_of_the_plan_cache_key():
+    """The same shape planned without, under and again without a forced variant: each plan is its own variant's,
+    and the entry point's workspace size follows."""
+    case = LAYERS["resnet20 16->16 @32"]
+    free = plan(F, case.geometry, case.dtype)
+    with force_variant(forward=V.GEMM):
+        forced = plan(F, case.geometry, case.dtype)
+        gemm_bytes = kernels.conv2d_workspace_bytes("forward", case.x_shape, case.weight_shape, case.out_shape,
+                                                    case.dtype, **case.options)
+    again = plan(F, case.geometry, case.dtype)
+    assert (free.variant, forced.variant, again.variant) == (V.WINOGRAD_F4, V.GEMM, V.WINOGRAD_F4)
+    assert free.specs != forced.specs and again == free
+    assert gemm_bytes != kernels.conv2d_workspace_bytes("forward", case.x_shape, case.weight_shape, case.out_shape,
+                                                        case.dtype, **case.options)

@@ -1,0 +1,155 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) forward and input gradient (winograd/f2.py, f4.py), forced through the
+entry points, against the reference; the weight gradients are in test_winograd_weight.py."""
+import numpy as np
+import pytest
+
+from cnnnumba.kernels.conv2d import Pass, Variant, plan
+from cnnnumba.kernels.conv2d.winograd import f2 as winograd_f2
+from cnnnumba.kernels.conv2d.winograd import f4 as winograd_f4
+from tests.kernels.conv2d.common import (ConvCase, arrays, assert_close, case_id, check_passes, expected_pass,
+                                         forced, on_threads, run_pass)
+
+# (batch, height, width, C_in, C_out, padding): odd and even output sizes, images of fewer tiles than one GEMM
+# register tile (1x1 and 2x3 outputs), padding 0/1/2, batch 1, 16/32/48/64/80 channels (48 and 80 make the
+# last channel tile overlap its neighbour), and images wider than one job's tiles (see small_jobs)
+CASES = [ConvCase(b, h, w, ci, co, padding=p) for b, h, w, ci, co, p in [
+    (2, 7, 9, 16, 32, 1),
+    (1, 8, 8, 16, 16, 1),
+    (2, 6, 5, 32, 16, 0),
+    (1, 5, 7, 16, 48, 2),
+    (3, 12, 11, 64, 64, 1),
+    (1, 3, 3, 16, 16, 0),      # a single 1x1 output
+    (2, 4, 5, 48, 32, 0),      # 2x3 outputs: one tile row
+    (1, 10, 13, 32, 80, 1),
+    (2, 17, 6, 64, 16, 2),
+    (1, 18, 22, 16, 16, 1),    # F(4x4) in place: 30 tiles in jobs of 16 and 14
+    (2, 13, 10, 32, 32, 1),    # F(4x4) in place: 12 tiles in jobs of 8 and 4
+]]
+PASS_NAMES = ("forward", "backward_input")
+
+
+@pytest.fixture(params=[Variant.WINOGRAD_F2, Variant.WINOGRAD_F4], ids=["F2", "F4"])
+def winograd(request):
+    """Both passes forced to F(2x2) or F(4x4), whatever the channel counts."""
+    with forced(request.param, *PASS_NAMES):
+        yield request.param
+
+
+@pytest.fixture(params=[False, True], ids=["one-job-per-image", "small-jobs"])
+def small_jobs(request, plan_constant):
+    """Small jobs: 16 tiles (the least) per job, so images split into several jobs of unequal tile counts."""
+    if request.param:
+        plan_constant(winograd_f2, "JOB_BYTES", 1)
+        plan_constant(winograd_f4, "JOB_BYTES", 1)
+    return request.param
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_passes_match_the_reference(case, small_jobs, winograd):
+    data = arrays(case)
+    for bias in (True, False):
+        for relu in (False, True):
+            check_passes(case, data, names=("forward",), bias=bias, relu=relu)
+    check_passes(case, data, names=("backward_input",))
+
+
+def test_small_jobs_split_images_unevenly(plan_constant):
+    """The small-jobs runs above really split images: CASES[7]'s 10 x 13 outputs are 5 x 7 tiles, in 3 jobs of
+    11, 12 and 12 tiles (not whole 4-tile GEMM groups), each with room for 16."""
+    plan_constant(winograd_f2, "JOB_BYTES", 1)
+    with forced(Variant.WINOGRAD_F2, "forward"):
+        specs, (bands, _) = plan(Pass.FORWARD, CASES[7].geometry, np.float32)[1:]
+    assert bands == 3 and dict((name, shape) for name, shape, _ in specs)["v"][2] == 16
+
+
+@pytest.mark.parametrize("pads", [(0, 2, 2, 1), (2, 0, 1, 2), (1, 2, 0, 0)])
+def test_asymmetric_padding_matches_the_reference(pads, winograd):
+    """Padding (top, bottom, left, right): only top and left reach the kernels, the output size implies the rest;
+    the backward-input pads grad_out by 2 - top and 2 - left and reads zeros past its bottom and right edges."""
+    case = ConvCase(2, 7, 9, 32, 48, padding=pads)
+    check_passes(case, names=("forward",), relu=True)
+    check_passes(case, names=("backward_input",))
+
+
+@pytest.mark.parametrize("case", [CASES[4], CASES[7]], ids=case_id)
+def test_results_do_not_depend_on_thread_count(case, small_jobs, winograd):
+    data = arrays(case)
+    one, two = on_threads(lambda: [run_pass("forward", case, data, relu=True),
+                                   run_pass("backward_input", case, data)])
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+# an interior pixel, the first and last pixels of the image, a pixel on the right edge of an odd-sized output
+POSITIONS = {"interior": lambda h, w: (h // 2, w // 2), "top-left": lambda h, w: (0, 0),
+             "bottom-right": lambda h, w: (h - 1, w - 1), "right": lambda h, w: (h // 2, w - 1)}
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", POSITIONS)
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6]], ids=case_id)
+def test_non_finite_inputs_give_what_the_direct_sum_gives(case, where, value, winograd):
+    """inf - inf inside the transforms turns an inf the direct sum keeps into NaN: tiles whose outputs are not
+    all finite are recomputed directly, so inf stays inf (with its sign), NaN stays NaN, and the rest is
+    untouched. With an inf at an interior pixel the reference has infinite outputs the plain Winograd sums would
+    have made NaN."""
+    data = arrays(case)
+    data.x[0, *POSITIONS[where](*data.x.shape[1:3]), 1] = value
+    data.grad_out[-1, *POSITIONS[where](*data.grad_out.shape[1:3]), 2] = value
+    for relu in (False, True):
+        want = expected_pass("forward", case, data, relu=relu)
+        assert np.isfinite(want).any()
+        assert_close(run_pass("forward", case, data, relu=relu), want)
+        if not np.isnan(value) and where == "interior" and not relu:
+            assert np.isinf(want).any()
+    assert_close(run_pass("backward_input", case, data), expected_pass("backward_input", case, data))
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_a_non_finite_weight_gives_what_the_direct_variant_gives(value, winograd):
+    """A whole output channel turns non-finite; padding taps multiply the inf by zero (NaN), as the direct
+    variant's padded strips do (the reference's backward-input never forms those products, so it is not the
+    yardstick here)."""
+    case = CASES[4]
+    data = arrays(case)
+    data.weight[1, 2, 3, 4] = value
+    with forced(Variant.DIRECT, *PASS_NAMES):
+        want = [run_pass(name, case, data) for name in PASS_NAMES]
+    assert not np.isfinite(want[0]).all() and not np.isfinite(want[1]).all()
+    for name, expected in zip(PASS_NAMES, want):
+        assert_close(run_pass(name, case, data), expected, err_msg=name)
+
+
+def test_f4_runs_16_and_32_channel_passes_in_place_in_jobs_of_one_register_tile():
+    """The in-place CASES really are: no m scratch, jobs of 16 (16 channels) or 8 (32 channels) tiles; a pass whose
+    channel counts differ keeps m and shares each image's tiles evenly."""
+    with forced(Variant.WINOGRAD_F4, "forward"):
+        for case, bands, band_tiles in ((CASES[9], 2, 16), (CASES[10], 2, 8), (CASES[0], 1, 0)):
+            _, specs, details = plan(Pass.FORWARD, case.geometry, np.float32)
+            assert (details[0], details[2]) == (bands, band_tiles)
+            assert ("m" in dict((name, shape) for name, shape, _ in specs)) == (band_tiles == 0)
+
+
+def test_f4_matrices_give_the_convolution_exactly():
+    """In float64, A^T [(G g G^T) . (B^T d B)] A is the 4x4 correlation of a 6x6 patch d with a 3x3 kernel g."""
+    rng = np.random.default_rng(3)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    a_t, b_t, kernel = (np.array(winograd_f4.OUTPUT_MATRIX), np.array(winograd_f4.INPUT_MATRIX),
+                        winograd_f4.KERNEL_MATRIX)
+    got = a_t @ ((kernel @ g @ kernel.T) * (b_t @ d @ b_t.T)) @ a_t.T
+    want = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [16, 32])
+def test_f4_error_stays_within_the_tolerance(channels):
+    """At ResNet-20's 16- and 32-channel shapes (4 images), standard-normal data: F(4x4)'s largest error against
+    float64 stays under 1e-4 at 16 channels and 2e-4 at 32 (measured over 3 seeds: 0.66-0.80e-4 and 1.3-1.5e-4;
+    F(2x2) 1.0-1.8e-5; the points 0, +-1, +-2 gave 2.7e-4 and 3.5e-4 at 8 images)."""
+    size = 32 if channels == 16 else 16
+    case = ConvCase(4, size, size, channels, channels, padding=1)
+    assert case.selected("forward") is Variant.WINOGRAD_F4
+    data = arrays(case)
+    error = np.abs(run_pass("forward", case, data, bias=False)
+                   - expected_pass("forward", case, data, bias=False)).max()
+    assert error < 1e-4 * channels / 16
