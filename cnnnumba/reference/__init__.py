@@ -6,7 +6,7 @@ its section, and is written for clarity, not speed.
 """
 import numpy as np
 
-# ---- conv2d (twin of kernels/conv2d.py) ----
+# ---- conv2d (twin of the entry points of kernels/conv2d/) ----
 
 def _conv2d_padded_extent(size, pad_before, out_size, stride, kernel, dilation):
     """Length of the zero-padded axis that holds every tap of out_size windows and the whole input."""

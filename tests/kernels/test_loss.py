@@ -1,4 +1,4 @@
-"""Softmax, log-softmax and cross-entropy kernels against their NumPy twins in kernels/reference.py."""
+"""Softmax, log-softmax and cross-entropy kernels against their NumPy twins in cnnnumba/reference."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Batch-norm kernels against their NumPy twins in kernels/reference.py."""
+"""Batch-norm kernels against their NumPy twins in cnnnumba/reference."""
 import numpy as np
 import pytest
 

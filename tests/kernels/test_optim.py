@@ -1,4 +1,4 @@
-"""Optimizer update kernels against their NumPy twins in kernels/reference.py, serial and parallel."""
+"""Optimizer update kernels against their NumPy twins in cnnnumba/reference, serial and parallel."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Pool kernels (NHWC) against their NumPy twins in kernels/reference.py."""
+"""Pool kernels (NHWC) against their NumPy twins in cnnnumba/reference."""
 import numpy as np
 import pytest
 

@@ -3,7 +3,8 @@ groups 1, no padding): no strip is padded, since a 1x1 window never leaves the i
 import numpy as np
 
 from .._runtime import jit, run_shares
-from .direct import PIXELS_PER_BLOCK, REDUCTION_BLOCK, _reduction_chunks, aligned_into
+from . import direct
+from .direct import PIXELS_PER_BLOCK, _reduction_chunks, aligned_into
 from .tiles import forward_tile, run_forward_tile, run_weight_tile, weight_tile
 from .workspace import chunk_bounds, spec_bytes, sum_partials
 
@@ -21,7 +22,7 @@ def _pointwise_row(out, out_row, out_pixel_step, pixels, x_rows, x_row, x_pixel_
     """One row of `pixels` output pixels of a 1x1 convolution: out[out_row + p * out_pixel_step + co] =
     bias[co] + sum over ci of x_rows.flat[x_row + p * x_pixel_step + ci] * weight[0, 0, ci, co], clamped at 0
     when relu is nonzero. weight is (1, 1, C_in, C_out) and cache-line aligned; pixels >= one tile; the reduction
-    runs in blocks of reduction_block input channels (REDUCTION_BLOCK, a parameter so tests can shrink it)."""
+    runs in blocks of reduction_block input channels (direct.REDUCTION_BLOCK, a parameter so tests can shrink it)."""
     _, _, reduction, channels_out = weight.shape
     kernel_h, kernel_w = weight.shape[0], weight.shape[1]
     weight_tap_step = reduction * channels_out
@@ -160,7 +161,7 @@ def forward(x, weight, bias, out, stride, relu, scratch):
         bias = scratch["zero_bias"]
         bias[...] = 0.0
     _pointwise_forward(x.reshape(-1, x.shape[2], x.shape[3]), aligned_into(weight, scratch["weight"]), bias, out,
-                       stride[0], stride[1], 1 if relu else 0, REDUCTION_BLOCK)
+                       stride[0], stride[1], 1 if relu else 0, direct.REDUCTION_BLOCK)
 
 
 def backward_input(grad_out, weight, out, stride, scratch):
@@ -168,7 +169,7 @@ def backward_input(grad_out, weight, out, stride, scratch):
     weight_t = scratch["weight"]
     weight_t[...] = weight.transpose(0, 1, 3, 2)
     _pointwise_backward_input(grad_out.reshape(-1, grad_out.shape[2], grad_out.shape[3]), weight_t,
-                              scratch["zero_bias"], out, stride[0], stride[1], REDUCTION_BLOCK)
+                              scratch["zero_bias"], out, stride[0], stride[1], direct.REDUCTION_BLOCK)
 
 
 def backward_weight(x, grad_out, out, stride, scratch, block_rows):

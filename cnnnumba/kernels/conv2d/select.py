@@ -292,6 +292,12 @@ def _cached_plan(pass_, geometry, dtype, budget, machine, forced):
     return Plan(variant, specs, details)
 
 
+def clear_plans():
+    """Forget every cached plan: for tests and benchmarks that change a planning constant (a budget, a strip or
+    job size) of a variant's module."""
+    _cached_plan.cache_clear()
+
+
 def plan(pass_, geometry, dtype, budget=None, machine=None):
     """The Plan (variant, scratch specs, variant details) of a pass for a Geometry of tuples and ints; cached per
     shape, budget, machine and forced variant (a kernel call allocates nothing here once its shape was planned)."""

@@ -24,7 +24,8 @@ from ..._runtime.vector import (INDEX, LANES, element_pointer, load_vector, mask
                       vector_type)
 from ..tiles import MAX_TILE_PIXELS, forward_tile, run_forward_tile
 from ..workspace import slots_within, spec_bytes, specs_bytes
-from .f2 import JOB_BYTES, _fill_patch, _unaliased
+from . import f2
+from .f2 import _fill_patch, _unaliased
 
 TILE = 4      # outputs per tile side
 PATCH = 6     # inputs per patch side: TILE + 3 - 1
@@ -352,7 +353,7 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
     flipped and transposed in the workspace (the backward-input). In place (16 or 32 channels in and out), a job
     is one register tile of rows (16 or 8 tiles): its v, 36 KiB, stays in L1 from the input transform through
     the GEMMs (which overwrite it) to the output transform; otherwise jobs share each image's tiles evenly, their
-    v and m within JOB_BYTES (L2)."""
+    v and m within f2.JOB_BYTES (L2)."""
     batch, channels_in = x_shape[0], x_shape[3]
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
     shared = in_place(channels_in, channels_out)
@@ -361,7 +362,7 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
         bands = -(-tiles // band_tiles)
     else:
         per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
-        most = max(MAX_TILE_PIXELS, JOB_BYTES // per_tile)
+        most = max(MAX_TILE_PIXELS, f2.JOB_BYTES // per_tile)
         bands, band_tiles = -(-tiles // most), 0
         capacity = max(MAX_TILE_PIXELS, -(-tiles // bands))
     specs = (("u", (POSITIONS, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))

@@ -8,7 +8,7 @@ _SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     from cnnnumba.kernels._runtime.jobs import run_slots
-    from tests.kernels.test_slots import _record_slot
+    from tests.kernels.test_jobs import _record_slot
 
     seen = np.zeros(3, np.int64)
     values = np.zeros(3, np.dtype(sys.argv[1]))
