@@ -14,13 +14,13 @@ dilation, dtype; the bias gradient), workspace.py (scratch layout, partial sums)
 import numpy as np
 
 from . import direct, gemm, general, pointwise, small
-from .select import Geometry, Pass, Plan, Variant, clear_plans, force_variant, plan, select
+from .select import Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
 from .workspace import WORKSPACE_BYTES, all_finite, carve, specs_bytes
 
-__all__ = ["Geometry", "Pass", "Plan", "Variant", "WORKSPACE_BYTES", "conv2d_backward_bias",
+__all__ = ["Geometry", "Pass", "Plan", "Variant", "WORKSPACE_BYTES", "applies", "conv2d_backward_bias",
            "clear_plans", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_forward",
            "conv2d_workspace_bytes", "force_variant", "plan", "select"]
 
