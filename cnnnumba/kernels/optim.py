@@ -2,18 +2,19 @@
 
 Scalars arrive already cast to the parameters' dtype (float32 or float64), so float32 updates run in float32
 arithmetic as PyTorch's do. Every element is independent, so the parallel versions are a plain prange over
-elements with no reduction: results do not depend on the thread count. The parallel loop body is written out
-rather than calling a shared element function: a prange calling an inlined helper (or a range function per
-chunk) ran slower than the serial loop, while a plain prange runs faster. The test against cnnnumba/reference
-covers both copies.
+elements with no reduction: results do not depend on the thread count. They compile without contraction, as every
+parallel kernel does (_runtime/jit.py), and so do the serial ones: both give the same bits. The parallel loop body
+is written out rather than calling a shared element function: a prange calling an inlined helper (or a range
+function per chunk) ran slower than the serial loop, while a plain prange runs faster. The test against
+cnnnumba/reference covers both copies.
 """
 import numba
 import numpy as np
 
-from ._runtime import jit, parallel_jit
+from ._runtime import EXACT_FASTMATH, jit, parallel_jit
 
 
-@jit
+@jit(fastmath=EXACT_FASTMATH)
 def sgd_update(param, grad, momentum_buffer, lr, momentum, one_minus_dampening, weight_decay, nesterov, maximize,
                first_step):
     """One SGD step in place on param (and momentum_buffer when momentum != 0; it is ignored otherwise).
@@ -58,7 +59,7 @@ def sgd_update_parallel(param, grad, momentum_buffer, lr, momentum, one_minus_da
         param[i] = param[i] - lr * g
 
 
-@jit
+@jit(fastmath=EXACT_FASTMATH)
 def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
                 weight_decay, decay_factor, step_size, bias_correction2_sqrt, amsgrad, maximize):
     """One Adam/AdamW step in place on param, exp_avg, exp_avg_sq (and max_exp_avg_sq when amsgrad).

@@ -17,6 +17,10 @@ FASTMATH = frozenset({"contract", "arcp", "nsz"})
 # The elementwise batch-norm passes also run without contraction: with it LLVM rounded some elements differently
 # depending on where the thread count split the rows (vectorized body against scalar remainder).
 EXACT_FASTMATH = {"arcp", "nsz"}
+# Parallel kernels too: Numba compiles a prange body into a library of its own and links a copy of it into the
+# kernel, where it is optimised again. A process that compiles the kernel runs the first (already in the JIT, it
+# wins over the copy's weak symbol), one that loads the kernel from the cache runs the copy; with contraction the
+# copies fused different products of a*b + c*d (SGD's momentum * buffer + g), and trained to different weights.
 
 # Parallel kernels parallelise their explicit prange loops and nothing else. With parallel=True Numba also turns
 # every array expression, np.zeros/np.empty_like/astype, slice assignment (`row[:] = 0`) and in-place array
@@ -41,7 +45,7 @@ def _numba_jit(function, parallel=False, **options):
 # branches never fire; building them compiled Numba's exception and string-formatting helpers into every kernel.
 _OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=set(FASTMATH))
 _jit = functools.partial(_numba_jit, **_OPTIONS)
-_parallel_jit = functools.partial(_numba_jit, parallel=True, **_OPTIONS)
+_parallel_jit = functools.partial(_numba_jit, parallel=True, **dict(_OPTIONS, fastmath=set(EXACT_FASTMATH)))
 
 
 def _guarded(decorator):
