@@ -157,3 +157,13 @@ def test_the_cycle_check_sees_a_cycle():
     del sources["cnnnumba.graph.capture"]
     sources["cnnnumba.graph.capture"] = ("from . import plan\n", False)
     assert _import_cycles(_import_graph(sources), "cnnnumba.graph") == []
+
+
+MAX_MODULE_LINES = 700
+
+
+@pytest.mark.parametrize("module_path", MODULES, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_no_module_is_over_the_line_limit(module_path):
+    """A module past MAX_MODULE_LINES holds more than one thing to read at once: split it by what it decides."""
+    lines = len(module_path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{module_path.relative_to(PACKAGE)} has {lines} lines"
