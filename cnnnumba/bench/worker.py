@@ -233,9 +233,9 @@ def _timed(record, key, method):
     """`method` wrapped to add its seconds to record[key] (an instance attribute shadowing the class's method)."""
     clock = time.perf_counter
 
-    def timed(*args):
+    def timed(*args, **options):
         started = clock()
-        result = method(*args)
+        result = method(*args, **options)
         record[key] += clock() - started
         return result
 
