@@ -223,7 +223,7 @@ def run_comparison(settings, log=print):
         variants.append("compile")
     records = []
     for model in settings["models"]:
-        from .runners import MODEL_INPUTS, build_model
+        from .runners import build_model, model_input
 
         counted = {}  # per image and mode, from the first cnnnumba worker that ran (it counts after its timing)
 
@@ -231,13 +231,16 @@ def run_comparison(settings, log=print):
             if "flops_per_image" in result:
                 counted.update(result["flops_per_image"])
             if mode not in counted:  # no cnnnumba run has succeeded yet: count here, nothing is timed after it
-                channels, size, _ = MODEL_INPUTS[model]
-                counted.update({m: model_flops(build_model(model, settings["seed"]), (1, channels, size, size))
+                channels, size, _ = model_input(model, settings.get("image_size"))
+                counted.update({m: model_flops(build_model(model, settings["seed"], image_size=size),
+                                               (1, channels, size, size))
                                 .per_step(m) for m in ("train", "inference")})
             return counted[mode]
 
-        for batch_size in settings["batch_sizes"]:
-            for mode in settings["modes"]:
+        by_mode = settings.get("batch_sizes_by_mode") or {}
+        sizes = dict.fromkeys(b for mode in settings["modes"] for b in by_mode.get(mode, settings["batch_sizes"]))
+        for batch_size in sorted(sizes) if by_mode else sizes:
+            for mode in [m for m in settings["modes"] if batch_size in by_mode.get(m, settings["batch_sizes"])]:
                 runs = [("cnnnumba", None)] + [("torch", v) for v in variants]
                 attempts = {run: [] for run in runs}
                 for round_index in range(settings["rounds"]):
@@ -246,7 +249,8 @@ def run_comparison(settings, log=print):
                         spec = {"kind": "model", "framework": framework, "variant": variant, "model": model,
                                 "batch_size": batch_size, "mode": mode, "steps": settings["steps"],
                                 "warmup": settings["warmup"], "seed": settings["seed"], "eager": settings["eager"],
-                                "distinct_batches": settings["distinct_batches"], "threads": settings["threads"]}
+                                "distinct_batches": settings["distinct_batches"], "threads": settings["threads"],
+                                "image_size": settings.get("image_size")}
                         result = run_worker(spec, settings["threads"])
                         flops = per_image(mode, result) * batch_size if result["status"] == "ok" else 0
                         record = _record(spec, result, flops, peak_gflops)
@@ -282,7 +286,7 @@ def _scaling_run(group, threads, settings):
     kept busy meanwhile)."""
     model, batch_size, mode = group
     spec = {"kind": "scaling", "model": model, "threads": threads, "steps": settings["steps"],
-            "warmup": settings["warmup"]}
+            "warmup": settings["warmup"], "image_size": settings.get("image_size")}
     if model == "sgemm":
         spec["size"] = batch_size
     else:
@@ -354,8 +358,8 @@ def run_profile(settings, log=print):
     peak_gflops = peak.get("gflops")
     document = _header(settings, peak)
     spec = {"kind": "profile", "model": settings["models"][0], "batch_size": settings["batch_sizes"][0],
-            "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"],
-            "eager": settings["eager"]}
+            "image_size": settings.get("image_size"), "steps": settings["steps"], "warmup": settings["warmup"],
+            "seed": settings["seed"], "eager": settings["eager"]}
     result = run_worker(spec, settings["threads"])
     if result["status"] == "ok":
         for op in result["ops"]:

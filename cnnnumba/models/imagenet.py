@@ -177,6 +177,7 @@ INVERTED_RESIDUAL_SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes=1000, width_mult=1.0, in_channels=3, round_nearest=8, dropout=0.2):
         super().__init__()
+        self.width_mult = width_mult
         input_channel = make_divisible(32 * width_mult, round_nearest)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult), round_nearest)
         features = [Conv2dNormActivation(in_channels, input_channel, stride=2)]
