@@ -2,7 +2,7 @@
 
 Run: python -m pytest bench/test_bench_ops.py --benchmark-only
 Every case runs three ways, each named in benchmark.extra_info["framework"]: the cnnnumba kernel, its NumPy
-twin in kernels/reference.py (the baseline), and PyTorch when installed. The kernel's result is checked against
+twin in cnnnumba/reference (the baseline), and PyTorch when installed. The kernel's result is checked against
 the NumPy twin once before timing, and that first call also compiles it, outside the timing. Linear cases
 report GFLOP/s (2·N·in·out per pass); pooling and batch norm report GB/s over the bytes read and written.
 """

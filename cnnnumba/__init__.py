@@ -18,7 +18,7 @@ from .io import load, save  # noqa: E402
 
 __all__ += ["data", "load", "save"]
 
-from . import graph, models  # noqa: E402  (layer 5 graph executor; ready-made models)
+from . import graph, models, onnx  # noqa: E402  (layer 5 graph executor; ready-made models; ONNX, onnx on use)
 from .functional import cat  # noqa: E402
 
-__all__ += ["cat", "graph", "models"]
+__all__ += ["cat", "graph", "models", "onnx"]

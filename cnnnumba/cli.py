@@ -1,4 +1,4 @@
-"""The `cnnnumba` command line: train, info (and bench)."""
+"""The `cnnnumba` command line: train, export (to ONNX), info (and bench)."""
 import argparse
 import os
 import platform
@@ -47,6 +47,15 @@ def build_parser():
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--eager", action="store_true",
                        help="run each step op by op instead of as a captured graph (the default)")
+
+    export = commands.add_parser("export", help="write a model's weights (safetensors or checkpoint) as ONNX")
+    export.add_argument("weights", metavar="WEIGHTS",
+                        help="a .safetensors state dict or a checkpoint written by train --checkpoint")
+    export.add_argument("--model", choices=sorted(MODELS), required=True)
+    export.add_argument("--onnx", metavar="OUT", required=True, help="the ONNX file to write")
+    export.add_argument("--image-size", type=positive_int, help="the example input's height and width (default: "
+                                                                "224 for the ImageNet models, else the model's own)")
+    export.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version (default: 17)")
 
     commands.add_parser("info", help="versions, threads, CPU features and the compile cache")
 
@@ -194,6 +203,49 @@ def _train(args, parser, rank, world):
     return 0
 
 
+# the example input's size where the model has no ImageNet-style default of 224
+EXPORT_IMAGE_SIZE = {"lenet5": 28, "cifar-cnn": 32, "resnet20": 32, "small-cnn": 8}
+
+
+def run_export(args, parser):
+    import numpy as np
+
+    import cnnnumba as cn
+    from .models import build_model
+
+    try:
+        state = cn.load(args.weights)
+    except (OSError, ValueError) as error:
+        parser.error(f"argument WEIGHTS: {error}")
+    if isinstance(state, dict) and state.get("kind") is not None and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint: its model's state dict
+    image_size = args.image_size or EXPORT_IMAGE_SIZE.get(args.model, 224)
+    # the model's first conv and last linear weight, found by name (files need not keep the model's key order),
+    # give its input channels and classes
+    reference = build_model(args.model, in_channels=3, num_classes=10, image_size=image_size).state_dict()
+    first_conv = next(key for key, value in reference.items() if value.ndim == 4)
+    head = [key for key, value in reference.items() if value.ndim == 2][-1]
+    if not isinstance(state, dict) or any(getattr(state.get(k), "ndim", 0) != reference[k].ndim
+                                          for k in (first_conv, head)):
+        parser.error(f"argument WEIGHTS: {args.weights} holds no {args.model} state dict (no {first_conv!r} and "
+                     f"{head!r} weights)")
+    in_channels, num_classes = state[first_conv].shape[1], state[head].shape[0]
+    try:
+        model = build_model(args.model, in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+        model.load_state_dict(state)
+    except (ValueError, RuntimeError) as error:
+        parser.error(f"argument WEIGHTS: cannot load {args.weights} into {args.model}: {error}")
+    example = np.zeros((1, in_channels, image_size, image_size), dtype=next(iter(model.parameters())).dtype)
+    try:
+        cn.onnx.export(model, example, args.onnx, opset_version=args.opset)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"cnnnumba: error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.model} ({in_channels} channels, {num_classes} classes, {image_size}×{image_size} example) "
+          f"written to {args.onnx}")
+    return 0
+
+
 def run_info():
     import llvmlite.binding as llvm
     import numba
@@ -231,6 +283,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_train(args, parser)
+    if args.command == "export":
+        return run_export(args, parser)
     if args.command == "bench":
         from .bench.command import run as run_bench
 

@@ -72,3 +72,31 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "Traceback" not in stderr
     resumed = run_cli("train", "--epochs", "1", "--resume", str(checkpoint), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_export_writes_onnx_from_safetensors_weights(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    import cnnnumba as cn
+
+    cn.manual_seed(0)
+    model = cn.models.mobilenet_v2(num_classes=4, width_mult=0.25, in_channels=1).eval()
+    cn.save(model.state_dict(), tmp_path / "w.safetensors")
+    result = run_cli("export", str(tmp_path / "w.safetensors"), "--model", "mobilenet_v2", "--onnx",
+                     str(tmp_path / "m.onnx"), "--image-size", "32")
+    assert result.returncode == 2 and "size mismatch" in result.stderr  # width 0.25 is not the CLI's model
+    model = cn.models.resnet18(num_classes=4, in_channels=1).eval()
+    cn.save(model.state_dict(), tmp_path / "w.safetensors")
+    result = run_cli("export", str(tmp_path / "w.safetensors"), "--model", "resnet18", "--onnx",
+                     str(tmp_path / "m.onnx"), "--image-size", "32")
+    assert result.returncode == 0, result.stderr
+    assert "resnet18 (1 channels, 4 classes, 32×32 example)" in result.stdout
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"input": x})[0]
+    with cn.no_grad():
+        expected = model(cn.Tensor(x)).data
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
+    missing = run_cli("export", str(tmp_path / "none.safetensors"), "--model", "resnet18", "--onnx", "x.onnx")
+    assert missing.returncode == 2 and "argument WEIGHTS" in missing.stderr

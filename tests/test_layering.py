@@ -14,7 +14,7 @@ LAYER_OF = {
     "ops": 4, "functional": 4,
     "graph": 5,
     "nn": 6, "optim": 6,
-    "data": 7, "io": 7, "models": 7,
+    "data": 7, "io": 7, "models": 7, "onnx": 7,
     "train": 8, "cli": 8, "bench": 8, "__main__": 8,
 }
 

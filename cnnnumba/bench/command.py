@@ -5,7 +5,7 @@ import sys
 
 from .._argtypes import non_negative_int, positive_int
 from .isa import TIERS
-from .runners import MODEL_INPUTS
+from .runners import IMAGENET_MODELS, MODEL_INPUTS
 
 # --quick leaves ResNet-20 out: its six runs (three frameworks, two modes) alone take about a minute here
 DEFAULTS = {"models": ["lenet5", "cifar-cnn", "resnet20"], "batch_sizes": [64, 256], "modes": ["train", "inference"],
@@ -13,6 +13,8 @@ DEFAULTS = {"models": ["lenet5", "cifar-cnn", "resnet20"], "batch_sizes": [64, 2
 QUICK = {"models": ["lenet5", "cifar-cnn"], "batch_sizes": [64], "modes": ["train", "inference"],
          "steps": 5, "warmup": 1, "peak_size": 1024, "peak_repeats": 5}
 PROFILE_MODEL = "cifar-cnn"
+# ResNet-18/34/50 and MobileNetV2 (only these chosen, no --batch-size): training and inference at their own batches
+IMAGENET_BATCH_SIZES = {"train": [16, 32], "inference": [1, 16]}
 
 
 def add_parser(commands):
@@ -25,7 +27,11 @@ def add_parser(commands):
                        help=f"models to run, of {', '.join(sorted(MODEL_INPUTS))} (default: lenet5 cifar-cnn "
                             f"resnet20; lenet5 cifar-cnn with --quick; {PROFILE_MODEL} for --profile)")
     bench.add_argument("--batch-size", nargs="+", type=positive_int, dest="batch_sizes", metavar="N",
-                       help="batch sizes (default: 64 256; 64 with --quick or --profile)")
+                       help="batch sizes (default: 64 256; 64 with --quick or --profile; for resnet18/34/50 and "
+                            "mobilenet_v2 alone, training at 16 32 and inference at 1 16)")
+    bench.add_argument("--image-size", type=positive_int, metavar="N",
+                       help="square image size for every model (default: each model's own: 224 for resnet18/34/50 "
+                            "and mobilenet_v2, 28 for lenet5, 32 for cifar-cnn and resnet20)")
     bench.add_argument("--modes", nargs="+", choices=["train", "inference"],
                        help="training step and/or inference (default: both)")
     bench.add_argument("--steps", type=positive_int, help="timed steps; the median is reported (default: 20)")
@@ -89,7 +95,11 @@ def settings_from(args, parser):
         except ValueError as error:
             parser.error(f"argument {error}")
     default_models = [PROFILE_MODEL] if args.profile else base["models"]
-    return {"models": args.models or default_models, "batch_sizes": args.batch_sizes or base["batch_sizes"],
+    models = args.models or default_models
+    by_mode = IMAGENET_BATCH_SIZES if not args.batch_sizes and all(m in IMAGENET_MODELS for m in models) else None
+    batch_sizes = args.batch_sizes or (by_mode["train"] if by_mode else base["batch_sizes"])
+    return {"models": models, "batch_sizes": batch_sizes, "batch_sizes_by_mode": by_mode,
+            "image_size": args.image_size,
             "modes": args.modes or base["modes"], "steps": args.steps or base["steps"],
             "warmup": base["warmup"] if args.warmup is None else args.warmup, "threads": threads,
             "rounds": args.rounds or (3 if args.scaling else 1), "eager": args.eager, "no_torch": args.no_torch,

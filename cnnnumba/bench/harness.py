@@ -226,7 +226,7 @@ def run_comparison(settings, log=print):
         variants.append("compile")
     records = []
     for model in settings["models"]:
-        from .runners import MODEL_INPUTS, build_model
+        from .runners import build_model, model_input
 
         counted = {}  # per image and mode, from the first cnnnumba worker that ran (it counts after its timing)
 
@@ -234,13 +234,16 @@ def run_comparison(settings, log=print):
             if "flops_per_image" in result:
                 counted.update(result["flops_per_image"])
             if mode not in counted:  # no cnnnumba run has succeeded yet: count here, nothing is timed after it
-                channels, size, _ = MODEL_INPUTS[model]
-                counted.update({m: model_flops(build_model(model, settings["seed"]), (1, channels, size, size))
+                channels, size, _ = model_input(model, settings.get("image_size"))
+                counted.update({m: model_flops(build_model(model, settings["seed"], image_size=size),
+                                               (1, channels, size, size))
                                 .per_step(m) for m in ("train", "inference")})
             return counted[mode]
 
-        for batch_size in settings["batch_sizes"]:
-            for mode in settings["modes"]:
+        by_mode = settings.get("batch_sizes_by_mode") or {}
+        sizes = dict.fromkeys(b for mode in settings["modes"] for b in by_mode.get(mode, settings["batch_sizes"]))
+        for batch_size in sorted(sizes) if by_mode else sizes:
+            for mode in [m for m in settings["modes"] if batch_size in by_mode.get(m, settings["batch_sizes"])]:
                 runs = [("cnnnumba", None)] + [("torch", v) for v in variants]
                 attempts = {run: [] for run in runs}
                 for round_index in range(settings["rounds"]):
@@ -250,7 +253,7 @@ def run_comparison(settings, log=print):
                                 "batch_size": batch_size, "mode": mode, "steps": settings["steps"],
                                 "warmup": settings["warmup"], "seed": settings["seed"], "eager": settings["eager"],
                                 "distinct_batches": settings["distinct_batches"], "threads": settings["threads"],
-                                "isa": settings.get("isa", "native")}
+                                "isa": settings.get("isa", "native"), "image_size": settings.get("image_size")}
                         result = run_worker(spec, settings["threads"])
                         flops = per_image(mode, result) * batch_size if result["status"] == "ok" else 0
                         record = _record(spec, result, flops, peak_gflops)
@@ -287,7 +290,8 @@ def _scaling_run(group, threads, settings):
     kept busy meanwhile; what it saw of its instruction set)."""
     model, batch_size, mode = group
     spec = {"kind": "scaling", "model": model, "threads": threads, "steps": settings["steps"],
-            "warmup": settings["warmup"], "isa": settings.get("isa", "native")}
+            "warmup": settings["warmup"], "isa": settings.get("isa", "native"),
+            "image_size": settings.get("image_size")}
     if model == "sgemm":
         spec["size"] = batch_size
     else:
@@ -359,8 +363,8 @@ def run_profile(settings, log=print):
     peak_gflops = peak.get("gflops")
     document = _header(settings, peak)
     spec = {"kind": "profile", "model": settings["models"][0], "batch_size": settings["batch_sizes"][0],
-            "steps": settings["steps"], "warmup": settings["warmup"], "seed": settings["seed"],
-            "eager": settings["eager"], "isa": settings.get("isa", "native")}
+            "image_size": settings.get("image_size"), "steps": settings["steps"], "warmup": settings["warmup"],
+            "seed": settings["seed"], "eager": settings["eager"], "isa": settings.get("isa", "native")}
     result = run_worker(spec, settings["threads"])
     if result["status"] == "ok":
         for op in result["ops"]:

@@ -11,23 +11,36 @@ import numpy as np
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 
-# Inputs of the benchmark models: (channels, image size, classes).
-MODEL_INPUTS = {"lenet5": (1, 28, 10), "cifar-cnn": (3, 32, 10), "resnet20": (3, 32, 10), "small-cnn": (1, 8, 10)}
+# Inputs of the benchmark models: (channels, default image size, classes).
+MODEL_INPUTS = {"lenet5": (1, 28, 10), "cifar-cnn": (3, 32, 10), "resnet20": (3, 32, 10), "small-cnn": (1, 8, 10),
+                "resnet18": (3, 224, 1000), "resnet34": (3, 224, 1000), "resnet50": (3, 224, 1000),
+                "mobilenet_v2": (3, 224, 1000)}
+IMAGENET_MODELS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 
 
-def build_model(name, seed):
+def model_input(name, image_size=None):
+    """(channels, image size, classes) of model `name`; `image_size` (e.g. --image-size) replaces its default."""
+    channels, size, classes = MODEL_INPUTS[name]
+    return channels, image_size or size, classes
+
+
+def build_model(name, seed, image_size=None):
     """The cnnnumba model `name`, initialised from `seed`."""
     import cnnnumba as cn
     from ..models import build_model as build
 
-    channels, size, classes = MODEL_INPUTS[name]
+    channels, size, classes = model_input(name, image_size)
     cn.manual_seed(seed)
-    return build(name, in_channels=channels, num_classes=classes, image_size=size)
+    model = build(name, in_channels=channels, num_classes=classes, image_size=size)
+    if name == "mobilenet_v2":
+        # no dropout: the frameworks draw different masks, and the first losses must agree before anything is timed
+        model.classifier[0].p = 0.0
+    return model
 
 
-def make_batches(name, batch_size, count, seed):
+def make_batches(name, batch_size, count, seed, image_size=None):
     """`count` (images, labels) batches for model `name`: standard-normal NCHW float32 images, int64 labels."""
-    channels, size, classes = MODEL_INPUTS[name]
+    channels, size, classes = model_input(name, image_size)
     rng = np.random.default_rng(seed)
     return [(rng.standard_normal((batch_size, channels, size, size), dtype=np.float32),
              rng.integers(0, classes, batch_size, dtype=np.int64)) for _ in range(count)]
@@ -145,15 +158,32 @@ def _torch_resnet(model):
     return ResNet(model)
 
 
+def _torchvision_twin(model):
+    """The torch twin (torchvision's structure) of one of the zoo's ResNet-18/34/50 or MobileNetV2 instances."""
+    from ..models import imagenet
+    from . import torch_twins
+
+    if isinstance(model, imagenet.ResNet):
+        basic = isinstance(model.layer1[0], imagenet.BasicBlock)
+        return torch_twins.ResNet(torch_twins.BasicBlock if basic else torch_twins.Bottleneck,
+                                  [len(model.layer1), len(model.layer2), len(model.layer3), len(model.layer4)],
+                                  model.fc.out_features, model.conv1.in_channels)
+    return torch_twins.MobileNetV2(model.classifier[1].out_features, model.width_mult, model.features[0][0].in_channels,
+                                   dropout=model.classifier[0].p)
+
+
 def torch_model(model):
-    """A PyTorch twin of the cnnnumba `model` (a Sequential of standard layers, or the zoo's ResNet) holding a copy
-    of its state."""
+    """A PyTorch twin of the cnnnumba `model` (a Sequential of standard layers, the zoo's ResNet, or a
+    torchvision-named ResNet or MobileNetV2) holding a copy of its state."""
     import torch
 
     from .. import nn
+    from ..models import imagenet
     from ..models.zoo import ResNet
 
-    if isinstance(model, ResNet):
+    if isinstance(model, (imagenet.ResNet, imagenet.MobileNetV2)):
+        twin = _torchvision_twin(model)
+    elif isinstance(model, ResNet):
         twin = _torch_resnet(model)
     elif isinstance(model, nn.Sequential):
         twin = _translate_layer(model)

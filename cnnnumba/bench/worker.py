@@ -82,8 +82,9 @@ def measure_scaling(spec):
         from .. import set_num_threads
         from . import runners
 
-        model = runners.build_model(spec["model"], spec["seed"])
-        batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1)
+        model = runners.build_model(spec["model"], spec["seed"], image_size=spec.get("image_size"))
+        batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1,
+                                       image_size=spec.get("image_size"))
         step, _ = runners.cnnnumba_step(model, spec["mode"], eager=spec["eager"])
         # the step's BLAS calls (im2col GEMMs through NumPy, large linear layers through SciPy) follow the count too,
         # as they would in a process started on it
@@ -133,8 +134,9 @@ def measure_model(spec):
     else:
         import torch  # noqa: F401
     rss_after_import = _rss_mib()
-    model = runners.build_model(spec["model"], spec["seed"])
-    batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1)
+    model = runners.build_model(spec["model"], spec["seed"], image_size=spec.get("image_size"))
+    batches = runners.make_batches(spec["model"], spec["batch_size"], spec["distinct_batches"], spec["seed"] + 1,
+                                   image_size=spec.get("image_size"))
     if spec["framework"] == "cnnnumba":
         step, variant = runners.cnnnumba_step(model, spec["mode"], eager=spec["eager"])
     else:
@@ -163,8 +165,9 @@ def measure_model(spec):
         # forward kernels, and the first step would no longer show the compile time
         from .flops import model_flops
 
-        channels, size, _ = runners.MODEL_INPUTS[spec["model"]]
-        counted = model_flops(runners.build_model(spec["model"], spec["seed"]), (1, channels, size, size))
+        channels, size, _ = runners.model_input(spec["model"], spec.get("image_size"))
+        counted = model_flops(runners.build_model(spec["model"], spec["seed"], image_size=size),
+                              (1, channels, size, size))
         result["flops_per_image"] = {mode: counted.per_step(mode) for mode in ("train", "inference")}
     return {**result, "variant": variant, "first_step_ms": first_seconds * 1e3, "step_ms": [t * 1e3 for t in times],
             "check": _check_values(first), "rss_before_model_mib": rss_before, "rss_after_import_mib": rss_after_import,
@@ -181,8 +184,9 @@ def profile_model(spec):
     from .flops import op_flops
     from .instrument import record_ops
 
-    model = runners.build_model(spec["model"], spec["seed"])
-    images, labels = runners.make_batches(spec["model"], spec["batch_size"], 1, spec["seed"] + 1)[0]
+    model = runners.build_model(spec["model"], spec["seed"], image_size=spec.get("image_size"))
+    images, labels = runners.make_batches(spec["model"], spec["batch_size"], 1, spec["seed"] + 1,
+                                          image_size=spec.get("image_size"))[0]
     optimizer = optim.SGD(model.parameters(), lr=runners.LEARNING_RATE, momentum=runners.MOMENTUM)
     model.train()
     steps = []
@@ -252,8 +256,9 @@ def profile_captured(spec):
     """
     from . import runners
 
-    model = runners.build_model(spec["model"], spec["seed"])
-    images, labels = runners.make_batches(spec["model"], spec["batch_size"], 1, spec["seed"] + 1)[0]
+    model = runners.build_model(spec["model"], spec["seed"], image_size=spec.get("image_size"))
+    images, labels = runners.make_batches(spec["model"], spec["batch_size"], 1, spec["seed"] + 1,
+                                          image_size=spec.get("image_size"))[0]
     capture = runners.graph_capture()
     if capture is None:
         raise RuntimeError("cnnnumba.graph.capture is missing: profile the eager step (--profile --eager)")

@@ -3,11 +3,12 @@ import collections
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
+
+from .atomic import write_atomically
 
 FORMAT_NAME = "cnnnumba-checkpoint"
 FORMAT_VERSION = 1
@@ -16,7 +17,8 @@ _ARRAY_PREFIX = "a"
 
 
 class CheckpointError(ValueError):
-    """A file that cannot be loaded as a cnnnumba checkpoint (truncated, corrupt, unsafe, too new, foreign)."""
+    """A file that cannot be loaded as a cnnnumba checkpoint or safetensors weights (truncated, corrupt, unsafe, too
+    new, foreign)."""
 
 
 def _describe(path):
@@ -82,30 +84,6 @@ class _Encoder:
         return [encoded_key, self.encode(value, path + (key,))]
 
 
-def _fsync_directory(folder):
-    """Make the rename itself durable; some platforms and file systems cannot open a directory, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _new_file_mode(target):
-    """The permissions the checkpoint would have had if written directly (mkstemp makes files 0600)."""
-    try:
-        return os.stat(target).st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def _write_archive(file, arrays, metadata):
     """The same zip layout np.savez writes, streamed member by member into an open file."""
     with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -117,36 +95,15 @@ def _write_archive(file, arrays, metadata):
 def save(obj, path):
     """Write `obj` (nested dicts/lists/tuples of str, int, float, bool, None, numpy scalars and arrays) to `path`.
 
-    The file is written next to `path` under a temporary name, flushed, fsynced and then renamed over `path`,
-    so a crash at any moment leaves either the previous file or the new one, whole.
+    The write is atomic (`write_atomically`): a crash at any moment leaves either the previous file or the new
+    one, whole.
     """
     encoder = _Encoder()
     structure = encoder.encode(obj)
     document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "arrays": len(encoder.arrays),
                 "structure": structure}
     metadata = np.frombuffer(json.dumps(document, allow_nan=False).encode("utf-8"), dtype=np.uint8)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot save to {path}: it is a folder")
-    mode = _new_file_mode(path)
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            _write_archive(file, encoder.arrays, metadata)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(folder)
+    write_atomically(path, lambda file: _write_archive(file, encoder.arrays, metadata))
 
 
 class _Decoder:

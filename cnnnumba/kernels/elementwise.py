@@ -1,4 +1,5 @@
-"""Elementwise kernels on flat contiguous arrays: activations with their backward, and dropout's masked scale.
+"""Elementwise kernels on flat contiguous arrays: activations (ReLU, hardtanh/ReLU6, ...) with their backward, and
+dropout's masked scale.
 
 Every kernel takes 1-D C-contiguous arrays of one float dtype and writes into a caller-allocated `out` (which
 may alias an input for in-place use). Scalars (slopes, scales) should be passed in the arrays' dtype so that
@@ -53,6 +54,24 @@ def _leaky_relu_backward_range(grad, x, negative_slope, out, begin, end):
     grad_part, x_part, out_part = grad[begin:end], x[begin:end], out[begin:end]
     for i in range(out_part.size):
         out_part[i] = grad_part[i] if x_part[i] > 0 else grad_part[i] * negative_slope
+
+
+@jit
+def _hardtanh_range(x, min_val, max_val, out, begin, end):
+    x_part, out_part = x[begin:end], out[begin:end]
+    for i in range(out_part.size):
+        value = x_part[i]
+        # both comparisons are False for NaN, so NaN passes through, as in PyTorch's clamp
+        out_part[i] = min_val if value < min_val else (max_val if value > max_val else value)
+
+
+@jit
+def _hardtanh_backward_range(grad, saved, min_val, max_val, out, begin, end):
+    grad_part, x_part, out_part = grad[begin:end], saved[begin:end], out[begin:end]
+    for i in range(out_part.size):
+        value = x_part[i]
+        # PyTorch's hardtanh_backward: no gradient at or beyond either bound
+        out_part[i] = 0 if value <= min_val or value >= max_val else grad_part[i]
 
 
 @jit
@@ -156,6 +175,18 @@ def _leaky_relu_backward_chunks(grad, x, negative_slope, out):
 
 
 @parallel_jit
+def _hardtanh_chunks(x, min_val, max_val, out):
+    for chunk in prange(_chunk_count(x.size)):
+        _hardtanh_range(x, min_val, max_val, out, chunk * CHUNK, min(x.size, (chunk + 1) * CHUNK))
+
+
+@parallel_jit
+def _hardtanh_backward_chunks(grad, saved, min_val, max_val, out):
+    for chunk in prange(_chunk_count(grad.size)):
+        _hardtanh_backward_range(grad, saved, min_val, max_val, out, chunk * CHUNK, min(grad.size, (chunk + 1) * CHUNK))
+
+
+@parallel_jit
 def _gelu_chunks(x, tanh_approximation, out):
     for chunk in prange(_chunk_count(x.size)):
         _gelu_range(x, tanh_approximation, out, chunk * CHUNK, min(x.size, (chunk + 1) * CHUNK))
@@ -231,6 +262,23 @@ def leaky_relu_backward(grad, x, negative_slope, out):
         _leaky_relu_backward_range(grad, x, negative_slope, out, 0, grad.size)
     else:
         _leaky_relu_backward_chunks(grad, x, negative_slope, out)
+
+
+def hardtanh_forward(x, min_val, max_val, out):
+    """out = x clamped to [min_val, max_val] (ReLU6 is min_val 0, max_val 6), NaN kept."""
+    if x.size <= CHUNK:
+        _hardtanh_range(x, min_val, max_val, out, 0, x.size)
+    else:
+        _hardtanh_chunks(x, min_val, max_val, out)
+
+
+def hardtanh_backward(grad, saved, min_val, max_val, out):
+    """out = grad where min_val < saved < max_val, else 0; `saved` is the forward input or output (clamping keeps
+    each element on its side of each bound, so both give the same mask)."""
+    if grad.size <= CHUNK:
+        _hardtanh_backward_range(grad, saved, min_val, max_val, out, 0, grad.size)
+    else:
+        _hardtanh_backward_chunks(grad, saved, min_val, max_val, out)
 
 
 def gelu_forward(x, tanh_approximation, out):

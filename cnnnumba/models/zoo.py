@@ -1,6 +1,7 @@
 """Model definitions, each parameterised by input channels, classes and image size (square images)."""
 from .. import functional as F
 from .. import nn
+from .imagenet import mobilenet_v2, resnet18, resnet34, resnet50
 
 
 def _check_image_size(name, image_size, minimum):
@@ -100,7 +101,22 @@ def resnet20(in_channels=3, num_classes=10, image_size=32, widths=(16, 32, 64)):
     return ResNet(3, tuple(widths), in_channels, num_classes)
 
 
-MODELS = {"lenet5": lenet5, "cifar-cnn": cifar_cnn, "resnet20": resnet20, "small-cnn": small_cnn}
+def _any_image_size(builder):
+    """A torchvision-style builder (num_classes, in_channels) called as the zoo's (in_channels, num_classes,
+    image_size): its global average pooling takes any image size (its 32× downsampling needs at least 32×32 to keep
+    more than one pixel, but smaller images still run)."""
+    def build(in_channels=3, num_classes=1000, image_size=224):
+        _check_image_size(builder.__name__, image_size, 1)
+        return builder(num_classes=num_classes, in_channels=in_channels)
+
+    build.__name__ = build.__qualname__ = builder.__name__
+    build.__doc__ = builder.__doc__
+    return build
+
+
+MODELS = {"lenet5": lenet5, "cifar-cnn": cifar_cnn, "resnet20": resnet20, "small-cnn": small_cnn,
+          "resnet18": _any_image_size(resnet18), "resnet34": _any_image_size(resnet34),
+          "resnet50": _any_image_size(resnet50), "mobilenet_v2": _any_image_size(mobilenet_v2)}
 
 
 def build_model(name, in_channels, num_classes, image_size):

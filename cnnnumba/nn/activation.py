@@ -1,4 +1,4 @@
-"""Activation layers: `ReLU`, `LeakyReLU`, `GELU`, `Sigmoid`, `Tanh`.
+"""Activation layers: `ReLU`, `ReLU6`, `Hardtanh`, `LeakyReLU`, `GELU`, `Sigmoid`, `Tanh`.
 
 `inplace=True` is accepted for compatibility; the result is computed into a new array (same values).
 """
@@ -13,6 +13,30 @@ class ReLU(Module):
 
     def forward(self, input):
         return F.relu(input)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class Hardtanh(Module):
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        if max_val < min_val:
+            raise ValueError(f"max_val ({max_val}) must be greater than or equal to min_val ({min_val})")
+        self.min_val, self.max_val, self.inplace = min_val, max_val, inplace
+
+    def forward(self, input):
+        return F.hardtanh(input, self.min_val, self.max_val)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}" + (", inplace=True" if self.inplace else "")
+
+
+class ReLU6(Hardtanh):
+    """Hardtanh(0, 6), as in PyTorch (where ReLU6 is a Hardtanh too)."""
+
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0, inplace)
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""

@@ -1,4 +1,4 @@
-"""Activation ops (relu, leaky_relu, gelu, sigmoid, tanh): elementwise kernels on any shape, with gradients."""
+"""Activation ops (relu, relu6, hardtanh, leaky_relu, gelu, sigmoid, tanh): elementwise kernels, with gradients."""
 import numbers
 
 import numpy as np
@@ -51,6 +51,14 @@ class LeakyReLU(_Elementwise):
     saves_output = False
 
 
+class Hardtanh(_Elementwise):
+    """Clamp to [min_val, max_val]; relu6 is this op with bounds 0 and 6 (graph capture and ONNX export read them).
+
+    Backward reads the output: clamping keeps which side of each bound an element is on, and the output is an
+    array this op owns (graph capture's fallback node may pass its input as a view of a buffer reused later)."""
+    kernel, grad_kernel = elementwise.hardtanh_forward, elementwise.hardtanh_backward
+
+
 class GELU(_Elementwise):
     kernel, grad_kernel = elementwise.gelu_forward, elementwise.gelu_backward
     saves_output = False
@@ -76,6 +84,28 @@ def leaky_relu(input, negative_slope=0.01):
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
         raise TypeError(f"leaky_relu(): negative_slope must be a number, but got {negative_slope!r}")
     return LeakyReLU.apply(input, float(negative_slope))
+
+
+def _bound(value, name, function):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{function}(): {name} must be a number, but got {value!r}")
+    return float(value)
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    """input clamped to [min_val, max_val]; the gradient is zero at and beyond either bound. `inplace` is accepted
+    for compatibility; the result is a new array."""
+    _check_input(input, "hardtanh")
+    min_val, max_val = _bound(min_val, "min_val", "hardtanh"), _bound(max_val, "max_val", "hardtanh")
+    if max_val < min_val:
+        raise ValueError(f"hardtanh(): max_val ({max_val}) must be greater than or equal to min_val ({min_val})")
+    return Hardtanh.apply(input, min_val, max_val)
+
+
+def relu6(input, inplace=False):
+    """min(max(input, 0), 6), as hardtanh(input, 0, 6)."""
+    _check_input(input, "relu6")
+    return Hardtanh.apply(input, 0.0, 6.0)
 
 
 def gelu(input, approximate="none"):

@@ -225,6 +225,14 @@ def leaky_relu_backward(grad, x, negative_slope, out):
     out[...] = np.where(x > 0, grad, grad * negative_slope)
 
 
+def hardtanh_forward(x, min_val, max_val, out):
+    out[...] = np.where(x < min_val, min_val, np.where(x > max_val, max_val, x))
+
+
+def hardtanh_backward(grad, x, min_val, max_val, out):
+    out[...] = np.where((x <= min_val) | (x >= max_val), 0, grad)
+
+
 def _erf(x):
     from math import erf
     return np.vectorize(erf, otypes=[np.float64])(x)

@@ -332,8 +332,8 @@ def test_a_scaling_worker_sets_numba_and_both_blas_libraries_to_each_step_s_coun
     seen = {"numba": [], "numpy": [], "scipy": [], "steps": []}
     monkeypatch.setattr(cnnnumba, "set_num_threads", seen["numba"].append)
     monkeypatch.setattr(blas, "openblas_thread_setters", lambda package: (None, seen[package].append))
-    monkeypatch.setattr(runners, "build_model", lambda name, seed: None)
-    monkeypatch.setattr(runners, "make_batches", lambda name, batch, distinct, seed: [(1, 2)])
+    monkeypatch.setattr(runners, "build_model", lambda name, seed, image_size=None: None)
+    monkeypatch.setattr(runners, "make_batches", lambda name, batch, distinct, seed, image_size=None: [(1, 2)])
 
     def step(images, labels):
         seen["steps"].append(seen["numba"][-1])
@@ -363,3 +363,36 @@ def test_bench_node_scaling_lists_every_node_on_both_counts():
     untimed = next(line for line in lines if line.startswith("untimed_step_ms")).split()
     assert float(untimed[1]) > 0 and float(untimed[2]) > 0
     assert lines[-1].startswith("lost ms by node kind: ")
+
+
+def test_the_imagenet_models_default_to_their_own_batch_sizes_per_mode():
+    from cnnnumba.bench.command import settings_from
+    from cnnnumba.cli import build_parser
+
+    parser = build_parser()
+    settings = settings_from(parser.parse_args(["bench", "--models", "resnet18", "mobilenet_v2", "--image-size",
+                                                "64"]), parser)
+    assert settings["image_size"] == 64
+    assert settings["batch_sizes_by_mode"] == {"train": [16, 32], "inference": [1, 16]}
+    mixed = settings_from(parser.parse_args(["bench", "--models", "resnet18", "lenet5"]), parser)
+    assert mixed["batch_sizes_by_mode"] is None and mixed["batch_sizes"] == [64, 256]
+    given = settings_from(parser.parse_args(["bench", "--models", "resnet18", "--batch-size", "8"]), parser)
+    assert given["batch_sizes_by_mode"] is None and given["batch_sizes"] == [8]
+
+
+@pytest.mark.slow
+@requires_torch
+def test_resnet18_and_mobilenet_v2_run_against_their_pytorch_twins(tmp_path):
+    # 64×64 and batch 4: at 32×32 and batch 2 the last batch norms see two values per channel, and float32 training
+    # is then too ill-conditioned for the first losses to agree (PyTorch NCHW and channels_last differ by 5%)
+    path = tmp_path / "bench.json"
+    finished = _bench(["--models", "resnet18", "mobilenet_v2", "--image-size", "64", "--batch-size", "4",
+                       "--steps", "1", "--warmup", "0", "--threads", "1", "--json", str(path)])
+    assert finished.returncode == 0, finished.stderr
+    records = json.loads(path.read_text())["records"]
+    assert {(r["model"], r["mode"]) for r in records} == {(m, mode) for m in ("resnet18", "mobilenet_v2")
+                                                          for mode in ("train", "inference")}
+    for record in records:
+        assert record["status"] == "ok" and record["flops_per_step"] > 0, record
+        if record["framework"] == "torch":
+            assert record["agrees_with_cnnnumba"], record

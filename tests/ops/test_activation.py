@@ -12,6 +12,9 @@ ACTIVATIONS = {  # name: (cnnnumba, torch)
     "leaky_relu_0.2": (lambda x: F.leaky_relu(x, 0.2), lambda x: torch.nn.functional.leaky_relu(x, 0.2)),
     "leaky_relu_negative": (lambda x: F.leaky_relu(x, negative_slope=-0.5),
                             lambda x: torch.nn.functional.leaky_relu(x, negative_slope=-0.5)),
+    "relu6": (F.relu6, lambda x: torch.nn.functional.relu6(x)),
+    "hardtanh": (F.hardtanh, lambda x: torch.nn.functional.hardtanh(x)),
+    "hardtanh_bounds": (lambda x: F.hardtanh(x, -0.5, 2.0), lambda x: torch.nn.functional.hardtanh(x, -0.5, 2.0)),
     "gelu": (F.gelu, lambda x: torch.nn.functional.gelu(x)),
     "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"),
                   lambda x: torch.nn.functional.gelu(x, approximate="tanh")),
@@ -71,9 +74,21 @@ def test_activation_gradcheck(name):
 @pytest.mark.parametrize("call, error, message", [
     (lambda x: F.gelu(x, approximate="fast"), ValueError, "approximate argument must be either none or tanh"),
     (lambda x: F.leaky_relu(x, "0.1"), TypeError, "negative_slope must be a number"),
+    (lambda x: F.hardtanh(x, 1.0, -1.0), ValueError, r"max_val \(-1.0\) must be greater than or equal to min_val"),
+    (lambda x: F.hardtanh(x, None), TypeError, "min_val must be a number"),
     (lambda x: F.relu(cn.Tensor(np.arange(3))), TypeError, "expected a float32 or float64 input, but got int64"),
     (lambda x: F.sigmoid(x.data), TypeError, "argument 'input' must be a Tensor, but got ndarray"),
 ])
 def test_activation_validation_errors(call, error, message):
     with pytest.raises(error, match=message):
         call(cn.Tensor(np.zeros(3, np.float32)))
+
+
+@requires_torch
+def test_relu6_module_matches_torch_at_its_bounds():
+    x = np.array([-1.0, 0.0, 3.0, 6.0, 7.0], np.float64)
+    ours, theirs = cn.Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    cn.nn.ReLU6()(ours).sum().backward()
+    torch.nn.ReLU6()(theirs).sum().backward()
+    np.testing.assert_array_equal(ours.grad, theirs.grad.numpy())
+    assert repr(cn.nn.ReLU6()) == "ReLU6()" and repr(cn.nn.Hardtanh(-2, 2)) == "Hardtanh(min_val=-2, max_val=2)"
