@@ -151,7 +151,7 @@ def test_profile_breaks_the_captured_step_into_graph_nodes(tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["--threads", "0"], "--threads: expected a positive integer, but got 0"),
     (["--threads", "100000"], "--threads: expected at most"),
-    (["--models", "resnet50"], "invalid choice: 'resnet50'"),
+    (["--models", "resnet101"], "invalid choice: 'resnet101'"),
     (["--batch-size", "-3"], "--batch-size: expected a positive integer, but got -3"),
     (["--steps", "many"], "--steps: expected a positive integer, but got 'many'"),
     (["--warmup", "-1"], "--warmup: expected a non-negative integer, but got -1"),
