@@ -11,7 +11,7 @@ from .. import shapes
 from ..autograd import arith
 from ..autograd.grad_mode import no_grad
 from ..autograd.tensor import Tensor
-from ..graph.capture import Tracer
+from ..graph.trace import Tracer
 from ..io.atomic import write_atomically
 from ..ops import activation, conv, dropout, linear, loss, merge, norm, pool
 from ._onnx import require_onnx

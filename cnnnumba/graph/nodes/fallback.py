@@ -27,7 +27,8 @@ class Fallback(Node):
     def forward(self):
         self.op = self.function_class()
         self.op.needs_input_grad = self.needs_input_grad
-        arrays = [np.ascontiguousarray(self._public(a)) if isinstance(a, Value) else a for a in self.arguments]
+        # copies, never views: an op may keep its input for backward, and a planned buffer is reused once read
+        arrays = [np.array(self._public(a), order="C") if isinstance(a, Value) else a for a in self.arguments]
         result = self.op.forward(*arrays, **self.options)
         out = self.output.buffer.array
         np.copyto(out, result.transpose(0, 2, 3, 1) if self.output.nhwc else result)
