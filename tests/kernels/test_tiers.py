@@ -37,6 +37,9 @@ def test_every_tile_of_a_tier_fits_its_vector_registers(tier, bits, registers):
         assert (rows * vectors + vectors) * per_vector + 1 <= registers, (tier, rows, vectors)
     frame_vectors, outputs = tiles["few_channel"]
     assert (outputs * frame_vectors + frame_vectors) * per_vector + 1 <= registers, tier
+    # the row-run tiles: one vector of 16 channels per image (or weight row), one load and a broadcast
+    assert (tiles["row_images"] + 1) * per_vector + 1 <= registers, tier
+    assert (tiles["row_weight_rows"] + 1) * per_vector + 1 <= registers, tier
     # a weight gradient's input channels per tile divide a 16-channel block
     assert all(16 % rows == 0 for rows, _ in tiles["weight"]), tier
 

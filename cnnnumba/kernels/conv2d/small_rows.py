@@ -9,6 +9,7 @@ from numba.extending import intrinsic
 from .._runtime import jit, run_jobs
 from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, lane_mask, load_vector, masked_load,
                                masked_store, offset_pointer, store_vector, vector_fma, vector_type)
+from .tiles import TILES
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -21,7 +22,7 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, lane_ma
 # read-modify-writes go to different frames and none waits on the one before it.
 # ---------------------------------------------------------------------------------------------------------
 
-SCATTER_IMAGES = 8
+SCATTER_IMAGES = TILES["row_images"]
 
 
 def _make_scatter_tile(vectors):
@@ -149,7 +150,7 @@ def _backward_input_scatter(grad_out, weight_rows, out, frames, geometry):
 # floats of an NHWC frame, so out[pixel, co0:co0+16] += sum over those j of x_run[j] · rows[kh, j, co0:co0+16]
 # with one broadcast and one FMA per j. Nothing is computed past a row's end (the pixel-vectorised tiles compute
 # W_out + kW - 1 positions per row), and the accumulators are NHWC already. A tile
-# is the same pixel of SCATTER_IMAGES images (8 accumulators, one weight load per 8 FMAs).
+# is the same pixel of SCATTER_IMAGES images (one weight load per SCATTER_IMAGES FMAs).
 # ---------------------------------------------------------------------------------------------------------
 
 @intrinsic
@@ -262,7 +263,7 @@ def _forward_channels(x, weight_rows, bias, out, frames, geometry, relu):
 # sums).
 # ---------------------------------------------------------------------------------------------------------
 
-WEIGHT_ROWS_PER_TILE = 15
+WEIGHT_ROWS_PER_TILE = TILES["row_weight_rows"]
 
 
 @intrinsic
