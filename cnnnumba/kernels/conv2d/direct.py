@@ -10,7 +10,7 @@ from numba.extending import intrinsic
 
 from .._runtime import jit, run_jobs, run_slots
 from .._runtime.vector import LANES, element_pointer, lane_mask, load_vector, masked_load, masked_store, store_vector
-from .tiles import forward_tile, run_forward_tile, run_weight_tile, weight_tile
+from .tiles import forward_tile, run_forward_tile, run_weight_tile, weight_tile, weight_tile_rows
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
                         sum_partials)
 
@@ -493,26 +493,29 @@ def backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, padding
     return specs + (("strips", (slots * strip,), dtype),), (slots, geometries, phases)
 
 
-def _folded_reduction(weight_shape):
-    """(tile input channels, kW * C_in, that padded to whole tiles) of a weight gradient with the taps folded."""
-    tile_rows = weight_tile(weight_shape[3])[1]
+def _folded_reduction(weight_shape, machine=None):
+    """(tile input channels, kW * C_in, that padded to whole tiles) of a weight gradient with the taps folded, for
+    `machine`'s tiles (default: the ones compiled here)."""
+    tile_rows = weight_tile_rows(weight_shape[3], machine)
     folded = weight_shape[1] * weight_shape[2]
     return tile_rows, folded, -(-folded // tile_rows) * tile_rows
 
 
-def _padded_columns(weight_shape):
+def _padded_columns(weight_shape, machine=None):
     """Rows of the column matrix (kH * kW * C_in, padded to whole tiles) of Variant.DIRECT_COLUMNS."""
-    tile_rows, folded, _ = _folded_reduction(weight_shape)
+    tile_rows, folded, _ = _folded_reduction(weight_shape, machine)
     return -(-(weight_shape[0] * folded) // tile_rows) * tile_rows
 
 
-def weight_columns_fit(dtype, weight_shape, budget):
-    """Whether the column matrix pads the reduction less than folding each kernel row does, and its partial and
-    padded sum fit half the budget."""
-    _, _, reduction = _folded_reduction(weight_shape)
-    padded_columns = _padded_columns(weight_shape)
-    return (padded_columns < weight_shape[0] * reduction
-            and 2 * spec_bytes((padded_columns, weight_shape[3]), dtype) <= budget // 2)
+def weight_columns_fit(dtype, weight_shape, budget, machine=None):
+    """Whether the column matrix's partial and its padded sum fit half the budget."""
+    return 2 * spec_bytes((_padded_columns(weight_shape, machine), weight_shape[3]), dtype) <= budget // 2
+
+
+def weight_columns_pad_less(weight_shape, machine=None):
+    """Whether the column matrix pads the reduction to whole tiles less than folding each kernel row does."""
+    _, _, reduction = _folded_reduction(weight_shape, machine)
+    return _padded_columns(weight_shape, machine) < weight_shape[0] * reduction
 
 
 def _weight_frame_w(x_shape, weight_shape, out_shape, stride, padding, dilation):

@@ -16,7 +16,7 @@ import numpy as np
 from .._runtime.machine import target_machine
 from . import direct, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
-from .tiles import forward_tiles_fit, weight_tile
+from .tiles import forward_tiles_fit, weight_tile_rows
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
@@ -74,27 +74,27 @@ def pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, 
             and (out_shape[1] - 1) * stride[0] < x_shape[1] and (out_shape[2] - 1) * stride[1] < x_shape[2])
 
 
-def direct_forward_applies(dtype, weight_shape, out_shape, groups):
+def direct_forward_applies(dtype, weight_shape, out_shape, groups, machine=None):
     """The register-tiled forward needs whole tiles of output channels x pixels of a row."""
-    return dtype == np.float32 and groups == 1 and forward_tiles_fit(weight_shape[3], out_shape[2])
+    return dtype == np.float32 and groups == 1 and forward_tiles_fit(weight_shape[3], out_shape[2], machine)
 
 
-def direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
+def direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding, dilation, groups, machine=None):
     """The input gradient as register-tiled forwards of grad_out: one with stride 1 (padding within the dilated
     kernel), or one per stride phase (dilation 1) when every phase row holds a whole tile."""
     if dtype != np.float32 or groups != 1:
         return False
     if tuple(stride) == (1, 1):
         return (padding[0] <= dilation[0] * (weight_shape[0] - 1) and padding[1] <= dilation[1] * (weight_shape[1] - 1)
-                and forward_tiles_fit(x_shape[3], x_shape[2]))
-    return tuple(dilation) == (1, 1) and forward_tiles_fit(x_shape[3], x_shape[2] // stride[1])
+                and forward_tiles_fit(x_shape[3], x_shape[2], machine))
+    return tuple(dilation) == (1, 1) and forward_tiles_fit(x_shape[3], x_shape[2] // stride[1], machine)
 
 
-def direct_backward_weight_applies(dtype, weight_shape, groups, dilation):
+def direct_backward_weight_applies(dtype, weight_shape, groups, dilation, machine=None):
     """Whole weight-gradient tiles: C_out a multiple of 16, and C_in a multiple of the tile's input channels unless
     the kW taps fold into the reduction (dilation 1 along the width)."""
     return (dtype == np.float32 and groups == 1 and weight_shape[3] % LANES == 0
-            and (weight_shape[2] % weight_tile(weight_shape[3])[1] == 0 or dilation[1] == 1))
+            and (weight_shape[2] % weight_tile_rows(weight_shape[3], machine) == 0 or dilation[1] == 1))
 
 
 def small_applies(weight_shape, stride, groups):
@@ -126,9 +126,9 @@ def _select_forward(dtype, geometry, budget, machine):
     if winograd and winograd_f2.fits(dtype, channels_in, channels_out, budget):
         return Variant.WINOGRAD_F2
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
-            and forward_tiles_fit(channels_out, out_shape[2]) and _weight_fits(dtype, weight_shape, budget):
+            and forward_tiles_fit(channels_out, out_shape[2], machine) and _weight_fits(dtype, weight_shape, budget):
         return Variant.POINTWISE
-    if direct_forward_applies(dtype, weight_shape, out_shape, groups):
+    if direct_forward_applies(dtype, weight_shape, out_shape, groups, machine):
         return Variant.DIRECT
     if small_applies(weight_shape, stride, groups):
         if channels_out >= CHANNEL_TILE_MIN and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding,
@@ -151,9 +151,10 @@ def _select_backward_input(dtype, geometry, budget, machine):
         return Variant.WINOGRAD_F2
     fits = _weight_fits(dtype, weight_shape, budget)
     if fits and pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
-            and forward_tiles_fit(group_in, out_shape[2]):
+            and forward_tiles_fit(group_in, out_shape[2], machine):
         return Variant.POINTWISE
-    if fits and direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding, dilation, groups):
+    if fits and direct_backward_input_applies(dtype, weight_shape, x_shape, stride, padding, dilation, groups,
+                                              machine):
         return Variant.DIRECT
     if small_applies(weight_shape, stride, groups):
         if row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation):
@@ -166,11 +167,12 @@ def _select_backward_weight(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
-            and channels_out % LANES == 0 and channels_in % weight_tile(channels_out)[1] == 0:
+            and channels_out % LANES == 0 and channels_in % weight_tile_rows(channels_out, machine) == 0:
         return Variant.POINTWISE
-    if direct_backward_weight_applies(dtype, weight_shape, groups, dilation):
+    if direct_backward_weight_applies(dtype, weight_shape, groups, dilation, machine):
         # A column matrix when folding the taps pads the reduction less than folding each kernel row does.
-        if dilation[1] == 1 and direct.weight_columns_fit(dtype, weight_shape, budget):
+        if dilation[1] == 1 and direct.weight_columns_pad_less(weight_shape, machine) \
+                and direct.weight_columns_fit(dtype, weight_shape, budget, machine):
             return Variant.DIRECT_COLUMNS
         if winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
             use_f4 = winograd_f4_suits(channels_in) and winograd_f4_suits(channels_out)
@@ -331,7 +333,7 @@ def applies(pass_, variant, dtype, geometry, budget=None):
                 dtype, x_shape, weight_shape, out_shape, padding, budget, False) is not None,
             Variant.POINTWISE: lambda: pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding,
                                                          groups) and channels_out % LANES == 0
-            and group_in % weight_tile(channels_out)[1] == 0,
+            and group_in % weight_tile_rows(channels_out) == 0,
             Variant.DIRECT_COLUMNS: lambda: tiled and dilation[1] == 1
             and direct.weight_columns_fit(dtype, weight_shape, budget),
             Variant.DIRECT: lambda: tiled,

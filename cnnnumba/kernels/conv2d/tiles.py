@@ -84,11 +84,28 @@ def tile_shapes():
             "few-channel": [(PIXEL_TILE_PIXELS, PIXEL_TILE_OUTPUTS)]}
 
 
-def forward_tiles_fit(channels, width):
-    """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile."""
-    if channels >= TILE_CHANNELS:
-        return width >= TILE_PIXELS
-    return channels >= NARROW_TILE_CHANNELS and width >= NARROW_TILE_PIXELS
+def tiles_of(machine=None):
+    """The tile table of `machine`'s tier (default: the tier these kernels are compiled for), for the selector's
+    rules; the kernels themselves always run TILES."""
+    return TILES if machine is None else TIER_TILES[_TIER_TABLE[machine.tier]]
+
+
+def forward_tiles_fit(channels, width, machine=None):
+    """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile (forward_tile's
+    wide tile from its channels, else the narrow one)."""
+    _, (wide_pixels, wide_vectors), (narrow_pixels, narrow_vectors) = tiles_of(machine)["forward"]
+    if channels >= wide_vectors * LANES:
+        return width >= wide_pixels
+    return channels >= narrow_vectors * LANES and width >= narrow_pixels
+
+
+def weight_tile_rows(channels_out, machine=None):
+    """Input channels of the weight-gradient tile weight_tile picks for channels_out, on `machine`'s tier."""
+    shapes = tiles_of(machine)["weight"]
+    for rows, vectors in shapes[:2]:
+        if channels_out % (vectors * LANES) == 0:
+            return rows
+    return shapes[2][0]
 
 
 def _make_forward_tile(pixels, vectors):
