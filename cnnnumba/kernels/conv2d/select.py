@@ -54,6 +54,16 @@ CHANNEL_TILE_MIN = 12
 WINOGRAD_F4_MAX_REDUCTION = 32
 
 
+# 16-channel rows narrower than this take the few-channel kernels on every tier, though AVX2's 6-pixel tiles fit
+# them: those were faster there (LeNet-5's 6->16 forward at 10 pixels: 0.97 ms against 1.05, bench/README.md).
+NARROW_ROW_MIN_PIXELS = 16
+
+
+def narrow_row(channels, width):
+    """A row the 16-channel tiles would cover that the few-channel kernels run faster (NARROW_ROW_MIN_PIXELS)."""
+    return channels < 2 * LANES and width < NARROW_ROW_MIN_PIXELS
+
+
 def winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
     """Winograd's shape rule, one for the forward and both gradients: float32, groups 1, a 3x3 kernel, stride 1,
     dilation 1, padding at most 2 (the backward-input pads by 2 - padding), C_in and C_out multiples of 16."""
@@ -128,7 +138,8 @@ def _select_forward(dtype, geometry, budget, machine):
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and forward_tiles_fit(channels_out, out_shape[2], machine) and _weight_fits(dtype, weight_shape, budget):
         return Variant.POINTWISE
-    if direct_forward_applies(dtype, weight_shape, out_shape, groups, machine):
+    if direct_forward_applies(dtype, weight_shape, out_shape, groups, machine) \
+            and not narrow_row(channels_out, out_shape[2]):
         return Variant.DIRECT
     if small_applies(weight_shape, stride, groups):
         if channels_out >= CHANNEL_TILE_MIN and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding,

@@ -54,7 +54,7 @@ TABLE = [
     (F, "32->40 3x3", None, V.DIRECT), (BI, "32->40 3x3", None, V.DIRECT),
     (F, "3x3 16->16 padding 3", None, V.DIRECT), (BW, "lenet5 6->16 @14", None, {"avx512": V.DIRECT, "avx2": V.DIRECT_COLUMNS}),
     (BW, "cifar-cnn 3->32 @32", None, V.DIRECT_COLUMNS), (BW, "resnet20 stem 3->16", None, V.DIRECT_COLUMNS),
-    (F, "lenet5 6->16 @14", None, {"avx512": V.SMALL_ROWS, "avx2": V.DIRECT}), (BI, "lenet5 6->16 @14", None, V.SMALL_ROWS),
+    (F, "lenet5 6->16 @14", None, V.SMALL_ROWS), (BI, "lenet5 6->16 @14", None, V.SMALL_ROWS),
     (BI, "lenet5 1->6 @28", None, V.SMALL_ROWS), (BW, "6->12 5x5", None, V.SMALL_ROWS),
     (BI, "resnet20 stem 3->16", None, V.SMALL_ROWS),
     (F, "lenet5 1->6 @28", None, V.SMALL_BANDS), (BW, "lenet5 1->6 @28", None, V.SMALL_BANDS),
