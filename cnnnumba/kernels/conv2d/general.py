@@ -1,5 +1,7 @@
 """The general convolution loops: any stride, dilation, padding, groups and dtype, bounds checked per tap; the
 fallback when no tiled variant applies (grouped and depthwise layers), and the bias gradient of every layer."""
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -175,7 +177,10 @@ def backward_weight_plan(dtype, weight_shape, out_shape, budget):
     return ((("partials", (chunks, *weight_shape), dtype),) if chunks > 1 else ()), None
 
 
+@functools.lru_cache(maxsize=1024)
 def backward_bias_plan(dtype, out_shape):
+    """(specs, None) of the bias gradient: one partial per chunk of the (image, row) range. Cached: every conv layer
+    asks for it every step."""
     chunks = min(out_shape[0] * out_shape[1], MAX_REDUCTION_CHUNKS)
     return (("partials", (chunks, out_shape[3]), dtype),), None
 
