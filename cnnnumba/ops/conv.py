@@ -7,6 +7,7 @@ from ..autograd.arith import reshape
 from ..autograd.function import Function
 from ..autograd.tensor import Tensor
 from ..kernels import conv2d as kernels
+from ..kernels.layout import hwio_to_oihw, oihw_to_hwio
 
 
 def _size(shape):
@@ -86,7 +87,8 @@ class Conv2d(Function):
         stride, pad, dilation, groups, out_hw = _validate(x, weight, bias, stride, padding, dilation, groups)
         self.options = dict(stride=stride, padding=pad, dilation=dilation, groups=groups)
         x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        weight_khwc = np.ascontiguousarray(weight.transpose(2, 3, 1, 0))
+        weight_khwc = np.empty(weight.shape[2:] + weight.shape[1::-1], dtype=weight.dtype)
+        oihw_to_hwio(weight, weight_khwc)
         need_x, need_weight = self.needs_input_grad[0], self.needs_input_grad[1]
         self.x_nhwc = x_nhwc if need_weight else None
         self.weight_khwc = weight_khwc if need_x else None
@@ -109,7 +111,7 @@ class Conv2d(Function):
             channels_out, group_in, kernel_h, kernel_w = self.weight_shape
             grad_weight = np.empty((kernel_h, kernel_w, group_in, channels_out), dtype=grad.dtype)
             kernels.conv2d_backward_weight(self.x_nhwc, grad_nhwc, grad_weight, **self.options)
-            grad_weight = np.ascontiguousarray(grad_weight.transpose(3, 2, 0, 1))
+            grad_weight = hwio_to_oihw(grad_weight, np.empty(self.weight_shape, dtype=grad.dtype))
         if need_bias:
             grad_bias = kernels.conv2d_backward_bias(grad_nhwc, np.empty(grad.shape[1], dtype=grad.dtype))
         return grad_x, grad_weight, grad_bias

@@ -1,4 +1,4 @@
-"""The NCHW <-> NHWC layout kernels against NumPy's transpose, and the graph's input and flatten nodes."""
+"""The NCHW <-> NHWC and weight layout kernels against NumPy's transpose, and the graph's input and flatten nodes."""
 import numpy as np
 import pytest
 
@@ -28,6 +28,35 @@ def test_nhwc_to_nchw_matches_numpy(shape, dtype):
     target = np.full((shape[0], shape[3], shape[1], shape[2]), 7, dtype)
     layout.nhwc_to_nchw(source, target)
     np.testing.assert_array_equal(target, source.transpose(0, 3, 1, 2))
+
+
+# (C_out, C_in, kH, kW): blocks of SWAP_BLOCK cut at odd edges, one input channel (depthwise), a 1x1 kernel, and more
+# blocks of input channels than run_shares makes slots
+WEIGHT_SHAPES = [(1, 1, 1, 1), (5, 3, 7, 7), (33, 17, 3, 3), (144, 1, 3, 3), (40, 70, 1, 1), (8, 600, 1, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", WEIGHT_SHAPES)
+def test_weight_layouts_match_numpy_both_ways(shape, dtype):
+    source = np.random.default_rng(3).standard_normal(shape).astype(dtype)
+    source[0, -1, 0, -1] = np.nan
+    target = np.full((shape[2], shape[3], shape[1], shape[0]), 7, dtype)
+    assert layout.oihw_to_hwio(source, target) is target
+    np.testing.assert_array_equal(target, source.transpose(2, 3, 1, 0))
+    back = np.full(shape, 7, dtype)
+    assert layout.hwio_to_oihw(target, back) is back
+    np.testing.assert_array_equal(back, source)
+
+
+def test_weight_layout_reads_a_strided_source_and_refuses_a_strided_target():
+    source = np.arange(4 * 6 * 3 * 3, dtype=np.float32).reshape(6, 4, 3, 3).transpose(1, 0, 2, 3)
+    target = np.empty((3, 3, 6, 4), np.float32)
+    layout.oihw_to_hwio(source, target)
+    np.testing.assert_array_equal(target, source.transpose(2, 3, 1, 0))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        layout.oihw_to_hwio(source, np.empty((4, 6, 3, 3), np.float32).transpose(2, 3, 1, 0))
+    with pytest.raises(ValueError, match="float32"):
+        layout.oihw_to_hwio(source, np.empty((3, 3, 6, 4), np.float64))
 
 
 @pytest.mark.parametrize("source", [

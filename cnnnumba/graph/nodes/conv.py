@@ -3,6 +3,7 @@ import numpy as np
 
 from ...kernels import conv2d as conv_kernels
 from ...kernels import elementwise, fused
+from ...kernels.layout import hwio_to_oihw, oihw_to_hwio
 from ..plan import Buffer
 from .base import Node, rows
 
@@ -52,7 +53,7 @@ class Conv(Node):
 
     def forward(self):
         weight = self.inputs[1].buffer.array
-        np.copyto(self.weight_khwc.array, weight.transpose(2, 3, 1, 0))
+        oihw_to_hwio(weight, self.weight_khwc.array)
         bias = self.inputs[2].buffer.array if self.has_bias else None
         conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc.array, bias, self.output.buffer.array,
                                     relu=self.relu, workspace=self.workspace, **self.options)
@@ -75,7 +76,8 @@ class Conv(Node):
         if self.needs(1):
             conv_kernels.conv2d_backward_weight(self.inputs[0].buffer.array, grad, self.grad_weight_khwc.array,
                                                 workspace=self.workspace, **self.options)
-            self.deliver(1, self.grad_weight_khwc.array.transpose(3, 2, 0, 1))
+            hwio_to_oihw(self.grad_weight_khwc.array, self.grad_target(1))
+            self.finish_grad(1)
         if self.needs(0):
             conv_kernels.conv2d_backward_input(grad, self.weight_khwc.array, self.grad_target(0),
                                                workspace=self.workspace, **self.options)
@@ -110,9 +112,8 @@ class FoldedConv(Node):
                                                    self.output.shape, self.output.dtype, **self.options)
 
     def fold(self):
-        weight_view = self.conv_weight.transpose(2, 3, 1, 0)
+        oihw_to_hwio(self.conv_weight, self.weight_khwc)
         if self.bn is None:
-            np.copyto(self.weight_khwc, weight_view)
             if self.conv_bias is not None:
                 np.copyto(self.bias, self.conv_bias)
             return
@@ -120,7 +121,7 @@ class FoldedConv(Node):
         np.add(running_var, eps, out=self.scale, dtype=np.float64)
         np.sqrt(self.scale, out=self.scale)
         np.divide(1.0 if gamma is None else gamma, self.scale, out=self.scale, dtype=np.float64)
-        np.multiply(weight_view, self.scale, out=self.wide_weight, dtype=np.float64)
+        np.multiply(self.weight_khwc, self.scale, out=self.wide_weight, dtype=np.float64)
         np.copyto(self.weight_khwc, self.wide_weight, casting="same_kind")
         if self.conv_bias is None:
             np.negative(running_mean, out=self.wide_bias, dtype=np.float64)
