@@ -13,7 +13,7 @@ from ..ops.loss import CrossEntropy as CrossEntropyOp
 from . import nodes as N
 from .fusion import fuse
 from .gradient_sync import gradient_sync_for
-from .lower import Lowering, number_values
+from .lower import Lowering, kernel_layouts, number_values
 from .plan import plan_memory, plan_workspace, unplanned_bytes
 from .trace import Tracer
 from .update import FusedUpdate
@@ -155,11 +155,12 @@ class _TrainingGraph:
                 if isinstance(arg, Tensor) and arg.is_leaf and arg.requires_grad and id(arg) not in seen:
                     seen.add(id(arg))
                     params.append(arg)
-        if update is not None and update.covers(params):
+        layouts = kernel_layouts(tracer.records)
+        if update is not None and update.covers(params, layouts):
             update.attach_gradients()  # zero_grad() above may have detached them
             self.update = update
         else:
-            self.update = FusedUpdate(optimizer, params)
+            self.update = FusedUpdate(optimizer, params, layouts)
         records = self._bind_labels(tracer.records, loss, y)
         lowering = _lowered(records, x_tensor, model, training=True)
         forward = lowering.nodes

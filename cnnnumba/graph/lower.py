@@ -7,6 +7,7 @@ is expected), runs as a Fallback node. Lowering makes plain nodes only; the fusi
 from ..autograd.arith import Add as AddOp
 from ..autograd.arith import Reshape as ReshapeOp
 from ..autograd.tensor import Tensor
+from ..kernels.layout import HWIO_AXES
 from ..ops.activation import ReLU as ReLUOp
 from ..ops.conv import Conv2d as ConvOp
 from ..ops.dropout import Dropout as DropoutOp
@@ -154,6 +155,13 @@ def number_values(values):
 
 def _rebased(name, old, new):
     return new + name[len(old):] if name == old or name.startswith((old + ".", old + "_")) else name
+
+
+def kernel_layouts(records):
+    """id(parameter) -> the axes order its training arena stores it in (graph/update.py): conv weights in the conv
+    kernels' HWIO, so the Conv nodes read them and write their gradients with no re-layout at each step."""
+    return {id(args[1]): HWIO_AXES for op, args, _, _ in records
+            if type(op) is ConvOp and isinstance(args[1], Tensor) and args[1].is_leaf and args[1].requires_grad}
 
 
 @lowers(ConvOp)

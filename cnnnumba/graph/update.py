@@ -1,16 +1,27 @@
 """One fused optimizer update over all parameters: each parameter group's parameters, gradients and optimizer
 state live in flat arenas (the model's and the optimizer's own arrays become views of them), so one kernel call
-updates a whole group."""
+updates a whole group. A parameter may live in the arena in its kernels' layout (a conv weight as (kH, kW, C_in,
+C_out)): its view is then that block transposed back to the parameter's shape, and its gradient and state likewise,
+so the graph reads and writes it with no re-layout while the update still runs elementwise over the arenas."""
 import numpy as np
 
 
-def _arena_views(arrays, dtype):
-    """Copy `arrays` into one new flat arena; returns (arena, views shaped like the arrays)."""
+def _inverse(axes):
+    return tuple(int(a) for a in np.argsort(axes))
+
+
+def _arena_views(arrays, dtype, layouts):
+    """Copy `arrays` into one new flat arena; returns (arena, views shaped like the arrays). layouts[k], when not
+    None, is the axes order arrays[k] is stored in (its block is arrays[k].transpose(layouts[k]), C-contiguous)."""
     total = sum(a.size for a in arrays)
     arena = np.empty(total, dtype=dtype)
     views, start = [], 0
-    for array in arrays:
-        view = arena[start:start + array.size].reshape(array.shape)
+    for array, axes in zip(arrays, layouts):
+        block = arena[start:start + array.size]
+        if axes is None:
+            view = block.reshape(array.shape)
+        else:
+            view = block.reshape(tuple(array.shape[a] for a in axes)).transpose(_inverse(axes))
         view[...] = array
         views.append(view)
         start += array.size
@@ -25,8 +36,10 @@ class FusedUpdate:
     mixing dtypes) fall back to `optimizer.step()` on the gradient views: correct for any optimizer, not fused.
     """
 
-    def __init__(self, optimizer, params_with_grad):
+    def __init__(self, optimizer, params_with_grad, layouts=None):
+        """layouts: id(parameter) -> the axes order its arena block is stored in (lower.kernel_layouts)."""
         self.optimizer = optimizer
+        self.layouts = dict(layouts or {})
         self.state_ref = optimizer.state
         self.groups = []  # (group dict, params, param arena, grad arena, {state name: arena})
         self.grad_of = {}
@@ -41,11 +54,12 @@ class FusedUpdate:
             if len(dtypes) != 1:
                 self.fused = False
             dtype = params[0].dtype
-            param_arena, param_views = _arena_views([p.data for p in params], dtype)
+            layouts = [self.layouts.get(id(p)) for p in params]
+            param_arena, param_views = _arena_views([p.data for p in params], dtype, layouts)
             for param, view in zip(params, param_views):
                 param.data = view
                 self.homes.append((param, view))
-            grad_arena, grad_views = _arena_views([np.zeros(p.shape, dtype) for p in params], dtype)
+            grad_arena, grad_views = _arena_views([np.zeros(p.shape, dtype) for p in params], dtype, layouts)
             for param, view in zip(params, grad_views):
                 self.grad_of[id(param)] = view
             names = getattr(optimizer, "flat_update_state", lambda group, params: None)(group, params)
@@ -59,9 +73,10 @@ class FusedUpdate:
         self.params = list(params_with_grad)
         self.attach_gradients()
 
-    def covers(self, params):
-        """Whether this binding holds exactly these parameters (another input shape of the same model)."""
-        return {id(p) for p in params} == {id(p) for p in self.params}
+    def covers(self, params, layouts=None):
+        """Whether this binding holds exactly these parameters, in these layouts (another input shape of the same
+        model)."""
+        return {id(p) for p in params} == {id(p) for p in self.params} and dict(layouts or {}) == self.layouts
 
     def attach_gradients(self):
         """Point each parameter's .grad at its view of the gradient arena, where the graph writes it."""
@@ -75,7 +90,7 @@ class FusedUpdate:
             if any(c is None for c in current):  # the recording step made every buffer; missing means not fusable
                 self.fused = False
                 return {}
-            arena, views = _arena_views(current, dtype)
+            arena, views = _arena_views(current, dtype, [self.layouts.get(id(p)) for p in params])
             for param, view in zip(params, views):
                 self.optimizer.state[param][name] = view
             states[name] = arena

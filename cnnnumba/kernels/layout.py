@@ -44,6 +44,9 @@ def nhwc_to_nchw(source, target):
                target.reshape(batch, channels, height * width))
 
 
+# A conv weight's (C_out, C_in, kH, kW) axes in the order the conv kernels store them: (kH, kW, C_in, C_out).
+HWIO_AXES = (2, 3, 1, 0)
+
 # Square blocks of the swapped axes: a block's reads and writes stay in L1 whichever axis is contiguous.
 SWAP_BLOCK = 16
 
@@ -76,8 +79,12 @@ def _swap(source, target, source_shape, target_shape):
 def oihw_to_hwio(source, target):
     """target[kh, kw, i, o] = source[o, i, kh, kw]: a convolution weight from PyTorch's layout to the kernels'
     (target C-contiguous, of the source's dtype), blocked and split over the threads: NumPy's strided
-    copy of a 512-channel 3x3 weight took longer than the convolution itself."""
+    copy of a 512-channel 3x3 weight took longer than the convolution itself. A source stored in HWIO order (a
+    graph's parameter arena, graph/update.py) is one contiguous copy."""
     channels_out, group_in, kernel_h, kernel_w = source.shape
+    if source.transpose(HWIO_AXES).flags.c_contiguous:
+        np.copyto(target, source.transpose(HWIO_AXES))
+        return target
     _swap(source, target, (channels_out, group_in, kernel_h * kernel_w), (kernel_h * kernel_w, group_in, channels_out))
     return target
 

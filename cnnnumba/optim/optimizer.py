@@ -122,7 +122,19 @@ class Optimizer:
         array = param.data
         in_place = array.flags.c_contiguous and array.flags.writeable
         flat = array.reshape(-1) if in_place else np.ascontiguousarray(array).reshape(-1)
-        self._update(flat, np.ascontiguousarray(grad).reshape(-1), param, self.state[param], group)
+        # State a captured step homed as strided views (a conv weight's, stored in its kernels' layout) is
+        # updated through contiguous copies, as a strided parameter is, and written back into its home.
+        state = self.state[param]
+        strided = {name: home for name, home in state.items()
+                   if isinstance(home, np.ndarray) and home.shape == param.shape and not home.flags.c_contiguous}
+        for name, home in strided.items():
+            state[name] = np.ascontiguousarray(home)
+        try:
+            self._update(flat, np.ascontiguousarray(grad).reshape(-1), param, state, group)
+        finally:
+            for name, home in strided.items():
+                home[...] = state[name]
+                state[name] = home
         if not in_place:
             array[...] = flat.reshape(array.shape)
 

@@ -60,3 +60,57 @@ def test_fused_only_where_the_rule_is_known_and_always_equal_to_eager(make_optim
     assert graph.update.fused is fused
     for key in eager:
         np.testing.assert_allclose(captured[key], eager[key], rtol=1e-10, atol=1e-13, err_msg=key)
+
+
+def test_conv_weights_live_in_the_kernels_layout_and_stay_the_models_own():
+    """A captured step homes each conv weight, its gradient and its momentum as (kH, kW, C_in, C_out) blocks of the
+    arenas (no re-layout per step); the model still sees (C_out, C_in, kH, kW) arrays with the same values."""
+    model, data = model_and_batches()
+    optimizer = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = model[0].weight.data.copy()
+    step = cn.graph.capture(model, F.cross_entropy, optimizer)
+    step(*data[0])
+    weight = model[0].weight
+    assert weight.shape == (4, 2, 3, 3)
+    assert not weight.data.flags.c_contiguous and weight.data.transpose(2, 3, 1, 0).flags.c_contiguous
+    assert weight.grad.transpose(2, 3, 1, 0).flags.c_contiguous
+    assert optimizer.state[weight]["momentum_buffer"].transpose(2, 3, 1, 0).flags.c_contiguous
+    np.testing.assert_allclose(weight.data, before - 0.1 * weight.grad, rtol=1e-12)
+    assert model[3].weight.data.flags.c_contiguous  # a linear layer's weight keeps its own layout
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: optim.SGD(params, lr=0.1, momentum=0.9),
+    lambda params: optim.Adam(params, lr=0.01),
+], ids=["sgd", "adam"])
+def test_eager_steps_after_captured_ones_update_the_strided_homes(make_optimizer):
+    """Captured steps, then an eager step through optimizer.step() (which updates strided state through contiguous
+    copies), equal eager steps throughout; then a captured step again still reads the same arrays."""
+    mixed, data = model_and_batches()
+    optimizer = make_optimizer(mixed.parameters())
+    step = cn.graph.capture(mixed, F.cross_entropy, optimizer)
+    step(*data[0])
+    optimizer.zero_grad()
+    F.cross_entropy(mixed(cn.Tensor(data[1][0])), data[1][1]).backward()
+    optimizer.step()
+    step(*data[2])
+    eager, _ = run(make_optimizer, captured=False)
+    for key, value in mixed.state_dict().items():
+        np.testing.assert_allclose(value, eager[key], rtol=1e-10, atol=1e-13, err_msg=key)
+
+
+def test_a_captured_models_weights_save_and_load_in_pytorchs_layout(tmp_path):
+    model, data = model_and_batches()
+    step = cn.graph.capture(model, F.cross_entropy, optim.SGD(model.parameters(), lr=0.1))
+    step(*data[0])
+    for name in ("w.safetensors", "w.pt"):
+        cn.save(model.state_dict(), tmp_path / name)
+        loaded = cn.load(tmp_path / name)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(loaded[key], value, err_msg=f"{name} {key}")
+    fresh, _ = model_and_batches()
+    fresh.load_state_dict(cn.load(tmp_path / "w.safetensors"))
+    np.testing.assert_array_equal(fresh[0].weight.data, model[0].weight.data)
+    model.load_state_dict(fresh.state_dict())  # loading into the homed (strided) arrays writes through the views
+    assert model[0].weight.data.transpose(2, 3, 1, 0).flags.c_contiguous
+    step(*data[1])

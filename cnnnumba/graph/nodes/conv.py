@@ -3,15 +3,25 @@ import numpy as np
 
 from ...kernels import conv2d as conv_kernels
 from ...kernels import elementwise, fused
-from ...kernels.layout import hwio_to_oihw, oihw_to_hwio
+from ...kernels.layout import HWIO_AXES, hwio_to_oihw, oihw_to_hwio
 from ..plan import Buffer
 from .base import Node, rows
 
 
+def _hwio(array):
+    """`array` (C_out, C_in/groups, kH, kW) as the kernels' (kH, kW, C_in/groups, C_out), when it is stored so (a
+    parameter or gradient homed in the update's arena, graph/update.py); else None."""
+    if array is None:
+        return None
+    view = array.transpose(HWIO_AXES)
+    return view if view.flags.c_contiguous else None
+
+
 class Conv(Node):
-    """conv2d (+ its bias and ReLU, both applied as the kernel stores each output tile), the weight re-laid-out
-    to (kH, kW, C_in/groups, C_out) at each step; backward masks by the ReLU and sums the bias gradient in one
-    pass. Its kernels' scratch comes from `workspace`, one array the schedule shares among all conv nodes."""
+    """conv2d (+ its bias and ReLU, both applied as the kernel stores each output tile); backward masks by the ReLU
+    and sums the bias gradient in one pass. The kernels take the weight as (kH, kW, C_in/groups, C_out): read and
+    written in place where the training arena stores it so, else re-laid-out at each step. Its kernels' scratch
+    comes from `workspace`, one array the schedule shares among all conv nodes."""
 
     def __init__(self, x, weight, bias, output, stride, padding, dilation, groups, relu=False):
         super().__init__([x, weight] + ([bias] if bias is not None else []), output)
@@ -40,22 +50,35 @@ class Conv(Node):
                                                        self.output.shape, self.output.dtype, **self.options)
                    for name in passes)
 
+    def _weight_in_place(self):
+        return _hwio(self.inputs[1].buffer.array)
+
+    def _grad_weight_in_place(self):
+        grad = self.inputs[1].grad
+        return None if grad is None or self.accumulate[1] else _hwio(grad.array)
+
     def forward_buffers(self):
-        return super().forward_buffers() + [self.weight_khwc]
+        return super().forward_buffers() + ([] if self._weight_in_place() is not None else [self.weight_khwc])
 
     def backward_buffers(self):
-        extra = [self.weight_khwc, self.inputs[0].buffer]
+        extra = [self.inputs[0].buffer] + ([] if self._weight_in_place() is not None else [self.weight_khwc])
         if self.relu:
             extra += [self.grad_pre, self.output.buffer, self.partials]
-        if self.needs(1):
+        if self.needs(1) and self._grad_weight_in_place() is None:
             extra.append(self.grad_weight_khwc)
         return super().backward_buffers() + extra
 
+    def _weight(self):
+        """The weight in the kernels' layout: the parameter itself, or its re-laid-out copy."""
+        weight = self._weight_in_place()
+        return weight if weight is not None else self.weight_khwc.array
+
     def forward(self):
-        weight = self.inputs[1].buffer.array
-        oihw_to_hwio(weight, self.weight_khwc.array)
+        weight = self._weight_in_place()
+        if weight is None:
+            weight = oihw_to_hwio(self.inputs[1].buffer.array, self.weight_khwc.array)
         bias = self.inputs[2].buffer.array if self.has_bias else None
-        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc.array, bias, self.output.buffer.array,
+        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
                                     relu=self.relu, workspace=self.workspace, **self.options)
 
     def backward(self):
@@ -74,12 +97,15 @@ class Conv(Node):
                 conv_kernels.conv2d_backward_bias(grad, self.grad_target(2), workspace=self.workspace)
                 self.finish_grad(2)
         if self.needs(1):
-            conv_kernels.conv2d_backward_weight(self.inputs[0].buffer.array, grad, self.grad_weight_khwc.array,
-                                                workspace=self.workspace, **self.options)
-            hwio_to_oihw(self.grad_weight_khwc.array, self.grad_target(1))
-            self.finish_grad(1)
+            in_place = self._grad_weight_in_place()
+            target = in_place if in_place is not None else self.grad_weight_khwc.array
+            conv_kernels.conv2d_backward_weight(self.inputs[0].buffer.array, grad, target, workspace=self.workspace,
+                                                **self.options)
+            if in_place is None:
+                hwio_to_oihw(target, self.grad_target(1))
+                self.finish_grad(1)
         if self.needs(0):
-            conv_kernels.conv2d_backward_input(grad, self.weight_khwc.array, self.grad_target(0),
+            conv_kernels.conv2d_backward_input(grad, self._weight(), self.grad_target(0),
                                                workspace=self.workspace, **self.options)
             self.finish_grad(0)
 
