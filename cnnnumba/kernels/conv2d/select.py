@@ -59,6 +59,19 @@ WINOGRAD_F4_MAX_REDUCTION = 32
 NARROW_ROW_MIN_PIXELS = 16
 
 
+# Outputs of at most this many pixels per image (ResNet-18's last two stages at 64x64 input: 4x4 and 2x2) take
+# im2col + GEMM in every pass: the Winograd and register tiles are mostly border there, and one BLAS GEMM over the
+# batch's pixels ran those layers 1.3-2.4x faster (bench/README.md).
+TINY_OUTPUT_MAX_PIXELS = 16
+
+
+def tiny_output(weight_shape, out_shape, groups):
+    """A groups=1 layer, past the few-channel kernels' channel counts, whose output is TINY_OUTPUT_MAX_PIXELS or
+    fewer pixels per image."""
+    return (groups == 1 and max(weight_shape[2], weight_shape[3]) > SMALL_MAX_CHANNELS
+            and out_shape[1] * out_shape[2] <= TINY_OUTPUT_MAX_PIXELS)
+
+
 def narrow_row(channels, width):
     """A row the 16-channel tiles would cover that the few-channel kernels run faster (NARROW_ROW_MIN_PIXELS)."""
     return channels < 2 * LANES and width < NARROW_ROW_MIN_PIXELS
@@ -130,6 +143,8 @@ def _weight_fits(dtype, weight_shape, budget):
 def _select_forward(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
+    if tiny_output(weight_shape, out_shape, groups):
+        return Variant.GEMM
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
     if winograd and winograd_f4_suits(channels_in) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
         return Variant.WINOGRAD_F4
@@ -155,6 +170,8 @@ def _select_backward_input(dtype, geometry, budget, machine):
     quarter of the budget, GEMM (which reads the weight in place) runs instead."""
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     group_in, channels_out = weight_shape[2], weight_shape[3]
+    if tiny_output(weight_shape, out_shape, groups):
+        return Variant.GEMM
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
     if winograd and winograd_f4_suits(channels_out) and winograd_f4.fits(dtype, group_in, channels_out, budget):
         return Variant.WINOGRAD_F4
@@ -177,6 +194,8 @@ def _select_backward_input(dtype, geometry, budget, machine):
 def _select_backward_weight(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
+    if tiny_output(weight_shape, out_shape, groups):
+        return Variant.GEMM
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and channels_out % LANES == 0 and channels_in % weight_tile_rows(channels_out, machine) == 0:
         return Variant.POINTWISE

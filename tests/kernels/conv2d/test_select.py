@@ -27,7 +27,11 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "cifar-cnn 64->64 @16": ConvCase(4, 16, 16, 64, 64, padding=1),
     "lenet5 1->6 @28": ConvCase(4, 28, 28, 1, 6, kernel=5, padding=2),
     "lenet5 6->16 @14": ConvCase(4, 14, 14, 6, 16, kernel=5),
+    "resnet18 256->256 @4": ConvCase(4, 4, 4, 256, 256, padding=1),
+    "resnet18 512->512 @2": ConvCase(4, 2, 2, 512, 512, padding=1),
+    "resnet18 1x1 256->512 s2": ConvCase(4, 4, 4, 256, 512, kernel=1, stride=2),
     # edge cases
+    "16->16 @4": ConvCase(4, 4, 4, 16, 16, padding=1),             # a tiny output of 16 channels
     "6->12 5x5": ConvCase(4, 14, 14, 6, 12, kernel=5),             # 12 outputs: vectorised over channels
     "3->8 7x7 s2": ConvCase(2, 32, 32, 3, 8, kernel=7, stride=2, padding=3),
     "32->40 3x3": ConvCase(2, 9, 17, 32, 40, padding=1),           # 40 outputs: no whole weight tiles
@@ -63,6 +67,11 @@ TABLE = [
     (F, "3->8 7x7 s2", None, V.GEMM), (BI, "cifar-cnn 3->32 @32", None, V.GEMM),
     (BW, "32->40 3x3", None, V.GEMM), (F, "cifar-cnn 3->32 @32", f64, V.GEMM),
     (BI, "resnet20 64->64 @8", f64, V.GEMM), (BW, "resnet20 1x1 16->32 s2", f64, V.GEMM),
+    # outputs of at most 16 pixels per image: GEMM in every pass (select.TINY_OUTPUT_MAX_PIXELS)
+    (F, "resnet18 256->256 @4", None, V.GEMM), (BI, "resnet18 256->256 @4", None, V.GEMM),
+    (BW, "resnet18 256->256 @4", None, V.GEMM), (BW, "resnet18 512->512 @2", None, V.GEMM),
+    (BW, "resnet18 1x1 256->512 s2", None, V.GEMM), (F, "resnet18 1x1 256->512 s2", None, V.GEMM),
+    (F, "16->16 @4", None, V.WINOGRAD_F4), (BW, "16->16 @4", None, V.WINOGRAD_F4),  # 16 channels: as before
     (F, "groups 2", None, V.GENERAL), (BI, "groups 2", f64, V.GENERAL), (BW, "depthwise", None, V.GENERAL),
     (F, "depthwise", f64, V.GENERAL), (BI, "depthwise", None, V.GENERAL),
 ]
