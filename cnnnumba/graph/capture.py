@@ -16,7 +16,7 @@ from .gradient_sync import gradient_sync_for
 from .lower import Lowering, kernel_layouts, number_values
 from .plan import plan_memory, plan_workspace, unplanned_bytes
 from .trace import Tracer
-from .update import FusedUpdate
+from .update import FusedUpdate, home_in_layouts
 
 
 def _lowered(records, x_tensor, model, training):
@@ -302,10 +302,13 @@ class Predictor:
         x = _check_batch(x, None)
         key = (x.shape, x.dtype)
         graph = self.graphs.get(key)
+        if graph is not None and not all(param.data is array for param, array in graph[3]):
+            self.graphs.clear()  # a parameter's array was replaced (a training graph homed it): re-record
+            graph = None
         if graph is None:
             graph = self.graphs[key] = self._record(x)
             return_freed_memory()  # the traced forward's arrays are unreferenced once the graph is built
-        forward, schedule, out_value = graph
+        forward, schedule, out_value, _ = graph
         self.last = schedule
         forward[0].source = x
         for node in forward:
@@ -315,18 +318,21 @@ class Predictor:
         return np.ascontiguousarray(result.transpose(0, 3, 1, 2)) if out_value.nhwc else result.copy()
 
     def _record(self, x):
-        """(forward nodes, schedule, output value) of the eval-mode forward traced on batch x."""
+        """(forward nodes, schedule, output value, (parameter, its array) pairs it reads) of the eval-mode forward
+        traced on batch x; conv weights are re-homed in the kernels' layout first, once."""
         params = list(self.model.parameters())
         _check_batch(x, params[0].dtype if params else None)
         x_tensor = Tensor(x)
         with no_grad(), Tracer(keep_values=False) as tracer:
             output = tracer.stand_in(self.model(x_tensor))
+        home_in_layouts(params, kernel_layouts(tracer.records))
         lowering = _lowered(tracer.records, x_tensor, self.model, training=False)
         forward = lowering.nodes
         out_value = lowering.values.get(id(output))
         if out_value is None:
             raise ValueError("capture(model): the model's output is not computed by any op")
-        return forward, _Schedule(forward, [], keep_alive=[out_value.buffer]), out_value
+        return (forward, _Schedule(forward, [], keep_alive=[out_value.buffer]), out_value,
+                [(param, param.data) for param in params])
 
     def describe(self):
         return self.last.describe() if self.last is not None else "nothing recorded yet"

@@ -2,15 +2,20 @@
 (inference), ReLU into the conv or batch norm before it, add + ReLU into one node, and a residual block's batch
 norm + add + ReLU into one. A pass absorbs a value only when no other op reads it, and the fused value keeps the
 absorbing node's name with a suffix (`conv3_bn_relu`)."""
+import numpy as np
+
 from . import nodes as N
 
 
 def fold_batch_norm(lowering):
-    """Inference: an eval-mode batch norm right after a plain conv becomes that conv's scale and bias."""
+    """Inference: an eval-mode batch norm right after a plain conv becomes that conv's scale and bias, where the
+    weight has no more elements than the conv's output: folding passes over the weight at every call, the batch
+    norm over the output (at batch 1 most of ResNet-18's weights are larger than their outputs)."""
     for batch_norm in [node for node in lowering.nodes if type(node) is N.BatchNormEval]:
         x = batch_norm.inputs[0]
         conv = x.producer
-        if isinstance(conv, N.FoldedConv) and conv.bn is None and not conv.relu and lowering.single_use(x):
+        if isinstance(conv, N.FoldedConv) and conv.bn is None and not conv.relu and lowering.single_use(x) \
+                and conv.conv_weight.size <= np.prod(x.shape):
             conv.bn = batch_norm.folding
             _absorb(lowering, batch_norm, x, "_bn")
 

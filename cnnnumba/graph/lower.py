@@ -158,10 +158,10 @@ def _rebased(name, old, new):
 
 
 def kernel_layouts(records):
-    """id(parameter) -> the axes order its training arena stores it in (graph/update.py): conv weights in the conv
-    kernels' HWIO, so the Conv nodes read them and write their gradients with no re-layout at each step."""
+    """id(parameter) -> the axes order a captured graph stores it in (graph/update.py): conv weights in the conv
+    kernels' HWIO, so the conv nodes read them (and write their gradients) with no re-layout at each call."""
     return {id(args[1]): HWIO_AXES for op, args, _, _ in records
-            if type(op) is ConvOp and isinstance(args[1], Tensor) and args[1].is_leaf and args[1].requires_grad}
+            if type(op) is ConvOp and isinstance(args[1], Tensor) and args[1].is_leaf}
 
 
 @lowers(ConvOp)

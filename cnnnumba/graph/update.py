@@ -10,6 +10,16 @@ def _inverse(axes):
     return tuple(int(a) for a in np.argsort(axes))
 
 
+def home_in_layouts(params, layouts):
+    """Store each parameter that `layouts` names (id -> axes order) in that order, unless it already is: its
+    `.data` becomes the transposed view of a new C-contiguous array (for an inference graph; a training graph's
+    arenas home them in FusedUpdate)."""
+    for param in params:
+        axes = layouts.get(id(param))
+        if axes is not None and not param.data.transpose(axes).flags.c_contiguous:
+            param.data = np.ascontiguousarray(param.data.transpose(axes)).transpose(_inverse(axes))
+
+
 def _arena_views(arrays, dtype, layouts):
     """Copy `arrays` into one new flat arena; returns (arena, views shaped like the arrays). layouts[k], when not
     None, is the axes order arrays[k] is stored in (its block is arrays[k].transpose(layouts[k]), C-contiguous)."""

@@ -221,6 +221,47 @@ def test_inference_batch_norm_that_cannot_fold_runs_unfolded():
     assert "batchnorm(eval)+relu" in predict.describe()
 
 
+def test_inference_folds_batch_norm_only_where_the_weight_is_smaller_than_the_output():
+    """Folding passes over the weight at every call, an unfolded batch norm over the output: at batch 1 a
+    32-channel 3x3 conv on 4x4 pixels (9216 weights, 512 outputs) keeps its batch norm, at batch 32 it folds."""
+    cn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(512, 3))
+    model[1].running_mean[...] = np.linspace(-0.5, 0.5, 32)
+    model[1].running_var[...] = np.linspace(0.5, 2.0, 32)
+    model.eval()
+    predict = cn.graph.capture(model)
+    for batch, kept in ((1, "batchnorm(eval)+relu"), (32, "conv+bn(folded)+relu")):
+        x = np.random.default_rng(batch).standard_normal((batch, 32, 4, 4)).astype(np.float32)
+        with cn.no_grad():
+            expected = model(cn.Tensor(x)).data
+        np.testing.assert_allclose(predict(x), expected, rtol=1e-4, atol=1e-5)
+        assert kept in predict.describe()
+    assert model[0].weight.data.transpose(2, 3, 1, 0).flags.c_contiguous  # homed once, read in place
+
+
+def test_inference_graph_follows_weights_a_training_graph_rehomed():
+    """capture(model) in eval, then a captured training step (which moves the weights into its arenas), then eval
+    again: the inference graph must read the trained weights, not the arrays it was recorded with."""
+    cn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 3))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    model.eval()
+    predict = cn.graph.capture(model)
+    before = predict(x)
+    model.train()
+    train_step = cn.graph.capture(model, F.cross_entropy, cn.optim.SGD(model.parameters(), lr=0.5))
+    train_step(x, np.array([0, 1, 2, 0]))
+    model.eval()
+    with cn.no_grad():
+        expected = model(cn.Tensor(x)).data
+    after = predict(x)
+    assert not np.allclose(after, before)
+    np.testing.assert_allclose(after, expected, rtol=1e-4, atol=1e-5)
+
+
 def _step_peak_bytes(step, x, y):
     """(peak traced bytes of one replayed step, the largest peak of one node within it), everything included: the
     executor and every kernel (Numba allocates through Python's raw allocator, which tracemalloc sees), conv

@@ -112,7 +112,8 @@ class Conv(Node):
 
 class FoldedConv(Node):
     """Inference conv with the following eval-mode batch norm folded in: w' = w * s, b' = (b - mean) * s + beta,
-    s = gamma / sqrt(running_var + eps), refolded from the live parameters at every call (+ ReLU in place)."""
+    s = gamma / sqrt(running_var + eps), refolded from the live parameters at every call (+ ReLU in place). With
+    nothing folded in, a weight stored in the kernels' layout (graph/update.py) is read in place."""
 
     def __init__(self, x, output, conv_weight, conv_bias, bn, stride, padding, dilation, groups, relu):
         super().__init__([x], output)
@@ -121,11 +122,10 @@ class FoldedConv(Node):
         self.relu = relu
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         c_out, group_in, kernel_h, kernel_w = conv_weight.shape
-        dtype = conv_weight.dtype
-        self.weight_khwc = np.empty((kernel_h, kernel_w, group_in, c_out), dtype=dtype)
-        self.bias = np.empty(c_out, dtype=dtype)
+        self.khwc_shape = (kernel_h, kernel_w, group_in, c_out)
+        self.weight_khwc = None  # the re-laid-out or folded weight, made on first use
+        self.bias = np.empty(c_out, dtype=conv_weight.dtype)
         self.scale = np.empty(c_out, dtype=np.float64)
-        self.wide_weight = np.empty(self.weight_khwc.shape, dtype=np.float64)
         self.wide_bias = np.empty(c_out, dtype=np.float64)
         self.workspace = None
 
@@ -134,21 +134,26 @@ class FoldedConv(Node):
         return ("conv+bn(folded)" if self.bn is not None else "conv") + ("+relu" if self.relu else "")
 
     def workspace_bytes(self):
-        return conv_kernels.conv2d_workspace_bytes("forward", self.inputs[0].shape, self.weight_khwc.shape,
+        return conv_kernels.conv2d_workspace_bytes("forward", self.inputs[0].shape, self.khwc_shape,
                                                    self.output.shape, self.output.dtype, **self.options)
 
     def fold(self):
-        oihw_to_hwio(self.conv_weight, self.weight_khwc)
+        """(weight in the kernels' layout, bias or None) from the live parameters."""
+        weight = _hwio(self.conv_weight)
+        if self.bn is None and weight is not None:
+            return weight, self.conv_bias
+        if self.weight_khwc is None:
+            self.weight_khwc = np.empty(self.khwc_shape, dtype=self.conv_weight.dtype)
+        if weight is None:
+            weight = oihw_to_hwio(self.conv_weight, self.weight_khwc)
         if self.bn is None:
-            if self.conv_bias is not None:
-                np.copyto(self.bias, self.conv_bias)
-            return
+            return weight, self.conv_bias
         running_mean, running_var, gamma, beta, eps = self.bn
         np.add(running_var, eps, out=self.scale, dtype=np.float64)
         np.sqrt(self.scale, out=self.scale)
         np.divide(1.0 if gamma is None else gamma, self.scale, out=self.scale, dtype=np.float64)
-        np.multiply(self.weight_khwc, self.scale, out=self.wide_weight, dtype=np.float64)
-        np.copyto(self.weight_khwc, self.wide_weight, casting="same_kind")
+        # products in float64, each rounded once to the weight's dtype
+        np.multiply(weight, self.scale, out=self.weight_khwc, dtype=np.float64, casting="same_kind")
         if self.conv_bias is None:
             np.negative(running_mean, out=self.wide_bias, dtype=np.float64)
         else:
@@ -157,10 +162,9 @@ class FoldedConv(Node):
         if beta is not None:
             np.add(self.wide_bias, beta, out=self.wide_bias, dtype=np.float64)
         np.copyto(self.bias, self.wide_bias, casting="same_kind")
+        return self.weight_khwc, self.bias
 
     def forward(self):
-        self.fold()
-        has_bias = self.bn is not None or self.conv_bias is not None
-        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, self.weight_khwc, self.bias if has_bias else None,
-                                    self.output.buffer.array, relu=self.relu, workspace=self.workspace,
-                                    **self.options)
+        weight, bias = self.fold()
+        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
+                                    relu=self.relu, workspace=self.workspace, **self.options)
