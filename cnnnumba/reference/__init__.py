@@ -230,7 +230,7 @@ def hardtanh_forward(x, min_val, max_val, out):
 
 
 def hardtanh_backward(grad, x, min_val, max_val, out):
-    out[...] = np.where((x <= min_val) | (x >= max_val), 0, grad)
+    out[...] = np.where((x > min_val) & (x < max_val), grad, 0)
 
 
 def _erf(x):
