@@ -369,8 +369,19 @@ def norm_case(shape, dtype, offset=0.0):
     return outputs
 
 
+def _batch_norm_add_relu(fused, direction, *arguments):
+    """The tree's fused batch norm + add + ReLU `direction` ("forward" or "backward") on the arguments of trees
+    before clamps (batch_norm_add_relu_*); trees with clamps (batch_norm_add_act_*) take fused.RELU after the
+    sixth (bias forward, weight backward)."""
+    if hasattr(fused, "RELU"):
+        return getattr(fused, f"batch_norm_add_act_{direction}")(*arguments[:6], fused.RELU, *arguments[6:])
+    return getattr(fused, f"batch_norm_add_relu_{direction}")(*arguments)
+
+
 def fused_case(shape, dtype, relu):
     fused = importlib.import_module("cnnnumba.kernels.fused")
+    # trees with clamps (fused.RELU) take the activation as a clamp, older ones as a boolean
+    activation = (fused.RELU if relu else fused.NO_CLAMP) if hasattr(fused, "RELU") else relu
     x, weight, bias, grad_y = _norm_inputs(*shape, dtype, scale=3.0, offset=1.0)
     if shape[0] == 1:  # training batch norm needs two rows
         x, grad_y = np.concatenate([x, x + 1]), np.concatenate([grad_y, -grad_y])
@@ -379,22 +390,23 @@ def fused_case(shape, dtype, relu):
     stats = np.full((3, channels), np.nan)
     fused.batch_norm_statistics(x, 1e-5, np.full((2, chunks, channels), np.nan), stats[0], stats[1], stats[2])
     y = _nan(x)
-    fused.batch_norm_act_forward(x, stats[0], stats[2], weight, bias, relu, np.empty((3, channels), dtype), y)
+    fused.batch_norm_act_forward(x, stats[0], stats[2], weight, bias, activation, np.empty((3, channels), dtype), y)
     grad_x, grad_weight, grad_bias = _nan(x), np.full(channels, np.nan, dtype), np.full(channels, np.nan, dtype)
-    fused.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, relu, np.full((chunks, channels), 7.0),
-                                  np.full((chunks, channels), 7.0), np.empty((2, channels)),
-                                  np.full((7, channels), 7, dtype), grad_x, grad_weight, grad_bias)
+    fused.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, activation,
+                                  np.full((chunks, channels), 7.0), np.full((chunks, channels), 7.0),
+                                  np.empty((2, channels)), np.full((7, channels), 7, dtype), grad_x, grad_weight,
+                                  grad_bias)
     outputs = {"statistics": stats, "y": y, "grad_x": grad_x, "grad_weight": grad_weight, "grad_bias": grad_bias}
     if relu:
         shortcut = _norm_inputs(rows, channels, dtype, seed=2, scale=3.0, offset=0.0)[0]
         shortcut[0, 0] = np.nan
         added = _nan(x)
-        fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias,
-                                          np.empty((3, channels), dtype), added)
+        _batch_norm_add_relu(fused, "forward", x, shortcut, stats[0], stats[2], weight, bias,
+                             np.empty((3, channels), dtype), added)
         arrays = [_nan(x), _nan(x), np.full(channels, np.nan, dtype), np.full(channels, np.nan, dtype)]
-        fused.batch_norm_add_relu_backward(grad_y, added, x, stats[0], stats[2], weight,
-                                           np.full((chunks, channels), 7.0), np.full((chunks, channels), 7.0),
-                                           np.empty((2, channels)), np.full((7, channels), 7, dtype), *arrays)
+        _batch_norm_add_relu(fused, "backward", grad_y, added, x, stats[0], stats[2], weight,
+                             np.full((chunks, channels), 7.0), np.full((chunks, channels), 7.0),
+                             np.empty((2, channels)), np.full((7, channels), 7, dtype), *arrays)
         outputs["add_relu_y"] = added
         outputs.update(_named(("add_relu_grad_shortcut", "add_relu_grad_x", "add_relu_grad_weight",
                                "add_relu_grad_bias"), arrays))

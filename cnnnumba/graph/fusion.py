@@ -1,10 +1,13 @@
 """Fusion passes, run in order over the plain nodes that lowering made: batch norm folded into the conv before it
-(inference), ReLU into the conv or batch norm before it, add + ReLU into one node, and a residual block's batch
-norm + add + ReLU into one. A pass absorbs a value only when no other op reads it, and the fused value keeps the
-absorbing node's name with a suffix (`conv3_bn_relu`)."""
+(inference), an activation (ReLU, ReLU6, Hardtanh) into the conv or batch norm before it, add + ReLU into one node,
+and a residual block's batch norm + add (+ ReLU) into one. A pass absorbs a value only when no other op reads it,
+and the fused value keeps the absorbing node's name with a suffix (`conv3_bn_relu6`)."""
+import math
+
 import numpy as np
 
 from . import nodes as N
+from .nodes.base import NO_CLAMP, RELU
 
 
 def fold_batch_norm(lowering):
@@ -14,20 +17,21 @@ def fold_batch_norm(lowering):
     for batch_norm in [node for node in lowering.nodes if type(node) is N.BatchNormEval]:
         x = batch_norm.inputs[0]
         conv = x.producer
-        if isinstance(conv, N.FoldedConv) and conv.bn is None and not conv.relu and lowering.single_use(x) \
+        if isinstance(conv, N.FoldedConv) and conv.bn is None and conv.clamp == NO_CLAMP and lowering.single_use(x) \
                 and conv.conv_weight.size <= np.prod(x.shape):
             conv.bn = batch_norm.folding
             _absorb(lowering, batch_norm, x, "_bn")
 
 
-def fuse_conv_relu(lowering):
-    """A ReLU after a conv is applied as the conv kernel stores each output tile."""
-    _fuse_relu_into(lowering, (N.Conv, N.FoldedConv))
+def fuse_conv_activation(lowering):
+    """A ReLU after a conv is applied as the conv kernel stores each output tile, a ReLU6 or Hardtanh in one pass
+    over the conv's output inside the conv node."""
+    _fuse_activation_into(lowering, (N.Conv, N.FoldedConv))
 
 
-def fuse_batch_norm_relu(lowering):
-    """A ReLU after a batch norm is applied in the batch norm's normalizing pass."""
-    _fuse_relu_into(lowering, (N.BatchNormTrain, N.BatchNormEval))
+def fuse_batch_norm_activation(lowering):
+    """A ReLU, ReLU6 or Hardtanh after a batch norm is applied in the batch norm's normalizing pass."""
+    _fuse_activation_into(lowering, (N.BatchNormTrain, N.BatchNormEval))
 
 
 def fuse_add_relu(lowering):
@@ -42,23 +46,24 @@ def fuse_add_relu(lowering):
             x.name += "_relu"
 
 
-def fuse_batch_norm_add_relu(lowering):
-    """Training: relu(batch_norm(x) + shortcut), a residual block's end, as one node when only the add reads the
-    batch norm's output."""
-    for add_relu in [node for node in lowering.nodes if type(node) is N.AddReLU]:
-        a, b = add_relu.inputs
+def fuse_batch_norm_add(lowering):
+    """Training: batch_norm(x) + shortcut (MobileNetV2's inverted residual) or relu(batch_norm(x) + shortcut)
+    (ResNet's block end) as one node when only the add reads the batch norm's output."""
+    for add in [node for node in lowering.nodes if type(node) in (N.Add, N.AddReLU)]:
+        clamp = RELU if type(add) is N.AddReLU else NO_CLAMP
+        a, b = add.inputs
         for normalized, shortcut in ((a, b), (b, a)):
             batch_norm = normalized.producer
-            if type(batch_norm) is N.BatchNormTrain and not batch_norm.relu and normalized is not shortcut \
+            if type(batch_norm) is N.BatchNormTrain and batch_norm.clamp == NO_CLAMP and normalized is not shortcut \
                     and lowering.single_use(normalized):
                 lowering.nodes.remove(batch_norm)
-                lowering.substitute(add_relu, N.BatchNormAddReLU(batch_norm, shortcut, add_relu.output))
+                lowering.substitute(add, N.BatchNormAdd(batch_norm, shortcut, add.output, clamp))
                 break
 
 
-# the order matters: a fold makes a conv+bn that a following ReLU can join; an add's ReLU must be fused before
-# the batch norm feeding that add can join it
-PASSES = (fold_batch_norm, fuse_conv_relu, fuse_batch_norm_relu, fuse_add_relu, fuse_batch_norm_add_relu)
+# the order matters: a fold makes a conv+bn that a following activation can join; an add's ReLU must be fused
+# before the batch norm feeding that add can join it
+PASSES = (fold_batch_norm, fuse_conv_activation, fuse_batch_norm_activation, fuse_add_relu, fuse_batch_norm_add)
 
 
 def fuse(lowering):
@@ -67,13 +72,20 @@ def fuse(lowering):
         fusion_pass(lowering)
 
 
-def _fuse_relu_into(lowering, producer_types):
-    for relu in [node for node in lowering.nodes if type(node) is N.ReLU]:
-        x = relu.inputs[0]
+def _fuse_activation_into(lowering, producer_types):
+    for activation in [node for node in lowering.nodes if type(node) in (N.ReLU, N.Hardtanh)]:
+        x = activation.inputs[0]
         producer = x.producer
-        if isinstance(producer, producer_types) and not producer.relu and lowering.single_use(x):
-            producer.relu = True
-            _absorb(lowering, relu, x, "_relu")
+        if type(producer) in producer_types and producer.clamp == NO_CLAMP and _fusable(activation.clamp) \
+                and lowering.single_use(x):
+            producer.clamp = activation.clamp
+            _absorb(lowering, activation, x, "_" + N.activation_name(activation.clamp))
+
+
+def _fusable(clamp):
+    # a fused clamp reads an infinite bound as none, which a Hardtanh with one would not (it masks the gradient
+    # at an infinite input); ReLU's infinite upper bound is none
+    return clamp == RELU or all(math.isfinite(bound) for bound in clamp)
 
 
 def _absorb(lowering, node, into, suffix):

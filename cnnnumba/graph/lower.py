@@ -8,6 +8,7 @@ from ..autograd.arith import Add as AddOp
 from ..autograd.arith import Reshape as ReshapeOp
 from ..autograd.tensor import Tensor
 from ..kernels.layout import HWIO_AXES
+from ..ops.activation import Hardtanh as HardtanhOp
 from ..ops.activation import ReLU as ReLUOp
 from ..ops.conv import Conv2d as ConvOp
 from ..ops.dropout import Dropout as DropoutOp
@@ -179,7 +180,7 @@ def lower_conv(lowering, op, args, values, options, result):
     out = lowering.new_value(result, "conv")
     bias = None if args[2] is None else _data(args[2])
     return lowering.add(N.FoldedConv(x, out, _data(args[1]), bias, None, o["stride"], o["padding"], o["dilation"],
-                                     o["groups"], relu=False))
+                                     o["groups"]))
 
 
 @lowers(BatchNormOp)
@@ -198,7 +199,7 @@ def lower_batch_norm(lowering, op, args, values, options, result):
         beta = None if args[2] is None else _data(args[2])
         out = lowering.new_value(result, "bn")
         return lowering.add(N.BatchNormEval(x, out, options["running_mean"], options["running_var"], gamma, beta,
-                                            options.get("eps", 1e-5), relu=False))
+                                            options.get("eps", 1e-5)))
     return None
 
 
@@ -208,6 +209,15 @@ def lower_relu(lowering, op, args, values, options, result):
     if x is None or x.kind != "activation":
         return None
     return lowering.add(N.ReLU([x], lowering.new_value(result, "relu")))
+
+
+@lowers(HardtanhOp)
+def lower_hardtanh(lowering, op, args, values, options, result):
+    """Hardtanh and ReLU6 (Hardtanh with bounds 0 and 6)."""
+    x = values[0]
+    if x is None or x.kind != "activation":
+        return None
+    return lowering.add(N.Hardtanh(x, lowering.new_value(result, "hardtanh"), float(args[1]), float(args[2])))
 
 
 @lowers(MaxPoolOp)

@@ -70,8 +70,9 @@ def _hardtanh_backward_range(grad, saved, min_val, max_val, out, begin, end):
     grad_part, x_part, out_part = grad[begin:end], saved[begin:end], out[begin:end]
     for i in range(out_part.size):
         value = x_part[i]
-        # PyTorch's hardtanh_backward: no gradient at or beyond either bound
-        out_part[i] = 0 if value <= min_val or value >= max_val else grad_part[i]
+        # PyTorch's vectorized hardtanh_backward: the gradient passes strictly inside the bounds, so not at or
+        # beyond either bound, and not at NaN (its scalar loop, which runs only the last few elements, passes NaN)
+        out_part[i] = grad_part[i] if min_val < value < max_val else 0
 
 
 @jit
@@ -273,8 +274,8 @@ def hardtanh_forward(x, min_val, max_val, out):
 
 
 def hardtanh_backward(grad, saved, min_val, max_val, out):
-    """out = grad where min_val < saved < max_val, else 0; `saved` is the forward input or output (clamping keeps
-    each element on its side of each bound, so both give the same mask)."""
+    """out = grad where min_val < saved < max_val, else 0 (0 at NaN too); `saved` is the forward input or output
+    (clamping keeps each element on its side of each bound, so both give the same mask)."""
     if grad.size <= CHUNK:
         _hardtanh_backward_range(grad, saved, min_val, max_val, out, 0, grad.size)
     else:

@@ -1,4 +1,4 @@
-"""Fused kernels for the graph executor: batch norm (+ shortcut add) + ReLU, add + ReLU and ReLU + bias gradient,
+"""Fused kernels for the graph executor: batch norm (+ shortcut add) + a clamp, add + ReLU and ReLU + bias gradient,
 all writing into given buffers.
 
 Activations are channels-innermost (rows, C) arrays (NHWC flattened). Per-channel sums over rows use per-chunk
@@ -6,10 +6,17 @@ float64 partials of ROWS_PER_CHUNK rows added in chunk order, so results do not 
 the elementwise passes run without contraction or reassociation, with the same arithmetic as kernels/norm.py,
 so a fused batch norm + ReLU gives the numbers of the two unfused kernels.
 
+The activation after a batch norm is a clamp to [lower, upper], given as `clamp` = (lower, upper): ReLU is
+RELU = (0, inf), ReLU6 (0, 6), Hardtanh its (min_val, max_val), and NO_CLAMP = (-inf, inf) is no activation; an
+infinite bound is no bound. Its gradient passes where lower < pre-activation < upper (0 where the output reached
+either bound, and at NaN), as PyTorch's vectorized hardtanh and cnnnumba's ReLU backward mask it.
+
 The batch-norm passes are built to read memory as few times as possible: the statistics read x once, the batch
-norm + ReLU backward recomputes the ReLU mask from x instead of reading the output, and the batch norm + add + ReLU
+norm + clamp backward recomputes the mask from x instead of reading the output, and the batch norm + add + clamp
 backward's apply pass reads the masked gradient its reduction pass wrote (bench/README.md, 2026-11-28 01:10 UTC).
 """
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -17,8 +24,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._runtime import EXACT_FASTMATH, jit, parallel_jit, run_shares
-from ._runtime.vector import INDEX, LANES, element_pointer, fma_function
+from ._runtime.vector import INDEX, LANES, element_pointer, fma_function, splat
 from .elementwise import CHUNK as ELEMENT_CHUNK
+
+# the activations a batch norm applies, as the clamps (lower, upper) described above
+NO_CLAMP = (-math.inf, math.inf)
+RELU = (0.0, math.inf)
 
 
 # The statistics and the batch norm + ReLU (or + add + ReLU) forwards and backwards run their chunk and row loops
@@ -164,20 +175,40 @@ def _grad_sums_codegen(context, builder, array_types, x_value, begin, end, c0, m
     return context.get_dummy_value()
 
 
+def _clamp_mask(builder, element, lower, upper):
+    """values -> <16 x i1>, the lanes where lower < value < upper (a clamp's gradient passes), lower and upper
+    scalars of type element; an infinite bound is no bound, and NaN is outside any other."""
+    vector, flags = ir.VectorType(element, LANES), ir.VectorType(ir.IntType(1), LANES)
+    lower_vector, upper_vector = splat(builder, lower, vector), splat(builder, upper, vector)
+    no_lower = splat(builder, builder.fcmp_ordered("==", lower, ir.Constant(element, -math.inf)), flags)
+    no_upper = splat(builder, builder.fcmp_ordered("==", upper, ir.Constant(element, math.inf)), flags)
+
+    def mask(values):
+        above = builder.or_(builder.fcmp_ordered(">", values, lower_vector), no_lower)
+        return builder.and_(above, builder.or_(builder.fcmp_ordered("<", values, upper_vector), no_upper))
+
+    return mask
+
+
+def _clamp_bounds_typed(x, lower, upper):
+    return isinstance(lower, types.Float) and lower == x.dtype and upper == x.dtype
+
+
 @intrinsic
-def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, relu, partial_dy, partial_dy_xhat,
-                     chunk):
-    """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y, or 0 where relu and the
-    pre-activation (x - coefficients[0]) * coefficients[1] + coefficients[2], computed in x's dtype without
-    contraction as batch_norm_act_forward computes it, is not > 0."""
-    if not _all_c_contiguous(grad_y, x, mean, coefficients, partial_dy, partial_dy_xhat):
+def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, lower, upper, partial_dy,
+                     partial_dy_xhat, chunk):
+    """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y where lower < the pre-activation
+    (x - coefficients[0]) * coefficients[1] + coefficients[2] < upper (see _clamp_mask), else 0; the
+    pre-activation computed in x's dtype without contraction as batch_norm_act_forward computes it."""
+    if not _all_c_contiguous(grad_y, x, mean, coefficients, partial_dy, partial_dy_xhat) \
+            or not _clamp_bounds_typed(x, lower, upper):
         return None
     index = types.intp
-    signature = types.void(grad_y, x, index, index, index, mean, coefficients, types.boolean, partial_dy,
+    signature = types.void(grad_y, x, index, index, index, mean, coefficients, lower, upper, partial_dy,
                            partial_dy_xhat, index)
 
     def codegen(context, builder, sig, args):
-        (grad_y_value, x_value, begin, end, c0, mean_value, coefficients_value, relu, partial_dy_value,
+        (grad_y_value, x_value, begin, end, c0, mean_value, coefficients_value, lower, upper, partial_dy_value,
          partial_dy_xhat_value, chunk) = args
         element = context.get_value_type(sig.args[1].dtype)
         grad_row = _block_rows(context, builder, sig.args[0], grad_y_value, c0)
@@ -186,15 +217,15 @@ def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, r
         centre, scale, shift = (_load_block(builder, coefficient_row(ir.Constant(INDEX, k)), element)
                                 for k in range(3))
         zero = ir.Constant(ir.VectorType(element, LANES), [0.0] * LANES)
+        passes = _clamp_mask(builder, element, lower, upper)
 
         def gradient_at(row):
             gradient = _load_block(builder, grad_row(row), element)
             pre_activation = builder.fadd(builder.fmul(builder.fsub(_load_block(builder, x_row(row), element), centre),
                                                        scale), shift)
-            masked = builder.select(builder.fcmp_ordered(">", pre_activation, zero), gradient, zero)
-            return builder.select(relu, masked, gradient)
+            return builder.select(passes(pre_activation), gradient, zero)
 
-        arrays = (sig.args[1], sig.args[5], sig.args[8], sig.args[9])
+        arrays = (sig.args[1], sig.args[5], sig.args[9], sig.args[10])
         return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, partial_dy_value,
                                   partial_dy_xhat_value, chunk, gradient_at)
 
@@ -202,32 +233,34 @@ def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, r
 
 
 @intrinsic
-def _block_masked_grad_sums(typingctx, grad_y, y, x, begin, end, c0, mean, grad_shortcut, partial_dy,
+def _block_masked_grad_sums(typingctx, grad_y, y, x, begin, end, c0, mean, lower, upper, grad_shortcut, partial_dy,
                             partial_dy_xhat, chunk):
-    """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y where y > 0, else 0 (NaN masked),
-    also stored into grad_shortcut."""
-    if not _all_c_contiguous(grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat):
+    """The batch-norm backward's sums (see _grad_sums_codegen) with g = grad_y where lower < y < upper (see
+    _clamp_mask), else 0, also stored into grad_shortcut."""
+    if not _all_c_contiguous(grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat) \
+            or not _clamp_bounds_typed(x, lower, upper):
         return None
     index = types.intp
-    signature = types.void(grad_y, y, x, index, index, index, mean, grad_shortcut, partial_dy, partial_dy_xhat,
-                           index)
+    signature = types.void(grad_y, y, x, index, index, index, mean, lower, upper, grad_shortcut, partial_dy,
+                           partial_dy_xhat, index)
 
     def codegen(context, builder, sig, args):
-        (grad_y_value, y_value, x_value, begin, end, c0, mean_value, grad_shortcut_value, partial_dy_value,
-         partial_dy_xhat_value, chunk) = args
+        (grad_y_value, y_value, x_value, begin, end, c0, mean_value, lower, upper, grad_shortcut_value,
+         partial_dy_value, partial_dy_xhat_value, chunk) = args
         element = context.get_value_type(sig.args[2].dtype)
         grad_row = _block_rows(context, builder, sig.args[0], grad_y_value, c0)
         y_row = _block_rows(context, builder, sig.args[1], y_value, c0)
-        shortcut_row = _block_rows(context, builder, sig.args[7], grad_shortcut_value, c0)
+        shortcut_row = _block_rows(context, builder, sig.args[9], grad_shortcut_value, c0)
         zero = ir.Constant(ir.VectorType(element, LANES), [0.0] * LANES)
+        passes = _clamp_mask(builder, element, lower, upper)
 
         def gradient_at(row):
-            kept = builder.fcmp_ordered(">", _load_block(builder, y_row(row), element), zero)
+            kept = passes(_load_block(builder, y_row(row), element))
             gradient = builder.select(kept, _load_block(builder, grad_row(row), element), zero)
             _store_block(builder, gradient, shortcut_row(row))
             return gradient
 
-        arrays = (sig.args[2], sig.args[6], sig.args[8], sig.args[9])
+        arrays = (sig.args[2], sig.args[6], sig.args[10], sig.args[11])
         return _grad_sums_codegen(context, builder, arrays, x_value, begin, end, c0, mean_value, partial_dy_value,
                                   partial_dy_xhat_value, chunk, gradient_at)
 
@@ -347,30 +380,47 @@ def _normalize_coefficients(mean, invstd, weight, bias, coefficients):
         coefficients[2, c] = bias[c]
 
 
+def clamp_bounds(clamp, dtype):
+    """A clamp's (lower, upper) as scalars of the activations' dtype: the bound a clamped element takes, and the
+    kernels compare in that dtype (one compiled signature per dtype, as for the arrays)."""
+    lower, upper = clamp
+    return dtype.type(lower), dtype.type(upper)
+
+
+@jit
+def _passes(value, lower, upper, has_lower, has_upper):
+    """Whether a clamp's gradient passes at value: lower < value < upper, a missing bound passing all (NaN fails
+    any other)."""
+    return (not has_lower or value > lower) and (not has_upper or value < upper)
+
+
 @jit(fastmath=EXACT_FASTMATH)
-def _normalize_rows_slot(slot, slots, x, shortcut, add, coefficients, relu, out):
+def _normalize_rows_slot(slot, slots, x, shortcut, add, coefficients, lower, upper, out):
     """The slot's share of the rows of batch_norm_act_forward (add False: shortcut is not read) or of
-    batch_norm_add_relu_forward (run by _runtime.jobs.run_slots). The batch-norm value is rounded to x's dtype
-    before the shortcut is added, as the unfused kernels round it."""
+    batch_norm_add_act_forward (run by _runtime.jobs.run_slots). The batch-norm value is rounded to x's dtype
+    before the shortcut is added, as the unfused kernels round it; NaN passes the clamp."""
     rows, channels = x.shape
     for r in range(slot * rows // slots, (slot + 1) * rows // slots):
         for c in range(channels):
             value = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
             if add:
                 value = value + shortcut[r, c]
-            if relu and value <= 0:
-                value = 0
+            if value <= lower:
+                value = lower
+            elif value >= upper:
+                value = upper
             out[r, c] = value
 
 
-def batch_norm_act_forward(x, mean, invstd, weight, bias, relu, coefficients, out):
-    """out = (x - mean) * invstd * weight + bias per channel, then max(., 0) when relu (NaN kept).
+def batch_norm_act_forward(x, mean, invstd, weight, bias, clamp, coefficients, out):
+    """out = (x - mean) * invstd * weight + bias per channel, then clamped to clamp = (lower, upper) (NaN kept;
+    NO_CLAMP for none, RELU for ReLU).
 
     coefficients is a scratch of x's dtype with at least 3 rows of C: the per-channel centre, scale and shift
     rounded to x's dtype exactly as the unfused kernel rounds them.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_rows_slot, x.shape[0], x, x, False, coefficients, bool(relu), out)
+    run_shares(_normalize_rows_slot, x.shape[0], x, x, False, coefficients, *clamp_bounds(clamp, x.dtype), out)
 
 
 @jit
@@ -389,11 +439,12 @@ def _backward_coefficients(sums, mean, invstd, weight, rows, coefficients, grad_
 
 
 @jit(fastmath=EXACT_FASTMATH)
-def _backward_sums_slot(slot, slots, grad_y, x, mean, coefficients, relu, partial_dy, partial_dy_xhat):
-    """batch_norm_act_backward's per-chunk sums of the (masked) gradient and of it times x - mean, for the slot's
+def _backward_sums_slot(slot, slots, grad_y, x, mean, coefficients, lower, upper, partial_dy, partial_dy_xhat):
+    """batch_norm_act_backward's per-chunk sums of the masked gradient and of it times x - mean, for the slot's
     share of the chunks (run by _runtime.jobs.run_slots)."""
     rows, channels = x.shape
     chunks = chunk_count(rows)
+    has_lower, has_upper = lower > -np.inf, upper < np.inf
     blocks = channels % LANES == 0 and grad_y.shape == x.shape and partial_dy.shape[1] == channels \
         and partial_dy_xhat.shape[1] == channels and mean.shape[0] == channels and coefficients.shape[1] == channels
     group_rows = max(GROUP_ELEMENTS // channels, 2)
@@ -405,13 +456,14 @@ def _backward_sums_slot(slot, slots, grad_y, x, mean, coefficients, relu, partia
         if blocks:
             for group in range(begin, end, group_rows):
                 for c in range(0, channels, LANES):
-                    _block_grad_sums(grad_y, x, group, min(group + group_rows, end), c, mean, coefficients, relu,
-                                     partial_dy, partial_dy_xhat, chunk)
+                    _block_grad_sums(grad_y, x, group, min(group + group_rows, end), c, mean, coefficients, lower,
+                                     upper, partial_dy, partial_dy_xhat, chunk)
             continue
         for r in range(begin, end):
             for c in range(channels):
                 g = np.float64(grad_y[r, c])
-                if relu and not (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c] > 0:
+                pre_activation = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
+                if not _passes(pre_activation, lower, upper, has_lower, has_upper):
                     g = 0.0
                 partial_dy[chunk, c] += g
                 partial_dy_xhat[chunk, c] += g * (np.float64(x[r, c]) - mean[c])
@@ -427,44 +479,49 @@ def _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd,
 
 
 @jit(fastmath=EXACT_FASTMATH)
-def _backward_rows_slot(slot, slots, grad_y, x, coefficients, relu, grad_x):
+def _backward_rows_slot(slot, slots, grad_y, x, coefficients, lower, upper, grad_x):
     """The slot's share of batch_norm_act_backward's rows of grad_x (run by _runtime.jobs.run_slots)."""
     rows, channels = x.shape
+    has_lower, has_upper = lower > -np.inf, upper < np.inf
     for r in range(slot * rows // slots, (slot + 1) * rows // slots):
         for c in range(channels):
             centred = (x[r, c] - coefficients[6, c]) * coefficients[5, c]
-            if relu and not (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c] > 0:
+            pre_activation = (x[r, c] - coefficients[0, c]) * coefficients[1, c] + coefficients[2, c]
+            if _passes(pre_activation, lower, upper, has_lower, has_upper):
+                grad_x[r, c] = (grad_y[r, c] * coefficients[3, c] + coefficients[4, c]) + centred
+            else:
                 # a zeroed gradient times the finite scale adds exactly nothing
                 grad_x[r, c] = coefficients[4, c] + centred
-            else:
-                grad_x[r, c] = (grad_y[r, c] * coefficients[3, c] + coefficients[4, c]) + centred
 
 
-def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu, partial_dy, partial_dy_xhat, sums,
+def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, clamp, partial_dy, partial_dy_xhat, sums,
                             coefficients, grad_x, grad_weight, grad_bias):
-    """Gradients of training-mode batch norm (through the batch statistics) followed by ReLU when relu.
+    """Gradients of training-mode batch norm (through the batch statistics) followed by a clamp to
+    clamp = (lower, upper) (NO_CLAMP for none).
 
-    The ReLU mask is recomputed from x (pre-activation > 0, the pre-activation computed as batch_norm_act_forward
-    computes it, bit for bit: same coefficients, same operations, no contraction), so neither the output nor the
-    masked gradient is read or stored: two passes that read grad_y and x. bias is only read for that mask.
-    sums is a (2, C) float64 scratch and coefficients a (7, C) scratch of x's dtype.
+    The clamp's mask is recomputed from x (lower < pre-activation < upper, the pre-activation computed as
+    batch_norm_act_forward computes it, bit for bit: same coefficients, same operations, no contraction), so
+    neither the output nor the masked gradient is read or stored: two passes that read grad_y and x. bias is only
+    read for that mask. sums is a (2, C) float64 scratch and coefficients a (7, C) scratch of x's dtype.
     """
     rows = x.shape[0]
-    relu = bool(relu)
+    lower, upper = clamp_bounds(clamp, x.dtype)
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_backward_sums_slot, chunk_count(rows), grad_y, x, mean, coefficients, relu, partial_dy,
-                  partial_dy_xhat)
+    run_shares(_backward_sums_slot, chunk_count(rows), grad_y, x, mean, coefficients, lower, upper, partial_dy,
+               partial_dy_xhat)
     _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd, weight, coefficients, grad_weight,
                           grad_bias)
-    run_shares(_backward_rows_slot, rows, grad_y, x, coefficients, relu, grad_x)
+    run_shares(_backward_rows_slot, rows, grad_y, x, coefficients, lower, upper, grad_x)
 
 
 @jit(fastmath=EXACT_FASTMATH)
-def _masked_backward_sums_slot(slot, slots, grad_y, y, x, mean, grad_shortcut, partial_dy, partial_dy_xhat):
-    """batch_norm_add_relu_backward's masked gradient (into grad_shortcut) and its per-chunk sums, for the slot's
+def _masked_backward_sums_slot(slot, slots, grad_y, y, x, mean, lower, upper, grad_shortcut, partial_dy,
+                               partial_dy_xhat):
+    """batch_norm_add_act_backward's masked gradient (into grad_shortcut) and its per-chunk sums, for the slot's
     share of the chunks (run by _runtime.jobs.run_slots)."""
     rows, channels = x.shape
     chunks = chunk_count(rows)
+    has_lower, has_upper = lower > -np.inf, upper < np.inf
     blocks = channels % LANES == 0 and grad_y.shape == x.shape and y.shape == x.shape \
         and grad_shortcut.shape == x.shape and partial_dy.shape[1] == channels \
         and partial_dy_xhat.shape[1] == channels and mean.shape[0] == channels
@@ -477,33 +534,34 @@ def _masked_backward_sums_slot(slot, slots, grad_y, y, x, mean, grad_shortcut, p
         if blocks:
             for group in range(begin, end, group_rows):
                 for c in range(0, channels, LANES):
-                    _block_masked_grad_sums(grad_y, y, x, group, min(group + group_rows, end), c, mean,
+                    _block_masked_grad_sums(grad_y, y, x, group, min(group + group_rows, end), c, mean, lower, upper,
                                             grad_shortcut, partial_dy, partial_dy_xhat, chunk)
             continue
         for r in range(begin, end):
             for c in range(channels):
-                g = grad_y[r, c] if y[r, c] > 0 else 0
+                g = grad_y[r, c] if _passes(y[r, c], lower, upper, has_lower, has_upper) else 0
                 grad_shortcut[r, c] = g
                 partial_dy[chunk, c] += np.float64(g)
                 partial_dy_xhat[chunk, c] += np.float64(g) * (np.float64(x[r, c]) - mean[c])
 
 
-def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight, partial_dy, partial_dy_xhat, sums,
-                                 coefficients, grad_shortcut, grad_x, grad_weight, grad_bias):
-    """Gradients of relu(batch_norm(x) + shortcut), training mode: grad_shortcut is the masked gradient
-    (grad_y where y > 0, y the fused output), written by the reduction pass, which the apply pass then reads
-    instead of grad_y and y; grad_x, grad_weight and grad_bias are batch norm's gradients given that gradient.
+def batch_norm_add_act_backward(grad_y, y, x, mean, invstd, weight, clamp, partial_dy, partial_dy_xhat, sums,
+                                coefficients, grad_shortcut, grad_x, grad_weight, grad_bias):
+    """Gradients of clamp(batch_norm(x) + shortcut), training mode, clamp = (lower, upper): grad_shortcut is the
+    masked gradient (grad_y where lower < y < upper, y the fused output), written by the reduction pass, which the
+    apply pass then reads instead of grad_y and y; grad_x, grad_weight and grad_bias are batch norm's gradients
+    given that gradient.
 
-    The numbers are those of the ReLU backward kernel followed by batch_norm_act_backward without ReLU, whose
-    apply pass this is. sums is a (2, C) float64 scratch and coefficients a (7, C) scratch of x's dtype (rows 3-6
-    used).
+    With RELU the numbers are those of the ReLU backward kernel followed by batch_norm_act_backward without a
+    clamp, whose apply pass this is. sums is a (2, C) float64 scratch and coefficients a (7, C) scratch of x's
+    dtype (rows 3-6 used).
     """
     rows = x.shape[0]
-    run_shares(_masked_backward_sums_slot, chunk_count(rows), grad_y, y, x, mean, grad_shortcut, partial_dy,
-               partial_dy_xhat)
+    run_shares(_masked_backward_sums_slot, chunk_count(rows), grad_y, y, x, mean, *clamp_bounds(clamp, x.dtype),
+               grad_shortcut, partial_dy, partial_dy_xhat)
     _finish_backward_sums(rows, partial_dy, partial_dy_xhat, sums, mean, invstd, weight, coefficients, grad_weight,
                           grad_bias)
-    run_shares(_backward_rows_slot, rows, grad_shortcut, x, coefficients, False, grad_x)
+    run_shares(_backward_rows_slot, rows, grad_shortcut, x, coefficients, *clamp_bounds(NO_CLAMP, x.dtype), grad_x)
 
 
 # relu_backward_bias_grad runs serially up to this many elements: a parallel region costs more than it saves on a
@@ -598,16 +656,17 @@ def relu_backward_bias_grad(grad_y, y, grad_x, partials, grad_bias):
         _relu_backward_bias_grad_parallel(grad_y, y, grad_x, partials, grad_bias)
 
 
-def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias, coefficients, out):
-    """out = max((x - mean) * invstd * weight + bias + shortcut, 0) per channel (NaN kept): the end of a residual
-    block (batch norm, shortcut add, ReLU) in one pass over memory instead of three.
+def batch_norm_add_act_forward(x, shortcut, mean, invstd, weight, bias, clamp, coefficients, out):
+    """out = (x - mean) * invstd * weight + bias + shortcut per channel, clamped to clamp = (lower, upper) (NaN
+    kept): the end of a residual block (batch norm, shortcut add, activation) in one pass over memory instead of
+    two or three.
 
     The batch-norm value is rounded to x's dtype before the shortcut is added, so the numbers are those of the
-    unfused batch norm, add and ReLU kernels. coefficients is a scratch of x's dtype, as for
+    unfused batch norm, add and activation kernels. coefficients is a scratch of x's dtype, as for
     batch_norm_act_forward.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_rows_slot, x.shape[0], x, shortcut, True, coefficients, True, out)
+    run_shares(_normalize_rows_slot, x.shape[0], x, shortcut, True, coefficients, *clamp_bounds(clamp, x.dtype), out)
 
 
 @jit

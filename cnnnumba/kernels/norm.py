@@ -1,7 +1,7 @@
 """Batch-normalization kernels on channels-innermost (rows, C) arrays: NHWC, NLC or (N, C) flattened to rows.
 
-The training-mode passes are the graph executor's buffer-writing kernels in fused.py (batch norm + ReLU with the
-ReLU off), called through allocating wrappers: a captured step records its first step eagerly and then replays
+The training-mode passes are the graph executor's buffer-writing kernels in fused.py (batch norm + clamp with
+NO_CLAMP), called through allocating wrappers: a captured step records its first step eagerly and then replays
 the fused kernels, and with one set of kernels their parallel loops compile once instead of twice.
 """
 import numpy as np
@@ -30,7 +30,8 @@ def channel_statistics(x):
 def batch_norm_normalize(x, mean, invstd, weight, bias):
     """y = (x - mean) * invstd * weight + bias per channel, in x's dtype; mean and invstd are float64."""
     y = np.empty_like(x)
-    fused.batch_norm_act_forward(x, mean, invstd, weight, bias, False, np.empty((3, x.shape[1]), dtype=x.dtype), y)
+    coefficients = np.empty((3, x.shape[1]), dtype=x.dtype)
+    fused.batch_norm_act_forward(x, mean, invstd, weight, bias, fused.NO_CLAMP, coefficients, y)
     return y
 
 
@@ -57,9 +58,9 @@ def batch_norm_backward_train(grad_y, x, mean, invstd, weight):
     sums = np.empty((2, channels), dtype=np.float64)
     rounded_grads = np.empty((2, channels), dtype=x.dtype)  # the float64 sums below are what is returned
     grad_x = np.empty_like(x)
-    unused_bias = np.zeros(channels, dtype=x.dtype)  # only the ReLU mask reads the bias
-    fused.batch_norm_act_backward(grad_y, x, mean, invstd, weight, unused_bias, False, partials[0], partials[1],
-                                  sums, np.empty((7, channels), dtype=x.dtype), grad_x, rounded_grads[0],
+    unused_bias = np.zeros(channels, dtype=x.dtype)  # only the clamp's mask reads the bias
+    fused.batch_norm_act_backward(grad_y, x, mean, invstd, weight, unused_bias, fused.NO_CLAMP, partials[0],
+                                  partials[1], sums, np.empty((7, channels), dtype=x.dtype), grad_x, rounded_grads[0],
                                   rounded_grads[1])
     return grad_x, sums[1] * invstd, sums[0]
 

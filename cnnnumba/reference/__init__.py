@@ -230,7 +230,7 @@ def hardtanh_forward(x, min_val, max_val, out):
 
 
 def hardtanh_backward(grad, x, min_val, max_val, out):
-    out[...] = np.where((x <= min_val) | (x >= max_val), 0, grad)
+    out[...] = np.where((x > min_val) & (x < max_val), grad, 0)
 
 
 def _erf(x):
@@ -420,19 +420,30 @@ def batch_norm_statistics(x, eps):
     return mean, variance, 1.0 / np.sqrt(variance + eps)
 
 
-def batch_norm_act_forward(x, mean, invstd, weight, bias, relu):
+def _clamped(y, clamp):
+    lower, upper = (y.dtype.type(bound) for bound in clamp)
+    return np.where(y <= lower, lower, np.where(y >= upper, upper, y))
+
+
+def _clamp_passes(values, clamp):
+    """Where a clamp's gradient passes: lower < values < upper, an infinite bound being no bound."""
+    lower, upper = (values.dtype.type(bound) for bound in clamp)
+    return ((lower == -np.inf) | (values > lower)) & ((upper == np.inf) | (values < upper))
+
+
+def batch_norm_act_forward(x, mean, invstd, weight, bias, clamp):
     y = ((x - mean.astype(x.dtype)) * (invstd * weight).astype(x.dtype) + bias.astype(x.dtype)).astype(x.dtype)
-    return np.where(y <= 0, np.zeros((), x.dtype), y) if relu else y
+    return _clamped(y, clamp)
 
 
-def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu):
-    """(grad_x, grad_weight, grad_bias) of batch norm (batch statistics) followed by ReLU when relu; the ReLU mask
-    is the pre-activation > 0, the pre-activation recomputed from x as batch_norm_act_forward computes it."""
-    if relu:
-        pre_activation = batch_norm_act_forward(x, mean, invstd, weight, bias, relu=False)
-        g = np.where(pre_activation > 0, grad_y, 0).astype(np.float64)
-    else:
-        g = grad_y.astype(np.float64)
+def batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, clamp):
+    """(grad_x, grad_weight, grad_bias) of batch norm (batch statistics) followed by a clamp to (lower, upper); the
+    mask is lower < pre-activation < upper, the pre-activation recomputed from x as batch_norm_act_forward computes
+    it."""
+    g = grad_y.astype(np.float64)
+    if tuple(clamp) != (-np.inf, np.inf):  # bias is None where there is no clamp
+        pre_activation = batch_norm_act_forward(x, mean, invstd, weight, bias, (-np.inf, np.inf))
+        g = np.where(_clamp_passes(pre_activation, clamp), g, 0)
     x_hat = (x.astype(np.float64) - mean) * invstd
     sum_dy, sum_dy_xhat = g.sum(axis=0), (g * x_hat).sum(axis=0)
     rows = x.shape[0]
@@ -445,15 +456,16 @@ def relu_backward_bias_grad(grad_y, y):
     return grad_x, grad_x.astype(np.float64).sum(axis=0).astype(grad_y.dtype)
 
 
-def batch_norm_add_relu_forward(x, shortcut, mean, invstd, weight, bias):
-    total = batch_norm_act_forward(x, mean, invstd, weight, bias, relu=False) + shortcut
-    return np.where(total <= 0, np.zeros((), x.dtype), total)
+def batch_norm_add_act_forward(x, shortcut, mean, invstd, weight, bias, clamp):
+    total = batch_norm_act_forward(x, mean, invstd, weight, bias, (-np.inf, np.inf)) + shortcut
+    return _clamped(total, clamp)
 
 
-def batch_norm_add_relu_backward(grad_y, y, x, mean, invstd, weight):
-    """(grad_shortcut, grad_x, grad_weight, grad_bias) of relu(batch_norm(x) + shortcut), y its output."""
-    grad_shortcut = np.where(y > 0, grad_y, 0).astype(grad_y.dtype)
-    return (grad_shortcut,) + batch_norm_act_backward(grad_shortcut, x, mean, invstd, weight, None, relu=False)
+def batch_norm_add_act_backward(grad_y, y, x, mean, invstd, weight, clamp):
+    """(grad_shortcut, grad_x, grad_weight, grad_bias) of clamp(batch_norm(x) + shortcut), y its output."""
+    grad_shortcut = np.where(_clamp_passes(y, clamp), grad_y, 0).astype(grad_y.dtype)
+    no_clamp = (-np.inf, np.inf)
+    return (grad_shortcut,) + batch_norm_act_backward(grad_shortcut, x, mean, invstd, weight, None, no_clamp)
 
 
 def add_relu_forward(a, b):

@@ -21,73 +21,98 @@ def _inputs(rows, channels, dtype, seed=0):
     return x, weight, bias, grad_y
 
 
-def _fused_forward(x, weight, bias, relu, eps=1e-5):
+# no activation, ReLU, ReLU6 and a Hardtanh whose bounds are not exact in float32
+CLAMPS = [fused.NO_CLAMP, fused.RELU, (0.0, 6.0), (-1.0, 0.1)]
+
+
+def _fused_forward(x, weight, bias, clamp, eps=1e-5):
     rows, channels = x.shape
     partials = np.full((2, fused.chunk_count(rows), channels), np.nan)  # read only where written first
     stats = np.empty((3, channels))
     out = np.empty_like(x)
     fused.batch_norm_statistics(x, eps, partials, stats[0], stats[1], stats[2])
-    fused.batch_norm_act_forward(x, stats[0], stats[2], weight, bias, relu, np.empty((3, channels), x.dtype), out)
+    fused.batch_norm_act_forward(x, stats[0], stats[2], weight, bias, clamp, np.empty((3, channels), x.dtype), out)
     return out, stats
 
 
-def _fused_backward(grad_y, x, stats, weight, bias, relu):
+def _fused_backward(grad_y, x, stats, weight, bias, clamp):
     rows, channels = x.shape
     chunks = fused.chunk_count(rows)
     grad_x, grad_weight, grad_bias = np.empty_like(x), np.empty(channels, x.dtype), np.empty(channels, x.dtype)
-    fused.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, relu, np.full((chunks, channels), 7.0),
+    fused.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, clamp, np.full((chunks, channels), 7.0),
                                   np.full((chunks, channels), 7.0), np.empty((2, channels)),
                                   np.full((7, channels), 7, x.dtype), grad_x, grad_weight, grad_bias)
     return grad_x, grad_weight, grad_bias
 
 
-def _fused_add_relu_backward(grad_y, y, x, stats, weight):
+def _fused_add_act_backward(grad_y, y, x, stats, weight, clamp=fused.RELU):
     rows, channels = x.shape
     chunks = fused.chunk_count(rows)
     grad_shortcut, grad_x = np.full_like(x, 7), np.full_like(x, 7)
     grad_weight, grad_bias = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
-    fused.batch_norm_add_relu_backward(grad_y, y, x, stats[0], stats[2], weight, np.full((chunks, channels), 7.0),
-                                       np.full((chunks, channels), 7.0), np.empty((2, channels)),
-                                       np.full((7, channels), 7, x.dtype), grad_shortcut, grad_x, grad_weight,
-                                       grad_bias)
+    fused.batch_norm_add_act_backward(grad_y, y, x, stats[0], stats[2], weight, clamp,
+                                      np.full((chunks, channels), 7.0), np.full((chunks, channels), 7.0),
+                                      np.empty((2, channels)), np.full((7, channels), 7, x.dtype), grad_shortcut,
+                                      grad_x, grad_weight, grad_bias)
     return grad_shortcut, grad_x, grad_weight, grad_bias
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES + BLOCK_SHAPES)
-@pytest.mark.parametrize("relu", [False, True])
-def test_batch_norm_act_matches_reference(shape, dtype, relu):
+@pytest.mark.parametrize("clamp", CLAMPS)
+def test_batch_norm_act_matches_reference(shape, dtype, clamp):
     x, weight, bias, grad_y = _inputs(*shape, dtype)
     if shape[0] == 1:
         x = np.concatenate([x, x + 1])  # training batch norm needs two rows
         grad_y = np.concatenate([grad_y, -grad_y])
-    y, stats = _fused_forward(x, weight, bias, relu)
+    y, stats = _fused_forward(x, weight, bias, clamp)
     mean, variance, invstd = reference.batch_norm_statistics(x, 1e-5)
     np.testing.assert_allclose(stats, np.stack([mean, variance, invstd]), rtol=1e-12)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
-    expected_y = reference.batch_norm_act_forward(x, mean, invstd, weight, bias, relu)
+    expected_y = reference.batch_norm_act_forward(x, mean, invstd, weight, bias, clamp)
     np.testing.assert_allclose(y, expected_y, rtol=rtol, atol=rtol)
-    got = _fused_backward(grad_y, x, stats, weight, bias, relu)
-    expected = reference.batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, relu)
+    got = _fused_backward(grad_y, x, stats, weight, bias, clamp)
+    expected = reference.batch_norm_act_backward(grad_y, x, mean, invstd, weight, bias, clamp)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=20 * rtol, atol=20 * rtol)
 
 
+def _unfused_activation(values, clamp):
+    """The elementwise kernel an unfused graph runs for `clamp`: relu, hardtanh or none."""
+    out = values.copy()
+    if clamp == fused.RELU:
+        elementwise.relu_forward(values.reshape(-1), out.reshape(-1))
+    elif clamp != fused.NO_CLAMP:
+        lower, upper = (values.dtype.type(bound) for bound in clamp)
+        elementwise.hardtanh_forward(values.reshape(-1), lower, upper, out.reshape(-1))
+    return out
+
+
+def _unfused_activation_backward(grad_y, y, clamp):
+    grad = grad_y.copy()
+    if clamp == fused.RELU:
+        elementwise.relu_backward(grad_y.reshape(-1), y.reshape(-1), grad.reshape(-1))
+    elif clamp != fused.NO_CLAMP:
+        lower, upper = (y.dtype.type(bound) for bound in clamp)
+        elementwise.hardtanh_backward(grad_y.reshape(-1), y.reshape(-1), lower, upper, grad.reshape(-1))
+    return grad
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES[1:] + BLOCK_SHAPES)
-def test_batch_norm_relu_fusion_equals_unfused_kernels(shape, dtype):
-    """Fused batch norm + ReLU gives the numbers of kernels/norm.py followed by the elementwise ReLU kernels."""
+@pytest.mark.parametrize("clamp", CLAMPS[1:])
+def test_batch_norm_clamp_fusion_equals_unfused_kernels(shape, dtype, clamp):
+    """Fused batch norm + ReLU (or ReLU6, Hardtanh) gives the numbers of kernels/norm.py followed by the
+    elementwise activation kernels."""
     x, weight, bias, grad_y = _inputs(*shape, dtype)
-    y, stats = _fused_forward(x, weight, bias, relu=True)
+    y, stats = _fused_forward(x, weight, bias, clamp)
     normalized, mean, variance, invstd = norm.batch_norm_forward_train(x, weight, bias, 1e-5)
-    unfused_y = np.empty_like(normalized)
-    elementwise.relu_forward(normalized.reshape(-1), unfused_y.reshape(-1))
+    unfused_y = _unfused_activation(normalized, clamp)
     np.testing.assert_array_equal(y, unfused_y)
     np.testing.assert_array_equal(stats, np.stack([mean, variance, invstd]))
-    masked = np.empty_like(grad_y)
-    elementwise.relu_backward(grad_y.reshape(-1), unfused_y.reshape(-1), masked.reshape(-1))
+    masked = _unfused_activation_backward(grad_y, unfused_y, clamp)
     unfused = norm.batch_norm_backward_train(masked, x, mean, invstd, weight)
-    got = _fused_backward(grad_y, x, stats, weight, bias, relu=True)
+    got = _fused_backward(grad_y, x, stats, weight, bias, clamp)
     tolerance = 1e-6 if dtype == np.float32 else 1e-13
     for g, e in zip(got, unfused):
         np.testing.assert_allclose(g, e.astype(dtype), rtol=tolerance, atol=tolerance)
@@ -116,9 +141,9 @@ def test_fused_reductions_identical_for_any_thread_count(channels):
     try:
         for threads in (1, 2):
             cn.set_num_threads(threads)
-            y, stats = _fused_forward(x, weight, bias, relu=True)
-            grads = _fused_backward(grad_y, x, stats, weight, bias, relu=True)
-            add_relu_grads = _fused_add_relu_backward(grad_y, y, x, stats, weight)
+            y, stats = _fused_forward(x, weight, bias, clamp=fused.RELU)
+            grads = _fused_backward(grad_y, x, stats, weight, bias, clamp=fused.RELU)
+            add_relu_grads = _fused_add_act_backward(grad_y, y, x, stats, weight)
             grad_x, grad_bias = np.empty_like(grad_y), np.empty(channels, np.float32)
             fused.relu_backward_bias_grad(grad_y, y, grad_x, np.empty((fused.chunk_count(1500), channels)), grad_bias)
             results.append((y, stats, *grads, *add_relu_grads, grad_bias))
@@ -130,23 +155,24 @@ def test_fused_reductions_identical_for_any_thread_count(channels):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES[1:] + BLOCK_SHAPES)
-def test_batch_norm_add_relu_equals_reference_and_unfused_kernels(shape, dtype):
-    """Batch norm + shortcut add + ReLU in one pass gives the bits of batch norm, np.add and the ReLU kernel."""
+@pytest.mark.parametrize("clamp", CLAMPS[:3])
+def test_batch_norm_add_act_equals_reference_and_unfused_kernels(shape, dtype, clamp):
+    """Batch norm + shortcut add (+ ReLU or ReLU6) in one pass gives the bits of batch norm, np.add and the
+    activation kernel."""
     x, weight, bias, _ = _inputs(*shape, dtype)
     shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
-    shortcut[0, 0] = np.nan  # NaN survives the ReLU, as in PyTorch
+    shortcut[0, 0] = np.nan  # NaN survives the activation, as in PyTorch
     rows, channels = shape
     partials, stats = np.empty((2, fused.chunk_count(rows), channels)), np.empty((3, channels))
     fused.batch_norm_statistics(x, 1e-5, partials, stats[0], stats[1], stats[2])
     out = np.empty_like(x)
-    fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias,
-                                      np.empty((3, channels), dtype), out)
+    fused.batch_norm_add_act_forward(x, shortcut, stats[0], stats[2], weight, bias, clamp,
+                                     np.empty((3, channels), dtype), out)
     normalized = norm.batch_norm_forward_train(x, weight, bias, 1e-5)[0]
-    unfused = np.empty_like(x)
-    elementwise.relu_forward(np.add(normalized, shortcut).reshape(-1), unfused.reshape(-1))
+    unfused = _unfused_activation(np.add(normalized, shortcut), clamp)
     np.testing.assert_array_equal(out, unfused)
-    assert np.isnan(out[0, 0]) and (np.nan_to_num(out) >= 0).all()
-    expected = reference.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias)
+    assert np.isnan(out[0, 0]) and (np.nan_to_num(out) >= (-np.inf if clamp == fused.NO_CLAMP else 0)).all()
+    expected = reference.batch_norm_add_act_forward(x, shortcut, stats[0], stats[2], weight, bias, clamp)
     np.testing.assert_array_equal(out, expected)
 
 
@@ -206,13 +232,14 @@ def test_relu_backward_bias_grad_same_bits_serial_parallel_and_any_thread_count(
         np.testing.assert_array_equal(grad_bias, results[0][1])
 
 
-def _mask_edge_inputs(dtype, channels):
-    """x whose pre-activation is exactly 0 in many places (channel 0: x in {1, 2, 3}, mean exactly 2, bias 0),
-    tiny of either sign around 0 (channel 1), and NaN (channel 2: one NaN makes the whole channel NaN)."""
+def _mask_edge_inputs(dtype, channels, bound=0.0):
+    """x whose pre-activation is exactly `bound` in many places (channel 0: x in {1, 2, 3}, mean exactly 2, bias
+    bound), within a tiny step of it on either side (channel 1), and NaN (channel 2: one NaN makes the whole
+    channel NaN)."""
     rows = 3 * 300  # several statistics chunks, and a multiple of 3 so channel 0's mean is exactly 2
     x, weight, bias, grad_y = _inputs(rows, channels, dtype, seed=5)
     x[:, 0] = np.tile(np.array([1, 2, 3], dtype), rows // 3)
-    bias[0] = 0
+    bias[:2] = bound
     x[:, 1] = np.tile(np.array([-1, 1], dtype), rows // 2) * np.finfo(dtype).tiny
     x[rows // 2, 2] = np.nan
     return x, weight, bias, grad_y
@@ -220,18 +247,23 @@ def _mask_edge_inputs(dtype, channels):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels", [4, 16])
-def test_backward_recomputes_the_forwards_relu_mask_bit_for_bit(dtype, channels):
-    """The ReLU mask recomputed from x is the forward's y > 0 exactly: the fused backward equals batch norm's
-    backward without ReLU on grad_y masked by the forward's output, bit for bit, where y is exactly 0 and NaN."""
-    x, weight, bias, grad_y = _mask_edge_inputs(dtype, channels)
-    y, stats = _fused_forward(x, weight, bias, relu=True)
-    assert (y[:, 0] == 0).sum() >= x.shape[0] // 3 and np.isnan(y[:, 2]).all()
-    masked = np.where(y > 0, grad_y, 0).astype(dtype)
-    got = _fused_backward(grad_y, x, stats, weight, bias, relu=True)
-    expected = _fused_backward(masked, x, stats, weight, bias, relu=False)
+@pytest.mark.parametrize("clamp, bound", [(fused.RELU, 0.0), ((0.0, 6.0), 0.0), ((0.0, 6.0), 6.0),
+                                          ((-1.0, 0.1), -1.0), ((-1.0, 0.1), 0.1)])
+def test_backward_recomputes_the_forwards_mask_bit_for_bit(dtype, channels, clamp, bound):
+    """The clamp's mask recomputed from x is the forward's lower < y < upper exactly: the fused backward equals
+    batch norm's backward without activation on grad_y masked by the forward's output, bit for bit, where y is
+    exactly at a bound and NaN."""
+    x, weight, bias, grad_y = _mask_edge_inputs(dtype, channels, bound)
+    y, stats = _fused_forward(x, weight, bias, clamp)
+    at_bound = dtype(bound)
+    assert (y[:, 0] == at_bound).sum() >= x.shape[0] // 3 and np.isnan(y[:, 2]).all()
+    lower, upper = (dtype(b) for b in clamp)
+    masked = np.where((y > lower) & (y < upper), grad_y, 0).astype(dtype)
+    got = _fused_backward(grad_y, x, stats, weight, bias, clamp)
+    expected = _fused_backward(masked, x, stats, weight, bias, clamp=fused.NO_CLAMP)
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(g, e)
-    reference_grads = reference.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, relu=True)
+    reference_grads = reference.batch_norm_act_backward(grad_y, x, stats[0], stats[2], weight, bias, clamp)
     for g, e in zip(got, reference_grads):
         finite = np.isfinite(e)
         np.testing.assert_array_equal(np.isfinite(g), finite)
@@ -240,24 +272,28 @@ def test_backward_recomputes_the_forwards_relu_mask_bit_for_bit(dtype, channels)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES[1:] + BLOCK_SHAPES)
-def test_batch_norm_add_relu_backward_equals_unfused_kernels_and_reference(shape, dtype):
-    """The shortcut's gradient is the ReLU backward kernel's output and the rest is batch norm's backward without
-    ReLU given it, bit for bit."""
+@pytest.mark.parametrize("clamp", CLAMPS[:3])
+def test_batch_norm_add_act_backward_equals_unfused_kernels_and_reference(shape, dtype, clamp):
+    """The shortcut's gradient is the activation backward kernel's output and the rest is batch norm's backward
+    without activation given it, bit for bit."""
     x, weight, bias, grad_y = _inputs(*shape, dtype)
     shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
     rows, channels = shape
     stats = np.empty((3, channels))
     fused.batch_norm_statistics(x, 1e-5, np.empty((2, fused.chunk_count(rows), channels)), *stats)
     y = np.empty_like(x)
-    fused.batch_norm_add_relu_forward(x, shortcut, stats[0], stats[2], weight, bias, np.empty((3, channels), dtype), y)
-    y[0, 0] = np.nan  # masked, as NaN > 0 is False
-    got = _fused_add_relu_backward(grad_y, y, x, stats, weight)
-    masked = np.empty_like(grad_y)
-    elementwise.relu_backward(grad_y.reshape(-1), y.reshape(-1), masked.reshape(-1))
-    unfused = (masked,) + _fused_backward(masked, x, stats, weight, bias, relu=False)
+    fused.batch_norm_add_act_forward(x, shortcut, stats[0], stats[2], weight, bias, clamp,
+                                     np.empty((3, channels), dtype), y)
+    y[0, 0] = np.nan  # masked by an activation, as NaN > 0 is False
+    if clamp != fused.NO_CLAMP:
+        y[-1, -1] = clamp[1] if clamp[1] < np.inf else 0  # exactly at a bound: masked
+    got = _fused_add_act_backward(grad_y, y, x, stats, weight, clamp)
+    masked = _unfused_activation_backward(grad_y, y, clamp)
+    unfused = (masked,) + _fused_backward(masked, x, stats, weight, bias, clamp=fused.NO_CLAMP)
     for g, e in zip(got, unfused):
         np.testing.assert_array_equal(g, e)
-    expected = reference.batch_norm_add_relu_backward(grad_y, y, x, stats[0], stats[2], weight)
+    assert (got[0][0, 0] == 0) == (clamp != fused.NO_CLAMP)
+    expected = reference.batch_norm_add_act_backward(grad_y, y, x, stats[0], stats[2], weight, clamp)
     rtol = 1e-4 if dtype == np.float32 else 1e-12
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol)

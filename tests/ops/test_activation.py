@@ -86,9 +86,32 @@ def test_activation_validation_errors(call, error, message):
 
 @requires_torch
 def test_relu6_module_matches_torch_at_its_bounds():
-    x = np.array([-1.0, 0.0, 3.0, 6.0, 7.0], np.float64)
+    x = np.array([-1.0, 0.0, -0.0, 3.0, 6.0, 7.0, np.inf, -np.inf], np.float64)
     ours, theirs = cn.Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-    cn.nn.ReLU6()(ours).sum().backward()
-    torch.nn.ReLU6()(theirs).sum().backward()
+    out = cn.nn.ReLU6()(ours)
+    expected = torch.nn.ReLU6()(theirs)
+    np.testing.assert_array_equal(out.data, expected.detach().numpy())
+    out.sum().backward()
+    expected.sum().backward()
     np.testing.assert_array_equal(ours.grad, theirs.grad.numpy())
     assert repr(cn.nn.ReLU6()) == "ReLU6()" and repr(cn.nn.Hardtanh(-2, 2)) == "Hardtanh(min_val=-2, max_val=2)"
+
+
+@requires_torch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bounds", [(0.0, 6.0), (-1.0, 2.0), (-0.5, 0.1)])
+def test_hardtanh_at_its_bounds_and_nan_matches_torch(bounds, dtype):
+    """Exactly at either bound the gradient is 0; NaN stays NaN forward and gets no gradient, as in PyTorch's
+    vectorized loop (64 contiguous elements: no element is left to its scalar loop, which passes NaN's gradient)."""
+    lower, upper = (dtype(b) for b in bounds)
+    x = np.tile(np.array([lower, upper, np.nan, lower - 1, upper + 1, (lower + upper) / 2, np.inf, -np.inf],
+                         dtype), 8)
+    grad = np.random.default_rng(0).standard_normal(x.size).astype(dtype)
+    ours, theirs = cn.Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    out = F.hardtanh(ours, *bounds)
+    expected = torch.nn.functional.hardtanh(theirs, *bounds)
+    np.testing.assert_array_equal(out.data, expected.detach().numpy())
+    out.backward(grad)
+    expected.backward(torch.from_numpy(grad))
+    np.testing.assert_array_equal(ours.grad, theirs.grad.numpy())
+    assert (ours.grad[5::8] != 0).all() and (ours.grad[np.arange(x.size) % 8 != 5] == 0).all()

@@ -1,12 +1,15 @@
 """What every graph node is built from: `Value` (one tensor of the traced program), `Node` (inputs, output,
-gradient delivery) and `rows`.
+gradient delivery), `rows`, and the names of the activations a node applies.
 
 Inside a graph every 4-D activation is NHWC (channels innermost, what the kernels want); 2-D activations are
 (N, features). Parameters keep PyTorch's layouts and are re-laid-out by the node that reads them.
 """
 import numpy as np
 
+from ...kernels.fused import NO_CLAMP, RELU
 from ..plan import Buffer
+
+RELU6 = (0.0, 6.0)
 
 
 class Value:
@@ -30,6 +33,18 @@ class Value:
 def rows(array):
     """A channels-innermost array as (rows, C): NHWC as (N*H*W, C), (N, C) as is."""
     return array.reshape(-1, array.shape[-1])
+
+
+def activation_name(clamp):
+    """The name of the activation a node applies as the clamp (lower, upper) of kernels/fused.py: "relu",
+    "relu6" or "hardtanh", "" for none."""
+    return {NO_CLAMP: "", RELU: "relu", RELU6: "relu6"}.get(tuple(clamp), "hardtanh")
+
+
+def with_activation(name, clamp):
+    """`name` followed by "+" and the activation, if any (conv+relu, batchnorm+relu6)."""
+    activation = activation_name(clamp)
+    return f"{name}+{activation}" if activation else name
 
 
 class Node:

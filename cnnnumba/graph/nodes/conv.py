@@ -1,11 +1,23 @@
-"""Convolution nodes: the training conv (+ bias and ReLU) and the inference conv with batch norm folded in."""
+"""Convolution nodes: the training conv (+ bias and activation) and the inference conv with batch norm folded in.
+
+The activation is a clamp (kernels/fused.py): ReLU is applied as the conv kernel stores each output tile; another
+clamp (ReLU6, Hardtanh), which the conv kernels do not take, in one pass of the elementwise hardtanh kernel over
+the conv's output inside the node, in place, so that it needs no buffer of its own.
+"""
 import numpy as np
 
 from ...kernels import conv2d as conv_kernels
 from ...kernels import elementwise, fused
 from ...kernels.layout import HWIO_AXES, hwio_to_oihw, oihw_to_hwio
 from ..plan import Buffer
-from .base import Node, rows
+from .base import NO_CLAMP, RELU, Node, rows, with_activation
+
+
+def _clamp_output(clamp, out):
+    """Apply a clamp other than ReLU (which the conv kernel applied) to the conv's output, in place."""
+    if clamp not in (NO_CLAMP, RELU):
+        flat = out.reshape(-1)
+        elementwise.hardtanh_forward(flat, *fused.clamp_bounds(clamp, out.dtype), flat)
 
 
 def _hwio(array):
@@ -18,14 +30,15 @@ def _hwio(array):
 
 
 class Conv(Node):
-    """conv2d (+ its bias and ReLU, both applied as the kernel stores each output tile); backward masks by the ReLU
-    and sums the bias gradient in one pass. The kernels take the weight as (kH, kW, C_in/groups, C_out): read and
-    written in place where the training arena stores it so, else re-laid-out at each step. Its kernels' scratch
-    comes from `workspace`, one array the schedule shares among all conv nodes."""
+    """conv2d (+ its bias and activation, see the module's docstring); backward masks by the activation (by the
+    output, as the unfused ReLU and Hardtanh do), after ReLU summing the bias gradient in the same pass. The kernels
+    take the weight as (kH, kW, C_in/groups, C_out): read and written in place where the training arena stores it
+    so, else re-laid-out at each step. Its kernels' scratch comes from `workspace`, one array the schedule shares
+    among all conv nodes."""
 
-    def __init__(self, x, weight, bias, output, stride, padding, dilation, groups, relu=False):
+    def __init__(self, x, weight, bias, output, stride, padding, dilation, groups, clamp=NO_CLAMP):
         super().__init__([x, weight] + ([bias] if bias is not None else []), output)
-        self.has_bias, self.relu = bias is not None, relu
+        self.has_bias, self.clamp = bias is not None, clamp
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         c_out, group_in, kernel_h, kernel_w = weight.shape
         self.weight_khwc = Buffer((kernel_h, kernel_w, group_in, c_out), weight.dtype, output.name + ".w_khwc")
@@ -37,15 +50,16 @@ class Conv(Node):
 
     @property
     def name(self):
-        return ("conv+bias" if self.has_bias else "conv") + ("+relu" if self.relu else "")
+        return with_activation("conv+bias" if self.has_bias else "conv", self.clamp)
 
     def workspace_bytes(self):
         """The most scratch any of this node's kernel calls takes (the schedule's workspace is at least this)."""
         passes = ["forward"]
         if self.output.needs_grad:
+            # after ReLU the bias gradient is summed by fused.relu_backward_bias_grad, without the conv workspace
+            bias_pass = self.has_bias and self.needs(2) and self.clamp != RELU
             passes += [name for name, needed in (("backward_input", self.needs(0)), ("backward_weight", self.needs(1)),
-                                                 ("backward_bias", self.has_bias and self.needs(2) and not self.relu))
-                       if needed]
+                                                 ("backward_bias", bias_pass)) if needed]
         return max(conv_kernels.conv2d_workspace_bytes(name, self.inputs[0].shape, self.weight_khwc.shape,
                                                        self.output.shape, self.output.dtype, **self.options)
                    for name in passes)
@@ -62,8 +76,10 @@ class Conv(Node):
 
     def backward_buffers(self):
         extra = [self.inputs[0].buffer] + ([] if self._weight_in_place() is not None else [self.weight_khwc])
-        if self.relu:
-            extra += [self.grad_pre, self.output.buffer, self.partials]
+        if self.clamp != NO_CLAMP:
+            extra += [self.grad_pre, self.output.buffer]
+        if self.clamp == RELU:
+            extra.append(self.partials)
         if self.needs(1) and self._grad_weight_in_place() is None:
             extra.append(self.grad_weight_khwc)
         return super().backward_buffers() + extra
@@ -79,20 +95,25 @@ class Conv(Node):
             weight = oihw_to_hwio(self.inputs[1].buffer.array, self.weight_khwc.array)
         bias = self.inputs[2].buffer.array if self.has_bias else None
         conv_kernels.conv2d_forward(self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
-                                    relu=self.relu, workspace=self.workspace, **self.options)
+                                    relu=self.clamp == RELU, workspace=self.workspace, **self.options)
+        _clamp_output(self.clamp, self.output.buffer.array)
 
     def backward(self):
-        grad_y = self.output.grad.array
-        if self.relu:
+        grad_y, y = self.output.grad.array, self.output.buffer.array
+        if self.clamp == RELU:
             grad = self.grad_pre.array
             if self.has_bias and self.needs(2):
-                fused.relu_backward_bias_grad(rows(grad_y), rows(self.output.buffer.array), rows(grad),
-                                              self.partials.array, self.grad_target(2))
+                fused.relu_backward_bias_grad(rows(grad_y), rows(y), rows(grad), self.partials.array,
+                                              self.grad_target(2))
                 self.finish_grad(2)
             else:
-                elementwise.relu_backward(grad_y.reshape(-1), self.output.buffer.array.reshape(-1), grad.reshape(-1))
+                elementwise.relu_backward(grad_y.reshape(-1), y.reshape(-1), grad.reshape(-1))
         else:
             grad = grad_y
+            if self.clamp != NO_CLAMP:
+                grad = self.grad_pre.array
+                bounds = fused.clamp_bounds(self.clamp, y.dtype)
+                elementwise.hardtanh_backward(grad_y.reshape(-1), y.reshape(-1), *bounds, grad.reshape(-1))
             if self.has_bias and self.needs(2):
                 conv_kernels.conv2d_backward_bias(grad, self.grad_target(2), workspace=self.workspace)
                 self.finish_grad(2)
@@ -112,14 +133,14 @@ class Conv(Node):
 
 class FoldedConv(Node):
     """Inference conv with the following eval-mode batch norm folded in: w' = w * s, b' = (b - mean) * s + beta,
-    s = gamma / sqrt(running_var + eps), refolded from the live parameters at every call (+ ReLU in place). With
-    nothing folded in, a weight stored in the kernels' layout (graph/update.py) is read in place."""
+    s = gamma / sqrt(running_var + eps), refolded from the live parameters at every call (+ an activation, as for
+    Conv). With nothing folded in, a weight stored in the kernels' layout (graph/update.py) is read in place."""
 
-    def __init__(self, x, output, conv_weight, conv_bias, bn, stride, padding, dilation, groups, relu):
+    def __init__(self, x, output, conv_weight, conv_bias, bn, stride, padding, dilation, groups, clamp=NO_CLAMP):
         super().__init__([x], output)
         self.conv_weight, self.conv_bias = conv_weight, conv_bias  # arrays (the model's own), conv_bias may be None
         self.bn = bn  # (running_mean, running_var, gamma or None, beta or None, eps) or None for a plain conv
-        self.relu = relu
+        self.clamp = clamp
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         c_out, group_in, kernel_h, kernel_w = conv_weight.shape
         self.khwc_shape = (kernel_h, kernel_w, group_in, c_out)
@@ -131,7 +152,7 @@ class FoldedConv(Node):
 
     @property
     def name(self):
-        return ("conv+bn(folded)" if self.bn is not None else "conv") + ("+relu" if self.relu else "")
+        return with_activation("conv+bn(folded)" if self.bn is not None else "conv", self.clamp)
 
     def workspace_bytes(self):
         return conv_kernels.conv2d_workspace_bytes("forward", self.inputs[0].shape, self.khwc_shape,
@@ -167,4 +188,5 @@ class FoldedConv(Node):
     def forward(self):
         weight, bias = self.fold()
         conv_kernels.conv2d_forward(self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
-                                    relu=self.relu, workspace=self.workspace, **self.options)
+                                    relu=self.clamp == RELU, workspace=self.workspace, **self.options)
+        _clamp_output(self.clamp, self.output.buffer.array)

@@ -1,14 +1,15 @@
-"""Element-wise and joining nodes: ReLU, add (+ ReLU), concatenation and dropout."""
+"""Element-wise and joining nodes: ReLU, Hardtanh (ReLU6), add (+ ReLU), concatenation and dropout."""
 import numpy as np
 
 from ... import _config
 from ...kernels import elementwise, fused
 from ..plan import Buffer
-from .base import Node
+from .base import RELU, RELU6, Node
 
 
 class ReLU(Node):
     name = "relu"
+    clamp = RELU  # what a node that absorbs it applies
 
     def forward(self):
         elementwise.relu_forward(self.inputs[0].buffer.array.reshape(-1), self.output.buffer.array.reshape(-1))
@@ -19,6 +20,32 @@ class ReLU(Node):
     def backward(self):
         elementwise.relu_backward(self.output.grad.array.reshape(-1), self.output.buffer.array.reshape(-1),
                                   self.grad_target(0).reshape(-1))
+        self.finish_grad(0)
+
+
+class Hardtanh(Node):
+    """x clamped to [lower, upper] (ReLU6: 0, 6) by the op's own kernels; backward masks by the output, as the op
+    does: the gradient passes where lower < y < upper."""
+
+    def __init__(self, x, output, lower, upper):
+        super().__init__([x], output)
+        self.clamp = (lower, upper)
+        self.bounds = tuple(output.dtype.type(bound) for bound in self.clamp)
+
+    @property
+    def name(self):
+        return "relu6" if self.clamp == RELU6 else "hardtanh"
+
+    def forward(self):
+        elementwise.hardtanh_forward(self.inputs[0].buffer.array.reshape(-1), *self.bounds,
+                                     self.output.buffer.array.reshape(-1))
+
+    def backward_buffers(self):
+        return super().backward_buffers() + [self.output.buffer]
+
+    def backward(self):
+        elementwise.hardtanh_backward(self.output.grad.array.reshape(-1), self.output.buffer.array.reshape(-1),
+                                      *self.bounds, self.grad_target(0).reshape(-1))
         self.finish_grad(0)
 
 
