@@ -115,9 +115,11 @@ def _make_correlation_tile(pixels):
                     with cgutils.for_range(builder, taps) as tap:
                         weights = _load(builder, builder.gep(weight_row, [builder.mul(tap.index, weight_tap_step)]),
                                         vector, mask)
-                        source_tap = builder.gep(source_row, [builder.mul(tap.index, source_tap_step)])
+                        pixel = builder.gep(source_row, [builder.mul(tap.index, source_tap_step)])
                         for p, slot in enumerate(sums):
-                            pixel = builder.gep(source_tap, [builder.mul(source_pixel_step, ir.Constant(INDEX, p))])
+                            # pixel by pixel: one step in a register, not one precomputed offset per pixel
+                            if p:
+                                pixel = builder.gep(pixel, [source_pixel_step])
                             value = _load(builder, pixel, vector, mask)
                             builder.store(builder.call(fma, [value, weights, builder.load(slot)]), slot)
                 for p, slot in enumerate(sums):
