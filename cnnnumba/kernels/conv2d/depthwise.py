@@ -35,10 +35,13 @@ TILE_PIXELS = TILES["depthwise_pixels"]
 
 # ----- the register tiles --------------------------------------------------------------------------------------
 
-def _vector_of(context, array_type):
-    """The 64-byte vector of an array's element type."""
+def _vectors(context, builder, array_type, slots):
+    """(the 64-byte vector type of an array's elements, its FMA, its zero, `slots` stack slots of it; LLVM keeps
+    the slots in registers)."""
     element = context.get_value_type(array_type.dtype)
-    return ir.VectorType(element, VECTOR_BYTES // (8 if isinstance(element, ir.DoubleType) else 4))
+    vector = ir.VectorType(element, VECTOR_BYTES // (8 if isinstance(element, ir.DoubleType) else 4))
+    return (vector, fma_function(builder, vector), ir.Constant(vector, [0.0] * vector.count),
+            [cgutils.alloca_once(builder, vector) for _ in range(slots)])
 
 
 def _load(builder, pointer, vector, mask):
@@ -87,16 +90,13 @@ def _make_correlation_tile(pixels):
             (out_value, out_offset, out_pixel_step, source_value, source_offset, source_pixel_step, source_row_step,
              source_tap_step, weight_value, weight_offset, weight_row_step, weight_tap_step, bias_value, use_bias,
              relu, tap_rows, taps, channels) = args
-            vector = _vector_of(context, sig.args[0])
-            fma = fma_function(builder, vector)
-            zero = ir.Constant(vector, [0.0] * vector.count)
+            vector, fma, zero, sums = _vectors(context, builder, sig.args[0], pixels)
             out_pointer = element_pointer(context, builder, sig.args[0], out_value, out_offset)
             source_pointer = element_pointer(context, builder, sig.args[3], source_value, source_offset)
             weight_pointer = element_pointer(context, builder, sig.args[8], weight_value, weight_offset)
             bias_pointer = element_pointer(context, builder, sig.args[12], bias_value, ir.Constant(INDEX, 0))
             with_bias = builder.icmp_signed("!=", use_bias, ir.Constant(INDEX, 0))
             clamp = builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))
-            sums = [cgutils.alloca_once(builder, vector) for _ in range(pixels)]
 
             def block(first, mask):
                 with builder.if_else(with_bias) as (then, otherwise):
@@ -153,13 +153,10 @@ def _make_weight_tap(running_sums):
         def codegen(context, builder, sig, args):
             (partial_value, partial_offset, x_value, x_offset, x_pixel_step, grad_value, grad_offset, pixels,
              channels) = args
-            vector = _vector_of(context, sig.args[0])
-            fma = fma_function(builder, vector)
-            zero = ir.Constant(vector, [0.0] * vector.count)
+            vector, fma, zero, sums = _vectors(context, builder, sig.args[0], running_sums)
             partial_pointer = element_pointer(context, builder, sig.args[0], partial_value, partial_offset)
             x_pointer = element_pointer(context, builder, sig.args[2], x_value, x_offset)
             grad_pointer = element_pointer(context, builder, sig.args[5], grad_value, grad_offset)
-            sums = [cgutils.alloca_once(builder, vector) for _ in range(running_sums)]
             count = ir.Constant(INDEX, running_sums)
             rounds = builder.sdiv(pixels, count)
 
@@ -328,7 +325,7 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu):
 
 def backward_input(grad_out, weight, out, stride, padding, dilation):
     """out (N, H, W, C) = the gradient of forward with respect to x."""
-    _correlate(grad_out, weight, None, out, stride, padding, dilation, 1, False)
+    _correlate(grad_out, weight, None, out, stride, padding, dilation, True, False)
 
 
 def backward_weight(x, grad_out, out, stride, padding, dilation, scratch):
