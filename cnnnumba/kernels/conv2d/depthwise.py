@@ -74,27 +74,30 @@ def _make_correlation_tile(pixels):
     """An intrinsic computing `pixels` target pixels of a correlation of rows, all channels."""
 
     @intrinsic
-    def correlation_tile(typingctx, out, out_offset, out_pixel_step, source, source_offset, source_pixel_step,
-                         source_row_step, source_tap_step, weight, weight_offset, weight_row_step, weight_tap_step,
-                         bias, use_bias, relu, tap_rows, taps, channels):
+    def correlation_tile(typingctx, out, source, weight, bias, steps):
         """out[out_offset + p * out_pixel_step + c] = bias[c] (0 unless use_bias) + the sum over i < tap_rows and
         j < taps of source[source_offset + p * source_pixel_step + i * source_row_step + j * source_tap_step + c] *
         weight[weight_offset + i * weight_row_step + j * weight_tap_step + c], in that order, clamped at 0 (NaN
-        kept) when relu, for p < pixels and c < channels. Offsets and steps count elements; steps may be
-        negative."""
-        index = types.intp
-        signature = types.void(out, index, index, source, index, index, index, index, weight, index, index, index,
-                               bias, index, index, index, index, index)
+        kept) when relu, for p < pixels and c < channels, where steps is the tuple of int64 (out_offset,
+        out_pixel_step, source_offset, source_pixel_step, source_row_step, source_tap_step, weight_offset,
+        weight_row_step, weight_tap_step, use_bias, relu, tap_rows, taps, channels). Offsets and steps count
+        elements; steps may be negative. The integers come as one tuple and the arrays apart: a tuple holding the
+        arrays would take and drop a reference to each per call, atomic operations on counters that every thread
+        shares."""
+        if not (isinstance(steps, types.UniTuple) and steps.dtype == types.intp and steps.count == 14):
+            return None
+        signature = types.void(out, source, weight, bias, steps)
 
         def codegen(context, builder, sig, args):
-            (out_value, out_offset, out_pixel_step, source_value, source_offset, source_pixel_step, source_row_step,
-             source_tap_step, weight_value, weight_offset, weight_row_step, weight_tap_step, bias_value, use_bias,
-             relu, tap_rows, taps, channels) = args
+            out_value, source_value, weight_value, bias_value, steps_value = args
+            (out_offset, out_pixel_step, source_offset, source_pixel_step, source_row_step, source_tap_step,
+             weight_offset, weight_row_step, weight_tap_step, use_bias, relu, tap_rows, taps, channels) = (
+                builder.extract_value(steps_value, i) for i in range(14))
             vector, fma, zero, sums = _vectors(context, builder, sig.args[0], pixels)
             out_pointer = element_pointer(context, builder, sig.args[0], out_value, out_offset)
-            source_pointer = element_pointer(context, builder, sig.args[3], source_value, source_offset)
-            weight_pointer = element_pointer(context, builder, sig.args[8], weight_value, weight_offset)
-            bias_pointer = element_pointer(context, builder, sig.args[12], bias_value, ir.Constant(INDEX, 0))
+            source_pointer = element_pointer(context, builder, sig.args[1], source_value, source_offset)
+            weight_pointer = element_pointer(context, builder, sig.args[2], weight_value, weight_offset)
+            bias_pointer = element_pointer(context, builder, sig.args[3], bias_value, ir.Constant(INDEX, 0))
             with_bias = builder.icmp_signed("!=", use_bias, ir.Constant(INDEX, 0))
             clamp = builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))
 
@@ -270,16 +273,15 @@ def _correlate_rows(first_job, last_job, worker, source, weight, bias, use_bias,
                 origin = t * pixel_stride - pad_w
                 whole = first <= t and t + TILE_PIXELS <= last
                 low_w, high_w = (0, taps_w) if whole else valid_span(taps_w, source_w, spacing_w, origin)
-                arguments = (out, (job * target_w + phase + t * out_step) * channels, out_step * channels, source,
-                             source_row + (origin + low_w * spacing_w) * channels, pixel_stride * channels,
-                             source_row_step, spacing_w * channels, weight,
-                             weight_row + (first_kw + low_w * step_kw) * channels, weight_row_step, step_kw * channels,
-                             bias, use_bias, relu, high - low, high_w - low_w, channels)
+                steps = ((job * target_w + phase + t * out_step) * channels, out_step * channels,
+                         source_row + (origin + low_w * spacing_w) * channels, pixel_stride * channels,
+                         source_row_step, spacing_w * channels, weight_row + (first_kw + low_w * step_kw) * channels,
+                         weight_row_step, step_kw * channels, use_bias, relu, high - low, high_w - low_w, channels)
                 if whole:
-                    _correlate_tile(*arguments)
+                    _correlate_tile(out, source, weight, bias, steps)
                     t += TILE_PIXELS
                 else:
-                    _correlate_pixel(*arguments)
+                    _correlate_pixel(out, source, weight, bias, steps)
                     t += 1
 
 
