@@ -137,7 +137,8 @@ def _weight_fits(dtype, weight_shape, budget):
 
 def _untiled(dtype, x_shape, weight_shape, groups):
     """Where no tiled or few-channel variant applies: BLAS for groups 1; the depthwise tiles for one filter per
-    channel (at the speed of copying the data, where the plain loops ran at 1-2 GFLOP/s); else the plain loops."""
+    channel (float64 too: they stream the data once, the plain loops are an order of magnitude slower); else the
+    plain loops."""
     if groups == 1:
         return Variant.GEMM
     return Variant.DEPTHWISE if depthwise_applies(dtype, x_shape, weight_shape, groups) else Variant.GENERAL
