@@ -179,7 +179,8 @@ def _make_weight_tap(running_sums):
                     start = builder.mul(round_.index, count)
                     for u, slot in enumerate(sums):
                         add_pixel(first, mask, builder.add(start, ir.Constant(INDEX, u)), slot)
-                with cgutils.for_range_slice(builder, builder.mul(rounds, count), pixels, ir.Constant(INDEX, 1)) as (pixel, _):
+                one = ir.Constant(INDEX, 1)
+                with cgutils.for_range_slice(builder, builder.mul(rounds, count), pixels, one) as (pixel, _):
                     add_pixel(first, mask, pixel, sums[0])
                 values = [builder.load(slot) for slot in sums]
                 while len(values) > 1:
