@@ -1,20 +1,24 @@
 """Every convolution variant that can run a layer, timed pass by pass on this process's CPU tier: the figures the
 selector's per-tier choices (kernels/conv2d/select.py) rest on.
 
-    python bench/conv_variants.py [--threads T] [--repeats N] [--json PATH]
+    python bench/conv_variants.py [--threads T] [--repeats N] [--layers all|dense|depthwise] [--dtype D]
+                                  [--json PATH]
     NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= python bench/conv_variants.py      # the AVX2 tier on any x86 host
 
-For each layer of the cifar-cnn and ResNet-20 (batch 64) and each pass, every variant `applies()` allows runs
-(forced with `force_variant`), its output checked against the selector's own choice once, then timed: the median
-of --repeats calls after a warm-up, interleaved over the variants round by round so that a slow minute of a shared
-machine hits them all. GFLOP/s count a direct convolution's multiply-adds (2·N·H_out·W_out·C_out·C_in·kH·kW), so
-Winograd can exceed the sgemm peak. The selector's choice is marked with *, and NumPy's float32 sgemm at 2048²
-(same threads) is the peak.
+For each layer of the cifar-cnn and ResNet-20 (batch 64), and each depthwise layer of MobileNetV2 at 64x64 and
+224x224 inputs (batch 16), and each pass, every variant `applies()` allows runs (forced with `force_variant`), its
+output checked against the selector's own choice once, then timed: the median of --repeats calls after a warm-up,
+interleaved over the variants round by round so that a slow minute of a shared machine hits them all. GFLOP/s count
+a direct convolution's multiply-adds (2·N·H_out·W_out·C_out·(C_in/groups)·kH·kW), so Winograd can exceed the
+sgemm peak. The selector's choice is marked with *, and NumPy's GEMM of the dtype at 2048² (same threads) is the
+peak. A depthwise layer's memory traffic is its speed limit: its "copy" column times NumPy copying its input and
+output (the arrays a pass must at least read or write once).
 """
 import argparse
 import json
 import statistics
 import time
+from collections import namedtuple
 
 import numpy as np
 
@@ -22,25 +26,39 @@ from cnnnumba import set_num_threads
 from cnnnumba.kernels import conv2d
 from cnnnumba.kernels._runtime.machine import target_machine
 
-BATCH = 64
-# (C_in, C_out, input size, stride, kernel), padding kernel // 2
-LAYERS = [(3, 32, 32, 1, 3), (32, 32, 32, 1, 3), (32, 64, 16, 1, 3), (64, 64, 16, 1, 3), (64, 128, 8, 1, 3),
-          (16, 16, 32, 1, 3), (16, 32, 32, 2, 3), (32, 32, 16, 1, 3), (32, 64, 16, 2, 3), (64, 64, 8, 1, 3),
-          (16, 32, 32, 2, 1), (32, 64, 16, 2, 1)]
+# padding kernel // 2
+Layer = namedtuple("Layer", "c_in c_out size stride kernel groups batch")
+
+
+def _depthwise(channels, size, stride):
+    return Layer(channels, channels, size, stride, 3, channels, 16)
+
+
+# cifar-cnn and ResNet-20, batch 64
+DENSE_LAYERS = [Layer(c_in, c_out, size, stride, kernel, 1, 64) for c_in, c_out, size, stride, kernel in [
+    (3, 32, 32, 1, 3), (32, 32, 32, 1, 3), (32, 64, 16, 1, 3), (64, 64, 16, 1, 3), (64, 128, 8, 1, 3),
+    (16, 16, 32, 1, 3), (16, 32, 32, 2, 3), (32, 32, 16, 1, 3), (32, 64, 16, 2, 3), (64, 64, 8, 1, 3),
+    (16, 32, 32, 2, 1), (32, 64, 16, 2, 1)]]
+# MobileNetV2's depthwise 3x3 layers at 64x64 inputs, then at 224x224, batch 16
+DEPTHWISE_LAYERS = [_depthwise(channels, size, stride) for channels, size, stride in [
+    (32, 32, 1), (96, 32, 2), (144, 16, 1), (144, 16, 2), (192, 8, 1), (384, 8, 1), (384, 4, 1), (576, 4, 1),
+    (576, 4, 2), (960, 2, 1),
+    (32, 112, 1), (96, 112, 2), (144, 56, 1), (192, 28, 1), (384, 14, 1), (576, 14, 1), (960, 7, 1)]]
+LAYER_SETS = {"all": DENSE_LAYERS + DEPTHWISE_LAYERS, "dense": DENSE_LAYERS, "depthwise": DEPTHWISE_LAYERS}
 UNTILED = {conv2d.Variant.GEMM, conv2d.Variant.GENERAL, conv2d.Variant.SMALL_BANDS, conv2d.Variant.SMALL_ROWS}
 PASSES = (conv2d.Pass.FORWARD, conv2d.Pass.BACKWARD_INPUT, conv2d.Pass.BACKWARD_WEIGHT)
 
 
-def _arrays(layer):
-    channels_in, channels_out, size, stride, kernel = layer
-    out_size = (size + 2 * (kernel // 2) - kernel) // stride + 1
+def _arrays(layer, dtype):
+    out_size = (layer.size + 2 * (layer.kernel // 2) - layer.kernel) // layer.stride + 1
+    group_in = layer.c_in // layer.groups
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((BATCH, size, size, channels_in), dtype=np.float32)
-    weight = (rng.standard_normal((kernel, kernel, channels_in, channels_out)) / np.sqrt(kernel * kernel * channels_in)
-              ).astype(np.float32)
-    grad_out = rng.standard_normal((BATCH, out_size, out_size, channels_out), dtype=np.float32)
-    flops = 2.0 * BATCH * out_size ** 2 * channels_out * channels_in * kernel * kernel
-    options = dict(stride=(stride, stride), padding=(kernel // 2,) * 2, dilation=(1, 1), groups=1)
+    x = rng.standard_normal((layer.batch, layer.size, layer.size, layer.c_in)).astype(dtype)
+    weight = (rng.standard_normal((layer.kernel, layer.kernel, group_in, layer.c_out))
+              / np.sqrt(layer.kernel * layer.kernel * group_in)).astype(dtype)
+    grad_out = rng.standard_normal((layer.batch, out_size, out_size, layer.c_out)).astype(dtype)
+    flops = 2.0 * layer.batch * out_size ** 2 * layer.c_out * group_in * layer.kernel * layer.kernel
+    options = dict(stride=(layer.stride,) * 2, padding=(layer.kernel // 2,) * 2, dilation=(1, 1), groups=layer.groups)
     return x, weight, grad_out, flops, options
 
 
@@ -59,29 +77,41 @@ def _forced(pass_, variant):
     return conv2d.force_variant(**{pass_.value: variant})
 
 
-def _sgemm_gflops(repeats):
-    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-    out = np.empty_like(a)
-    np.matmul(a, a, out=out)
+def _median_seconds(run, repeats):
+    run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        np.matmul(a, a, out=out)
+        run()
         times.append(time.perf_counter() - start)
-    return 2 * 2048 ** 3 / statistics.median(times) / 1e9
+    return statistics.median(times)
 
 
-def measure(repeats):
+def _gemm_gflops(repeats, dtype):
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(dtype)
+    out = np.empty_like(a)
+    return 2 * 2048 ** 3 / _median_seconds(lambda: np.matmul(a, a, out=out), repeats) / 1e9
+
+
+def _copy_ms(x, grad_out, repeats):
+    """Copying the layer's input and output once each: the least memory traffic any pass has."""
+    x_copy, out_copy = np.empty_like(x), np.empty_like(grad_out)
+    return 1e3 * _median_seconds(lambda: (np.copyto(x_copy, x), np.copyto(out_copy, grad_out)), repeats)
+
+
+def measure(repeats, layers, dtype):
     rows = []
-    for layer in LAYERS:
-        x, weight, grad_out, flops, options = _arrays(layer)
+    for layer in layers:
+        x, weight, grad_out, flops, options = _arrays(layer, dtype)
         geometry = conv2d.Geometry(x.shape, weight.shape, grad_out.shape, options["stride"], options["padding"],
-                                   options["dilation"], 1)
+                                   options["dilation"], layer.groups)
+        copy_ms = _copy_ms(x, grad_out, repeats) if layer.groups > 1 else None
         for pass_ in PASSES:
-            chosen = conv2d.select(pass_, geometry, np.float32)
-            # the untiled fallbacks only where they are the choice: they take seconds at these sizes
-            variants = [v for v in conv2d.Variant if conv2d.applies(pass_, v, np.float32, geometry)
-                        and (v is chosen or v not in UNTILED)]
+            chosen = conv2d.select(pass_, geometry, dtype)
+            # the untiled fallbacks only where they are the choice, or the baseline of a grouped layer: they take
+            # seconds at the dense layers' sizes
+            variants = [v for v in conv2d.Variant if conv2d.applies(pass_, v, dtype, geometry)
+                        and (v is chosen or v not in UNTILED or layer.groups > 1)]
             runs = {}
             reference = _runner(pass_, x, weight, grad_out, options)()
             reference = reference.copy()
@@ -101,9 +131,9 @@ def measure(repeats):
                         run()
                         times.append(time.perf_counter() - start)
             for variant, (_, times) in runs.items():
-                rows.append({"layer": layer, "pass": pass_.value, "variant": variant.name, "chosen": variant is chosen,
-                             "ms": 1e3 * statistics.median(times),
-                             "gflops": flops / statistics.median(times) / 1e9})
+                rows.append({"layer": layer._asdict(), "pass": pass_.value, "variant": variant.name,
+                             "chosen": variant is chosen, "ms": 1e3 * statistics.median(times),
+                             "gflops": flops / statistics.median(times) / 1e9, "copy_ms": copy_ms})
     return rows
 
 
@@ -111,22 +141,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--layers", choices=sorted(LAYER_SETS), default="all")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     if args.threads:
         set_num_threads(args.threads)
     machine = target_machine()
-    peak = _sgemm_gflops(args.repeats)
-    rows = measure(args.repeats)
-    print(f"tier {machine.tier} ({machine.cpu}), sgemm peak {peak:.0f} GFLOP/s; * = the selector's choice")
+    dtype = np.dtype(args.dtype)
+    peak = _gemm_gflops(args.repeats, dtype)
+    rows = measure(args.repeats, LAYER_SETS[args.layers], dtype)
+    print(f"tier {machine.tier} ({machine.cpu}), {dtype.name} GEMM peak {peak:.0f} GFLOP/s; "
+          f"* = the selector's choice")
     for row in rows:
-        layer = "{}->{}@{} s{} k{}".format(*row["layer"])
-        print(f"{layer:20s} {row['pass']:16s} {row['variant']:15s}{'*' if row['chosen'] else ' '} "
-              f"{row['ms']:8.2f} ms {row['gflops']:7.0f} GFLOP/s {row['gflops'] / peak:5.2f}x peak")
+        layer = "{c_in}->{c_out}@{size} s{stride} k{kernel} g{groups} n{batch}".format(**row["layer"])
+        copy = f"  copy {row['copy_ms']:7.2f} ms" if row["copy_ms"] is not None else ""
+        print(f"{layer:32s} {row['pass']:16s} {row['variant']:15s}{'*' if row['chosen'] else ' '} "
+              f"{row['ms']:8.2f} ms {row['gflops']:7.1f} GFLOP/s {row['gflops'] / peak:5.2f}x peak{copy}")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"tier": machine.tier, "cpu": machine.cpu, "sgemm_gflops": peak, "rows": rows}, handle,
-                      indent=1)
+            json.dump({"tier": machine.tier, "cpu": machine.cpu, "dtype": dtype.name, "gemm_gflops": peak,
+                       "rows": rows}, handle, indent=1)
 
 
 if __name__ == "__main__":

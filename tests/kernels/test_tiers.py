@@ -40,6 +40,9 @@ def test_every_tile_of_a_tier_fits_its_vector_registers(tier, bits, registers):
     # the row-run tiles: one vector of 16 channels per image (or weight row), one load and a broadcast
     assert (tiles["row_images"] + 1) * per_vector + 1 <= registers, tier
     assert (tiles["row_weight_rows"] + 1) * per_vector + 1 <= registers, tier
+    # the depthwise tiles: a 64-byte vector per pixel and a weight vector and a load; running sums and two loads
+    assert (tiles["depthwise_pixels"] + 2) * per_vector <= registers, tier
+    assert (tiles["depthwise_sums"] + 2) * per_vector <= registers, tier
     # a weight gradient's input channels per tile divide a 16-channel block
     assert all(16 % rows == 0 for rows, _ in tiles["weight"]), tier
 
@@ -64,8 +67,9 @@ IR_PROGRAM = textwrap.dedent("""
     rng = np.random.default_rng(0)
     x = cn.Tensor(rng.standard_normal((2, 16, 8, 8)).astype(np.float32), requires_grad=True)
     w = cn.Tensor(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), requires_grad=True)
+    depthwise = cn.Tensor(rng.standard_normal((16, 1, 3, 3)).astype(np.float32), requires_grad=True)
     y = F.max_pool2d(F.relu(F.batch_norm(F.conv2d(x, w, padding=1), None, None, training=True)), 2)
-    y.sum().backward()
+    (y.sum() + F.conv2d(x, depthwise, padding=1, stride=2, groups=16).sum()).backward()
     names, checked = set(), 0
     for info in pkgutil.walk_packages(kernels.__path__, kernels.__name__ + "."):
         for value in vars(importlib.import_module(info.name)).values():

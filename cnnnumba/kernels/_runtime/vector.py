@@ -35,12 +35,19 @@ def element_pointer(context, builder, array_type, array_value, offset):
     return builder.gep(data, [offset])
 
 
-def load_vector(builder, pointer):
-    return builder.load(builder.bitcast(pointer, vector_type().as_pointer()), align=4)
+def lane_bytes(vector):
+    """Bytes of one lane of a float or double vector."""
+    return 8 if isinstance(vector.element, ir.DoubleType) else 4
+
+
+def load_vector(builder, pointer, vector=None):
+    """A `vector` (default <16 x float>) loaded from pointer, which need only be lane-aligned."""
+    vector = vector or vector_type()
+    return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=lane_bytes(vector))
 
 
 def store_vector(builder, value, pointer):
-    builder.store(value, builder.bitcast(pointer, value.type.as_pointer()), align=4)
+    builder.store(value, builder.bitcast(pointer, value.type.as_pointer()), align=lane_bytes(value.type))
 
 
 def broadcast(builder, scalar):
@@ -61,13 +68,13 @@ def splat(builder, scalar, vector):
     """A `vector`-typed value with every lane = scalar (any element type; broadcast above is the float one)."""
     single = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
     return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vector.count), [0] * vector.count))
 
 
-def lane_mask(builder, count):
-    """<16 x i1>: the lanes below count (an i64 value; none when count <= 0)."""
-    lanes = ir.VectorType(INDEX, LANES)
-    return builder.icmp_signed("<", ir.Constant(lanes, list(range(LANES))), splat(builder, count, lanes))
+def lane_mask(builder, count, lanes=LANES):
+    """<lanes x i1>: the lanes below count (an i64 value; none when count <= 0)."""
+    indices = ir.VectorType(INDEX, lanes)
+    return builder.icmp_signed("<", ir.Constant(indices, list(range(lanes))), splat(builder, count, indices))
 
 
 def _mangled(vector):
@@ -85,7 +92,8 @@ def masked_load(builder, pointer, mask, vector=None, element_bytes=4):
         builder.module, ir.FunctionType(vector, [vector.as_pointer(), ir.IntType(32), mask.type, vector]),
         f"llvm.masked.load.{_mangled(vector)}.p0")
     return builder.call(function, [builder.bitcast(pointer, vector.as_pointer()),
-                                   ir.Constant(ir.IntType(32), element_bytes), mask, ir.Constant(vector, [0] * LANES)])
+                                   ir.Constant(ir.IntType(32), element_bytes), mask,
+                                   ir.Constant(vector, [0] * vector.count)])
 
 
 def masked_store(builder, value, pointer, mask, element_bytes=4):

@@ -16,7 +16,7 @@ from .workspace import CACHE_LINE, spec_bytes
 
 
 @jit
-def _valid_span(out_size, size, stride, offset):
+def valid_span(out_size, size, stride, offset):
     """The output positions o in [first, last) whose input o * stride + offset lies inside [0, size)."""
     first = 0
     if offset < 0:
@@ -42,7 +42,7 @@ def _im2col(x, first_row, out_h, stride_h, stride_w, pad_top, pad_left, dilation
             inside = 0 <= ih < height
             for kw in range(kernel_w):
                 offset = kw * dilation_w - pad_left
-                lo, hi = _valid_span(out_w, width, stride_w, offset)
+                lo, hi = valid_span(out_w, width, stride_w, offset)
                 if not inside:
                     lo, hi = 0, 0
                 for c in range(channels):
@@ -76,7 +76,7 @@ def _col2im(columns, first_row, out_h, stride_h, stride_w, pad_top, pad_left, di
                 continue
             for kw in range(kernel_w):
                 offset = kw * dilation_w - pad_left
-                lo, hi = _valid_span(out_w, width, stride_w, offset)
+                lo, hi = valid_span(out_w, width, stride_w, offset)
                 for c in range(channels):
                     # indexed in place: a view taken in a prange body leaks its reference in Numba 0.68
                     r = (kh * kernel_w + kw) * channels + c

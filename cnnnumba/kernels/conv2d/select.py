@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._runtime.machine import target_machine
-from . import direct, gemm, general, pointwise, small, workspace
+from . import depthwise, direct, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
 from .tiles import forward_tiles_fit, weight_tile_rows
 from .winograd import f2 as winograd_f2
@@ -37,6 +37,7 @@ class Variant(enum.Enum):
     SMALL_ROWS = "small_rows"          # few channels, kernel rows read as contiguous NHWC runs
     SMALL_BANDS = "small_bands"        # few channels, channel-planar frames vectorised over pixels
     GEMM = "gemm"                      # im2col + BLAS GEMM
+    DEPTHWISE = "depthwise"            # one filter per channel: channel vectors, taps summed in registers
     GENERAL = "general"                # plain loops: any groups, dtype, stride, dilation
 
 
@@ -135,9 +136,25 @@ def row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation):
             and frame_h >= x_shape[1] + padding[0] and frame_w >= x_shape[2] + padding[1])
 
 
+def depthwise_applies(dtype, x_shape, weight_shape, groups):
+    """The depthwise tiles: one filter per channel (groups == C_in == C_out), float32 or float64; any kernel,
+    stride, padding and dilation."""
+    return (np.dtype(dtype) in (np.float32, np.float64) and groups == x_shape[3] == weight_shape[3]
+            and weight_shape[2] == 1)
+
+
 def _weight_fits(dtype, weight_shape, budget):
     """The tiled variants copy the weight (aligned, or flipped) into the workspace: at most a quarter of it."""
     return workspace.spec_bytes(weight_shape, dtype) <= budget // 4
+
+
+def _untiled(dtype, x_shape, weight_shape, groups):
+    """Where no tiled or few-channel variant applies: BLAS for groups 1; the depthwise tiles for one filter per
+    channel (float64 too: they stream the data once, the plain loops are an order of magnitude slower); else the
+    plain loops."""
+    if groups == 1:
+        return Variant.GEMM
+    return Variant.DEPTHWISE if depthwise_applies(dtype, x_shape, weight_shape, groups) else Variant.GENERAL
 
 
 def _select_forward(dtype, geometry, budget, machine):
@@ -161,7 +178,7 @@ def _select_forward(dtype, geometry, budget, machine):
                                                                 dilation):
             return Variant.SMALL_ROWS
         return Variant.SMALL_BANDS
-    return Variant.GEMM if groups == 1 else Variant.GENERAL
+    return _untiled(dtype, x_shape, weight_shape, groups)
 
 
 def _select_backward_input(dtype, geometry, budget, machine):
@@ -188,7 +205,7 @@ def _select_backward_input(dtype, geometry, budget, machine):
         if row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation):
             return Variant.SMALL_ROWS
         return Variant.SMALL_BANDS
-    return Variant.GEMM if groups == 1 else Variant.GENERAL
+    return _untiled(dtype, x_shape, weight_shape, groups)
 
 
 def _select_backward_weight(dtype, geometry, budget, machine):
@@ -215,7 +232,7 @@ def _select_backward_weight(dtype, geometry, budget, machine):
                                                                 dilation):
             return Variant.SMALL_ROWS
         return Variant.SMALL_BANDS
-    return Variant.GEMM if groups == 1 else Variant.GENERAL
+    return _untiled(dtype, x_shape, weight_shape, groups)
 
 
 _SELECTORS = {Pass.FORWARD: _select_forward, Pass.BACKWARD_INPUT: _select_backward_input,
@@ -256,6 +273,8 @@ def _forward_planner(variant, dtype, geometry, budget):
         reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
         return gemm.plan("forward", out_shape[0], out_shape[1], out_shape[2], reduction, weight_shape[3], dtype,
                          budget)
+    if variant is Variant.DEPTHWISE:
+        return (), None  # the tiles read and write the arrays in place
     return general.forward_plan(dtype, out_shape, weight_shape, budget)
 
 
@@ -277,6 +296,8 @@ def _backward_input_planner(variant, dtype, geometry, budget):
     if variant is Variant.GEMM:
         return gemm.plan("backward_input", out_shape[0], out_shape[1], out_shape[2], kernel_h * kernel_w * group_in,
                          channels_out, dtype, budget)
+    if variant is Variant.DEPTHWISE:
+        return (), None
     return general.backward_input_plan(dtype, x_shape, weight_shape, budget)
 
 
@@ -308,6 +329,7 @@ def _backward_weight_planner(variant, dtype, geometry, budget):
         batch, out_h, out_w, _ = out_shape
         return gemm.plan("backward_weight", batch, out_h, out_w, weight_shape[0] * weight_shape[1] * weight_shape[2],
                          weight_shape[3], dtype, budget)
+    # DEPTHWISE and GENERAL: one partial weight gradient per chunk of the (image, output row) range
     return general.backward_weight_plan(dtype, weight_shape, out_shape, budget)
 
 
@@ -388,6 +410,7 @@ def applies(pass_, variant, dtype, geometry, budget=None):
         }
     rules[Variant.SMALL_BANDS] = lambda: groups == 1 and tuple(stride) == (1, 1)
     rules[Variant.GEMM] = lambda: groups == 1
+    rules[Variant.DEPTHWISE] = lambda: depthwise_applies(dtype, x_shape, weight_shape, groups)
     rules[Variant.GENERAL] = lambda: True
     rule = rules.get(variant)
     return rule is not None and bool(rule())

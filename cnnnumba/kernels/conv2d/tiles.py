@@ -24,18 +24,21 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_fun
 # its loads and a broadcast must fit the tier's vector registers; one <LANES x float> vector is one zmm, two ymm
 # (AVX2) or four xmm / NEON registers. The few-channel row-run tiles (small_rows.py) hold one output pixel of
 # `row_images` images, and `row_weight_rows` inputs of a weight-gradient row, as vectors of 16 output channels.
+# The depthwise tiles (depthwise.py) hold `depthwise_pixels` output pixels of one 64-byte vector of channels
+# (forward and input gradient: one weight load per that many input loads and FMAs), and `depthwise_sums` running
+# sums of one weight-gradient tap (independent FMA chains, each waiting on its own last result).
 TIER_TILES = {
     # 32 zmm: 16 accumulators; broad tiles (4 x 64: 4 weight loads and 4 broadcasts per 16 FMAs, against 2 and 8)
     # from 64 output channels, wide (8 x 32) from 32, narrow (16 x 16) for 16-channel layers
     "avx512": {"forward": ((4, 4), (8, 2), (16, 1)), "weight": ((4, 4), (8, 2), (16, 1)), "few_channel": (2, 8),
-               "row_images": 8, "row_weight_rows": 15},
+               "row_images": 8, "row_weight_rows": 15, "depthwise_pixels": 8, "depthwise_sums": 4},
     # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
     # kernels are 6 x 16 too); a weight gradient's input channels must divide 16, so 4 x 16 (8 accumulators)
     "avx2": {"forward": ((6, 1),) * 3, "weight": ((4, 1),) * 3, "few_channel": (1, 6), "row_images": 4,
-             "row_weight_rows": 6},
+             "row_weight_rows": 6, "depthwise_pixels": 4, "depthwise_sums": 4},
     # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 2 x 16 is 8 accumulators and 4 loads
     "sse": {"forward": ((2, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 2), "row_images": 2,
-            "row_weight_rows": 2},
+            "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2},
 }
 _TIER_TABLE = {"avx512": "avx512", "avx2": "avx2", "avx": "avx2", "neon": "avx2", "sse": "sse", "generic": "sse"}
 TILES = TIER_TILES[_TIER_TABLE[target_machine().tier]]

@@ -28,7 +28,7 @@ def test_the_table_reaches_every_variant_of_every_pass():
     reached = {name: {case.cast(dtype).selected(name) for case in CASES for dtype in DTYPES}
                for name in ("forward", "backward_input", "backward_weight")}
     V = kernels.Variant
-    common = {V.POINTWISE, V.DIRECT, V.GEMM, V.GENERAL, V.SMALL_BANDS, V.WINOGRAD_F4, V.WINOGRAD_F2}
+    common = {V.POINTWISE, V.DIRECT, V.GEMM, V.GENERAL, V.DEPTHWISE, V.SMALL_BANDS, V.WINOGRAD_F4, V.WINOGRAD_F2}
     assert reached["forward"] >= common - {V.WINOGRAD_F2} | {V.WINOGRAD_F4}
     assert reached["backward_input"] >= common | {V.SMALL_ROWS}
     assert reached["backward_weight"] >= common | {V.DIRECT_COLUMNS}
@@ -48,8 +48,8 @@ def test_public_conv2d_on_the_1x1_and_strided_phase_paths_matches_torch(case, dt
                        [x, weight, bias], dtype=dtype)
 
 
-# the direct tiles, the 1x1 tiles, the column weight gradient, Winograd, the few-channel kernels
-ALIGNMENT_CASES = [CASES[16], CASES[27], ConvCase(2, 12, 10, 3, 16, padding=1), CASES[20], CASES[0]]
+# the direct tiles, the 1x1 tiles, the column weight gradient, Winograd, the few-channel kernels, depthwise
+ALIGNMENT_CASES = [CASES[16], CASES[27], ConvCase(2, 12, 10, 3, 16, padding=1), CASES[20], CASES[0], CASES[6]]
 
 
 @pytest.mark.parametrize("offset", [1, 3, 4])
@@ -74,7 +74,7 @@ def test_non_contiguous_operands_are_accepted():
             np.testing.assert_array_equal(run_pass(name, case, strided), run_pass(name, case, data), err_msg=name)
 
 
-@pytest.mark.parametrize("case", [CASES[i] for i in (5, 11, 18, 19, 20, 27, 28)], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[i] for i in (5, 6, 11, 18, 19, 20, 27, 28)], ids=case_id)
 def test_weight_and_bias_gradients_do_not_depend_on_thread_count(case):
     data = arrays(case)
     one, two = on_threads(lambda: [run_pass(name, case, data) for name in ("backward_weight", "backward_bias")])
@@ -92,8 +92,8 @@ def test_out_of_bounds_geometry_is_refused():
 
 # ---- ReLU in the forward's epilogue ----
 
-# general, groups, tiled with edge tiles, narrow, broad, 1x1, Winograd, few channels
-RELU_CASES = [CASES[i] for i in (0, 5, 9, 11, 16, 20, 21, 26, 27, 28)]
+# general, groups, depthwise, tiled with edge tiles, narrow, broad, 1x1, Winograd, few channels
+RELU_CASES = [CASES[i] for i in (0, 5, 6, 9, 11, 16, 20, 21, 26, 27, 28)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -108,7 +108,7 @@ def test_forward_relu_equals_forward_then_relu(case, dtype):
     assert_close(got, expected_pass("forward", case, data, relu=True))
 
 
-@pytest.mark.parametrize("case", [CASES[16], CASES[0], CASES[0].cast(np.float64), CASES[20], CASES[14]],
+@pytest.mark.parametrize("case", [CASES[16], CASES[0], CASES[0].cast(np.float64), CASES[20], CASES[14], CASES[6]],
                          ids=case_id)
 def test_forward_relu_keeps_nan(case):
     data = arrays(case)

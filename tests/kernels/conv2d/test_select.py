@@ -1,5 +1,6 @@
 """select.py, the one place that decides which variant runs: a table from (pass, shape, dtype, machine) to the
-expected Variant covering every variant of every pass (cifar-cnn, ResNet-20 and LeNet-5 layers, and edge cases);
+expected Variant covering every variant of every pass (cifar-cnn, ResNet-20, LeNet-5 and MobileNetV2 layers, and
+edge cases);
 force_variant (refusals, per thread, part of the plan cache key); applies() agreeing with select()."""
 import threading
 
@@ -30,6 +31,10 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "resnet18 256->256 @4": ConvCase(4, 4, 4, 256, 256, padding=1),
     "resnet18 512->512 @2": ConvCase(4, 2, 2, 512, 512, padding=1),
     "resnet18 1x1 256->512 s2": ConvCase(4, 4, 4, 256, 512, kernel=1, stride=2),
+    "mobilenetv2 dw 32 @32": ConvCase(4, 32, 32, 32, 32, padding=1, groups=32),
+    "mobilenetv2 dw 96 s2": ConvCase(4, 32, 32, 96, 96, stride=2, padding=1, groups=96),
+    "mobilenetv2 dw 144 @16": ConvCase(4, 16, 16, 144, 144, padding=1, groups=144),
+    "mobilenetv2 dw 960 @2": ConvCase(4, 2, 2, 960, 960, padding=1, groups=960),
     # edge cases
     "16->16 @4": ConvCase(4, 4, 4, 16, 16, padding=1),             # a tiny output of 16 channels
     "6->12 5x5": ConvCase(4, 14, 14, 6, 12, kernel=5),             # 12 outputs: vectorised over channels
@@ -37,6 +42,8 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "32->40 3x3": ConvCase(2, 9, 17, 32, 40, padding=1),           # 40 outputs: no whole weight tiles
     "groups 2": ConvCase(2, 8, 8, 4, 6, padding=1, groups=2),
     "depthwise": ConvCase(2, 8, 8, 16, 16, padding=1, groups=16),
+    "depthwise x2": ConvCase(2, 8, 8, 16, 32, padding=1, groups=16),   # channel multiplier 2
+    "1 channel s2": ConvCase(2, 9, 9, 1, 1, stride=2, padding=1),       # one filter per channel, but groups 1
     "1x1 16->32 @8": ConvCase(2, 8, 8, 16, 32, kernel=1),          # rows narrower than a 16-channel input tile
     "3x3 16->16 padding 3": ConvCase(2, 16, 16, 16, 16, padding=3),  # padding past Winograd's 2
 }
@@ -72,8 +79,15 @@ TABLE = [
     (BW, "resnet18 256->256 @4", None, V.GEMM), (BW, "resnet18 512->512 @2", None, V.GEMM),
     (BW, "resnet18 1x1 256->512 s2", None, V.GEMM), (F, "resnet18 1x1 256->512 s2", None, V.GEMM),
     (F, "16->16 @4", None, V.WINOGRAD_F4), (BW, "16->16 @4", None, V.WINOGRAD_F4),  # 16 channels: as before
-    (F, "groups 2", None, V.GENERAL), (BI, "groups 2", f64, V.GENERAL), (BW, "depthwise", None, V.GENERAL),
-    (F, "depthwise", f64, V.GENERAL), (BI, "depthwise", None, V.GENERAL),
+    (F, "1 channel s2", None, V.GEMM),
+    (F, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE), (BI, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE),
+    (BW, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE), (F, "mobilenetv2 dw 96 s2", None, V.DEPTHWISE),
+    (BI, "mobilenetv2 dw 96 s2", None, V.DEPTHWISE), (BW, "mobilenetv2 dw 96 s2", None, V.DEPTHWISE),
+    (F, "mobilenetv2 dw 144 @16", f64, V.DEPTHWISE), (BI, "mobilenetv2 dw 144 @16", f64, V.DEPTHWISE),
+    (BW, "mobilenetv2 dw 960 @2", None, V.DEPTHWISE), (F, "depthwise", None, V.DEPTHWISE),
+    (BI, "depthwise", f64, V.DEPTHWISE), (BW, "depthwise", f64, V.DEPTHWISE),
+    (F, "groups 2", None, V.GENERAL), (BI, "groups 2", f64, V.GENERAL), (BW, "depthwise x2", None, V.GENERAL),
+    (F, "depthwise x2", f64, V.GENERAL), (BI, "depthwise x2", None, V.GENERAL),
 ]
 MACHINES = {
     "avx2": Machine("avx2", "haswell", 256, 8, 16, True),
@@ -161,6 +175,8 @@ def test_winograd_applies_to_3x3_stride_1_float32_with_whole_channel_blocks():
     ("backward_input", V.POINTWISE, "resnet20 16->16 @32"),
     ("backward_weight", V.SMALL_ROWS, "resnet20 64->64 @8"),  # too many channels
     ("backward_weight", V.GEMM, "groups 2"),
+    ("forward", V.DEPTHWISE, "depthwise x2"),             # two filters per channel
+    ("backward_input", V.DEPTHWISE, "groups 2"),
 ])
 def test_forcing_a_variant_that_cannot_run_the_shape_raises_naming_it(pass_name, variant, layer):
     case = LAYERS[layer]
