@@ -1,4 +1,6 @@
 """Linear (matmul) kernels against their NumPy twins."""
+import os
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,24 @@ def test_blas_thread_count_is_restored_when_the_kernel_raises():
         blas.one_blas_thread(failing, 64 * 400 * 120)
     if before is not None:
         assert blas._GET_BLAS_THREADS() == before
+
+
+@pytest.mark.parametrize("first", ["import numpy", "import numpy, scipy.linalg", ""])
+def test_openblas_takes_the_thread_timeout_whatever_was_imported_first(first):
+    """NumPy imported before cnnnumba has loaded its OpenBLAS with the default thread timeout (workers spinning
+    about 0.1 s after each call, stealing the cores from the Numba kernels); cnnnumba makes it read the
+    environment default again. OpenBLAS reports the value it read through openblas_thread_timeout()."""
+    import subprocess
+    import sys
+
+    probe = (f"{first}\nimport ctypes, cnnnumba\nfrom cnnnumba.kernels._runtime import blas\n"
+             "for package in ('numpy', 'scipy'):\n"
+             "    __import__(package)\n"
+             "    if package == 'scipy':\n"
+             "        import scipy.linalg.cython_blas\n"
+             "    for library in blas._openblas_libraries(package):\n"
+             "        print(package, library.openblas_thread_timeout())\n")
+    environment = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environment,
+                            check=True).stdout.split()
+    assert output == ["numpy", "4", "scipy", "4"]

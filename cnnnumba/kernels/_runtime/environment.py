@@ -14,6 +14,10 @@ THREAD_DEFAULTS = {
     # spinning under the next convolution; 2^4 cycles lets them sleep at once.
     "OPENBLAS_THREAD_TIMEOUT": "4",
 }
+# The packages whose bundled OpenBLAS was loaded before these defaults were set (a program that imports NumPy
+# before cnnnumba): it read its environment then, so blas.py makes it read OPENBLAS_THREAD_TIMEOUT again.
+OPENBLAS_LOADED_EARLY = tuple(name for name in ("numpy", "scipy") if name in sys.modules
+                              and "OPENBLAS_THREAD_TIMEOUT" not in os.environ)
 for _name, _value in THREAD_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
 
