@@ -61,8 +61,10 @@ def _hardtanh_range(x, min_val, max_val, out, begin, end):
     x_part, out_part = x[begin:end], out[begin:end]
     for i in range(out_part.size):
         value = x_part[i]
-        # both comparisons are False for NaN, so NaN passes through, as in PyTorch's clamp
-        out_part[i] = min_val if value < min_val else (max_val if value > max_val else value)
+        # both comparisons are False for NaN, so NaN passes through, as in PyTorch's clamp; two selects in a row
+        # (not nested) vectorise, where the nested form stayed a branch per element
+        value = min_val if value < min_val else value
+        out_part[i] = max_val if value > max_val else value
 
 
 @jit
@@ -72,7 +74,8 @@ def _hardtanh_backward_range(grad, saved, min_val, max_val, out, begin, end):
         value = x_part[i]
         # PyTorch's vectorized hardtanh_backward: the gradient passes strictly inside the bounds, so not at or
         # beyond either bound, and not at NaN (its scalar loop, which runs only the last few elements, passes NaN)
-        out_part[i] = grad_part[i] if min_val < value < max_val else 0
+        # (& of both comparisons, not a chained one, which short-circuits into a branch per element)
+        out_part[i] = grad_part[i] if (min_val < value) & (value < max_val) else 0
 
 
 @jit
