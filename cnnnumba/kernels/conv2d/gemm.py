@@ -1,5 +1,7 @@
 """Convolution as im2col + one BLAS GEMM per chunk of output rows: the groups=1 layers no register-tiled or
-few-channel variant takes (strided layers of 2 to 15 channels, float64 ones). The taps are unrolled into the
+few-channel variant takes (strided layers of 2 to 15 channels, float64 ones), and outputs of a few pixels per image,
+where one GEMM over the batch's pixels beats the tiles. A 1x1 layer with stride 1 and no padding needs no im2col:
+its input, as a (pixels, C_in) matrix, is the columns. The taps are unrolled into the
 reduction axis (kH·kW·C_in), so one GEMM does all the arithmetic with BLAS's own blocking. The columns are kept
 transposed, (kH·kW·C_in, pixels), so that im2col copies whole output rows (contiguous, vectorisable) instead of
 scattering single channels. Layouts are those of the package: NHWC activations, (kH, kW, C_in, C_out) weights,
@@ -113,6 +115,15 @@ def _options(stride, padding, dilation, weight_shape):
     return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], weight_shape[0], weight_shape[1])
 
 
+def _pixels_as_rows(x, weight_shape, out_shape, stride, padding):
+    """x as its (pixels, C_in) matrix when the layer is a 1x1 convolution whose output pixels are the input's
+    (stride 1, no padding): that matrix is the im2col, so no columns are copied; else None."""
+    if tuple(weight_shape[:2]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0) \
+            and tuple(x.shape[1:3]) == tuple(out_shape[1:3]):
+        return x.reshape(-1, x.shape[3])
+    return None
+
+
 def forward(x, weight, bias, out, stride, padding, dilation, relu, views, rows):
     """out (N, H_out, W_out, C_out) = conv(x, weight) + bias (then max(., 0) when relu), groups=1, with the
     scratch views and chunk rows of plan."""
@@ -121,13 +132,17 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, views, rows):
     matrix = weight.reshape(reduction, channels_out)
     options = _options(stride, padding, dilation, weight.shape)
     flat_out = out.reshape(-1, channels_out)
+    pixels = _pixels_as_rows(x, weight.shape, out.shape, stride, padding)
     total = batch * out_h
     for first in range(0, total, rows):
         count = min(rows, total - first)
-        columns = _chunk_columns(views, reduction, count, out_w)
-        _im2col(x, first, out_h, *options, columns)
         target = flat_out[first * out_w:(first + count) * out_w]
-        np.matmul(columns.reshape(reduction, -1).T, matrix, out=target)
+        if pixels is not None:
+            np.matmul(pixels[first * out_w:(first + count) * out_w], matrix, out=target)
+        else:
+            columns = _chunk_columns(views, reduction, count, out_w)
+            _im2col(x, first, out_h, *options, columns)
+            np.matmul(columns.reshape(reduction, -1).T, matrix, out=target)
         if bias is not None:
             target += bias
         if relu:
@@ -142,6 +157,9 @@ def backward_input(grad_out, weight, out, stride, padding, dilation, views, rows
     matrix = weight.reshape(reduction, channels_out)
     options = _options(stride, padding, dilation, weight.shape)
     flat_grad = grad_out.reshape(-1, channels_out)
+    if _pixels_as_rows(out, weight.shape, grad_out.shape, stride, padding) is not None:
+        np.matmul(flat_grad, matrix.T, out=out.reshape(-1, out.shape[3]))
+        return out
     total = batch * out_h
     out[...] = 0.0
     for first in range(0, total, rows):
@@ -159,11 +177,15 @@ def backward_weight(x, grad_out, out, stride, padding, dilation, views, rows):
     target = out.reshape(reduction, channels_out)
     options = _options(stride, padding, dilation, out.shape)
     flat_grad = grad_out.reshape(-1, channels_out)
+    pixels = _pixels_as_rows(x, out.shape, grad_out.shape, stride, padding)
     total = batch * out_h
     for first in range(0, total, rows):
         count = min(rows, total - first)
-        columns = _chunk_columns(views, reduction, count, out_w).reshape(reduction, -1)
-        _im2col(x, first, out_h, *options, columns.reshape(reduction, count, out_w))
+        if pixels is not None:
+            columns = pixels[first * out_w:(first + count) * out_w].T
+        else:
+            columns = _chunk_columns(views, reduction, count, out_w).reshape(reduction, -1)
+            _im2col(x, first, out_h, *options, columns.reshape(reduction, count, out_w))
         grad = flat_grad[first * out_w:(first + count) * out_w]
         if first == 0:
             np.matmul(columns, grad, out=target)

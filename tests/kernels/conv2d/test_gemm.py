@@ -12,7 +12,9 @@ CASES = [
     ConvCase(2, 7, 7, 6, 16, kernel=5),                                       # LeNet-5's second layer
     ConvCase(1, 9, 8, 3, 4, kernel=(2, 3), stride=(3, 2), padding=(1, 0, 2, 1)),  # stride > kernel, asymmetric pad
     ConvCase(2, 9, 9, 2, 3, stride=(1, 2), padding=2, dilation=2),            # dilation
-    ConvCase(1, 5, 4, 2, 2, kernel=1),                                        # 1x1
+    ConvCase(1, 5, 4, 2, 2, kernel=1),                                        # 1x1: x is the columns
+    ConvCase(2, 6, 5, 3, 4, kernel=1, stride=2),                              # strided 1x1: im2col
+    ConvCase(1, 4, 4, 2, 3, kernel=1, padding=1),                             # padded 1x1: im2col
 ]
 PASS_NAMES = ("forward", "backward_input", "backward_weight")
 
