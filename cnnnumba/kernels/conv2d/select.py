@@ -60,10 +60,12 @@ WINOGRAD_F4_MAX_REDUCTION = 32
 NARROW_ROW_MIN_PIXELS = 16
 
 
-# Outputs of at most this many pixels per image (ResNet-18's last two stages at 64x64 input: 4x4 and 2x2) take
-# im2col + GEMM in every pass: the Winograd and register tiles are mostly border there, and one BLAS GEMM over the
-# batch's pixels ran those layers 1.3-2.4x faster (bench/README.md).
-TINY_OUTPUT_MAX_PIXELS = 16
+# Outputs of at most this many pixels per image (7x7: ResNet-18's last stage at 224x224 input, its last two at 64x64)
+# take im2col + GEMM: the Winograd and register tiles are mostly border there, and one BLAS GEMM over the batch's
+# pixels ran those layers 1.3-4x faster (bench/README.md), except Winograd's weight gradient from 5x5 to 7x7
+# outputs, which stays ahead of the GEMM there at batch 16 (its transforms are shared by the batch's tiles).
+TINY_OUTPUT_MAX_PIXELS = 49
+TINY_WINOGRAD_WEIGHT_MAX_PIXELS = 16
 
 
 def tiny_output(weight_shape, out_shape, groups):
@@ -211,7 +213,9 @@ def _select_backward_input(dtype, geometry, budget, machine):
 def _select_backward_weight(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
-    if tiny_output(weight_shape, out_shape, groups):
+    if tiny_output(weight_shape, out_shape, groups) and (
+            out_shape[1] * out_shape[2] <= TINY_WINOGRAD_WEIGHT_MAX_PIXELS
+            or not winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)):
         return Variant.GEMM
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and channels_out % LANES == 0 and channels_in % weight_tile_rows(channels_out, machine) == 0:

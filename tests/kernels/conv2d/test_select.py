@@ -31,6 +31,9 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "resnet18 256->256 @4": ConvCase(4, 4, 4, 256, 256, padding=1),
     "resnet18 512->512 @2": ConvCase(4, 2, 2, 512, 512, padding=1),
     "resnet18 1x1 256->512 s2": ConvCase(4, 4, 4, 256, 512, kernel=1, stride=2),
+    "resnet18 224 512->512 @7": ConvCase(4, 7, 7, 512, 512, padding=1),
+    "resnet18 224 256->512 s2": ConvCase(4, 14, 14, 256, 512, stride=2, padding=1),
+    "resnet18 224 256->256 @14": ConvCase(4, 14, 14, 256, 256, padding=1),
     "mobilenetv2 dw 32 @32": ConvCase(4, 32, 32, 32, 32, padding=1, groups=32),
     "mobilenetv2 dw 96 s2": ConvCase(4, 32, 32, 96, 96, stride=2, padding=1, groups=96),
     "mobilenetv2 dw 144 @16": ConvCase(4, 16, 16, 144, 144, padding=1, groups=144),
@@ -74,10 +77,15 @@ TABLE = [
     (F, "3->8 7x7 s2", None, V.GEMM), (BI, "cifar-cnn 3->32 @32", None, V.GEMM),
     (BW, "32->40 3x3", None, V.GEMM), (F, "cifar-cnn 3->32 @32", f64, V.GEMM),
     (BI, "resnet20 64->64 @8", f64, V.GEMM), (BW, "resnet20 1x1 16->32 s2", f64, V.GEMM),
-    # outputs of at most 16 pixels per image: GEMM in every pass (select.TINY_OUTPUT_MAX_PIXELS)
+    # outputs of at most 49 pixels per image: GEMM (select.TINY_OUTPUT_MAX_PIXELS)
     (F, "resnet18 256->256 @4", None, V.GEMM), (BI, "resnet18 256->256 @4", None, V.GEMM),
     (BW, "resnet18 256->256 @4", None, V.GEMM), (BW, "resnet18 512->512 @2", None, V.GEMM),
     (BW, "resnet18 1x1 256->512 s2", None, V.GEMM), (F, "resnet18 1x1 256->512 s2", None, V.GEMM),
+    (F, "resnet18 224 512->512 @7", None, V.GEMM), (BI, "resnet18 224 512->512 @7", None, V.GEMM),
+    (BW, "resnet18 224 512->512 @7", None, V.WINOGRAD_F2),  # Winograd's weight gradient keeps 5x5 to 7x7
+    (F, "resnet18 224 256->512 s2", None, V.GEMM), (BI, "resnet18 224 256->512 s2", None, V.GEMM),
+    (BW, "resnet18 224 256->512 s2", None, V.GEMM),
+    (F, "resnet18 224 256->256 @14", None, V.WINOGRAD_F2),  # 14x14: past the GEMM's sizes
     (F, "16->16 @4", None, V.WINOGRAD_F4), (BW, "16->16 @4", None, V.WINOGRAD_F4),  # 16 channels: as before
     (F, "1 channel s2", None, V.GEMM),
     (F, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE), (BI, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE),

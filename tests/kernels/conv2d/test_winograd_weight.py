@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cnnnumba.kernels.conv2d import WORKSPACE_BYTES, Pass, Variant, plan
-from cnnnumba.kernels.conv2d.select import tiny_output
+from cnnnumba.kernels.conv2d.select import TINY_WINOGRAD_WEIGHT_MAX_PIXELS, tiny_output
 from cnnnumba.kernels.conv2d.winograd import f4 as winograd_f4
 from cnnnumba.kernels.conv2d.winograd import weight as winograd_weight
 from cnnnumba.kernels.conv2d.winograd import weight_f4
@@ -40,11 +40,13 @@ def test_matches_the_reference(case, variant):
 
 
 def test_select_takes_winograd_for_these_cases_f4_up_to_32_channels():
-    """... except outputs of at most TINY_OUTPUT_MAX_PIXELS pixels past 16 channels, which run as GEMM."""
+    """... except outputs of at most TINY_WINOGRAD_WEIGHT_MAX_PIXELS pixels past 16 channels, which run as GEMM."""
     for case in CASES:
         use_f4 = case.c_in <= 32 and case.c_out <= 32
         expected = Variant.WINOGRAD_F4 if use_f4 else Variant.WINOGRAD_F2
-        if tiny_output(case.geometry.weight_shape, case.geometry.out_shape, case.geometry.groups):
+        geometry = case.geometry
+        if tiny_output(geometry.weight_shape, geometry.out_shape, geometry.groups) \
+                and geometry.out_shape[1] * geometry.out_shape[2] <= TINY_WINOGRAD_WEIGHT_MAX_PIXELS:
             expected = Variant.GEMM
         assert case.selected("backward_weight") is expected, case
 
