@@ -412,6 +412,10 @@ def _normalize_rows_slot(slot, slots, x, shortcut, add, coefficients, lower, upp
             out[r, c] = value
 
 
+# Normalizing passes this short run on the calling thread: waking the pool cost more (batch-1 inference).
+NORMALIZE_SERIAL_ELEMENTS = 1 << 16
+
+
 def batch_norm_act_forward(x, mean, invstd, weight, bias, clamp, coefficients, out):
     """out = (x - mean) * invstd * weight + bias per channel, then clamped to clamp = (lower, upper) (NaN kept;
     NO_CLAMP for none, RELU for ReLU).
@@ -420,7 +424,8 @@ def batch_norm_act_forward(x, mean, invstd, weight, bias, clamp, coefficients, o
     rounded to x's dtype exactly as the unfused kernel rounds them.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_rows_slot, x.shape[0], x, x, False, coefficients, *clamp_bounds(clamp, x.dtype), out)
+    run_shares(_normalize_rows_slot, 1 if x.size <= NORMALIZE_SERIAL_ELEMENTS else x.shape[0], x, x, False,
+               coefficients, *clamp_bounds(clamp, x.dtype), out)
 
 
 @jit
@@ -666,7 +671,8 @@ def batch_norm_add_act_forward(x, shortcut, mean, invstd, weight, bias, clamp, c
     batch_norm_act_forward.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_rows_slot, x.shape[0], x, shortcut, True, coefficients, *clamp_bounds(clamp, x.dtype), out)
+    run_shares(_normalize_rows_slot, 1 if x.size <= NORMALIZE_SERIAL_ELEMENTS else x.shape[0], x, shortcut, True,
+               coefficients, *clamp_bounds(clamp, x.dtype), out)
 
 
 @jit

@@ -60,7 +60,10 @@ def _fused_add_act_backward(grad_y, y, x, stats, weight, clamp=fused.RELU):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES + BLOCK_SHAPES)
 @pytest.mark.parametrize("clamp", CLAMPS)
-def test_batch_norm_act_matches_reference(shape, dtype, clamp):
+@pytest.mark.parametrize("threads", ["parallel", "serial"])
+def test_batch_norm_act_matches_reference(shape, dtype, clamp, threads, monkeypatch):
+    # these shapes are all short enough for the serial normalizing pass: force the parallel one too
+    monkeypatch.setattr(fused, "NORMALIZE_SERIAL_ELEMENTS", 0 if threads == "parallel" else 1 << 30)
     x, weight, bias, grad_y = _inputs(*shape, dtype)
     if shape[0] == 1:
         x = np.concatenate([x, x + 1])  # training batch norm needs two rows
@@ -156,9 +159,11 @@ def test_fused_reductions_identical_for_any_thread_count(channels):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES[1:] + BLOCK_SHAPES)
 @pytest.mark.parametrize("clamp", CLAMPS[:3])
-def test_batch_norm_add_act_equals_reference_and_unfused_kernels(shape, dtype, clamp):
+@pytest.mark.parametrize("threads", ["parallel", "serial"])
+def test_batch_norm_add_act_equals_reference_and_unfused_kernels(shape, dtype, clamp, threads, monkeypatch):
     """Batch norm + shortcut add (+ ReLU or ReLU6) in one pass gives the bits of batch norm, np.add and the
-    activation kernel."""
+    activation kernel, in the parallel and the serial normalizing pass."""
+    monkeypatch.setattr(fused, "NORMALIZE_SERIAL_ELEMENTS", 0 if threads == "parallel" else 1 << 30)
     x, weight, bias, _ = _inputs(*shape, dtype)
     shortcut = _inputs(*shape, dtype, seed=2)[0] - 1
     shortcut[0, 0] = np.nan  # NaN survives the activation, as in PyTorch
