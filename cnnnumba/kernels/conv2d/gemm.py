@@ -29,32 +29,58 @@ def valid_span(out_size, size, stride, offset):
     return first, max(first, last)
 
 
+@jit
+def _im2col_row(x, first_row, j, out_h, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h,
+                kernel_w, columns):
+    """columns[(kh * kW + kw) * C + c, j, ow] = x[n, ih, iw, c] or 0, for the flattened output row
+    first_row + j = n * H_out + oh of the chunk."""
+    _, height, width, channels = x.shape
+    out_w = columns.shape[2]
+    n = (first_row + j) // out_h
+    oh = (first_row + j) % out_h
+    for kh in range(kernel_h):
+        ih = oh * stride_h - pad_top + kh * dilation_h
+        inside = 0 <= ih < height
+        for kw in range(kernel_w):
+            offset = kw * dilation_w - pad_left
+            lo, hi = valid_span(out_w, width, stride_w, offset)
+            if not inside:
+                lo, hi = 0, 0
+            for c in range(channels):
+                r = (kh * kernel_w + kw) * channels + c
+                for ow in range(lo):
+                    columns[r, j, ow] = 0.0
+                for ow in range(lo, hi):
+                    columns[r, j, ow] = x[n, ih, ow * stride_w + offset, c]
+                for ow in range(hi, out_w):
+                    columns[r, j, ow] = 0.0
+
+
 @parallel_jit
 def _im2col(x, first_row, out_h, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h, kernel_w,
             columns):
-    """columns[(kh * kW + kw) * C + c, j, ow] = x[n, ih, iw, c] or 0, for the flattened output rows
-    first_row + j = n * H_out + oh of the chunk."""
-    _, height, width, channels = x.shape
-    rows, out_w = columns.shape[1], columns.shape[2]
-    for j in prange(rows):
-        n = (first_row + j) // out_h
-        oh = (first_row + j) % out_h
-        for kh in range(kernel_h):
-            ih = oh * stride_h - pad_top + kh * dilation_h
-            inside = 0 <= ih < height
-            for kw in range(kernel_w):
-                offset = kw * dilation_w - pad_left
-                lo, hi = valid_span(out_w, width, stride_w, offset)
-                if not inside:
-                    lo, hi = 0, 0
-                for c in range(channels):
-                    r = (kh * kernel_w + kw) * channels + c
-                    for ow in range(lo):
-                        columns[r, j, ow] = 0.0
-                    for ow in range(lo, hi):
-                        columns[r, j, ow] = x[n, ih, ow * stride_w + offset, c]
-                    for ow in range(hi, out_w):
-                        columns[r, j, ow] = 0.0
+    """Every row of the chunk's columns (_im2col_row), in parallel."""
+    for j in prange(columns.shape[1]):
+        _im2col_row(x, first_row, j, out_h, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h,
+                    kernel_w, columns)
+
+
+@jit
+def _im2col_serial(x, first_row, out_h, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h,
+                   kernel_w, columns):
+    """_im2col on the calling thread."""
+    for j in range(columns.shape[1]):
+        _im2col_row(x, first_row, j, out_h, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h,
+                    kernel_w, columns)
+
+
+# im2col chunks of at most this many elements run on the calling thread: a parallel region's workers, still
+# spinning when the GEMM right after it starts, cost more than they save on one this short (batch-1 inference).
+SERIAL_COLUMNS = 1 << 18
+
+
+def _gather_columns(x, first, out_h, options, columns):
+    (_im2col_serial if columns.size <= SERIAL_COLUMNS else _im2col)(x, first, out_h, *options, columns)
 
 
 @parallel_jit
@@ -141,7 +167,7 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, views, rows):
             np.matmul(pixels[first * out_w:(first + count) * out_w], matrix, out=target)
         else:
             columns = _chunk_columns(views, reduction, count, out_w)
-            _im2col(x, first, out_h, *options, columns)
+            _gather_columns(x, first, out_h, options, columns)
             np.matmul(columns.reshape(reduction, -1).T, matrix, out=target)
         if bias is not None:
             target += bias
@@ -185,7 +211,7 @@ def backward_weight(x, grad_out, out, stride, padding, dilation, views, rows):
             columns = pixels[first * out_w:(first + count) * out_w].T
         else:
             columns = _chunk_columns(views, reduction, count, out_w).reshape(reduction, -1)
-            _im2col(x, first, out_h, *options, columns.reshape(reduction, count, out_w))
+            _gather_columns(x, first, out_h, options, columns.reshape(reduction, count, out_w))
         grad = flat_grad[first * out_w:(first + count) * out_w]
         if first == 0:
             np.matmul(columns, grad, out=target)

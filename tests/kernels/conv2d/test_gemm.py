@@ -22,7 +22,10 @@ PASS_NAMES = ("forward", "backward_input", "backward_weight")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("budget", ["default", "one row per chunk"])
-def test_gemm_matches_the_reference(case, dtype, budget, plan_constant):
+@pytest.mark.parametrize("im2col", ["serial", "parallel"])
+def test_gemm_matches_the_reference(case, dtype, budget, im2col, plan_constant, monkeypatch):
+    # these shapes are all short enough for the serial im2col: force the parallel one too
+    monkeypatch.setattr(gemm, "SERIAL_COLUMNS", 1 << 30 if im2col == "serial" else 0)
     if budget != "default":
         plan_constant(workspace, "WORKSPACE_BYTES", 1)
     case = case.cast(dtype)
