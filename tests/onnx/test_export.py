@@ -54,6 +54,21 @@ def test_zoo_models_run_in_onnxruntime_at_two_batch_sizes(tmp_path, name):
     _ort_matches(model, tmp_path / "m.onnx", shape)
 
 
+def test_a_model_after_captured_steps_exports_its_trained_weights(tmp_path):
+    """Captured graphs store conv weights as transposed views of (kH, kW, C_in, C_out) blocks; the export writes
+    the values in ONNX's (C_out, C_in, kH, kW) order all the same."""
+    cn.manual_seed(0)
+    model = models.cifar_cnn()
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    step = cn.graph.capture(model.train(), F.cross_entropy, cn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+    step(x, np.array([0, 1, 2, 3]))
+    cn.graph.capture(model.eval())(x)
+    weights = [m.weight.data for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert weights and not any(w.flags.c_contiguous for w in weights)
+    cn.onnx.export(_varied_statistics(model), x[:2], tmp_path / "m.onnx")
+    _ort_matches(model, tmp_path / "m.onnx", (3, 32, 32))
+
+
 class _Branches(nn.Module):
     """Concatenation, a residual add, ReLU6, average pooling and a reshape to (N, C, H * W) in one model."""
 
