@@ -84,11 +84,11 @@ def test_backward_weight_strips_hold_bands_of_rows(plan_constant):
 COLUMNS = [
     ConvCase(2, 12, 10, 3, 16, padding=1),                                  # a first layer: 27 -> 32 rows of 16
     ConvCase(3, 9, 11, 3, 32, padding=1),                                   # 27 -> 32 rows of 8-row tiles
-    ConvCase(2, 9, 18, 3, 64, stride=2, padding=1),                         # stride 2, 4-row tiles of 64 channels
+    ConvCase(2, 11, 18, 3, 64, stride=2, padding=1),                        # stride 2, 4-row tiles of 64 channels
     ConvCase(2, 10, 12, 1, 16),                                             # one channel, no padding
     ConvCase(2, 13, 9, 3, 16, stride=(2, 1), padding=(2, 1), dilation=(2, 1)),  # stride, dilation: height only
     ConvCase(1, 8, 70, 2, 32, kernel=(5, 3), padding=(2, 0)),               # more than a block's pixels in a row
-    ConvCase(2, 5, 6, 3, 32, kernel=(2, 4), stride=(1, 2), padding=(1, 2)),  # non-square kernel, strided width
+    ConvCase(2, 9, 12, 3, 32, kernel=(2, 4), stride=(1, 2), padding=(1, 2)),  # non-square kernel, strided width
 ]
 
 
@@ -101,8 +101,8 @@ def test_the_column_weight_gradient_matches_the_reference(case):
 
 
 @pytest.mark.parametrize("case", [
-    ConvCase(2, 8, 16, 16, 32, stride=2, padding=1),   # 16 input channels: a kernel row is whole tiles already
-    ConvCase(1, 12, 12, 8, 32, kernel=5, stride=2, padding=2),  # 8 channels under a 5-wide row: 200 rows either way
+    ConvCase(2, 16, 16, 16, 32, stride=2, padding=1),  # 16 input channels: a kernel row is whole tiles already
+    ConvCase(1, 16, 16, 8, 32, kernel=5, stride=2, padding=2),  # 8 channels under a 5-wide row: 200 rows either way
     ConvCase(2, 9, 12, 8, 32, padding=1, dilation=(1, 2)),  # width dilation: the kW taps are not side by side
 ], ids=case_id)
 def test_layers_whose_kernel_rows_fill_whole_tiles_keep_the_row_path(case):
