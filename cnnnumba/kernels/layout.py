@@ -76,14 +76,24 @@ def _swap(source, target, source_shape, target_shape):
                target.reshape(target_shape))
 
 
+def hwio_view(array):
+    """`array` (C_out, C_in/groups, kH, kW) as the kernels' C-contiguous (kH, kW, C_in/groups, C_out) view, when
+    it is stored in that order (a weight or gradient a captured graph homed, graph/update.py); else None."""
+    if array is None:
+        return None
+    view = array.transpose(HWIO_AXES)
+    return view if view.flags.c_contiguous else None
+
+
 def oihw_to_hwio(source, target):
     """target[kh, kw, i, o] = source[o, i, kh, kw]: a convolution weight from PyTorch's layout to the kernels'
     (target C-contiguous, of the source's dtype), blocked and split over the threads: NumPy's strided
     copy of a 512-channel 3x3 weight took longer than the convolution itself. A source stored in HWIO order (a
     graph's parameter arena, graph/update.py) is one contiguous copy."""
     channels_out, group_in, kernel_h, kernel_w = source.shape
-    if source.transpose(HWIO_AXES).flags.c_contiguous:
-        np.copyto(target, source.transpose(HWIO_AXES))
+    stored = hwio_view(source)
+    if stored is not None:
+        np.copyto(target, stored)
         return target
     _swap(source, target, (channels_out, group_in, kernel_h * kernel_w), (kernel_h * kernel_w, group_in, channels_out))
     return target

@@ -114,3 +114,30 @@ def test_a_captured_models_weights_save_and_load_in_pytorchs_layout(tmp_path):
     model.load_state_dict(fresh.state_dict())  # loading into the homed (strided) arrays writes through the views
     assert model[0].weight.data.transpose(2, 3, 1, 0).flags.c_contiguous
     step(*data[1])
+
+
+def test_a_frozen_conv_weight_is_re_laid_out_at_each_step_and_trains_like_eager():
+    """A conv weight without a gradient stays out of the update's arenas, so the Conv node re-lays it out itself;
+    the conv after it still trains, as eager."""
+    def make():
+        model, data = model_and_batches()
+        model[0].weight.requires_grad = False
+        return model, data
+
+    results = []
+    for captured in (True, False):
+        model, data = make()
+        optimizer = optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        step = cn.graph.capture(model, F.cross_entropy, optimizer) if captured else None
+        for x, y in data:
+            if captured:
+                step(x, y)
+            else:
+                optimizer.zero_grad()
+                F.cross_entropy(model(cn.Tensor(x)), y).backward()
+                optimizer.step()
+        results.append(model.state_dict())
+    captured, eager = results
+    assert captured["0.weight"].flags.c_contiguous  # not homed
+    for key in eager:
+        np.testing.assert_allclose(captured[key], eager[key], rtol=1e-10, atol=1e-13, err_msg=key)

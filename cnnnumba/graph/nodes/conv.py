@@ -8,7 +8,7 @@ import numpy as np
 
 from ...kernels import conv2d as conv_kernels
 from ...kernels import elementwise, fused
-from ...kernels.layout import HWIO_AXES, hwio_to_oihw, oihw_to_hwio
+from ...kernels.layout import hwio_to_oihw, hwio_view, oihw_to_hwio
 from ..plan import Buffer
 from .base import NO_CLAMP, RELU, Node, rows, with_activation
 
@@ -18,15 +18,6 @@ def _clamp_output(clamp, out):
     if clamp not in (NO_CLAMP, RELU):
         flat = out.reshape(-1)
         elementwise.hardtanh_forward(flat, *fused.clamp_bounds(clamp, out.dtype), flat)
-
-
-def _hwio(array):
-    """`array` (C_out, C_in/groups, kH, kW) as the kernels' (kH, kW, C_in/groups, C_out), when it is stored so (a
-    parameter or gradient homed in the update's arena, graph/update.py); else None."""
-    if array is None:
-        return None
-    view = array.transpose(HWIO_AXES)
-    return view if view.flags.c_contiguous else None
 
 
 class Conv(Node):
@@ -65,11 +56,11 @@ class Conv(Node):
                    for name in passes)
 
     def _weight_in_place(self):
-        return _hwio(self.inputs[1].buffer.array)
+        return hwio_view(self.inputs[1].buffer.array)
 
     def _grad_weight_in_place(self):
         grad = self.inputs[1].grad
-        return None if grad is None or self.accumulate[1] else _hwio(grad.array)
+        return None if grad is None or self.accumulate[1] else hwio_view(grad.array)
 
     def forward_buffers(self):
         return super().forward_buffers() + ([] if self._weight_in_place() is not None else [self.weight_khwc])
@@ -160,7 +151,7 @@ class FoldedConv(Node):
 
     def fold(self):
         """(weight in the kernels' layout, bias or None) from the live parameters."""
-        weight = _hwio(self.conv_weight)
+        weight = hwio_view(self.conv_weight)
         if self.bn is None and weight is not None:
             return weight, self.conv_bias
         if self.weight_khwc is None:
