@@ -17,7 +17,7 @@ def home_in_layouts(params, layouts):
     for param in params:
         axes = layouts.get(id(param))
         if axes is not None and not param.data.transpose(axes).flags.c_contiguous:
-            param.data = np.ascontiguousarray(param.data.transpose(axes)).transpose(_inverse(axes))
+            _, (param.data,) = _arena_views([param.data], param.data.dtype, [axes])
 
 
 def _arena_views(arrays, dtype, layouts):
