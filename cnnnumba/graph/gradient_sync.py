@@ -14,6 +14,7 @@ DistributedDataParallel(broadcast_buffers=True) does.
 import numpy as np
 
 from .. import distributed as dist
+from .update import block_sizes
 
 FIRST_BUCKET_BYTES = 2**20  # as PyTorch's DDP: a small first bucket, so communication starts early in the backward
 
@@ -40,7 +41,9 @@ class GradientSync:
         in_groups = set()
         for _, params, _, grad_arena, _ in update.groups:
             in_groups.update(id(p) for p in params)
-            self._cut(grad_arena, [(p.size, last_writer.get(id(p), 0)) for p in params], bucket_bytes)
+            blocks = block_sizes([p.size for p in params], grad_arena.dtype)
+            self._cut(grad_arena, [(block, last_writer.get(id(p), 0)) for block, p in zip(blocks, params)],
+                      bucket_bytes)
         for param in update.params:  # a parameter no optimizer group holds still has its gradient averaged
             if id(param) not in in_groups:
                 grad = update.grad_of[id(param)]
@@ -52,7 +55,7 @@ class GradientSync:
         self.in_flight = []
 
     def _cut(self, arena, sizes_and_ready, bucket_bytes):
-        """Buckets over `arena`, whose parameters have the given sizes, from the arena's end backwards."""
+        """Buckets over `arena`, whose parameters' blocks have the given sizes, from the arena's end backwards."""
         limit = max(1, min(bucket_bytes, FIRST_BUCKET_BYTES) // arena.itemsize)
         end = arena.size
         start, ready, count = end, -1, 0

@@ -5,6 +5,8 @@ C_out)): its view is then that block transposed back to the parameter's shape, a
 so the graph reads and writes it with no re-layout while the update still runs elementwise over the arenas."""
 import numpy as np
 
+from .plan import ALIGNMENT
+
 
 def _inverse(axes):
     return tuple(int(a) for a in np.argsort(axes))
@@ -20,21 +22,34 @@ def home_in_layouts(params, layouts):
             _, (param.data,) = _arena_views([param.data], param.data.dtype, [axes])
 
 
+def block_sizes(sizes, dtype):
+    """The elements of an arena each array of `sizes` elements takes, up to where the next block starts: whole
+    cache lines."""
+    step = max(1, ALIGNMENT // np.dtype(dtype).itemsize)
+    return [-(-size // step) * step for size in sizes]
+
+
 def _arena_views(arrays, dtype, layouts):
     """Copy `arrays` into one new flat arena; returns (arena, views shaped like the arrays). layouts[k], when not
-    None, is the axes order arrays[k] is stored in (its block is arrays[k].transpose(layouts[k]), C-contiguous)."""
-    total = sum(a.size for a in arrays)
-    arena = np.empty(total, dtype=dtype)
+    None, is the axes order arrays[k] is stored in (its block is arrays[k].transpose(layouts[k]), C-contiguous).
+    Each block starts on a cache line: the register tiles load a conv weight as 64-byte vectors, each straddling
+    two lines when it does not (or the tiled variants copy it to an aligned buffer every call). The few elements
+    between blocks are zeros, in every arena alike, and an elementwise update leaves them zero."""
+    itemsize = np.dtype(dtype).itemsize
+    blocks = block_sizes([a.size for a in arrays], dtype)
+    raw = np.zeros(sum(blocks) + ALIGNMENT // itemsize, dtype=dtype)
+    first = (-raw.ctypes.data % ALIGNMENT) // itemsize
+    arena = raw[first:first + sum(blocks)]
     views, start = [], 0
-    for array, axes in zip(arrays, layouts):
+    for array, axes, block_size in zip(arrays, layouts, blocks):
         block = arena[start:start + array.size]
+        start += block_size
         if axes is None:
             view = block.reshape(array.shape)
         else:
             view = block.reshape(tuple(array.shape[a] for a in axes)).transpose(_inverse(axes))
         view[...] = array
         views.append(view)
-        start += array.size
     return arena, views
 
 

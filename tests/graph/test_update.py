@@ -79,6 +79,34 @@ def test_conv_weights_live_in_the_kernels_layout_and_stay_the_models_own():
     assert model[3].weight.data.flags.c_contiguous  # a linear layer's weight keeps its own layout
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_arena_block_starts_on_a_cache_line_and_the_gaps_stay_zero(dtype):
+    """The register tiles load weights as 64-byte vectors: each parameter, gradient and state block is aligned,
+    and the elements between blocks (in every arena alike) stay zero through the updates."""
+    cn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    model = model.double() if dtype == "float64" else model
+    optimizer = optim.Adam(model.parameters(), lr=0.01, weight_decay=0.1)
+    step = cn.graph.capture(model, F.cross_entropy, optimizer)
+    _, data = model_and_batches()
+    for x, y in data:
+        step(x.astype(dtype), y)
+    groups = step.last.update.groups
+    assert len(groups) == 1
+    _, params, param_arena, grad_arena, states = groups[0]
+    arenas = [param_arena, grad_arena, *states.values()]
+    for param in params:  # 4 parameters of sizes 54, 3, 240, 5: none a whole number of cache lines
+        homes = [param.data, param.grad] + [optimizer.state[param][name] for name in states]
+        for home in homes:
+            assert home.ctypes.data % 64 == 0, param.shape
+    for arena in arenas:
+        used = np.zeros(arena.size, bool)
+        for param in params:
+            start = (param.data.ctypes.data - param_arena.ctypes.data) // param_arena.itemsize
+            used[start:start + param.size] = True
+        assert (~used).sum() > 0 and not arena[~used].any()
+
+
 @pytest.mark.parametrize("make_optimizer", [
     lambda params: optim.SGD(params, lr=0.1, momentum=0.9),
     lambda params: optim.Adam(params, lr=0.01),
