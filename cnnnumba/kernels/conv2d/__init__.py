@@ -8,12 +8,13 @@ a 1-D uint8 array of at least conv2d_workspace_bytes(...) bytes holding all scra
 
 The package: select.py (which variant runs), tiles.py (the register tiles and their rules), direct.py and
 pointwise.py (register-tiled direct and 1x1), winograd/ (F(2x2) and F(4x4) forward, input and weight gradients),
-small.py, small_bands.py and small_rows.py (few channels), gemm.py (im2col + BLAS), depthwise.py (one filter per
-channel), general.py (any groups, dilation, dtype; the bias gradient), workspace.py (scratch layout, partial sums).
+small.py, small_bands.py and small_rows.py (few channels), gemm.py (im2col + BLAS), few_pixels.py (outputs of a
+few pixels in the batch), depthwise.py (one filter per channel), general.py (any groups, dilation, dtype; the bias
+gradient), workspace.py (scratch layout, partial sums).
 """
 import numpy as np
 
-from . import depthwise, direct, gemm, general, pointwise, small
+from . import depthwise, direct, few_pixels, gemm, general, pointwise, small
 from .select import Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
@@ -100,6 +101,8 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         small.forward_bands(x, weight, bias, out, relu, scratch, details)
     elif variant is Variant.GEMM:
         gemm.forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details)
+    elif variant is Variant.FEW_PIXELS:
+        few_pixels.forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details)
     elif variant is Variant.DEPTHWISE:
         depthwise.forward(x, weight, bias, out, stride, padding, dilation, relu)
     else:

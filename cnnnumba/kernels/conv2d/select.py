@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._runtime.machine import target_machine
-from . import depthwise, direct, gemm, general, pointwise, small, workspace
+from . import depthwise, direct, few_pixels, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
 from .tiles import forward_tiles_fit, weight_tile_rows
 from .winograd import f2 as winograd_f2
@@ -37,6 +37,7 @@ class Variant(enum.Enum):
     SMALL_ROWS = "small_rows"          # few channels, kernel rows read as contiguous NHWC runs
     SMALL_BANDS = "small_bands"        # few channels, channel-planar frames vectorised over pixels
     GEMM = "gemm"                      # im2col + BLAS GEMM
+    FEW_PIXELS = "few_pixels"          # forward of a few output pixels: im2col rows x tiles, by output-channel strips
     DEPTHWISE = "depthwise"            # one filter per channel: channel vectors, taps summed in registers
     GENERAL = "general"                # plain loops: any groups, dtype, stride, dilation
 
@@ -66,6 +67,22 @@ NARROW_ROW_MIN_PIXELS = 16
 # outputs, which stays ahead of the GEMM there at batch 16 (its transforms are shared by the batch's tiles).
 TINY_OUTPUT_MAX_PIXELS = 49
 TINY_WINOGRAD_WEIGHT_MAX_PIXELS = 16
+
+
+# A tiny output's forward (see TINY_OUTPUT_MAX_PIXELS) whose whole batch has at most this many output pixels runs
+# few_pixels.py: im2col rows times the register tiles, reading each strip of the weight where it lies, where BLAS
+# packs the weight first; it ran 4-512 rows 1.1-2x faster than the GEMM, 784 rows of a 3x3 layer 1.2x slower
+# (bench/README.md).
+FEW_PIXELS_MAX = 512
+
+
+def few_pixels_applies(dtype, weight_shape, out_shape, groups, budget):
+    """float32, groups 1, C_out in whole 16-channel strips, at most FEW_PIXELS_MAX output pixels in the batch, and
+    their im2col rows within the budget."""
+    pixels = out_shape[0] * out_shape[1] * out_shape[2]
+    reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
+    return (dtype == np.float32 and groups == 1 and weight_shape[3] % LANES == 0 and pixels <= FEW_PIXELS_MAX
+            and workspace.specs_bytes(few_pixels.plan(dtype, weight_shape, out_shape)[0]) <= budget)
 
 
 def tiny_output(weight_shape, out_shape, groups):
@@ -163,6 +180,8 @@ def _select_forward(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
     if tiny_output(weight_shape, out_shape, groups):
+        if few_pixels_applies(dtype, weight_shape, out_shape, groups, budget):
+            return Variant.FEW_PIXELS
         return Variant.GEMM
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
     if winograd and winograd_f4_suits(channels_in) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
@@ -277,6 +296,8 @@ def _forward_planner(variant, dtype, geometry, budget):
         reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
         return gemm.plan("forward", out_shape[0], out_shape[1], out_shape[2], reduction, weight_shape[3], dtype,
                          budget)
+    if variant is Variant.FEW_PIXELS:
+        return few_pixels.plan(dtype, weight_shape, out_shape)
     if variant is Variant.DEPTHWISE:
         return (), None  # the tiles read and write the arrays in place
     return general.forward_plan(dtype, out_shape, weight_shape, budget)
@@ -412,6 +433,8 @@ def applies(pass_, variant, dtype, geometry, budget=None):
             Variant.SMALL_ROWS: lambda: small_applies(weight_shape, stride, groups)
             and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding, dilation),
         }
+        if pass_ is Pass.FORWARD:
+            rules[Variant.FEW_PIXELS] = lambda: few_pixels_applies(dtype, weight_shape, out_shape, groups, budget)
     rules[Variant.SMALL_BANDS] = lambda: groups == 1 and tuple(stride) == (1, 1)
     rules[Variant.GEMM] = lambda: groups == 1
     rules[Variant.DEPTHWISE] = lambda: depthwise_applies(dtype, x_shape, weight_shape, groups)

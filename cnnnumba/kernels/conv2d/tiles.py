@@ -78,6 +78,21 @@ def weight_tile(channels_out):
     return NARROW, NARROW_WEIGHT_TILE_ROWS, NARROW_WEIGHT_TILE_CHANNELS
 
 
+def product_tile(rows, channels_out):
+    """(kind, pixels, channels) of the forward tile for a product of `rows` pixel rows split into strips of output
+    channels (few_pixels.py): strips must not overlap (each adds its reduction blocks into out), so the tile's
+    channels divide channels_out; of the broad and wide tiles that do, the one with the most pixels not past
+    `rows` (the fewest passes over a strip of weights), else the one with the fewest; else the narrow tile."""
+    fitting = [(pixels, kind, channels) for kind, pixels, channels in
+               ((BROAD, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS), (WIDE, TILE_PIXELS, TILE_CHANNELS))
+               if channels_out % channels == 0]
+    if not fitting:
+        return NARROW, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
+    within = [tile for tile in fitting if tile[0] <= rows]
+    pixels, kind, channels = max(within) if within else min(fitting)
+    return kind, pixels, channels
+
+
 def tile_shapes():
     """The register tiles, for reports: pass kind -> [(pixels or input channels, output channels), ...]."""
     return {"forward": [(BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS), (TILE_PIXELS, TILE_CHANNELS),

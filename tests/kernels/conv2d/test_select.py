@@ -31,9 +31,12 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "resnet18 256->256 @4": ConvCase(4, 4, 4, 256, 256, padding=1),
     "resnet18 512->512 @2": ConvCase(4, 2, 2, 512, 512, padding=1),
     "resnet18 1x1 256->512 s2": ConvCase(4, 4, 4, 256, 512, kernel=1, stride=2),
+    "resnet18 b1 512->512 @2": ConvCase(1, 2, 2, 512, 512, padding=1),
+    "resnet18 b1 256->256 @4": ConvCase(1, 4, 4, 256, 256, padding=1),
     "resnet18 224 512->512 @7": ConvCase(4, 7, 7, 512, 512, padding=1),
     "resnet18 224 256->512 s2": ConvCase(4, 14, 14, 256, 512, stride=2, padding=1),
     "resnet18 224 256->256 @14": ConvCase(4, 14, 14, 256, 256, padding=1),
+    "resnet18 224 b16 512->512 @7": ConvCase(16, 7, 7, 512, 512, padding=1),
     "mobilenetv2 dw 32 @32": ConvCase(4, 32, 32, 32, 32, padding=1, groups=32),
     "mobilenetv2 dw 96 s2": ConvCase(4, 32, 32, 96, 96, stride=2, padding=1, groups=96),
     "mobilenetv2 dw 144 @16": ConvCase(4, 16, 16, 144, 144, padding=1, groups=144),
@@ -77,13 +80,18 @@ TABLE = [
     (F, "3->8 7x7 s2", None, V.GEMM), (BI, "cifar-cnn 3->32 @32", None, V.GEMM),
     (BW, "32->40 3x3", None, V.GEMM), (F, "cifar-cnn 3->32 @32", f64, V.GEMM),
     (BI, "resnet20 64->64 @8", f64, V.GEMM), (BW, "resnet20 1x1 16->32 s2", f64, V.GEMM),
-    # outputs of at most 49 pixels per image: GEMM (select.TINY_OUTPUT_MAX_PIXELS)
-    (F, "resnet18 256->256 @4", None, V.GEMM), (BI, "resnet18 256->256 @4", None, V.GEMM),
+    # outputs of at most 49 pixels per image: GEMM (select.TINY_OUTPUT_MAX_PIXELS), and FEW_PIXELS forward while
+    # the batch has at most select.FEW_PIXELS_MAX output pixels
+    (F, "resnet18 256->256 @4", None, V.FEW_PIXELS), (BI, "resnet18 256->256 @4", None, V.GEMM),
     (BW, "resnet18 256->256 @4", None, V.GEMM), (BW, "resnet18 512->512 @2", None, V.GEMM),
-    (BW, "resnet18 1x1 256->512 s2", None, V.GEMM), (F, "resnet18 1x1 256->512 s2", None, V.GEMM),
-    (F, "resnet18 224 512->512 @7", None, V.GEMM), (BI, "resnet18 224 512->512 @7", None, V.GEMM),
+    (BW, "resnet18 1x1 256->512 s2", None, V.GEMM),
+    (F, "resnet18 1x1 256->512 s2", None, V.FEW_PIXELS), (F, "resnet18 b1 512->512 @2", None, V.FEW_PIXELS),
+    (F, "resnet18 b1 256->256 @4", None, V.FEW_PIXELS), (BI, "resnet18 b1 512->512 @2", None, V.GEMM),
+    (F, "resnet18 b1 512->512 @2", f64, V.GEMM),
+    (F, "resnet18 224 512->512 @7", None, V.FEW_PIXELS), (BI, "resnet18 224 512->512 @7", None, V.GEMM),
+    (F, "resnet18 224 b16 512->512 @7", None, V.GEMM),  # 784 pixels in the batch
     (BW, "resnet18 224 512->512 @7", None, V.WINOGRAD_F2),  # Winograd's weight gradient keeps 5x5 to 7x7
-    (F, "resnet18 224 256->512 s2", None, V.GEMM), (BI, "resnet18 224 256->512 s2", None, V.GEMM),
+    (F, "resnet18 224 256->512 s2", None, V.FEW_PIXELS), (BI, "resnet18 224 256->512 s2", None, V.GEMM),
     (BW, "resnet18 224 256->512 s2", None, V.GEMM),
     (F, "resnet18 224 256->256 @14", None, V.WINOGRAD_F2),  # 14x14: past the GEMM's sizes
     (F, "16->16 @4", None, V.WINOGRAD_F4), (BW, "16->16 @4", None, V.WINOGRAD_F4),  # 16 channels: as before
@@ -121,7 +129,8 @@ def _case(layer, dtype):
 def test_the_table_covers_every_variant_of_every_pass():
     covered = {(pass_, _expected(expected, "avx512")) for pass_, _, _, expected in TABLE}
     for pass_ in Pass:
-        variants = set(Variant) - ({V.DIRECT_COLUMNS} if pass_ is not BW else set())
+        variants = (set(Variant) - ({V.DIRECT_COLUMNS} if pass_ is not BW else set())
+                    - ({V.FEW_PIXELS} if pass_ is not F else set()))
         assert {v for p, v in covered if p is pass_} == variants, pass_
 
 
@@ -180,6 +189,9 @@ def test_winograd_applies_to_3x3_stride_1_float32_with_whole_channel_blocks():
 @pytest.mark.parametrize("pass_name, variant, layer", [
     ("forward", V.WINOGRAD_F4, "lenet5 6->16 @14"),        # a 5x5 kernel
     ("forward", V.DIRECT_COLUMNS, "cifar-cnn 3->32 @32"),  # a weight-gradient variant only
+    ("backward_input", V.FEW_PIXELS, "resnet18 b1 512->512 @2"),  # a forward variant only
+    ("forward", V.FEW_PIXELS, "resnet18 224 b16 512->512 @7"),  # 784 output pixels in the batch
+    ("forward", V.FEW_PIXELS, "32->40 3x3"),               # 40 channels: not whole 16-channel strips
     ("backward_input", V.POINTWISE, "resnet20 16->16 @32"),
     ("backward_weight", V.SMALL_ROWS, "resnet20 64->64 @8"),  # too many channels
     ("backward_weight", V.GEMM, "groups 2"),
