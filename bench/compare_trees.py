@@ -1,7 +1,8 @@
 """Time two cnnnumba checkouts against each other, paired: alternating runs on one machine, ratios per round.
 
     python3 bench/compare_trees.py OLD_TREE NEW_TREE [--models lenet5 cifar-cnn resnet20] [--rounds N]
-        [--steps N] [--batch-size 64] [--threads T] [--cold] [--env-old NAME=VALUE] [--env-new NAME=VALUE]
+        [--steps N] [--batch-size 64] [--image-size N] [--threads T] [--cold] [--env-old NAME=VALUE]
+        [--env-new NAME=VALUE]
 
 Every run is one `cnnnumba bench` worker process of the tree it times (`python -m cnnnumba.bench.worker`,
 PYTHONPATH=<tree>, the tree's own Numba cache folder, the extra environment of its side): the captured training
@@ -25,7 +26,7 @@ import tree_env
 
 SIDES = ("old", "new")
 RESULT_MARKER = "cnnnumba-bench-result: "  # what cnnnumba/bench/worker.py prints before its JSON result
-MODELS = ("lenet5", "cifar-cnn", "resnet20", "small-cnn")
+MODELS = ("lenet5", "cifar-cnn", "resnet20", "small-cnn", "resnet18", "mobilenet_v2")
 TIMING_FILES = ("cnnnumba/bench/worker.py", "cnnnumba/bench/runners.py")
 
 
@@ -59,7 +60,7 @@ def quartiles(values):
 def _spec(model, mode, args, steps, warmup):
     return {"kind": "model", "framework": "cnnnumba", "variant": None, "model": model, "mode": mode,
             "batch_size": args.batch_size, "steps": steps, "warmup": warmup, "seed": args.seed, "eager": False,
-            "distinct_batches": 4, "threads": args.threads or os.cpu_count()}
+            "distinct_batches": 4, "threads": args.threads or os.cpu_count(), "image_size": args.image_size}
 
 
 def _timed_run(side, round_index, group, args, cold):
@@ -135,6 +136,7 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="threads for both trees (default: all cores)")
+    parser.add_argument("--image-size", type=int, help="square input size (default: each model's own)")
     parser.add_argument("--seed", type=int, default=0, help="weights and batches (default: %(default)s)")
     parser.add_argument("--cold", action="store_true",
                         help="also time each tree's first step on an empty cache folder, once per round")

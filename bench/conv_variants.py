@@ -1,12 +1,12 @@
 """Every convolution variant that can run a layer, timed pass by pass on this process's CPU tier: the figures the
 selector's per-tier choices (kernels/conv2d/select.py) rest on.
 
-    python bench/conv_variants.py [--threads T] [--repeats N] [--layers all|dense|depthwise] [--dtype D]
+    python bench/conv_variants.py [--threads T] [--repeats N] [--layers all|dense|depthwise|resnet18] [--dtype D]
                                   [--json PATH]
     NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= python bench/conv_variants.py      # the AVX2 tier on any x86 host
 
 For each layer of the cifar-cnn and ResNet-20 (batch 64), and each depthwise layer of MobileNetV2 at 64x64 and
-224x224 inputs (batch 16), and each pass, every variant `applies()` allows runs (forced with `force_variant`), its
+224x224 inputs (batch 16), or (--layers resnet18) ResNet-18's at 64x64 (batch 1 and 16), and each pass, every variant `applies()` allows runs (forced with `force_variant`), its
 output checked against the selector's own choice once, then timed: the median of --repeats calls after a warm-up,
 interleaved over the variants round by round so that a slow minute of a shared machine hits them all. GFLOP/s count
 a direct convolution's multiply-adds (2·N·H_out·W_out·C_out·(C_in/groups)·kH·kW), so Winograd can exceed the
@@ -44,9 +44,25 @@ DEPTHWISE_LAYERS = [_depthwise(channels, size, stride) for channels, size, strid
     (32, 32, 1), (96, 32, 2), (144, 16, 1), (144, 16, 2), (192, 8, 1), (384, 8, 1), (384, 4, 1), (576, 4, 1),
     (576, 4, 2), (960, 2, 1),
     (32, 112, 1), (96, 112, 2), (144, 56, 1), (192, 28, 1), (384, 14, 1), (576, 14, 1), (960, 7, 1)]]
-LAYER_SETS = {"all": DENSE_LAYERS + DEPTHWISE_LAYERS, "dense": DENSE_LAYERS, "depthwise": DEPTHWISE_LAYERS}
+# ResNet-18's layers at 64x64 inputs, batch 1 (inference) and 16
+RESNET18_LAYERS = [Layer(c_in, c_out, size, stride, kernel, 1, batch) for batch in (1, 16)
+                   for c_in, c_out, size, stride, kernel in [
+                       (3, 64, 64, 2, 7), (64, 64, 16, 1, 3), (64, 128, 16, 2, 3), (64, 128, 16, 2, 1),
+                       (128, 128, 8, 1, 3), (128, 256, 8, 2, 3), (128, 256, 8, 2, 1), (256, 256, 4, 1, 3),
+                       (256, 512, 4, 2, 3), (256, 512, 4, 2, 1), (512, 512, 2, 1, 3)]]
+LAYER_SETS = {"all": DENSE_LAYERS + DEPTHWISE_LAYERS, "dense": DENSE_LAYERS, "depthwise": DEPTHWISE_LAYERS,
+              "resnet18": RESNET18_LAYERS}
 UNTILED = {conv2d.Variant.GEMM, conv2d.Variant.GENERAL, conv2d.Variant.SMALL_BANDS, conv2d.Variant.SMALL_ROWS}
 PASSES = (conv2d.Pass.FORWARD, conv2d.Pass.BACKWARD_INPUT, conv2d.Pass.BACKWARD_WEIGHT)
+
+
+def _aligned(array):
+    """A copy of array starting on a cache line, as a captured graph's buffers and parameters do."""
+    raw = np.empty(array.size + 64 // array.itemsize, array.dtype)
+    first = (-raw.ctypes.data % 64) // array.itemsize
+    copy = raw[first:first + array.size].reshape(array.shape)
+    copy[...] = array
+    return copy
 
 
 def _arrays(layer, dtype):
@@ -59,17 +75,17 @@ def _arrays(layer, dtype):
     grad_out = rng.standard_normal((layer.batch, out_size, out_size, layer.c_out)).astype(dtype)
     flops = 2.0 * layer.batch * out_size ** 2 * layer.c_out * group_in * layer.kernel * layer.kernel
     options = dict(stride=(layer.stride,) * 2, padding=(layer.kernel // 2,) * 2, dilation=(1, 1), groups=layer.groups)
-    return x, weight, grad_out, flops, options
+    return _aligned(x), _aligned(weight), _aligned(grad_out), flops, options
 
 
 def _runner(pass_, x, weight, grad_out, options):
     if pass_ is conv2d.Pass.FORWARD:
-        out = np.empty_like(grad_out)
+        out = _aligned(np.empty_like(grad_out))
         return lambda: conv2d.conv2d_forward(x, weight, None, out, **options)
     if pass_ is conv2d.Pass.BACKWARD_INPUT:
-        out = np.empty_like(x)
+        out = _aligned(np.empty_like(x))
         return lambda: conv2d.conv2d_backward_input(grad_out, weight, out, **options)
-    out = np.empty_like(weight)
+    out = _aligned(np.empty_like(weight))
     return lambda: conv2d.conv2d_backward_weight(x, grad_out, out, **options)
 
 
