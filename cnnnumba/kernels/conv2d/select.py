@@ -97,6 +97,12 @@ def narrow_row(channels, width):
     return channels < 2 * LANES and width < NARROW_ROW_MIN_PIXELS
 
 
+# Winograd's forward transforms the whole weight (16/9 of its size, F(2x2)) at every call: with fewer output pixels
+# than this in the batch (ResNet-18's 8x8 stage at batch 1: 64), that traffic outweighs the multiplies it saves, and
+# the direct tiles ran 128->128 at 8x8 1.2-1.8x faster (bench/README.md).
+WINOGRAD_MIN_BATCH_PIXELS = 256
+
+
 def winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
     """Winograd's shape rule, one for the forward and both gradients: float32, groups 1, a 3x3 kernel, stride 1,
     dilation 1, padding at most 2 (the backward-input pads by 2 - padding), C_in and C_out multiples of 16."""
@@ -184,6 +190,10 @@ def _select_forward(dtype, geometry, budget, machine):
             return Variant.FEW_PIXELS
         return Variant.GEMM
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
+    if winograd and out_shape[0] * out_shape[1] * out_shape[2] < WINOGRAD_MIN_BATCH_PIXELS \
+            and direct_forward_applies(dtype, weight_shape, out_shape, groups, machine) \
+            and not narrow_row(channels_out, out_shape[2]):
+        return Variant.DIRECT
     if winograd and winograd_f4_suits(channels_in) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
         return Variant.WINOGRAD_F4
     if winograd and winograd_f2.fits(dtype, channels_in, channels_out, budget):

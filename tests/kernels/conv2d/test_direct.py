@@ -12,9 +12,9 @@ from tests.kernels.conv2d.common import (CASES, ConvCase, arrays, assert_close, 
 
 # The cases whose shapes the direct tiles take, per pass (float32; never float64)
 DIRECT_APPLIES = {
-    Pass.FORWARD: (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30),
+    Pass.FORWARD: (9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31),
     Pass.BACKWARD_INPUT: (11, 15, 16, 19, 20, 21, 22, 23, 24, 25, 27, 28, 29, 30),
-    Pass.BACKWARD_WEIGHT: (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30),
+    Pass.BACKWARD_WEIGHT: (9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31),
 }
 PASS_NAMES = {Pass.FORWARD: "forward", Pass.BACKWARD_INPUT: "backward_input", Pass.BACKWARD_WEIGHT: "backward_weight"}
 

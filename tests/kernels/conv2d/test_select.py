@@ -33,6 +33,7 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "resnet18 1x1 256->512 s2": ConvCase(4, 4, 4, 256, 512, kernel=1, stride=2),
     "resnet18 b1 512->512 @2": ConvCase(1, 2, 2, 512, 512, padding=1),
     "resnet18 b1 256->256 @4": ConvCase(1, 4, 4, 256, 256, padding=1),
+    "resnet18 b1 128->128 @8": ConvCase(1, 8, 8, 128, 128, padding=1),
     "resnet18 224 512->512 @7": ConvCase(4, 7, 7, 512, 512, padding=1),
     "resnet18 224 256->512 s2": ConvCase(4, 14, 14, 256, 512, stride=2, padding=1),
     "resnet18 224 256->256 @14": ConvCase(4, 14, 14, 256, 256, padding=1),
@@ -59,6 +60,8 @@ TABLE = [
     (F, "resnet20 16->16 @32", None, V.WINOGRAD_F4), (BI, "resnet20 16->16 @32", None, V.WINOGRAD_F4),
     (BW, "resnet20 16->16 @32", None, V.WINOGRAD_F4), (BW, "resnet20 32->32 @16", None, V.WINOGRAD_F4),
     (F, "resnet20 64->64 @8", None, V.WINOGRAD_F2), (BI, "resnet20 64->64 @8", None, V.WINOGRAD_F2),
+    # fewer than select.WINOGRAD_MIN_BATCH_PIXELS output pixels in the batch: the direct tiles forward
+    (F, "resnet18 b1 128->128 @8", None, V.DIRECT), (BI, "resnet18 b1 128->128 @8", None, V.WINOGRAD_F2),
     (BW, "resnet20 64->64 @8", None, V.WINOGRAD_F2),
     # F(4x4) while the pass's reduction is at most 32 channels: C_in forward, C_out backward-input
     (F, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4), (BI, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F2),
