@@ -99,8 +99,9 @@ def narrow_row(channels, width):
 
 # Winograd's forward transforms the whole weight (16/9 of its size, F(2x2)) at every call: with fewer output pixels
 # than this in the batch (ResNet-18's 8x8 stage at batch 1: 64), that traffic outweighs the multiplies it saves, and
-# the direct tiles ran 128->128 at 8x8 1.2-1.8x faster (bench/README.md).
-WINOGRAD_MIN_BATCH_PIXELS = 256
+# the direct tiles ran 128->128 at 8x8 1.2-1.8x faster; at 196 pixels and 256 channels (14x14, batch 1) Winograd
+# was 1.5x faster, the direct tiles re-reading a weight larger than L2 (bench/README.md).
+WINOGRAD_MIN_BATCH_PIXELS = 128
 
 
 def winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):

@@ -60,7 +60,7 @@ TABLE = [
     (F, "resnet20 16->16 @32", None, V.WINOGRAD_F4), (BI, "resnet20 16->16 @32", None, V.WINOGRAD_F4),
     (BW, "resnet20 16->16 @32", None, V.WINOGRAD_F4), (BW, "resnet20 32->32 @16", None, V.WINOGRAD_F4),
     (F, "resnet20 64->64 @8", None, V.WINOGRAD_F2), (BI, "resnet20 64->64 @8", None, V.WINOGRAD_F2),
-    # fewer than select.WINOGRAD_MIN_BATCH_PIXELS output pixels in the batch: the direct tiles forward
+    # fewer than select.WINOGRAD_MIN_BATCH_PIXELS (128) output pixels in the batch: the direct tiles forward
     (F, "resnet18 b1 128->128 @8", None, V.DIRECT), (BI, "resnet18 b1 128->128 @8", None, V.WINOGRAD_F2),
     (BW, "resnet20 64->64 @8", None, V.WINOGRAD_F2),
     # F(4x4) while the pass's reduction is at most 32 channels: C_in forward, C_out backward-input
