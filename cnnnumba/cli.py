@@ -273,7 +273,8 @@ def run_info():
     shapes = tile_shapes()
     print("register tiles: forward " + ", ".join(f"{p}x{c}" for p, c in shapes["forward"])
           + "; weight gradient " + ", ".join(f"{r}x{c}" for r, c in shapes["weight"])
-          + f"; few-channel {shapes['few-channel'][0][0]} pixels")
+          + f"; few-channel {shapes['few-channel'][0][0]} pixels"
+          + "".join(f"; few-pixel products {p}x{c}" for p, c in shapes["product"]))
     print(f"numba cache: {cache}")
     return 0
 

@@ -35,6 +35,9 @@ def test_every_tile_of_a_tier_fits_its_vector_registers(tier, bits, registers):
         assert (pixels * vectors + vectors) * per_vector + 1 <= registers, (tier, pixels, vectors)
     for rows, vectors in tiles["weight"]:
         assert (rows * vectors + vectors) * per_vector + 1 <= registers, (tier, rows, vectors)
+    if tiles["product"]:
+        (pixels, vectors), _ = tiles["product"]
+        assert (pixels * vectors + vectors) * per_vector + 1 <= registers, (tier, pixels, vectors)
     frame_vectors, outputs = tiles["few_channel"]
     assert (outputs * frame_vectors + frame_vectors) * per_vector + 1 <= registers, tier
     # the row-run tiles: one vector of 16 channels per image (or weight row), one load and a broadcast

@@ -10,7 +10,7 @@ multiple of the tile channels (tiles.product_tile).
 """
 from .._runtime import jit, run_slots
 from .direct import REDUCTION_BLOCK
-from .tiles import product_tile, run_forward_tile
+from .tiles import product_tile, run_product_tile
 
 
 @jit
@@ -50,9 +50,9 @@ def _strip_slot(slot, rows, weight, bias, out, relu, kind, tile_pixels, tile_cha
         block = min(reduction_block, reduction - r)
         final = relu if r + block >= reduction else 0
         for p in range(0, pixels, tile_pixels):
-            run_forward_tile(kind, out, p * channels_out + co, channels_out, r, final, rows, p * reduction + r,
-                              reduction, weight, r * channels_out + co, bias, co, 1, 1, reduction, reduction,
-                              reduction * channels_out, block, channels_out)
+            run_product_tile(kind, out, p * channels_out + co, channels_out, r, final, rows, p * reduction + r,
+                             reduction, weight, r * channels_out + co, bias, co, 1, 1, reduction, reduction,
+                             reduction * channels_out, block, channels_out)
 
 
 def plan(dtype, weight_shape, out_shape):

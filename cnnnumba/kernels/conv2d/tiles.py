@@ -26,19 +26,25 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_fun
 # `row_images` images, and `row_weight_rows` inputs of a weight-gradient row, as vectors of 16 output channels.
 # The depthwise tiles (depthwise.py) hold `depthwise_pixels` output pixels of one 64-byte vector of channels
 # (forward and input gradient: one weight load per that many input loads and FMAs), and `depthwise_sums` running
-# sums of one weight-gradient tap (independent FMA chains, each waiting on its own last result).
+# sums of one weight-gradient tap (independent FMA chains, each waiting on its own last result). `product`, where a
+# tier has one: ((pixels, vectors), most rows) of the tile few_pixels.py runs for products of at most that many
+# rows.
 TIER_TILES = {
     # 32 zmm: 16 accumulators; broad tiles (4 x 64: 4 weight loads and 4 broadcasts per 16 FMAs, against 2 and 8)
     # from 64 output channels, wide (8 x 32) from 32, narrow (16 x 16) for 16-channel layers
     "avx512": {"forward": ((4, 4), (8, 2), (16, 1)), "weight": ((4, 4), (8, 2), (16, 1)), "few_channel": (2, 8),
-               "row_images": 8, "row_weight_rows": 15, "depthwise_pixels": 8, "depthwise_sums": 4},
+               "row_images": 8, "row_weight_rows": 15, "depthwise_pixels": 8, "depthwise_sums": 4,
+               "product": None},  # the broad tile already reads 4 cache lines of a weight row
     # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
     # kernels are 6 x 16 too); a weight gradient's input channels must divide 16, so 4 x 16 (8 accumulators)
     "avx2": {"forward": ((6, 1),) * 3, "weight": ((4, 1),) * 3, "few_channel": (1, 6), "row_images": 4,
-             "row_weight_rows": 6, "depthwise_pixels": 4, "depthwise_sums": 4},
+             "row_weight_rows": 6, "depthwise_pixels": 4, "depthwise_sums": 4,
+             # a few rows times a weight streamed from memory: 2 x 32 reads 2 lines of each weight row per strip
+             # where 6 x 16 reads 1 (1x2x2 512->512: 0.35 against 0.53 ms; a tie from 32 rows, bench/README.md)
+             "product": ((2, 2), 32)},
     # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 2 x 16 is 8 accumulators and 4 loads
     "sse": {"forward": ((2, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 2), "row_images": 2,
-            "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2},
+            "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2, "product": None},
 }
 _TIER_TABLE = {"avx512": "avx512", "avx2": "avx2", "avx": "avx2", "neon": "avx2", "sse": "sse", "generic": "sse"}
 TILES = TIER_TILES[_TIER_TABLE[target_machine().tier]]
@@ -48,12 +54,15 @@ BROAD_TILE_CHANNELS, TILE_CHANNELS, NARROW_TILE_CHANNELS = _broad * LANES, _wide
 (BROAD_WEIGHT_TILE_ROWS, _broad), (WEIGHT_TILE_ROWS, _wide), (NARROW_WEIGHT_TILE_ROWS, _narrow) = TILES["weight"]
 BROAD_WEIGHT_TILE_CHANNELS, WEIGHT_TILE_CHANNELS, NARROW_WEIGHT_TILE_CHANNELS = (
     _broad * LANES, _wide * LANES, _narrow * LANES)
+(PRODUCT_TILE_PIXELS, _product), PRODUCT_TILE_MAX_ROWS = TILES["product"] or ((0, 0), 0)
+PRODUCT_TILE_CHANNELS = _product * LANES
 # The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
 
 # The tile-kind rules, one per pass kind; kinds number the tiles run_forward_tile and run_weight_tile run.
 BROAD, WIDE, NARROW = 2, 1, 0
+PRODUCT = 3  # TILES["product"], run by run_product_tile only
 
 
 @jit
@@ -80,9 +89,12 @@ def weight_tile(channels_out):
 
 def product_tile(rows, channels_out):
     """(kind, pixels, channels) of the forward tile for a product of `rows` pixel rows split into strips of output
-    channels (few_pixels.py): strips must not overlap (each adds its reduction blocks into out), so the tile's
-    channels divide channels_out; of the broad and wide tiles that do, the one with the most pixels not past
-    `rows` (the fewest passes over a strip of weights), else the one with the fewest; else the narrow tile."""
+    channels (few_pixels.py): the tier's product tile for at most its rows where its channels divide channels_out;
+    else, as strips must not overlap (each adds its reduction blocks into out), a tile whose channels divide
+    channels_out: of the broad and wide tiles that do, the one with the most pixels not past `rows` (the fewest
+    passes over a strip of weights), else the one with the fewest; else the narrow tile."""
+    if PRODUCT_TILE_PIXELS and rows <= PRODUCT_TILE_MAX_ROWS and channels_out % PRODUCT_TILE_CHANNELS == 0:
+        return PRODUCT, PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS
     fitting = [(pixels, kind, channels) for kind, pixels, channels in
                ((BROAD, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS), (WIDE, TILE_PIXELS, TILE_CHANNELS))
                if channels_out % channels == 0]
@@ -99,7 +111,8 @@ def tile_shapes():
                         (NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS)],
             "weight": [(BROAD_WEIGHT_TILE_ROWS, BROAD_WEIGHT_TILE_CHANNELS), (WEIGHT_TILE_ROWS, WEIGHT_TILE_CHANNELS),
                        (NARROW_WEIGHT_TILE_ROWS, NARROW_WEIGHT_TILE_CHANNELS)],
-            "few-channel": [(PIXEL_TILE_PIXELS, PIXEL_TILE_OUTPUTS)]}
+            "few-channel": [(PIXEL_TILE_PIXELS, PIXEL_TILE_OUTPUTS)],
+            "product": [(PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS)] if PRODUCT_TILE_PIXELS else []}
 
 
 def tiles_of(machine=None):
@@ -257,6 +270,8 @@ def _make_weight_tile(rows_per_tile, vectors):
 _forward_tile_broad, _forward_tile_wide, _forward_tile_narrow = (_make_forward_tile(*shape)
                                                                  for shape in TILES["forward"])
 _weight_tile_broad, _weight_tile_wide, _weight_tile_narrow = (_make_weight_tile(*shape) for shape in TILES["weight"])
+# a tier without a product tile never selects PRODUCT; the broad tile's shape stands in so the code compiles
+_forward_tile_product = _make_forward_tile(*(TILES["product"] or TILES["forward"][:1])[0])
 
 
 @jit
@@ -276,6 +291,22 @@ def run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x,
         _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                              weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                              weight_tap_step, channels_in, channels_out)
+
+
+@jit
+def run_product_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                     weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                     channels_in, channels_out):
+    """The forward tile of a kind product_tile returns: the tier's product tile, or as run_forward_tile (kept apart
+    so that the kernels running only the forward tiles do not compile the product tile too)."""
+    if kind == PRODUCT:
+        _forward_tile_product(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                              weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                              weight_tap_step, channels_in, channels_out)
+    else:
+        run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                         weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                         weight_tap_step, channels_in, channels_out)
 
 
 @jit
