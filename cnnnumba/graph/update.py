@@ -37,9 +37,10 @@ def _arena_views(arrays, dtype, layouts):
     between blocks are zeros, in every arena alike, and an elementwise update leaves them zero."""
     itemsize = np.dtype(dtype).itemsize
     blocks = block_sizes([a.size for a in arrays], dtype)
-    raw = np.zeros(sum(blocks) + ALIGNMENT // itemsize, dtype=dtype)
+    total = sum(blocks)
+    raw = np.zeros(total + ALIGNMENT // itemsize, dtype=dtype)
     first = (-raw.ctypes.data % ALIGNMENT) // itemsize
-    arena = raw[first:first + sum(blocks)]
+    arena = raw[first:first + total]
     views, start = [], 0
     for array, axes, block_size in zip(arrays, layouts, blocks):
         block = arena[start:start + array.size]

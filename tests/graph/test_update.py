@@ -32,9 +32,11 @@ def model_and_batches():
     return model, data
 
 
-def run(make_optimizer, captured):
-    model, data = model_and_batches()
-    optimizer = make_optimizer(model.parameters())
+def run(make_optimizer, captured, make=model_and_batches):
+    """The state dict after three steps, captured or eager, of make()'s model; the optimizer gets the parameters
+    that require a gradient."""
+    model, data = make()
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
     step = cn.graph.capture(model, F.cross_entropy, optimizer) if captured else None
     for x, y in data:
         if captured:
@@ -152,20 +154,8 @@ def test_a_frozen_conv_weight_is_re_laid_out_at_each_step_and_trains_like_eager(
         model[0].weight.requires_grad = False
         return model, data
 
-    results = []
-    for captured in (True, False):
-        model, data = make()
-        optimizer = optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
-        step = cn.graph.capture(model, F.cross_entropy, optimizer) if captured else None
-        for x, y in data:
-            if captured:
-                step(x, y)
-            else:
-                optimizer.zero_grad()
-                F.cross_entropy(model(cn.Tensor(x)), y).backward()
-                optimizer.step()
-        results.append(model.state_dict())
-    captured, eager = results
+    sgd = lambda params: optim.SGD(params, lr=0.1, momentum=0.9)  # noqa: E731
+    (captured, _), (eager, _) = (run(sgd, captured, make) for captured in (True, False))
     assert captured["0.weight"].flags.c_contiguous  # not homed
     for key in eager:
         np.testing.assert_allclose(captured[key], eager[key], rtol=1e-10, atol=1e-13, err_msg=key)

@@ -71,7 +71,7 @@ def plan(dtype, weight_shape, out_shape):
 def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details):
     kind, tile_pixels, tile_channels = details
     batch, out_h, out_w, channels_out = out.shape
-    kernel_h, kernel_w, channels_in, _ = weight.shape
+    kernel_h, kernel_w = weight.shape[:2]
     rows = scratch["rows"]
     _gather_rows(x, out_h, out_w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], kernel_h,
                  kernel_w, rows[0])
