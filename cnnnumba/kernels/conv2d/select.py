@@ -16,7 +16,7 @@ import numpy as np
 from .._runtime.machine import target_machine
 from . import depthwise, direct, few_pixels, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
-from .tiles import forward_tiles_fit, weight_tile_rows
+from .tiles import forward_row_tile_pixels, forward_tiles_fit, weight_tile_rows
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
@@ -74,6 +74,45 @@ TINY_WINOGRAD_WEIGHT_MAX_PIXELS = 16
 # packs the weight first; it ran 4-512 rows 1.1-2x faster than the GEMM, 784 rows of a 3x3 layer 1.2x slower
 # (bench/README.md).
 FEW_PIXELS_MAX = 512
+
+
+# A tiny output's forward runs the register tiles along its rows, as larger outputs do, where they cover a row
+# recomputing at most TINY_ROW_MAX_RECOMPUTE times its pixels (AVX-512's 4-pixel tiles over 7 pixels compute 8,
+# AVX2's 6-pixel ones 12): a 1x1 layer on POINTWISE wherever FEW_PIXELS would take it (past FEW_PIXELS_MAX the
+# GEMM stayed ahead for 960->160), another kernel on DIRECT when its weight is at most TINY_DIRECT_MAX_WEIGHT_BYTES,
+# small enough to stay in L2 while each job re-reads it. On AVX-512 those ran 1.3-3x faster than FEW_PIXELS
+# (MobileNetV2's 1x1 layers at 4x4 and 7x7, 3x3 layers of 128 channels, a 128->256 stride-2 one); 3x3 layers of
+# 256 channels (a 2.4 MB weight) were faster on FEW_PIXELS at batch 1 to 8, of 512 on GEMM (bench/README.md).
+TINY_ROW_MAX_RECOMPUTE = 8 / 7
+TINY_DIRECT_MAX_WEIGHT_BYTES = 5 << 18
+# ... and where the tiles hold at least this many pixels: SSE's 2-pixel tiles, two FMAs per weight vector loaded,
+# ran those 1x1 layers 1.03-1.2x slower than FEW_PIXELS.
+TINY_ROW_MIN_TILE_PIXELS = 4
+
+
+def tiles_cover_rows(channels_out, width, machine=None):
+    """Whether the forward tiles for channels_out, of at least TINY_ROW_MIN_TILE_PIXELS pixels, fit rows of `width`
+    output pixels recomputing at most TINY_ROW_MAX_RECOMPUTE times them (an edge tile overlaps its neighbour)."""
+    if not forward_tiles_fit(channels_out, width, machine):
+        return False
+    pixels = forward_row_tile_pixels(channels_out, machine)
+    return pixels >= TINY_ROW_MIN_TILE_PIXELS and -(-width // pixels) * pixels <= TINY_ROW_MAX_RECOMPUTE * width
+
+
+def _tiny_forward(dtype, geometry, budget, machine):
+    """The forward of a tiny output (tiny_output): the row tiles where they cover its rows (TINY_ROW_MAX_RECOMPUTE),
+    else FEW_PIXELS where it applies, else GEMM."""
+    x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
+    few_pixels_fit = few_pixels_applies(dtype, weight_shape, out_shape, groups, budget)
+    if tiles_cover_rows(weight_shape[3], out_shape[2], machine):
+        if few_pixels_fit and pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
+                and _weight_fits(dtype, weight_shape, budget):
+            return Variant.POINTWISE
+        small_weight = workspace.spec_bytes(weight_shape, dtype) <= TINY_DIRECT_MAX_WEIGHT_BYTES
+        if tuple(weight_shape[:2]) != (1, 1) and small_weight \
+                and direct_forward_applies(dtype, weight_shape, out_shape, groups, machine):
+            return Variant.DIRECT
+    return Variant.FEW_PIXELS if few_pixels_fit else Variant.GEMM
 
 
 def few_pixels_applies(dtype, weight_shape, out_shape, groups, budget):
@@ -187,9 +226,7 @@ def _select_forward(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
     if tiny_output(weight_shape, out_shape, groups):
-        if few_pixels_applies(dtype, weight_shape, out_shape, groups, budget):
-            return Variant.FEW_PIXELS
-        return Variant.GEMM
+        return _tiny_forward(dtype, geometry, budget, machine)
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
     if winograd and out_shape[0] * out_shape[1] * out_shape[2] < WINOGRAD_MIN_BATCH_PIXELS \
             and direct_forward_applies(dtype, weight_shape, out_shape, groups, machine) \

@@ -121,13 +121,19 @@ def tiles_of(machine=None):
     return TILES if machine is None else TIER_TILES[_TIER_TABLE[machine.tier]]
 
 
+def forward_row_tile_pixels(channels, machine=None):
+    """Pixels of the forward tile forward_tile picks for `channels` output channels, on `machine`'s tier."""
+    (broad_pixels, broad_vectors), (wide_pixels, wide_vectors), (narrow_pixels, _) = tiles_of(machine)["forward"]
+    if channels >= broad_vectors * LANES:
+        return broad_pixels
+    return wide_pixels if channels >= wide_vectors * LANES else narrow_pixels
+
+
 def forward_tiles_fit(channels, width, machine=None):
-    """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile (forward_tile's
-    wide tile from its channels, else the narrow one)."""
-    _, (wide_pixels, wide_vectors), (narrow_pixels, narrow_vectors) = tiles_of(machine)["forward"]
-    if channels >= wide_vectors * LANES:
-        return width >= wide_pixels
-    return channels >= narrow_vectors * LANES and width >= narrow_pixels
+    """Whether a forward output of `channels` channels and `width` pixels per row holds one whole tile of the kind
+    forward_tile picks for its channels."""
+    narrow_vectors = tiles_of(machine)["forward"][2][1]
+    return channels >= narrow_vectors * LANES and width >= forward_row_tile_pixels(channels, machine)
 
 
 def weight_tile_rows(channels_out, machine=None):

@@ -232,6 +232,8 @@ CASES = [ConvCase(*row) for row in [
     (2, 5, 17, 16, 16, (1, 1), (1, 1), (0, 0, 0, 0), (2, 2), 1),         # 1x1: stride 1, dilation ignored
     (2, 6, 34, 32, 64, (1, 1), (2, 2), (1, 1, 1, 1), (1, 1), 1),         # 1x1 padded: phases without taps
     (2, 12, 12, 16, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),        # Winograd forward: 288 pixels in the batch
+    (2, 4, 4, 32, 64, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),          # tiny 1x1: rows of one 4-pixel tile
+    (2, 7, 7, 32, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # tiny 3x3: 7-pixel rows, overlapping tiles
 ]]
 # 1x1 kernels without padding whose rows hold whole tiles, outputs past select.TINY_OUTPUT_MAX_PIXELS: every pass
 # runs Variant.POINTWISE

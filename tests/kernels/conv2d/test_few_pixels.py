@@ -10,11 +10,11 @@ from tests.kernels.conv2d.common import (ConvCase, arrays, assert_close, case_id
 
 CASES = [
     ConvCase(1, 2, 2, 512, 512, padding=1),                       # ResNet-18's last stage at 64x64, batch 1
-    ConvCase(1, 4, 4, 32, 64, padding=1),                         # 16 pixels; a reduction past one block (288)
+    ConvCase(1, 5, 5, 32, 64, padding=1),                         # 25 pixels; a reduction past one block (288)
     ConvCase(2, 3, 3, 20, 96, kernel=3),                          # 1x1 outputs of two images; 96: 32-channel strips
     ConvCase(1, 8, 8, 24, 48, stride=2, padding=1),               # stride 2; 48: 16-channel strips, padded rows
     ConvCase(1, 4, 4, 32, 64, kernel=1, stride=2),                # 1x1 stride 2 (a projection shortcut)
-    ConvCase(1, 5, 6, 18, 32, padding=(2, 1, 0, 2), dilation=(2, 1)),  # dilation, asymmetric padding, 5 x 6 pixels
+    ConvCase(1, 5, 7, 18, 32, padding=(2, 1, 0, 2), dilation=(2, 1)),  # dilation, asymmetric padding, 5 x 7 pixels
 ]
 
 

@@ -38,6 +38,10 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "resnet18 224 256->512 s2": ConvCase(4, 14, 14, 256, 512, stride=2, padding=1),
     "resnet18 224 256->256 @14": ConvCase(4, 14, 14, 256, 256, padding=1),
     "resnet18 224 b16 512->512 @7": ConvCase(16, 7, 7, 512, 512, padding=1),
+    "resnet18 128->256 s2 @4": ConvCase(4, 8, 8, 128, 256, stride=2, padding=1),
+    "mobilenetv2 1x1 96->576 @4": ConvCase(4, 4, 4, 96, 576, kernel=1),
+    "mobilenetv2 224 1x1 160->960 @7": ConvCase(1, 7, 7, 160, 960, kernel=1),
+    "mobilenetv2 224 b16 1x1 960->160 @7": ConvCase(16, 7, 7, 960, 160, kernel=1),
     "mobilenetv2 dw 32 @32": ConvCase(4, 32, 32, 32, 32, padding=1, groups=32),
     "mobilenetv2 dw 96 s2": ConvCase(4, 32, 32, 96, 96, stride=2, padding=1, groups=96),
     "mobilenetv2 dw 144 @16": ConvCase(4, 16, 16, 144, 144, padding=1, groups=144),
@@ -97,6 +101,13 @@ TABLE = [
     (F, "resnet18 224 256->512 s2", None, V.FEW_PIXELS), (BI, "resnet18 224 256->512 s2", None, V.GEMM),
     (BW, "resnet18 224 256->512 s2", None, V.GEMM),
     (F, "resnet18 224 256->256 @14", None, V.WINOGRAD_F2),  # 14x14: past the GEMM's sizes
+    # a tiny output whose rows the forward tiles cover recomputing at most 8 of 7 pixels (select.tiles_cover_rows:
+    # AVX-512's 4-pixel tiles at 4 and 7 pixels, not AVX2's 6-pixel ones): 1x1 on POINTWISE while FEW_PIXELS would
+    # take it, else DIRECT for a weight of at most select.TINY_DIRECT_MAX_WEIGHT_BYTES (1.2 MB here; 256->256 is 2.4)
+    (F, "mobilenetv2 1x1 96->576 @4", None, {"avx512": V.POINTWISE, "avx2": V.FEW_PIXELS}),
+    (F, "mobilenetv2 224 1x1 160->960 @7", None, {"avx512": V.POINTWISE, "avx2": V.FEW_PIXELS}),
+    (F, "mobilenetv2 224 b16 1x1 960->160 @7", None, V.GEMM),  # 784 pixels in the batch
+    (F, "resnet18 128->256 s2 @4", None, {"avx512": V.DIRECT, "avx2": V.FEW_PIXELS}),
     (F, "16->16 @4", None, V.WINOGRAD_F4), (BW, "16->16 @4", None, V.WINOGRAD_F4),  # 16 channels: as before
     (F, "1 channel s2", None, V.GEMM),
     (F, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE), (BI, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE),
@@ -152,7 +163,8 @@ def test_select_picks_the_expected_variant(row, machine):
 def test_avx2_and_avx512_differ_only_where_a_tile_width_decides():
     """AVX2's forward tiles are 6 pixels wide where AVX-512's narrow tile is 16: rows of 6 to 15 pixels (and 16
     channels) that fit only the former take a tiled variant on AVX2 and a few-channel or GEMM one on AVX-512;
-    every other shape selects the same on both."""
+    AVX-512's broad tile is 4 pixels wide: a tiny output's rows of 4 to 7 pixels, which AVX2's tiles do not cover,
+    take a tiled variant on AVX-512 and FEW_PIXELS or GEMM on AVX2; every other shape selects the same on both."""
     shapes = [(_case(layer, dtype), pass_) for pass_, layer, dtype, _ in TABLE]
     shapes += [(case.cast(dtype), pass_) for case in CASES for dtype in (np.float32, f64) for pass_ in Pass]
     differing = 0
@@ -162,10 +174,15 @@ def test_avx2_and_avx512_differ_only_where_a_tile_width_decides():
             continue
         differing += 1
         rows = case.geometry.x_shape if pass_ is Pass.BACKWARD_INPUT else case.geometry.out_shape
+        if picks["avx512"] in (V.DIRECT, V.POINTWISE) and pass_ is Pass.FORWARD and 4 <= rows[2] < 8:
+            assert picks["avx2"] in (V.FEW_PIXELS, V.GEMM), (case, pass_, picks)
+            continue
         # narrower rows, or (weight gradients) 4-channel AVX2 tiles that pad a folded reduction differently
         assert picks["avx2"] in (V.DIRECT, V.POINTWISE, V.DIRECT_COLUMNS), (case, pass_, picks)
         assert rows[2] < 16 or pass_ is Pass.BACKWARD_WEIGHT, (case, pass_, picks)
     assert differing >= 2
+
+
 @pytest.mark.parametrize("dtype", [np.float32, f64])
 def test_the_selected_variant_applies(dtype):
     """applies() holds for whatever select() picks, on every layer and case the tests use."""
