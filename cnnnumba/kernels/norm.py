@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from . import fused
-from ._runtime import EXACT_FASTMATH, parallel_jit
+from ._runtime import EXACT_FASTMATH, jit, parallel_jit
 from .fused import ROWS_PER_CHUNK
 
 
@@ -103,3 +103,19 @@ def batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, eps):
     grad_x = np.empty_like(grad_y)
     _scale_channels(grad_y, (weight.astype(np.float64) * invstd).astype(grad_y.dtype), grad_x)
     return grad_x, sum_dy_xhat, sum_dy
+
+
+@jit(fastmath=False)
+def fold_batch_norm(weight, conv_bias, running_mean, running_var, gamma, beta, eps, folded_weight, folded_bias, scale):
+    """A conv followed by eval-mode batch norm as one conv: scale = gamma / sqrt(running_var + eps),
+    folded_weight[r, c] = weight[r, c] * scale[c], folded_bias = (conv_bias - running_mean) * scale + beta, every
+    value computed in float64 and rounded once to the weight's dtype. weight and folded_weight (which may be the
+    same array) are (rows, C_out): a weight in the kernels' (kH, kW, C_in, C_out) layout, flattened; scale is a
+    float64 (C_out,) scratch. One call, where NumPy's casting ufuncs took a dozen (5-15 us a layer)."""
+    channels = folded_bias.shape[0]
+    for c in range(channels):
+        scale[c] = np.float64(gamma[c]) / np.sqrt(np.float64(running_var[c]) + eps)
+        folded_bias[c] = (np.float64(conv_bias[c]) - np.float64(running_mean[c])) * scale[c] + np.float64(beta[c])
+    for r in range(weight.shape[0]):
+        for c in range(channels):
+            folded_weight[r, c] = weight[r, c] * scale[c]

@@ -321,6 +321,13 @@ def batch_norm_backward_eval(grad_y, x, running_mean, running_var, weight, eps, 
     return (grad_y * weight * invstd).astype(grad_y.dtype), sum_dy_xhat, sum_dy
 
 
+def fold_batch_norm(weight, conv_bias, running_mean, running_var, gamma, beta, eps, folded_weight, folded_bias, scale):
+    wide = np.float64
+    scale[...] = gamma.astype(wide) / np.sqrt(running_var.astype(wide) + eps)
+    folded_bias[...] = (conv_bias.astype(wide) - running_mean.astype(wide)) * scale + beta.astype(wide)
+    folded_weight[...] = weight.astype(wide) * scale
+
+
 # ---- loss (twin of kernels/loss.py) ----
 
 

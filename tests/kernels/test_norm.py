@@ -97,3 +97,23 @@ def test_results_are_identical_for_one_and_two_threads(dtype):
         cn.set_num_threads(previous)
     for one_thread, two_threads in zip(*results):
         np.testing.assert_array_equal(one_thread, two_threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_fold_batch_norm_rounds_each_value_once_as_its_twin(dtype, in_place):
+    """The inference graph's conv + batch norm fold: float64 arithmetic rounded once, bit for bit the twin's, also
+    when the folded weight overwrites the weight."""
+    rng = np.random.default_rng(4)
+    rows, channels = 27, 40
+    weight = rng.standard_normal((rows, channels)).astype(dtype)
+    conv_bias, mean, gamma, beta = (rng.standard_normal(channels).astype(dtype) for _ in range(4))
+    var = (rng.random(channels) + 0.1).astype(dtype)
+    expected = [np.empty((rows, channels), dtype), np.empty(channels, dtype), np.empty(channels)]
+    reference.fold_batch_norm(weight, conv_bias, mean, var, gamma, beta, 1e-5, *expected)
+    got = [weight.copy() if in_place else np.empty((rows, channels), dtype), np.empty(channels, dtype),
+           np.empty(channels)]
+    norm.fold_batch_norm(got[0] if in_place else weight, conv_bias, mean, var, gamma, beta, 1e-5, *got)
+    for a, e in zip(got, expected):
+        np.testing.assert_array_equal(a, e)
+    assert not np.array_equal(got[0], weight)

@@ -7,7 +7,7 @@ the conv's output inside the node, in place, so that it needs no buffer of its o
 import numpy as np
 
 from ...kernels import conv2d as conv_kernels
-from ...kernels import elementwise, fused
+from ...kernels import elementwise, fused, norm
 from ...kernels.layout import hwio_to_oihw, hwio_view, oihw_to_hwio
 from ..plan import Buffer
 from .base import NO_CLAMP, RELU, Node, rows, with_activation
@@ -138,7 +138,8 @@ class FoldedConv(Node):
         self.weight_khwc = None  # the re-laid-out or folded weight, made on first use
         self.bias = np.empty(c_out, dtype=conv_weight.dtype)
         self.scale = np.empty(c_out, dtype=np.float64)
-        self.wide_bias = np.empty(c_out, dtype=np.float64)
+        # stand-ins for an absent conv bias, gamma or beta, so the fold compiles once per dtype
+        self.zeros, self.ones = np.zeros(c_out, dtype=conv_weight.dtype), np.ones(c_out, dtype=conv_weight.dtype)
         self.workspace = None
 
     @property
@@ -161,19 +162,11 @@ class FoldedConv(Node):
         if self.bn is None:
             return weight, self.conv_bias
         running_mean, running_var, gamma, beta, eps = self.bn
-        np.add(running_var, eps, out=self.scale, dtype=np.float64)
-        np.sqrt(self.scale, out=self.scale)
-        np.divide(1.0 if gamma is None else gamma, self.scale, out=self.scale, dtype=np.float64)
-        # products in float64, each rounded once to the weight's dtype
-        np.multiply(weight, self.scale, out=self.weight_khwc, dtype=np.float64, casting="same_kind")
-        if self.conv_bias is None:
-            np.negative(running_mean, out=self.wide_bias, dtype=np.float64)
-        else:
-            np.subtract(self.conv_bias, running_mean, out=self.wide_bias, dtype=np.float64)
-        np.multiply(self.wide_bias, self.scale, out=self.wide_bias)
-        if beta is not None:
-            np.add(self.wide_bias, beta, out=self.wide_bias, dtype=np.float64)
-        np.copyto(self.bias, self.wide_bias, casting="same_kind")
+        c_out = self.khwc_shape[3]
+        norm.fold_batch_norm(weight.reshape(-1, c_out), self.zeros if self.conv_bias is None else self.conv_bias,
+                             running_mean, running_var, self.ones if gamma is None else gamma,
+                             self.zeros if beta is None else beta, eps, self.weight_khwc.reshape(-1, c_out), self.bias,
+                             self.scale)
         return self.weight_khwc, self.bias
 
     def forward(self):
