@@ -78,13 +78,13 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 
 @jit
-def _forward_rows_claimed(first_job, last_job, worker, x, weight, bias, out, strips, geometry, relu):
+def _forward_rows_claimed(first_job, last_job, worker, x, weight, bias, out, strips, geometry, relu, channel_splits):
     """Jobs first_job..last_job - 1 of _forward_rows (run by _runtime.jobs.run_jobs), in worker's strip."""
-    _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strips[worker], geometry, relu)
+    _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strips[worker], geometry, relu, channel_splits)
 
 
 @jit
-def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometry, relu):
+def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometry, relu, channel_splits):
     """Jobs first_job..last_job of a register-tiled forward (see _forward_rows), padding rows into strip."""
     (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w, out_first_h,
      out_first_w, out_step_h, out_step_w, reduction_block) = geometry
@@ -102,9 +102,11 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
     clamp = 1 if relu else 0
     overwrite = np.int64(0)  # not a literal 0: that would compile a second run_forward_tile signature
     kind, tile_pixels, tile_channels = forward_tile(channels_out)
+    tiles = -(-channels_out // tile_channels)
     for job in range(first_job, last_job):
-        n = job // blocks
-        first = (job % blocks) * rows_per_job
+        band, split = job // channel_splits, job % channel_splits
+        n = band // blocks
+        first = (band % blocks) * rows_per_job
         last = min(first + rows_per_job, out_h)
         _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
         # The reduction is split into blocks whose weights (kH * kW * block * 32 floats) stay in L1 while every
@@ -113,7 +115,8 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
         # multiple of the tile) runs the whole reduction at once after them, so the overlapped pixels are
         # recomputed rather than added twice.
         whole_w = out_w - out_w % tile_pixels
-        for co_block in range(0, channels_out, tile_channels):
+        for co_block in range(split * tiles // channel_splits * tile_channels,
+                              (split + 1) * tiles // channel_splits * tile_channels, tile_channels):
             co = min(co_block, channels_out - tile_channels)
             for r in range(0, reduction, reduction_block):
                 block = min(reduction_block, reduction - r)
@@ -136,7 +139,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
                                       weight_tap_step, reduction, channels_out)
 
 
-def _forward_rows(x, weight, bias, out, strips, geometry, relu):
+def _forward_rows(x, weight, bias, out, strips, geometry, relu, channel_splits=1):
     """Each job pads the input rows under rows_per_job output rows of one image into its worker's strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
     (workers, strip_h, frame_w, C_in); the threads claim ranges of the jobs.
@@ -146,10 +149,11 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu):
     weight is (kH, kW, R, C_out) where R is C_in, or kW' * C_in with kW = 1 when the taps of a kernel row
     are folded into the reduction (dilation 1 along the width makes them contiguous in the strip).
     geometry is (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w,
-    out_first_h, out_first_w, out_step_h, out_step_w, reduction_block)."""
+    out_first_h, out_first_w, out_step_h, out_step_w, reduction_block). With channel_splits > 1 each band of rows is
+    that many jobs, each running its share of the tiles of output channels (see channel_splits)."""
     rows_per_job, out_h = geometry[6], geometry[7]
-    run_jobs(_forward_rows_claimed, x.shape[0] * -(-out_h // rows_per_job), strips.shape[0], x, weight, bias, out,
-             strips, geometry, relu)
+    run_jobs(_forward_rows_claimed, x.shape[0] * -(-out_h // rows_per_job) * channel_splits, strips.shape[0], x,
+             weight, bias, out, strips, geometry, relu, channel_splits)
 
 
 @jit
@@ -182,7 +186,7 @@ def _forward_phases_slot(slot, slots, x, weights, bias, out, strips, phases, red
             weight = weights[g[18]:g[18] + g[14] * g[15] * g[16] * g[17]].reshape((g[14], g[15], g[16], g[17]))
             strip = strips[slot * strip_size:slot * strip_size + g[13] * g[19] * channels].reshape((g[13], g[19],
                                                                                                  channels))
-            _forward_rows_jobs(first, last, x, weight, bias, out, strip, geometry, relu)
+            _forward_rows_jobs(first, last, x, weight, bias, out, strip, geometry, relu, 1)
 
 
 def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu, slots):
@@ -331,22 +335,44 @@ JOBS_WANTED = 16
 STRIP_BYTES = 512 << 10
 
 
-def _rows_per_job(batch, out_h, stride_h, frame_row_bytes):
-    """Output rows per forward job: whole images when the batch alone makes enough jobs, else bands of rows."""
-    rows = out_h if batch >= JOBS_WANTED else -(-out_h * batch // JOBS_WANTED)
+def _rows_per_job(batch, out_h, stride_h, frame_row_bytes, whole_images=False):
+    """Output rows per forward job: whole images when the batch alone makes enough jobs (or whole_images), else
+    bands of rows."""
+    rows = out_h if batch >= JOBS_WANTED or whole_images else -(-out_h * batch // JOBS_WANTED)
     return max(1, min(rows, STRIP_BYTES // max(1, stride_h * frame_row_bytes)))
 
 
-def _forward_geometry(x_shape, weight_shape, out_hw, stride, padding, dilation, itemsize):
-    """(frame_w, output rows per job, strip rows, jobs) of a register-tiled forward: weight_shape unfolded."""
+def _forward_geometry(x_shape, weight_shape, out_hw, stride, padding, dilation, itemsize, channel_splits=1):
+    """(frame_w, output rows per job, strip rows, jobs) of a register-tiled forward: weight_shape unfolded. Split
+    channels (channel_splits) run whole images."""
     kernel_h, kernel_w = weight_shape[:2]
     frame_w = max(padding[1] + x_shape[2], (out_hw[1] - 1) * stride[1] + dilation[1] * (kernel_w - 1) + 1)
-    rows = _rows_per_job(x_shape[0], out_hw[0], stride[0], frame_w * x_shape[3] * itemsize)
+    rows = _rows_per_job(x_shape[0], out_hw[0], stride[0], frame_w * x_shape[3] * itemsize, channel_splits > 1)
     strip_h = (rows - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1
-    return frame_w, rows, strip_h, x_shape[0] * -(-out_hw[0] // rows)
+    return frame_w, rows, strip_h, x_shape[0] * -(-out_hw[0] // rows) * channel_splits
 
 
-def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots, geometry, region=None, relu=False):
+# A forward at a batch too small for whole images per job (JOBS_WANTED) runs bands of rows, each re-reading the
+# whole weight; past this many bytes (more than L2 keeps beside the strip) the jobs split the output channels
+# instead, each running whole images for its share of the weight, so the weight is read about once.
+SPLIT_CHANNELS_WEIGHT_BYTES = 1 << 20
+
+
+def channel_splits(batch, weight_shape, itemsize):
+    """How many shares of the output channels' tiles the forward jobs split (1: none): the fewest that divide the
+    tiles evenly with at most SPLIT_CHANNELS_WEIGHT_BYTES of weight each, at a batch under JOBS_WANTED."""
+    channels_out = weight_shape[3]
+    _, _, tile_channels = forward_tile(channels_out)
+    weight_bytes = int(np.prod(weight_shape)) * itemsize
+    if batch >= JOBS_WANTED or channels_out % tile_channels or weight_bytes <= SPLIT_CHANNELS_WEIGHT_BYTES:
+        return 1
+    tiles = channels_out // tile_channels
+    wanted = min(tiles, -(-weight_bytes // SPLIT_CHANNELS_WEIGHT_BYTES))
+    return min(d for d in range(wanted, tiles + 1) if tiles % d == 0)
+
+
+def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots, geometry, splits=1, region=None,
+                  relu=False):
     """The register-tiled forward on contiguous float32 operands; with dilation 1 along the width the kW taps of
     a kernel row are adjacent in a padded row, so they are folded into the reduction axis (kW * C_in long).
     strips: a flat workspace view of at least slots strips of the geometry's size.
@@ -359,7 +385,7 @@ def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots
     if dilation[1] == 1:
         weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
     _forward_rows(x, weight, bias, out, strips, (stride[0], stride[1], padding[0], padding[1], dilation[0],
-                  dilation[1], rows, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK), relu)
+                  dilation[1], rows, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK), relu, splits)
 
 
 def _input_phases(size, kernel, stride, pad):
@@ -464,14 +490,16 @@ WEIGHT_STRIP_BYTES = 2 << 20
 
 
 def forward_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, budget):
-    """(specs, (slots, geometry)) of the register-tiled forward."""
+    """(specs, (slots, geometry, channel splits)) of the register-tiled forward."""
     specs = (("zero_bias", (weight_shape[3],), dtype),)
     if spec_bytes(weight_shape, dtype) <= budget // 4:
         specs += (("weight", weight_shape, dtype),)
-    geometry = _forward_geometry(x_shape, weight_shape, out_shape[1:3], stride, padding, dilation, dtype.itemsize)
+    splits = channel_splits(x_shape[0], weight_shape, dtype.itemsize)
+    geometry = _forward_geometry(x_shape, weight_shape, out_shape[1:3], stride, padding, dilation, dtype.itemsize,
+                                 splits)
     strip = geometry[2] * geometry[0] * x_shape[3]
     slots = slots_within(spec_bytes((strip,), dtype), specs_bytes(specs), geometry[3], budget)
-    return specs + (("strips", (slots * strip,), dtype),), (slots, geometry)
+    return specs + (("strips", (slots * strip,), dtype),), (slots, geometry, splits)
 
 
 def backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, budget):

@@ -66,6 +66,22 @@ def test_reduction_blocks_add_up(case, small_reduction_blocks):
         check_passes(case, names=("forward",), relu=True)
 
 
+def test_split_output_channels_give_the_same_bits(plan_constant):
+    """At a batch under JOBS_WANTED, a weight past SPLIT_CHANNELS_WEIGHT_BYTES splits the output channels among the
+    forward's jobs, each running whole images: the same sums in the same order as bands of rows (so the same bits),
+    on 1 and 2 threads."""
+    case = ConvCase(2, 6, 9, 16, 128, padding=1)  # 128 channels: 2 tiles of 64 (AVX-512), 8 of 16 (AVX2, SSE)
+    data = arrays(case)
+    with forced(Variant.DIRECT, "forward"):
+        assert plan(Pass.FORWARD, case.geometry, case.dtype).details[2] == 1
+        unsplit = run_pass("forward", case, data, relu=True)
+        plan_constant(direct, "SPLIT_CHANNELS_WEIGHT_BYTES", 16 << 10)
+        assert plan(Pass.FORWARD, case.geometry, case.dtype).details[2] > 1
+        for split in on_threads(lambda: run_pass("forward", case, data, relu=True)):
+            np.testing.assert_array_equal(split, unsplit)
+    assert_close(unsplit, expected_pass("forward", case, data, relu=True))
+
+
 def test_weight_gradient_partials_shrink_under_a_small_budget_and_stay_thread_independent(plan_constant):
     """With a budget that holds two partials instead of the usual count, the result still matches the reference
     and is bit-identical on 1 and 2 threads (the chunk count depends on the shape and the budget only)."""
