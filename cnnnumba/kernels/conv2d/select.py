@@ -16,7 +16,7 @@ import numpy as np
 from .._runtime.machine import target_machine
 from . import depthwise, direct, few_pixels, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
-from .tiles import forward_row_tile_pixels, forward_tiles_fit, weight_tile_rows
+from .tiles import forward_row_tile_pixels, forward_tiles_fit, tiles_of, weight_tile_rows
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
@@ -74,6 +74,15 @@ TINY_WINOGRAD_WEIGHT_MAX_PIXELS = 16
 # packs the weight first; it ran 4-512 rows 1.1-2x faster than the GEMM, 784 rows of a 3x3 layer 1.2x slower
 # (bench/README.md).
 FEW_PIXELS_MAX = 512
+# ... and on a tier with a product tile (tiles.TIER_TILES "product"), at most the rows it takes: past them AVX2's
+# FEW_PIXELS runs its 6-pixel tile, which lost to the GEMM by 1.05-1.35x on 3x3 layers (1x7x7 512->512: 2.29
+# against 1.69 ms) and 1.1-2.5x on 1x1 ones (MobileNetV2's at 4x4, batch 16).
+
+
+def few_pixels_suits(pixels, machine=None):
+    """Whether select prefers FEW_PIXELS for a product of `pixels` rows on `machine`'s tier, where it applies."""
+    product = tiles_of(machine)["product"]
+    return product is None or pixels <= product[1]
 
 
 # A tiny output's forward runs the register tiles along its rows, as larger outputs do, where they cover a row
@@ -101,7 +110,7 @@ def tiles_cover_rows(channels_out, width, machine=None):
 
 def _tiny_forward(dtype, geometry, budget, machine):
     """The forward of a tiny output (tiny_output): the row tiles where they cover its rows (TINY_ROW_MAX_RECOMPUTE),
-    else FEW_PIXELS where it applies, else GEMM."""
+    else FEW_PIXELS where it applies and suits the tier (few_pixels_suits), else GEMM."""
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     few_pixels_fit = few_pixels_applies(dtype, weight_shape, out_shape, groups, budget)
     if tiles_cover_rows(weight_shape[3], out_shape[2], machine):
@@ -112,7 +121,9 @@ def _tiny_forward(dtype, geometry, budget, machine):
         if tuple(weight_shape[:2]) != (1, 1) and small_weight \
                 and direct_forward_applies(dtype, weight_shape, out_shape, groups, machine):
             return Variant.DIRECT
-    return Variant.FEW_PIXELS if few_pixels_fit else Variant.GEMM
+    if few_pixels_fit and few_pixels_suits(out_shape[0] * out_shape[1] * out_shape[2], machine):
+        return Variant.FEW_PIXELS
+    return Variant.GEMM
 
 
 def few_pixels_applies(dtype, weight_shape, out_shape, groups, budget):

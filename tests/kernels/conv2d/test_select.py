@@ -88,26 +88,29 @@ TABLE = [
     (BW, "32->40 3x3", None, V.GEMM), (F, "cifar-cnn 3->32 @32", f64, V.GEMM),
     (BI, "resnet20 64->64 @8", f64, V.GEMM), (BW, "resnet20 1x1 16->32 s2", f64, V.GEMM),
     # outputs of at most 49 pixels per image: GEMM (select.TINY_OUTPUT_MAX_PIXELS), and FEW_PIXELS forward while
-    # the batch has at most select.FEW_PIXELS_MAX output pixels
-    (F, "resnet18 256->256 @4", None, V.FEW_PIXELS), (BI, "resnet18 256->256 @4", None, V.GEMM),
+    # the batch has at most select.FEW_PIXELS_MAX output pixels, on AVX2 at most its product tile's 32
+    (F, "resnet18 256->256 @4", None, {"avx512": V.FEW_PIXELS, "avx2": V.GEMM}),
+    (BI, "resnet18 256->256 @4", None, V.GEMM),
     (BW, "resnet18 256->256 @4", None, V.GEMM), (BW, "resnet18 512->512 @2", None, V.GEMM),
     (BW, "resnet18 1x1 256->512 s2", None, V.GEMM),
     (F, "resnet18 1x1 256->512 s2", None, V.FEW_PIXELS), (F, "resnet18 b1 512->512 @2", None, V.FEW_PIXELS),
     (F, "resnet18 b1 256->256 @4", None, V.FEW_PIXELS), (BI, "resnet18 b1 512->512 @2", None, V.GEMM),
     (F, "resnet18 b1 512->512 @2", f64, V.GEMM),
-    (F, "resnet18 224 512->512 @7", None, V.FEW_PIXELS), (BI, "resnet18 224 512->512 @7", None, V.GEMM),
+    (F, "resnet18 224 512->512 @7", None, {"avx512": V.FEW_PIXELS, "avx2": V.GEMM}),
+    (BI, "resnet18 224 512->512 @7", None, V.GEMM),
     (F, "resnet18 224 b16 512->512 @7", None, V.GEMM),  # 784 pixels in the batch
     (BW, "resnet18 224 512->512 @7", None, V.WINOGRAD_F2),  # Winograd's weight gradient keeps 5x5 to 7x7
-    (F, "resnet18 224 256->512 s2", None, V.FEW_PIXELS), (BI, "resnet18 224 256->512 s2", None, V.GEMM),
+    (F, "resnet18 224 256->512 s2", None, {"avx512": V.FEW_PIXELS, "avx2": V.GEMM}),
+    (BI, "resnet18 224 256->512 s2", None, V.GEMM),
     (BW, "resnet18 224 256->512 s2", None, V.GEMM),
     (F, "resnet18 224 256->256 @14", None, V.WINOGRAD_F2),  # 14x14: past the GEMM's sizes
     # a tiny output whose rows the forward tiles cover recomputing at most 8 of 7 pixels (select.tiles_cover_rows:
     # AVX-512's 4-pixel tiles at 4 and 7 pixels, not AVX2's 6-pixel ones): 1x1 on POINTWISE while FEW_PIXELS would
     # take it, else DIRECT for a weight of at most select.TINY_DIRECT_MAX_WEIGHT_BYTES (1.2 MB here; 256->256 is 2.4)
-    (F, "mobilenetv2 1x1 96->576 @4", None, {"avx512": V.POINTWISE, "avx2": V.FEW_PIXELS}),
-    (F, "mobilenetv2 224 1x1 160->960 @7", None, {"avx512": V.POINTWISE, "avx2": V.FEW_PIXELS}),
+    (F, "mobilenetv2 1x1 96->576 @4", None, {"avx512": V.POINTWISE, "avx2": V.GEMM}),
+    (F, "mobilenetv2 224 1x1 160->960 @7", None, {"avx512": V.POINTWISE, "avx2": V.GEMM}),
     (F, "mobilenetv2 224 b16 1x1 960->160 @7", None, V.GEMM),  # 784 pixels in the batch
-    (F, "resnet18 128->256 s2 @4", None, {"avx512": V.DIRECT, "avx2": V.FEW_PIXELS}),
+    (F, "resnet18 128->256 s2 @4", None, {"avx512": V.DIRECT, "avx2": V.GEMM}),
     (F, "16->16 @4", None, V.WINOGRAD_F4), (BW, "16->16 @4", None, V.WINOGRAD_F4),  # 16 channels: as before
     (F, "1 channel s2", None, V.GEMM),
     (F, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE), (BI, "mobilenetv2 dw 32 @32", None, V.DEPTHWISE),
@@ -164,7 +167,8 @@ def test_avx2_and_avx512_differ_only_where_a_tile_width_decides():
     """AVX2's forward tiles are 6 pixels wide where AVX-512's narrow tile is 16: rows of 6 to 15 pixels (and 16
     channels) that fit only the former take a tiled variant on AVX2 and a few-channel or GEMM one on AVX-512;
     AVX-512's broad tile is 4 pixels wide: a tiny output's rows of 4 to 7 pixels, which AVX2's tiles do not cover,
-    take a tiled variant on AVX-512 and FEW_PIXELS or GEMM on AVX2; every other shape selects the same on both."""
+    take a tiled variant on AVX-512 and FEW_PIXELS or GEMM on AVX2; AVX2 prefers FEW_PIXELS for at most its product
+    tile's 32 rows, AVX-512 for up to select.FEW_PIXELS_MAX; every other shape selects the same on both."""
     shapes = [(_case(layer, dtype), pass_) for pass_, layer, dtype, _ in TABLE]
     shapes += [(case.cast(dtype), pass_) for case in CASES for dtype in (np.float32, f64) for pass_ in Pass]
     differing = 0
@@ -176,6 +180,11 @@ def test_avx2_and_avx512_differ_only_where_a_tile_width_decides():
         rows = case.geometry.x_shape if pass_ is Pass.BACKWARD_INPUT else case.geometry.out_shape
         if picks["avx512"] in (V.DIRECT, V.POINTWISE) and pass_ is Pass.FORWARD and 4 <= rows[2] < 8:
             assert picks["avx2"] in (V.FEW_PIXELS, V.GEMM), (case, pass_, picks)
+            continue
+        if picks["avx512"] is V.FEW_PIXELS:  # on AVX2 past 32 rows the GEMM, or the 6-pixel tiles where they cover
+            covered = select_module.tiles_cover_rows(rows[3], rows[2], MACHINES["avx2"])
+            assert (picks["avx2"] is V.GEMM and rows[0] * rows[1] * rows[2] > 32
+                    or picks["avx2"] in (V.DIRECT, V.POINTWISE) and covered), (case, pass_, picks)
             continue
         # narrower rows, or (weight gradients) 4-channel AVX2 tiles that pad a folded reduction differently
         assert picks["avx2"] in (V.DIRECT, V.POINTWISE, V.DIRECT_COLUMNS), (case, pass_, picks)
