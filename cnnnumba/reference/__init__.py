@@ -17,7 +17,8 @@ def _conv2d_tap(axis_offset, out_size, stride):
     return slice(axis_offset, axis_offset + (out_size - 1) * stride + 1, stride)
 
 
-def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False):
+def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False,
+                   relu6=False):
     batch, height, width, channels_in = x.shape
     kernel_h, kernel_w, group_in, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -36,7 +37,9 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
                 result[..., cout] += window @ weight[kh, kw, :, cout]
     if bias is not None:
         result += bias
-    out[...] = np.where(result < 0, 0, result) if relu else result
+    if relu or relu6:
+        result = np.where(result < 0, 0, result)
+    out[...] = np.where(result > 6, 6, result) if relu6 else result
     return out
 
 

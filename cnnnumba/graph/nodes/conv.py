@@ -1,8 +1,8 @@
 """Convolution nodes: the training conv (+ bias and activation) and the inference conv with batch norm folded in.
 
-The activation is a clamp (kernels/fused.py): ReLU is applied as the conv kernel stores each output tile; another
-clamp (ReLU6, Hardtanh), which the conv kernels do not take, in one pass of the elementwise hardtanh kernel over
-the conv's output inside the node, in place, so that it needs no buffer of its own.
+The activation is a clamp (kernels/fused.py): ReLU, and ReLU6 in the tiled variants, are applied as the conv
+kernel stores each output tile; another clamp (Hardtanh), which the conv kernels do not take, in one pass of the
+elementwise hardtanh kernel over the conv's output inside the node, in place, so that it needs no buffer of its own.
 """
 import numpy as np
 
@@ -10,12 +10,16 @@ from ...kernels import conv2d as conv_kernels
 from ...kernels import elementwise, fused, norm
 from ...kernels.layout import hwio_to_oihw, hwio_view, oihw_to_hwio
 from ..plan import Buffer
-from .base import NO_CLAMP, RELU, Node, rows, with_activation
+from .base import NO_CLAMP, RELU, RELU6, Node, rows, with_activation
 
 
-def _clamp_output(clamp, out):
-    """Apply a clamp other than ReLU (which the conv kernel applied) to the conv's output, in place."""
-    if clamp not in (NO_CLAMP, RELU):
+def _forward_clamped(clamp, x, weight, bias, out, workspace, options):
+    """The conv's forward and its clamp: ReLU and ReLU6 in the conv kernels (as they store, where they can), any
+    other clamp in a pass over the output after."""
+    clamp = tuple(clamp)
+    conv_kernels.conv2d_forward(x, weight, bias, out, relu=clamp == RELU, relu6=clamp == RELU6, workspace=workspace,
+                                **options)
+    if clamp not in (NO_CLAMP, RELU, RELU6):
         flat = out.reshape(-1)
         elementwise.hardtanh_forward(flat, *fused.clamp_bounds(clamp, out.dtype), flat)
 
@@ -85,9 +89,8 @@ class Conv(Node):
         if weight is None:
             weight = oihw_to_hwio(self.inputs[1].buffer.array, self.weight_khwc.array)
         bias = self.inputs[2].buffer.array if self.has_bias else None
-        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
-                                    relu=self.clamp == RELU, workspace=self.workspace, **self.options)
-        _clamp_output(self.clamp, self.output.buffer.array)
+        _forward_clamped(self.clamp, self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
+                         self.workspace, self.options)
 
     def backward(self):
         grad_y, y = self.output.grad.array, self.output.buffer.array
@@ -171,6 +174,5 @@ class FoldedConv(Node):
 
     def forward(self):
         weight, bias = self.fold()
-        conv_kernels.conv2d_forward(self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
-                                    relu=self.clamp == RELU, workspace=self.workspace, **self.options)
-        _clamp_output(self.clamp, self.output.buffer.array)
+        _forward_clamped(self.clamp, self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
+                         self.workspace, self.options)

@@ -14,8 +14,10 @@ gradient), workspace.py (scratch layout, partial sums).
 """
 import numpy as np
 
+from .. import elementwise
 from . import depthwise, direct, few_pixels, gemm, general, pointwise, small
 from .select import Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
+from .tiles import RELU6
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
@@ -72,10 +74,15 @@ def conv2d_workspace_bytes(pass_name, x_shape, weight_shape, out_shape, dtype, s
     return specs_bytes(plan(_PASSES[pass_name], geometry, dtype).specs)
 
 
+# The variants whose tiles clamp at 6 as they store (tiles.RELU6); the others clamp in a pass over the output.
+STORE_RELU6 = frozenset({Variant.DIRECT, Variant.POINTWISE, Variant.FEW_PIXELS, Variant.DEPTHWISE})
+
+
 def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False,
-                   workspace=None):
+                   workspace=None, relu6=False):
     """out[n, oh, ow, co] = bias[co] + sum over taps and the group's input channels of x * weight, then
-    max(out, 0) when relu (NaN kept), applied as each output tile is stored."""
+    max(out, 0) when relu (NaN kept), applied as each output tile is stored; relu6 clamps at 0 and 6 (ReLU6),
+    as the tiles store in the STORE_RELU6 variants, in a pass after the others."""
     dtype = x.dtype
     _check_geometry(x.shape, weight.shape, out.shape[1:3], stride, dilation, groups)
     _check_out(out, (x.shape[0], out.shape[1], out.shape[2], weight.shape[3]), dtype)
@@ -87,6 +94,8 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     variant, specs, details = plan(Pass.FORWARD, Geometry(x.shape, weight.shape, out.shape, tuple(stride),
                                                           tuple(padding), tuple(dilation), int(groups)), dtype)
     scratch = carve(workspace, specs)
+    store_relu6 = relu6 and variant in STORE_RELU6
+    relu = RELU6 if store_relu6 else bool(relu or relu6)
     if variant is Variant.WINOGRAD_F4:
         winograd_f4.forward(x, weight, bias, out, padding, relu, scratch, details)
     elif variant is Variant.WINOGRAD_F2:
@@ -107,6 +116,9 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         depthwise.forward(x, weight, bias, out, stride, padding, dilation, relu)
     else:
         general.forward(x, weight, bias, out, stride, padding, dilation, groups, relu, scratch)
+    if relu6 and not store_relu6:
+        flat = out.reshape(-1)
+        elementwise.hardtanh_forward(flat, dtype.type(0.0), dtype.type(6.0), flat)
     return out
 
 

@@ -99,7 +99,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
     x_tap_h_step = dilation_h * frame_w * channels
     x_tap_w_step = dilation_w * channels
     weight_tap_step = reduction * channels_out
-    clamp = 1 if relu else 0
+    clamp = relu  # the tiles' code (tiles.RELU6 also clamps at 6)
     overwrite = np.int64(0)  # not a literal 0: that would compile a second run_forward_tile signature
     kind, tile_pixels, tile_channels = forward_tile(channels_out)
     tiles = -(-channels_out // tile_channels)
@@ -372,7 +372,7 @@ def channel_splits(batch, weight_shape, itemsize):
 
 
 def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots, geometry, splits=1, region=None,
-                  relu=False):
+                  relu=0):
     """The register-tiled forward on contiguous float32 operands; with dilation 1 along the width the kW taps of
     a kernel row are adjacent in a padded row, so they are folded into the reduction axis (kW * C_in long).
     strips: a flat workspace view of at least slots strips of the geometry's size.
@@ -449,7 +449,7 @@ def _backward_input_phases(grad_out, weight, out, stride, padding, scratch, deta
             weight[tap_h::stride[0], tap_w::stride[1]][::-1, ::-1].transpose(0, 1, 3, 2)
     if len(phases):
         _forward_phases(grad_out, weights, scratch["zero_bias"], out, scratch["strips"], phases, REDUCTION_BLOCK,
-                        False, slots)
+                        0, slots)
 
 
 def _reduction_chunks(pixels):
@@ -631,7 +631,7 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
         bias = scratch["zero_bias"]
         bias[...] = 0.0
     _forward_fast(x, aligned_into(weight, scratch.get("weight")), bias, out, stride, padding, dilation,
-                  scratch["strips"], *details, relu=relu)
+                  scratch["strips"], *details, relu=int(relu))
 
 
 def backward_input(grad_out, weight, out, stride, padding, dilation, scratch, details):

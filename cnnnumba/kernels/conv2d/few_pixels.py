@@ -81,7 +81,7 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
     padded_out = scratch.get("out")
     product = out.reshape(1, 1, -1, channels_out) if padded_out is None else padded_out
     run_slots(_strip_slot, channels_out // tile_channels, rows,
-              weight.reshape(1, 1, -1, channels_out), bias, product, 1 if relu else 0,
+              weight.reshape(1, 1, -1, channels_out), bias, product, int(relu),
               kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
     if padded_out is not None:
         out.reshape(-1, channels_out)[...] = padded_out[0, 0, :batch * out_h * out_w]

@@ -161,7 +161,7 @@ def forward(x, weight, bias, out, stride, relu, scratch):
         bias = scratch["zero_bias"]
         bias[...] = 0.0
     _pointwise_forward(x.reshape(-1, x.shape[2], x.shape[3]), aligned_into(weight, scratch["weight"]), bias, out,
-                       stride[0], stride[1], 1 if relu else 0, direct.REDUCTION_BLOCK)
+                       stride[0], stride[1], int(relu), direct.REDUCTION_BLOCK)
 
 
 def backward_input(grad_out, weight, out, stride, scratch):

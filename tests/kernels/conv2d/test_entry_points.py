@@ -5,10 +5,13 @@ import numpy as np
 import pytest
 
 from cnnnumba import functional as F
+from cnnnumba import reference
 from cnnnumba.kernels import conv2d as kernels
+from cnnnumba.kernels.conv2d import Pass, Variant
 from tests.helpers import compare_with_torch, requires_torch, torch
 from tests.kernels.conv2d.common import (CASES, POINTWISE_CASES, ConvCase, arrays, assert_close, case_id,
-                                         check_passes, expected_pass, on_threads, run_pass, shifted)
+                                         check_passes, expected_pass, forced, on_threads, output_like, run_pass,
+                                         select_module, shifted)
 
 DTYPES = [np.float32, np.float64]
 
@@ -106,6 +109,35 @@ def test_forward_relu_equals_forward_then_relu(case, dtype):
     np.testing.assert_array_equal(got, np.where(plain < 0, 0, plain))
     assert (got == 0).any() and (got > 0).any()
     assert_close(got, expected_pass("forward", case, data, relu=True))
+
+
+# ReLU6: the STORE_RELU6 variants clamp as their tiles store, the others in a pass after; tiled with edge tiles,
+# 1x1, few pixels, depthwise (float32 and float64), Winograd
+RELU6_CASES = [CASES[16], CASES[27], ConvCase(1, 5, 5, 32, 64, padding=1), CASES[6], CASES[6].cast(np.float64),
+               CASES[11]]
+
+
+@pytest.mark.parametrize("case", RELU6_CASES, ids=case_id)
+def test_forward_relu6_equals_forward_then_clamp_in_every_variant(case):
+    data = arrays(case)
+    data.x[0, 2, 2, 0] = np.nan  # an even pixel: read by the strided cases too
+    data.x[...] *= 3  # sums past 6
+    ran = set()
+    for variant in Variant:
+        if not select_module.applies(Pass.FORWARD, variant, case.dtype, case.geometry):
+            continue
+        with forced(variant, "forward"):
+            plain = run_pass("forward", case, data)
+            out = np.full_like(plain, np.nan)
+            got = kernels.conv2d_forward(data.x, data.weight, data.bias, out, relu6=True, **case.options)
+        clamped = np.where(plain < 0, 0, plain)
+        np.testing.assert_array_equal(got, np.where(clamped > 6, 6, clamped), err_msg=variant.name)
+        assert (got == 6).any() and (got == 0).any() and np.isnan(got).any(), variant.name
+        ran.add(variant)
+    assert ran & kernels.STORE_RELU6 and ran - kernels.STORE_RELU6, ran  # clamped as stored, and after
+    want = reference.conv2d_forward(*(a.astype(np.float64) for a in (data.x, data.weight, data.bias)),
+                                    np.empty(got.shape), relu6=True, **case.options)
+    assert_close(got, want)
 
 
 @pytest.mark.parametrize("case", [CASES[16], CASES[0], CASES[0].cast(np.float64), CASES[20], CASES[14], CASES[6]],
