@@ -17,7 +17,7 @@ import numpy as np
 from .. import elementwise
 from . import depthwise, direct, few_pixels, gemm, general, pointwise, small
 from .select import Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
-from .tiles import RELU6
+from .tiles import RELU6_CODE
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
@@ -74,7 +74,7 @@ def conv2d_workspace_bytes(pass_name, x_shape, weight_shape, out_shape, dtype, s
     return specs_bytes(plan(_PASSES[pass_name], geometry, dtype).specs)
 
 
-# The variants whose tiles clamp at 6 as they store (tiles.RELU6); the others clamp in a pass over the output.
+# The variants whose tiles clamp at 6 as they store (tiles.RELU6_CODE); the others clamp in a pass over the output.
 STORE_RELU6 = frozenset({Variant.DIRECT, Variant.POINTWISE, Variant.FEW_PIXELS, Variant.DEPTHWISE})
 
 
@@ -95,7 +95,7 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
                                                           tuple(padding), tuple(dilation), int(groups)), dtype)
     scratch = carve(workspace, specs)
     store_relu6 = relu6 and variant in STORE_RELU6
-    relu = RELU6 if store_relu6 else bool(relu or relu6)
+    relu = RELU6_CODE if store_relu6 else bool(relu or relu6)
     if variant is Variant.WINOGRAD_F4:
         winograd_f4.forward(x, weight, bias, out, padding, relu, scratch, details)
     elif variant is Variant.WINOGRAD_F2:

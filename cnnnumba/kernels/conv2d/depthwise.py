@@ -26,7 +26,7 @@ from .._runtime import WORKERS, jit, run_jobs
 from .._runtime.vector import (INDEX, LANES, element_pointer, fma_function, lane_bytes, lane_mask, load_vector,
                                masked_load, masked_store, store_vector)
 from .gemm import valid_span
-from .tiles import RELU6, TILES
+from .tiles import RELU6_CODE, TILES
 from .workspace import chunk_bounds, sum_partials
 
 VECTOR_BYTES = 4 * LANES
@@ -78,9 +78,10 @@ def _make_correlation_tile(pixels):
         """out[out_offset + p * out_pixel_step + c] = bias[c] (0 unless use_bias) + the sum over i < tap_rows and
         j < taps of source[source_offset + p * source_pixel_step + i * source_row_step + j * source_tap_step + c] *
         weight[weight_offset + i * weight_row_step + j * weight_tap_step + c], in that order, clamped at 0 (NaN
-        kept) when relu is nonzero, also at 6 when it is tiles.RELU6, for p < pixels and c < channels, where steps is the tuple of int64 (out_offset,
-        out_pixel_step, source_offset, source_pixel_step, source_row_step, source_tap_step, weight_offset,
-        weight_row_step, weight_tap_step, use_bias, relu, tap_rows, taps, channels). Offsets and steps count
+        kept) when relu is nonzero, also at 6 when it is tiles.RELU6_CODE, for p < pixels and c < channels, where
+        steps is the tuple of int64 (out_offset, out_pixel_step, source_offset, source_pixel_step, source_row_step,
+        source_tap_step, weight_offset, weight_row_step, weight_tap_step, use_bias, relu, tap_rows, taps,
+        channels). Offsets and steps count
         elements; steps may be negative. The integers come as one tuple and the arrays apart: a tuple holding the
         arrays would take and drop a reference to each per call, atomic operations on counters that every thread
         shares."""
@@ -100,8 +101,8 @@ def _make_correlation_tile(pixels):
             bias_pointer = element_pointer(context, builder, sig.args[3], bias_value, ir.Constant(INDEX, 0))
             with_bias = builder.icmp_signed("!=", use_bias, ir.Constant(INDEX, 0))
             clamp = builder.icmp_signed("!=", relu, ir.Constant(INDEX, 0))
-            # the upper bound: 6 for ReLU6 (tiles.RELU6), else +inf, which no sum exceeds
-            upper = builder.select(builder.icmp_signed("==", relu, ir.Constant(INDEX, RELU6)),
+            # the upper bound: 6 for ReLU6 (tiles.RELU6_CODE), else +inf, which no sum exceeds
+            upper = builder.select(builder.icmp_signed("==", relu, ir.Constant(INDEX, RELU6_CODE)),
                                    ir.Constant(vector, [6.0] * vector.count),
                                    ir.Constant(vector, [math.inf] * vector.count))
 
@@ -327,7 +328,7 @@ def _correlate(source, weight, bias, out, stride, padding, dilation, gradient, r
 
 def forward(x, weight, bias, out, stride, padding, dilation, relu):
     """out (N, H_out, W_out, C) = the depthwise convolution of x (N, H, W, C) with weight (kH, kW, 1, C), plus
-    bias (C,) or None, then max(out, 0) when relu (and min(out, 6) when relu is tiles.RELU6)."""
+    bias (C,) or None, then max(out, 0) when relu (and min(out, 6) when relu is tiles.RELU6_CODE)."""
     _correlate(x, weight, bias, out, stride, padding, dilation, False, relu)
 
 

@@ -99,7 +99,6 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
     x_tap_h_step = dilation_h * frame_w * channels
     x_tap_w_step = dilation_w * channels
     weight_tap_step = reduction * channels_out
-    clamp = relu  # the tiles' code (tiles.RELU6 also clamps at 6)
     overwrite = np.int64(0)  # not a literal 0: that would compile a second run_forward_tile signature
     kind, tile_pixels, tile_channels = forward_tile(channels_out)
     tiles = -(-channels_out // tile_channels)
@@ -120,7 +119,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
             co = min(co_block, channels_out - tile_channels)
             for r in range(0, reduction, reduction_block):
                 block = min(reduction_block, reduction - r)
-                final = clamp if r + block >= reduction else 0
+                final = relu if r + block >= reduction else 0
                 for oh in range(first, last):
                     x_row = (oh - first) * x_row_step + r
                     out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
@@ -133,7 +132,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
                 ow = out_w - tile_pixels
                 for oh in range(first, last):
                     out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                    run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, overwrite, clamp,
+                    run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, overwrite, relu,
                                       strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight,
                                       co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                                       weight_tap_step, reduction, channels_out)

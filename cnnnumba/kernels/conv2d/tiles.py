@@ -60,9 +60,9 @@ PRODUCT_TILE_CHANNELS = _product * LANES
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
 
-# The forward tiles' relu argument (and the depthwise tile's): 0 stores the sums, 1 clamps them at 0 (ReLU), RELU6
-# at 0 and 6, NaN kept either way; a conv's ReLU6 then costs no pass of its own over the output.
-RELU6 = 2
+# The forward tiles' relu argument (and the depthwise tile's): 0 stores the sums, 1 clamps them at 0 (ReLU),
+# RELU6_CODE at 0 and 6, NaN kept either way; a conv's ReLU6 then costs no pass of its own over the output.
+RELU6_CODE = 2
 
 # The tile-kind rules, one per pass kind; kinds number the tiles run_forward_tile and run_weight_tile run.
 BROAD, WIDE, NARROW = 2, 1, 0
@@ -159,7 +159,7 @@ def _make_forward_tile(pixels, vectors):
         """out[p * out_pixel_step + 0:V*16] = start + sum over (kh, kw, ci) of x[p * x_pixel_step + taps + ci] *
         weight[taps, ci, 0:V*16] for the pixels p of one tile, where start is bias[0:V*16], or the tile's own
         out values when accumulate is nonzero, and the stored sums clamped at 0 (NaN kept) when relu is nonzero, also
-        at 6 when it is RELU6; offsets and steps count float32 elements, the row step of weight is channels_out."""
+        at 6 when it is RELU6_CODE; offsets and steps count float32 elements, the row step of weight is channels_out."""
         index = types.intp
         signature = types.void(out, index, index, index, index, x, index, index, weight, index, bias, index, index,
                                index, index, index, index, index, index)
@@ -207,7 +207,7 @@ def _make_forward_tile(pixels, vectors):
                                 builder.store(builder.call(fma, [value, weights[v], builder.load(slot)]), slot)
             zero = ir.Constant(bias_vectors[0].type, [0.0] * LANES)
             # the upper bound: 6 for ReLU6, else +inf, which no sum exceeds
-            upper = broadcast(builder, builder.select(builder.icmp_signed("==", relu, ir.Constant(INDEX, RELU6)),
+            upper = broadcast(builder, builder.select(builder.icmp_signed("==", relu, ir.Constant(INDEX, RELU6_CODE)),
                                                       ir.Constant(ir.FloatType(), 6.0),
                                                       ir.Constant(ir.FloatType(), float("inf"))))
             # two store sequences behind one branch, so a tile without the ReLU pays nothing for it
