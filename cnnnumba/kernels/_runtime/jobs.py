@@ -74,6 +74,22 @@ def _trampoline(context, module, arguments, pass_range):
     return function
 
 
+def _unowned(context, builder, value_type, value):
+    """`value` with every array in it (nested in tuples too) holding no reference to its memory (a null meminfo).
+    The caller keeps the arrays alive for the whole launch; with their meminfo, every call a slot makes with an
+    array (each register tile's) would add and drop a reference atomically on a counter that all the threads share,
+    its cache line moving between cores at every call."""
+    if isinstance(value_type, types.Array):
+        array = context.make_array(value_type)(context, builder, value)
+        array.meminfo = cgutils.get_null_value(array.meminfo.type)
+        return array._getvalue()
+    if isinstance(value_type, types.BaseTuple):
+        items = [_unowned(context, builder, item_type, builder.extract_value(value, i))
+                 for i, item_type in enumerate(value_type.types)]
+        return context.make_tuple(builder, value_type, items)
+    return value
+
+
 def _make_pack_arguments(pass_range):
     @intrinsic
     def pack_arguments(typingctx, arguments):
@@ -82,7 +98,7 @@ def _make_pack_arguments(pass_range):
         cell holding 0, the next slot to claim)."""
         def codegen(context, builder, signature, values):
             storage = cgutils.alloca_once(builder, context.get_value_type(arguments))
-            builder.store(values[0], storage)
+            builder.store(_unowned(context, builder, arguments, values[0]), storage)
             failed = cgutils.alloca_once_value(builder, ir.Constant(INT64, -1))
             next_slot = cgutils.alloca_once_value(builder, ir.Constant(INT64, 0))
             trampoline = _trampoline(context, builder.module, arguments, pass_range)
