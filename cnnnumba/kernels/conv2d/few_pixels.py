@@ -1,6 +1,6 @@
 """The forward of a tiny output (a few pixels per image) over a batch of at most a few hundred output pixels (the
 last stages of ResNet-18 at 64x64 input, any network's at batch 1): im2col into pixel-major rows, then the register
-tiles of tiles.py over strips of output channels, one strip per slot.
+tiles of tiles.py over strips of output channels, a run of neighbouring strips per slot.
 
 Such a layer is a product of a few rows with a weight of megabytes (ResNet-18's 512-channel 3x3: 9.4 MB for 4
 output pixels at batch 1), so its time is mostly the weight's trip from memory. BLAS packs that weight before
@@ -8,9 +8,14 @@ multiplying; the tiles read each strip of it where it lies, and the strips split
 without any sum crossing two of them (results do not depend on the thread count). float32, groups 1, C_out a
 multiple of the tile channels (tiles.product_tile).
 """
-from .._runtime import jit, run_slots
+from .._runtime import WORKERS, jit, run_slots
 from .direct import REDUCTION_BLOCK
 from .tiles import product_tile, run_product_tile
+
+# Each thread takes about this many shares of the strips, each a run of neighbouring strips: a share streams its
+# part of each weight row in order (one strip per share read 128 of every 2048 bytes, 1.2-1.4x slower on AVX2's
+# 1x2x2 512->512 and 1x4x4 256->256), and a thread that finishes early can claim another (bench/README.md).
+SLOTS_PER_WORKER = 2
 
 
 @jit
@@ -39,20 +44,25 @@ def _gather_rows(x, out_h, out_w, stride_h, stride_w, pad_top, pad_left, dilatio
 
 
 @jit
-def _strip_slot(slot, rows, weight, bias, out, relu, kind, tile_pixels, tile_channels, reduction_block):
-    """Output channels [slot * tile_channels, +tile_channels) of every row: out (1, 1, P, C_out) = rows (1, P, K)
-    @ weight (1, 1, K, C_out) + bias, clamped at 0 when relu is nonzero; P a multiple of tile_pixels. The reduction
-    runs in blocks whose strip of weights every pixel tile reuses from cache; later blocks add to the sums in out."""
+def _strips_slot(slot, slots, rows, weight, bias, out, relu, kind, tile_pixels, tile_channels, reduction_block):
+    """This slot's share of the strips of output channels (tile_channels each) of every row: out (1, 1, P, C_out) =
+    rows (1, P, K) @ weight (1, 1, K, C_out) + bias, clamped at 0 when relu is nonzero; P a multiple of
+    tile_pixels. The reduction runs in blocks, and each block takes the slot's strips in turn: its weight rows are
+    read in order, the slot's part of each, and every pixel tile reuses a strip's block from cache; later blocks
+    add to the sums in out."""
     pixels, reduction = rows.shape[1], rows.shape[2]
     channels_out = weight.shape[3]
-    co = slot * tile_channels
+    strips = channels_out // tile_channels
+    first, last = slot * strips // slots, (slot + 1) * strips // slots
     for r in range(0, reduction, reduction_block):
         block = min(reduction_block, reduction - r)
         final = relu if r + block >= reduction else 0
-        for p in range(0, pixels, tile_pixels):
-            run_product_tile(kind, out, p * channels_out + co, channels_out, r, final, rows, p * reduction + r,
-                             reduction, weight, r * channels_out + co, bias, co, 1, 1, reduction, reduction,
-                             reduction * channels_out, block, channels_out)
+        for strip in range(first, last):
+            co = strip * tile_channels
+            for p in range(0, pixels, tile_pixels):
+                run_product_tile(kind, out, p * channels_out + co, channels_out, r, final, rows, p * reduction + r,
+                                 reduction, weight, r * channels_out + co, bias, co, 1, 1, reduction, reduction,
+                                 reduction * channels_out, block, channels_out)
 
 
 def plan(dtype, weight_shape, out_shape):
@@ -80,8 +90,8 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
         bias[...] = 0.0
     padded_out = scratch.get("out")
     product = out.reshape(1, 1, -1, channels_out) if padded_out is None else padded_out
-    run_slots(_strip_slot, channels_out // tile_channels, rows,
-              weight.reshape(1, 1, -1, channels_out), bias, product, int(relu),
+    slots = min(channels_out // tile_channels, SLOTS_PER_WORKER * WORKERS)
+    run_slots(_strips_slot, slots, slots, rows, weight.reshape(1, 1, -1, channels_out), bias, product, int(relu),
               kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
     if padded_out is not None:
         out.reshape(-1, channels_out)[...] = padded_out[0, 0, :batch * out_h * out_w]
