@@ -1,9 +1,14 @@
 """run_slots and run_jobs: every slot (job) runs once with the caller's arguments, whatever their types; a job's
 worker's scratch serves one job at a time; the threads claim the work, so a slow thread takes less of it; and an
 exception in a slot reaches the caller."""
+import sys
+
 import numba
 import numpy as np
 import pytest
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from cnnnumba.kernels._runtime.jit import jit
 from cnnnumba.kernels._runtime.jobs import WORKERS, run_jobs, run_slots
@@ -30,6 +35,36 @@ def _sum_rows_slot(slot, matrix, out):
     for j in range(matrix.shape[1]):
         total += matrix[slot, j]
     out[slot] = total
+
+
+@intrinsic
+def _holds_reference(typingctx, array):
+    """Whether an array holds a reference to its memory (a meminfo, counted at every call it is passed to)."""
+    def codegen(context, builder, signature, values):
+        meminfo = context.make_array(signature.args[0])(context, builder, values[0]).meminfo
+        return builder.icmp_unsigned("!=", meminfo, cgutils.get_null_value(meminfo.type))
+
+    return types.boolean(array), codegen
+
+
+@jit
+def _references_slot(slot, holds, matrix, pair):
+    """holds[slot] = how many of: matrix, a view of it, pair's first array, an array made here hold a reference."""
+    made = np.zeros(3)
+    holds[slot] = (_holds_reference(matrix) + _holds_reference(matrix[slot]) + _holds_reference(pair[0])
+                   + _holds_reference(made))
+
+
+def test_slots_see_the_callers_arrays_without_a_reference_of_their_own():
+    # the caller keeps its arrays alive; a slot counting references on them would make every tile call of every
+    # thread update one shared counter (see _unowned in jobs.py)
+    matrix = np.ones((4, 3))
+    pair = (np.zeros(2), 1)
+    before = sys.getrefcount(matrix), sys.getrefcount(pair[0])
+    holds = np.full(4, -1, np.int64)
+    run_slots(_references_slot, 4, holds, matrix, pair)
+    np.testing.assert_array_equal(holds, 1)  # only the array made in the slot
+    assert (sys.getrefcount(matrix), sys.getrefcount(pair[0])) == before
 
 
 @pytest.mark.parametrize("slots", [1, 2, 7, 64])
