@@ -1,21 +1,28 @@
 """The forward of a tiny output (a few pixels per image) over a batch of at most a few hundred output pixels (the
 last stages of ResNet-18 at 64x64 input, any network's at batch 1): im2col into pixel-major rows, then the register
-tiles of tiles.py over strips of output channels, a run of neighbouring strips per slot.
+tiles of tiles.py over the weight in a few shares of its rows, each share's partial product summed after.
 
 Such a layer is a product of a few rows with a weight of megabytes (ResNet-18's 512-channel 3x3: 9.4 MB for 4
 output pixels at batch 1), so its time is mostly the weight's trip from memory. BLAS packs that weight before
-multiplying; the tiles read each strip of it where it lies, and the strips split the work among the threads
-without any sum crossing two of them (results do not depend on the thread count). float32, groups 1, C_out a
-multiple of the tile channels (tiles.product_tile).
+multiplying; the tiles read it where it lies, each share's rows whole and in order, every strip of output channels
+of a block of rows while that block is in cache. float32, groups 1, C_out a multiple of the tile channels
+(tiles.product_tile).
 """
-from .._runtime import WORKERS, jit, run_slots
-from .direct import REDUCTION_BLOCK
-from .tiles import product_tile, run_product_tile
+import numpy as np
 
-# Each thread takes about this many shares of the strips, each a run of neighbouring strips: a share streams its
-# part of each weight row in order (one strip per share read 128 of every 2048 bytes, 1.2-1.4x slower on AVX2's
-# 1x2x2 512->512 and 1x4x4 256->256), and a thread that finishes early can claim another (bench/README.md).
-SLOTS_PER_WORKER = 2
+from .._runtime import WORKERS, jit, run_shares, run_slots
+from .tiles import RELU6_CODE, product_tile, run_product_tile
+
+# A weight of at least SHARE_WEIGHT_BYTES, streamed from beyond L2, splits the reduction into REDUCTION_SHARES
+# contiguous shares of its rows, each summed apart and the shares added in order after (a count that does not
+# depend on the threads, so neither do the results): a share reads its weight rows whole and in order, where the
+# threads splitting the strips of output channels each read a part of every row, which the prefetchers follow
+# poorly (bench/README.md: 1.1-1.5x slower at batch 1). A smaller weight splits its strips only: the partial sums'
+# extra pass cost more than they saved (MobileNetV2's 1x1 layers at 2x2 and 4x4).
+REDUCTION_SHARES = 2
+SHARE_WEIGHT_BYTES = 2 << 20
+# Weight rows per block of a share: every pixel tile reuses a strip's block from cache.
+REDUCTION_BLOCK = 128
 
 
 @jit
@@ -44,55 +51,98 @@ def _gather_rows(x, out_h, out_w, stride_h, stride_w, pad_top, pad_left, dilatio
 
 
 @jit
-def _strips_slot(slot, slots, rows, weight, bias, out, relu, kind, tile_pixels, tile_channels, reduction_block):
-    """This slot's share of the strips of output channels (tile_channels each) of every row: out (1, 1, P, C_out) =
-    rows (1, P, K) @ weight (1, 1, K, C_out) + bias, clamped at 0 when relu is nonzero; P a multiple of
-    tile_pixels. The reduction runs in blocks, and each block takes the slot's strips in turn: its weight rows are
-    read in order, the slot's part of each, and every pixel tile reuses a strip's block from cache; later blocks
-    add to the sums in out."""
+def _share_slot(slot, groups, rows, weight, bias, out, relu, kind, tile_pixels, tile_channels, reduction_block):
+    """out[share] (P, C_out) = rows (1, P, K) @ weight (1, 1, K, C_out) over the share's weight rows + bias,
+    clamped as the tiles store when relu is nonzero, for the group of output-channel strips this slot takes (slot =
+    share * groups + group; out's leading axis counts the shares); P a multiple of tile_pixels. Each block of rows
+    takes the group's strips in turn; later blocks add to the sums."""
     pixels, reduction = rows.shape[1], rows.shape[2]
     channels_out = weight.shape[3]
+    shares = out.shape[0]
+    share, group = slot // groups, slot % groups
     strips = channels_out // tile_channels
-    first, last = slot * strips // slots, (slot + 1) * strips // slots
-    for r in range(0, reduction, reduction_block):
-        block = min(reduction_block, reduction - r)
-        final = relu if r + block >= reduction else 0
-        for strip in range(first, last):
+    first_strip, last_strip = group * strips // groups, (group + 1) * strips // groups
+    first_row, last_row = share * reduction // shares, (share + 1) * reduction // shares
+    for r in range(first_row, last_row, reduction_block):
+        block = min(reduction_block, last_row - r)
+        final = relu if r + block >= last_row else 0
+        for strip in range(first_strip, last_strip):
             co = strip * tile_channels
             for p in range(0, pixels, tile_pixels):
-                run_product_tile(kind, out, p * channels_out + co, channels_out, r, final, rows, p * reduction + r,
-                                 reduction, weight, r * channels_out + co, bias, co, 1, 1, reduction, reduction,
-                                 reduction * channels_out, block, channels_out)
+                run_product_tile(kind, out[share], p * channels_out + co, channels_out, r - first_row, final, rows,
+                                 p * reduction + r, reduction, weight, r * channels_out + co, bias, co, 1, 1,
+                                 reduction, reduction, reduction * channels_out, block, channels_out)
+
+
+@jit
+def _finish_share(slot, slots, partials, bias, relu, out):
+    """Output pixels [share of this slot) of out (P, C_out) = the partials summed in share order + bias, clamped at
+    0 when relu is nonzero and also at 6 when it is RELU6_CODE (NaN kept)."""
+    pixels = out.shape[0]
+    for p in range(slot * pixels // slots, (slot + 1) * pixels // slots):
+        row = out[p]
+        for c in range(row.shape[0]):
+            total = partials[0, p, c]
+            for share in range(1, partials.shape[0]):
+                total += partials[share, p, c]
+            total += bias[c]
+            if relu != 0:
+                if total < 0:
+                    total = np.float32(0.0)
+                if relu == RELU6_CODE and total > 6:
+                    total = np.float32(6.0)
+            row[c] = total
+
+
+def reduction_shares(dtype, weight_shape):
+    """How many shares of its rows the reduction runs in (SHARE_WEIGHT_BYTES)."""
+    reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
+    weight_bytes = reduction * weight_shape[3] * np.dtype(dtype).itemsize
+    return min(REDUCTION_SHARES, reduction) if weight_bytes >= SHARE_WEIGHT_BYTES else 1
 
 
 def plan(dtype, weight_shape, out_shape):
-    """(specs, (kind, tile pixels, tile channels)): pixel-major rows padded to whole tiles, an output of that many
-    rows when the pixels do not fill the last tile, and a zero bias for a layer without one."""
+    """(specs, (kind, tile pixels, tile channels)): pixel-major rows padded to whole tiles, a zero bias (for a layer
+    without one, or for the tiles of shares summed after), and the shares' partial products, or with one share an
+    output of whole tiles' rows where the pixels do not fill the last tile."""
     kernel_h, kernel_w, channels_in, channels_out = weight_shape
     pixels = out_shape[0] * out_shape[1] * out_shape[2]
     kind, tile_pixels, tile_channels = product_tile(pixels, channels_out)
     padded = -(-pixels // tile_pixels) * tile_pixels
+    shares = reduction_shares(dtype, weight_shape)
     specs = (("rows", (1, padded, kernel_h * kernel_w * channels_in), dtype), ("zero_bias", (channels_out,), dtype))
-    if padded != pixels:
-        specs += (("out", (1, 1, padded, channels_out), dtype),)
+    if shares > 1 or padded != pixels:
+        specs += (("sums", (shares, padded, channels_out), dtype),)
     return specs, (kind, tile_pixels, tile_channels)
+
+
+# Output elements per share of the finishing sum (smaller shares cost more to hand out than they save).
+FINISH_SHARE_ELEMENTS = 16384
 
 
 def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details):
     kind, tile_pixels, tile_channels = details
     batch, out_h, out_w, channels_out = out.shape
     kernel_h, kernel_w = weight.shape[:2]
-    rows = scratch["rows"]
+    rows, zero_bias = scratch["rows"], scratch["zero_bias"]
     _gather_rows(x, out_h, out_w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], kernel_h,
                  kernel_w, rows[0])
+    zero_bias[...] = 0.0
     if bias is None:
-        bias = scratch["zero_bias"]
-        bias[...] = 0.0
-    padded_out = scratch.get("out")
-    product = out.reshape(1, 1, -1, channels_out) if padded_out is None else padded_out
-    slots = min(channels_out // tile_channels, SLOTS_PER_WORKER * WORKERS)
-    run_slots(_strips_slot, slots, slots, rows, weight.reshape(1, 1, -1, channels_out), bias, product, int(relu),
+        bias = zero_bias
+    flat = out.reshape(-1, channels_out)
+    padded_sums = scratch.get("sums")
+    sums = padded_sums if padded_sums is not None else flat.reshape(1, -1, channels_out)
+    shares = sums.shape[0]
+    # the strips split further only where there are more threads than shares (no sum crosses a strip)
+    groups = max(1, min(channels_out // tile_channels, WORKERS // shares))
+    if shares == 1:
+        run_slots(_share_slot, groups, groups, rows, weight.reshape(1, 1, -1, channels_out), bias, sums, int(relu),
+                  kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
+        if padded_sums is not None:
+            flat[...] = padded_sums[0, :flat.shape[0]]
+        return out
+    run_slots(_share_slot, shares * groups, groups, rows, weight.reshape(1, 1, -1, channels_out), zero_bias, sums, 0,
               kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
-    if padded_out is not None:
-        out.reshape(-1, channels_out)[...] = padded_out[0, 0, :batch * out_h * out_w]
+    run_shares(_finish_share, flat.size // FINISH_SHARE_ELEMENTS, sums, bias, int(relu), flat)
     return out

@@ -1,10 +1,11 @@
 """Variant.FEW_PIXELS (few_pixels.py): a forward whose whole batch has a few output pixels, as im2col rows times
-the register tiles, one strip of output channels per slot."""
+the register tiles over shares of the weight's rows, summed after."""
 import numpy as np
 import pytest
 
-from cnnnumba.kernels.conv2d import Pass, Variant, plan, tiles
-from cnnnumba.kernels.conv2d.direct import REDUCTION_BLOCK
+from cnnnumba.kernels import conv2d as kernels
+from cnnnumba.kernels.conv2d import Pass, Variant, few_pixels, plan, tiles
+from cnnnumba.kernels.conv2d.few_pixels import REDUCTION_BLOCK, REDUCTION_SHARES
 from tests.kernels.conv2d.common import (ConvCase, arrays, assert_close, case_id, check_passes, expected_pass, forced,
                                          on_threads, run_pass, select_module, shifted)
 
@@ -19,7 +20,7 @@ CASES = [
 
 
 def test_the_cases_select_few_pixels_in_float32_only():
-    assert REDUCTION_BLOCK < 3 * 3 * 32  # CASES[1] runs the reduction in two blocks
+    assert REDUCTION_BLOCK < 3 * 3 * 32 // REDUCTION_SHARES  # CASES[1] runs in two blocks, also in shares
     for case in CASES:
         assert case.out_shape[0] * case.out_shape[1] * case.out_shape[2] <= select_module.FEW_PIXELS_MAX, case
         assert case.selected("forward") is Variant.FEW_PIXELS, case
@@ -38,7 +39,7 @@ def test_few_pixels_matches_the_reference(case, bias, relu):
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=case_id)
 def test_the_threads_change_no_bit(case):
-    """Each strip of output channels sums its whole reduction in order on one thread: 1 and 2 threads agree."""
+    """The reduction's shares do not depend on the threads and add in order: 1 and 2 threads agree."""
     data = arrays(case)
     one, two = on_threads(lambda: run_pass("forward", case, data))
     np.testing.assert_array_equal(one, two)
@@ -82,3 +83,47 @@ def test_the_plan_pads_the_rows_to_whole_tiles():
     rows = dict((name, shape) for name, shape, _ in specs)["rows"]
     assert rows[1] % pixels == 0 and rows[1] >= 16 and rows[2] == 3 * 3 * 24
     assert_close(run_pass("forward", case, arrays(case)), expected_pass("forward", case, arrays(case)))
+
+
+@pytest.fixture
+def shares_everywhere(monkeypatch):
+    """Every weight large enough to split its reduction into shares (only megabyte weights do by default)."""
+    monkeypatch.setattr(few_pixels, "SHARE_WEIGHT_BYTES", 0)
+    select_module.clear_plans()
+    yield
+    select_module.clear_plans()
+
+
+def test_only_a_weight_from_beyond_l2_splits_its_reduction():
+    assert few_pixels.reduction_shares(np.float32, (3, 3, 512, 512)) == REDUCTION_SHARES > 1  # 9.4 MB
+    assert few_pixels.reduction_shares(np.float32, (1, 1, 320, 1280)) == 1  # 1.6 MB
+    assert CASES[0].weight_shape == (3, 3, 512, 512)  # the default rule's shares are in the table above
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_reduction_in_shares_matches_the_reference(shares_everywhere, case, bias, relu):
+    got = check_passes(case, names=("forward",), bias=bias, relu=relu)["forward"]
+    if relu:
+        assert (got == 0).any() and (got > 0).any()
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3]], ids=case_id)
+def test_shares_clamp_relu6_after_summing_and_keep_nan(shares_everywhere, case):
+    data = arrays(case)
+    data.x[0, 2, 2, 0] = np.nan
+    data.x[...] *= 3  # sums past 6
+    plain = run_pass("forward", case, data)
+    got = kernels.conv2d_forward(data.x, data.weight, data.bias, np.full_like(plain, np.nan), relu6=True,
+                                 **case.options)
+    clamped = np.where(plain < 0, 0, plain)
+    np.testing.assert_array_equal(got, np.where(clamped > 6, 6, clamped))
+    assert (got == 6).any() and (got == 0).any() and np.isnan(got).any()
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3]], ids=case_id)
+def test_shares_change_no_bit_with_the_threads(shares_everywhere, case):
+    data = arrays(case)
+    one, two = on_threads(lambda: run_pass("forward", case, data))
+    np.testing.assert_array_equal(one, two)
