@@ -26,10 +26,11 @@ REDUCTION_BLOCK = 128
 
 
 @jit
-def _gather_rows(x, out_h, out_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h, kernel_w,
-                 rows):
-    """rows[p, (kh * kW + kw) * C + c] = x[n, ih, iw, c] (0 outside the image) for output pixel
-    p = (n * H_out + oh) * W_out + ow; rows past the output's pixels are zero."""
+def _gather_columns(x, geometry, first, last, rows):
+    """Columns [first, last) of the im2col rows into rows[:, 0:last - first]: column (kh * kW + kw) * C + c of row
+    p = (n * H_out + oh) * W_out + ow is x[n, ih, iw, c] (0 outside the image); rows past the output's pixels are
+    zero. geometry: (H_out, W_out, stride h, w, padding top, left, dilation h, w, kH, kW)."""
+    out_h, out_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, kernel_h, kernel_w = geometry
     batch, height, width, channels = x.shape
     pixels = batch * out_h * out_w
     rows[pixels:] = 0.0
@@ -37,41 +38,51 @@ def _gather_rows(x, out_h, out_w, stride_h, stride_w, pad_top, pad_left, dilatio
         n = p // (out_h * out_w)
         oh = p // out_w % out_h
         ow = p % out_w
-        for kh in range(kernel_h):
-            ih = oh * stride_h - pad_top + kh * dilation_h
-            for kw in range(kernel_w):
-                iw = ow * stride_w - pad_left + kw * dilation_w
-                start = (kh * kernel_w + kw) * channels
-                if 0 <= ih < height and 0 <= iw < width:
-                    for c in range(channels):
-                        rows[p, start + c] = x[n, ih, iw, c]
-                else:
-                    for c in range(channels):
-                        rows[p, start + c] = 0.0
+        row = rows[p]
+        column = first
+        while column < last:
+            tap, channel = column // channels, column % channels
+            count = min(channels - channel, last - column)
+            ih = oh * stride_h - pad_top + tap // kernel_w * dilation_h
+            iw = ow * stride_w - pad_left + tap % kernel_w * dilation_w
+            start = column - first
+            if 0 <= ih < height and 0 <= iw < width:
+                for c in range(count):
+                    row[start + c] = x[n, ih, iw, channel + c]
+            else:
+                for c in range(count):
+                    row[start + c] = 0.0
+            column += count
 
 
 @jit
-def _share_slot(slot, groups, rows, weight, bias, out, relu, kind, tile_pixels, tile_channels, reduction_block):
-    """out[share] (P, C_out) = rows (1, P, K) @ weight (1, 1, K, C_out) over the share's weight rows + bias,
+def _share_slot(slot, groups, x, geometry, gather, rows, weight, bias, out, relu, kind, tile_pixels, tile_channels,
+                reduction_block):
+    """out[share] (P, C_out) = the im2col rows (P, K) @ weight (1, 1, K, C_out) over the share's weight rows + bias,
     clamped as the tiles store when relu is nonzero, for the group of output-channel strips this slot takes (slot =
-    share * groups + group; out's leading axis counts the shares); P a multiple of tile_pixels. Each block of rows
-    takes the group's strips in turn; later blocks add to the sums."""
-    pixels, reduction = rows.shape[1], rows.shape[2]
+    share * groups + group; out's leading axis counts the shares); P a multiple of tile_pixels. rows[share] holds
+    the share's columns of the im2col rows, gathered here first when `gather` is nonzero (so on the thread that reads
+    them). Each block of weight rows takes the group's strips in turn; later blocks add to the sums."""
+    pixels, width = rows.shape[1], rows.shape[2]
     channels_out = weight.shape[3]
+    reduction = weight.shape[2]
     shares = out.shape[0]
     share, group = slot // groups, slot % groups
     strips = channels_out // tile_channels
     first_strip, last_strip = group * strips // groups, (group + 1) * strips // groups
     first_row, last_row = share * reduction // shares, (share + 1) * reduction // shares
+    columns = rows[share]
+    if gather != 0:
+        _gather_columns(x, geometry, first_row, last_row, columns)
     for r in range(first_row, last_row, reduction_block):
         block = min(reduction_block, last_row - r)
         final = relu if r + block >= last_row else 0
         for strip in range(first_strip, last_strip):
             co = strip * tile_channels
             for p in range(0, pixels, tile_pixels):
-                run_product_tile(kind, out[share], p * channels_out + co, channels_out, r - first_row, final, rows,
-                                 p * reduction + r, reduction, weight, r * channels_out + co, bias, co, 1, 1,
-                                 reduction, reduction, reduction * channels_out, block, channels_out)
+                run_product_tile(kind, out[share], p * channels_out + co, channels_out, r - first_row, final, columns,
+                                 p * width + r - first_row, width, weight, r * channels_out + co, bias, co, 1, 1,
+                                 width, width, reduction * channels_out, block, channels_out)
 
 
 @jit
@@ -102,15 +113,16 @@ def reduction_shares(dtype, weight_shape):
 
 
 def plan(dtype, weight_shape, out_shape):
-    """(specs, (kind, tile pixels, tile channels)): pixel-major rows padded to whole tiles, a zero bias (for a layer
-    without one, or for the tiles of shares summed after), and the shares' partial products, or with one share an
-    output of whole tiles' rows where the pixels do not fill the last tile."""
+    """(specs, (kind, tile pixels, tile channels)): each share's columns of the pixel-major im2col rows, padded to
+    whole tiles, a zero bias (for a layer without one, or for the tiles of shares summed after), and the shares'
+    partial products, or with one share an output of whole tiles' rows where the pixels do not fill the last tile."""
     kernel_h, kernel_w, channels_in, channels_out = weight_shape
     pixels = out_shape[0] * out_shape[1] * out_shape[2]
     kind, tile_pixels, tile_channels = product_tile(pixels, channels_out)
     padded = -(-pixels // tile_pixels) * tile_pixels
     shares = reduction_shares(dtype, weight_shape)
-    specs = (("rows", (1, padded, kernel_h * kernel_w * channels_in), dtype), ("zero_bias", (channels_out,), dtype))
+    reduction = kernel_h * kernel_w * channels_in
+    specs = (("rows", (shares, padded, -(-reduction // shares)), dtype), ("zero_bias", (channels_out,), dtype))
     if shares > 1 or padded != pixels:
         specs += (("sums", (shares, padded, channels_out), dtype),)
     return specs, (kind, tile_pixels, tile_channels)
@@ -124,9 +136,9 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
     kind, tile_pixels, tile_channels = details
     batch, out_h, out_w, channels_out = out.shape
     kernel_h, kernel_w = weight.shape[:2]
+    geometry = (out_h, out_w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], kernel_h,
+                kernel_w)
     rows, zero_bias = scratch["rows"], scratch["zero_bias"]
-    _gather_rows(x, out_h, out_w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], kernel_h,
-                 kernel_w, rows[0])
     zero_bias[...] = 0.0
     if bias is None:
         bias = zero_bias
@@ -134,15 +146,22 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
     padded_sums = scratch.get("sums")
     sums = padded_sums if padded_sums is not None else flat.reshape(1, -1, channels_out)
     shares = sums.shape[0]
-    # the strips split further only where there are more threads than shares (no sum crosses a strip)
+    weight = weight.reshape(1, 1, -1, channels_out)
+    # the strips split further only where there are more threads than shares (no sum crosses a strip); a share
+    # that one slot runs whole gathers its own rows
     groups = max(1, min(channels_out // tile_channels, WORKERS // shares))
+    gather_in_slots = shares > 1 and groups == 1
+    if not gather_in_slots:
+        reduction = weight.shape[2]
+        for share in range(shares):
+            _gather_columns(x, geometry, share * reduction // shares, (share + 1) * reduction // shares, rows[share])
     if shares == 1:
-        run_slots(_share_slot, groups, groups, rows, weight.reshape(1, 1, -1, channels_out), bias, sums, int(relu),
-                  kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
+        run_slots(_share_slot, groups, groups, x, geometry, 0, rows, weight, bias, sums, int(relu), kind,
+                  tile_pixels, tile_channels, REDUCTION_BLOCK)
         if padded_sums is not None:
             flat[...] = padded_sums[0, :flat.shape[0]]
         return out
-    run_slots(_share_slot, shares * groups, groups, rows, weight.reshape(1, 1, -1, channels_out), zero_bias, sums, 0,
-              kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
+    run_slots(_share_slot, shares * groups, groups, x, geometry, int(gather_in_slots), rows, weight, zero_bias, sums,
+              0, kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
     run_shares(_finish_share, flat.size // FINISH_SHARE_ELEMENTS, sums, bias, int(relu), flat)
     return out

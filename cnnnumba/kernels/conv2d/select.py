@@ -79,6 +79,14 @@ FEW_PIXELS_MAX = 512
 # against 1.69 ms) and 1.1-2.5x on 1x1 ones (MobileNetV2's at 4x4, batch 16).
 
 
+# A larger output's forward runs FEW_PIXELS too where its whole batch has at most this many output pixels and its
+# weight is large enough that FEW_PIXELS streams it in shares of rows (few_pixels.SHARE_WEIGHT_BYTES): ResNet-18's
+# 14x14 stage at batch 1 (196 pixels, a 2.4 MB weight) ran 1.02 ms against Winograd F(2x2)'s 1.32 on AVX-512 and
+# 1.54 against 1.96 (the GEMM 1.69) on AVX2; 1x14x14 512->512 3.6 against DIRECT's 7.5 (AVX2: 5.6 against 12.2,
+# the GEMM 5.2); at 256 pixels (4x8x8, 1x16x16) a tie on AVX2, 1.15 against 1.37 on AVX-512; at 392 a tie.
+FEW_PIXELS_SHARES_MAX = 256
+
+
 def few_pixels_suits(pixels, machine=None):
     """Whether select prefers FEW_PIXELS for a product of `pixels` rows on `machine`'s tier, where it applies."""
     product = tiles_of(machine)["product"]
@@ -238,6 +246,10 @@ def _select_forward(dtype, geometry, budget, machine):
     channels_in, channels_out = weight_shape[2], weight_shape[3]
     if tiny_output(weight_shape, out_shape, groups):
         return _tiny_forward(dtype, geometry, budget, machine)
+    if out_shape[0] * out_shape[1] * out_shape[2] <= FEW_PIXELS_SHARES_MAX \
+            and few_pixels.reduction_shares(dtype, weight_shape) > 1 \
+            and few_pixels_applies(dtype, weight_shape, out_shape, groups, budget):
+        return Variant.FEW_PIXELS
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
     if winograd and out_shape[0] * out_shape[1] * out_shape[2] < WINOGRAD_MIN_BATCH_PIXELS \
             and direct_forward_applies(dtype, weight_shape, out_shape, groups, machine) \

@@ -37,6 +37,8 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "resnet18 224 512->512 @7": ConvCase(4, 7, 7, 512, 512, padding=1),
     "resnet18 224 256->512 s2": ConvCase(4, 14, 14, 256, 512, stride=2, padding=1),
     "resnet18 224 256->256 @14": ConvCase(4, 14, 14, 256, 256, padding=1),
+    "resnet18 224 b1 256->256 @14": ConvCase(1, 14, 14, 256, 256, padding=1),
+    "resnet18 b1 128->128 @16": ConvCase(1, 16, 16, 128, 128, padding=1),
     "resnet18 224 b16 512->512 @7": ConvCase(16, 7, 7, 512, 512, padding=1),
     "resnet18 128->256 s2 @4": ConvCase(4, 8, 8, 128, 256, stride=2, padding=1),
     "mobilenetv2 1x1 96->576 @4": ConvCase(4, 4, 4, 96, 576, kernel=1),
@@ -104,6 +106,10 @@ TABLE = [
     (BI, "resnet18 224 256->512 s2", None, V.GEMM),
     (BW, "resnet18 224 256->512 s2", None, V.GEMM),
     (F, "resnet18 224 256->256 @14", None, V.WINOGRAD_F2),  # 14x14: past the GEMM's sizes
+    # at most select.FEW_PIXELS_SHARES_MAX output pixels in the batch and a weight FEW_PIXELS streams in shares
+    # (2.4 MB): FEW_PIXELS at any output size; a smaller weight (0.6 MB) as before
+    (F, "resnet18 224 b1 256->256 @14", None, V.FEW_PIXELS), (BI, "resnet18 224 b1 256->256 @14", None, V.WINOGRAD_F2),
+    (F, "resnet18 b1 128->128 @16", None, V.WINOGRAD_F2),
     # a tiny output whose rows the forward tiles cover recomputing at most 8 of 7 pixels (select.tiles_cover_rows:
     # AVX-512's 4-pixel tiles at 4 and 7 pixels, not AVX2's 6-pixel ones): 1x1 on POINTWISE while FEW_PIXELS would
     # take it, else DIRECT for a weight of at most select.TINY_DIRECT_MAX_WEIGHT_BYTES (1.2 MB here; 256->256 is 2.4)
