@@ -11,15 +11,16 @@ from .nodes.base import NO_CLAMP, RELU
 
 
 def fold_batch_norm(lowering):
-    """Inference: an eval-mode batch norm right after a plain conv becomes that conv's scale and bias, where the
-    weight has no more elements than the conv's output: folding passes over the weight at every call, the batch
-    norm over the output (at batch 1 most of ResNet-18's weights are larger than their outputs)."""
+    """Inference: an eval-mode batch norm right after a plain conv joins that conv. Where the weight has no more
+    elements than the conv's output it becomes the conv's scale and bias (folding passes over the weight at every
+    call, the batch norm over the output); elsewhere (at batch 1 most of ResNet-18's weights are larger than their
+    outputs) the conv kernel normalizes its output (conv2d_forward's normalize: as it sums, in FEW_PIXELS' shares)."""
     for batch_norm in [node for node in lowering.nodes if type(node) is N.BatchNormEval]:
         x = batch_norm.inputs[0]
         conv = x.producer
-        if isinstance(conv, N.FoldedConv) and conv.bn is None and conv.clamp == NO_CLAMP and lowering.single_use(x) \
-                and conv.conv_weight.size <= np.prod(x.shape):
+        if isinstance(conv, N.FoldedConv) and conv.bn is None and conv.clamp == NO_CLAMP and lowering.single_use(x):
             conv.bn = batch_norm.folding
+            conv.bn_on_output = conv.conv_weight.size > np.prod(x.shape)
             _absorb(lowering, batch_norm, x, "_bn")
 
 

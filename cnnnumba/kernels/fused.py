@@ -395,7 +395,7 @@ def _passes(value, lower, upper, has_lower, has_upper):
 
 
 @jit(fastmath=EXACT_FASTMATH)
-def _normalize_rows_slot(slot, slots, x, shortcut, add, coefficients, lower, upper, out):
+def normalize_rows_slot(slot, slots, x, shortcut, add, coefficients, lower, upper, out):
     """The slot's share of the rows of batch_norm_act_forward (add False: shortcut is not read) or of
     batch_norm_add_act_forward (run by _runtime.jobs.run_slots). The batch-norm value is rounded to x's dtype
     before the shortcut is added, as the unfused kernels round it; NaN passes the clamp."""
@@ -424,7 +424,7 @@ def batch_norm_act_forward(x, mean, invstd, weight, bias, clamp, coefficients, o
     rounded to x's dtype exactly as the unfused kernel rounds them.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_rows_slot, 1 if x.size <= NORMALIZE_SERIAL_ELEMENTS else x.shape[0], x, x, False,
+    run_shares(normalize_rows_slot, 1 if x.size <= NORMALIZE_SERIAL_ELEMENTS else x.shape[0], x, x, False,
                coefficients, *clamp_bounds(clamp, x.dtype), out)
 
 
@@ -671,7 +671,7 @@ def batch_norm_add_act_forward(x, shortcut, mean, invstd, weight, bias, clamp, c
     batch_norm_act_forward.
     """
     _normalize_coefficients(mean, invstd, weight, bias, coefficients)
-    run_shares(_normalize_rows_slot, 1 if x.size <= NORMALIZE_SERIAL_ELEMENTS else x.shape[0], x, shortcut, True,
+    run_shares(normalize_rows_slot, 1 if x.size <= NORMALIZE_SERIAL_ELEMENTS else x.shape[0], x, shortcut, True,
                coefficients, *clamp_bounds(clamp, x.dtype), out)
 
 

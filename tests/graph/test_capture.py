@@ -222,8 +222,8 @@ def test_inference_batch_norm_that_cannot_fold_runs_unfolded():
 
 
 def test_inference_folds_batch_norm_only_where_the_weight_is_smaller_than_the_output():
-    """Folding passes over the weight at every call, an unfolded batch norm over the output: at batch 1 a
-    32-channel 3x3 conv on 4x4 pixels (9216 weights, 512 outputs) keeps its batch norm, at batch 32 it folds."""
+    """Folding passes over the weight at every call, a batch norm on the output over the output: at batch 1 a
+    32-channel 3x3 conv on 4x4 pixels (9216 weights, 512 outputs) normalizes its output, at batch 32 it folds."""
     cn.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
                           nn.Linear(512, 3))
@@ -231,7 +231,7 @@ def test_inference_folds_batch_norm_only_where_the_weight_is_smaller_than_the_ou
     model[1].running_var[...] = np.linspace(0.5, 2.0, 32)
     model.eval()
     predict = cn.graph.capture(model)
-    for batch, kept in ((1, "batchnorm(eval)+relu"), (32, "conv+bn(folded)+relu")):
+    for batch, kept in ((1, "conv+bn(output)+relu"), (32, "conv+bn(folded)+relu")):
         x = np.random.default_rng(batch).standard_normal((batch, 32, 4, 4)).astype(np.float32)
         with cn.no_grad():
             expected = model(cn.Tensor(x)).data

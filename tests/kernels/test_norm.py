@@ -117,3 +117,19 @@ def test_fold_batch_norm_rounds_each_value_once_as_its_twin(dtype, in_place):
     for a, e in zip(got, expected):
         np.testing.assert_array_equal(a, e)
     assert not np.array_equal(got[0], weight)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_coefficients_round_as_numpy_does(dtype):
+    """Eval-mode batch norm's coefficients in one compiled call, bit for bit the four NumPy ufuncs they replaced
+    (float64 invstd, then batch_norm_act_forward's rounding to the activations' dtype)."""
+    rng = np.random.default_rng(3)
+    channels = 37
+    running_mean = rng.standard_normal(channels).astype(dtype)
+    running_var = rng.uniform(1e-4, 3.0, channels).astype(dtype)
+    weight, bias = rng.standard_normal(channels).astype(dtype), rng.standard_normal(channels).astype(dtype)
+    got = np.empty((3, channels), dtype)
+    norm.running_coefficients(running_mean, running_var, 1e-5, weight, bias, got)
+    invstd = 1.0 / np.sqrt(np.add(running_var, 1e-5, dtype=np.float64))
+    want = np.stack([running_mean, (invstd * weight).astype(dtype), bias])
+    np.testing.assert_array_equal(got, want)

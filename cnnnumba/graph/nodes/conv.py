@@ -13,12 +13,12 @@ from ..plan import Buffer
 from .base import NO_CLAMP, RELU, RELU6, Node, rows, with_activation
 
 
-def _forward_clamped(clamp, x, weight, bias, out, workspace, options):
-    """The conv's forward and its clamp: ReLU and ReLU6 in the conv kernels (as they store, where they can), any
-    other clamp in a pass over the output after."""
+def _forward_clamped(clamp, x, weight, bias, out, workspace, options, normalize=None):
+    """The conv's forward (normalized by a batch norm's coefficients when given) and its clamp: ReLU and ReLU6 in
+    the conv kernels (as they store, where they can), any other clamp in a pass over the output after."""
     clamp = tuple(clamp)
     conv_kernels.conv2d_forward(x, weight, bias, out, relu=clamp == RELU, relu6=clamp == RELU6, workspace=workspace,
-                                **options)
+                                normalize=normalize, **options)
     if clamp not in (NO_CLAMP, RELU, RELU6):
         flat = out.reshape(-1)
         elementwise.hardtanh_forward(flat, *fused.clamp_bounds(clamp, out.dtype), flat)
@@ -128,18 +128,22 @@ class Conv(Node):
 class FoldedConv(Node):
     """Inference conv with the following eval-mode batch norm folded in: w' = w * s, b' = (b - mean) * s + beta,
     s = gamma / sqrt(running_var + eps), refolded from the live parameters at every call (+ an activation, as for
-    Conv). With nothing folded in, a weight stored in the kernels' layout (graph/update.py) is read in place."""
+    Conv); or, with bn_on_output (a weight larger than the output), the batch norm applied to the conv's output by
+    the conv kernel, its coefficients made from the live parameters at every call. With nothing folded into it, a
+    weight stored in the kernels' layout (graph/update.py) is read in place."""
 
     def __init__(self, x, output, conv_weight, conv_bias, bn, stride, padding, dilation, groups, clamp=NO_CLAMP):
         super().__init__([x], output)
         self.conv_weight, self.conv_bias = conv_weight, conv_bias  # arrays (the model's own), conv_bias may be None
         self.bn = bn  # (running_mean, running_var, gamma or None, beta or None, eps) or None for a plain conv
+        self.bn_on_output = False
         self.clamp = clamp
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         c_out, group_in, kernel_h, kernel_w = conv_weight.shape
         self.khwc_shape = (kernel_h, kernel_w, group_in, c_out)
         self.weight_khwc = None  # the re-laid-out or folded weight, made on first use
         self.bias = np.empty(c_out, dtype=conv_weight.dtype)
+        self.coefficients = np.empty((3, c_out), dtype=conv_weight.dtype)  # the batch norm, with bn_on_output
         self.scale = np.empty(c_out, dtype=np.float64)
         # stand-ins for an absent conv bias, gamma or beta, so the fold compiles once per dtype
         self.zeros, self.ones = np.zeros(c_out, dtype=conv_weight.dtype), np.ones(c_out, dtype=conv_weight.dtype)
@@ -147,7 +151,8 @@ class FoldedConv(Node):
 
     @property
     def name(self):
-        return with_activation("conv+bn(folded)" if self.bn is not None else "conv", self.clamp)
+        name = "conv" if self.bn is None else "conv+bn(output)" if self.bn_on_output else "conv+bn(folded)"
+        return with_activation(name, self.clamp)
 
     def workspace_bytes(self):
         return conv_kernels.conv2d_workspace_bytes("forward", self.inputs[0].shape, self.khwc_shape,
@@ -156,13 +161,14 @@ class FoldedConv(Node):
     def fold(self):
         """(weight in the kernels' layout, bias or None) from the live parameters."""
         weight = hwio_view(self.conv_weight)
-        if self.bn is None and weight is not None:
+        unchanged = self.bn is None or self.bn_on_output
+        if unchanged and weight is not None:
             return weight, self.conv_bias
         if self.weight_khwc is None:
             self.weight_khwc = np.empty(self.khwc_shape, dtype=self.conv_weight.dtype)
         if weight is None:
             weight = oihw_to_hwio(self.conv_weight, self.weight_khwc)
-        if self.bn is None:
+        if unchanged:
             return weight, self.conv_bias
         running_mean, running_var, gamma, beta, eps = self.bn
         c_out = self.khwc_shape[3]
@@ -174,5 +180,11 @@ class FoldedConv(Node):
 
     def forward(self):
         weight, bias = self.fold()
+        normalize = None
+        if self.bn_on_output:
+            running_mean, running_var, gamma, beta, eps = self.bn
+            normalize = self.coefficients
+            norm.running_coefficients(running_mean, running_var, float(eps), self.ones if gamma is None else gamma,
+                                       self.zeros if beta is None else beta, normalize)
         _forward_clamped(self.clamp, self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
-                         self.workspace, self.options)
+                         self.workspace, self.options, normalize)

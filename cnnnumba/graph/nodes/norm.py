@@ -2,7 +2,7 @@
 eval mode (+ an activation). The activation is a clamp of kernels/fused.py: ReLU, ReLU6, Hardtanh or none."""
 import numpy as np
 
-from ...kernels import fused
+from ...kernels import fused, norm
 from ...ops.norm import update_running_statistics
 from ..plan import Buffer
 from .base import NO_CLAMP, Node, rows, with_activation
@@ -166,8 +166,6 @@ class BatchNormEval(Node):
         self.folding = (running_mean, running_var, gamma, beta, eps)  # as given (None for no gamma or beta)
         self.gamma = np.ones(channels, x.dtype) if gamma is None else gamma
         self.beta = np.zeros(channels, x.dtype) if beta is None else beta
-        self.mean = np.empty(channels, np.float64)
-        self.invstd = np.empty(channels, np.float64)
         self.coefficients = np.empty((3, channels), x.dtype)
 
     @property
@@ -175,9 +173,8 @@ class BatchNormEval(Node):
         return with_activation("batchnorm(eval)", self.clamp)
 
     def forward(self):
-        np.copyto(self.mean, self.running_mean)
-        np.add(self.running_var, self.eps, out=self.invstd, dtype=np.float64)
-        np.sqrt(self.invstd, out=self.invstd)
-        np.divide(1.0, self.invstd, out=self.invstd)
-        fused.batch_norm_act_forward(rows(self.inputs[0].buffer.array), self.mean, self.invstd, self.gamma, self.beta,
-                                     self.clamp, self.coefficients, rows(self.output.buffer.array))
+        x = rows(self.inputs[0].buffer.array)
+        norm.running_coefficients(self.running_mean, self.running_var, float(self.eps), self.gamma, self.beta,
+                                   self.coefficients)
+        norm.normalize_act_forward(x, self.coefficients, *fused.clamp_bounds(self.clamp, x.dtype),
+                                    rows(self.output.buffer.array))

@@ -14,7 +14,7 @@ gradient), workspace.py (scratch layout, partial sums).
 """
 import numpy as np
 
-from .. import elementwise
+from .. import elementwise, norm
 from . import depthwise, direct, few_pixels, gemm, general, pointwise, small
 from .select import Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
 from .tiles import RELU6_CODE
@@ -79,10 +79,13 @@ STORE_RELU6 = frozenset({Variant.DIRECT, Variant.POINTWISE, Variant.FEW_PIXELS, 
 
 
 def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False,
-                   workspace=None, relu6=False):
+                   workspace=None, relu6=False, normalize=None):
     """out[n, oh, ow, co] = bias[co] + sum over taps and the group's input channels of x * weight, then
     max(out, 0) when relu (NaN kept), applied as each output tile is stored; relu6 clamps at 0 and 6 (ReLU6),
-    as the tiles store in the STORE_RELU6 variants, in a pass after the others."""
+    as the tiles store in the STORE_RELU6 variants, in a pass after the others. normalize, when given, is a batch
+    norm's (3, C_out) coefficients of x's dtype (norm.running_coefficients): out = (out - normalize[0]) *
+    normalize[1] + normalize[2] before the clamp, as FEW_PIXELS sums its shares (few_pixels.normalizes), in a pass
+    after (as norm.normalize_act_forward) elsewhere; bit for bit the conv and then that pass."""
     dtype = x.dtype
     _check_geometry(x.shape, weight.shape, out.shape[1:3], stride, dilation, groups)
     _check_out(out, (x.shape[0], out.shape[1], out.shape[2], weight.shape[3]), dtype)
@@ -91,11 +94,33 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         if bias.shape != (weight.shape[3],):
             _guard(False, f"bias shape {bias.shape}")
         bias = _contiguous(bias, dtype)
+    if normalize is not None:
+        if normalize.ndim != 2 or normalize.shape[0] < 3 or normalize.shape[1] != weight.shape[3]:
+            _guard(False, f"normalize shape {normalize.shape}, expected (3, {weight.shape[3]})")
+        normalize = _contiguous(normalize, dtype)
     variant, specs, details = plan(Pass.FORWARD, Geometry(x.shape, weight.shape, out.shape, tuple(stride),
                                                           tuple(padding), tuple(dilation), int(groups)), dtype)
     scratch = carve(workspace, specs)
+    if normalize is not None:
+        lower, upper = dtype.type(0.0 if relu or relu6 else -np.inf), dtype.type(6.0 if relu6 else np.inf)
+        if variant is Variant.FEW_PIXELS and few_pixels.normalizes(scratch):
+            return few_pixels.forward(x, weight, bias, out, stride, padding, dilation, 0, scratch, details,
+                                      (normalize, lower, upper))
+        _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, False, scratch, details)
+        flat = out.reshape(-1, out.shape[3])
+        norm.normalize_act_forward(flat, normalize, lower, upper, flat)
+        return out
     store_relu6 = relu6 and variant in STORE_RELU6
-    relu = RELU6_CODE if store_relu6 else bool(relu or relu6)
+    _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups,
+                     RELU6_CODE if store_relu6 else bool(relu or relu6), scratch, details)
+    if relu6 and not store_relu6:
+        flat = out.reshape(-1)
+        elementwise.hardtanh_forward(flat, dtype.type(0.0), dtype.type(6.0), flat)
+    return out
+
+
+def _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, relu, scratch, details):
+    """The selected variant's forward; relu: False, True or RELU6_CODE (a STORE_RELU6 variant only)."""
     if variant is Variant.WINOGRAD_F4:
         winograd_f4.forward(x, weight, bias, out, padding, relu, scratch, details)
     elif variant is Variant.WINOGRAD_F2:
@@ -116,10 +141,6 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
         depthwise.forward(x, weight, bias, out, stride, padding, dilation, relu)
     else:
         general.forward(x, weight, bias, out, stride, padding, dilation, groups, relu, scratch)
-    if relu6 and not store_relu6:
-        flat = out.reshape(-1)
-        elementwise.hardtanh_forward(flat, dtype.type(0.0), dtype.type(6.0), flat)
-    return out
 
 
 def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,

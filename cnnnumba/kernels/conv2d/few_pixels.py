@@ -10,7 +10,7 @@ of a block of rows while that block is in cache. float32, groups 1, C_out a mult
 """
 import numpy as np
 
-from .._runtime import WORKERS, jit, run_shares, run_slots
+from .._runtime import EXACT_FASTMATH, WORKERS, jit, run_shares, run_slots
 from .tiles import RELU6_CODE, product_tile, run_product_tile
 
 # A weight of at least SHARE_WEIGHT_BYTES, streamed from beyond L2, splits the reduction into REDUCTION_SHARES
@@ -85,10 +85,11 @@ def _share_slot(slot, groups, x, geometry, gather, rows, weight, bias, out, relu
                                  width, width, reduction * channels_out, block, channels_out)
 
 
-@jit
-def _finish_share(slot, slots, partials, bias, relu, out):
-    """Output pixels [share of this slot) of out (P, C_out) = the partials summed in share order + bias, clamped at
-    0 when relu is nonzero and also at 6 when it is RELU6_CODE (NaN kept)."""
+@jit(fastmath=EXACT_FASTMATH)
+def _finish_share(slot, slots, partials, bias, normalize, normalized, lower, upper, out):
+    """Output pixels [share of this slot) of out (P, C_out) = the partials summed in share order + bias, then
+    (normalized nonzero) (value - normalize[0]) * normalize[1] + normalize[2] as norm.normalize_act_forward
+    computes it, then clamped to [lower, upper] (NaN kept)."""
     pixels = out.shape[0]
     for p in range(slot * pixels // slots, (slot + 1) * pixels // slots):
         row = out[p]
@@ -97,11 +98,12 @@ def _finish_share(slot, slots, partials, bias, relu, out):
             for share in range(1, partials.shape[0]):
                 total += partials[share, p, c]
             total += bias[c]
-            if relu != 0:
-                if total < 0:
-                    total = np.float32(0.0)
-                if relu == RELU6_CODE and total > 6:
-                    total = np.float32(6.0)
+            if normalized != 0:
+                total = (total - normalize[0, c]) * normalize[1, c] + normalize[2, c]
+            if total <= lower:
+                total = lower
+            elif total >= upper:
+                total = upper
             row[c] = total
 
 
@@ -110,6 +112,13 @@ def reduction_shares(dtype, weight_shape):
     reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
     weight_bytes = reduction * weight_shape[3] * np.dtype(dtype).itemsize
     return min(REDUCTION_SHARES, reduction) if weight_bytes >= SHARE_WEIGHT_BYTES else 1
+
+
+def normalizes(scratch):
+    """Whether forward, with scratch carved from plan's specs, sums shares (and so applies a batch norm's
+    coefficients as it sums them)."""
+    sums = scratch.get("sums")
+    return sums is not None and sums.shape[0] > 1
 
 
 def plan(dtype, weight_shape, out_shape):
@@ -132,7 +141,9 @@ def plan(dtype, weight_shape, out_shape):
 FINISH_SHARE_ELEMENTS = 16384
 
 
-def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details):
+def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details, normalize=None):
+    """relu: 0, 1 (ReLU) or RELU6_CODE. normalize: None, or (coefficients, lower, upper) for a forward that sums
+    shares (normalizes): the batch norm and the clamp it applies as it sums them (relu then 0)."""
     kind, tile_pixels, tile_channels = details
     batch, out_h, out_w, channels_out = out.shape
     kernel_h, kernel_w = weight.shape[:2]
@@ -163,5 +174,12 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
         return out
     run_slots(_share_slot, shares * groups, groups, x, geometry, int(gather_in_slots), rows, weight, zero_bias, sums,
               0, kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
-    run_shares(_finish_share, flat.size // FINISH_SHARE_ELEMENTS, sums, bias, int(relu), flat)
+    if normalize is None:
+        inf = out.dtype.type(np.inf)
+        lower, upper = (out.dtype.type(0.0) if relu else -inf), (out.dtype.type(6.0) if relu == RELU6_CODE else inf)
+        coefficients = sums[0, :3]  # not read
+    else:
+        coefficients, lower, upper = normalize
+    run_shares(_finish_share, flat.size // FINISH_SHARE_ELEMENTS, sums, bias, coefficients, int(normalize is not None),
+               lower, upper, flat)
     return out

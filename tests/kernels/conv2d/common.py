@@ -8,6 +8,7 @@ import numpy as np
 import cnnnumba as cn
 from cnnnumba import reference, shapes
 from cnnnumba.kernels import conv2d as kernels
+from cnnnumba.kernels import norm
 from tests.helpers import rms_at_least_one
 
 # select() shadows its module's name in the package, so the module (its rules, constants and plan cache) is
@@ -238,3 +239,41 @@ CASES = [ConvCase(*row) for row in [
 # 1x1 kernels without padding whose rows hold whole tiles, outputs past select.TINY_OUTPUT_MAX_PIXELS: every pass
 # runs Variant.POINTWISE
 POINTWISE_CASES = [CASES[i] for i in (24, 27, 28, 29)]
+
+
+def normalized_case_data(case):
+    """Arrays for a normalize test with a NaN input, sums past 6, and a batch norm's coefficients of the case's
+    dtype (running statistics from a seeded generator)."""
+    data = arrays(case)
+    data.x[0, 1, 1, 0] = np.nan
+    data.x[...] *= 3
+    rng = np.random.default_rng(1)
+    coefficients = np.empty((3, case.c_out), case.dtype)
+    norm.running_coefficients(rng.standard_normal(case.c_out).astype(case.dtype),
+                               rng.uniform(0.5, 2.0, case.c_out).astype(case.dtype), 1e-5,
+                               rng.uniform(0.5, 1.5, case.c_out).astype(case.dtype),
+                               rng.standard_normal(case.c_out).astype(case.dtype), coefficients)
+    return data, coefficients
+
+
+def assert_conv_then_normalized(case, data, coefficients, activation, variants=None):
+    """conv2d_forward(normalize=coefficients) with the activation equals the plain conv then
+    norm.normalize_act_forward's pass, bit for bit, in each variant that applies (or those given)."""
+    flags = {"relu": activation == "relu", "relu6": activation == "relu6"}
+    bounds = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0), None: (-np.inf, np.inf)}[activation]
+    ran = []
+    for variant in variants or kernels.Variant:
+        if not select_module.applies(kernels.Pass.FORWARD, variant, case.dtype, case.geometry):
+            continue
+        with forced(variant, "forward"):
+            plain = run_pass("forward", case, data)
+            got = kernels.conv2d_forward(data.x, data.weight, data.bias, np.full_like(plain, np.nan),
+                                         normalize=coefficients, **flags, **case.options)
+        want = plain.reshape(-1, case.c_out).copy()
+        norm.normalize_act_forward(want, coefficients, *(case.dtype.type(b) for b in bounds), want)
+        np.testing.assert_array_equal(got, want.reshape(got.shape), err_msg=variant.name)
+        assert np.isnan(got).any(), variant.name  # NaN kept (every output, where each reads the NaN pixel)
+        assert activation is None or np.isnan(got).all() or (got == 0).any(), variant.name
+        ran.append(variant)
+    assert ran
+    return ran

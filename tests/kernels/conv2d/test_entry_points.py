@@ -9,9 +9,10 @@ from cnnnumba import reference
 from cnnnumba.kernels import conv2d as kernels
 from cnnnumba.kernels.conv2d import Pass, Variant
 from tests.helpers import compare_with_torch, requires_torch, torch
-from tests.kernels.conv2d.common import (CASES, POINTWISE_CASES, ConvCase, arrays, assert_close, case_id,
-                                         check_passes, expected_pass, forced, on_threads, output_like, run_pass,
-                                         select_module, shifted)
+from tests.kernels.conv2d.common import (CASES, POINTWISE_CASES, ConvCase, arrays, assert_close,
+                                         assert_conv_then_normalized, case_id, check_passes, expected_pass, forced,
+                                         normalized_case_data, on_threads, output_like, run_pass, select_module,
+                                         shifted)
 
 DTYPES = [np.float32, np.float64]
 
@@ -138,6 +139,22 @@ def test_forward_relu6_equals_forward_then_clamp_in_every_variant(case):
     want = reference.conv2d_forward(*(a.astype(np.float64) for a in (data.x, data.weight, data.bias)),
                                     np.empty(got.shape), relu6=True, **case.options)
     assert_close(got, want)
+
+
+@pytest.mark.parametrize("case", [CASES[16], ConvCase(1, 5, 5, 32, 64, padding=1), CASES[6].cast(np.float64)],
+                         ids=case_id)
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_forward_normalize_is_the_conv_then_the_batch_norm_pass(case, activation):
+    data, coefficients = normalized_case_data(case)
+    assert_conv_then_normalized(case, data, coefficients, activation)
+
+
+def test_normalize_checks_its_shape():
+    case = CASES[16]
+    data = arrays(case)
+    with pytest.raises(ValueError, match="normalize shape"):
+        kernels.conv2d_forward(data.x, data.weight, data.bias, np.empty(case.out_shape, case.dtype),
+                               normalize=np.ones((3, case.c_out + 1), case.dtype), **case.options)
 
 
 @pytest.mark.parametrize("case", [CASES[16], CASES[0], CASES[0].cast(np.float64), CASES[20], CASES[14], CASES[6]],

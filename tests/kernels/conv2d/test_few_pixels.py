@@ -6,8 +6,9 @@ import pytest
 from cnnnumba.kernels import conv2d as kernels
 from cnnnumba.kernels.conv2d import Pass, Variant, few_pixels, plan, tiles
 from cnnnumba.kernels.conv2d.few_pixels import REDUCTION_BLOCK, REDUCTION_SHARES
-from tests.kernels.conv2d.common import (ConvCase, arrays, assert_close, case_id, check_passes, expected_pass, forced,
-                                         on_threads, run_pass, select_module, shifted)
+from tests.kernels.conv2d.common import (ConvCase, arrays, assert_close, assert_conv_then_normalized, case_id,
+                                         check_passes, expected_pass, forced, normalized_case_data, on_threads,
+                                         run_pass, select_module, shifted)
 
 CASES = [
     ConvCase(1, 2, 2, 512, 512, padding=1),                       # ResNet-18's last stage at 64x64, batch 1
@@ -127,3 +128,16 @@ def test_shares_change_no_bit_with_the_threads(shares_everywhere, case):
     data = arrays(case)
     one, two = on_threads(lambda: run_pass("forward", case, data))
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[0]], ids=case_id)
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+def test_shares_apply_a_batch_norm_as_they_sum(shares_everywhere, case, activation):
+    data, coefficients = normalized_case_data(case)
+    assert few_pixels.normalizes(few_pixels_scratch(case))
+    assert_conv_then_normalized(case, data, coefficients, activation, [Variant.FEW_PIXELS])
+
+
+def few_pixels_scratch(case):
+    specs = plan(Pass.FORWARD, case.geometry, case.dtype).specs
+    return kernels.workspace.carve(None, specs)
