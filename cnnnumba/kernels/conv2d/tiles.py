@@ -94,19 +94,16 @@ def weight_tile(channels_out):
 def product_tile(rows, channels_out):
     """(kind, pixels, channels) of the forward tile for a product of `rows` pixel rows split into strips of output
     channels (few_pixels.py): the tier's product tile for at most its rows where its channels divide channels_out;
-    else, as strips must not overlap (each adds its reduction blocks into out), a tile whose channels divide
-    channels_out: of the broad and wide tiles that do, the one with the most pixels not past `rows` (the fewest
-    passes over a strip of weights), else the one with the fewest; else the narrow tile."""
+    else, as strips must not overlap (each adds its reduction blocks into out), the widest of the broad, wide and
+    narrow tiles whose channels divide channels_out: it reads the most of each weight row per broadcast input
+    (AVX-512's 4 x 64 tile ran 1x7x7 512->512 1.22 ms against the 8 x 32's 1.46, bench/README.md)."""
     if PRODUCT_TILE_PIXELS and rows <= PRODUCT_TILE_MAX_ROWS and channels_out % PRODUCT_TILE_CHANNELS == 0:
         return PRODUCT, PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS
-    fitting = [(pixels, kind, channels) for kind, pixels, channels in
-               ((BROAD, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS), (WIDE, TILE_PIXELS, TILE_CHANNELS))
-               if channels_out % channels == 0]
-    if not fitting:
-        return NARROW, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
-    within = [tile for tile in fitting if tile[0] <= rows]
-    pixels, kind, channels = max(within) if within else min(fitting)
-    return kind, pixels, channels
+    if channels_out % BROAD_TILE_CHANNELS == 0:
+        return BROAD, BROAD_TILE_PIXELS, BROAD_TILE_CHANNELS
+    if channels_out % TILE_CHANNELS == 0:
+        return WIDE, TILE_PIXELS, TILE_CHANNELS
+    return NARROW, NARROW_TILE_PIXELS, NARROW_TILE_CHANNELS
 
 
 def tile_shapes():
