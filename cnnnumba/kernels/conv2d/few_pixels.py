@@ -1,6 +1,7 @@
 """The forward of a tiny output (a few pixels per image) over a batch of at most a few hundred output pixels (the
 last stages of ResNet-18 at 64x64 input, any network's at batch 1): im2col into pixel-major rows, then the register
-tiles of tiles.py over the weight in a few shares of its rows, each share's partial product summed after.
+tiles of tiles.py over strips of output channels, a megabyte weight in a few shares of its rows, each share's
+partial product summed after.
 
 Such a layer is a product of a few rows with a weight of megabytes (ResNet-18's 512-channel 3x3: 9.4 MB for 4
 output pixels at batch 1), so its time is mostly the weight's trip from memory. BLAS packs that weight before
@@ -167,6 +168,8 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
         for share in range(shares):
             _gather_columns(x, geometry, share * reduction // shares, (share + 1) * reduction // shares, rows[share])
     if shares == 1:
+        if normalize is not None:
+            raise ValueError("few_pixels.forward: normalize needs a forward that sums shares (normalizes)")
         run_slots(_share_slot, groups, groups, x, geometry, 0, rows, weight, bias, sums, int(relu), kind,
                   tile_pixels, tile_channels, REDUCTION_BLOCK)
         if padded_sums is not None:
@@ -177,7 +180,7 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
     if normalize is None:
         inf = out.dtype.type(np.inf)
         lower, upper = (out.dtype.type(0.0) if relu else -inf), (out.dtype.type(6.0) if relu == RELU6_CODE else inf)
-        coefficients = sums[0, :3]  # not read
+        coefficients = zero_bias.reshape(1, -1)  # not read
     else:
         coefficients, lower, upper = normalize
     run_shares(_finish_share, flat.size // FINISH_SHARE_ELEMENTS, sums, bias, coefficients, int(normalize is not None),
