@@ -53,14 +53,29 @@ def test_passes_match_the_reference(case, small_jobs, winograd):
 
 
 def test_small_jobs_split_images_unevenly(plan_constant):
-    """The small-jobs runs above really split images: CASES[7]'s 10 x 13 outputs are 5 x 7 = 35 tiles, in jobs of
-    the least a job holds (the widest register tile's rows: 16 on AVX-512, 3 jobs of 11, 12 and 12 tiles), not whole
-    GEMM groups."""
+    """The small-jobs runs above really split images: CASES[7]'s 10 x 13 outputs are 5 x 7 = 35 tiles, shared
+    evenly among the fewest jobs of at most the least a job holds (the widest register tile's rows: 16 on AVX-512,
+    3 jobs of 12), rounded up to whole register tiles of the pass's GEMM rows."""
     plan_constant(winograd_f2, "JOB_BYTES", 1)
     with forced(Variant.WINOGRAD_F2, "forward"):
-        specs, (bands, _) = plan(Pass.FORWARD, CASES[7].geometry, np.float32)[1:]
-    least = tiles.MAX_TILE_PIXELS
-    assert bands == -(-35 // least) and dict((name, shape) for name, shape, _ in specs)["v"][2] >= least
+        specs, (job_tiles, _) = plan(Pass.FORWARD, CASES[7].geometry, np.float32)[1:]
+    even = -(-35 // -(-35 // tiles.MAX_TILE_PIXELS))
+    rows = tiles.forward_tile(CASES[7].c_out)[1]
+    assert job_tiles == -(-even // rows) * rows < 35
+    assert dict((name, shape) for name, shape, _ in specs)["v"][2] >= job_tiles
+
+
+def test_jobs_are_whole_register_tiles_that_cross_images(winograd):
+    """A job's tiles fill whole register tiles of GEMM rows and run on into the next image: 9 x 9 outputs are an odd
+    number of tiles per image (25 for F(2x2), 9 for F(4x4)), which no even job size divides; the passes still
+    match the reference."""
+    case = ConvCase(2, 9, 9, 16, 32, padding=1)
+    _, _, (job_tiles, _) = plan(Pass.FORWARD, case.geometry, np.float32)
+    per_image = 25 if winograd is Variant.WINOGRAD_F2 else 9
+    assert job_tiles % tiles.forward_tile(case.c_out)[1] == 0
+    assert per_image % job_tiles != 0 and job_tiles < case.batch * per_image
+    check_passes(case, names=("forward",), relu=True)
+    check_passes(case, names=("backward_input",))
 
 
 @pytest.mark.parametrize("pads", [(0, 2, 2, 1), (2, 0, 1, 2), (1, 2, 0, 0)])
@@ -122,15 +137,16 @@ def test_a_non_finite_weight_gives_what_the_direct_variant_gives(value, winograd
 
 
 def test_f4_runs_16_and_32_channel_passes_in_place_in_jobs_of_one_register_tile():
-    """The in-place CASES really are: no m scratch, jobs of 16 (16 channels) or 8 (32 channels) tiles; a pass whose
-    channel counts differ keeps m and shares each image's tiles evenly."""
+    """The in-place CASES really are: no m scratch, jobs of one register tile's rows (16 or 8 tiles on AVX-512); a
+    pass whose channel counts differ keeps m."""
     with forced(Variant.WINOGRAD_F4, "forward"):
         for case in (CASES[9], CASES[10], CASES[0]):
             _, specs, details = plan(Pass.FORWARD, case.geometry, np.float32)
             channels_in, channels_out = case.c_in, case.c_out
             _, rows, tile_channels = tiles.forward_tile(channels_out)
             in_place = channels_in == channels_out == tile_channels
-            assert details[2] == (rows if in_place else 0), case
+            if in_place:
+                assert details[0] == rows, case
             assert ("m" in dict((name, shape) for name, shape, _ in specs)) == (not in_place), case
 
 

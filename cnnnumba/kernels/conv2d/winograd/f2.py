@@ -138,23 +138,24 @@ def _fill_patch(x, n, top, left, patch):
 
 
 @jit
-def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, patch, v):
-    """v[:, t] = the transformed 4x4 input patch of tile first_tile + t of image n, for t < tiles; tiles are
+def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, patch, v, row):
+    """v[:, row + t] = the transformed 4x4 input patch of tile first_tile + t of image n, for t < tiles; tiles are
     numbered row-major over a grid tiles_w wide, and tile (th, tw)'s patch starts at input pixel
-    (2 * th - pad_top, 2 * tw - pad_left), zero outside the image. v is (16, >= tiles, C) and patch a (4, 4, C)
-    scratch for tiles at the image's edge; C a multiple of 16."""
+    (2 * th - pad_top, 2 * tw - pad_left), zero outside the image. v is (16, >= row + tiles, C) and patch a
+    (4, 4, C) scratch for tiles at the image's edge; C a multiple of 16."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     row_step, position_step = width * channels, v.shape[1] * channels
     for t in range(tiles):
         tile = first_tile + t
         top = (tile // tiles_w) * TILE - pad_top
         left = (tile % tiles_w) * TILE - pad_left
+        v_offset = (row + t) * channels
         if top >= 0 and left >= 0 and top + PATCH <= height and left + PATCH <= width:
-            _input_tile(x, ((n * height + top) * width + left) * channels, row_step, channels, v, t * channels,
+            _input_tile(x, ((n * height + top) * width + left) * channels, row_step, channels, v, v_offset,
                         position_step, channels)
         else:
             _fill_patch(x, n, top, left, patch)
-            _input_tile(patch, 0, PATCH * channels, channels, v, t * channels, position_step, channels)
+            _input_tile(patch, 0, PATCH * channels, channels, v, v_offset, position_step, channels)
 
 
 @jit
@@ -188,9 +189,9 @@ def transform_weight(weight, u):
 
 @jit
 def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """Jobs first_job..last_job - 1 of _winograd_forward (run by _runtime.jobs.run_jobs): each a band of an
-    image's tiles, in worker's scratch."""
-    pad_top, pad_left, relu, bands = geometry
+    """Jobs first_job..last_job - 1 of _winograd_forward (run by _runtime.jobs.run_jobs): each a run of the batch's
+    tiles, in worker's scratch."""
+    pad_top, pad_left, relu, job_tiles = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
     v, m, patch, row = vs[worker], ms[worker], patches[worker], rows[worker]
@@ -202,11 +203,14 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
     # the tile shapes _forward_rows_jobs picks: tiles of the GEMM rows (Winograd tiles) x output channels
     kind, tile_rows, tile_channels = forward_tile(channels_out)
     for job in range(first_job, last_job):
-        n = job // bands
-        band = job % bands
-        first = band * tiles // bands
-        count = (band + 1) * tiles // bands - first
-        transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, patch, v)
+        start = job * job_tiles
+        count = min(job_tiles, batch * tiles - start)
+        k = 0
+        while k < count:  # the job's tiles, image by image
+            n, tile = (start + k) // tiles, (start + k) % tiles
+            run = min(count - k, tiles - tile)
+            transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v, k)
+            k += run
         # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
         # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
         gemm_rows = max(count, tile_rows)
@@ -223,7 +227,7 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
                                              p * v_step + t * channels_in, channels_in, u, p * u_step + co,
                                              zero_bias, co, one, one, zero, zero, zero, channels_in, channels_out)
         for t in range(count):
-            tile = first + t
+            n, tile = (start + t) // tiles, (start + t) % tiles
             top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
             finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
                                   ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
@@ -249,12 +253,14 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
 def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """out = the 3x3 stride-1 convolution of x (N, H, W, C_in) with weight (3, 3, C_in, C_out) + bias, clamped at
     0 when relu (NaN kept); u (4, 4, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
-    bands): each image's tiles are split into `bands` jobs of consecutive tiles; a job transforms its input tiles
+    job_tiles): the batch's tiles, image by image, are split into jobs of job_tiles consecutive tiles (the last one
+    fewer), which may cross from one image into the next; a job transforms its input tiles
     into v (16, rows, C_in), multiplies them by u position by position into m (4, 4, rows, C_out) and
     transforms those back into out, all in its worker's scratch (vs, ms, patches (4, 4, C_in), rows
     (1, 1, 16, C_out)); weight is read only for tiles whose outputs come out non-finite, recomputed directly."""
-    run_jobs(_forward_jobs, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
-             ms, patches, rows)
+    tiles = tiles_along(out.shape[1]) * tiles_along(out.shape[2])
+    run_jobs(_forward_jobs, -(-x.shape[0] * tiles // geometry[3]), vs.shape[0], x, weight, u, bias, zero_bias, out,
+             geometry, vs, ms, patches, rows)
 
 
 # Bytes of transformed input and products (v and m) one job works on: they stay in L2 (2 MiB a core here) beside
@@ -269,26 +275,34 @@ def _unaliased(rows, channels, dtype):
     return rows + 1 if rows * channels * dtype.itemsize % 4096 == 0 else rows
 
 
+def job_tiles(tiles, per_tile_bytes, channels_out):
+    """Tiles per job of a pass whose images have `tiles` tiles, each taking per_tile_bytes of v and m: an image's
+    tiles shared evenly among the fewest jobs within JOB_BYTES, rounded up to whole register tiles of GEMM rows.
+    Jobs run over the batch's tiles image by image, crossing from one image into the next, so only the batch's
+    last job has a partial register tile (AVX2's 6-row tiles over 16 tiles a job computed 18 rows)."""
+    most = max(MAX_TILE_PIXELS, JOB_BYTES // per_tile_bytes)
+    even = -(-tiles // -(-tiles // most))
+    rows = forward_tile(channels_out)[1]
+    return -(-even // rows) * rows
+
+
 def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
-    """(scratch specs, (bands, slots)) of a Winograd pass whose forward convolution reads x_shape (N, H, W, C_in)
-    and writes out_hw pixels of channels_out channels; flipped: the pass also needs the kernel flipped and
-    transposed in the workspace (the backward-input)."""
+    """(scratch specs, (job_tiles, slots)) of a Winograd pass whose forward convolution reads x_shape
+    (N, H, W, C_in) and writes out_hw pixels of channels_out channels; flipped: the pass also needs the kernel
+    flipped and transposed in the workspace (the backward-input)."""
     batch, channels_in = x_shape[0], x_shape[3]
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
-    per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
-    most = max(MAX_TILE_PIXELS, JOB_BYTES // per_tile)
-    bands = -(-tiles // most)
-    capacity = max(MAX_TILE_PIXELS, -(-tiles // bands))
+    per_job = job_tiles(tiles, POSITIONS * (channels_in + channels_out) * dtype.itemsize, channels_out)
     specs = (("u", (PATCH, PATCH, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
     if flipped:
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
-    per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),
-                ("m", (PATCH, PATCH, _unaliased(capacity, channels_out, dtype), channels_out)),
+    per_slot = (("v", (POSITIONS, _unaliased(per_job, channels_in, dtype), channels_in)),
+                ("m", (PATCH, PATCH, _unaliased(per_job, channels_out, dtype), channels_out)),
                 ("patches", (PATCH, PATCH, channels_in)),
                 ("rows", (1, 1, MAX_TILE_PIXELS, channels_out)))
-    slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
-                         budget)
-    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots)
+    slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs),
+                         -(-batch * tiles // per_job), budget)
+    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (per_job, slots)
 
 
 def fits(dtype, channels_in, channels_out, budget):

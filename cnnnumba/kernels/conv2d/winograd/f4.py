@@ -226,10 +226,11 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
 
 
 @jit
-def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, v):
-    """v[:, t] = the transformed 6x6 input patch of tile first_tile + t of image n, for t < tiles; tiles are
+def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, v, row):
+    """v[:, row + t] = the transformed 6x6 input patch of tile first_tile + t of image n, for t < tiles; tiles are
     numbered row-major over a grid tiles_w wide, and tile (th, tw)'s patch starts at input pixel
-    (4 * th - pad_top, 4 * tw - pad_left), zero outside the image. v is (36, >= tiles, C), C a multiple of 16."""
+    (4 * th - pad_top, 4 * tw - pad_left), zero outside the image. v is (36, >= row + tiles, C), C a multiple of
+    16."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     row_step, position_step = width * channels, v.shape[1] * channels
     for t in range(tiles):
@@ -237,7 +238,7 @@ def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, v
         top = (tile // tiles_w) * TILE - pad_top
         left = (tile % tiles_w) * TILE - pad_left
         _input_tile(x, ((n * height + top) * width + left) * channels, row_step, channels, max(0, -top),
-                    min(PATCH, height - top), max(0, -left), min(PATCH, width - left), v, t * channels,
+                    min(PATCH, height - top), max(0, -left), min(PATCH, width - left), v, (row + t) * channels,
                     position_step, channels)
 
 
@@ -264,9 +265,9 @@ def transform_weight(weight, u):
 
 @jit
 def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
-    """Jobs first_job..last_job - 1 of _winograd_forward (run by _runtime.jobs.run_jobs): each a band of an
-    image's tiles, in worker's scratch."""
-    pad_top, pad_left, relu, bands, band_tiles = geometry
+    """Jobs first_job..last_job - 1 of _winograd_forward (run by _runtime.jobs.run_jobs): each a run of the batch's
+    tiles, in worker's scratch."""
+    pad_top, pad_left, relu, job_tiles = geometry
     batch, channels_in = x.shape[0], x.shape[3]
     out_h, out_w, channels_out = out.shape[1], out.shape[2], out.shape[3]
     v, m, patch, row = vs[worker], ms[worker], patches[worker], rows[worker]
@@ -281,15 +282,14 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
     zero, one, three = np.int64(0), np.int64(1), np.int64(3)
     kind, tile_rows, tile_channels = forward_tile(channels_out)
     for job in range(first_job, last_job):
-        n = job // bands
-        band = job % bands
-        if band_tiles > 0:
-            first = band * band_tiles
-            count = min(band_tiles, tiles - first)
-        else:
-            first = band * tiles // bands
-            count = (band + 1) * tiles // bands - first
-        transform_input_tiles(x, n, first, count, tiles_w, pad_top, pad_left, v)
+        start = job * job_tiles
+        count = min(job_tiles, batch * tiles - start)
+        k = 0
+        while k < count:  # the job's tiles, image by image
+            n, tile = (start + k) // tiles, (start + k) % tiles
+            run = min(count - k, tiles - tile)
+            transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, v, k)
+            k += run
         # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
         # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
         gemm_rows = max(count, tile_rows)
@@ -307,7 +307,7 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
                                              p * u_step + co, zero_bias, co, one, one, zero, zero, zero, channels_in,
                                              channels_out)
         for t in range(count):
-            tile = first + t
+            n, tile = (start + t) // tiles, (start + t) % tiles
             top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
             finite = _output_tile(m, t * channels_out, m_step, bias, relu, out,
                                   ((n * out_h + top) * out_w + left) * channels_out, out_w * channels_out,
@@ -332,13 +332,14 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
 def _winograd_forward(x, weight, u, bias, zero_bias, out, geometry, vs, ms, patches, rows):
     """out = the 3x3 stride-1 convolution of x (N, H, W, C_in) with weight (3, 3, C_in, C_out) + bias, clamped at
     0 when relu (NaN kept); u (36, C_in, C_out) is weight transformed. geometry is (pad_top, pad_left, relu,
-    bands, band_tiles): each image's tiles are split into `bands` jobs of consecutive tiles, band_tiles each (the
-    last one fewer), or as evenly as they go when band_tiles is 0; a job transforms its input tiles into v
+    job_tiles): the batch's tiles, image by image, are split into jobs of job_tiles consecutive tiles (the last one
+    fewer), which may cross from one image into the next; a job transforms its input tiles into v
     (36, rows, C_in), multiplies them by u position by position into m (36, rows, C_out) and transforms those back
     into out, all in its worker's scratch (vs, ms, patches (6, 6, C_in), rows (1, 1, 16, C_out)). ms may be vs
     itself when each position's products are one register tile (see plan)."""
-    run_jobs(_forward_jobs, x.shape[0] * geometry[3], vs.shape[0], x, weight, u, bias, zero_bias, out, geometry, vs,
-             ms, patches, rows)
+    tiles = tiles_along(out.shape[1]) * tiles_along(out.shape[2])
+    run_jobs(_forward_jobs, -(-x.shape[0] * tiles // geometry[3]), vs.shape[0], x, weight, u, bias, zero_bias, out,
+             geometry, vs, ms, patches, rows)
 
 
 def in_place(channels_in, channels_out):
@@ -348,33 +349,29 @@ def in_place(channels_in, channels_out):
 
 
 def plan(dtype, x_shape, channels_out, out_hw, budget, flipped):
-    """(scratch specs, (bands, slots, band_tiles)) of an F(4x4) pass whose forward convolution reads x_shape
+    """(scratch specs, (job_tiles, slots)) of an F(4x4) pass whose forward convolution reads x_shape
     (N, H, W, C_in) and writes out_hw pixels of channels_out channels; flipped: the pass also needs the kernel
     flipped and transposed in the workspace (the backward-input). In place (16 or 32 channels in and out), a job
-    is one register tile of rows (16 or 8 tiles): its v, 36 KiB, stays in L1 from the input transform through
-    the GEMMs (which overwrite it) to the output transform; otherwise jobs share each image's tiles evenly, their
+    is one register tile of rows (16 or 8 tiles on AVX-512): its v, 36 KiB, stays in L1 from the input transform
+    through the GEMMs (which overwrite it) to the output transform; otherwise jobs as f2.job_tiles makes them, their
     v and m within f2.JOB_BYTES (L2)."""
     batch, channels_in = x_shape[0], x_shape[3]
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1])
     shared = in_place(channels_in, channels_out)
     if shared:
-        band_tiles = capacity = forward_tile(channels_out)[1]
-        bands = -(-tiles // band_tiles)
+        per_job = forward_tile(channels_out)[1]
     else:
-        per_tile = POSITIONS * (channels_in + channels_out) * dtype.itemsize
-        most = max(MAX_TILE_PIXELS, f2.JOB_BYTES // per_tile)
-        bands, band_tiles = -(-tiles // most), 0
-        capacity = max(MAX_TILE_PIXELS, -(-tiles // bands))
+        per_job = f2.job_tiles(tiles, POSITIONS * (channels_in + channels_out) * dtype.itemsize, channels_out)
     specs = (("u", (POSITIONS, channels_in, channels_out), dtype), ("zero_bias", (channels_out,), dtype))
     if flipped:
         specs += (("flipped", (3, 3, channels_in, channels_out), dtype),)
-    per_slot = (("v", (POSITIONS, _unaliased(capacity, channels_in, dtype), channels_in)),)
+    per_slot = (("v", (POSITIONS, _unaliased(per_job, channels_in, dtype), channels_in)),)
     if not shared:
-        per_slot += (("m", (POSITIONS, _unaliased(capacity, channels_out, dtype), channels_out)),)
+        per_slot += (("m", (POSITIONS, _unaliased(per_job, channels_out, dtype), channels_out)),)
     per_slot += (("patches", (PATCH, PATCH, channels_in)), ("rows", (1, 1, MAX_TILE_PIXELS, channels_out)))
-    slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs), batch * bands,
-                         budget)
-    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (bands, slots, band_tiles)
+    slots = slots_within(sum(spec_bytes(shape, dtype) for _, shape in per_slot), specs_bytes(specs),
+                         -(-batch * tiles // per_job), budget)
+    return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (per_job, slots)
 
 
 def fits(dtype, channels_in, channels_out, budget):
@@ -390,7 +387,7 @@ def forward(x, weight, bias, out, padding, relu, scratch, details):
     zero_bias[...] = 0.0
     transform_weight(weight, u)
     _winograd_forward(x, weight, u, zero_bias if bias is None else bias, zero_bias, out,
-                      (int(padding[0]), int(padding[1]), 1 if relu else 0, details[0], details[2]), scratch["v"],
+                      (int(padding[0]), int(padding[1]), 1 if relu else 0, details[0]), scratch["v"],
                       scratch.get("m", scratch["v"]), scratch["patches"], scratch["rows"])
     return out
 
@@ -402,7 +399,7 @@ def backward_input(grad_out, weight, out, padding, scratch, details):
     zero_bias[...] = 0.0
     flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
     transform_weight(flipped, u)
-    geometry = (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0], details[2])
+    geometry = (2 - int(padding[0]), 2 - int(padding[1]), 0, details[0])
     _winograd_forward(grad_out, flipped, u, zero_bias, zero_bias, out, geometry, scratch["v"],
                       scratch.get("m", scratch["v"]), scratch["patches"], scratch["rows"])
     return out

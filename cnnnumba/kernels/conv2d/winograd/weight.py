@@ -29,13 +29,13 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budge
     if chunks > 1:
         specs += (("summed", partial, dtype),)
     capacity = min(JOB_TILES, total) + 1
-    per_slot = (spec_bytes((positions + 1, capacity, channels_in), dtype)
+    per_slot = (spec_bytes((positions, capacity, channels_in), dtype)
                 + spec_bytes((positions * capacity * channels_out,), dtype)
                 + spec_bytes((PATCH, PATCH, channels_in), dtype))
     slots = slots_within(per_slot, specs_bytes(specs), chunks, budget)
     if specs_bytes(specs) + slots * per_slot > budget:
         return None
-    specs += (("vs", (slots, positions + 1, capacity, channels_in), dtype),
+    specs += (("vs", (slots, positions, capacity, channels_in), dtype),
               ("zs", (slots, positions * capacity * channels_out), dtype),
               ("patches", (slots, PATCH, PATCH, channels_in), dtype))
     return specs, (padding[0], padding[1], tiles_w, tiles_per_image, tile)

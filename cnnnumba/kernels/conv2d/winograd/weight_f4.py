@@ -108,7 +108,6 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
     job_tiles = capacity - 1
     kind, tile_rows, tile_channels = weight_tile(channels_out)
     v_slot, z = vs[worker], zs[worker]
-    v_flat = v_slot.reshape(-1)
     v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
@@ -122,11 +121,7 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
             while k < count:  # the job's tiles, image by image
                 n, tile = (start + k) // tiles_per_image, (start + k) % tiles_per_image
                 run = min(count - k, tiles_per_image - tile)
-                # transform_input_tiles writes from tile 0 of the v it is given: a view starting k tiles in, with
-                # v_slot's position step (v_slot has a 37th position of room for it)
-                v = v_flat[k * channels_in:k * channels_in + POSITIONS * v_position_step].reshape(
-                    POSITIONS, capacity, channels_in)
-                transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, v)
+                transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, v_slot, k)
                 transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
                 k += run
             for p in range(POSITIONS):
@@ -140,6 +135,6 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
 
 def weight_gradient(x, grad_out, partials, vs, zs, geometry):
     """partials[chunk] (6, 6, C_in, C_out) = the chunk's tiles' products V[p]^T Z[p], each chunk's tiles in order.
-    vs (slots, 37, tiles per job + 1, C_in) and zs (slots, 36 * (tiles per job + 1) * C_out) are the slots'
+    vs (slots, 36, tiles per job + 1, C_in) and zs (slots, 36 * (tiles per job + 1) * C_out) are the slots'
     scratch; geometry starts (pad_top, pad_left, tiles_w, tiles per image)."""
     run_jobs(_weight_chunks, partials.shape[0], vs.shape[0], x, grad_out, partials, vs, zs, geometry)
