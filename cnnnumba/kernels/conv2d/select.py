@@ -54,6 +54,14 @@ CHANNEL_TILE_MIN = 12
 # Input channels (the per-position GEMMs' reduction) up to which Winograd takes F(4x4) rather than F(2x2): its
 # error grows with the reduction, and past 32 channels it left the 2e-4 tolerance every conv path is held to.
 WINOGRAD_F4_MAX_REDUCTION = 32
+# The weight gradient sums over the batch's tiles, not channels: its F(4x4) error hardly grows with them (largest
+# error over the RMS of dW, batch 64, standard-normal data: 1.73e-5 at 32 channels, 1.74e-5 at 64, 2.44e-5 at
+# 128, half to three quarters of the tests' tolerance; F(2x2) 3-4e-6). Its partials of 36 positions cost 2.25x
+# F(2x2)'s per chunk against 0.56x the products, so past 32 channels it takes F(4x4) where the batch has at least
+# this many output pixels, up to this many channels: 0.69-0.95x F(2x2)'s time there on AVX2 and AVX-512; at 4096
+# pixels 0.96-1.22x, at 256 channels 1.6-1.9x (bench/README.md).
+WINOGRAD_F4_WEIGHT_MIN_PIXELS = 8192
+WINOGRAD_F4_WEIGHT_MAX_CHANNELS = 128
 
 
 # 16-channel rows narrower than this take the few-channel kernels on every tier, though AVX2's 6-pixel tiles fit
@@ -173,6 +181,14 @@ def winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
 def winograd_f4_suits(channels_reduced):
     """Whether F(4x4) keeps within the tolerance for a pass reducing over this many channels."""
     return channels_reduced <= WINOGRAD_F4_MAX_REDUCTION
+
+
+def winograd_f4_weight_suits(channels_in, channels_out, batch_pixels):
+    """Whether the weight gradient of a layer with these channels over batch_pixels output pixels takes F(4x4)."""
+    if winograd_f4_suits(channels_in) and winograd_f4_suits(channels_out):
+        return True
+    return (max(channels_in, channels_out) <= WINOGRAD_F4_WEIGHT_MAX_CHANNELS
+            and batch_pixels >= WINOGRAD_F4_WEIGHT_MIN_PIXELS)
 
 
 def pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups):
@@ -316,7 +332,7 @@ def _select_backward_weight(dtype, geometry, budget, machine):
                 and direct.weight_columns_fit(dtype, weight_shape, budget, machine):
             return Variant.DIRECT_COLUMNS
         if winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
-            use_f4 = winograd_f4_suits(channels_in) and winograd_f4_suits(channels_out)
+            use_f4 = winograd_f4_weight_suits(channels_in, channels_out, out_shape[0] * out_shape[1] * out_shape[2])
             if winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget,
                                                     use_f4) is not None:
                 return Variant.WINOGRAD_F4 if use_f4 else Variant.WINOGRAD_F2

@@ -26,6 +26,10 @@ LAYERS = {  # batch 4; the models' layers at their input sizes
     "cifar-cnn 3->32 @32": ConvCase(4, 32, 32, 3, 32, padding=1),
     "cifar-cnn 32->64 @16": ConvCase(4, 16, 16, 32, 64, padding=1),
     "cifar-cnn 64->64 @16": ConvCase(4, 16, 16, 64, 64, padding=1),
+    "cifar-cnn b64 64->64 @16": ConvCase(64, 16, 16, 64, 64, padding=1),
+    "cifar-cnn b64 64->128 @8": ConvCase(64, 8, 8, 64, 128, padding=1),
+    "resnet18 224 b16 128->128 @28": ConvCase(16, 28, 28, 128, 128, padding=1),
+    "resnet18 224 b32 256->256 @14": ConvCase(32, 14, 14, 256, 256, padding=1),
     "lenet5 1->6 @28": ConvCase(4, 28, 28, 1, 6, kernel=5, padding=2),
     "lenet5 6->16 @14": ConvCase(4, 14, 14, 6, 16, kernel=5),
     "resnet18 256->256 @4": ConvCase(4, 4, 4, 256, 256, padding=1),
@@ -72,6 +76,11 @@ TABLE = [
     # F(4x4) while the pass's reduction is at most 32 channels: C_in forward, C_out backward-input
     (F, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4), (BI, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F2),
     (BW, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F2), (BW, "cifar-cnn 64->64 @16", None, V.WINOGRAD_F2),
+    # the weight gradient past 32 channels: F(4x4) from select.WINOGRAD_F4_WEIGHT_MIN_PIXELS (8192) output pixels
+    # in the batch, up to 128 channels
+    (BW, "cifar-cnn b64 64->64 @16", None, V.WINOGRAD_F4), (BW, "cifar-cnn b64 64->128 @8", None, V.WINOGRAD_F2),
+    (BI, "cifar-cnn b64 64->64 @16", None, V.WINOGRAD_F2), (BW, "resnet18 224 b16 128->128 @28", None, V.WINOGRAD_F4),
+    (BW, "resnet18 224 b32 256->256 @14", None, V.WINOGRAD_F2),
     (F, "resnet20 1x1 16->32 s2", None, V.POINTWISE), (BI, "resnet20 1x1 16->32 s2", None, V.POINTWISE),
     (BW, "resnet20 1x1 16->32 s2", None, V.POINTWISE),
     (F, "1x1 16->32 @8", None, V.POINTWISE), (BI, "1x1 16->32 @8", None, {"avx512": V.GEMM, "avx2": V.POINTWISE}),
