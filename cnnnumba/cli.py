@@ -274,7 +274,8 @@ def run_info():
     print("register tiles: forward " + ", ".join(f"{p}x{c}" for p, c in shapes["forward"])
           + "; weight gradient " + ", ".join(f"{r}x{c}" for r, c in shapes["weight"])
           + f"; few-channel {shapes['few-channel'][0][0]} pixels"
-          + "".join(f"; few-pixel products {p}x{c}" for p, c in shapes["product"]))
+          + "".join(f"; few-pixel products {p}x{c}" for p, c in shapes["product"])
+          + "".join(f"; short rows {p}x{c}" for p, c in shapes["short row"]))
     print(f"numba cache: {cache}")
     return 0
 

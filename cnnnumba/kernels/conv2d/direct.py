@@ -10,7 +10,7 @@ from numba.extending import intrinsic
 
 from .._runtime import jit, run_jobs, run_slots
 from .._runtime.vector import LANES, element_pointer, lane_mask, load_vector, masked_load, masked_store, store_vector
-from .tiles import forward_tile, run_forward_tile, run_weight_tile, weight_tile, weight_tile_rows
+from .tiles import forward_row_tile, forward_tile, run_row_tile, run_weight_tile, weight_tile, weight_tile_rows
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
                         sum_partials)
 
@@ -99,8 +99,8 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
     x_tap_h_step = dilation_h * frame_w * channels
     x_tap_w_step = dilation_w * channels
     weight_tap_step = reduction * channels_out
-    overwrite = np.int64(0)  # not a literal 0: that would compile a second run_forward_tile signature
-    kind, tile_pixels, tile_channels = forward_tile(channels_out)
+    overwrite = np.int64(0)  # not a literal 0: that would compile a second run_row_tile signature
+    kind, tile_pixels, tile_channels = forward_row_tile(channels_out, out_w)
     tiles = -(-channels_out // tile_channels)
     for job in range(first_job, last_job):
         band, split = job // channel_splits, job % channel_splits
@@ -124,18 +124,18 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
                     x_row = (oh - first) * x_row_step + r
                     out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
                     for ow in range(0, whole_w, tile_pixels):
-                        run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, final,
-                                          strip, x_row + ow * x_pixel_step, x_pixel_step, weight,
-                                          r * channels_out + co, bias, co, kernel_h, kernel_w, x_tap_h_step,
-                                          x_tap_w_step, weight_tap_step, block, channels_out)
+                        run_row_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, final, strip,
+                                     x_row + ow * x_pixel_step, x_pixel_step, weight, r * channels_out + co, bias, co,
+                                     kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, block,
+                                     channels_out)
             if whole_w < out_w:
                 ow = out_w - tile_pixels
                 for oh in range(first, last):
                     out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                    run_forward_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, overwrite, relu,
-                                      strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight,
-                                      co, bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
-                                      weight_tap_step, reduction, channels_out)
+                    run_row_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, overwrite, relu,
+                                 strip, (oh - first) * x_row_step + ow * x_pixel_step, x_pixel_step, weight, co,
+                                 bias, co, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
+                                 reduction, channels_out)
 
 
 def _forward_rows(x, weight, bias, out, strips, geometry, relu, channel_splits=1):

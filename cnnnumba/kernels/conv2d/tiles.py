@@ -28,23 +28,28 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_fun
 # (forward and input gradient: one weight load per that many input loads and FMAs), and `depthwise_sums` running
 # sums of one weight-gradient tap (independent FMA chains, each waiting on its own last result). `product`, where a
 # tier has one: ((pixels, vectors), most rows) of the tile few_pixels.py runs for products of at most that many
-# rows.
+# rows. `short`, where a tier has one: (pixels, vectors) of a forward tile of fewer pixels that the direct forward
+# runs along rows its forward tiles would cover with more overlap (forward_row_tile).
 TIER_TILES = {
     # 32 zmm: 16 accumulators; broad tiles (4 x 64: 4 weight loads and 4 broadcasts per 16 FMAs, against 2 and 8)
     # from 64 output channels, wide (8 x 32) from 32, narrow (16 x 16) for 16-channel layers
     "avx512": {"forward": ((4, 4), (8, 2), (16, 1)), "weight": ((4, 4), (8, 2), (16, 1)), "few_channel": (2, 8),
                "row_images": 8, "row_weight_rows": 15, "depthwise_pixels": 8, "depthwise_sums": 4,
-               "product": None},  # the broad tile already reads 4 cache lines of a weight row
+               "product": None,  # the broad tile already reads 4 cache lines of a weight row
+               "short": None},
     # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
     # kernels are 6 x 16 too); a weight gradient's input channels must divide 16, so 4 x 16 (8 accumulators)
     "avx2": {"forward": ((6, 1),) * 3, "weight": ((4, 1),) * 3, "few_channel": (1, 6), "row_images": 4,
              "row_weight_rows": 6, "depthwise_pixels": 4, "depthwise_sums": 4,
              # a few rows times a weight streamed from memory: 2 x 32 reads 2 lines of each weight row per strip
              # where 6 x 16 reads 1 (1x2x2 512->512: 0.35 against 0.53 ms; a tie from 32 rows, bench/README.md)
-             "product": ((2, 2), 32)},
+             "product": ((2, 2), 32),
+             # 8 accumulators, as many FMAs as 2 ports x 4 cycles keep in flight: on 8-pixel rows, which the 6-pixel
+             # tiles cover computing 12, 1x8x8 128->128 ran 0.13-0.14 ms against 0.17-0.18 (bench/README.md)
+             "short": (4, 1)},
     # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 2 x 16 is 8 accumulators and 4 loads
     "sse": {"forward": ((2, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 2), "row_images": 2,
-            "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2, "product": None},
+            "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2, "product": None, "short": None},
 }
 _TIER_TABLE = {"avx512": "avx512", "avx2": "avx2", "avx": "avx2", "neon": "avx2", "sse": "sse", "generic": "sse"}
 TILES = TIER_TILES[_TIER_TABLE[target_machine().tier]]
@@ -56,6 +61,8 @@ BROAD_WEIGHT_TILE_CHANNELS, WEIGHT_TILE_CHANNELS, NARROW_WEIGHT_TILE_CHANNELS = 
     _broad * LANES, _wide * LANES, _narrow * LANES)
 (PRODUCT_TILE_PIXELS, _product), PRODUCT_TILE_MAX_ROWS = TILES["product"] or ((0, 0), 0)
 PRODUCT_TILE_CHANNELS = _product * LANES
+SHORT_TILE_PIXELS, _short = TILES["short"] or (0, 0)
+SHORT_TILE_CHANNELS = _short * LANES
 # The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
@@ -67,6 +74,7 @@ RELU6_CODE = 2
 # The tile-kind rules, one per pass kind; kinds number the tiles run_forward_tile and run_weight_tile run.
 BROAD, WIDE, NARROW = 2, 1, 0
 PRODUCT = 3  # TILES["product"], run by run_product_tile only
+SHORT = 4  # TILES["short"], run by run_row_tile only
 
 
 @jit
@@ -91,6 +99,20 @@ def weight_tile(channels_out):
     return NARROW, NARROW_WEIGHT_TILE_ROWS, NARROW_WEIGHT_TILE_CHANNELS
 
 
+@jit
+def forward_row_tile(channels_out, width):
+    """(kind, pixels, channels) of the forward tile the direct and 1x1 forwards run along rows of `width` output
+    pixels: forward_tile's, or the tier's short tile where it covers the row computing at most 7/8 of the pixels
+    (an edge tile overlaps its neighbour: AVX2's 6-pixel tiles compute 12 pixels of an 8-pixel row, its 4-pixel ones
+    8). Below that saving the short tile's extra loads per FMA cost more than the overlap: 112-pixel rows (114 against
+    112 computed) ran 1.12x slower on it, 16- and 32-pixel rows level (bench/README.md)."""
+    kind, pixels, channels = forward_tile(channels_out)
+    if SHORT_TILE_PIXELS and channels == SHORT_TILE_CHANNELS and width >= SHORT_TILE_PIXELS \
+            and 8 * -(-width // SHORT_TILE_PIXELS) * SHORT_TILE_PIXELS <= 7 * -(-width // pixels) * pixels:
+        return SHORT, SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS
+    return kind, pixels, channels
+
+
 def product_tile(rows, channels_out):
     """(kind, pixels, channels) of the forward tile for a product of `rows` pixel rows split into strips of output
     channels (few_pixels.py): the tier's product tile for at most its rows where its channels divide channels_out;
@@ -113,7 +135,8 @@ def tile_shapes():
             "weight": [(BROAD_WEIGHT_TILE_ROWS, BROAD_WEIGHT_TILE_CHANNELS), (WEIGHT_TILE_ROWS, WEIGHT_TILE_CHANNELS),
                        (NARROW_WEIGHT_TILE_ROWS, NARROW_WEIGHT_TILE_CHANNELS)],
             "few-channel": [(PIXEL_TILE_PIXELS, PIXEL_TILE_OUTPUTS)],
-            "product": [(PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS)] if PRODUCT_TILE_PIXELS else []}
+            "product": [(PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS)] if PRODUCT_TILE_PIXELS else [],
+            "short row": [(SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS)] if SHORT_TILE_PIXELS else []}
 
 
 def tiles_of(machine=None):
@@ -319,6 +342,36 @@ def run_product_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x,
         run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                          weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                          weight_tap_step, channels_in, channels_out)
+
+
+# run_row_tile: the forward tile of a kind forward_row_tile returns, on a tier without a short tile run_forward_tile
+# itself. It dispatches every kind on its own, as run_forward_tile does: calling run_forward_tile from it put a
+# second call around every tile, and 6-pixel tiles over 16-32 input channels ran 1.1-1.4x slower for it.
+if SHORT_TILE_PIXELS:
+    _forward_tile_short = _make_forward_tile(*TILES["short"])
+
+    @jit
+    def run_row_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                     weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                     weight_tap_step, channels_in, channels_out):
+        if kind == SHORT:
+            _forward_tile_short(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                                weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                                weight_tap_step, channels_in, channels_out)
+        elif kind == BROAD:
+            _forward_tile_broad(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                                weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                                weight_tap_step, channels_in, channels_out)
+        elif kind == WIDE:
+            _forward_tile_wide(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                               weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                               weight_tap_step, channels_in, channels_out)
+        else:
+            _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
+                                 weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
+                                 weight_tap_step, channels_in, channels_out)
+else:
+    run_row_tile = run_forward_tile
 
 
 @jit

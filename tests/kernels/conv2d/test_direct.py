@@ -6,7 +6,7 @@ import pytest
 
 from cnnnumba.kernels._runtime.machine import target_machine
 
-from cnnnumba.kernels.conv2d import Pass, Variant, direct, plan, workspace
+from cnnnumba.kernels.conv2d import Pass, Variant, direct, plan, tiles, workspace
 from tests.kernels.conv2d.common import (CASES, ConvCase, arrays, assert_close, case_id, check_passes,
                                          expected_pass, forced, on_threads, run_pass, select_module)
 
@@ -53,6 +53,38 @@ def test_forced_direct_matches_the_reference(index):
     with forced(Variant.DIRECT, *names):
         check_passes(case, names=names)
         check_passes(case, names=("forward",) if "forward" in names else (), bias=False, relu=True)
+
+
+# Rows of 7 and 8 output pixels (AVX2 runs its 4-pixel short tile along them), 3x3 and stride 2 (the strided input
+# gradient's phase rows too), 48 channels (the last channel tile overlaps), and a 1x1 layer on the 1x1 rows
+SHORT_ROW_CASES = [ConvCase(2, 8, 8, 32, 48, padding=1), ConvCase(2, 7, 7, 16, 64, padding=1),
+                   ConvCase(2, 15, 16, 16, 64, stride=2, padding=1), ConvCase(3, 16, 16, 16, 64, kernel=1, stride=2)]
+
+
+def test_rows_take_the_short_tile_only_where_it_saves_an_eighth():
+    """AVX2's 4-pixel tile along rows its 6-pixel tiles would cover computing a third more (7 and 8 pixels: 12), not
+    where the overlap is smaller (16 pixels: 18, 112: 114); tiers without a short tile keep forward_tile's."""
+    for channels in (16, 64):
+        for width in (7, 8, 16, 20, 112):
+            kind, pixels, tile_channels = tiles.forward_row_tile(channels, width)
+            if target_machine().tier == "avx2":
+                assert (kind == tiles.SHORT) == (width in (7, 8, 20)), (channels, width)
+                assert pixels == (4 if width in (7, 8, 20) else 6) and tile_channels == 16
+            else:
+                assert (kind, pixels, tile_channels) == tuple(tiles.forward_tile(channels)), (channels, width)
+
+
+@pytest.mark.parametrize("case", SHORT_ROW_CASES, ids=case_id)
+def test_short_rows_match_the_reference(case, small_reduction_blocks):
+    """The row kernels with the short tile where the tier has one, with reduction blocks of 8 (the later blocks add
+    into out) and the ReLU on the last."""
+    variant = Variant.POINTWISE if case.kernel == (1, 1) else Variant.DIRECT
+    names = [PASS_NAMES[p] for p in (Pass.FORWARD, Pass.BACKWARD_INPUT)
+             if select_module.applies(p, variant, np.float32, case.geometry)]
+    assert "forward" in names
+    with forced(variant, *names):
+        check_passes(case, names=names)
+        check_passes(case, names=("forward",), bias=False, relu=True)
 
 
 @pytest.mark.parametrize("case", [CASES[i] for i in (11, 16, 21, 23, 26)], ids=case_id)
