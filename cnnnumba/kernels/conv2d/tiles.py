@@ -309,7 +309,10 @@ _weight_tile_broad, _weight_tile_wide, _weight_tile_narrow = (_make_weight_tile(
 _forward_tile_product = _make_forward_tile(*(TILES["product"] or TILES["forward"][:1])[0])
 
 
-@jit
+# The tile dispatchers are inlined into their callers: a call passes each array as its fields, some 60 values
+# through the stack, for every tile; 1x1 layers of 16-32 input channels ran 1.3-1.4x slower called than inlined
+# (AVX2), 3x3 ones 1.1x (bench/README.md).
+@jit(inline="always")
 def run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                       weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step,
                       channels_in, channels_out):
@@ -345,12 +348,11 @@ def run_product_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x,
 
 
 # run_row_tile: the forward tile of a kind forward_row_tile returns, on a tier without a short tile run_forward_tile
-# itself. It dispatches every kind on its own, as run_forward_tile does: calling run_forward_tile from it put a
-# second call around every tile, and 6-pixel tiles over 16-32 input channels ran 1.1-1.4x slower for it.
+# itself.
 if SHORT_TILE_PIXELS:
     _forward_tile_short = _make_forward_tile(*TILES["short"])
 
-    @jit
+    @jit(inline="always")
     def run_row_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                      weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                      weight_tap_step, channels_in, channels_out):
@@ -358,23 +360,15 @@ if SHORT_TILE_PIXELS:
             _forward_tile_short(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
                                 weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
                                 weight_tap_step, channels_in, channels_out)
-        elif kind == BROAD:
-            _forward_tile_broad(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
-                                weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
-                                weight_tap_step, channels_in, channels_out)
-        elif kind == WIDE:
-            _forward_tile_wide(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
-                               weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
-                               weight_tap_step, channels_in, channels_out)
         else:
-            _forward_tile_narrow(out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step, weight,
-                                 weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step, x_tap_w_step,
-                                 weight_tap_step, channels_in, channels_out)
+            run_forward_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x, x_offset, x_pixel_step,
+                             weight, weight_offset, bias, bias_offset, kernel_h, kernel_w, x_tap_h_step,
+                             x_tap_w_step, weight_tap_step, channels_in, channels_out)
 else:
     run_row_tile = run_forward_tile
 
 
-@jit
+@jit(inline="always")
 def run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                      grad_out_offset, grad_out_row_step, rows, columns, channels_out):
     """The weight-gradient tile of the given kind (weight_tile)."""
