@@ -22,8 +22,19 @@ from .tiles import RELU6_CODE, product_tile, run_product_tile
 # extra pass cost more than they saved (MobileNetV2's 1x1 layers at 2x2 and 4x4).
 REDUCTION_SHARES = 2
 SHARE_WEIGHT_BYTES = 2 << 20
-# Weight rows per block of a share: every pixel tile reuses a strip's block from cache.
+# Weight rows per block of a share: every pixel tile reuses a strip's block from cache. Products of at most
+# FEW_ROWS pixel rows, where a block serves one or two tiles, take blocks of FEW_ROWS_REDUCTION_BLOCK: read strip by
+# strip, a smaller block is streamed from memory sooner (1x2x2 512->512 with the weight out of cache, 128 / 64 rows:
+# 0.64-0.73 / 0.44-0.53 ms on AVX-512, 0.68-0.80 / 0.45-0.49 on AVX2; from 49 rows a tie, at 196 64 rows 1.03x
+# slower, bench/README.md).
 REDUCTION_BLOCK = 128
+FEW_ROWS = 8
+FEW_ROWS_REDUCTION_BLOCK = 64
+
+
+def reduction_block(pixels):
+    """Weight rows per block of a product of `pixels` rows."""
+    return FEW_ROWS_REDUCTION_BLOCK if pixels <= FEW_ROWS else REDUCTION_BLOCK
 
 
 @jit
@@ -171,12 +182,12 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, deta
         if normalize is not None:
             raise ValueError("few_pixels.forward: normalize needs a forward that sums shares (normalizes)")
         run_slots(_share_slot, groups, groups, x, geometry, 0, rows, weight, bias, sums, int(relu), kind,
-                  tile_pixels, tile_channels, REDUCTION_BLOCK)
+                  tile_pixels, tile_channels, reduction_block(flat.shape[0]))
         if padded_sums is not None:
             flat[...] = padded_sums[0, :flat.shape[0]]
         return out
     run_slots(_share_slot, shares * groups, groups, x, geometry, int(gather_in_slots), rows, weight, zero_bias, sums,
-              0, kind, tile_pixels, tile_channels, REDUCTION_BLOCK)
+              0, kind, tile_pixels, tile_channels, reduction_block(flat.shape[0]))
     if normalize is None:
         inf = out.dtype.type(np.inf)
         lower, upper = (out.dtype.type(0.0) if relu else -inf), (out.dtype.type(6.0) if relu == RELU6_CODE else inf)

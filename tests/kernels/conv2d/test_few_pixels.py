@@ -5,7 +5,7 @@ import pytest
 
 from cnnnumba.kernels import conv2d as kernels
 from cnnnumba.kernels.conv2d import Pass, Variant, few_pixels, plan, tiles
-from cnnnumba.kernels.conv2d.few_pixels import REDUCTION_BLOCK, REDUCTION_SHARES
+from cnnnumba.kernels.conv2d.few_pixels import REDUCTION_SHARES, reduction_block
 from tests.kernels.conv2d.common import (ConvCase, arrays, assert_close, assert_conv_then_normalized, case_id,
                                          check_passes, expected_pass, forced, normalized_case_data, on_threads,
                                          run_pass, select_module, shifted)
@@ -21,7 +21,9 @@ CASES = [
 
 
 def test_the_cases_select_few_pixels_in_float32_only():
-    assert REDUCTION_BLOCK < 3 * 3 * 32 // REDUCTION_SHARES  # CASES[1] runs in two blocks, also in shares
+    assert reduction_block(25) < 3 * 3 * 32 // REDUCTION_SHARES  # CASES[1] runs in two blocks, also in shares
+    # CASES[0] (4 pixels) in blocks of FEW_ROWS_REDUCTION_BLOCK rows, several in each of its two shares
+    assert reduction_block(4) < reduction_block(25) and 3 * 3 * 512 // REDUCTION_SHARES > 2 * reduction_block(4)
     for case in CASES:
         assert case.out_shape[0] * case.out_shape[1] * case.out_shape[2] <= select_module.FEW_PIXELS_MAX, case
         assert case.selected("forward") is Variant.FEW_PIXELS, case
