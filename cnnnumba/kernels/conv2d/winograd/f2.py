@@ -138,18 +138,18 @@ def _fill_patch(x, n, top, left, patch):
 
 
 @jit
-def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, patch, v, row):
-    """v[:, row + t] = the transformed 4x4 input patch of tile first_tile + t of image n, for t < tiles; tiles are
-    numbered row-major over a grid tiles_w wide, and tile (th, tw)'s patch starts at input pixel
-    (2 * th - pad_top, 2 * tw - pad_left), zero outside the image. v is (16, >= row + tiles, C) and patch a
-    (4, 4, C) scratch for tiles at the image's edge; C a multiple of 16."""
+def transform_input_tiles(x, first_tile, tiles, tiles_w, tiles_per_image, pad_top, pad_left, patch, v):
+    """v[:, t] = the transformed 4x4 input patch of the batch's tile first_tile + t, for t < tiles; the batch's
+    tiles are numbered image by image, row-major over a grid tiles_w wide within one (a run may cross into the next
+    image), and tile (th, tw)'s patch starts at input pixel (2 * th - pad_top, 2 * tw - pad_left), zero outside the
+    image. v is (16, >= tiles, C) and patch a (4, 4, C) scratch for tiles at the image's edge; C a multiple of 16."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     row_step, position_step = width * channels, v.shape[1] * channels
     for t in range(tiles):
-        tile = first_tile + t
+        n, tile = (first_tile + t) // tiles_per_image, (first_tile + t) % tiles_per_image
         top = (tile // tiles_w) * TILE - pad_top
         left = (tile % tiles_w) * TILE - pad_left
-        v_offset = (row + t) * channels
+        v_offset = t * channels
         if top >= 0 and left >= 0 and top + PATCH <= height and left + PATCH <= width:
             _input_tile(x, ((n * height + top) * width + left) * channels, row_step, channels, v, v_offset,
                         position_step, channels)
@@ -205,12 +205,7 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
     for job in range(first_job, last_job):
         start = job * job_tiles
         count = min(job_tiles, batch * tiles - start)
-        k = 0
-        while k < count:  # the job's tiles, image by image
-            n, tile = (start + k) // tiles, (start + k) % tiles
-            run = min(count - k, tiles - tile)
-            transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, patch, v, k)
-            k += run
+        transform_input_tiles(x, start, count, tiles_w, tiles, pad_top, pad_left, patch, v)
         # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
         # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
         gemm_rows = max(count, tile_rows)

@@ -226,19 +226,18 @@ def _output_tile(typingctx, m, m_offset, position_step, bias, relu, out, out_off
 
 
 @jit
-def transform_input_tiles(x, n, first_tile, tiles, tiles_w, pad_top, pad_left, v, row):
-    """v[:, row + t] = the transformed 6x6 input patch of tile first_tile + t of image n, for t < tiles; tiles are
-    numbered row-major over a grid tiles_w wide, and tile (th, tw)'s patch starts at input pixel
-    (4 * th - pad_top, 4 * tw - pad_left), zero outside the image. v is (36, >= row + tiles, C), C a multiple of
-    16."""
+def transform_input_tiles(x, first_tile, tiles, tiles_w, tiles_per_image, pad_top, pad_left, v):
+    """v[:, t] = the transformed 6x6 input patch of the batch's tile first_tile + t, for t < tiles, numbered as in
+    f2.transform_input_tiles; tile (th, tw)'s patch starts at input pixel (4 * th - pad_top, 4 * tw - pad_left),
+    zero outside the image. v is (36, >= tiles, C), C a multiple of 16."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     row_step, position_step = width * channels, v.shape[1] * channels
     for t in range(tiles):
-        tile = first_tile + t
+        n, tile = (first_tile + t) // tiles_per_image, (first_tile + t) % tiles_per_image
         top = (tile // tiles_w) * TILE - pad_top
         left = (tile % tiles_w) * TILE - pad_left
         _input_tile(x, ((n * height + top) * width + left) * channels, row_step, channels, max(0, -top),
-                    min(PATCH, height - top), max(0, -left), min(PATCH, width - left), v, (row + t) * channels,
+                    min(PATCH, height - top), max(0, -left), min(PATCH, width - left), v, t * channels,
                     position_step, channels)
 
 
@@ -284,12 +283,7 @@ def _forward_jobs(first_job, last_job, worker, x, weight, u, bias, zero_bias, ou
     for job in range(first_job, last_job):
         start = job * job_tiles
         count = min(job_tiles, batch * tiles - start)
-        k = 0
-        while k < count:  # the job's tiles, image by image
-            n, tile = (start + k) // tiles, (start + k) % tiles
-            run = min(count - k, tiles - tile)
-            transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, v, k)
-            k += run
+        transform_input_tiles(x, start, count, tiles_w, tiles, pad_top, pad_left, v)
         # GEMM rows in whole register tiles: a last tile that is not whole overlaps its neighbour (it overwrites);
         # a job of fewer rows than one tile reads zero rows past them (v holds at least one tile)
         gemm_rows = max(count, tile_rows)

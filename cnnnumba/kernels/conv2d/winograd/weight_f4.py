@@ -59,16 +59,16 @@ def _grad_tile(typingctx, source, source_offset, row_step, rows_inside, columns_
 
 
 @jit
-def transform_grad_tiles(grad_out, n, first_tile, tiles, tiles_w, z, z_offset, position_step):
-    """z[z_offset + p * position_step + t * C_out + c] = (A dy A^T)[p, c] for the 4x4 output gradient dy of tile
-    first_tile + t of image n (t < tiles; tiles row-major over a grid tiles_w wide), zero past grad_out's edge.
-    C_out a multiple of 16."""
+def transform_grad_tiles(grad_out, first_tile, tiles, tiles_w, tiles_per_image, z, position_step):
+    """z[p * position_step + t * C_out + c] = (A dy A^T)[p, c] for the 4x4 output gradient dy of the
+    batch's tile first_tile + t (t < tiles; numbered image by image, row-major over a grid tiles_w wide within one),
+    zero past grad_out's edge. C_out a multiple of 16."""
     out_h, out_w, channels = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     for t in range(tiles):
-        tile = first_tile + t
+        n, tile = (first_tile + t) // tiles_per_image, (first_tile + t) % tiles_per_image
         top, left = (tile // tiles_w) * TILE, (tile % tiles_w) * TILE
         _grad_tile(grad_out, ((n * out_h + top) * out_w + left) * channels, out_w * channels,
-                   min(TILE, out_h - top), min(TILE, out_w - left), z, z_offset + t * channels, position_step,
+                   min(TILE, out_h - top), min(TILE, out_w - left), z, t * channels, position_step,
                    channels)
 
 
@@ -117,13 +117,8 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
         start, last = chunk * total // chunks, (chunk + 1) * total // chunks
         while start < last:
             count = min(last - start, job_tiles)
-            k = 0
-            while k < count:  # the job's tiles, image by image
-                n, tile = (start + k) // tiles_per_image, (start + k) % tiles_per_image
-                run = min(count - k, tiles_per_image - tile)
-                transform_input_tiles(x, n, tile, run, tiles_w, pad_top, pad_left, v_slot, k)
-                transform_grad_tiles(grad_out, n, tile, run, tiles_w, z, k * channels_out, z_position_step)
-                k += run
+            transform_input_tiles(x, start, count, tiles_w, tiles_per_image, pad_top, pad_left, v_slot)
+            transform_grad_tiles(grad_out, start, count, tiles_w, tiles_per_image, z, z_position_step)
             for p in range(POSITIONS):
                 for ci in range(0, channels_in, tile_rows):
                     for co in range(0, channels_out, tile_channels):
