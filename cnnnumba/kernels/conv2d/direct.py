@@ -10,7 +10,8 @@ from numba.extending import intrinsic
 
 from .._runtime import jit, run_jobs, run_slots
 from .._runtime.vector import LANES, element_pointer, lane_mask, load_vector, masked_load, masked_store, store_vector
-from .tiles import forward_row_tile, forward_tile, run_row_tile, run_weight_tile, weight_tile, weight_tile_rows
+from .tiles import (SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, run_row_tile, run_weight_tile,
+                    weight_tile, weight_tile_rows)
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
                         sum_partials)
 
@@ -100,7 +101,7 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
     x_tap_w_step = dilation_w * channels
     weight_tap_step = reduction * channels_out
     overwrite = np.int64(0)  # not a literal 0: that would compile a second run_row_tile signature
-    kind, tile_pixels, tile_channels = forward_row_tile(channels_out, out_w)
+    kind, tile_pixels, tile_channels, main_w, whole_w = forward_row_cover(channels_out, out_w)
     tiles = -(-channels_out // tile_channels)
     for job in range(first_job, last_job):
         band, split = job // channel_splits, job % channel_splits
@@ -110,10 +111,9 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
         _fill_strip(x, n, first * stride_h - pad_top, pad_left, strip)
         # The reduction is split into blocks whose weights (kH * kW * block * 32 floats) stay in L1 while every
         # whole pixel tile of the strip uses them; later blocks add to the partial sums already in out, so only
-        # the last block's store may apply the ReLU. A last tile that overlaps its neighbour (width not a
-        # multiple of the tile) runs the whole reduction at once after them, so the overlapped pixels are
-        # recomputed rather than added twice.
-        whole_w = out_w - out_w % tile_pixels
+        # the last block's store may apply the ReLU. A last tile that overlaps its neighbour (a row the tiles do
+        # not cover exactly) runs the whole reduction at once after them, so the overlapped pixels are recomputed
+        # rather than added twice.
         for co_block in range(split * tiles // channel_splits * tile_channels,
                               (split + 1) * tiles // channel_splits * tile_channels, tile_channels):
             co = min(co_block, channels_out - tile_channels)
@@ -123,11 +123,17 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
                 for oh in range(first, last):
                     x_row = (oh - first) * x_row_step + r
                     out_row = ((n * full_h + out_first_h + oh * out_step_h) * full_w + out_first_w) * channels_out
-                    for ow in range(0, whole_w, tile_pixels):
+                    for ow in range(0, main_w, tile_pixels):
                         run_row_tile(kind, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, final, strip,
                                      x_row + ow * x_pixel_step, x_pixel_step, weight, r * channels_out + co, bias, co,
                                      kernel_h, kernel_w, x_tap_h_step, x_tap_w_step, weight_tap_step, block,
                                      channels_out)
+                    if main_w < whole_w:  # tiers without a short tile have none (and a step of 0)
+                        for ow in range(main_w, whole_w, SHORT_TILE_PIXELS):
+                            run_row_tile(SHORT, out, out_row + ow * out_pixel_step + co, out_pixel_step, r, final,
+                                         strip, x_row + ow * x_pixel_step, x_pixel_step, weight,
+                                         r * channels_out + co, bias, co, kernel_h, kernel_w, x_tap_h_step,
+                                         x_tap_w_step, weight_tap_step, block, channels_out)
             if whole_w < out_w:
                 ow = out_w - tile_pixels
                 for oh in range(first, last):

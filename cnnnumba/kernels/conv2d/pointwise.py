@@ -5,7 +5,7 @@ import numpy as np
 from .._runtime import jit, run_shares
 from . import direct
 from .direct import PIXELS_PER_BLOCK, _reduction_chunks, aligned_into
-from .tiles import forward_row_tile, run_row_tile, run_weight_tile, weight_tile
+from .tiles import SHORT, SHORT_TILE_PIXELS, forward_row_cover, run_row_tile, run_weight_tile, weight_tile
 from .workspace import chunk_bounds, spec_bytes, sum_partials
 
 
@@ -27,8 +27,7 @@ def _pointwise_row(out, out_row, out_pixel_step, pixels, x_rows, x_row, x_pixel_
     kernel_h, kernel_w = weight.shape[0], weight.shape[1]
     weight_tap_step = reduction * channels_out
     overwrite = np.int64(0)  # not a literal 0: that would compile a second run_row_tile signature
-    kind, tile_pixels, tile_channels = forward_row_tile(channels_out, pixels)
-    whole = pixels - pixels % tile_pixels
+    kind, tile_pixels, tile_channels, main, whole = forward_row_cover(channels_out, pixels)
     for co_block in range(0, channels_out, tile_channels):
         co = min(co_block, channels_out - tile_channels)
         # as in _forward_rows_jobs: later reduction blocks add to the sums in out, only the last may clamp, and
@@ -36,10 +35,15 @@ def _pointwise_row(out, out_row, out_pixel_step, pixels, x_rows, x_row, x_pixel_
         for r in range(0, reduction, reduction_block):
             block = min(reduction_block, reduction - r)
             final = relu if r + block >= reduction else 0
-            for p in range(0, whole, tile_pixels):
+            for p in range(0, main, tile_pixels):
                 run_row_tile(kind, out, out_row + p * out_pixel_step + co, out_pixel_step, r, final, x_rows,
                              x_row + p * x_pixel_step + r, x_pixel_step, weight, r * channels_out + co, bias, co,
                              kernel_h, kernel_w, x_pixel_step, x_pixel_step, weight_tap_step, block, channels_out)
+            if main < whole:  # tiers without a short tile have none (and a step of 0)
+                for p in range(main, whole, SHORT_TILE_PIXELS):
+                    run_row_tile(SHORT, out, out_row + p * out_pixel_step + co, out_pixel_step, r, final, x_rows,
+                                 x_row + p * x_pixel_step + r, x_pixel_step, weight, r * channels_out + co, bias, co,
+                                 kernel_h, kernel_w, x_pixel_step, x_pixel_step, weight_tap_step, block, channels_out)
         if whole < pixels:
             p = pixels - tile_pixels
             run_row_tile(kind, out, out_row + p * out_pixel_step + co, out_pixel_step, overwrite, relu, x_rows,

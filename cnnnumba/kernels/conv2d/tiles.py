@@ -29,7 +29,7 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_fun
 # sums of one weight-gradient tap (independent FMA chains, each waiting on its own last result). `product`, where a
 # tier has one: ((pixels, vectors), most rows) of the tile few_pixels.py runs for products of at most that many
 # rows. `short`, where a tier has one: (pixels, vectors) of a forward tile of fewer pixels that the direct forward
-# runs along rows its forward tiles would cover with more overlap (forward_row_tile).
+# runs beside or instead of its forward tiles along rows they would cover with overlap (forward_row_cover).
 TIER_TILES = {
     # 32 zmm: 16 accumulators; broad tiles (4 x 64: 4 weight loads and 4 broadcasts per 16 FMAs, against 2 and 8)
     # from 64 output channels, wide (8 x 32) from 32, narrow (16 x 16) for 16-channel layers
@@ -100,17 +100,27 @@ def weight_tile(channels_out):
 
 
 @jit
-def forward_row_tile(channels_out, width):
-    """(kind, pixels, channels) of the forward tile the direct and 1x1 forwards run along rows of `width` output
-    pixels: forward_tile's, or the tier's short tile where it covers the row computing at most 7/8 of the pixels
-    (an edge tile overlaps its neighbour: AVX2's 6-pixel tiles compute 12 pixels of an 8-pixel row, its 4-pixel ones
-    8). Below that saving the short tile's extra loads per FMA cost more than the overlap: 112-pixel rows (114 against
-    112 computed) ran 1.12x slower on it, 16- and 32-pixel rows level (bench/README.md)."""
+def forward_row_cover(channels_out, width):
+    """How the direct and 1x1 forwards cover rows of `width` output pixels: (kind, pixels, channels, main_end,
+    short_end). Tiles of `kind` (pixels x channels) start at 0, pixels, ... before main_end, the tier's short tiles
+    at main_end, main_end + SHORT_TILE_PIXELS, ... before short_end, and where short_end < width one more tile of
+    `kind` ends at width, overlapping its neighbour (it recomputes their shared pixels over the whole reduction).
+    Where the tier has a short tile of the same channels, the most full tiles whose remainder the short tiles fill
+    exactly (32 pixels: 4 x 6 + 2 x 4 computes 32 against 36; 14: 6 + 2 x 4); where no such split exists (odd
+    widths), short tiles alone where they compute at most 7/8 of the pixels (7 and 19: 8 and 20 against 12 and 24).
+    Short tiles along a whole row cost more per pixel than the overlap (112-pixel rows 1.12x slower), hence the
+    most full tiles first (bench/README.md)."""
     kind, pixels, channels = forward_tile(channels_out)
-    if SHORT_TILE_PIXELS and channels == SHORT_TILE_CHANNELS and width >= SHORT_TILE_PIXELS \
-            and 8 * -(-width // SHORT_TILE_PIXELS) * SHORT_TILE_PIXELS <= 7 * -(-width // pixels) * pixels:
-        return SHORT, SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS
-    return kind, pixels, channels
+    if SHORT_TILE_PIXELS and channels == SHORT_TILE_CHANNELS:
+        for full in range(width // pixels, -1, -1):
+            if (width - full * pixels) % SHORT_TILE_PIXELS == 0:
+                return kind, pixels, channels, full * pixels, width
+        if width >= SHORT_TILE_PIXELS \
+                and 8 * -(-width // SHORT_TILE_PIXELS) * SHORT_TILE_PIXELS <= 7 * -(-width // pixels) * pixels:
+            whole = width - width % SHORT_TILE_PIXELS
+            return SHORT, SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS, whole, whole
+    whole = width - width % pixels
+    return kind, pixels, channels, whole, whole
 
 
 def product_tile(rows, channels_out):
@@ -347,7 +357,7 @@ def run_product_tile(kind, out, out_offset, out_pixel_step, accumulate, relu, x,
                          weight_tap_step, channels_in, channels_out)
 
 
-# run_row_tile: the forward tile of a kind forward_row_tile returns, on a tier without a short tile run_forward_tile
+# run_row_tile: the forward tile of a kind forward_row_cover returns, on a tier without a short tile run_forward_tile
 # itself.
 if SHORT_TILE_PIXELS:
     _forward_tile_short = _make_forward_tile(*TILES["short"])

@@ -55,23 +55,51 @@ def test_forced_direct_matches_the_reference(index):
         check_passes(case, names=("forward",) if "forward" in names else (), bias=False, relu=True)
 
 
-# Rows of 7 and 8 output pixels (AVX2 runs its 4-pixel short tile along them), 3x3 and stride 2 (the strided input
-# gradient's phase rows too), 48 channels (the last channel tile overlaps), and a 1x1 layer on the 1x1 rows
+# Rows of 7 and 8 output pixels (AVX2 runs its 4-pixel short tile along them), rows of 10, 14 and 32 (full tiles then
+# short ones), 3x3 and stride 2 (the strided input gradient's phase rows too), 48 channels (the last channel tile
+# overlaps), and 1x1 layers on 8- and 10-pixel rows
 SHORT_ROW_CASES = [ConvCase(2, 8, 8, 32, 48, padding=1), ConvCase(2, 7, 7, 16, 64, padding=1),
-                   ConvCase(2, 15, 16, 16, 64, stride=2, padding=1), ConvCase(3, 16, 16, 16, 64, kernel=1, stride=2)]
+                   ConvCase(2, 15, 16, 16, 64, stride=2, padding=1), ConvCase(3, 16, 16, 16, 64, kernel=1, stride=2),
+                   ConvCase(2, 14, 14, 16, 48, padding=1), ConvCase(1, 9, 32, 3, 32, padding=1),
+                   ConvCase(2, 10, 10, 24, 32, kernel=1), ConvCase(2, 21, 20, 16, 64, stride=2, padding=1)]
 
 
-def test_rows_take_the_short_tile_only_where_it_saves_an_eighth():
-    """AVX2's 4-pixel tile along rows its 6-pixel tiles would cover computing a third more (7 and 8 pixels: 12), not
-    where the overlap is smaller (16 pixels: 18, 112: 114); tiers without a short tile keep forward_tile's."""
+def _covered(channels, width):
+    """The pixels forward_row_cover's tiles compute along a row of `width`, and whether each pixel is computed."""
+    kind, pixels, _, main_end, short_end = tiles.forward_row_cover(channels, width)
+    starts = [(start, pixels) for start in range(0, main_end, pixels)]
+    starts += [(start, tiles.SHORT_TILE_PIXELS) for start in range(main_end, short_end, tiles.SHORT_TILE_PIXELS or 1)]
+    if short_end < width:
+        starts.append((width - pixels, pixels))
+    hit = np.zeros(width, bool)
+    for start, count in starts:
+        assert 0 <= start and start + count <= width, (channels, width, start, count)
+        hit[start:start + count] = True
+    return sum(count for _, count in starts), bool(hit.all())
+
+
+def test_row_covers_compute_each_pixel_once_where_the_short_tile_fits_them():
+    """AVX2 covers a row with its 6-pixel tiles then 4-pixel short tiles wherever they fit it exactly (8: two short,
+    14: 6 + 4 + 4, 32: 4 x 6 + 2 x 4); odd widths take the short tile alone where it computes at most 7/8 of what
+    the 6-pixel tiles would (7, 19), else 6-pixel tiles with the last overlapping. Tiers without a short tile keep
+    forward_tile's with the last overlapping. Rows holding no whole tile are not the row kernels'."""
     for channels in (16, 64):
-        for width in (7, 8, 16, 20, 112):
-            kind, pixels, tile_channels = tiles.forward_row_tile(channels, width)
+        for width in (6, 7, 8, 9, 10, 14, 16, 19, 20, 32, 112):
+            if not tiles.forward_tiles_fit(channels, width):
+                continue  # the row kernels do not run: a row holds no whole tile
+            computed, complete = _covered(channels, width)
+            kind, pixels, tile_channels, main_end, short_end = tiles.forward_row_cover(channels, width)
+            assert complete, (channels, width)
             if target_machine().tier == "avx2":
-                assert (kind == tiles.SHORT) == (width in (7, 8, 20)), (channels, width)
-                assert pixels == (4 if width in (7, 8, 20) else 6) and tile_channels == 16
+                assert tile_channels == 16
+                if width % 2 == 0:
+                    assert computed == width and short_end == width, (channels, width)
+                    assert main_end == width - (width % 6 if width % 6 != 2 else 8), (channels, width)
+                else:
+                    assert (kind == tiles.SHORT) == (width in (7, 19)), (channels, width)
             else:
                 assert (kind, pixels, tile_channels) == tuple(tiles.forward_tile(channels)), (channels, width)
+                assert main_end == short_end == width - width % pixels
 
 
 @pytest.mark.parametrize("case", SHORT_ROW_CASES, ids=case_id)
