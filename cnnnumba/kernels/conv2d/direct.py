@@ -335,6 +335,7 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
              columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows)
 
 
+# Forward jobs wanted per call, so that the threads share them evenly; each job's strip (the padded input rows
 # one job reads) is reused by many tiles. Strips larger than STRIP_BYTES are split so they stay in L2.
 JOBS_WANTED = 16
 STRIP_BYTES = 512 << 10
