@@ -137,6 +137,37 @@ def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, fi
 
 
 @intrinsic
+def _max_2x2_values(typingctx, x, top, bottom, step, out, out_offset, count):
+    """_max_2x2_pixel's out alone, for a forward no backward follows: the same taps in the same order (the same
+    winner, NaN included), no index selected or stored (2-2.5x faster: the 16 int64 index lanes took more
+    selects and stores than the values)."""
+    index = types.intp
+    signature = types.void(x, index, index, index, out, index, index)
+
+    def codegen(context, builder, sig, args):
+        x_value, top, bottom, step, out_value, out_offset, count = args
+        element = context.get_value_type(sig.args[0].dtype)
+        element_bytes = context.get_abi_sizeof(element)
+        values = ir.VectorType(element, LANES)
+        mask = lane_mask(builder, count)
+
+        def tap(offset):
+            return masked_load(builder, element_pointer(context, builder, sig.args[0], x_value, offset), mask, values,
+                                element_bytes)
+
+        best = tap(top)
+        for position in (builder.add(top, step), bottom, builder.add(bottom, step)):
+            value = tap(position)
+            take = builder.or_(builder.fcmp_ordered(">", value, best), builder.fcmp_unordered("uno", value, value))
+            best = builder.select(take, value, best)
+        masked_store(builder, best, element_pointer(context, builder, sig.args[4], out_value, out_offset), mask,
+                      element_bytes)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
 def _unpool_2x2_pixel(typingctx, grad_out, indices, out_offset, grad_in, top, bottom, step, first_index, width,
                       count):
     """For the `count` (<= 16) channels of one output pixel whose 2x2 window covers no other window's taps:
@@ -172,7 +203,8 @@ def _unpool_2x2_pixel(typingctx, grad_out, indices, out_offset, grad_in, top, bo
 @jit
 def _max_pool2d_forward_2x2(slot, slots, x, out, indices, stride_h, stride_w):
     """max_pool2d_forward for a 2x2 window inside x (no padding, dilation 1, no window clipped) on C-contiguous
-    operands, for the slot's share of the (image, output row) jobs, a pixel's channels 16 at a time."""
+    operands, for the slot's share of the (image, output row) jobs, a pixel's channels 16 at a time; indices None:
+    the values alone (Numba compiles that case apart, without the index path)."""
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     row = width * channels
@@ -185,8 +217,12 @@ def _max_pool2d_forward_2x2(slot, slots, x, out, indices, stride_h, stride_w):
         for ow in range(out_w):
             left = top + ow * stride_w * channels
             for c in range(0, channels, LANES):
-                _max_2x2_pixel(x, left + c, left + row + c, channels, out, indices, first + ow * channels + c,
-                               ih * width + ow * stride_w, width, min(LANES, channels - c))
+                if indices is None:
+                    _max_2x2_values(x, left + c, left + row + c, channels, out, first + ow * channels + c,
+                                    min(LANES, channels - c))
+                else:
+                    _max_2x2_pixel(x, left + c, left + row + c, channels, out, indices, first + ow * channels + c,
+                                   ih * width + ow * stride_w, width, min(LANES, channels - c))
 
 
 @jit
@@ -224,19 +260,40 @@ def _check_same_shape(array, like, name, like_name):
         raise ValueError(f"max_pool2d kernel: {name} has shape {array.shape}, but {like_name} has {like.shape}")
 
 
+def max_pool2d_values_only(x_shape, out_shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                           dilation_w):
+    """Whether max_pool2d_forward can run without indices on C-contiguous arrays of these shapes: a 2x2 window that
+    lies inside x (no padding, dilation 1, no window clipped by ceil_mode), the one window whose kernel computes the
+    values apart; the other windows' loops write the argmax as they go."""
+    height, width = x_shape[1], x_shape[2]
+    out_h, out_w = out_shape[1], out_shape[2]
+    return (kernel_h == 2 and kernel_w == 2 and pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1
+            and out_h > 0 and out_w > 0 and (out_h - 1) * stride_h + 2 <= height
+            and (out_w - 1) * stride_w + 2 <= width)
+
+
 def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
                        dilation_h, dilation_w):
-    """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner.
+    """out[n, oh, ow, c] = max over the window; indices[n, oh, ow, c] = ih * W + iw of the winner, or indices None
+    for the values alone (a forward that no backward follows), where max_pool2d_values_only allows it.
 
     The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
     # the 2x2 variant stores through raw vector pointers, which no bounds check (not even NUMBA_BOUNDSCHECK) sees
-    _check_same_shape(indices, out, "indices", "out")
     batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
+    window = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
+    two_by_two = (max_pool2d_values_only(x.shape, out.shape, *window) and x.flags.c_contiguous
+                  and out.flags.c_contiguous)
+    if indices is None:
+        if not two_by_two:
+            raise ValueError(f"max_pool2d kernel: indices=None needs a 2x2 window inside x on C-contiguous arrays "
+                             f"(max_pool2d_values_only), but got window {window}, x {x.shape}, out {out.shape}")
+        _run_pool_slots(_max_pool2d_forward_2x2, x.size, batch * out_h, x, out, None, stride_h, stride_w)
+        return
+    _check_same_shape(indices, out, "indices", "out")
     inside = (pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1 and out_h > 0 and out_w > 0
               and (out_h - 1) * stride_h + kernel_h <= height and (out_w - 1) * stride_w + kernel_w <= width)
-    if (inside and kernel_h == 2 and kernel_w == 2 and x.flags.c_contiguous and out.flags.c_contiguous
-            and indices.flags.c_contiguous):
+    if two_by_two and indices.flags.c_contiguous:
         _run_pool_slots(_max_pool2d_forward_2x2, x.size, batch * out_h, x, out, indices, stride_h, stride_w)
     elif inside and channels < FEW_CHANNELS:
         _run_pool_slots(_max_pool2d_forward_few, x.size, batch * out_h, x, out, indices, kernel_h, kernel_w,

@@ -207,6 +207,36 @@ def test_inference_with_batch_norm_folded_matches_eager_eval(model_name, dtype):
         assert "conv+bn(folded)+relu" in predict.describe()
 
 
+def test_max_pools_keep_their_indices_only_for_a_backward():
+    """The argmax a pool's backward reads is planned only where one runs: a training step's pool of the image
+    and every inference pool compute their values alone (a 2x2 window inside the input), except where only the
+    indexed kernel runs the window (3x3 with padding); the results match eager."""
+    cn.manual_seed(0)
+    model = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.MaxPool2d(3, stride=1, padding=1), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    y = np.array([0, 2])
+    optimizer = optim.SGD(model.parameters(), lr=0.1)
+    step = cn.graph.capture(model, F.cross_entropy, optimizer)
+    with cn.no_grad():
+        expected_logits = model(cn.Tensor(x)).data
+    step(x, y)
+    schedule = step.last.schedule
+    planned = {id(buffer) for buffer in schedule.buffers}
+    pools = [node for node in schedule.forward_nodes if type(node).__name__ == "MaxPool"]
+    assert [id(pool.indices) in planned for pool in pools] == [False, True, True]
+    np.testing.assert_allclose(step.logits, expected_logits, rtol=1e-5, atol=1e-6)
+    model.eval()
+    predict = cn.graph.capture(model)
+    with cn.no_grad():
+        expected = model(cn.Tensor(x)).data
+    np.testing.assert_allclose(predict(x), expected, rtol=1e-5, atol=1e-6)
+    forward, schedule = next(iter(predict.graphs.values()))[:2]
+    planned = {id(buffer) for buffer in schedule.buffers}
+    pools = [node for node in forward if type(node).__name__ == "MaxPool"]
+    assert [id(pool.indices) in planned for pool in pools] == [False, False, True]
+
+
 def test_inference_batch_norm_that_cannot_fold_runs_unfolded():
     cn.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),

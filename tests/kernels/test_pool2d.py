@@ -102,6 +102,36 @@ def test_max_pool2d_2x2_nan_inf_and_ties_follow_the_scan_order(channels):
         np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.parametrize("serial_elements", [1 << 62, -1], ids=["serial", "parallel"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, ceil_mode", WINDOW_CASES)
+def test_max_pool2d_values_alone_match_the_indexed_pass(shape, kernel, stride, padding, dilation, ceil_mode, dtype,
+                                                       serial_elements, monkeypatch):
+    """indices=None (a forward no backward follows) gives the same values, NaN and ties included, wherever
+    max_pool2d_values_only allows it, and a clear error elsewhere."""
+    monkeypatch.setattr(pool2d, "SERIAL_ELEMENTS", serial_elements)
+    x = np.random.default_rng(3).standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::5] = np.nan
+    x.reshape(-1)[1::7] = np.inf
+    out_shape = _output_shape(shape, kernel, stride, padding, dilation, ceil_mode)
+    window = (*kernel, *stride, *padding, *dilation)
+    expected = _max_pool(pool2d, x, 0, kernel, stride, padding, dilation, ceil_mode)[0]
+    got = np.full(out_shape, -7.0, dtype=dtype)
+    if pool2d.max_pool2d_values_only(shape, out_shape, *window):
+        pool2d.max_pool2d_forward(x, got, None, *window)
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert kernel != (2, 2) or padding != (0, 0) or dilation != (1, 1) or ceil_mode
+        with pytest.raises(ValueError, match="indices=None needs a 2x2 window inside x"):
+            pool2d.max_pool2d_forward(x, got, None, *window)
+
+
+def test_max_pool2d_values_alone_need_contiguous_arrays():
+    x = np.random.default_rng(4).standard_normal((2, 8, 8, 12)).astype(np.float32)[..., ::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        pool2d.max_pool2d_forward(x, np.empty((2, 4, 4, 6), np.float32), None, 2, 2, 2, 2, 0, 0, 1, 1)
+
+
 @pytest.mark.parametrize("channels", [6, 16])
 def test_max_pool2d_2x2_takes_the_vector_path_for_lenet_sized_layers(channels, monkeypatch):
     def general(*args):

@@ -7,6 +7,9 @@ from .base import Node
 
 
 class MaxPool(Node):
+    """Max pooling; the argmax indices are kept for the backward only when the input needs a gradient (inference
+    and a pool of the input image compute the values alone where the kernel can: max_pool2d_values_only)."""
+
     name = "maxpool"
 
     def __init__(self, x, output, window):
@@ -14,15 +17,19 @@ class MaxPool(Node):
         self.window = window
         self.indices = Buffer(output.shape, np.int64, output.name + ".indices")
 
+    def _keeps_indices(self):
+        return self.needs(0) or not pool2d.max_pool2d_values_only(self.inputs[0].shape, self.output.shape,
+                                                                  *self.window)
+
     def forward_buffers(self):
-        return super().forward_buffers() + [self.indices]
+        return super().forward_buffers() + ([self.indices] if self._keeps_indices() else [])
 
     def backward_buffers(self):
         return super().backward_buffers() + [self.indices]
 
     def forward(self):
-        pool2d.max_pool2d_forward(self.inputs[0].buffer.array, self.output.buffer.array, self.indices.array,
-                                  *self.window)
+        pool2d.max_pool2d_forward(self.inputs[0].buffer.array, self.output.buffer.array,
+                                  self.indices.array if self._keeps_indices() else None, *self.window)
 
     def backward(self):
         pool2d.max_pool2d_backward(self.output.grad.array, self.indices.array, self.grad_target(0), *self.window)
