@@ -82,7 +82,11 @@ class MaxPool2d(Function):
         x_nhwc = _to_nhwc(x)
         batch, _, _, channels = x_nhwc.shape
         out = np.empty((batch, out_h, out_w, channels), dtype=x.dtype)
-        self.indices = np.empty(out.shape, dtype=np.int64)
+        if self.needs_input_grad[0] or indices_sink is not None \
+                or not pool2d.max_pool2d_values_only(x_nhwc.shape, out.shape, *self.window):
+            self.indices = np.empty(out.shape, dtype=np.int64)
+        else:
+            self.indices = None  # no backward reads them: the values alone
         pool2d.max_pool2d_forward(x_nhwc, out, self.indices, *self.window)
         if indices_sink is not None:
             indices_sink.append(_from_nhwc(self.indices, self.unbatched))

@@ -72,6 +72,28 @@ def test_max_pool2d_nan_and_ties_like_torch():
                        dtype=np.float32)
 
 
+def test_max_pool2d_without_a_gradient_computes_the_values_alone(monkeypatch):
+    """No gradient to route (no_grad, or an input that needs none): no argmax is computed where the kernel can
+    skip it; the values are those of the recorded op, bit for bit, NaN included."""
+    from cnnnumba.kernels import pool2d
+
+    passed = []
+    kernel = pool2d.max_pool2d_forward
+    monkeypatch.setattr(pool2d, "max_pool2d_forward", lambda x, out, indices, *window: (
+        passed.append(indices is None), kernel(x, out, indices, *window)))
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    recorded = F.max_pool2d(cn.Tensor(x, requires_grad=True), 2)
+    with cn.no_grad():
+        alone = F.max_pool2d(cn.Tensor(x, requires_grad=True), 2)
+    plain = F.max_pool2d(cn.Tensor(x), 2)
+    padded = F.max_pool2d(cn.Tensor(x), 3, 2, 1)  # a window only the indexed kernels run
+    assert passed == [False, True, True, False]
+    np.testing.assert_array_equal(alone.data, recorded.data)
+    np.testing.assert_array_equal(plain.data, recorded.data)
+    assert padded.shape == (2, 3, 4, 4)
+
+
 @requires_torch
 def test_max_pool2d_non_contiguous_input():
     x = random_arrays((2, 7, 6, 3))[0].transpose(0, 3, 1, 2)  # an NHWC array viewed as NCHW
