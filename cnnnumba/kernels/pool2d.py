@@ -98,6 +98,28 @@ def _max_pool2d_forward_few(slot, slots, x, out, indices, kernel_h, kernel_w, st
 # array reads nothing past its end.
 # ---------------------------------------------------------------------------------------------------------
 
+def _scan_2x2(context, builder, x_type, x_value, top, bottom, step, count):
+    """The 2x2 kernels' scan, in IR: the taps x[top + c], x[top + step + c], x[bottom + c], x[bottom + step + c] for
+    the count (<= 16) lanes c, a later tap winning when greater or NaN. (winner's values, the three later taps'
+    win masks in scan order, the lane mask, bytes per element)."""
+    element = context.get_value_type(x_type.dtype)
+    element_bytes = context.get_abi_sizeof(element)
+    values = ir.VectorType(element, LANES)
+    mask = lane_mask(builder, count)
+
+    def tap(offset):
+        return masked_load(builder, element_pointer(context, builder, x_type, x_value, offset), mask, values,
+                           element_bytes)
+
+    best, takes = tap(top), []
+    for position in (builder.add(top, step), bottom, builder.add(bottom, step)):
+        value = tap(position)
+        take = builder.or_(builder.fcmp_ordered(">", value, best), builder.fcmp_unordered("uno", value, value))
+        best = builder.select(take, value, best)
+        takes.append(take)
+    return best, takes, mask, element_bytes
+
+
 @intrinsic
 def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, first_index, width, count):
     """For the `count` (<= 16) channels of one output pixel: the taps a0 = x[top + c], a1 = x[top + step + c],
@@ -109,23 +131,11 @@ def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, fi
 
     def codegen(context, builder, sig, args):
         x_value, top, bottom, step, out_value, indices_value, out_offset, first_index, width, count = args
-        element = context.get_value_type(sig.args[0].dtype)
-        element_bytes = context.get_abi_sizeof(element)
-        values = ir.VectorType(element, LANES)
+        best, takes, mask, element_bytes = _scan_2x2(context, builder, sig.args[0], x_value, top, bottom, step,
+                                                     count)
         offsets = ir.VectorType(INDEX, LANES)
-        mask = lane_mask(builder, count)
-
-        def tap(offset):
-            return masked_load(builder, element_pointer(context, builder, sig.args[0], x_value, offset), mask, values,
-                                element_bytes)
-
-        best = tap(top)
         winner = ir.Constant(offsets, [0] * LANES)
-        for position, offset in ((builder.add(top, step), ir.Constant(INDEX, 1)), (bottom, width),
-                                 (builder.add(bottom, step), builder.add(width, ir.Constant(INDEX, 1)))):
-            value = tap(position)
-            take = builder.or_(builder.fcmp_ordered(">", value, best), builder.fcmp_unordered("uno", value, value))
-            best = builder.select(take, value, best)
+        for take, offset in zip(takes, (ir.Constant(INDEX, 1), width, builder.add(width, ir.Constant(INDEX, 1)))):
             winner = builder.select(take, splat(builder, offset, offsets), winner)
         masked_store(builder, best, element_pointer(context, builder, sig.args[4], out_value, out_offset), mask,
                       element_bytes)
@@ -138,28 +148,15 @@ def _max_2x2_pixel(typingctx, x, top, bottom, step, out, indices, out_offset, fi
 
 @intrinsic
 def _max_2x2_values(typingctx, x, top, bottom, step, out, out_offset, count):
-    """_max_2x2_pixel's out alone, for a forward no backward follows: the same taps in the same order (the same
-    winner, NaN included), no index selected or stored (2-2.5x faster: the 16 int64 index lanes took more
-    selects and stores than the values)."""
+    """_max_2x2_pixel's out alone, for a forward no backward follows: the same scan (the same winner, NaN included),
+    no index selected or stored (2-2.5x faster: the 16 int64 index lanes took more selects and stores than the
+    values)."""
     index = types.intp
     signature = types.void(x, index, index, index, out, index, index)
 
     def codegen(context, builder, sig, args):
         x_value, top, bottom, step, out_value, out_offset, count = args
-        element = context.get_value_type(sig.args[0].dtype)
-        element_bytes = context.get_abi_sizeof(element)
-        values = ir.VectorType(element, LANES)
-        mask = lane_mask(builder, count)
-
-        def tap(offset):
-            return masked_load(builder, element_pointer(context, builder, sig.args[0], x_value, offset), mask, values,
-                                element_bytes)
-
-        best = tap(top)
-        for position in (builder.add(top, step), bottom, builder.add(bottom, step)):
-            value = tap(position)
-            take = builder.or_(builder.fcmp_ordered(">", value, best), builder.fcmp_unordered("uno", value, value))
-            best = builder.select(take, value, best)
+        best, _, mask, element_bytes = _scan_2x2(context, builder, sig.args[0], x_value, top, bottom, step, count)
         masked_store(builder, best, element_pointer(context, builder, sig.args[4], out_value, out_offset), mask,
                       element_bytes)
         return context.get_dummy_value()
