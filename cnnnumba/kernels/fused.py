@@ -24,7 +24,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._runtime import EXACT_FASTMATH, jit, parallel_jit, run_shares
-from ._runtime.vector import INDEX, LANES, element_pointer, fma_function, splat
+from ._runtime.vector import (INDEX, LANES, PREFETCH_BYTES, element_pointer, fma_function, lane_bytes, prefetch,
+                               splat)
 from .elementwise import CHUNK as ELEMENT_CHUNK
 
 # the activations a batch norm applies, as the clamps (lower, upper) described above
@@ -95,6 +96,12 @@ def _block_rows(context, builder, array_type, array_value, c0):
     return lambda row: builder.gep(block, [builder.mul(row, width)])
 
 
+def _rows_ahead(builder, row, element):
+    """The row whose block a block kernel prefetches while at `row`: PREFETCH_BYTES of the block's 16 lanes on."""
+    block_bytes = LANES * lane_bytes(ir.VectorType(element, LANES))
+    return builder.add(row, ir.Constant(INDEX, max(1, PREFETCH_BYTES // block_bytes)))
+
+
 def _sum_rows_in_pairs(builder, begin, end, add_row, sums):
     """Folds add_row(row, accumulators) -> accumulators over the rows begin..end-1, the even rows (counted from
     begin) into `sums` and the odd ones into a set of zeros; returns the two sets added lane by lane."""
@@ -133,6 +140,7 @@ def _block_moments(typingctx, x, first, begin, end, c0, deviations, squares):
         shift = _widen(builder, _load_block(builder, x_row(first), element))
 
         def add_row(row, accumulators):
+            prefetch(builder, x_row(_rows_ahead(builder, row, element)))
             deviation = builder.fsub(_widen(builder, _load_block(builder, x_row(row), element)), shift)
             total, squared = accumulators
             return builder.fadd(total, deviation), _fma(builder, deviation, deviation, squared)
@@ -220,6 +228,9 @@ def _block_grad_sums(typingctx, grad_y, x, begin, end, c0, mean, coefficients, l
         passes = _clamp_mask(builder, element, lower, upper)
 
         def gradient_at(row):
+            ahead = _rows_ahead(builder, row, element)
+            prefetch(builder, grad_row(ahead))
+            prefetch(builder, x_row(ahead))
             gradient = _load_block(builder, grad_row(row), element)
             pre_activation = builder.fadd(builder.fmul(builder.fsub(_load_block(builder, x_row(row), element), centre),
                                                        scale), shift)
@@ -250,11 +261,15 @@ def _block_masked_grad_sums(typingctx, grad_y, y, x, begin, end, c0, mean, lower
         element = context.get_value_type(sig.args[2].dtype)
         grad_row = _block_rows(context, builder, sig.args[0], grad_y_value, c0)
         y_row = _block_rows(context, builder, sig.args[1], y_value, c0)
+        x_row = _block_rows(context, builder, sig.args[2], x_value, c0)
         shortcut_row = _block_rows(context, builder, sig.args[9], grad_shortcut_value, c0)
         zero = ir.Constant(ir.VectorType(element, LANES), [0.0] * LANES)
         passes = _clamp_mask(builder, element, lower, upper)
 
         def gradient_at(row):
+            ahead = _rows_ahead(builder, row, element)
+            for rows_of in (grad_row, y_row, x_row):
+                prefetch(builder, rows_of(ahead))
             kept = passes(_load_block(builder, y_row(row), element))
             gradient = builder.select(kept, _load_block(builder, grad_row(row), element), zero)
             _store_block(builder, gradient, shortcut_row(row))

@@ -9,7 +9,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from .._runtime import jit, run_jobs, run_slots
-from .._runtime.vector import LANES, element_pointer, lane_mask, load_vector, masked_load, masked_store, store_vector
+from .._runtime.vector import (LANES, element_pointer, lane_mask, load_vector, masked_load, masked_store,
+                               prefetch_span, store_vector)
 from .tiles import (SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, run_row_tile, run_weight_tile,
                     weight_tile, weight_tile_rows)
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
@@ -298,8 +299,11 @@ def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out
                         strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
             for b in range(0, span, block_rows):
                 count = min(block_rows, span - b)
+                # the next block's grad_out rows, a pixel's worth per pixel copied: the tiles then find them in L1
+                ahead = (r + b + count) * grad_row_step
                 for row in range(count):
                     for ow in range(out_w):
+                        prefetch_span(grad_flat, ahead + (row * out_w + ow) * channels_out, channels_out)
                         target = (row * out_w + ow) * reduction
                         for kh in range(kernel_h):
                             source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
