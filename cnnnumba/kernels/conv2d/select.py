@@ -108,6 +108,8 @@ def few_pixels_suits(pixels, machine=None):
 # small enough to stay in L2 while each job re-reads it. On AVX-512 those ran 1.3-3x faster than FEW_PIXELS
 # (MobileNetV2's 1x1 layers at 4x4 and 7x7, 3x3 layers of 128 channels, a 128->256 stride-2 one); 3x3 layers of
 # 256 channels (a 2.4 MB weight) were faster on FEW_PIXELS at batch 1 to 8, of 512 on GEMM (bench/README.md).
+# AVX2's 4-pixel short tiles (tiles.forward_row_cover) would cover 7 pixels computing 8 but are not counted here:
+# on a 1x7x7 output they ran MobileNetV2's 1x1 layers 1.5-2.4x slower than FEW_PIXELS, a 3x3 128->128 1.2x.
 TINY_ROW_MAX_RECOMPUTE = 8 / 7
 TINY_DIRECT_MAX_WEIGHT_BYTES = 5 << 18
 # ... and where the tiles hold at least this many pixels: SSE's 2-pixel tiles, two FMAs per weight vector loaded,
