@@ -113,6 +113,10 @@ def masked_store(builder, value, pointer, mask, element_bytes=4):
 # hardware prefetchers left a pass over arrays fresh from memory waiting on every line (batch norm's backward
 # sums over 64x32x32x16 took 0.83-0.94 ms against 0.29 from cache, with this 0.57; bench/README.md).
 PREFETCH_BYTES = 2048
+# The column-matrix weight gradient prefetches only gradients of at least this many bytes: a smaller one stays in
+# cache from the pass that wrote it, and the hints cost instructions (LeNet-5's second layer, 410 KB: the AVX2
+# step 1.02x slower). Batch norm's passes always prefetch: at 4096 x 16 the hints cost 4-7 us a call.
+PREFETCH_MIN_BYTES = 1 << 20
 
 
 def prefetch(builder, pointer):

@@ -9,8 +9,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from .._runtime import jit, run_jobs, run_slots
-from .._runtime.vector import (LANES, element_pointer, lane_mask, load_vector, masked_load, masked_store,
-                               prefetch_span, store_vector)
+from .._runtime.vector import (LANES, PREFETCH_MIN_BYTES, element_pointer, lane_mask, load_vector, masked_load,
+                               masked_store, prefetch_span, store_vector)
 from .tiles import (SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, run_row_tile, run_weight_tile,
                     weight_tile, weight_tile_rows)
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
@@ -269,9 +269,10 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
 
 @jit
 def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, columns,
-                                    stride_h, stride_w, pad_top, pad_left, dilation_h, kernel_h, kernel_w, band_rows):
+                                    stride_h, stride_w, pad_top, pad_left, dilation_h, kernel_h, kernel_w, band_rows,
+                                    prefetch):
     """Chunks first_chunk..last_chunk - 1 of _backward_weight_columns (run by _runtime.jobs.run_jobs), in
-    worker's strip and columns."""
+    worker's strip and columns; prefetching grad_out's next block where prefetch."""
     batch, _, _, channels = x.shape
     chunks, _, _, reduction, channels_out = partials.shape
     frame_w = strips.shape[2]
@@ -303,7 +304,8 @@ def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out
                 ahead = (r + b + count) * grad_row_step
                 for row in range(count):
                     for ow in range(out_w):
-                        prefetch_span(grad_flat, ahead + (row * out_w + ow) * channels_out, channels_out)
+                        if prefetch:
+                            prefetch_span(grad_flat, ahead + (row * out_w + ow) * channels_out, channels_out)
                         target = (row * out_w + ow) * reduction
                         for kh in range(kernel_h):
                             source = (((b + row) * stride_h + kh * dilation_h) * frame_w + ow * stride_w) * channels
@@ -336,7 +338,8 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
     columns[...] = 0.0
     strips[:, strips.shape[1] - (LANES + row_size - 1) // row_size:] = 0.0
     run_jobs(_backward_weight_columns_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
-             columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows)
+             columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows,
+             grad_out.nbytes >= PREFETCH_MIN_BYTES)
 
 
 # Forward jobs wanted per call, so that the threads share them evenly; each job's strip (the padded input rows

@@ -191,6 +191,17 @@ def test_the_column_weight_gradient_matches_the_reference(case):
         check_passes(case, names=("backward_weight",))
 
 
+@pytest.mark.parametrize("case", [COLUMNS[0], COLUMNS[5]], ids=case_id)
+def test_the_column_weight_gradient_prefetching_its_gradient_gives_the_same_bits(case, monkeypatch):
+    data = arrays(case, seed=2)
+    with forced(Variant.DIRECT_COLUMNS, "backward_weight"):
+        monkeypatch.setattr(direct, "PREFETCH_MIN_BYTES", 1 << 62)
+        plain = run_pass("backward_weight", case, data)
+        monkeypatch.setattr(direct, "PREFETCH_MIN_BYTES", 0)  # these gradients are small: prefetch them anyway
+        check_passes(case, names=("backward_weight",))
+        np.testing.assert_array_equal(run_pass("backward_weight", case, data), plain)
+
+
 @pytest.mark.parametrize("case", [
     ConvCase(2, 16, 16, 16, 32, stride=2, padding=1),  # 16 input channels: a kernel row is whole tiles already
     ConvCase(1, 16, 16, 8, 32, kernel=5, stride=2, padding=2),  # 8 channels under a 5-wide row: 200 rows either way
