@@ -275,7 +275,8 @@ def run_info():
           + "; weight gradient " + ", ".join(f"{r}x{c}" for r, c in shapes["weight"])
           + f"; few-channel {shapes['few-channel'][0][0]} pixels"
           + "".join(f"; few-pixel products {p}x{c}" for p, c in shapes["product"])
-          + "".join(f"; short rows {p}x{c}" for p, c in shapes["short row"]))
+          + "".join(f"; short rows {p}x{c}" for p, c in shapes["short row"])
+          + "".join(f"; first-layer weight gradient {r}x{c}" for r, c in shapes["kernel row"]))
     print(f"numba cache: {cache}")
     return 0
 

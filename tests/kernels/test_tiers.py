@@ -48,6 +48,9 @@ def test_every_tile_of_a_tier_fits_its_vector_registers(tier, bits, registers):
     assert (tiles["depthwise_sums"] + 2) * per_vector <= registers, tier
     # a weight gradient's input channels per tile divide a 16-channel block
     assert all(16 % rows == 0 for rows, _ in tiles["weight"]), tier
+    if tiles["kernel_row"]:  # accumulators of `lanes` channels, the gradient's vector and a broadcast
+        rows, lanes = tiles["kernel_row"]
+        assert lanes * 32 % bits == 0 and (rows + 2) * max(1, lanes * 32 // bits) <= registers, tier
 
 
 def test_no_kernel_source_names_an_x86_intrinsic():

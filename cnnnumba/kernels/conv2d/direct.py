@@ -11,8 +11,8 @@ from numba.extending import intrinsic
 from .._runtime import jit, run_jobs, run_slots
 from .._runtime.vector import (LANES, PREFETCH_MIN_BYTES, element_pointer, lane_mask, load_vector, masked_load,
                                masked_store, prefetch_span, store_vector)
-from .tiles import (SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, run_row_tile, run_weight_tile,
-                    weight_tile, weight_tile_rows)
+from .tiles import (KERNEL_ROW_TILE_LANES, SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, run_row_tile,
+                    kernel_row_tile_applies, run_weight_tile, weight_tile, weight_tile_rows, kernel_row_tile)
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
                         sum_partials)
 
@@ -320,6 +320,57 @@ def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out
             r += span
 
 
+# Pixels a kernel-row tile sums per call: it loads and stores its accumulators once a call (calls of 64 pixels
+# ran cifar-cnn's first layer slower than of 128-256, AVX2, bench/README.md).
+KERNEL_ROW_BLOCK_PIXELS = 256
+
+
+@jit
+def _backward_weight_kernel_rows_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, stride_h, stride_w,
+                                 pad_top, pad_left, dilation_h, kernel_h, band_rows, prefetch):
+    """Chunks first_chunk..last_chunk - 1 of _backward_weight_columns where the tier's kernel-row tile applies
+    (tiles.kernel_row_tile_applies): each tile reads one kernel row's kW * C_in values in place from the worker's strip,
+    so no columns are copied; the partials keep the column matrix's (kh, kw, ci) rows, and every entry sums its
+    pixels in the column kernel's order (the same bits)."""
+    batch, _, _, channels = x.shape
+    chunks, _, _, reduction, channels_out = partials.shape
+    frame_w = strips.shape[2]
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    run = reduction // kernel_h
+    grad_row_step = out_w * channels_out
+    block_rows = max(1, KERNEL_ROW_BLOCK_PIXELS // out_w)
+    chunk_size = reduction * channels_out
+    tiles_per_block = kernel_h * (channels_out // KERNEL_ROW_TILE_LANES)
+    strip = strips[worker]
+    grad_flat = grad_out.reshape(-1)
+    for chunk in range(first_chunk, last_chunk):
+        first, last = chunk_bounds(batch * out_h, chunks, chunk)
+        partials[chunk] = 0.0
+        r = first
+        while r < last:
+            n = r // out_h
+            oh = r % out_h
+            span = min(last - r, out_h - oh, band_rows)
+            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
+                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
+            for b in range(0, span, block_rows):
+                count = min(block_rows, span - b)
+                # the next block's grad_out rows, a share before each tile: the tiles then find them in L1
+                ahead = (r + b + count) * grad_row_step
+                share = -(-count * grad_row_step // tiles_per_block)
+                tile = 0
+                for kh in range(kernel_h):
+                    x_start = (b * stride_h + kh * dilation_h) * frame_w * channels
+                    for co in range(0, channels_out, KERNEL_ROW_TILE_LANES):
+                        if prefetch:
+                            prefetch_span(grad_flat, ahead + tile * share, share)
+                        tile += 1
+                        kernel_row_tile(partials, chunk * chunk_size + kh * run * channels_out + co, strip, x_start,
+                                        stride_w * channels, stride_h * frame_w * channels, grad_flat,
+                                        (r + b) * grad_row_step + co, grad_row_step, count, out_w, channels_out)
+            r += span
+
+
 def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, padding, dilation_h, kernel_hw,
                              band_rows):
     """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range as one
@@ -328,18 +379,24 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
     to a whole tile. A chunk pads the input rows under at most band_rows output rows of one image into its strip
     (workers, strip_h, frame_w, C_in), then, a block of about PIXELS_PER_BLOCK output pixels at a time, copies the
     kH * kW * C_in values under each pixel side by side into its columns (workers, block pixels * R) and runs
-    every tile over the block. Dilation 1 along the width. Each entry sums its pixels in (image, row, column)
-    order, so the result depends on the chunks only."""
+    every tile over the block; where the tier's kernel-row tile applies (columns None), the tiles read the
+    strip in place instead (_backward_weight_kernel_rows_chunks), with the same sums. Dilation 1 along the width. Each
+    entry sums its pixels in (image, row, column) order, so the result depends on the chunks only."""
     # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
     # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the last
     # ones reach into LANES floats of slack at the end of the columns and into the strips' spare rows, zeroed here
     # once for every range of chunks.
+    prefetch = grad_out.nbytes >= PREFETCH_MIN_BYTES
+    if columns is None:  # the tier's kernel-row tile applies (the plan made no columns)
+        run_jobs(_backward_weight_kernel_rows_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
+                 stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], band_rows, prefetch)
+        return
     row_size = strips.shape[2] * strips.shape[3]
     columns[...] = 0.0
     strips[:, strips.shape[1] - (LANES + row_size - 1) // row_size:] = 0.0
     run_jobs(_backward_weight_columns_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
              columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows,
-             grad_out.nbytes >= PREFETCH_MIN_BYTES)
+             prefetch)
 
 
 # Forward jobs wanted per call, so that the threads share them evenly; each job's strip (the padded input rows
@@ -478,7 +535,7 @@ def backward_weight(x, grad_out, out, stride, padding, dilation, scratch, detail
     shape, chunks, band_rows = details
     partials = scratch["partials"] if chunks > 1 or "summed" in scratch else out.reshape((1, *shape))
     if columns:
-        _backward_weight_columns(x, grad_out, partials, scratch["strips"], scratch["columns"], stride, padding,
+        _backward_weight_columns(x, grad_out, partials, scratch["strips"], scratch.get("columns"), stride, padding,
                                  dilation[0], out.shape[:2], band_rows)
     else:
         _backward_weight_rows(x, grad_out, partials, scratch["strips"], scratch["grad_blocks"], stride[0], stride[1],
@@ -543,7 +600,10 @@ def _folded_reduction(weight_shape, machine=None):
 
 
 def _padded_columns(weight_shape, machine=None):
-    """Rows of the column matrix (kH * kW * C_in, padded to whole tiles) of Variant.DIRECT_COLUMNS."""
+    """Rows of the column matrix of Variant.DIRECT_COLUMNS: kH * kW * C_in, padded to whole tiles unless the
+    kernel-row tile reads them (tiles.kernel_row_tile_applies)."""
+    if kernel_row_tile_applies(weight_shape, 1, machine):
+        return weight_shape[0] * weight_shape[1] * weight_shape[2]
     tile_rows, folded, _ = _folded_reduction(weight_shape, machine)
     return -(-(weight_shape[0] * folded) // tile_rows) * tile_rows
 
@@ -582,9 +642,11 @@ def backward_weight_columns_plan(dtype, x_shape, weight_shape, out_shape, stride
     # spare rows and LANES floats: the whole-vector copies of the last run of a row read and write past its end
     spare = -(-LANES // (frame_w * channels_in))
     strip = ((band_rows - 1) * stride[0] + dilation[0] * (kernel_h - 1) + 1 + spare, frame_w, channels_in)
-    columns = max(1, PIXELS_PER_BLOCK // out_w) * out_w * reduction + LANES
+    # the kernel-row tile reads the strip in place: no columns
+    runs = kernel_row_tile_applies(weight_shape, dilation[1])
+    columns = 0 if runs else max(1, PIXELS_PER_BLOCK // out_w) * out_w * reduction + LANES
     slots = slots_within(spec_bytes(strip, dtype) + spec_bytes((columns,), dtype), specs_bytes(specs), chunks, budget)
-    specs += (("strips", (slots, *strip), dtype), ("columns", (slots, columns), dtype))
+    specs += (("strips", (slots, *strip), dtype),) + ((("columns", (slots, columns), dtype),) if columns else ())
     return specs, (shape, chunks, band_rows)
 
 

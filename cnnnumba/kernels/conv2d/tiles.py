@@ -15,8 +15,8 @@ from numba.extending import intrinsic
 
 from .._runtime import jit
 from .._runtime.machine import target_machine
-from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_function, load_vector, store_vector,
-                               vector_fma, vector_type)
+from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_function, load_vector, splat,
+                               store_vector, vector_fma, vector_type)
 
 # The tiles' shapes per CPU tier: (pixels, vectors of LANES output channels) of the forward tiles and (input
 # channels, vectors) of the weight-gradient tiles, for the kinds BROAD, WIDE and NARROW (see forward_tile and
@@ -30,13 +30,19 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_fun
 # tier has one: ((pixels, vectors), most rows) of the tile few_pixels.py runs for products of at most that many
 # rows. `short`, where a tier has one: (pixels, vectors) of a forward tile of fewer pixels that the direct forward
 # runs beside or instead of its forward tiles along rows they would cover with overlap (forward_row_cover).
+# `kernel_row`, where a tier has one: (rows, lanes) of the weight-gradient tile of a first layer whose kernel row
+# holds exactly `rows` values, kW * C_in (kernel_row_tile_applies): they are read in place from the strip, one
+# vector of `lanes` output channels (the tier's own width, not LANES) per pixel.
 TIER_TILES = {
     # 32 zmm: 16 accumulators; broad tiles (4 x 64: 4 weight loads and 4 broadcasts per 16 FMAs, against 2 and 8)
     # from 64 output channels, wide (8 x 32) from 32, narrow (16 x 16) for 16-channel layers
     "avx512": {"forward": ((4, 4), (8, 2), (16, 1)), "weight": ((4, 4), (8, 2), (16, 1)), "few_channel": (2, 8),
                "row_images": 8, "row_weight_rows": 15, "depthwise_pixels": 8, "depthwise_sums": 4,
                "product": None,  # the broad tile already reads 4 cache lines of a weight row
-               "short": None},
+               "short": None,
+               # 9 accumulators: cifar-cnn's first layer 0.60 ms against the 8 x 32 tiles' 0.79-0.81, whose columns
+               # padded its 27 rows to 32 (bench/README.md)
+               "kernel_row": (9, 16)},
     # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
     # kernels are 6 x 16 too); a weight gradient's input channels must divide 16, so 4 x 16 (8 accumulators)
     "avx2": {"forward": ((6, 1),) * 3, "weight": ((4, 1),) * 3, "few_channel": (1, 6), "row_images": 4,
@@ -46,10 +52,14 @@ TIER_TILES = {
              "product": ((2, 2), 32),
              # 8 accumulators, as many FMAs as 2 ports x 4 cycles keep in flight: on 8-pixel rows, which the 6-pixel
              # tiles cover computing 12, 1x8x8 128->128 ran 0.13-0.14 ms against 0.17-0.18 (bench/README.md)
-             "short": (4, 1)},
+             "short": (4, 1),
+             # 3x3 on 3 channels: 9 accumulators of 8 channels, 1 load and 9 broadcasts per pixel, no column copies;
+             # cifar-cnn's first layer 0.83-0.85 ms against the 4 x 16 tiles' 1.01-1.02 (bench/README.md)
+             "kernel_row": (9, 8)},
     # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 2 x 16 is 8 accumulators and 4 loads
     "sse": {"forward": ((2, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 2), "row_images": 2,
-            "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2, "product": None, "short": None},
+            "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2, "product": None, "short": None,
+            "kernel_row": None},
 }
 _TIER_TABLE = {"avx512": "avx512", "avx2": "avx2", "avx": "avx2", "neon": "avx2", "sse": "sse", "generic": "sse"}
 TILES = TIER_TILES[_TIER_TABLE[target_machine().tier]]
@@ -63,6 +73,7 @@ BROAD_WEIGHT_TILE_CHANNELS, WEIGHT_TILE_CHANNELS, NARROW_WEIGHT_TILE_CHANNELS = 
 PRODUCT_TILE_CHANNELS = _product * LANES
 SHORT_TILE_PIXELS, _short = TILES["short"] or (0, 0)
 SHORT_TILE_CHANNELS = _short * LANES
+KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES = TILES["kernel_row"] or (0, 0)
 # The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
@@ -146,7 +157,8 @@ def tile_shapes():
                        (NARROW_WEIGHT_TILE_ROWS, NARROW_WEIGHT_TILE_CHANNELS)],
             "few-channel": [(PIXEL_TILE_PIXELS, PIXEL_TILE_OUTPUTS)],
             "product": [(PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS)] if PRODUCT_TILE_PIXELS else [],
-            "short row": [(SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS)] if SHORT_TILE_PIXELS else []}
+            "short row": [(SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS)] if SHORT_TILE_PIXELS else [],
+            "kernel row": [(KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES)] if KERNEL_ROW_TILE_ROWS else []}
 
 
 def tiles_of(machine=None):
@@ -168,6 +180,15 @@ def forward_tiles_fit(channels, width, machine=None):
     forward_tile picks for its channels."""
     narrow_vectors = tiles_of(machine)["forward"][2][1]
     return channels >= narrow_vectors * LANES and width >= forward_row_tile_pixels(channels, machine)
+
+
+def kernel_row_tile_applies(weight_shape, dilation_w, machine=None):
+    """Whether `machine`'s tier has a kernel-row tile (TIER_TILES' `kernel_row`) that a weight gradient of weight_shape
+    (kH, kW, C_in, C_out) runs: its kW * C_in values side by side (dilation 1 across) fill the tile's rows exactly
+    and its lanes divide C_out."""
+    tile = tiles_of(machine)["kernel_row"]
+    return tile is not None and dilation_w == 1 and weight_shape[1] * weight_shape[2] == tile[0] \
+        and weight_shape[3] % tile[1] == 0
 
 
 def weight_tile_rows(channels_out, machine=None):
@@ -261,9 +282,10 @@ def _make_forward_tile(pixels, vectors):
     return forward_tile
 
 
-def _make_weight_tile(rows_per_tile, vectors):
-    """An intrinsic accumulating one weight-gradient tile of `rows_per_tile` input channels x `vectors` * 16
+def _make_weight_tile(rows_per_tile, vectors, lanes=LANES):
+    """An intrinsic accumulating one weight-gradient tile of `rows_per_tile` input channels x `vectors` * `lanes`
     output channels."""
+    vector = ir.VectorType(ir.FloatType(), lanes)
 
     @intrinsic
     def weight_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
@@ -277,7 +299,7 @@ def _make_weight_tile(rows_per_tile, vectors):
         def codegen(context, builder, sig, args):
             (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
              grad_out_offset, grad_out_row_step, rows, columns, channels_out) = args
-            fma = vector_fma(builder)
+            fma = fma_function(builder, vector)
             grad_weight_pointer = element_pointer(context, builder, sig.args[0], grad_weight_value,
                                                    grad_weight_offset)
             x_pointer = element_pointer(context, builder, sig.args[2], x_value, x_offset)
@@ -286,7 +308,7 @@ def _make_weight_tile(rows_per_tile, vectors):
             for r in range(rows_per_tile):
                 row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(INDEX, r))])
                 for v in range(vectors):
-                    current = load_vector(builder, builder.gep(row_pointer, [ir.Constant(INDEX, v * LANES)]))
+                    current = load_vector(builder, builder.gep(row_pointer, [ir.Constant(INDEX, v * lanes)]), vector)
                     slot = cgutils.alloca_once(builder, current.type)
                     builder.store(current, slot)
                     accumulators.append((slot, row_pointer, v))
@@ -296,15 +318,15 @@ def _make_weight_tile(rows_per_tile, vectors):
                 with cgutils.for_range(builder, columns) as column:
                     x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
                     grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
-                    grads = [load_vector(builder, builder.gep(grad_pixel, [ir.Constant(INDEX, v * LANES)]))
+                    grads = [load_vector(builder, builder.gep(grad_pixel, [ir.Constant(INDEX, v * lanes)]), vector)
                              for v in range(vectors)]
                     for r in range(rows_per_tile):
-                        value = broadcast(builder, builder.load(builder.gep(x_pixel, [ir.Constant(INDEX, r)])))
+                        value = splat(builder, builder.load(builder.gep(x_pixel, [ir.Constant(INDEX, r)])), vector)
                         for v in range(vectors):
                             slot = accumulators[vectors * r + v][0]
                             builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
             for slot, row_pointer, v in accumulators:
-                store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(INDEX, v * LANES)]))
+                store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(INDEX, v * lanes)]))
             return context.get_dummy_value()
 
         return signature, codegen
@@ -315,6 +337,8 @@ def _make_weight_tile(rows_per_tile, vectors):
 _forward_tile_broad, _forward_tile_wide, _forward_tile_narrow = (_make_forward_tile(*shape)
                                                                  for shape in TILES["forward"])
 _weight_tile_broad, _weight_tile_wide, _weight_tile_narrow = (_make_weight_tile(*shape) for shape in TILES["weight"])
+# a tier without a kernel-row tile never runs it (kernel_row_tile_applies); a 1-row stand-in keeps the name defined
+kernel_row_tile = _make_weight_tile(max(KERNEL_ROW_TILE_ROWS, 1), 1, KERNEL_ROW_TILE_LANES or LANES)
 # a tier without a product tile never selects PRODUCT; the broad tile's shape stands in so the code compiles
 _forward_tile_product = _make_forward_tile(*(TILES["product"] or TILES["forward"][:1])[0])
 

@@ -4,7 +4,7 @@ partials and strip bands under changed planning constants."""
 import numpy as np
 import pytest
 
-from cnnnumba.kernels._runtime.machine import target_machine
+from cnnnumba.kernels._runtime.machine import Machine, target_machine
 
 from cnnnumba.kernels.conv2d import Pass, Variant, direct, plan, tiles, workspace
 from tests.kernels.conv2d.common import (CASES, ConvCase, arrays, assert_close, case_id, check_passes,
@@ -189,6 +189,45 @@ def test_the_column_weight_gradient_matches_the_reference(case):
         assert case.selected("backward_weight") is Variant.DIRECT_COLUMNS
     with forced(Variant.DIRECT_COLUMNS, "backward_weight"):
         check_passes(case, names=("backward_weight",))
+
+
+AVX2 = Machine("avx2", "haswell", 256, 8, 16, True)
+AVX512 = Machine("avx512", "skylake-avx512", 512, 16, 32, True)
+
+
+def test_the_kernel_row_tile_takes_first_layers_whose_kernel_row_fills_it():
+    # the tile holds 9 values of a kernel row (3x3 on 3 channels) x 8 output channels on AVX2, 16 on AVX-512
+    for weight_shape, dilation_w, on_avx2, on_avx512 in (
+            ((3, 3, 3, 32), 1, True, True), ((3, 3, 3, 16), 1, True, True), ((7, 3, 3, 64), 1, True, True),
+            ((3, 3, 3, 8), 1, True, False), ((3, 3, 3, 20), 1, False, False), ((3, 3, 3, 32), 2, False, False),
+            ((5, 5, 1, 8), 1, False, False), ((3, 3, 4, 32), 1, False, False)):
+        assert tiles.kernel_row_tile_applies(weight_shape, dilation_w, AVX2) is on_avx2, weight_shape
+        assert tiles.kernel_row_tile_applies(weight_shape, dilation_w, AVX512) is on_avx512, weight_shape
+    # its partial is the unpadded column matrix; without it, the columns pad to whole weight tiles
+    assert direct._padded_columns((3, 3, 3, 32), AVX2) == 27 and direct._padded_columns((3, 3, 3, 32), AVX512) == 27
+    assert direct._padded_columns((3, 3, 3, 20), AVX2) == 28
+
+
+KERNEL_ROW_CASES = [COLUMNS[0], COLUMNS[1], COLUMNS[2], COLUMNS[4], ConvCase(3, 33, 35, 3, 48, padding=1)]
+
+
+@pytest.mark.parametrize("case", KERNEL_ROW_CASES, ids=case_id)
+def test_the_kernel_row_tile_gives_the_column_kernels_bits(case, plan_constant):
+    """Where the compiled tier has the tile (AVX-512, AVX2), the column-matrix weight gradient reads the strip in
+    place and copies no columns, with the column copies' sums bit for bit; elsewhere (SSE) it copies columns."""
+    data = arrays(case, seed=3)
+    geometry = case.geometry
+    with forced(Variant.DIRECT_COLUMNS, "backward_weight"):
+        specs = dict((name, shape) for name, shape, _ in plan(Pass.BACKWARD_WEIGHT, geometry, case.dtype).specs)
+        applies = tiles.kernel_row_tile_applies(geometry.weight_shape, geometry.dilation[1])
+        assert ("columns" in specs) is not applies
+        in_place = run_pass("backward_weight", case, data)
+        plan_constant(direct, "kernel_row_tile_applies", lambda *arguments, **options: False)
+        assert "columns" in dict((name, shape) for name, shape, _ in
+                                 plan(Pass.BACKWARD_WEIGHT, geometry, case.dtype).specs)
+        copied = run_pass("backward_weight", case, data)
+    np.testing.assert_array_equal(in_place, copied)
+    check_passes(case, data, names=("backward_weight",))
 
 
 @pytest.mark.parametrize("case", [COLUMNS[0], COLUMNS[5]], ids=case_id)
