@@ -108,7 +108,6 @@ def masked_store(builder, value, pointer, mask, element_bytes=4):
                             ir.Constant(ir.IntType(32), element_bytes), mask])
 
 
-
 # Streaming kernels ask for the data this many bytes ahead of what they read: on the 2-core Xeon VMs here the
 # hardware prefetchers left a pass over arrays fresh from memory waiting on every line (batch norm's backward
 # sums over 64x32x32x16 took 0.83-0.94 ms against 0.29 from cache, with this 0.57; bench/README.md).

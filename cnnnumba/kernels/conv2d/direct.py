@@ -11,8 +11,8 @@ from numba.extending import intrinsic
 from .._runtime import jit, run_jobs, run_slots
 from .._runtime.vector import (LANES, PREFETCH_MIN_BYTES, element_pointer, lane_mask, load_vector, masked_load,
                                masked_store, prefetch_span, store_vector)
-from .tiles import (KERNEL_ROW_TILE_LANES, SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, run_row_tile,
-                    kernel_row_tile_applies, run_weight_tile, weight_tile, weight_tile_rows, kernel_row_tile)
+from .tiles import (KERNEL_ROW_TILE_LANES, SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, kernel_row_tile,
+                    kernel_row_tile_applies, run_row_tile, run_weight_tile, weight_tile, weight_tile_rows)
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
                         sum_partials)
 
@@ -326,12 +326,12 @@ KERNEL_ROW_BLOCK_PIXELS = 256
 
 
 @jit
-def _backward_weight_kernel_rows_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, stride_h, stride_w,
-                                 pad_top, pad_left, dilation_h, kernel_h, band_rows, prefetch):
+def _backward_weight_kernel_rows_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, stride_h,
+                                        stride_w, pad_top, pad_left, dilation_h, kernel_h, band_rows, prefetch):
     """Chunks first_chunk..last_chunk - 1 of _backward_weight_columns where the tier's kernel-row tile applies
-    (tiles.kernel_row_tile_applies): each tile reads one kernel row's kW * C_in values in place from the worker's strip,
-    so no columns are copied; the partials keep the column matrix's (kh, kw, ci) rows, and every entry sums its
-    pixels in the column kernel's order (the same bits)."""
+    (tiles.kernel_row_tile_applies): each tile reads one kernel row's kW * C_in values in place from the worker's
+    strip, so no columns are copied; the partials keep the column matrix's (kh, kw, ci) rows, and every entry sums
+    its pixels in the column kernel's order (the same bits)."""
     batch, _, _, channels = x.shape
     chunks, _, _, reduction, channels_out = partials.shape
     frame_w = strips.shape[2]
@@ -379,18 +379,18 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
     to a whole tile. A chunk pads the input rows under at most band_rows output rows of one image into its strip
     (workers, strip_h, frame_w, C_in), then, a block of about PIXELS_PER_BLOCK output pixels at a time, copies the
     kH * kW * C_in values under each pixel side by side into its columns (workers, block pixels * R) and runs
-    every tile over the block; where the tier's kernel-row tile applies (columns None), the tiles read the
-    strip in place instead (_backward_weight_kernel_rows_chunks), with the same sums. Dilation 1 along the width. Each
+    every tile over the block; where the tier's kernel-row tile applies (columns None), the tiles read the strip
+    in place instead (_backward_weight_kernel_rows_chunks), with the same sums. Dilation 1 along the width. Each
     entry sums its pixels in (image, row, column) order, so the result depends on the chunks only."""
+    prefetch = grad_out.nbytes >= PREFETCH_MIN_BYTES
+    if columns is None:  # the tier's kernel-row tile applies (the plan made no columns)
+        run_jobs(_backward_weight_kernel_rows_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials,
+                 strips, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], band_rows, prefetch)
+        return
     # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
     # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the last
     # ones reach into LANES floats of slack at the end of the columns and into the strips' spare rows, zeroed here
     # once for every range of chunks.
-    prefetch = grad_out.nbytes >= PREFETCH_MIN_BYTES
-    if columns is None:  # the tier's kernel-row tile applies (the plan made no columns)
-        run_jobs(_backward_weight_kernel_rows_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
-                 stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], band_rows, prefetch)
-        return
     row_size = strips.shape[2] * strips.shape[3]
     columns[...] = 0.0
     strips[:, strips.shape[1] - (LANES + row_size - 1) // row_size:] = 0.0

@@ -183,9 +183,9 @@ def forward_tiles_fit(channels, width, machine=None):
 
 
 def kernel_row_tile_applies(weight_shape, dilation_w, machine=None):
-    """Whether `machine`'s tier has a kernel-row tile (TIER_TILES' `kernel_row`) that a weight gradient of weight_shape
-    (kH, kW, C_in, C_out) runs: its kW * C_in values side by side (dilation 1 across) fill the tile's rows exactly
-    and its lanes divide C_out."""
+    """Whether `machine`'s tier has a kernel-row tile (TIER_TILES' `kernel_row`) that a weight gradient of
+    weight_shape (kH, kW, C_in, C_out) runs: its kW * C_in values side by side (dilation 1 across) fill the tile's
+    rows exactly and its lanes divide C_out."""
     tile = tiles_of(machine)["kernel_row"]
     return tile is not None and dilation_w == 1 and weight_shape[1] * weight_shape[2] == tile[0] \
         and weight_shape[3] % tile[1] == 0
