@@ -7,15 +7,15 @@ caller-supplied array `out` (so a memory planner can hand in a preallocated buff
 a 1-D uint8 array of at least conv2d_workspace_bytes(...) bytes holding all scratch, or None to allocate one.
 
 The package: select.py (which variant runs), tiles.py (the register tiles and their rules), direct.py and
-pointwise.py (register-tiled direct and 1x1), winograd/ (F(2x2) and F(4x4) forward, input and weight gradients),
-small.py, small_bands.py and small_rows.py (few channels), gemm.py (im2col + BLAS), few_pixels.py (outputs of a
-few pixels in the batch), depthwise.py (one filter per channel), general.py (any groups, dilation, dtype; the bias
-gradient), workspace.py (scratch layout, partial sums).
+pointwise.py (register-tiled direct and 1x1; direct_input.py the direct input gradient), winograd/ (F(2x2) and
+F(4x4) forward, input and weight gradients), small.py, small_bands.py and small_rows.py (few channels), gemm.py
+(im2col + BLAS), few_pixels.py (outputs of a few pixels in the batch), depthwise.py (one filter per channel),
+general.py (any groups, dilation, dtype; the bias gradient), workspace.py (scratch layout, partial sums).
 """
 import numpy as np
 
 from .. import elementwise, norm
-from . import depthwise, direct, few_pixels, gemm, general, pointwise, small
+from . import depthwise, direct, direct_input, few_pixels, gemm, general, pointwise, small
 from .select import Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
 from .tiles import RELU6_CODE
 from .winograd import f2 as winograd_f2
@@ -162,7 +162,7 @@ def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), 
     elif variant is Variant.POINTWISE:
         pointwise.backward_input(grad_out, weight, out, stride, scratch)
     elif variant is Variant.DIRECT:
-        direct.backward_input(grad_out, weight, out, stride, padding, dilation, scratch, details)
+        direct_input.backward_input(grad_out, weight, out, stride, padding, dilation, scratch, details)
     elif variant is Variant.SMALL_ROWS:
         small.backward_input_rows(grad_out, weight, out, scratch, details)
     elif variant is Variant.SMALL_BANDS:

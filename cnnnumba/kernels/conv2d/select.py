@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._runtime.machine import target_machine
-from . import depthwise, direct, few_pixels, gemm, general, pointwise, small, workspace
+from . import depthwise, direct, direct_input, few_pixels, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
 from .tiles import forward_row_tile_pixels, forward_tiles_fit, tiles_of, weight_tile_rows
 from .winograd import f2 as winograd_f2
@@ -402,7 +402,7 @@ def _backward_input_planner(variant, dtype, geometry, budget):
     if variant is Variant.POINTWISE:
         return pointwise.backward_input_plan(dtype, weight_shape)
     if variant is Variant.DIRECT:
-        return direct.backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, budget)
+        return direct_input.backward_input_plan(dtype, x_shape, weight_shape, out_shape, stride, padding, dilation, budget)
     if variant is Variant.SMALL_ROWS:
         return small.backward_input_rows_plan(dtype, x_shape, weight_shape, out_shape, padding, dilation, budget)
     if variant is Variant.SMALL_BANDS:
