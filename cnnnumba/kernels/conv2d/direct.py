@@ -224,18 +224,46 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
              grad_blocks, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
 
 
+# Pixels a kernel-row tile sums per call: it loads and stores its accumulators once a call (calls of 64 pixels
+# ran cifar-cnn's first layer slower than of 128-256, AVX2, bench/README.md).
+KERNEL_ROW_BLOCK_PIXELS = 256
+
+
+@jit
+def _kernel_row_block(partials, partial_offset, strip, x_start, grad_flat, grad_start, ahead, count, out_w,
+                      stride_h, stride_w, dilation_h, kernel_h, prefetch):
+    """One block of count output rows through the kernel-row tiles (tiles.kernel_row_tile_applies): each tile reads
+    one kernel row's kW * C_in values in place from the strip; the partial keeps the column matrix's (kh, kw, ci)
+    rows. Where prefetch, a share of the next block's grad_out rows (from `ahead`) before each tile."""
+    reduction, channels_out = partials.shape[3], partials.shape[4]
+    frame_w, channels = strip.shape[1], strip.shape[2]
+    run = reduction // kernel_h
+    grad_row_step = out_w * channels_out
+    share = -(-count * grad_row_step // (kernel_h * (channels_out // KERNEL_ROW_TILE_LANES)))
+    tile = 0
+    for kh in range(kernel_h):
+        row_start = x_start + kh * dilation_h * frame_w * channels
+        for co in range(0, channels_out, KERNEL_ROW_TILE_LANES):
+            if prefetch:
+                prefetch_span(grad_flat, ahead + tile * share, share)
+            tile += 1
+            kernel_row_tile(partials, partial_offset + kh * run * channels_out + co, strip, row_start,
+                            stride_w * channels, stride_h * frame_w * channels, grad_flat, grad_start + co,
+                            grad_row_step, count, out_w, channels_out)
+
+
 @jit
 def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, columns,
                                     stride_h, stride_w, pad_top, pad_left, dilation_h, kernel_h, kernel_w, band_rows,
-                                    prefetch):
+                                    block_rows, kernel_rows, prefetch):
     """Chunks first_chunk..last_chunk - 1 of _backward_weight_columns (run by _runtime.jobs.run_jobs), in
-    worker's strip and columns; prefetching grad_out's next block where prefetch."""
+    worker's strip and columns (none where kernel_rows: _kernel_row_block); prefetching grad_out's next block where
+    prefetch."""
     batch, _, _, channels = x.shape
     chunks, _, _, reduction, channels_out = partials.shape
     frame_w = strips.shape[2]
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
     grad_row_step = out_w * channels_out
-    block_rows = (columns.shape[1] - LANES) // (out_w * reduction)
     chunk_size = reduction * channels_out
     run = kernel_w * channels  # the kW taps of a kernel row, side by side in a strip row (dilation 1 across)
     kind, tile_rows, tile_channels = weight_tile(channels_out)
@@ -257,8 +285,13 @@ def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out
                         strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
             for b in range(0, span, block_rows):
                 count = min(block_rows, span - b)
-                # the next block's grad_out rows, a pixel's worth per pixel copied: the tiles then find them in L1
                 ahead = (r + b + count) * grad_row_step
+                if kernel_rows:
+                    _kernel_row_block(partials, chunk * chunk_size, strip, b * stride_h * frame_w * channels,
+                                      grad_flat, (r + b) * grad_row_step, ahead, count, out_w, stride_h, stride_w,
+                                      dilation_h, kernel_h, prefetch)
+                    continue
+                # the next block's grad_out rows, a pixel's worth per pixel copied: the tiles then find them in L1
                 for row in range(count):
                     for ow in range(out_w):
                         if prefetch:
@@ -277,57 +310,6 @@ def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out
             r += span
 
 
-# Pixels a kernel-row tile sums per call: it loads and stores its accumulators once a call (calls of 64 pixels
-# ran cifar-cnn's first layer slower than of 128-256, AVX2, bench/README.md).
-KERNEL_ROW_BLOCK_PIXELS = 256
-
-
-@jit
-def _backward_weight_kernel_rows_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, strips, stride_h,
-                                        stride_w, pad_top, pad_left, dilation_h, kernel_h, band_rows, prefetch):
-    """Chunks first_chunk..last_chunk - 1 of _backward_weight_columns where the tier's kernel-row tile applies
-    (tiles.kernel_row_tile_applies): each tile reads one kernel row's kW * C_in values in place from the worker's
-    strip, so no columns are copied; the partials keep the column matrix's (kh, kw, ci) rows, and every entry sums
-    its pixels in the column kernel's order (the same bits)."""
-    batch, _, _, channels = x.shape
-    chunks, _, _, reduction, channels_out = partials.shape
-    frame_w = strips.shape[2]
-    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-    run = reduction // kernel_h
-    grad_row_step = out_w * channels_out
-    block_rows = max(1, KERNEL_ROW_BLOCK_PIXELS // out_w)
-    chunk_size = reduction * channels_out
-    tiles_per_block = kernel_h * (channels_out // KERNEL_ROW_TILE_LANES)
-    strip = strips[worker]
-    grad_flat = grad_out.reshape(-1)
-    for chunk in range(first_chunk, last_chunk):
-        first, last = chunk_bounds(batch * out_h, chunks, chunk)
-        partials[chunk] = 0.0
-        r = first
-        while r < last:
-            n = r // out_h
-            oh = r % out_h
-            span = min(last - r, out_h - oh, band_rows)
-            _fill_strip(x, n, oh * stride_h - pad_top, pad_left,
-                        strip[:(span - 1) * stride_h + dilation_h * (kernel_h - 1) + 1])
-            for b in range(0, span, block_rows):
-                count = min(block_rows, span - b)
-                # the next block's grad_out rows, a share before each tile: the tiles then find them in L1
-                ahead = (r + b + count) * grad_row_step
-                share = -(-count * grad_row_step // tiles_per_block)
-                tile = 0
-                for kh in range(kernel_h):
-                    x_start = (b * stride_h + kh * dilation_h) * frame_w * channels
-                    for co in range(0, channels_out, KERNEL_ROW_TILE_LANES):
-                        if prefetch:
-                            prefetch_span(grad_flat, ahead + tile * share, share)
-                        tile += 1
-                        kernel_row_tile(partials, chunk * chunk_size + kh * run * channels_out + co, strip, x_start,
-                                        stride_w * channels, stride_h * frame_w * channels, grad_flat,
-                                        (r + b) * grad_row_step + co, grad_row_step, count, out_w, channels_out)
-            r += span
-
-
 def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, padding, dilation_h, kernel_hw,
                              band_rows):
     """partials[chunk] = the weight gradient of the chunk's share of the (image, output row) range as one
@@ -337,23 +319,26 @@ def _backward_weight_columns(x, grad_out, partials, strips, columns, stride, pad
     (workers, strip_h, frame_w, C_in), then, a block of about PIXELS_PER_BLOCK output pixels at a time, copies the
     kH * kW * C_in values under each pixel side by side into its columns (workers, block pixels * R) and runs
     every tile over the block; where the tier's kernel-row tile applies (columns None), the tiles read the strip
-    in place instead (_backward_weight_kernel_rows_chunks), with the same sums. Dilation 1 along the width. Each
+    in place instead (_kernel_row_block), with the same sums. Dilation 1 along the width. Each
     entry sums its pixels in (image, row, column) order, so the result depends on the chunks only."""
     prefetch = grad_out.nbytes >= PREFETCH_MIN_BYTES
-    if columns is None:  # the tier's kernel-row tile applies (the plan made no columns)
-        run_jobs(_backward_weight_kernel_rows_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials,
-                 strips, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], band_rows, prefetch)
-        return
-    # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
-    # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the last
-    # ones reach into LANES floats of slack at the end of the columns and into the strips' spare rows, zeroed here
-    # once for every range of chunks.
-    row_size = strips.shape[2] * strips.shape[3]
-    columns[...] = 0.0
-    strips[:, strips.shape[1] - (LANES + row_size - 1) // row_size:] = 0.0
+    kernel_rows = columns is None  # the tier's kernel-row tile applies (the plan made no columns)
+    out_w = grad_out.shape[2]
+    if kernel_rows:
+        columns = np.empty((strips.shape[0], 0), strips.dtype)
+        block_rows = max(1, KERNEL_ROW_BLOCK_PIXELS // out_w)
+    else:
+        # Whole vectors are copied: each overwrites up to 15 floats past its run, which the next run or pixel then
+        # writes (or which are the padding rows past kH * kW * C_in, whose products land in dropped rows); the
+        # last ones reach into LANES floats of slack at the end of the columns and into the strips' spare rows,
+        # zeroed here once for every range of chunks.
+        row_size = strips.shape[2] * strips.shape[3]
+        columns[...] = 0.0
+        strips[:, strips.shape[1] - (LANES + row_size - 1) // row_size:] = 0.0
+        block_rows = (columns.shape[1] - LANES) // (out_w * partials.shape[3])
     run_jobs(_backward_weight_columns_chunks, partials.shape[0], strips.shape[0], x, grad_out, partials, strips,
              columns, stride[0], stride[1], padding[0], padding[1], dilation_h, kernel_hw[0], kernel_hw[1], band_rows,
-             prefetch)
+             block_rows, kernel_rows, prefetch)
 
 
 # Forward jobs wanted per call, so that the threads share them evenly; each job's strip (the padded input rows

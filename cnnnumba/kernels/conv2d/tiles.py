@@ -73,7 +73,7 @@ BROAD_WEIGHT_TILE_CHANNELS, WEIGHT_TILE_CHANNELS, NARROW_WEIGHT_TILE_CHANNELS = 
 PRODUCT_TILE_CHANNELS = _product * LANES
 SHORT_TILE_PIXELS, _short = TILES["short"] or (0, 0)
 SHORT_TILE_CHANNELS = _short * LANES
-KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES = TILES["kernel_row"] or (0, 0)
+KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES = TILES["kernel_row"] or (0, LANES)  # 0 rows: none
 # The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
@@ -338,7 +338,7 @@ _forward_tile_broad, _forward_tile_wide, _forward_tile_narrow = (_make_forward_t
                                                                  for shape in TILES["forward"])
 _weight_tile_broad, _weight_tile_wide, _weight_tile_narrow = (_make_weight_tile(*shape) for shape in TILES["weight"])
 # a tier without a kernel-row tile never runs it (kernel_row_tile_applies); a 1-row stand-in keeps the name defined
-kernel_row_tile = _make_weight_tile(max(KERNEL_ROW_TILE_ROWS, 1), 1, KERNEL_ROW_TILE_LANES or LANES)
+kernel_row_tile = _make_weight_tile(max(KERNEL_ROW_TILE_ROWS, 1), 1, KERNEL_ROW_TILE_LANES)
 # a tier without a product tile never selects PRODUCT; the broad tile's shape stands in so the code compiles
 _forward_tile_product = _make_forward_tile(*(TILES["product"] or TILES["forward"][:1])[0])
 
