@@ -257,16 +257,20 @@ def _check_same_shape(array, like, name, like_name):
         raise ValueError(f"max_pool2d kernel: {name} has shape {array.shape}, but {like_name} has {like.shape}")
 
 
-def max_pool2d_values_only(x_shape, out_shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                           dilation_w):
-    """Whether max_pool2d_forward can run without indices on C-contiguous arrays of these shapes: a 2x2 window that
-    lies inside x (no padding, dilation 1, no window clipped by ceil_mode), the one window whose kernel computes the
-    values apart; the other windows' loops write the argmax as they go."""
-    height, width = x_shape[1], x_shape[2]
+def _windows_inside(x_shape, out_shape, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                    dilation_w):
+    """No padding, dilation 1, and every window inside x (none clipped by ceil_mode)."""
     out_h, out_w = out_shape[1], out_shape[2]
-    return (kernel_h == 2 and kernel_w == 2 and pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1
-            and out_h > 0 and out_w > 0 and (out_h - 1) * stride_h + 2 <= height
-            and (out_w - 1) * stride_w + 2 <= width)
+    return (pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1 and out_h > 0 and out_w > 0
+            and (out_h - 1) * stride_h + kernel_h <= x_shape[1] and (out_w - 1) * stride_w + kernel_w <= x_shape[2])
+
+
+def max_pool2d_values_only(x_shape, out_shape, *window):
+    """Whether max_pool2d_forward can run without indices on C-contiguous arrays of these shapes: a 2x2 window that
+    lies inside x (_windows_inside), the one window whose kernel computes the values apart; the other windows'
+    loops write the argmax as they go. window: (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+    dilation_w)."""
+    return window[0] == 2 and window[1] == 2 and _windows_inside(x_shape, out_shape, *window)
 
 
 def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
@@ -276,8 +280,7 @@ def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 
 
     The variant is chosen here in Python, not inside njit, so a step compiles only the one it runs."""
     # the 2x2 variant stores through raw vector pointers, which no bounds check (not even NUMBA_BOUNDSCHECK) sees
-    batch, height, width, channels = x.shape
-    out_h, out_w = out.shape[1], out.shape[2]
+    batch, channels, out_h = x.shape[0], x.shape[3], out.shape[1]
     window = (kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w)
     two_by_two = (max_pool2d_values_only(x.shape, out.shape, *window) and x.flags.c_contiguous
                   and out.flags.c_contiguous)
@@ -288,8 +291,7 @@ def max_pool2d_forward(x, out, indices, kernel_h, kernel_w, stride_h, stride_w, 
         _run_pool_slots(_max_pool2d_forward_2x2, x.size, batch * out_h, x, out, None, stride_h, stride_w)
         return
     _check_same_shape(indices, out, "indices", "out")
-    inside = (pad_h == 0 and pad_w == 0 and dilation_h == 1 and dilation_w == 1 and out_h > 0 and out_w > 0
-              and (out_h - 1) * stride_h + kernel_h <= height and (out_w - 1) * stride_w + kernel_w <= width)
+    inside = _windows_inside(x.shape, out.shape, *window)
     if two_by_two and indices.flags.c_contiguous:
         _run_pool_slots(_max_pool2d_forward_2x2, x.size, batch * out_h, x, out, indices, stride_h, stride_w)
     elif inside and channels < FEW_CHANNELS:

@@ -1,8 +1,8 @@
 """Register-tiled direct convolution (float32, groups 1) on NHWC activations and (kH, kW, C_in, C_out) weights,
 and its 1x1 form: each job pads the input rows it reads into a strip that stays in cache while the tiles of
-tiles.py run over it; the weight gradients by kernel rows and as one column matrix; the input gradient, forwards of
-grad_out, is direct_input.py. Padding is (top, left), the bottom/right implied by the output size; outputs are written
-whole into the caller's `out`.
+tiles.py run over it; the weight gradients by kernel rows and as one column matrix; the input gradient, forwards
+of grad_out, is direct_input.py. Padding is (top, left), the bottom/right implied by the output size; outputs are
+written whole into the caller's `out`.
 """
 import numpy as np
 from numba import types
