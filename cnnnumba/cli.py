@@ -276,6 +276,7 @@ def run_info():
           + f"; few-channel {shapes['few-channel'][0][0]} pixels"
           + "".join(f"; few-pixel products {p}x{c}" for p, c in shapes["product"])
           + "".join(f"; short rows {p}x{c}" for p, c in shapes["short row"])
+          + "".join(f"; short weight gradient {r}x{c}" for r, c in shapes["short weight"])
           + "".join(f"; first-layer weight gradient {r}x{c}" for r, c in shapes["kernel row"]))
     print(f"numba cache: {cache}")
     return 0

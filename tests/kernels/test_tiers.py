@@ -46,8 +46,14 @@ def test_every_tile_of_a_tier_fits_its_vector_registers(tier, bits, registers):
     # the depthwise tiles: a 64-byte vector per pixel and a weight vector and a load; running sums and two loads
     assert (tiles["depthwise_pixels"] + 2) * per_vector <= registers, tier
     assert (tiles["depthwise_sums"] + 2) * per_vector <= registers, tier
-    # a weight gradient's input channels per tile divide a 16-channel block
-    assert all(16 % rows == 0 for rows, _ in tiles["weight"]), tier
+    # the input channels a weight gradient's tiles cover exactly divide a 16-channel block: the short weight tile's
+    # rows where the tier has one (the weight tiles' rows before it), else the weight tiles' own
+    if tiles["weight_short"]:
+        rows, vectors = tiles["weight_short"]
+        assert 16 % rows == 0 and all(v == vectors for _, v in tiles["weight"]), tier
+        assert (rows * vectors + vectors) * per_vector + 1 <= registers, tier
+    else:
+        assert all(16 % rows == 0 for rows, _ in tiles["weight"]), tier
     if tiles["kernel_row"]:  # accumulators of `lanes` channels, the gradient's vector and a broadcast
         rows, lanes = tiles["kernel_row"]
         assert lanes * 32 % bits == 0 and (rows + 2) * max(1, lanes * 32 // bits) <= registers, tier

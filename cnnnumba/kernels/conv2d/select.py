@@ -16,7 +16,7 @@ import numpy as np
 from .._runtime.machine import target_machine
 from . import depthwise, direct, direct_input, few_pixels, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
-from .tiles import forward_row_tile_pixels, forward_tiles_fit, tiles_of, weight_tile_rows
+from .tiles import forward_row_tile_pixels, forward_tiles_fit, tiles_of, weight_rows_multiple
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
@@ -220,7 +220,7 @@ def direct_backward_weight_applies(dtype, weight_shape, groups, dilation, machin
     """Whole weight-gradient tiles: C_out a multiple of 16, and C_in a multiple of the tile's input channels unless
     the kW taps fold into the reduction (dilation 1 along the width)."""
     return (dtype == np.float32 and groups == 1 and weight_shape[3] % LANES == 0
-            and (weight_shape[2] % weight_tile_rows(weight_shape[3], machine) == 0 or dilation[1] == 1))
+            and (weight_shape[2] % weight_rows_multiple(weight_shape[3], machine) == 0 or dilation[1] == 1))
 
 
 def small_applies(weight_shape, stride, groups):
@@ -326,7 +326,7 @@ def _select_backward_weight(dtype, geometry, budget, machine):
             or not winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)):
         return Variant.GEMM
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
-            and channels_out % LANES == 0 and channels_in % weight_tile_rows(channels_out, machine) == 0:
+            and channels_out % LANES == 0 and channels_in % weight_rows_multiple(channels_out, machine) == 0:
         return Variant.POINTWISE
     if direct_backward_weight_applies(dtype, weight_shape, groups, dilation, machine):
         # A column matrix when folding the taps pads the reduction less than folding each kernel row does.
@@ -499,7 +499,7 @@ def applies(pass_, variant, dtype, geometry, budget=None):
                 dtype, x_shape, weight_shape, out_shape, padding, budget, False) is not None,
             Variant.POINTWISE: lambda: pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding,
                                                          groups) and channels_out % LANES == 0
-            and group_in % weight_tile_rows(channels_out) == 0,
+            and group_in % weight_rows_multiple(channels_out) == 0,
             Variant.DIRECT_COLUMNS: lambda: tiled and dilation[1] == 1
             and direct.weight_columns_fit(dtype, weight_shape, budget),
             Variant.DIRECT: lambda: tiled,

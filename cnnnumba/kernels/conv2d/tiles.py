@@ -30,6 +30,8 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_fun
 # tier has one: ((pixels, vectors), most rows) of the tile few_pixels.py runs for products of at most that many
 # rows. `short`, where a tier has one: (pixels, vectors) of a forward tile of fewer pixels that the direct forward
 # runs beside or instead of its forward tiles along rows they would cover with overlap (forward_row_cover).
+# `weight_short`, where a tier has one: (input channels, vectors) of a weight-gradient tile of fewer rows, of the
+# weight tiles' vectors, covering the input channels their rows do not divide (weight_row_cover).
 # `kernel_row`, where a tier has one: (rows, lanes) of the weight-gradient tile of a first layer whose kernel row
 # holds exactly `rows` values, kW * C_in (kernel_row_tile_applies): they are read in place from the strip, one
 # vector of `lanes` output channels (the tier's own width, not LANES) per pixel.
@@ -39,13 +41,15 @@ TIER_TILES = {
     "avx512": {"forward": ((4, 4), (8, 2), (16, 1)), "weight": ((4, 4), (8, 2), (16, 1)), "few_channel": (2, 8),
                "row_images": 8, "row_weight_rows": 15, "depthwise_pixels": 8, "depthwise_sums": 4,
                "product": None,  # the broad tile already reads 4 cache lines of a weight row
-               "short": None,
+               "short": None, "weight_short": None,
                # 9 accumulators: cifar-cnn's first layer 0.60 ms against the 8 x 32 tiles' 0.79-0.81, whose columns
                # padded its 27 rows to 32 (bench/README.md)
                "kernel_row": (9, 16)},
     # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
-    # kernels are 6 x 16 too); a weight gradient's input channels must divide 16, so 4 x 16 (8 accumulators)
-    "avx2": {"forward": ((6, 1),) * 3, "weight": ((4, 1),) * 3, "few_channel": (1, 6), "row_images": 4,
+    # kernels are 6 x 16 too); the weight gradient's 6-row tiles leave multiples of 4 input channels to its
+    # 4-row short tiles (8 accumulators, latency-bound: 64x128 Winograd products 98 against 105 GFLOP/s a thread)
+    "avx2": {"forward": ((6, 1),) * 3, "weight": ((6, 1),) * 3, "weight_short": (4, 1), "few_channel": (1, 6),
+             "row_images": 4,
              "row_weight_rows": 6, "depthwise_pixels": 4, "depthwise_sums": 4,
              # a few rows times a weight streamed from memory: 2 x 32 reads 2 lines of each weight row per strip
              # where 6 x 16 reads 1 (1x2x2 512->512: 0.35 against 0.53 ms; a tie from 32 rows, bench/README.md)
@@ -59,7 +63,7 @@ TIER_TILES = {
     # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 2 x 16 is 8 accumulators and 4 loads
     "sse": {"forward": ((2, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 2), "row_images": 2,
             "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2, "product": None, "short": None,
-            "kernel_row": None},
+            "weight_short": None, "kernel_row": None},
 }
 _TIER_TABLE = {"avx512": "avx512", "avx2": "avx2", "avx": "avx2", "neon": "avx2", "sse": "sse", "generic": "sse"}
 TILES = TIER_TILES[_TIER_TABLE[target_machine().tier]]
@@ -74,6 +78,9 @@ PRODUCT_TILE_CHANNELS = _product * LANES
 SHORT_TILE_PIXELS, _short = TILES["short"] or (0, 0)
 SHORT_TILE_CHANNELS = _short * LANES
 KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES = TILES["kernel_row"] or (0, LANES)  # 0 rows: none
+SHORT_WEIGHT_TILE_ROWS, _short_weight = TILES["weight_short"] or (0, 0)  # 0 rows: none
+assert not SHORT_WEIGHT_TILE_ROWS or all(vectors == _short_weight for _, vectors in TILES["weight"]), \
+    "a short weight tile must have the weight tiles' channels: it runs in their strips of output channels"
 # The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
@@ -85,7 +92,7 @@ RELU6_CODE = 2
 # The tile-kind rules, one per pass kind; kinds number the tiles run_forward_tile and run_weight_tile run.
 BROAD, WIDE, NARROW = 2, 1, 0
 PRODUCT = 3  # TILES["product"], run by run_product_tile only
-SHORT = 4  # TILES["short"], run by run_row_tile only
+SHORT = 4  # TILES["short"] in run_row_tile, TILES["weight_short"] in run_weight_tile
 
 
 @jit
@@ -158,6 +165,7 @@ def tile_shapes():
             "few-channel": [(PIXEL_TILE_PIXELS, PIXEL_TILE_OUTPUTS)],
             "product": [(PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS)] if PRODUCT_TILE_PIXELS else [],
             "short row": [(SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS)] if SHORT_TILE_PIXELS else [],
+            "short weight": [(SHORT_WEIGHT_TILE_ROWS, _short_weight * LANES)] if SHORT_WEIGHT_TILE_ROWS else [],
             "kernel row": [(KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES)] if KERNEL_ROW_TILE_ROWS else []}
 
 
@@ -191,13 +199,39 @@ def kernel_row_tile_applies(weight_shape, dilation_w, machine=None):
         and weight_shape[3] % tile[1] == 0
 
 
-def weight_tile_rows(channels_out, machine=None):
-    """Input channels of the weight-gradient tile weight_tile picks for channels_out, on `machine`'s tier."""
-    shapes = tiles_of(machine)["weight"]
-    for rows, vectors in shapes[:2]:
+def weight_rows_multiple(channels_out, machine=None):
+    """The multiple of input channels that the weight-gradient tiles for channels_out cover exactly on `machine`'s
+    tier: the rows of its short weight tile where it has one (weight_row_cover), else of the tile weight_tile
+    picks."""
+    table = tiles_of(machine)
+    if table["weight_short"]:
+        return table["weight_short"][0]
+    for rows, vectors in table["weight"][:2]:
         if channels_out % (vectors * LANES) == 0:
             return rows
-    return shapes[2][0]
+    return table["weight"][2][0]
+
+
+@jit
+def weight_row_cover(channels_in, tile_rows):
+    """Where the weight-gradient tiles of tile_rows input channels end over channels_in (a multiple of
+    weight_rows_multiple): the most full tiles whose remainder the tier's short weight tiles fill exactly (64
+    channels: 10 x 6 + 4; 32: 4 x 6 + 2 x 4), which run from there (weight_row_tile); channels_in on a tier
+    without short weight tiles."""
+    if SHORT_WEIGHT_TILE_ROWS:
+        for full in range(channels_in // tile_rows, -1, -1):
+            if (channels_in - full * tile_rows) % SHORT_WEIGHT_TILE_ROWS == 0:
+                return full * tile_rows
+    return channels_in
+
+
+@jit(inline="always")
+def weight_row_tile(kind, tile_rows, ci, main_end):
+    """(kind, input channels) of the weight-gradient tile starting at input channel ci: weight_tile's before
+    main_end (weight_row_cover), the short weight tile from there."""
+    if ci < main_end:
+        return kind, tile_rows
+    return SHORT, SHORT_WEIGHT_TILE_ROWS
 
 
 def _make_forward_tile(pixels, vectors):
@@ -337,6 +371,8 @@ def _make_weight_tile(rows_per_tile, vectors, lanes=LANES):
 _forward_tile_broad, _forward_tile_wide, _forward_tile_narrow = (_make_forward_tile(*shape)
                                                                  for shape in TILES["forward"])
 _weight_tile_broad, _weight_tile_wide, _weight_tile_narrow = (_make_weight_tile(*shape) for shape in TILES["weight"])
+# a tier without a short weight tile never runs it (weight_row_cover); the narrow tile's shape stands in
+_weight_tile_short = _make_weight_tile(*(TILES["weight_short"] or TILES["weight"][2]))
 # a tier without a kernel-row tile never runs it (kernel_row_tile_applies); a 1-row stand-in keeps the name defined
 kernel_row_tile = _make_weight_tile(max(KERNEL_ROW_TILE_ROWS, 1), 1, KERNEL_ROW_TILE_LANES)
 # a tier without a product tile never selects PRODUCT; the broad tile's shape stands in so the code compiles
@@ -405,13 +441,16 @@ else:
 @jit(inline="always")
 def run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                      grad_out_offset, grad_out_row_step, rows, columns, channels_out):
-    """The weight-gradient tile of the given kind (weight_tile)."""
+    """The weight-gradient tile of the given kind (weight_tile, weight_row_tile)."""
     if kind == BROAD:
         _weight_tile_broad(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                            grad_out_offset, grad_out_row_step, rows, columns, channels_out)
     elif kind == WIDE:
         _weight_tile_wide(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                      grad_out_offset, grad_out_row_step, rows, columns, channels_out)
+    elif SHORT_WEIGHT_TILE_ROWS and kind == SHORT:  # a constant 0 first: LLVM drops the branch where there is none
+        _weight_tile_short(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                           grad_out_offset, grad_out_row_step, rows, columns, channels_out)
     else:
         _weight_tile_narrow(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                             grad_out_offset, grad_out_row_step, rows, columns, channels_out)

@@ -102,6 +102,43 @@ def test_row_covers_compute_each_pixel_once_where_the_short_tile_fits_them():
                 assert main_end == short_end == width - width % pixels
 
 
+def _weight_rows_covered(channels_in, channels_out):
+    """The (kind, first input channel, rows) of the weight-gradient tiles over channels_in input channels."""
+    kind, tile_rows, _ = tiles.weight_tile(channels_out)
+    main_end = tiles.weight_row_cover(channels_in, tile_rows)
+    covered, ci = [], 0
+    while ci < channels_in:
+        row_kind, rows = tiles.weight_row_tile(kind, tile_rows, ci, main_end)
+        covered.append((row_kind, ci, rows))
+        ci += rows
+    return covered
+
+
+def test_weight_row_covers_take_each_input_channel_once():
+    """AVX2's weight gradients run 6-row tiles then 4-row short tiles over any multiple of 4 input channels (64:
+    10 x 6 + 4; 32: 4 x 6 + 2 x 4; 8: 2 x 4), the most 6-row tiles first; tiers without a short weight tile
+    run weight_tile's alone. No tile reaches past the channels: a weight gradient's tiles accumulate."""
+    for channels_out in (16, 32, 48, 64, 128):
+        multiple = tiles.weight_rows_multiple(channels_out)
+        for channels_in in range(multiple, 257, multiple):
+            covered = _weight_rows_covered(channels_in, channels_out)
+            assert [ci for _, ci, _ in covered] == list(np.cumsum([0] + [rows for _, _, rows in covered[:-1]]))
+            assert covered[-1][1] + covered[-1][2] == channels_in, (channels_in, channels_out)
+            short = [ci for kind, ci, rows in covered if kind == tiles.SHORT]
+            if target_machine().tier == "avx2":
+                assert multiple == 4 and all(rows == (4 if kind == tiles.SHORT else 6) for kind, _, rows in covered)
+                assert short == list(range(channels_in - channels_in % 12, channels_in, 4)), channels_in
+            else:
+                assert not short and channels_in % covered[0][2] == 0
+
+
+def test_weight_rows_multiple_per_tier():
+    # AVX2: its short weight tile's 4 rows whatever the output channels; AVX-512: the rows of weight_tile's pick
+    for channels_out, on_avx512 in ((128, 4), (64, 4), (96, 8), (32, 8), (48, 16), (16, 16)):
+        assert tiles.weight_rows_multiple(channels_out, AVX2) == 4
+        assert tiles.weight_rows_multiple(channels_out, AVX512) == on_avx512, channels_out
+
+
 @pytest.mark.parametrize("case", SHORT_ROW_CASES, ids=case_id)
 def test_short_rows_match_the_reference(case, small_reduction_blocks):
     """The row kernels with the short tile where the tier has one, with reduction blocks of 8 (the later blocks add

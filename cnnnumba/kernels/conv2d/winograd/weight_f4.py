@@ -14,7 +14,7 @@ from numba.extending import intrinsic
 
 from ..._runtime import jit, run_jobs
 from ..._runtime.vector import INDEX, LANES, element_pointer, masked_load, splat, store_vector, vector_fma
-from ..tiles import run_weight_tile, weight_tile
+from ..tiles import run_weight_tile, weight_row_cover, weight_row_tile, weight_tile
 from .f4 import KERNEL_MATRIX, OUTPUT_MATRIX, PATCH, POSITIONS, TILE, apply_axis, transform_input_tiles
 
 # A along one axis (4 values to 6): the transpose of A^T
@@ -107,6 +107,7 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
     chunks, capacity = partials.shape[0], vs.shape[2]
     job_tiles = capacity - 1
     kind, tile_rows, tile_channels = weight_tile(channels_out)
+    main_end = weight_row_cover(channels_in, tile_rows)
     v_slot, z = vs[worker], zs[worker]
     v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
@@ -120,11 +121,14 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
             transform_input_tiles(x, start, count, tiles_w, tiles_per_image, pad_top, pad_left, v_slot)
             transform_grad_tiles(grad_out, start, count, tiles_w, tiles_per_image, z, z_position_step)
             for p in range(POSITIONS):
-                for ci in range(0, channels_in, tile_rows):
+                ci = 0
+                while ci < channels_in:
+                    row_kind, rows = weight_row_tile(kind, tile_rows, ci, main_end)
                     for co in range(0, channels_out, tile_channels):
-                        run_weight_tile(kind, partials, chunk * partial_size + (p * channels_in + ci)
+                        run_weight_tile(row_kind, partials, chunk * partial_size + (p * channels_in + ci)
                                                 * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
                                                 zero, z, p * z_position_step + co, zero, one, count, channels_out)
+                    ci += rows
             start += count
 
 
