@@ -14,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._runtime.machine import target_machine
-from . import depthwise, direct, direct_input, few_pixels, gemm, general, pointwise, small, workspace
+from . import direct, direct_input, few_pixels, gemm, general, pointwise, small, workspace
 from .._runtime.vector import LANES
 from .tiles import forward_row_tile_pixels, forward_tiles_fit, tiles_of, weight_rows_multiple
 from .winograd import f2 as winograd_f2
@@ -148,7 +148,6 @@ def few_pixels_applies(dtype, weight_shape, out_shape, groups, budget):
     """float32, groups 1, C_out in whole 16-channel strips, at most FEW_PIXELS_MAX output pixels in the batch, and
     their im2col rows within the budget."""
     pixels = out_shape[0] * out_shape[1] * out_shape[2]
-    reduction = weight_shape[0] * weight_shape[1] * weight_shape[2]
     return (dtype == np.float32 and groups == 1 and weight_shape[3] % LANES == 0 and pixels <= FEW_PIXELS_MAX
             and workspace.specs_bytes(few_pixels.plan(dtype, weight_shape, out_shape)[0]) <= budget)
 

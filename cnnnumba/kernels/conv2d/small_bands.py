@@ -224,7 +224,7 @@ def _band_jobs(out, band_rows):
 def _forward_jobs_tiled(first_job, last_job, worker, x, weight_t, bias, out, frames, accs, geometry, relu):
     """Jobs first_job..last_job - 1 of _forward_bands_tiled (run by _runtime.jobs.run_jobs)."""
     _, _, dilation_h, dilation_w, band_rows = geometry
-    batch, channels_in = x.shape[0], x.shape[3]
+    channels_in = x.shape[3]
     _, kernel_h, kernel_w, channels_out = weight_t.shape
     out_h, out_w = out.shape[1], out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
@@ -262,7 +262,7 @@ def _forward_bands_tiled(x, weight_t, bias, out, frames, accs, geometry, relu):
 def _forward_jobs(first_job, last_job, worker, x, weight, bias, out, frames, accs, geometry, relu):
     """Jobs first_job..last_job - 1 of _forward_bands: plain loops, each tap one unit-stride axpy over the band."""
     _, _, dilation_h, dilation_w, band_rows = geometry
-    batch, channels_in = x.shape[0], x.shape[3]
+    channels_in = x.shape[3]
     kernel_h, kernel_w, _, channels_out = weight.shape
     out_h, out_w = out.shape[1], out.shape[2]
     frame_w = out_w + dilation_w * (kernel_w - 1)
