@@ -63,30 +63,69 @@ def test_bias_gradient_does_not_depend_on_thread_count():
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def _operand(rng, shape, dtype, kind):
+    """A (shape) operand laid out as `kind`: C-contiguous, a transposed C array (F), or every other column (A)."""
+    if kind == "C":
+        return rng.standard_normal(shape).astype(dtype)
+    if kind == "F":
+        return rng.standard_normal(shape[::-1]).astype(dtype).T
+    return rng.standard_normal((shape[0], 2 * shape[1])).astype(dtype)[:, ::2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, inner, columns", [(1, 5, 3), (64, 400, 120), (100, 300, 70), (1000, 9, 64),
+                                                  (7, 2048, 10), (20, 512, 300), (64, 0, 10), (0, 5, 3)])
+@pytest.mark.parametrize("layouts", ["CC", "FC", "CF", "AF", "FA"])
+def test_matmul_matches_numpy_for_any_layout_and_split(rows, inner, columns, dtype, layouts):
+    rng = np.random.default_rng(rows + inner + columns)
+    a = _operand(rng, (rows, inner), dtype, layouts[0])
+    b = _operand(rng, (inner, columns), dtype, layouts[1])
+    out = np.full((rows, columns), np.nan, dtype=dtype)
+    assert blas.matmul(a, b, out) is out
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                               atol=1e-4 * max(1, inner) ** 0.5)
+
+
+def test_products_split_into_a_block_per_thread_by_their_larger_side():
+    # small products run whole on the calling thread; larger ones in a block per thread of at least BLOCK_MIN_SIDE
+    # rows (or columns, where there are more of them)
+    assert blas.product_blocks(64, 400, 10, 2) == 1
+    assert blas.product_blocks(64, 400, 120, 2) == 2 and blas.product_blocks(64, 400, 120, 1) == 1
+    assert blas.product_blocks(1024, 1024, 1024, 16) == 16
+    assert blas.product_blocks(20, 4096, 30, 4) == 1  # one block of at least 16 rows or columns
+    assert blas.product_blocks(20, 4096, 4096, 8) == 8  # by columns
+    assert blas.product_blocks(64, 400, 120, 16) == 7
+
+
+def test_a_split_product_gives_the_same_bits_on_1_and_2_threads():
+    rng = np.random.default_rng(4)
+    results = []
+    previous = cn.get_num_threads()
+    try:
+        for rows, columns in ((256, 96), (40, 300)):  # by rows, by columns
+            a = rng.standard_normal((rows, 300)).astype(np.float32)
+            b = rng.standard_normal((300, columns)).astype(np.float32)
+            assert blas.product_blocks(rows, 300, columns, 2) == 2
+            for threads in (1, 2):
+                cn.set_num_threads(threads)
+                results.append(blas.matmul(a.T.copy().T, b, np.empty((rows, columns), np.float32)))
+    finally:
+        cn.set_num_threads(previous)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[2], results[3])
+
+
 @pytest.mark.skipif(blas._SET_BLAS_THREADS is None, reason="SciPy's OpenBLAS thread setter not found")
-@pytest.mark.parametrize("macs, threads_inside", [
-    (64 * 400 * 120, 1),                            # a linear layer: one thread
-    (blas.SINGLE_THREAD_MACS + 1, "unchanged"),   # a large GEMM keeps BLAS's threads
-    (10, "unchanged"),                              # OpenBLAS runs it on the calling thread anyway
-])
-def test_small_products_run_on_one_blas_thread_and_restore_the_count(macs, threads_inside):
+def test_split_products_leave_the_blas_thread_count_as_it_was():
     before = blas._GET_BLAS_THREADS()
-    seen = []
-    blas.one_blas_thread(lambda: seen.append(blas._GET_BLAS_THREADS()), macs)
-    assert seen == [before if threads_inside == "unchanged" else threads_inside]
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((512, 512)).astype(np.float32), rng.standard_normal((512, 512)).astype(np.float32)
+    for threads in (2, 1, before):
+        blas._SET_BLAS_THREADS(threads)
+        blas.matmul(a, b, np.empty((512, 512), np.float32))
+        assert blas._GET_BLAS_THREADS() == threads
     assert blas._GET_BLAS_THREADS() == before
-
-
-def test_blas_thread_count_is_restored_when_the_kernel_raises():
-    before = blas._GET_BLAS_THREADS() if blas._GET_BLAS_THREADS else None
-
-    def failing():
-        raise RuntimeError("kernel failed")
-
-    with pytest.raises(RuntimeError, match="kernel failed"):
-        blas.one_blas_thread(failing, 64 * 400 * 120)
-    if before is not None:
-        assert blas._GET_BLAS_THREADS() == before
 
 
 @pytest.mark.parametrize("first", ["import numpy", "import numpy, scipy.linalg", ""])

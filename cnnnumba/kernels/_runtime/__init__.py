@@ -1,6 +1,6 @@
 """What works around Numba, OpenMP and OpenBLAS, in one place: thread and cache settings made before Numba loads
 (environment), the compile options every kernel uses (jit), the cache guard (cache), the parallel job launcher
-(jobs), BLAS thread control (blas) and the LLVM vector IR helpers of the register tiles (vector).
+(jobs), BLAS products on Numba's threads (blas) and the LLVM vector IR helpers of the register tiles (vector).
 
 Private Numba APIs relied on (tested with Numba 0.68.1; pyproject.toml bounds numba to the versions tested):
 - numba.core.cpu.ParallelOptions: parallel=True with most parfor passes off (jit).
@@ -13,9 +13,9 @@ Private Numba APIs relied on (tested with Numba 0.68.1; pyproject.toml bounds nu
 - numba.core.cgutils helpers and the llvmlite IR builder inside numba.extending.intrinsic (vector, jobs, tiles).
 """
 from . import environment  # noqa: F401  (first: its settings must precede Numba's import and its thread layer)
-from .blas import one_blas_thread, openblas_thread_setters
+from .blas import matmul, openblas_thread_setters
 from .jit import EXACT_FASTMATH, FASTMATH, jit, parallel_jit
 from .jobs import WORKERS, run_jobs, run_shares, run_slots
 
-__all__ = ["EXACT_FASTMATH", "FASTMATH", "WORKERS", "jit", "one_blas_thread", "openblas_thread_setters", "parallel_jit", "run_jobs",
-           "run_shares", "run_slots"]
+__all__ = ["EXACT_FASTMATH", "FASTMATH", "WORKERS", "jit", "matmul", "openblas_thread_setters", "parallel_jit",
+           "run_jobs", "run_shares", "run_slots"]

@@ -1,19 +1,36 @@
-"""Control of the OpenBLAS thread pools that NumPy and SciPy bundle: Numba's np.dot inside @njit calls SciPy's, whose
-threads are separate from Numba's workers. OpenBLAS has no public Python API for this; its C setters are found by
-globbing the wheels' bundled-library folders (.libs) and called through ctypes."""
+"""BLAS products on Numba's threads, and control of the OpenBLAS thread pools that NumPy and SciPy bundle.
+
+Every product cnnnumba runs (the linear layers, the im2col convolutions) goes through `matmul`: OpenBLAS (SciPy's,
+what Numba's np.dot calls) held at one thread, the product split into blocks of its output's rows that Numba's
+workers run. Numba's OpenMP workers then are the only threads the kernels use: they can spin between kernels
+(GNU OpenMP's default, environment.py) without taking a core from OpenBLAS's workers, under which spin
+MobileNetV2's products had run 1.1-5.6x slower, and a kernel after a serial stretch need not wait for them to wake.
+OpenBLAS has no public Python API for its thread count; its C setters are found by globbing the wheels'
+bundled-library folders (.libs) and called through ctypes."""
 import ctypes
 import glob
 import os
 import sys
 
-from .environment import OPENBLAS_LOADED_EARLY
+import numba
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+from numba.np.linalg import _BLAS
 
-# Products up to this many multiply-adds run on one BLAS thread: waking OpenBLAS's pool for a linear layer's product
-# cost far more than the product on a loaded machine (bench/README.md), and two threads pay off only on products
-# far larger than a linear layer's.
-SINGLE_THREAD_MACS = 1 << 24
-# OpenBLAS itself runs a GEMM of at most 65536 * 4 multiply-adds on the calling thread (GEMM_MULTITHREAD_THRESHOLD)
-_OPENBLAS_SERIAL_MACS = 1 << 18
+from .environment import OPENBLAS_LOADED_EARLY
+from .jit import jit, parallel_jit
+
+# Products of at most this many multiply-adds run as one block on the calling thread: OpenBLAS runs them on one
+# thread anyway (GEMM_MULTITHREAD_THRESHOLD, 65536 * 4), and a parallel region would cost more than their split.
+SERIAL_MACS = 1 << 18
+# A larger product is split into one block per thread (Numba's count now), of its output's rows, or of its columns
+# where it has fewer rows than columns: each block packs its own share of the larger operand and all of the
+# smaller, as OpenBLAS's threads do (more blocks packed the smaller operand more often: 8 blocks ran ResNet-18's
+# 64 x 4608 x 512 products 1.4x slower than 2). A block has at least BLOCK_MACS multiply-adds and BLOCK_MIN_SIDE
+# rows or columns. Each output entry is one BLAS call's sum over the whole inner dimension, whatever the split.
+BLOCK_MACS = 1 << 18
+BLOCK_MIN_SIDE = 16
 
 
 def _openblas_libraries(package):
@@ -75,16 +92,96 @@ for _package in OPENBLAS_LOADED_EARLY:
     reread_thread_timeout(_package)
 
 
-def one_blas_thread(kernel, macs, *args):
-    """kernel(*args), with SciPy's OpenBLAS on one thread when the product has at most SINGLE_THREAD_MACS
-    multiply-adds. The thread count is process-wide in OpenBLAS (its `_local` setter is not per thread in the
-    0.3.30 SciPy ships), so it is restored at once: the large GEMMs elsewhere (im2col convolutions) keep theirs."""
-    if _SET_BLAS_THREADS is None or macs <= _OPENBLAS_SERIAL_MACS or macs > SINGLE_THREAD_MACS:
-        kernel(*args)
-        return
-    previous = _GET_BLAS_THREADS()
-    _SET_BLAS_THREADS(1)
+def product_blocks(rows, inner, columns, threads):
+    """How many blocks `matmul` splits a (rows x inner) @ (inner x columns) product into on `threads` threads: of
+    its rows where rows >= columns, else of its columns."""
+    macs = rows * inner * columns
+    if macs <= SERIAL_MACS:
+        return 1
+    return int(max(1, min(threads, max(rows, columns) // BLOCK_MIN_SIDE, macs // BLOCK_MACS)))
+
+
+def _sgemm(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+    """c = op(a) op(b) in BLAS's column-major terms, for float32 or float64 views (jitted only: see below)."""
+    raise NotImplementedError
+
+
+@overload(_sgemm)
+def _sgemm_for_dtype(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+    # Numba's own binding of SciPy's ?gemm (private: numba.np.linalg._BLAS), the one np.dot calls, here with the
+    # leading dimensions np.dot does not take, so a block of rows or columns of a strided view needs no copy
+    dtype = c.dtype
+    gemm = _BLAS().numba_xxgemm(dtype)
+    kind = np.int8(ord("s" if dtype == types.float32 else "d"))
+
+    def call(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+        one = np.ones(1, c.dtype)
+        zero = np.zeros(1, c.dtype)
+        gemm(kind, transa, transb, m, n, k, one.ctypes, a.ctypes, lda, b.ctypes, ldb, zero.ctypes, c.ctypes, ldc)
+
+    return call
+
+
+@jit
+def _gemm(a, b, out):
+    """out (M, N) = a (M, K) @ b (K, N); each a 2-D view with a unit stride along one axis, out's along its rows.
+    Row-major out is BLAS's column-major out^T = b^T a^T, its leading dimension out's row stride; a row-major
+    operand is its own transpose there ('N'), a column-major one is taken transposed ('T')."""
+    item = out.itemsize
+    rows, columns = out.shape
+    inner = a.shape[1]
+    if b.strides[1] == item:
+        transb, ldb = np.int8(ord("N")), max(b.strides[0] // item, columns)
+    else:
+        transb, ldb = np.int8(ord("T")), max(b.strides[1] // item, inner)
+    if a.strides[1] == item:
+        transa, lda = np.int8(ord("N")), max(a.strides[0] // item, inner)
+    else:
+        transa, lda = np.int8(ord("T")), max(a.strides[1] // item, rows)
+    _sgemm(transb, transa, columns, rows, inner, b, ldb, a, lda, out, max(out.strides[0] // item, columns))
+
+
+@parallel_jit
+def _matmul_blocks(a, b, out, blocks):
+    rows, columns = out.shape
+    for block in prange(blocks):
+        if rows >= columns:
+            first, last = block * rows // blocks, (block + 1) * rows // blocks
+            _gemm(a[first:last], b, out[first:last])
+        else:
+            first, last = block * columns // blocks, (block + 1) * columns // blocks
+            _gemm(a, b[:, first:last], out[:, first:last])
+
+
+def _unit_strided(matrix):
+    """Whether BLAS takes `matrix` as it is: a unit stride along one axis, the other at least that axis' length."""
+    item = matrix.itemsize
+    (rows, columns), (row_step, column_step) = matrix.shape, matrix.strides
+    return (column_step == item and row_step >= columns * item) or (row_step == item and column_step >= rows * item)
+
+
+def matmul(a, b, out):
+    """out (M, N) = a (M, K) @ b (K, N), float32 or float64, out C-contiguous; a and b any 2-D views (transposed
+    ones too; one without a unit stride is copied first). Split into product_blocks(M, K, N, threads) blocks of
+    rows or columns on Numba's threads, each one single-threaded BLAS call (SciPy's OpenBLAS held at one thread
+    meanwhile); a product of an empty inner dimension is zeros."""
+    rows, inner = a.shape
+    if inner == 0:
+        out[...] = 0
+        return out
+    if out.size == 0:
+        return out
+    a, b = (m if _unit_strided(m) else np.ascontiguousarray(m) for m in (a, b))
+    blocks = product_blocks(rows, inner, b.shape[1], numba.get_num_threads())
+    if blocks == 1:
+        _gemm(a, b, out)
+        return out
+    previous = _GET_BLAS_THREADS() if _SET_BLAS_THREADS is not None else 1
+    if previous != 1:
+        _SET_BLAS_THREADS(1)
     try:
-        kernel(*args)
+        _matmul_blocks(a, b, out, blocks)
     finally:
-        _SET_BLAS_THREADS(previous)
+        if previous != 1:
+            _SET_BLAS_THREADS(previous)
+    return out

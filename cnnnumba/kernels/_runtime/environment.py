@@ -6,10 +6,11 @@ import tempfile
 import warnings
 
 # Each default below is set only when the user has not set the variable; README.md (Environment) lists them.
+# GNU OpenMP's own spin (GOMP_SPINCOUNT 300,000, a few ms) is left as it is: its workers wait for the next kernel
+# through a serial stretch (a linear layer, the loss) that a short spin slept through, each wake costing ~40 us
+# (LeNet-5's step 0.95x, inference 0.88x against 10,000). The BLAS products run on those same workers
+# (blas.matmul), so their spin takes no core from another pool.
 THREAD_DEFAULTS = {
-    # GNU OpenMP workers spin 300,000 iterations after each parallel region, stealing the cores from the BLAS
-    # calls between kernels; a short spin still keeps back-to-back kernels warm.
-    "GOMP_SPINCOUNT": "10000",
     # OpenBLAS workers busy-wait about 0.1 s after each call, so a linear layer's small GEMM left both cores
     # spinning under the next convolution; 2^4 cycles lets them sleep at once.
     "OPENBLAS_THREAD_TIMEOUT": "4",

@@ -1,9 +1,9 @@
 """Convolution as im2col + one BLAS GEMM per chunk of output rows: the groups=1 layers no register-tiled or
 few-channel variant takes (strided layers of 2 to 15 channels, float64 ones), and outputs of a few pixels per image,
 where one GEMM over the batch's pixels beats the tiles. A 1x1 layer with stride 1 and no padding needs no im2col:
-its input, as a (pixels, C_in) matrix, is the columns. The taps are unrolled into the
-reduction axis (kH·kW·C_in), so one GEMM does all the arithmetic with BLAS's own blocking. The columns are kept
-transposed, (kH·kW·C_in, pixels), so that im2col copies whole output rows (contiguous, vectorisable) instead of
+its input, as a (pixels, C_in) matrix, is the columns. The taps are unrolled into the reduction axis (kH·kW·C_in),
+so one GEMM (_runtime.blas.matmul, on Numba's threads) does all the arithmetic with BLAS's own blocking. The columns
+are kept transposed, (kH·kW·C_in, pixels), so that im2col copies whole output rows (contiguous, vectorisable) instead of
 scattering single channels. Layouts are those of the package: NHWC activations, (kH, kW, C_in, C_out) weights,
 (top, left) padding with the output size implied. The columns live in the caller's workspace (workspace.py)
 and are bounded by processing the flattened (image, output row) range in chunks — whole images when one fits
@@ -13,7 +13,7 @@ on the thread count.
 import numpy as np
 from numba import prange
 
-from .._runtime import jit, parallel_jit
+from .._runtime import jit, matmul, parallel_jit
 from .workspace import CACHE_LINE, spec_bytes
 
 
@@ -164,11 +164,11 @@ def forward(x, weight, bias, out, stride, padding, dilation, relu, views, rows):
         count = min(rows, total - first)
         target = flat_out[first * out_w:(first + count) * out_w]
         if pixels is not None:
-            np.matmul(pixels[first * out_w:(first + count) * out_w], matrix, out=target)
+            matmul(pixels[first * out_w:(first + count) * out_w], matrix, target)
         else:
             columns = _chunk_columns(views, reduction, count, out_w)
             _gather_columns(x, first, out_h, options, columns)
-            np.matmul(columns.reshape(reduction, -1).T, matrix, out=target)
+            matmul(columns.reshape(reduction, -1).T, matrix, target)
         if bias is not None:
             target += bias
         if relu:
@@ -184,14 +184,14 @@ def backward_input(grad_out, weight, out, stride, padding, dilation, views, rows
     options = _options(stride, padding, dilation, weight.shape)
     flat_grad = grad_out.reshape(-1, channels_out)
     if _pixels_as_rows(out, weight.shape, grad_out.shape, stride, padding) is not None:
-        np.matmul(flat_grad, matrix.T, out=out.reshape(-1, out.shape[3]))
+        matmul(flat_grad, matrix.T, out.reshape(-1, out.shape[3]))
         return out
     total = batch * out_h
     out[...] = 0.0
     for first in range(0, total, rows):
         count = min(rows, total - first)
         columns = _chunk_columns(views, reduction, count, out_w)
-        np.matmul(matrix, flat_grad[first * out_w:(first + count) * out_w].T, out=columns.reshape(reduction, -1))
+        matmul(matrix, flat_grad[first * out_w:(first + count) * out_w].T, columns.reshape(reduction, -1))
         _col2im(columns, first, out_h, *options, out)
     return out
 
@@ -214,12 +214,12 @@ def backward_weight(x, grad_out, out, stride, padding, dilation, views, rows):
             _gather_columns(x, first, out_h, options, columns.reshape(reduction, count, out_w))
         grad = flat_grad[first * out_w:(first + count) * out_w]
         if first == 0:
-            np.matmul(columns, grad, out=target)
+            matmul(columns, grad, target)
             continue
         partial = views["partial"]
         for start in range(0, reduction, partial.shape[0]):
             stop = min(start + partial.shape[0], reduction)
             block = partial[:stop - start]
-            np.matmul(columns[start:stop], grad, out=block)
+            matmul(columns[start:stop], grad, block)
             target[start:stop] += block
     return out
