@@ -74,7 +74,8 @@ def _operand(rng, shape, dtype, kind):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows, inner, columns", [(1, 5, 3), (64, 400, 120), (100, 300, 70), (1000, 9, 64),
-                                                  (7, 2048, 10), (20, 512, 300), (64, 0, 10), (0, 5, 3)])
+                                                  (7, 2048, 10), (20, 512, 300), (1, 512, 1000), (300, 64, 1),
+                                                  (64, 0, 10), (0, 5, 3)])
 @pytest.mark.parametrize("layouts", ["CC", "FC", "CF", "AF", "FA"])
 def test_matmul_matches_numpy_for_any_layout_and_split(rows, inner, columns, dtype, layouts):
     rng = np.random.default_rng(rows + inner + columns)
