@@ -1,8 +1,8 @@
 """BLAS products on Numba's threads, and control of the OpenBLAS thread pools that NumPy and SciPy bundle.
 
 Every product cnnnumba runs (the linear layers, the im2col convolutions) goes through `matmul`: OpenBLAS (SciPy's,
-what Numba's np.dot calls) held at one thread, the product split into blocks of its output's rows that Numba's
-workers run. Numba's OpenMP workers then are the only threads the kernels use: they can spin between kernels
+what Numba's np.dot calls) held at one thread, the product split into blocks of its output's rows or columns that
+Numba's workers run. Numba's OpenMP workers then are the only threads the kernels use: they can spin between kernels
 (GNU OpenMP's default, environment.py) without taking a core from OpenBLAS's workers, under which spin
 MobileNetV2's products had run 1.1-5.6x slower, and a kernel after a serial stretch need not wait for them to wake.
 OpenBLAS has no public Python API for its thread count; its C setters are found by globbing the wheels'
@@ -101,13 +101,13 @@ def product_blocks(rows, inner, columns, threads):
     return int(max(1, min(threads, max(rows, columns) // BLOCK_MIN_SIDE, macs // BLOCK_MACS)))
 
 
-def _sgemm(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+def _blas_gemm(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
     """c = op(a) op(b) in BLAS's column-major terms, for float32 or float64 views (jitted only: see below)."""
     raise NotImplementedError
 
 
-@overload(_sgemm)
-def _sgemm_for_dtype(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+@overload(_blas_gemm)
+def _blas_gemm_for_dtype(transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
     # Numba's own binding of SciPy's ?gemm (private: numba.np.linalg._BLAS), the one np.dot calls, here with the
     # leading dimensions np.dot does not take, so a block of rows or columns of a strided view needs no copy
     dtype = c.dtype
@@ -138,7 +138,7 @@ def _gemm(a, b, out):
         transa, lda = np.int8(ord("N")), max(a.strides[0] // item, inner)
     else:
         transa, lda = np.int8(ord("T")), max(a.strides[1] // item, rows)
-    _sgemm(transb, transa, columns, rows, inner, b, ldb, a, lda, out, max(out.strides[0] // item, columns))
+    _blas_gemm(transb, transa, columns, rows, inner, b, ldb, a, lda, out, max(out.strides[0] // item, columns))
 
 
 @parallel_jit
