@@ -11,6 +11,7 @@ Private Numba APIs relied on (tested with Numba 0.68.1; pyproject.toml bounds nu
   Dispatcher._cache._cache_file: treating a corrupt entry as a miss and stamping entries with a digest of every
   kernel source (cache).
 - numba.core.cgutils helpers and the llvmlite IR builder inside numba.extending.intrinsic (vector, jobs, tiles).
+- numba.np.linalg._BLAS().numba_xxgemm: the ?gemm binding np.dot calls, with leading dimensions (blas).
 """
 from . import environment  # noqa: F401  (first: its settings must precede Numba's import and its thread layer)
 from .blas import matmul, openblas_thread_setters
