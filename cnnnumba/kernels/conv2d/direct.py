@@ -12,8 +12,7 @@ from .._runtime import jit, run_jobs
 from .._runtime.vector import (LANES, PREFETCH_MIN_BYTES, element_pointer, lane_mask, load_vector, masked_load,
                                masked_store, prefetch_span, store_vector)
 from .tiles import (KERNEL_ROW_TILE_LANES, SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, kernel_row_tile,
-                    kernel_row_tile_applies, run_row_tile, run_weight_tile, weight_row_cover, weight_row_tile,
-                    weight_rows_multiple, weight_tile)
+                    kernel_row_tile_applies, run_row_tile, run_weight_tiles, weight_rows_multiple)
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
                         sum_partials)
 
@@ -178,8 +177,6 @@ def _backward_weight_rows_chunks(first_chunk, last_chunk, worker, x, grad_out, p
     grad_row_step = out_w * channels_out
     block_rows = grad_blocks.shape[1] // grad_row_step
     chunk_size = kernel_h * kernel_w * reduction * channels_out
-    kind, tile_rows, tile_channels = weight_tile(channels_out)
-    main_end = weight_row_cover(reduction, tile_rows)
     grad_flat = grad_out.reshape(-1)
     strip = strips[worker]
     # The tiles load grad_out as 64-byte vectors: each block's rows are copied once to the worker's
@@ -204,14 +201,8 @@ def _backward_weight_rows_chunks(first_chunk, last_chunk, worker, x, grad_out, p
                     for kw in range(kernel_w):
                         x_start = ((b * stride_h + kh * dilation_h) * frame_w + kw * dilation_w) * channels
                         tap_start = chunk * chunk_size + (kh * kernel_w + kw) * reduction * channels_out
-                        ci = 0
-                        while ci < reduction:
-                            row_kind, rows = weight_row_tile(kind, tile_rows, ci, main_end)
-                            for co in range(0, channels_out, tile_channels):
-                                run_weight_tile(row_kind, partials, tap_start + ci * channels_out + co, strip,
-                                                 x_start + ci, x_pixel_step, x_row_step, grad_block, co,
-                                                 grad_row_step, count, out_w, channels_out)
-                            ci += rows
+                        run_weight_tiles(partials, tap_start, strip, x_start, x_pixel_step, x_row_step, grad_block, 0,
+                                         grad_row_step, count, out_w, reduction, channels_out)
             r += span
 
 
@@ -271,12 +262,10 @@ def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out
     grad_row_step = out_w * channels_out
     chunk_size = reduction * channels_out
     run = kernel_w * channels  # the kW taps of a kernel row, side by side in a strip row (dilation 1 across)
-    kind, tile_rows, tile_channels = weight_tile(channels_out)
-    main_end = weight_row_cover(reduction, tile_rows)
     strip = strips[worker]
     column_block = columns[worker]
     # the tiles get the operand types of _backward_weight_rows_chunks's (a 3-D x, a flat grad_out), so a network
-    # with both kinds of layer compiles run_weight_tile once for them
+    # with both kinds of layer compiles run_weight_tiles once for them
     column_rows = column_block.reshape((1, 1, column_block.size))
     grad_flat = grad_out.reshape(-1)
     for chunk in range(first_chunk, last_chunk):
@@ -308,14 +297,8 @@ def _backward_weight_columns_chunks(first_chunk, last_chunk, worker, x, grad_out
                             for i in range(0, run, LANES):
                                 _copy_vector(column_block, target + kh * run + i, strip, source + i)
                 # grad_out is read in place: its rows stream through once, so an aligned copy would cost more
-                ci = 0
-                while ci < reduction:
-                    row_kind, rows = weight_row_tile(kind, tile_rows, ci, main_end)
-                    for co in range(0, channels_out, tile_channels):
-                        run_weight_tile(row_kind, partials, chunk * chunk_size + ci * channels_out + co,
-                                         column_rows, ci, reduction, out_w * reduction, grad_flat,
-                                         (r + b) * grad_row_step + co, grad_row_step, count, out_w, channels_out)
-                    ci += rows
+                run_weight_tiles(partials, chunk * chunk_size, column_rows, 0, reduction, out_w * reduction, grad_flat,
+                                 (r + b) * grad_row_step, grad_row_step, count, out_w, reduction, channels_out)
             r += span
 
 

@@ -3,9 +3,9 @@ few-channel variant takes (strided layers of 2 to 15 channels, float64 ones), an
 where one GEMM over the batch's pixels beats the tiles. A 1x1 layer with stride 1 and no padding needs no im2col:
 its input, as a (pixels, C_in) matrix, is the columns. The taps are unrolled into the reduction axis (kH·kW·C_in),
 so one GEMM (_runtime.blas.matmul, on Numba's threads) does all the arithmetic with BLAS's own blocking. The columns
-are kept transposed, (kH·kW·C_in, pixels), so that im2col copies whole output rows (contiguous, vectorisable) instead of
-scattering single channels. Layouts are those of the package: NHWC activations, (kH, kW, C_in, C_out) weights,
-(top, left) padding with the output size implied. The columns live in the caller's workspace (workspace.py)
+are kept transposed, (kH·kW·C_in, pixels), so that im2col copies whole output rows (contiguous, vectorisable)
+instead of scattering single channels. Layouts are those of the package: NHWC activations, (kH, kW, C_in, C_out)
+weights, (top, left) padding with the output size implied. The columns live in the caller's workspace (workspace.py)
 and are bounded by processing the flattened (image, output row) range in chunks — whole images when one fits
 the budget, else rows — and the weight gradient sums the chunks' GEMMs in chunk order, so results do not depend
 on the thread count.

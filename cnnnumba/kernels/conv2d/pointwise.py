@@ -5,8 +5,7 @@ import numpy as np
 from .._runtime import jit, run_shares
 from . import direct
 from .direct import PIXELS_PER_BLOCK, _reduction_chunks, aligned_into
-from .tiles import (SHORT, SHORT_TILE_PIXELS, forward_row_cover, run_row_tile, run_weight_tile, weight_row_cover,
-                    weight_row_tile, weight_tile)
+from .tiles import SHORT, SHORT_TILE_PIXELS, forward_row_cover, run_row_tile, run_weight_tiles
 from .workspace import chunk_bounds, spec_bytes, sum_partials
 
 
@@ -116,8 +115,6 @@ def _pointwise_backward_weight_slot(slot, slots, x_rows, grad_flat, partials, ba
     row_step = x_rows.shape[1] * channels_in
     grad_row_step = out_w * channels_out
     chunk_size = channels_in * channels_out
-    kind, tile_rows, tile_channels = weight_tile(channels_out)
-    main_end = weight_row_cover(channels_in, tile_rows)
     for chunk in range(slot * chunks // slots, (slot + 1) * chunks // slots):
         first, last = chunk_bounds(batch * out_h, chunks, chunk)
         partials[chunk] = 0.0
@@ -127,14 +124,8 @@ def _pointwise_backward_weight_slot(slot, slots, x_rows, grad_flat, partials, ba
             oh = r % out_h
             count = min(last - r, out_h - oh, block_rows)
             x_start = (n * height + oh * stride_h) * row_step
-            ci = 0
-            while ci < channels_in:
-                row_kind, rows = weight_row_tile(kind, tile_rows, ci, main_end)
-                for co in range(0, channels_out, tile_channels):
-                    run_weight_tile(row_kind, partials, chunk * chunk_size + ci * channels_out + co, x_rows,
-                                     x_start + ci, stride_w * channels_in, stride_h * row_step, grad_flat,
-                                     r * grad_row_step + co, grad_row_step, count, out_w, channels_out)
-                ci += rows
+            run_weight_tiles(partials, chunk * chunk_size, x_rows, x_start, stride_w * channels_in, stride_h * row_step,
+                             grad_flat, r * grad_row_step, grad_row_step, count, out_w, channels_in, channels_out)
             r += count
 
 

@@ -79,8 +79,6 @@ SHORT_TILE_PIXELS, _short = TILES["short"] or (0, 0)
 SHORT_TILE_CHANNELS = _short * LANES
 KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES = TILES["kernel_row"] or (0, LANES)  # 0 rows: none
 SHORT_WEIGHT_TILE_ROWS, _short_weight = TILES["weight_short"] or (0, 0)  # 0 rows: none
-assert not SHORT_WEIGHT_TILE_ROWS or all(vectors == _short_weight for _, vectors in TILES["weight"]), \
-    "a short weight tile must have the weight tiles' channels: it runs in their strips of output channels"
 # The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
 
@@ -200,9 +198,8 @@ def kernel_row_tile_applies(weight_shape, dilation_w, machine=None):
 
 
 def weight_rows_multiple(channels_out, machine=None):
-    """The multiple of input channels that the weight-gradient tiles for channels_out cover exactly on `machine`'s
-    tier: the rows of its short weight tile where it has one (weight_row_cover), else of the tile weight_tile
-    picks."""
+    """The multiple of input channels the weight-gradient tiles for channels_out cover exactly on `machine`'s tier:
+    its short weight tile's rows where it has one (weight_row_cover), else the rows of weight_tile's pick."""
     table = tiles_of(machine)
     if table["weight_short"]:
         return table["weight_short"][0]
@@ -214,10 +211,9 @@ def weight_rows_multiple(channels_out, machine=None):
 
 @jit
 def weight_row_cover(channels_in, tile_rows):
-    """Where the weight-gradient tiles of tile_rows input channels end over channels_in (a multiple of
-    weight_rows_multiple): the most full tiles whose remainder the tier's short weight tiles fill exactly (64
-    channels: 10 x 6 + 4; 32: 4 x 6 + 2 x 4), which run from there (weight_row_tile); channels_in on a tier
-    without short weight tiles."""
+    """Where the tiles of tile_rows input channels end over channels_in (a multiple of weight_rows_multiple): the
+    most whose remainder the short weight tiles fill exactly (64: 10 x 6 + 4; 32: 4 x 6 + 2 x 4), channels_in on a
+    tier without them."""
     if SHORT_WEIGHT_TILE_ROWS:
         for full in range(channels_in // tile_rows, -1, -1):
             if (channels_in - full * tile_rows) % SHORT_WEIGHT_TILE_ROWS == 0:
@@ -454,6 +450,23 @@ def run_weight_tile(kind, grad_weight, grad_weight_offset, x, x_offset, x_pixel_
     else:
         _weight_tile_narrow(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                             grad_out_offset, grad_out_row_step, rows, columns, channels_out)
+
+
+@jit(inline="always")
+def run_weight_tiles(grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
+                     grad_out_offset, grad_out_row_step, rows, columns, input_channels, channels_out):
+    """Every weight-gradient tile of an input_channels x channels_out block (weight_tile's, then weight_row_cover's
+    short ones): grad_weight[ci, co] += sum over pixels of x[x_offset + ci] * grad_out[grad_out_offset + co]."""
+    kind, tile_rows, tile_channels = weight_tile(channels_out)
+    main_end = weight_row_cover(input_channels, tile_rows)
+    ci = 0
+    while ci < input_channels:
+        row_kind, tile_input_channels = weight_row_tile(kind, tile_rows, ci, main_end)
+        for co in range(0, channels_out, tile_channels):
+            run_weight_tile(row_kind, grad_weight, grad_weight_offset + ci * channels_out + co, x, x_offset + ci,
+                            x_pixel_step, x_row_step, grad_out, grad_out_offset + co, grad_out_row_step, rows,
+                            columns, channels_out)
+        ci += tile_input_channels
 
 
 # ---------------------------------------------------------------------------------------------------------

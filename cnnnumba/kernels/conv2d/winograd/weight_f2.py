@@ -17,7 +17,7 @@ from numba.extending import intrinsic
 
 from ..._runtime import jit, run_jobs
 from ..._runtime.vector import INDEX, LANES, element_pointer, load_vector, store_vector, vector_type
-from ..tiles import run_weight_tile, weight_row_cover, weight_row_tile, weight_tile
+from ..tiles import run_weight_tiles
 from .f2 import PATCH, POSITIONS, TILE, transform_input_tiles
 
 # Tiles per job: V (16, JOB_TILES, C_in) and Z (16, JOB_TILES, C_out) together 2 MiB at 256 channels each.
@@ -128,13 +128,11 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
     batch, channels_in, channels_out = x.shape[0], x.shape[3], grad_out.shape[3]
     chunks, capacity = partials.shape[0], vs.shape[2]
     job_tiles = capacity - 1
-    kind, tile_rows, tile_channels = weight_tile(channels_out)
-    main_end = weight_row_cover(channels_in, tile_rows)
     v_slot, z, patch = vs[worker], zs[worker], patches[worker]
     v_position_step, z_position_step = capacity * channels_in, capacity * channels_out
     partial_size = POSITIONS * channels_in * channels_out
     total = batch * tiles_per_image
-    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another run_weight_tile signature
+    zero, one = np.int64(0), np.int64(1)  # not literals: those would compile another run_weight_tiles signature
     for chunk in range(first_chunk, last_chunk):
         partials[chunk] = 0.0
         start, last = chunk * total // chunks, (chunk + 1) * total // chunks
@@ -143,14 +141,9 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
             transform_input_tiles(x, start, count, tiles_w, tiles_per_image, pad_top, pad_left, patch, v_slot)
             transform_grad_tiles(grad_out, start, count, tiles_w, tiles_per_image, z, z_position_step)
             for p in range(POSITIONS):
-                ci = 0
-                while ci < channels_in:
-                    row_kind, rows = weight_row_tile(kind, tile_rows, ci, main_end)
-                    for co in range(0, channels_out, tile_channels):
-                        run_weight_tile(row_kind, partials, chunk * partial_size + (p * channels_in + ci)
-                                                * channels_out + co, v_slot, p * v_position_step + ci, channels_in,
-                                                zero, z, p * z_position_step + co, zero, one, count, channels_out)
-                    ci += rows
+                run_weight_tiles(partials, chunk * partial_size + p * channels_in * channels_out, v_slot,
+                                 p * v_position_step, channels_in, zero, z, p * z_position_step, zero, one, count,
+                                 channels_in, channels_out)
             start += count
 
 
