@@ -29,7 +29,7 @@ from .._runtime.vector import LANES
 from .small_bands import (_backward_weight, _backward_weight_tiled, _forward_bands, _forward_bands_tiled,
                           weight_frame_rows)
 from .small_rows import SCATTER_IMAGES, _backward_input_scatter, _backward_weight_channels, _forward_channels
-from .tiles import PIXEL_TILE_PIXELS
+from .pixel_tiles import PIXEL_TILE_PIXELS
 from .workspace import slots_within, spec_bytes, specs_bytes, sum_partials
 
 # Forward jobs wanted per call: whole images when the batch gives this many, else bands of rows.

@@ -8,7 +8,7 @@ from numba.extending import intrinsic
 from .._runtime import jit, run_jobs
 from .._runtime.vector import (INDEX, LANES, element_pointer, lane_mask, masked_load, masked_store, offset_pointer,
                                vector_type)
-from .tiles import PIXEL_TILE_PIXELS, run_pixel_tiles, run_pixel_weight_tiles
+from .pixel_tiles import PIXEL_TILE_PIXELS, run_pixel_tiles, run_pixel_weight_tiles
 from .workspace import all_finite
 
 
