@@ -277,7 +277,8 @@ def run_info():
           + "".join(f"; few-pixel products {p}x{c}" for p, c in shapes["product"])
           + "".join(f"; short rows {p}x{c}" for p, c in shapes["short row"])
           + "".join(f"; short weight gradient {r}x{c}" for r, c in shapes["short weight"])
-          + "".join(f"; first-layer weight gradient {r}x{c}" for r, c in shapes["kernel row"]))
+          + ("; first-layer weight gradient " + " + ".join(f"{r}x{c}" for r, c in shapes["kernel row"])
+             if shapes["kernel row"] else ""))
     print(f"numba cache: {cache}")
     return 0
 

@@ -55,8 +55,10 @@ def test_every_tile_of_a_tier_fits_its_vector_registers(tier, bits, registers):
     else:
         assert all(16 % rows == 0 for rows, _ in tiles["weight"]), tier
     if tiles["kernel_row"]:  # accumulators of `lanes` channels, the gradient's vector and a broadcast
-        rows, lanes = tiles["kernel_row"]
-        assert lanes * 32 % bits == 0 and (rows + 2) * max(1, lanes * 32 // bits) <= registers, tier
+        run, tile_rows, lanes = tiles["kernel_row"]
+        assert sum(tile_rows) % run == 0 and 1 <= len(tile_rows) <= 2, tier  # whole kernel rows; direct.py runs 2
+        for rows in tile_rows:
+            assert lanes * 32 % bits == 0 and (rows + 2) * max(1, lanes * 32 // bits) <= registers, tier
 
 
 def test_no_kernel_source_names_an_x86_intrinsic():

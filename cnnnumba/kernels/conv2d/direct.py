@@ -11,8 +11,9 @@ from numba.extending import intrinsic
 from .._runtime import jit, run_jobs
 from .._runtime.vector import (LANES, PREFETCH_MIN_BYTES, element_pointer, lane_mask, load_vector, masked_load,
                                masked_store, prefetch_span, store_vector)
-from .tiles import (KERNEL_ROW_TILE_LANES, SHORT, SHORT_TILE_PIXELS, forward_row_cover, forward_tile, kernel_row_tile,
-                    kernel_row_tile_applies, run_row_tile, run_weight_tiles, weight_rows_multiple)
+from .tiles import (KERNEL_ROW_FIRSTS, KERNEL_ROW_GROUP, KERNEL_ROW_RUN, KERNEL_ROW_TILE_LANES, SHORT,
+                    SHORT_TILE_PIXELS, forward_row_cover, forward_tile, kernel_row_tile, kernel_row_tile_applies,
+                    run_row_tile, run_weight_tiles, second_kernel_row_tile, weight_rows_multiple)
 from .workspace import (CACHE_LINE, MAX_REDUCTION_CHUNKS, chunk_bounds, slots_within, spec_bytes, specs_bytes,
                         sum_partials)
 
@@ -220,32 +221,44 @@ def _backward_weight_rows(x, grad_out, partials, strips, grad_blocks, stride_h, 
              grad_blocks, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, band_rows)
 
 
-# Pixels a kernel-row tile sums per call: it loads and stores its accumulators once a call (calls of 64 pixels
-# ran cifar-cnn's first layer slower than of 128-256, AVX2, bench/README.md).
-KERNEL_ROW_BLOCK_PIXELS = 256
+# Pixels a kernel-row tile sums per call: 64 (2 rows of 32) keeps a block's gradient in L1 beside the next block's
+# prefetched rows; cifar-cnn's first layer ran 0.72 ms against 256's 0.81 (AVX2), 0.54 against 0.63 (AVX-512)
+# (bench/README.md).
+KERNEL_ROW_BLOCK_PIXELS = 64
 
 
 @jit
 def _kernel_row_block(partials, partial_offset, strip, x_start, grad_flat, grad_start, ahead, count, out_w,
                       stride_h, stride_w, dilation_h, kernel_h, prefetch):
-    """One block of count output rows through the kernel-row tiles (tiles.kernel_row_tile_applies): each tile reads
-    one kernel row's kW * C_in values in place from the strip; the partial keeps the column matrix's (kh, kw, ci)
-    rows. Where prefetch, a share of the next block's grad_out rows (from `ahead`) before each tile."""
-    reduction, channels_out = partials.shape[3], partials.shape[4]
+    """One block of count output rows through the kernel-row tiles (tiles.kernel_row_tile_applies): group by
+    group of kernel rows, each tile reads its rows of the group's (kh, kw, ci) values in place from the strip; the
+    partial keeps the column matrix's (kh, kw, ci) rows. Where prefetch, a share of the next block's grad_out rows
+    (from `ahead`) before each tile."""
+    channels_out = partials.shape[4]
     frame_w, channels = strip.shape[1], strip.shape[2]
-    run = reduction // kernel_h
     grad_row_step = out_w * channels_out
-    share = -(-count * grad_row_step // (kernel_h * (channels_out // KERNEL_ROW_TILE_LANES)))
-    tile = 0
-    for kh in range(kernel_h):
-        row_start = x_start + kh * dilation_h * frame_w * channels
+    kernel_row_step = dilation_h * frame_w * channels
+    groups = kernel_h * KERNEL_ROW_RUN // KERNEL_ROW_GROUP
+    tiles = len(KERNEL_ROW_FIRSTS)
+    share = -(-count * grad_row_step // (groups * tiles * (channels_out // KERNEL_ROW_TILE_LANES)))
+    x_pixel_step, x_row_step = stride_w * channels, stride_h * frame_w * channels
+    call = 0
+    for group in range(groups):
+        x_group = x_start + group * (KERNEL_ROW_GROUP // KERNEL_ROW_RUN) * kernel_row_step
+        partial_group = partial_offset + group * KERNEL_ROW_GROUP * channels_out
         for co in range(0, channels_out, KERNEL_ROW_TILE_LANES):
             if prefetch:
-                prefetch_span(grad_flat, ahead + tile * share, share)
-            tile += 1
-            kernel_row_tile(partials, partial_offset + kh * run * channels_out + co, strip, row_start,
-                            stride_w * channels, stride_h * frame_w * channels, grad_flat, grad_start + co,
-                            grad_row_step, count, out_w, channels_out)
+                prefetch_span(grad_flat, ahead + call * share, share)
+            call += 1
+            kernel_row_tile(partials, partial_group + co, strip, x_group, x_pixel_step, x_row_step, kernel_row_step,
+                            grad_flat, grad_start + co, grad_row_step, count, out_w, channels_out)
+            if tiles > 1:
+                if prefetch:
+                    prefetch_span(grad_flat, ahead + call * share, share)
+                call += 1
+                second_kernel_row_tile(partials, partial_group + co, strip, x_group, x_pixel_step, x_row_step,
+                                       kernel_row_step, grad_flat, grad_start + co, grad_row_step, count, out_w,
+                                       channels_out)
 
 
 @jit

@@ -33,9 +33,9 @@ from .._runtime.vector import (INDEX, LANES, broadcast, element_pointer, fma_fun
 # runs beside or instead of its forward tiles along rows they would cover with overlap (forward_row_cover).
 # `weight_short`, where a tier has one: (input channels, vectors) of a weight-gradient tile of fewer rows, of the
 # weight tiles' vectors, covering the input channels their rows do not divide (weight_row_cover).
-# `kernel_row`, where a tier has one: (rows, lanes) of the weight-gradient tile of a first layer whose kernel row
-# holds exactly `rows` values, kW * C_in (kernel_row_tile_applies): they are read in place from the strip, one
-# vector of `lanes` output channels (the tier's own width, not LANES) per pixel.
+# `kernel_row`, where a tier has one: (run, tiles, lanes) of the weight-gradient tiles of a first layer whose
+# kernel rows hold `run` values each, kW * C_in (kernel_row_tile_applies): the tiles take `tiles` rows in turn of a
+# group of kernel rows' (kh, kw, ci) reduction, read in place from the strip, x one vector of `lanes` channels.
 TIER_TILES = {
     # 32 zmm: 16 accumulators; broad tiles (4 x 64: 4 weight loads and 4 broadcasts per 16 FMAs, against 2 and 8)
     # from 64 output channels, wide (8 x 32) from 32, narrow (16 x 16) for 16-channel layers
@@ -43,9 +43,9 @@ TIER_TILES = {
                "row_images": 8, "row_weight_rows": 15, "depthwise_pixels": 8, "depthwise_sums": 4,
                "product": None,  # the broad tile already reads 4 cache lines of a weight row
                "short": None, "weight_short": None,
-               # 9 accumulators: cifar-cnn's first layer 0.60 ms against the 8 x 32 tiles' 0.79-0.81, whose columns
-               # padded its 27 rows to 32 (bench/README.md)
-               "kernel_row": (9, 16)},
+               # 9 accumulators a kernel row: cifar-cnn's first layer 0.60 ms against the 8 x 32 tiles' 0.79-0.81,
+               # whose columns padded its 27 rows to 32; one 27-row tile was no faster (bench/README.md)
+               "kernel_row": (9, (9,), 16)},
     # 16 ymm: 6 x 16 channels is 12 accumulators, 2 loads and a broadcast (BLIS' and OpenBLAS' Haswell sgemm
     # kernels are 6 x 16 too); the weight gradient's 6-row tiles leave multiples of 4 input channels to its
     # 4-row short tiles (8 accumulators, latency-bound: 64x128 Winograd products 98 against 105 GFLOP/s a thread)
@@ -58,9 +58,9 @@ TIER_TILES = {
              # 8 accumulators, as many FMAs as 2 ports x 4 cycles keep in flight: on 8-pixel rows, which the 6-pixel
              # tiles cover computing 12, 1x8x8 128->128 ran 0.13-0.14 ms against 0.17-0.18 (bench/README.md)
              "short": (4, 1),
-             # 3x3 on 3 channels: 9 accumulators of 8 channels, 1 load and 9 broadcasts per pixel, no column copies;
-             # cifar-cnn's first layer 0.83-0.85 ms against the 4 x 16 tiles' 1.01-1.02 (bench/README.md)
-             "kernel_row": (9, 8)},
+             # 3x3 on 3 channels: its 27 rows as 13 + 14 accumulators of 8 channels (9 a kernel row were FMA
+             # latency-bound), one load per 13 or 14 broadcasts and FMAs: 0.80 ms against 0.87 (bench/README.md)
+             "kernel_row": (9, (13, 14), 8)},
     # 16 xmm (SSE; NEON has 32 but is only checked for correctness): 2 x 16 is 8 accumulators and 4 loads
     "sse": {"forward": ((2, 1),) * 3, "weight": ((2, 1),) * 3, "few_channel": (1, 2), "row_images": 2,
             "row_weight_rows": 2, "depthwise_pixels": 2, "depthwise_sums": 2, "product": None, "short": None,
@@ -78,7 +78,7 @@ BROAD_WEIGHT_TILE_CHANNELS, WEIGHT_TILE_CHANNELS, NARROW_WEIGHT_TILE_CHANNELS = 
 PRODUCT_TILE_CHANNELS = _product * LANES
 SHORT_TILE_PIXELS, _short = TILES["short"] or (0, 0)
 SHORT_TILE_CHANNELS = _short * LANES
-KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES = TILES["kernel_row"] or (0, LANES)  # 0 rows: none
+KERNEL_ROW_RUN, _kernel_row_rows, KERNEL_ROW_TILE_LANES = TILES["kernel_row"] or (0, (1,), LANES)  # run 0: none
 SHORT_WEIGHT_TILE_ROWS, _short_weight = TILES["weight_short"] or (0, 0)  # 0 rows: none
 # The most output pixels a forward tile covers: scratch for one tile's row of outputs holds this many.
 MAX_TILE_PIXELS = max(pixels for pixels, _ in TILES["forward"])
@@ -165,7 +165,7 @@ def tile_shapes():
             "product": [(PRODUCT_TILE_PIXELS, PRODUCT_TILE_CHANNELS)] if PRODUCT_TILE_PIXELS else [],
             "short row": [(SHORT_TILE_PIXELS, SHORT_TILE_CHANNELS)] if SHORT_TILE_PIXELS else [],
             "short weight": [(SHORT_WEIGHT_TILE_ROWS, _short_weight * LANES)] if SHORT_WEIGHT_TILE_ROWS else [],
-            "kernel row": [(KERNEL_ROW_TILE_ROWS, KERNEL_ROW_TILE_LANES)] if KERNEL_ROW_TILE_ROWS else []}
+            "kernel row": [(rows, KERNEL_ROW_TILE_LANES) for rows in _kernel_row_rows] if KERNEL_ROW_RUN else []}
 
 
 def tiles_of(machine=None):
@@ -190,12 +190,12 @@ def forward_tiles_fit(channels, width, machine=None):
 
 
 def kernel_row_tile_applies(weight_shape, dilation_w, machine=None):
-    """Whether `machine`'s tier has a kernel-row tile (TIER_TILES' `kernel_row`) that a weight gradient of
-    weight_shape (kH, kW, C_in, C_out) runs: its kW * C_in values side by side (dilation 1 across) fill the tile's
-    rows exactly and its lanes divide C_out."""
+    """Whether `machine`'s tier has kernel-row tiles (TIER_TILES' `kernel_row`) that a weight gradient of
+    weight_shape (kH, kW, C_in, C_out) runs: kW * C_in values side by side (dilation 1 across) make the tiles' run,
+    their groups of kernel rows make kH, and their lanes divide C_out."""
     tile = tiles_of(machine)["kernel_row"]
     return tile is not None and dilation_w == 1 and weight_shape[1] * weight_shape[2] == tile[0] \
-        and weight_shape[3] % tile[1] == 0
+        and weight_shape[0] * tile[0] % sum(tile[1]) == 0 and weight_shape[3] % tile[2] == 0
 
 
 def weight_rows_multiple(channels_out, machine=None):
@@ -313,54 +313,69 @@ def _make_forward_tile(pixels, vectors):
     return forward_tile
 
 
-def _make_weight_tile(rows_per_tile, vectors, lanes=LANES):
+def _make_weight_tile(rows_per_tile, vectors, lanes=LANES, kernel_rows=None):
     """An intrinsic accumulating one weight-gradient tile of `rows_per_tile` input channels x `vectors` * `lanes`
-    output channels."""
+    output channels; with kernel_rows (first, run), a kernel-row tile: its row r is row first + r of a group of
+    kernel rows' folded (kh, kw, ci) reduction, read at kh * x_kernel_row_step + kw * C_in + ci (an argument more)."""
     vector = ir.VectorType(ir.FloatType(), lanes)
+    first, run = kernel_rows or (0, rows_per_tile)
+    places = [divmod(first + r, run) for r in range(rows_per_tile)]  # (kernel row, value) of each tile row
+
+    def codegen(context, builder, sig, args):
+        arguments, kinds = list(args), list(sig.args)
+        kernel_row_step = (arguments.pop(6), kinds.pop(6))[0] if kernel_rows else None
+        (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
+         grad_out_offset, grad_out_row_step, rows, columns, channels_out) = arguments
+        fma = fma_function(builder, vector)
+        grad_weight_pointer = element_pointer(context, builder, kinds[0], grad_weight_value, grad_weight_offset)
+        x_pointer = element_pointer(context, builder, kinds[2], x_value, x_offset)
+        grad_out_pointer = element_pointer(context, builder, kinds[6], grad_out_value, grad_out_offset)
+        x_offsets = [builder.add(builder.mul(kernel_row_step, ir.Constant(INDEX, kernel_row)),
+                                 ir.Constant(INDEX, value)) if kernel_row else ir.Constant(INDEX, value)
+                     for kernel_row, value in places]
+        accumulators = []
+        for r in range(rows_per_tile):
+            row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(INDEX, first + r))])
+            for v in range(vectors):
+                current = load_vector(builder, builder.gep(row_pointer, [ir.Constant(INDEX, v * lanes)]), vector)
+                slot = cgutils.alloca_once(builder, current.type)
+                builder.store(current, slot)
+                accumulators.append((slot, row_pointer, v))
+        with cgutils.for_range(builder, rows) as row:
+            x_row = builder.gep(x_pointer, [builder.mul(row.index, x_row_step)])
+            grad_row = builder.gep(grad_out_pointer, [builder.mul(row.index, grad_out_row_step)])
+            with cgutils.for_range(builder, columns) as column:
+                x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
+                grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
+                grads = [load_vector(builder, builder.gep(grad_pixel, [ir.Constant(INDEX, v * lanes)]), vector)
+                         for v in range(vectors)]
+                for r in range(rows_per_tile):
+                    value = splat(builder, builder.load(builder.gep(x_pixel, [x_offsets[r]])), vector)
+                    for v in range(vectors):
+                        slot = accumulators[vectors * r + v][0]
+                        builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
+        for slot, row_pointer, v in accumulators:
+            store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(INDEX, v * lanes)]))
+        return context.get_dummy_value()
+
+    index = types.intp
+    if kernel_rows:
+        @intrinsic
+        def kernel_row_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step,
+                            x_kernel_row_step, grad_out, grad_out_offset, grad_out_row_step, rows, columns,
+                            channels_out):
+            return types.void(grad_weight, index, x, index, index, index, index, grad_out, index, index, index,
+                              index, index), codegen
+
+        return kernel_row_tile
 
     @intrinsic
     def weight_tile(typingctx, grad_weight, grad_weight_offset, x, x_offset, x_pixel_step, x_row_step, grad_out,
                     grad_out_offset, grad_out_row_step, rows, columns, channels_out):
         """grad_weight[r, 0:V*16] += sum over (row, column) of x[row, column, r] * grad_out[row, column, 0:V*16]
         for the input channels r of one tile; grad_out pixels are channels_out apart, grad_weight rows too."""
-        index = types.intp
-        signature = types.void(grad_weight, index, x, index, index, index, grad_out, index, index, index, index,
-                               index)
-
-        def codegen(context, builder, sig, args):
-            (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
-             grad_out_offset, grad_out_row_step, rows, columns, channels_out) = args
-            fma = fma_function(builder, vector)
-            grad_weight_pointer = element_pointer(context, builder, sig.args[0], grad_weight_value,
-                                                   grad_weight_offset)
-            x_pointer = element_pointer(context, builder, sig.args[2], x_value, x_offset)
-            grad_out_pointer = element_pointer(context, builder, sig.args[6], grad_out_value, grad_out_offset)
-            accumulators = []
-            for r in range(rows_per_tile):
-                row_pointer = builder.gep(grad_weight_pointer, [builder.mul(channels_out, ir.Constant(INDEX, r))])
-                for v in range(vectors):
-                    current = load_vector(builder, builder.gep(row_pointer, [ir.Constant(INDEX, v * lanes)]), vector)
-                    slot = cgutils.alloca_once(builder, current.type)
-                    builder.store(current, slot)
-                    accumulators.append((slot, row_pointer, v))
-            with cgutils.for_range(builder, rows) as row:
-                x_row = builder.gep(x_pointer, [builder.mul(row.index, x_row_step)])
-                grad_row = builder.gep(grad_out_pointer, [builder.mul(row.index, grad_out_row_step)])
-                with cgutils.for_range(builder, columns) as column:
-                    x_pixel = builder.gep(x_row, [builder.mul(column.index, x_pixel_step)])
-                    grad_pixel = builder.gep(grad_row, [builder.mul(column.index, channels_out)])
-                    grads = [load_vector(builder, builder.gep(grad_pixel, [ir.Constant(INDEX, v * lanes)]), vector)
-                             for v in range(vectors)]
-                    for r in range(rows_per_tile):
-                        value = splat(builder, builder.load(builder.gep(x_pixel, [ir.Constant(INDEX, r)])), vector)
-                        for v in range(vectors):
-                            slot = accumulators[vectors * r + v][0]
-                            builder.store(builder.call(fma, [value, grads[v], builder.load(slot)]), slot)
-            for slot, row_pointer, v in accumulators:
-                store_vector(builder, builder.load(slot), builder.gep(row_pointer, [ir.Constant(INDEX, v * lanes)]))
-            return context.get_dummy_value()
-
-        return signature, codegen
+        return types.void(grad_weight, index, x, index, index, index, grad_out, index, index, index, index,
+                          index), codegen
 
     return weight_tile
 
@@ -370,8 +385,13 @@ _forward_tile_broad, _forward_tile_wide, _forward_tile_narrow = (_make_forward_t
 _weight_tile_broad, _weight_tile_wide, _weight_tile_narrow = (_make_weight_tile(*shape) for shape in TILES["weight"])
 # a tier without a short weight tile never runs it (weight_row_cover); the narrow tile's shape stands in
 _weight_tile_short = _make_weight_tile(*(TILES["weight_short"] or TILES["weight"][2]))
-# a tier without a kernel-row tile never runs it (kernel_row_tile_applies); a 1-row stand-in keeps the name defined
-kernel_row_tile = _make_weight_tile(max(KERNEL_ROW_TILE_ROWS, 1), 1, KERNEL_ROW_TILE_LANES)
+# the kernel-row tiles in turn (at most 2: direct.py runs them), each from its first row of a group of kernel rows;
+# a tier without them never runs them (kernel_row_tile_applies): a 1-row stand-in keeps the names defined
+KERNEL_ROW_FIRSTS = tuple(sum(_kernel_row_rows[:k]) for k in range(len(_kernel_row_rows)))
+KERNEL_ROW_GROUP = sum(_kernel_row_rows)  # rows of a group of kernel rows (a multiple of KERNEL_ROW_RUN)
+kernel_row_tile, second_kernel_row_tile = (
+    _make_weight_tile(rows, 1, KERNEL_ROW_TILE_LANES, (first, max(KERNEL_ROW_RUN, 1)))
+    for first, rows in zip(KERNEL_ROW_FIRSTS + (0,), (_kernel_row_rows + (1,))[:2]))
 # a tier without a product tile never selects PRODUCT; the broad tile's shape stands in so the code compiles
 _forward_tile_product = _make_forward_tile(*(TILES["product"] or TILES["forward"][:1])[0])
 

@@ -232,10 +232,12 @@ AVX2 = Machine("avx2", "haswell", 256, 8, 16, True)
 AVX512 = Machine("avx512", "skylake-avx512", 512, 16, 32, True)
 
 
-def test_the_kernel_row_tile_takes_first_layers_whose_kernel_row_fills_it():
-    # the tile holds 9 values of a kernel row (3x3 on 3 channels) x 8 output channels on AVX2, 16 on AVX-512
+def test_the_kernel_row_tiles_take_first_layers_whose_kernel_rows_fill_them():
+    # kernel rows of 9 values (3x3 on 3 channels): one by one on AVX-512 (9 x 16 output channels), three at a
+    # time on AVX2 (27 rows as 13 + 14, x 8 output channels)
     for weight_shape, dilation_w, on_avx2, on_avx512 in (
-            ((3, 3, 3, 32), 1, True, True), ((3, 3, 3, 16), 1, True, True), ((7, 3, 3, 64), 1, True, True),
+            ((3, 3, 3, 32), 1, True, True), ((3, 3, 3, 16), 1, True, True), ((7, 3, 3, 64), 1, False, True),
+            ((6, 3, 3, 64), 1, True, True),
             ((3, 3, 3, 8), 1, True, False), ((3, 3, 3, 20), 1, False, False), ((3, 3, 3, 32), 2, False, False),
             ((5, 5, 1, 8), 1, False, False), ((3, 3, 4, 32), 1, False, False)):
         assert tiles.kernel_row_tile_applies(weight_shape, dilation_w, AVX2) is on_avx2, weight_shape
@@ -245,7 +247,8 @@ def test_the_kernel_row_tile_takes_first_layers_whose_kernel_row_fills_it():
     assert direct._padded_columns((3, 3, 3, 20), AVX2) == 28
 
 
-KERNEL_ROW_CASES = [COLUMNS[0], COLUMNS[1], COLUMNS[2], COLUMNS[4], ConvCase(3, 33, 35, 3, 48, padding=1)]
+KERNEL_ROW_CASES = [COLUMNS[0], COLUMNS[1], COLUMNS[2], COLUMNS[4], ConvCase(3, 33, 35, 3, 48, padding=1),
+                    ConvCase(2, 14, 12, 3, 32, kernel=(6, 3), padding=(2, 1))]  # two groups of 3 kernel rows
 
 
 @pytest.mark.parametrize("case", KERNEL_ROW_CASES, ids=case_id)
