@@ -167,7 +167,7 @@ def _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, w
 
 
 @jit
-def _launch(address, slots, workers, *arguments):
+def _launch(address, slots, workers, arguments):
     packed, trampoline, failed, next_slot = _pack_slot_arguments(arguments)
     one = np.int64(1)
     _run_slots_parallel(trampoline, address, packed, failed, next_slot, slots, workers, one)
@@ -175,7 +175,7 @@ def _launch(address, slots, workers, *arguments):
 
 
 @jit
-def _launch_jobs(address, jobs, workers, grain, *arguments):
+def _launch_jobs(address, jobs, workers, grain, arguments):
     packed, trampoline, failed, next_job = _pack_job_arguments(arguments)
     _run_slots_parallel(trampoline, address, packed, failed, next_job, jobs, workers, grain)
     _rerun_failed_range(trampoline, address, packed, failed, grain, jobs)
@@ -213,7 +213,7 @@ def run_slots(slot_function, slots, *arguments):
     if slots == 1:
         slot_function(0, *arguments)
         return
-    _launch(_address(slot_function, 1, arguments), slots, min(slots, WORKERS), *arguments)
+    _launch(_address(slot_function, 1, arguments), slots, min(slots, WORKERS), arguments)
 
 
 def run_jobs(job_function, jobs, workers, *arguments):
@@ -227,7 +227,7 @@ def run_jobs(job_function, jobs, workers, *arguments):
         return
     workers = max(1, min(int(workers), int(jobs), WORKERS))
     grain = max(1, int(jobs) // (workers * CLAIMS_PER_WORKER))
-    _launch_jobs(_address(job_function, 3, arguments), jobs, workers, grain, *arguments)
+    _launch_jobs(_address(job_function, 3, arguments), jobs, workers, grain, arguments)
 
 
 # Kernels whose slots each take a contiguous share of their jobs split them into at most this many slots: enough
