@@ -408,3 +408,35 @@ def test_unsupported_loss_is_refused_by_name():
     x, y = batches("cifar_cnn", np.float64, [4])[0]
     with pytest.raises(ValueError, match="got MseLoss.*eager=True"):
         step(x, y)
+
+
+def test_conv_nodes_bind_their_kernel_calls_once(monkeypatch):
+    """Each conv node binds its passes (kernels.conv2d.bind_*) at its first step and calls the bound passes after."""
+    from cnnnumba.kernels import conv2d as conv_kernels
+
+    binds = []
+    for name in ("bind_forward", "bind_backward_input", "bind_backward_weight"):
+        original = getattr(conv_kernels, name)
+        monkeypatch.setattr(conv_kernels, name,
+                            lambda *a, _original=original, _name=name, **k: binds.append(_name) or _original(*a, **k))
+    model, optimizer = build("cifar_cnn", "sgd", np.float32)
+    step = cn.graph.capture(model, F.cross_entropy, optimizer)
+    x, y = batches("cifar_cnn", np.float32, [4])[0]
+    step(x, y)  # traces the step, builds the graph and runs it: its 5 convs bind 5 + 4 + 5 passes
+    assert binds.count("bind_backward_weight") == 5 and binds.count("bind_backward_input") == 4
+    first = len(binds)
+    for _ in range(3):
+        step(x, y)
+    assert len(binds) == first
+
+
+def test_a_bound_call_is_made_again_when_an_array_it_reads_is_replaced():
+    from cnnnumba.graph.nodes.base import Node
+
+    node = Node([], None)
+    made = []
+    first, second = np.zeros(3), np.zeros(3)
+    call = node.bound("pass", (first, None), lambda: made.append(1) or (lambda: "one"))
+    assert call() == "one" and node.bound("pass", (first, None), lambda: made.append(2)) is call
+    assert node.bound("pass", (second, None), lambda: made.append(3) or (lambda: "three"))() == "three"
+    assert made == [1, 3]

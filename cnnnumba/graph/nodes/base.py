@@ -4,6 +4,8 @@ gradient delivery), `rows`, and the names of the activations a node applies.
 Inside a graph every 4-D activation is NHWC (channels innermost, what the kernels want); 2-D activations are
 (N, features). Parameters keep PyTorch's layouts and are re-laid-out by the node that reads them.
 """
+import operator
+
 import numpy as np
 
 from ...kernels.fused import NO_CLAMP, RELU
@@ -87,6 +89,16 @@ class Node:
 
     def needs(self, k):
         return self.inputs[k].needs_grad
+
+    def bound(self, name, arrays, bind):
+        """The kernel call bind() returns (a pass bound to its arrays: kernels.conv2d.bind_forward and its twins),
+        made at the first call and again whenever one of `arrays` (those it derives its own from) is no longer the
+        same object, so each step skips the checks, planning and scratch views."""
+        calls = self.__dict__.setdefault("_bound_calls", {})
+        entry = calls.get(name)
+        if entry is None or not all(map(operator.is_, entry[0], arrays)):
+            entry = calls[name] = (arrays, bind())
+        return entry[1]
 
     def __repr__(self):
         return f"{self.name}({', '.join(v.name for v in self.inputs)} -> {self.output.name})"

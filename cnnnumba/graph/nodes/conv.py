@@ -13,15 +13,22 @@ from ..plan import Buffer
 from .base import NO_CLAMP, RELU, RELU6, Node, rows, with_activation
 
 
-def _forward_clamped(clamp, x, weight, bias, out, workspace, options, normalize=None):
-    """The conv's forward (normalized by a batch norm's coefficients when given) and its clamp: ReLU and ReLU6 in
-    the conv kernels (as they store, where they can), any other clamp in a pass over the output after."""
+def _bind_clamped(clamp, x, weight, bias, out, workspace, options, normalize=None):
+    """The conv's forward (normalized by a batch norm's coefficients when given) and its clamp, bound to these
+    arrays (Node.bound): ReLU and ReLU6 in the conv kernels (as they store, where they can), any other clamp in a
+    pass over the output after."""
     clamp = tuple(clamp)
-    conv_kernels.conv2d_forward(x, weight, bias, out, relu=clamp == RELU, relu6=clamp == RELU6, workspace=workspace,
-                                normalize=normalize, **options)
-    if clamp not in (NO_CLAMP, RELU, RELU6):
-        flat = out.reshape(-1)
-        elementwise.hardtanh_forward(flat, *fused.clamp_bounds(clamp, out.dtype), flat)
+    conv = conv_kernels.bind_forward(x, weight, bias, out, relu=clamp == RELU, relu6=clamp == RELU6,
+                                     workspace=workspace, normalize=normalize, **options)
+    if clamp in (NO_CLAMP, RELU, RELU6):
+        return conv
+    flat, bounds = out.reshape(-1), fused.clamp_bounds(clamp, out.dtype)
+
+    def forward_clamped():
+        conv()
+        elementwise.hardtanh_forward(flat, *bounds, flat)
+
+    return forward_clamped
 
 
 class Conv(Node):
@@ -85,12 +92,12 @@ class Conv(Node):
         return weight if weight is not None else self.weight_khwc.array
 
     def forward(self):
-        weight = self._weight_in_place()
-        if weight is None:
-            weight = oihw_to_hwio(self.inputs[1].buffer.array, self.weight_khwc.array)
+        x, weight, out = self.inputs[0].buffer.array, self.inputs[1].buffer.array, self.output.buffer.array
+        if self._weight_in_place() is None:
+            oihw_to_hwio(weight, self.weight_khwc.array)
         bias = self.inputs[2].buffer.array if self.has_bias else None
-        _forward_clamped(self.clamp, self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
-                         self.workspace, self.options)
+        self.bound("forward", (x, weight, bias, out, self.workspace),
+                   lambda: _bind_clamped(self.clamp, x, self._weight(), bias, out, self.workspace, self.options))()
 
     def backward(self):
         grad_y, y = self.output.grad.array, self.output.buffer.array
@@ -112,16 +119,20 @@ class Conv(Node):
                 conv_kernels.conv2d_backward_bias(grad, self.grad_target(2), workspace=self.workspace)
                 self.finish_grad(2)
         if self.needs(1):
+            x, grad_weight = self.inputs[0].buffer.array, self.inputs[1].grad.array
             in_place = self._grad_weight_in_place()
             target = in_place if in_place is not None else self.grad_weight_khwc.array
-            conv_kernels.conv2d_backward_weight(self.inputs[0].buffer.array, grad, target, workspace=self.workspace,
-                                                **self.options)
+            self.bound("backward_weight", (x, grad, grad_weight, self.workspace),
+                       lambda: conv_kernels.bind_backward_weight(x, grad, target, workspace=self.workspace,
+                                                                 **self.options))()
             if in_place is None:
                 hwio_to_oihw(target, self.grad_target(1))
                 self.finish_grad(1)
         if self.needs(0):
-            conv_kernels.conv2d_backward_input(grad, self._weight(), self.grad_target(0),
-                                               workspace=self.workspace, **self.options)
+            weight, grad_x = self.inputs[1].buffer.array, self.grad_target(0)
+            self.bound("backward_input", (grad, weight, grad_x, self.workspace),
+                       lambda: conv_kernels.bind_backward_input(grad, self._weight(), grad_x, workspace=self.workspace,
+                                                                **self.options))()
             self.finish_grad(0)
 
 
@@ -186,5 +197,8 @@ class FoldedConv(Node):
             normalize = self.coefficients
             norm.running_coefficients(running_mean, running_var, float(eps), self.ones if gamma is None else gamma,
                                        self.zeros if beta is None else beta, normalize)
-        _forward_clamped(self.clamp, self.inputs[0].buffer.array, weight, bias, self.output.buffer.array,
-                         self.workspace, self.options, normalize)
+        x, out = self.inputs[0].buffer.array, self.output.buffer.array
+        # fold() returns views of these (or these): they decide whether the bound call still holds
+        sources = (x, self.conv_weight, self.conv_bias, self.weight_khwc, self.bias, normalize, out, self.workspace)
+        self.bound("forward", sources, lambda: _bind_clamped(self.clamp, x, weight, bias, out, self.workspace,
+                                                             self.options, normalize))()

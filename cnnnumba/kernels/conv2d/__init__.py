@@ -1,6 +1,7 @@
 """2-D convolution kernels on NHWC activations and (kH, kW, C_in/groups, C_out) weights: the entry points that ops
 and graph nodes call. Each checks what would otherwise index out of bounds, asks select.py which variant runs (and
-with what scratch), carves that scratch from the caller's workspace and runs it.
+with what scratch), carves that scratch from the caller's workspace and runs it; its bind_ twin does all but the
+run once and returns a callable that runs the pass on the same arrays at every call.
 
 Padding is (top, left); the bottom/right padding is implied by the output size. Every entry point writes into a
 caller-supplied array `out` (so a memory planner can hand in a preallocated buffer) and returns it. A workspace is
@@ -12,6 +13,8 @@ F(4x4) forward, input and weight gradients), small.py, small_bands.py and small_
 (im2col + BLAS), few_pixels.py (outputs of a few pixels in the batch), depthwise.py (one filter per channel),
 general.py (any groups, dilation, dtype; the bias gradient), workspace.py (scratch layout, partial sums).
 """
+import functools
+
 import numpy as np
 
 from .. import elementwise, norm
@@ -23,7 +26,8 @@ from .winograd import f4 as winograd_f4
 from .winograd import weight as winograd_weight
 from .workspace import WORKSPACE_BYTES, all_finite, carve, specs_bytes
 
-__all__ = ["Geometry", "Pass", "Plan", "Variant", "WORKSPACE_BYTES", "applies", "conv2d_backward_bias",
+__all__ = ["Geometry", "Pass", "Plan", "Variant", "WORKSPACE_BYTES", "applies", "bind_backward_input",
+           "bind_backward_weight", "bind_forward", "conv2d_backward_bias",
            "clear_plans", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_forward",
            "conv2d_workspace_bytes", "force_variant", "plan", "select"]
 
@@ -44,10 +48,16 @@ def _check_geometry(x_shape, weight_shape, out_hw, stride, dilation, groups):
     _guard(min(out_hw) >= 1 and min(weight_shape[:2]) >= 1, "empty output or kernel")
 
 
-def _contiguous(array, dtype):
+def _contiguous(array):
+    return array if array is None or array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _in_place(array, dtype, name):
+    """array, checked to be of dtype and C-contiguous: a bound pass reads it in place at every call."""
     if array.dtype != dtype:
         _guard(False, f"dtype {array.dtype} != {dtype}")
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    _guard(array.flags.c_contiguous, f"{name} must be C-contiguous")
+    return array
 
 
 def _check_out(out, shape, dtype):
@@ -86,37 +96,58 @@ def conv2d_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation
     norm's (3, C_out) coefficients of x's dtype (norm.running_coefficients): out = (out - normalize[0]) *
     normalize[1] + normalize[2] before the clamp, as FEW_PIXELS sums its shares (few_pixels.normalizes), in a pass
     after (as norm.normalize_act_forward) elsewhere; bit for bit the conv and then that pass."""
+    return bind_forward(_contiguous(x), _contiguous(weight), _contiguous(bias), out, stride, padding, dilation, groups,
+                        relu, workspace, relu6, _contiguous(normalize))()
+
+
+def bind_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, relu=False,
+                 workspace=None, relu6=False, normalize=None):
+    """conv2d_forward with its checks, plan and scratch done now: a callable that runs it on these arrays (each
+    C-contiguous, read in place at every call) and returns out. For a caller that runs one pass on the same
+    arrays step after step (a captured graph's conv nodes): after a pass that streamed megabytes, the Python
+    before the kernels cost tens of microseconds a call (bench/README.md). The variant is the one planned now:
+    force_variant and clear_plans apply to later binds."""
     dtype = x.dtype
     _check_geometry(x.shape, weight.shape, out.shape[1:3], stride, dilation, groups)
     _check_out(out, (x.shape[0], out.shape[1], out.shape[2], weight.shape[3]), dtype)
-    x, weight = _contiguous(x, dtype), _contiguous(weight, dtype)
+    x, weight = _in_place(x, dtype, "x"), _in_place(weight, dtype, "weight")
     if bias is not None:
         if bias.shape != (weight.shape[3],):
             _guard(False, f"bias shape {bias.shape}")
-        bias = _contiguous(bias, dtype)
+        bias = _in_place(bias, dtype, "bias")
     if normalize is not None:
         if normalize.ndim != 2 or normalize.shape[0] < 3 or normalize.shape[1] != weight.shape[3]:
             _guard(False, f"normalize shape {normalize.shape}, expected (3, {weight.shape[3]})")
-        normalize = _contiguous(normalize, dtype)
+        normalize = _in_place(normalize, dtype, "normalize")
     variant, specs, details = plan(Pass.FORWARD, Geometry(x.shape, weight.shape, out.shape, tuple(stride),
                                                           tuple(padding), tuple(dilation), int(groups)), dtype)
     scratch = carve(workspace, specs)
     if normalize is not None:
         lower, upper = dtype.type(0.0 if relu or relu6 else -np.inf), dtype.type(6.0 if relu6 else np.inf)
         if variant is Variant.FEW_PIXELS and few_pixels.normalizes(scratch):
-            return few_pixels.forward(x, weight, bias, out, stride, padding, dilation, 0, scratch, details,
-                                      (normalize, lower, upper))
-        _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, False, scratch, details)
-        flat = out.reshape(-1, out.shape[3])
-        norm.normalize_act_forward(flat, normalize, lower, upper, flat)
-        return out
+            return functools.partial(few_pixels.forward, x, weight, bias, out, stride, padding, dilation, 0, scratch,
+                                     details, (normalize, lower, upper))
+
+        def forward_normalized():
+            _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, False, scratch,
+                             details)
+            flat = out.reshape(-1, out.shape[3])
+            norm.normalize_act_forward(flat, normalize, lower, upper, flat)
+            return out
+
+        return forward_normalized
     store_relu6 = relu6 and variant in STORE_RELU6
-    _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups,
-                     RELU6_CODE if store_relu6 else bool(relu or relu6), scratch, details)
-    if relu6 and not store_relu6:
-        flat = out.reshape(-1)
-        elementwise.hardtanh_forward(flat, dtype.type(0.0), dtype.type(6.0), flat)
-    return out
+    relu_code = RELU6_CODE if store_relu6 else bool(relu or relu6)
+
+    def forward():
+        _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, relu_code, scratch,
+                         details)
+        if relu6 and not store_relu6:
+            flat = out.reshape(-1)
+            elementwise.hardtanh_forward(flat, dtype.type(0.0), dtype.type(6.0), flat)
+        return out
+
+    return forward
 
 
 def _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, relu, scratch, details):
@@ -146,72 +177,105 @@ def _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, g
 def conv2d_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                           workspace=None):
     """Gradient of the forward with respect to its input x, written into out (shape of x)."""
+    return bind_backward_input(_contiguous(grad_out), _contiguous(weight), out, stride, padding, dilation, groups,
+                               workspace)()
+
+
+def bind_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                        workspace=None):
+    """conv2d_backward_input with its checks, plan and scratch done now (see bind_forward)."""
     dtype = grad_out.dtype
     _check_geometry(out.shape, weight.shape, grad_out.shape[1:3], stride, dilation, groups)
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == out.shape[0] and grad_out.shape[3] == weight.shape[3], "grad_out shape")
-    grad_out, weight = _contiguous(grad_out, dtype), _contiguous(weight, dtype)
+    grad_out, weight = _in_place(grad_out, dtype, "grad_out"), _in_place(weight, dtype, "weight")
     variant, specs, details = plan(Pass.BACKWARD_INPUT, Geometry(out.shape, weight.shape, grad_out.shape,
                                                                  tuple(stride), tuple(padding), tuple(dilation),
                                                                  int(groups)), dtype)
     scratch = carve(workspace, specs)
     if variant is Variant.WINOGRAD_F4:
-        winograd_f4.backward_input(grad_out, weight, out, padding, scratch, details)
+        run = functools.partial(winograd_f4.backward_input, grad_out, weight, out, padding, scratch, details)
     elif variant is Variant.WINOGRAD_F2:
-        winograd_f2.backward_input(grad_out, weight, out, padding, scratch, details)
+        run = functools.partial(winograd_f2.backward_input, grad_out, weight, out, padding, scratch, details)
     elif variant is Variant.POINTWISE:
-        pointwise.backward_input(grad_out, weight, out, stride, scratch)
+        run = functools.partial(pointwise.backward_input, grad_out, weight, out, stride, scratch)
     elif variant is Variant.DIRECT:
-        direct_input.backward_input(grad_out, weight, out, stride, padding, dilation, scratch, details)
+        run = functools.partial(direct_input.backward_input, grad_out, weight, out, stride, padding, dilation,
+                                scratch, details)
     elif variant is Variant.SMALL_ROWS:
-        small.backward_input_rows(grad_out, weight, out, scratch, details)
+        run = functools.partial(small.backward_input_rows, grad_out, weight, out, scratch, details)
     elif variant is Variant.SMALL_BANDS:
-        small.backward_input_bands(grad_out, weight, out, scratch, details)
+        run = functools.partial(small.backward_input_bands, grad_out, weight, out, scratch, details)
     elif variant is Variant.GEMM:
-        gemm.backward_input(grad_out, weight, out, stride, padding, dilation, scratch, details)
+        run = functools.partial(gemm.backward_input, grad_out, weight, out, stride, padding, dilation, scratch,
+                                details)
     elif variant is Variant.DEPTHWISE:
-        depthwise.backward_input(grad_out, weight, out, stride, padding, dilation)
+        run = functools.partial(depthwise.backward_input, grad_out, weight, out, stride, padding, dilation)
     else:
-        general.backward_input(grad_out, weight, out, stride, padding, dilation, groups, scratch)
-    return out
+        run = functools.partial(general.backward_input, grad_out, weight, out, stride, padding, dilation, groups,
+                                scratch)
+
+    def backward_input():
+        run()
+        return out
+
+    return backward_input
 
 
 def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                            workspace=None):
     """Gradient of the forward with respect to its weight, written into out (kH, kW, C_in/groups, C_out)."""
+    return bind_backward_weight(_contiguous(x), _contiguous(grad_out), out, stride, padding, dilation, groups,
+                                workspace)()
+
+
+def bind_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                         workspace=None):
+    """conv2d_backward_weight with its checks, plan and scratch done now (see bind_forward)."""
     dtype = x.dtype
     _check_geometry(x.shape, out.shape, grad_out.shape[1:3], stride, dilation, groups)
     _check_out(out, out.shape, dtype)
     _guard(grad_out.shape[0] == x.shape[0] and grad_out.shape[3] == out.shape[3], "grad_out shape")
-    x, grad_out = _contiguous(x, dtype), _contiguous(grad_out, dtype)
+    x, grad_out = _in_place(x, dtype, "x"), _in_place(grad_out, dtype, "grad_out")
     variant, specs, details = plan(Pass.BACKWARD_WEIGHT, Geometry(x.shape, out.shape, grad_out.shape,
                                                                   tuple(stride), tuple(padding), tuple(dilation),
                                                                   int(groups)), dtype)
     scratch = carve(workspace, specs)
     if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F2):
         geometry, direct_specs, direct_details = details
-        winograd_weight.backward_weight(x, grad_out, out, scratch, geometry)
-        # An inf among the inputs comes out of Winograd's differences as NaN (inf - inf, inf * 0) where the direct
-        # products may give inf, and any inf or NaN input leaves some of out non-finite: then redo it directly.
-        if not all_finite(out.reshape(-1)):
-            direct.backward_weight(x, grad_out, out, stride, padding, dilation, carve(workspace, direct_specs),
-                                   direct_details)
-    elif variant is Variant.POINTWISE:
-        pointwise.backward_weight(x, grad_out, out, stride, scratch, details)
+
+        def winograd_backward_weight():
+            winograd_weight.backward_weight(x, grad_out, out, scratch, geometry)
+            # An inf among the inputs comes out of Winograd's differences as NaN (inf - inf, inf * 0) where the
+            # direct products may give inf, and any inf or NaN input leaves some of out non-finite: then redo it
+            # directly.
+            if not all_finite(out.reshape(-1)):
+                direct.backward_weight(x, grad_out, out, stride, padding, dilation, carve(workspace, direct_specs),
+                                       direct_details)
+            return out
+
+        return winograd_backward_weight
+    if variant is Variant.POINTWISE:
+        run = functools.partial(pointwise.backward_weight, x, grad_out, out, stride, scratch, details)
     elif variant in (Variant.DIRECT, Variant.DIRECT_COLUMNS):
-        direct.backward_weight(x, grad_out, out, stride, padding, dilation, scratch, details,
-                               columns=variant is Variant.DIRECT_COLUMNS)
+        run = functools.partial(direct.backward_weight, x, grad_out, out, stride, padding, dilation, scratch, details,
+                                columns=variant is Variant.DIRECT_COLUMNS)
     elif variant is Variant.SMALL_ROWS:
-        small.backward_weight_rows(x, grad_out, out, scratch, details)
+        run = functools.partial(small.backward_weight_rows, x, grad_out, out, scratch, details)
     elif variant is Variant.SMALL_BANDS:
-        small.backward_weight_bands(x, grad_out, out, scratch, details)
+        run = functools.partial(small.backward_weight_bands, x, grad_out, out, scratch, details)
     elif variant is Variant.GEMM:
-        gemm.backward_weight(x, grad_out, out, stride, padding, dilation, scratch, details)
+        run = functools.partial(gemm.backward_weight, x, grad_out, out, stride, padding, dilation, scratch, details)
     elif variant is Variant.DEPTHWISE:
-        depthwise.backward_weight(x, grad_out, out, stride, padding, dilation, scratch)
+        run = functools.partial(depthwise.backward_weight, x, grad_out, out, stride, padding, dilation, scratch)
     else:
-        general.backward_weight(x, grad_out, out, stride, padding, dilation, groups, scratch)
-    return out
+        run = functools.partial(general.backward_weight, x, grad_out, out, stride, padding, dilation, groups, scratch)
+
+    def backward_weight():
+        run()
+        return out
+
+    return backward_weight
 
 
 def conv2d_backward_bias(grad_out, out, workspace=None):

@@ -165,3 +165,48 @@ def test_forward_relu_keeps_nan(case):
     got = run_pass("forward", case, data, relu=True)
     assert np.isnan(got).any()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expected_pass("forward", case, data)))
+
+
+def _bind(name, case, data, out, workspace):
+    if name == "forward":
+        return kernels.bind_forward(data.x, data.weight, data.bias, out, relu=True, workspace=workspace,
+                                    **case.options)
+    if name == "backward_input":
+        return kernels.bind_backward_input(data.grad_out, data.weight, out, workspace=workspace, **case.options)
+    return kernels.bind_backward_weight(data.x, data.grad_out, out, workspace=workspace, **case.options)
+
+
+# the direct tiles and the kernel-row weight gradient, Winograd (with its finite check), 1x1, few channels, GEMM
+BIND_CASES = [CASES[16], ConvCase(2, 12, 10, 3, 16, padding=1), CASES[20], CASES[27], CASES[0], CASES[22]]
+
+
+@pytest.mark.parametrize("name", ["forward", "backward_input", "backward_weight"])
+@pytest.mark.parametrize("case", BIND_CASES, ids=case_id)
+def test_a_bound_pass_reads_its_arrays_anew_at_every_call(case, name):
+    """A bound pass (the captured graph's conv nodes call them at every step) gives the entry point's result, bit
+    for bit, for whatever its arrays hold when it is called."""
+    data = arrays(case, seed=4)
+    workspace = np.empty(kernels.conv2d_workspace_bytes(name, case.x_shape, case.weight_shape, case.out_shape,
+                                                        case.dtype, **case.options), np.uint8)
+    out = output_like(name, data)
+    bound = _bind(name, case, data, out, workspace)
+    for seed in (5, 6):
+        assert bound() is out
+        expected = run_pass(name, case, data, relu=name == "forward")
+        np.testing.assert_array_equal(out, expected)
+        fresh = arrays(case, seed=seed)
+        for held, new in zip(data, fresh):
+            held[...] = new  # the same arrays, new values
+
+
+def test_bind_refuses_arrays_it_cannot_read_in_place():
+    case = CASES[16]
+    data = arrays(case)
+    x = np.asfortranarray(data.x)
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        kernels.bind_forward(x, data.weight, data.bias, output_like("forward", data), **case.options)
+    with pytest.raises(ValueError, match="grad_out must be C-contiguous"):
+        kernels.bind_backward_weight(data.x, data.grad_out[:, ::-1], output_like("backward_weight", data),
+                                     **case.options)
+    # the entry points still take them, as copies
+    check_passes(case, data._replace(x=x), names=("forward",))
