@@ -20,6 +20,7 @@ Numba drops an exception raised in a function called from a prange body (the loo
 a slot (range) that fails is only noted there; once the loop is done it runs again serially, and its exception
 (e.g. an IndexError under NUMBA_BOUNDSCHECK) reaches the caller as from a direct call.
 """
+import functools
 import hashlib
 
 import numba
@@ -221,13 +222,18 @@ def run_jobs(job_function, jobs, workers, *arguments):
     range(jobs) once, in parallel, each range claimed by the next free thread; worker < workers numbers the thread
     running it, so that scratch indexed by worker serves one range at a time (workers: how many scratch sets there
     are; at most WORKERS are used). Jobs must not depend on which range or worker runs them."""
+    bind_jobs(job_function, jobs, workers, *arguments)()
+
+
+def bind_jobs(job_function, jobs, workers, *arguments):
+    """run_jobs with its launch prepared now: a callable that runs it on the same arguments (the arrays read in
+    place at every call), for a kernel pass bound once and run at every step (kernels.conv2d.bind_forward)."""
     if jobs <= 1:
-        if jobs == 1:
-            job_function(0, 1, 0, *arguments)
-        return
+        return lambda: job_function(0, 1, 0, *arguments) if jobs == 1 else None
     workers = max(1, min(int(workers), int(jobs), WORKERS))
     grain = max(1, int(jobs) // (workers * CLAIMS_PER_WORKER))
-    _launch_jobs(_address(job_function, 3, arguments), jobs, workers, grain, arguments)
+    address = _address(job_function, 3, arguments)
+    return functools.partial(_launch_jobs, address, jobs, workers, grain, arguments)
 
 
 # Kernels whose slots each take a contiguous share of their jobs split them into at most this many slots: enough

@@ -138,10 +138,14 @@ def bind_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(
         return forward_normalized
     store_relu6 = relu6 and variant in STORE_RELU6
     relu_code = RELU6_CODE if store_relu6 else bool(relu or relu6)
+    if variant is Variant.DIRECT:  # bound down to its launch: a captured step's first layers run it
+        run = direct.bind_forward(x, weight, bias, out, stride, padding, dilation, relu_code, scratch, details)
+    else:
+        run = functools.partial(_forward_variant, variant, x, weight, bias, out, stride, padding, dilation, groups,
+                                relu_code, scratch, details)
 
     def forward():
-        _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, relu_code, scratch,
-                         details)
+        run()
         if relu6 and not store_relu6:
             flat = out.reshape(-1)
             elementwise.hardtanh_forward(flat, dtype.type(0.0), dtype.type(6.0), flat)
@@ -159,7 +163,7 @@ def _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, g
     elif variant is Variant.POINTWISE:
         pointwise.forward(x, weight, bias, out, stride, relu, scratch)
     elif variant is Variant.DIRECT:
-        direct.forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details)
+        direct.bind_forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details)()
     elif variant is Variant.SMALL_ROWS:
         small.forward_rows(x, weight, bias, out, relu, scratch, details)
     elif variant is Variant.SMALL_BANDS:

@@ -9,6 +9,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .._runtime import jit, run_jobs
+from .._runtime.jobs import bind_jobs
 from .._runtime.vector import (LANES, PREFETCH_MIN_BYTES, element_pointer, lane_mask, load_vector, masked_load,
                                masked_store, prefetch_span, store_vector)
 from .tiles import (KERNEL_ROW_FIRSTS, KERNEL_ROW_GROUP, KERNEL_ROW_RUN, KERNEL_ROW_TILE_LANES, SHORT,
@@ -82,13 +83,13 @@ def _fill_strip(x, n, first_ih, pad_left, strip):
 
 @jit
 def _forward_rows_claimed(first_job, last_job, worker, x, weight, bias, out, strips, geometry, relu, channel_splits):
-    """Jobs first_job..last_job - 1 of _forward_rows (run by _runtime.jobs.run_jobs), in worker's strip."""
+    """Jobs first_job..last_job - 1 of _bind_forward_rows (run by _runtime.jobs.bind_jobs), in worker's strip."""
     _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strips[worker], geometry, relu, channel_splits)
 
 
 @jit
 def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometry, relu, channel_splits):
-    """Jobs first_job..last_job of a register-tiled forward (see _forward_rows), padding rows into strip."""
+    """Jobs first_job..last_job of a register-tiled forward (see _bind_forward_rows), padding rows into strip."""
     (stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, rows_per_job, out_h, out_w, out_first_h,
      out_first_w, out_step_h, out_step_w, reduction_block) = geometry
     channels = x.shape[3]
@@ -146,8 +147,8 @@ def _forward_rows_jobs(first_job, last_job, x, weight, bias, out, strip, geometr
                                  reduction, channels_out)
 
 
-def _forward_rows(x, weight, bias, out, strips, geometry, relu, channel_splits=1):
-    """Each job pads the input rows under rows_per_job output rows of one image into its worker's strip (no
+def _bind_forward_rows(x, weight, bias, out, strips, geometry, relu, channel_splits=1):
+    """The launch of a register-tiled forward, bound (jobs.bind_jobs). Each job pads the input rows under rows_per_job output rows of one image into its worker's strip (no
     whole-batch padded copy: the strip stays in cache while the tiles read it), then runs the tiles. strips is
     (workers, strip_h, frame_w, C_in); the threads claim ranges of the jobs.
     The out_h x out_w output pixels land in out at rows out_first_h + out_step_h * oh and columns
@@ -159,8 +160,8 @@ def _forward_rows(x, weight, bias, out, strips, geometry, relu, channel_splits=1
     out_first_h, out_first_w, out_step_h, out_step_w, reduction_block). With channel_splits > 1 each band of rows is
     that many jobs, each running its share of the tiles of output channels (see channel_splits)."""
     rows_per_job, out_h = geometry[6], geometry[7]
-    run_jobs(_forward_rows_claimed, x.shape[0] * -(-out_h // rows_per_job) * channel_splits, strips.shape[0], x,
-             weight, bias, out, strips, geometry, relu, channel_splits)
+    return bind_jobs(_forward_rows_claimed, x.shape[0] * -(-out_h // rows_per_job) * channel_splits,
+                     strips.shape[0], x, weight, bias, out, strips, geometry, relu, channel_splits)
 
 
 @jit
@@ -388,9 +389,9 @@ def channel_splits(batch, weight_shape, itemsize):
     return min(d for d in range(wanted, tiles + 1) if tiles % d == 0)
 
 
-def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots, geometry, splits=1, region=None,
-                  relu=0):
-    """The register-tiled forward on contiguous float32 operands; with dilation 1 along the width the kW taps of
+def _bind_forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots, geometry, splits=1,
+                       region=None, relu=0):
+    """The register-tiled forward on contiguous float32 operands, its launch bound; with dilation 1 along the width the kW taps of
     a kernel row are adjacent in a padded row, so they are folded into the reduction axis (kW * C_in long).
     strips: a flat workspace view of at least slots strips of the geometry's size.
     region (out_h, out_w, first_h, first_w, step_h, step_w) places the output on a strided grid of out;
@@ -401,8 +402,9 @@ def _forward_fast(x, weight, bias, out, stride, padding, dilation, strips, slots
     strips = strips[:slots * strip_h * frame_w * x.shape[3]].reshape(slots, strip_h, frame_w, x.shape[3])
     if dilation[1] == 1:
         weight = weight.reshape(kernel_h, 1, kernel_w * channels_in, channels_out)
-    _forward_rows(x, weight, bias, out, strips, (stride[0], stride[1], padding[0], padding[1], dilation[0],
-                  dilation[1], rows, out_h, out_w, first_h, first_w, step_h, step_w, REDUCTION_BLOCK), relu, splits)
+    return _bind_forward_rows(x, weight, bias, out, strips, (stride[0], stride[1], padding[0], padding[1],
+                              dilation[0], dilation[1], rows, out_h, out_w, first_h, first_w, step_h, step_w,
+                              REDUCTION_BLOCK), relu, splits)
 
 
 def _reduction_chunks(pixels):
@@ -565,9 +567,21 @@ def aligned_into(array, buffer):
     return buffer
 
 
-def forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details):
-    if bias is None:
-        bias = scratch["zero_bias"]
-        bias[...] = 0.0
-    _forward_fast(x, aligned_into(weight, scratch.get("weight")), bias, out, stride, padding, dilation,
-                  scratch["strips"], *details, relu=int(relu))
+def bind_forward(x, weight, bias, out, stride, padding, dilation, relu, scratch, details):
+    """The register-tiled forward, its launch bound (kernels.conv2d.bind_forward): what is left to each call is
+    zeroing the stand-in for an absent bias and copying a misaligned weight (aligned_into), as the scratch holding
+    them is shared with other passes."""
+    zero_bias, buffer = scratch["zero_bias"] if bias is None else None, scratch.get("weight")
+    copy = buffer is not None and not (weight.flags.c_contiguous and weight.ctypes.data % CACHE_LINE == 0)
+    launch = _bind_forward_fast(x, buffer if copy else np.ascontiguousarray(weight),
+                                zero_bias if bias is None else bias, out, stride, padding, dilation,
+                                scratch["strips"], *details, relu=int(relu))
+
+    def forward():
+        if zero_bias is not None:
+            zero_bias[...] = 0.0
+        if copy:
+            buffer[...] = weight
+        launch()
+
+    return forward

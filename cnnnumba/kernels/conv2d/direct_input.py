@@ -5,7 +5,7 @@ import numpy as np
 
 from .._runtime import jit, run_slots
 from . import direct
-from .direct import _forward_fast, _forward_geometry, _forward_rows_jobs
+from .direct import _bind_forward_fast, _forward_geometry, _forward_rows_jobs
 from .workspace import slots_within, spec_bytes, specs_bytes
 
 
@@ -45,7 +45,7 @@ def _forward_phases_slot(slot, slots, x, weights, bias, out, strips, phases, red
 def _forward_phases(x, weights, bias, out, strips, phases, reduction_block, relu, slots):
     """Several register-tiled forwards of one x in one parallel region: the stride phases of a strided
     backward-input, each writing its own grid of out pixels. phases is an int64 table, one row per forward:
-    its _forward_rows geometry (13 values, the reduction block apart), strip rows, its weight's 4-D shape,
+    its _bind_forward_rows geometry (13 values, the reduction block apart), strip rows, its weight's 4-D shape,
     the weight's offset in the flat weights, frame width, jobs, cost per job (taps) and the cumulative cost up to
     and including it. The slots take contiguous shares of the total cost (a one-tap phase's jobs are cheaper
     than a four-tap one's); strips is flat, one strip of the largest phase per slot."""
@@ -149,5 +149,5 @@ def backward_input(grad_out, weight, out, stride, padding, dilation, scratch, de
     flipped = scratch["weight"].reshape(kernel_h, kernel_w, weight.shape[3], weight.shape[2])
     flipped[...] = weight[::-1, ::-1].transpose(0, 1, 3, 2)
     slots, (geometry,), _ = details
-    _forward_fast(grad_out, flipped, scratch["zero_bias"], out, (1, 1), (pad_top, pad_left), dilation,
-                  scratch["strips"], slots, geometry)
+    _bind_forward_fast(grad_out, flipped, scratch["zero_bias"], out, (1, 1), (pad_top, pad_left), dilation,
+                       scratch["strips"], slots, geometry)()
