@@ -52,6 +52,15 @@ def _contiguous(array):
     return array if array is None or array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
+def _returning_out(run, out):
+    """A bound pass: run, then out, as the entry points return it."""
+    def bound_pass():
+        run()
+        return out
+
+    return bound_pass
+
+
 def _in_place(array, dtype, name):
     """array, checked to be of dtype and C-contiguous: a bound pass reads it in place at every call."""
     if array.dtype != dtype:
@@ -219,11 +228,7 @@ def bind_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), di
         run = functools.partial(general.backward_input, grad_out, weight, out, stride, padding, dilation, groups,
                                 scratch)
 
-    def backward_input():
-        run()
-        return out
-
-    return backward_input
+    return _returning_out(run, out)
 
 
 def conv2d_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
@@ -275,11 +280,7 @@ def bind_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilati
     else:
         run = functools.partial(general.backward_weight, x, grad_out, out, stride, padding, dilation, groups, scratch)
 
-    def backward_weight():
-        run()
-        return out
-
-    return backward_weight
+    return _returning_out(run, out)
 
 
 def conv2d_backward_bias(grad_out, out, workspace=None):

@@ -556,12 +556,18 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride, paddin
 # Running the variants on contiguous operands with the scratch carved from their plan.
 # ---------------------------------------------------------------------------------------------------------
 
+def _copies_to_align(array, buffer):
+    """Whether aligned_into copies array into buffer: a buffer is there and array is not C-contiguous from a cache
+    line."""
+    return buffer is not None and not (array.flags.c_contiguous and array.ctypes.data % CACHE_LINE == 0)
+
+
 def aligned_into(array, buffer):
     """array itself when it is C-contiguous and starts on a cache line, else its copy in buffer (a cache-line
     aligned workspace view of its shape, or None when the budget leaves no room: then array, misaligned). The
     tiles load weights as 64-byte vectors; from a misaligned array every such load straddles two cache lines
     (large NumPy arrays start 16 bytes past a page boundary)."""
-    if buffer is None or (array.flags.c_contiguous and array.ctypes.data % CACHE_LINE == 0):
+    if not _copies_to_align(array, buffer):
         return np.ascontiguousarray(array)
     buffer[...] = array
     return buffer
@@ -572,7 +578,7 @@ def bind_forward(x, weight, bias, out, stride, padding, dilation, relu, scratch,
     zeroing the stand-in for an absent bias and copying a misaligned weight (aligned_into), as the scratch holding
     them is shared with other passes."""
     zero_bias, buffer = scratch["zero_bias"] if bias is None else None, scratch.get("weight")
-    copy = buffer is not None and not (weight.flags.c_contiguous and weight.ctypes.data % CACHE_LINE == 0)
+    copy = _copies_to_align(weight, buffer)
     launch = _bind_forward_fast(x, buffer if copy else np.ascontiguousarray(weight),
                                 zero_bias if bias is None else bias, out, stride, padding, dilation,
                                 scratch["strips"], *details, relu=int(relu))

@@ -323,7 +323,10 @@ def _make_weight_tile(rows_per_tile, vectors, lanes=LANES, kernel_rows=None):
 
     def codegen(context, builder, sig, args):
         arguments, kinds = list(args), list(sig.args)
-        kernel_row_step = (arguments.pop(6), kinds.pop(6))[0] if kernel_rows else None
+        kernel_row_step = None
+        if kernel_rows:  # the kernel-row tile's extra argument, after x_row_step
+            kernel_row_step = arguments.pop(6)
+            kinds.pop(6)
         (grad_weight_value, grad_weight_offset, x_value, x_offset, x_pixel_step, x_row_step, grad_out_value,
          grad_out_offset, grad_out_row_step, rows, columns, channels_out) = arguments
         fma = fma_function(builder, vector)
