@@ -165,7 +165,7 @@ def bind_forward(x, weight, bias, out, stride=(1, 1), padding=(0, 0), dilation=(
 
 def _forward_variant(variant, x, weight, bias, out, stride, padding, dilation, groups, relu, scratch, details):
     """The selected variant's forward; relu: False, True or RELU6_CODE (a STORE_RELU6 variant only)."""
-    if variant is Variant.WINOGRAD_F4:
+    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2):
         winograd_f4.forward(x, weight, bias, out, padding, relu, scratch, details)
     elif variant is Variant.WINOGRAD_F2:
         winograd_f2.forward(x, weight, bias, out, padding, relu, scratch, details)
@@ -206,7 +206,7 @@ def bind_backward_input(grad_out, weight, out, stride=(1, 1), padding=(0, 0), di
                                                                  tuple(stride), tuple(padding), tuple(dilation),
                                                                  int(groups)), dtype)
     scratch = carve(workspace, specs)
-    if variant is Variant.WINOGRAD_F4:
+    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2):
         run = functools.partial(winograd_f4.backward_input, grad_out, weight, out, padding, scratch, details)
     elif variant is Variant.WINOGRAD_F2:
         run = functools.partial(winograd_f2.backward_input, grad_out, weight, out, padding, scratch, details)

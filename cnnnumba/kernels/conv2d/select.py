@@ -30,6 +30,7 @@ class Pass(enum.Enum):
 
 class Variant(enum.Enum):
     WINOGRAD_F4 = "winograd_f4"        # Winograd F(4x4, 3x3): 4x fewer multiplies than direct, error grows with C
+    WINOGRAD_F4X2 = "winograd_f4x2"    # Winograd F(4x2, 3x3): 3x fewer, about half F(4x4)'s error
     WINOGRAD_F2 = "winograd_f2"        # Winograd F(2x2, 3x3): 2.25x fewer, accurate at any channel count
     POINTWISE = "pointwise"            # 1x1 register tiles reading and writing the rows in place
     DIRECT = "direct"                  # register tiles over strips of padded rows; strided backward-input by phases
@@ -54,6 +55,11 @@ CHANNEL_TILE_MIN = 12
 # Input channels (the per-position GEMMs' reduction) up to which Winograd takes F(4x4) rather than F(2x2): its
 # error grows with the reduction, and past 32 channels it left the 2e-4 tolerance every conv path is held to.
 WINOGRAD_F4_MAX_REDUCTION = 32
+# ... and up to which it takes F(4x2) rather than F(2x2), where its 4-row tiles cover the output's rows exactly:
+# its error at 64 and 128 channels is about the direct sum's, under F(4x4)'s at 32, and it runs 3 multiplies per
+# output to F(2x2)'s 4: 0.80-0.89x F(2x2)'s time at 64 channels, 0.85-1.00x at 128, AVX2 and AVX-512; on 10 and 14
+# rows, 2 of them past the output, 0.97-1.07x on AVX2 (bench/README.md).
+WINOGRAD_F4X2_MAX_REDUCTION = 128
 # The weight gradient sums over the batch's tiles, not channels: its F(4x4) error hardly grows with them (largest
 # error over the RMS of dW, batch 64, standard-normal data: 1.73e-5 at 32 channels, 1.74e-5 at 64, 2.44e-5 at
 # 128, half to three quarters of the tests' tolerance; F(2x2) 3-4e-6). Its partials of 36 positions cost 2.25x
@@ -184,6 +190,12 @@ def winograd_f4_suits(channels_reduced):
     return channels_reduced <= WINOGRAD_F4_MAX_REDUCTION
 
 
+def winograd_f4x2_suits(channels_reduced, rows):
+    """Whether F(4x2) keeps within the tolerance for a pass reducing over this many channels, and its tiles of 4
+    rows cover an output of `rows` rows exactly."""
+    return channels_reduced <= WINOGRAD_F4X2_MAX_REDUCTION and rows % winograd_f4.TILE == 0
+
+
 def winograd_f4_weight_suits(channels_in, channels_out, batch_pixels):
     """Whether the weight gradient of a layer with these channels over batch_pixels output pixels takes F(4x4)."""
     if winograd_f4_suits(channels_in) and winograd_f4_suits(channels_out):
@@ -274,6 +286,9 @@ def _select_forward(dtype, geometry, budget, machine):
         return Variant.DIRECT
     if winograd and winograd_f4_suits(channels_in) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
         return Variant.WINOGRAD_F4
+    if winograd and winograd_f4x2_suits(channels_in, out_shape[1]) \
+            and winograd_f4.fits(dtype, channels_in, channels_out, budget):
+        return Variant.WINOGRAD_F4X2
     if winograd and winograd_f2.fits(dtype, channels_in, channels_out, budget):
         return Variant.WINOGRAD_F2
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
@@ -301,6 +316,9 @@ def _select_backward_input(dtype, geometry, budget, machine):
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
     if winograd and winograd_f4_suits(channels_out) and winograd_f4.fits(dtype, group_in, channels_out, budget):
         return Variant.WINOGRAD_F4
+    if winograd and winograd_f4x2_suits(channels_out, x_shape[1]) \
+            and winograd_f4.fits(dtype, group_in, channels_out, budget):
+        return Variant.WINOGRAD_F4X2
     if winograd and winograd_f2.fits(dtype, group_in, channels_out, budget):
         return Variant.WINOGRAD_F2
     fits = _weight_fits(dtype, weight_shape, budget)
@@ -366,10 +384,15 @@ def select(pass_, geometry, dtype, budget=None, machine=None):
 
 # ----- plans: the chosen variant's scratch, from the shapes and the budget --------------------------------------
 
+# The output columns of a tile of f4.py's variants (their rows are 4)
+_WINOGRAD_F4_COLUMNS = {Variant.WINOGRAD_F4: winograd_f4.TILE, Variant.WINOGRAD_F4X2: winograd_f4.NARROW_TILE}
+
+
 def _forward_planner(variant, dtype, geometry, budget):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
-    if variant is Variant.WINOGRAD_F4:
-        return winograd_f4.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False)
+    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2):
+        return winograd_f4.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False,
+                                _WINOGRAD_F4_COLUMNS[variant])
     if variant is Variant.WINOGRAD_F2:
         return winograd_f2.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False)
     if variant is Variant.POINTWISE:
@@ -394,8 +417,8 @@ def _forward_planner(variant, dtype, geometry, budget):
 def _backward_input_planner(variant, dtype, geometry, budget):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     kernel_h, kernel_w, group_in, channels_out = weight_shape
-    if variant is Variant.WINOGRAD_F4:
-        return winograd_f4.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True)
+    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2):
+        return winograd_f4.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True, _WINOGRAD_F4_COLUMNS[variant])
     if variant is Variant.WINOGRAD_F2:
         return winograd_f2.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True)
     if variant is Variant.POINTWISE:
@@ -513,6 +536,7 @@ def applies(pass_, variant, dtype, geometry, budget=None):
                                                         groups))
         rules = {
             Variant.WINOGRAD_F4: lambda: winograd and winograd_f4.fits(dtype, group_in, channels_out, budget),
+            Variant.WINOGRAD_F4X2: lambda: winograd and winograd_f4.fits(dtype, group_in, channels_out, budget),
             Variant.WINOGRAD_F2: lambda: winograd and winograd_f2.fits(dtype, group_in, channels_out, budget),
             Variant.POINTWISE: lambda: fits and pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride,
                                                                   padding, groups)

@@ -29,6 +29,7 @@ VARIANT_CASES = [
     (Variant.WINOGRAD_F4, test_winograd.CASES[0]), (Variant.WINOGRAD_F4, test_winograd.CASES[4]),
     (Variant.WINOGRAD_F4, test_winograd.CASES[5]), (Variant.WINOGRAD_F2, test_winograd.CASES[0]),
     (Variant.WINOGRAD_F2, test_winograd.CASES[4]), (Variant.WINOGRAD_F2, test_winograd.CASES[5]),
+    (Variant.WINOGRAD_F4X2, test_winograd.CASES[0]), (Variant.WINOGRAD_F4X2, test_winograd.CASES[4]),
     (Variant.POINTWISE, CASES[27]), (Variant.DIRECT, CASES[22]), (Variant.DIRECT, CASES[16]),
     (Variant.DIRECT_COLUMNS, CASES[18]), (Variant.GEMM, CASES[2]), (Variant.GENERAL, CASES[5]),
 ] + [(variant, case.cast(dtype)) for case in [test_small.CASES[i] for i in (0, 2, 8, 10, 12)]

@@ -116,7 +116,7 @@ def _weight_chunks(first_chunk, last_chunk, worker, x, grad_out, partials, vs, z
         start, last = chunk * total // chunks, (chunk + 1) * total // chunks
         while start < last:
             count = min(last - start, job_tiles)
-            transform_input_tiles(x, start, count, tiles_w, tiles_per_image, pad_top, pad_left, v_slot)
+            transform_input_tiles(x, start, count, tiles_w, tiles_per_image, pad_top, pad_left, v_slot, TILE)
             transform_grad_tiles(grad_out, start, count, tiles_w, tiles_per_image, z, z_position_step)
             for p in range(POSITIONS):
                 run_weight_tiles(partials, chunk * partial_size + p * channels_in * channels_out, v_slot,
