@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import elementwise, norm
 from . import depthwise, direct, direct_input, few_pixels, gemm, general, pointwise, small
-from .select import Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
+from .select import WINOGRAD_COLUMNS, Geometry, Pass, Plan, Variant, applies, clear_plans, force_variant, plan, select
 from .tiles import RELU6_CODE
 from .winograd import f2 as winograd_f2
 from .winograd import f4 as winograd_f4
@@ -250,7 +250,7 @@ def bind_backward_weight(x, grad_out, out, stride=(1, 1), padding=(0, 0), dilati
                                                                   tuple(stride), tuple(padding), tuple(dilation),
                                                                   int(groups)), dtype)
     scratch = carve(workspace, specs)
-    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F2):
+    if variant in WINOGRAD_COLUMNS:
         geometry, direct_specs, direct_details = details
 
         def winograd_backward_weight():

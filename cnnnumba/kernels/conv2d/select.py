@@ -64,10 +64,16 @@ WINOGRAD_F4X2_MAX_REDUCTION = 128
 # error over the RMS of dW, batch 64, standard-normal data: 1.73e-5 at 32 channels, 1.74e-5 at 64, 2.44e-5 at
 # 128, half to three quarters of the tests' tolerance; F(2x2) 3-4e-6). Its partials of 36 positions cost 2.25x
 # F(2x2)'s per chunk against 0.56x the products, so past 32 channels it takes F(4x4) where the batch has at least
-# this many output pixels, up to this many channels: 0.69-0.95x F(2x2)'s time there on AVX2 and AVX-512; at 4096
-# pixels 0.96-1.22x, at 256 channels 1.6-1.9x (bench/README.md).
-WINOGRAD_F4_WEIGHT_MIN_PIXELS = 8192
+# this many output pixels, up to this many channels: 0.69-0.84x F(2x2)'s time from 4096 pixels, 0.89-0.98x at
+# 1024, on AVX2 and AVX-512; 1.36x at 512 (bench/README.md). Past them F(4x2), whose partials of 24 positions are
+# 2/3 of F(4x4)'s: at 256 channels 0.70-0.89x F(2x2)'s time, where F(4x4) took 1.08-1.24x.
+WINOGRAD_F4_WEIGHT_MIN_PIXELS = 1024
 WINOGRAD_F4_WEIGHT_MAX_CHANNELS = 128
+
+
+# The Winograd variants by the output columns of their tiles: f4.py's (4 rows) or F(2x2)'s (None)
+WINOGRAD_COLUMNS = {Variant.WINOGRAD_F4: winograd_f4.TILE, Variant.WINOGRAD_F4X2: winograd_f4.NARROW_TILE,
+                    Variant.WINOGRAD_F2: None}
 
 
 # 16-channel rows narrower than this take the few-channel kernels on every tier, though AVX2's 6-pixel tiles fit
@@ -335,6 +341,18 @@ def _select_backward_input(dtype, geometry, budget, machine):
     return _untiled(dtype, x_shape, weight_shape, groups)
 
 
+def _winograd_weight_variants(channels_in, channels_out, out_shape):
+    """The Winograd weight gradients in the order select tries them (the first whose plan fits the budget runs):
+    F(4x4) where winograd_f4_weight_suits, F(4x2) past WINOGRAD_F4_WEIGHT_MAX_CHANNELS from
+    WINOGRAD_F4_WEIGHT_MIN_PIXELS output pixels in the batch (its error is under F(4x4)'s), then F(2x2)."""
+    pixels = out_shape[0] * out_shape[1] * out_shape[2]
+    if winograd_f4_weight_suits(channels_in, channels_out, pixels):
+        return Variant.WINOGRAD_F4, Variant.WINOGRAD_F2
+    if pixels >= WINOGRAD_F4_WEIGHT_MIN_PIXELS:
+        return Variant.WINOGRAD_F4X2, Variant.WINOGRAD_F2
+    return (Variant.WINOGRAD_F2,)
+
+
 def _select_backward_weight(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
@@ -351,10 +369,10 @@ def _select_backward_weight(dtype, geometry, budget, machine):
                 and direct.weight_columns_fit(dtype, weight_shape, budget, machine):
             return Variant.DIRECT_COLUMNS
         if winograd_applies(dtype, weight_shape, stride, padding, dilation, groups):
-            use_f4 = winograd_f4_weight_suits(channels_in, channels_out, out_shape[0] * out_shape[1] * out_shape[2])
-            if winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget,
-                                                    use_f4) is not None:
-                return Variant.WINOGRAD_F4 if use_f4 else Variant.WINOGRAD_F2
+            for variant in _winograd_weight_variants(channels_in, channels_out, out_shape):
+                if winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budget,
+                                                        WINOGRAD_COLUMNS[variant]) is not None:
+                    return variant
         return Variant.DIRECT
     if small_applies(weight_shape, stride, groups):
         if channels_out >= CHANNEL_TILE_MIN and row_runs_apply(dtype, x_shape, weight_shape, out_shape, padding,
@@ -384,15 +402,11 @@ def select(pass_, geometry, dtype, budget=None, machine=None):
 
 # ----- plans: the chosen variant's scratch, from the shapes and the budget --------------------------------------
 
-# The output columns of a tile of f4.py's variants (their rows are 4)
-_WINOGRAD_F4_COLUMNS = {Variant.WINOGRAD_F4: winograd_f4.TILE, Variant.WINOGRAD_F4X2: winograd_f4.NARROW_TILE}
-
-
 def _forward_planner(variant, dtype, geometry, budget):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2):
         return winograd_f4.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False,
-                                _WINOGRAD_F4_COLUMNS[variant])
+                                WINOGRAD_COLUMNS[variant])
     if variant is Variant.WINOGRAD_F2:
         return winograd_f2.plan(dtype, x_shape, weight_shape[3], out_shape[1:3], budget, False)
     if variant is Variant.POINTWISE:
@@ -418,7 +432,7 @@ def _backward_input_planner(variant, dtype, geometry, budget):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     kernel_h, kernel_w, group_in, channels_out = weight_shape
     if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2):
-        return winograd_f4.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True, _WINOGRAD_F4_COLUMNS[variant])
+        return winograd_f4.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True, WINOGRAD_COLUMNS[variant])
     if variant is Variant.WINOGRAD_F2:
         return winograd_f2.plan(dtype, out_shape, group_in, x_shape[1:3], budget, True)
     if variant is Variant.POINTWISE:
@@ -439,9 +453,9 @@ def _backward_input_planner(variant, dtype, geometry, budget):
 
 def _backward_weight_planner(variant, dtype, geometry, budget):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
-    if variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F2):
+    if variant in WINOGRAD_COLUMNS:
         specs, details = winograd_weight.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding,
-                                                              budget, variant is Variant.WINOGRAD_F4)
+                                                              budget, WINOGRAD_COLUMNS[variant])
         # The direct plan rides along in the same workspace: it reruns a gradient that came out inf or NaN.
         direct_specs, direct_details = direct.backward_weight_plan(dtype, x_shape, weight_shape, out_shape, stride,
                                                                    padding, dilation, budget)
@@ -515,10 +529,9 @@ def applies(pass_, variant, dtype, geometry, budget=None):
     if pass_ is Pass.BACKWARD_WEIGHT:
         tiled = direct_backward_weight_applies(dtype, weight_shape, groups, dilation)
         rules = {
-            Variant.WINOGRAD_F4: lambda: tiled and winograd and winograd_weight.backward_weight_plan(
-                dtype, x_shape, weight_shape, out_shape, padding, budget, True) is not None,
-            Variant.WINOGRAD_F2: lambda: tiled and winograd and winograd_weight.backward_weight_plan(
-                dtype, x_shape, weight_shape, out_shape, padding, budget, False) is not None,
+            **{winograd_variant: lambda columns=columns: tiled and winograd and winograd_weight.backward_weight_plan(
+                dtype, x_shape, weight_shape, out_shape, padding, budget, columns) is not None
+               for winograd_variant, columns in WINOGRAD_COLUMNS.items()},
             Variant.POINTWISE: lambda: pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding,
                                                          groups) and channels_out % LANES == 0
             and group_in % weight_rows_multiple(channels_out) == 0,

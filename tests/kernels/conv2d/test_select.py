@@ -79,12 +79,13 @@ TABLE = [
     (BW, "resnet20 64->64 @8", None, V.WINOGRAD_F2),
     # F(4x4) while the pass's reduction is at most 32 channels: C_in forward, C_out backward-input
     (F, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4), (BI, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4X2),
-    (BW, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F2), (BW, "cifar-cnn 64->64 @16", None, V.WINOGRAD_F2),
-    # the weight gradient past 32 channels: F(4x4) from select.WINOGRAD_F4_WEIGHT_MIN_PIXELS (8192) output pixels
-    # in the batch, up to 128 channels
-    (BW, "cifar-cnn b64 64->64 @16", None, V.WINOGRAD_F4), (BW, "cifar-cnn b64 64->128 @8", None, V.WINOGRAD_F2),
+    # the weight gradient past 32 channels: F(4x4) from select.WINOGRAD_F4_WEIGHT_MIN_PIXELS (1024) output pixels
+    # in the batch, up to 128 channels, F(4x2) past them, F(2x2) below them (resnet20 64->64 @8: 128 pixels)
+    (BW, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4), (BW, "cifar-cnn 64->64 @16", None, V.WINOGRAD_F4),
+    (BW, "cifar-cnn b64 64->64 @16", None, V.WINOGRAD_F4), (BW, "cifar-cnn b64 64->128 @8", None, V.WINOGRAD_F4),
     (BI, "cifar-cnn b64 64->64 @16", None, V.WINOGRAD_F4X2), (BW, "resnet18 224 b16 128->128 @28", None, V.WINOGRAD_F4),
-    (BW, "resnet18 224 b32 256->256 @14", None, V.WINOGRAD_F2),
+    (BW, "resnet18 224 b32 256->256 @14", None, V.WINOGRAD_F4X2),
+    (BW, "resnet18 224 b1 256->256 @14", None, V.WINOGRAD_F2),
     (F, "resnet20 1x1 16->32 s2", None, V.POINTWISE), (BI, "resnet20 1x1 16->32 s2", None, V.POINTWISE),
     (BW, "resnet20 1x1 16->32 s2", None, V.POINTWISE),
     (F, "1x1 16->32 @8", None, V.POINTWISE), (BI, "1x1 16->32 @8", None, {"avx512": V.GEMM, "avx2": V.POINTWISE}),
@@ -166,7 +167,7 @@ def test_the_table_covers_every_variant_of_every_pass():
     covered = {(pass_, _expected(expected, "avx512")) for pass_, _, _, expected in TABLE}
     for pass_ in Pass:
         variants = (set(Variant) - ({V.DIRECT_COLUMNS} if pass_ is not BW else set())
-                    - ({V.FEW_PIXELS} if pass_ is not F else set()) - ({V.WINOGRAD_F4X2} if pass_ is BW else set()))
+                    - ({V.FEW_PIXELS} if pass_ is not F else set()))
         assert {v for p, v in covered if p is pass_} == variants, pass_
 
 

@@ -1,6 +1,6 @@
-"""The Winograd F(2x2, 3x3) and F(4x4, 3x3) weight gradients (winograd/weight.py, weight_f2.py, weight_f4.py),
-forced through conv2d_backward_weight, against the reference; their plan, thread independence, and inf/NaN
-inputs (recomputed by the direct variant)."""
+"""The Winograd F(2x2, 3x3), F(4x4, 3x3) and F(4x2, 3x3) weight gradients (winograd/weight.py, weight_f2.py,
+weight_f4.py), forced through conv2d_backward_weight, against the reference; their plan, thread independence, and
+inf/NaN inputs (recomputed by the direct variant)."""
 import numpy as np
 import pytest
 
@@ -26,9 +26,9 @@ CASES = [ConvCase(b, h, w, ci, co, padding=p) for b, h, w, ci, co, p in [
 ]]
 
 
-@pytest.fixture(params=[Variant.WINOGRAD_F2, Variant.WINOGRAD_F4], ids=["F2", "F4"])
+@pytest.fixture(params=[Variant.WINOGRAD_F2, Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2], ids=["F2", "F4", "F4x2"])
 def variant(request):
-    """Every layer's weight gradient on F(2x2) or on F(4x4), whatever its channel counts."""
+    """Every layer's weight gradient on F(2x2), F(4x4) or F(4x2), whatever its channel counts."""
     with forced(request.param, "backward_weight"):
         yield request.param
 
@@ -55,7 +55,8 @@ def test_f4_error_stays_level_as_channels_grow():
 
 
 def test_select_takes_winograd_for_these_cases_f4_up_to_32_channels():
-    """... except outputs of at most TINY_WINOGRAD_WEIGHT_MAX_PIXELS pixels past 16 channels, which run as GEMM."""
+    """(Each case has fewer than select.WINOGRAD_F4_WEIGHT_MIN_PIXELS output pixels: past 32 channels F(2x2).)
+    ... except outputs of at most TINY_WINOGRAD_WEIGHT_MAX_PIXELS pixels past 16 channels, which run as GEMM."""
     for case in CASES:
         use_f4 = case.c_in <= 32 and case.c_out <= 32
         expected = Variant.WINOGRAD_F4 if use_f4 else Variant.WINOGRAD_F2
@@ -93,15 +94,21 @@ def test_bit_identical_on_1_and_2_threads(variant):
     np.testing.assert_array_equal(one, two)
 
 
-def test_the_f4_inverse_transform_is_g_transposed_s_g():
-    # dW = G^T s G for each (C_in, C_out) pair, s the 6 x 6 products summed over tiles, formed in float64 and
-    # rounded once: against the matrix product in float64 it may differ by that one rounding only
+@pytest.mark.parametrize("columns", [4, 2])
+def test_the_f4_finish_is_g_transposed_s_g(columns):
+    """dW = G^T s G' for each (C_in, C_out) pair, s the chunks' 6 x P partials summed in chunk order (in float32, as
+    workspace.sum_partials sums them), the transforms formed in float64 and rounded once: against the matrix
+    product in float64 of that sum it may differ by the one rounding only. 300 x 2 pairs: a last block of 88."""
     rng = np.random.default_rng(3)
-    summed = rng.standard_normal((6, 6, 16, 32)).astype(np.float32)
-    out = np.empty((3, 3, 16, 32), np.float32)
-    weight_f4.inverse_transform_weight_grad(summed, out)
+    partials = rng.standard_normal((3, 6, columns + 2, 300, 2)).astype(np.float32)
+    out = np.empty((3, 3, 300, 2), np.float32)
+    blocks = weight_f4.FINISH_BLOCK_PAIRS
+    weight_f4.finish(partials, out, np.full((2, 6 * (columns + 2), blocks), np.nan, np.float32),
+                     np.full((2, 6, 3, blocks), np.nan))
+    summed = partials[0] + partials[1] + partials[2]
     g = winograd_f4.KERNEL_MATRIX
-    expected = np.einsum("ia,ijkl,jb->abkl", g, summed.astype(np.float64), g)
+    across = g if columns == 4 else winograd_f4.NARROW_KERNEL_MATRIX
+    expected = np.einsum("ia,ijkl,jb->abkl", g, summed.astype(np.float64), across)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
@@ -112,13 +119,17 @@ def test_chunks_follow_the_tile_count_and_stay_within_the_budget():
                                                (16, 2, 16, (6, 6)), (64, 8, 16, (6, 6))):
         specs, _ = winograd_weight.backward_weight_plan(dtype, (batch, 32, 32, channels), (3, 3, channels, channels),
                                                         (batch, 32, 32, channels), (1, 1), WORKSPACE_BYTES,
-                                                        channels <= 32)
+                                                        4 if channels <= 32 else None)
         assert dict((name, shape) for name, shape, _ in specs)["partials"] == (chunks, *positions, channels, channels)
     # one partial of 16 x 512 x 512 float32 is 16 MiB, half the budget: too large, the direct variant runs
     assert winograd_weight.backward_weight_plan(dtype, (1, 8, 8, 512), (3, 3, 512, 512), (1, 8, 8, 512), (1, 1),
-                                                WORKSPACE_BYTES, False) is not None
+                                                WORKSPACE_BYTES, None) is not None
     assert winograd_weight.backward_weight_plan(dtype, (1, 8, 8, 1024), (3, 3, 1024, 512), (1, 8, 8, 512), (1, 1),
-                                                WORKSPACE_BYTES, False) is None
+                                                WORKSPACE_BYTES, None) is None
+    # F(4x2)'s 24 positions at 512 x 512 are 24 MiB: select falls back to F(2x2) there
+    assert winograd_weight.backward_weight_plan(dtype, (16, 8, 8, 512), (3, 3, 512, 512), (16, 8, 8, 512), (1, 1),
+                                                WORKSPACE_BYTES, 2) is None
+    assert ConvCase(16, 8, 8, 512, 512, padding=1).selected("backward_weight") is Variant.WINOGRAD_F2
     big = ConvCase(1, 8, 8, 1024, 512, padding=1)
     assert big.selected("backward_weight") is Variant.DIRECT
 
