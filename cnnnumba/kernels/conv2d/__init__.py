@@ -8,10 +8,11 @@ caller-supplied array `out` (so a memory planner can hand in a preallocated buff
 a 1-D uint8 array of at least conv2d_workspace_bytes(...) bytes holding all scratch, or None to allocate one.
 
 The package: select.py (which variant runs), tiles.py (the register tiles and their rules), direct.py and
-pointwise.py (register-tiled direct and 1x1; direct_input.py the direct input gradient), winograd/ (F(2x2) and
-F(4x4) forward, input and weight gradients), small.py, small_bands.py and small_rows.py (few channels), gemm.py
-(im2col + BLAS), few_pixels.py (outputs of a few pixels in the batch), depthwise.py (one filter per channel),
-general.py (any groups, dilation, dtype; the bias gradient), workspace.py (scratch layout, partial sums).
+pointwise.py (register-tiled direct and 1x1; direct_input.py the direct input gradient), winograd/ (F(2x2),
+F(4x4) and F(4x2) forward, input and weight gradients), small.py, small_bands.py and small_rows.py (few
+channels), gemm.py (im2col + BLAS), few_pixels.py (outputs of a few pixels in the batch), depthwise.py (one filter
+per channel), general.py (any groups, dilation, dtype; the bias gradient), workspace.py (scratch layout, partial
+sums).
 """
 import functools
 
