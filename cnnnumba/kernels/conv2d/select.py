@@ -57,8 +57,8 @@ CHANNEL_TILE_MIN = 12
 WINOGRAD_F4_MAX_REDUCTION = 32
 # ... and up to which it takes F(4x2) rather than F(2x2), where its 4-row tiles cover the output's rows exactly:
 # its error at 64 and 128 channels is about the direct sum's, under F(4x4)'s at 32, and it runs 3 multiplies per
-# output to F(2x2)'s 4: 0.80-0.89x F(2x2)'s time at 64 channels, 0.85-1.00x at 128, AVX2 and AVX-512; on 10 and 14
-# rows, 2 of them past the output, 0.97-1.07x on AVX2 (bench/README.md).
+# output to F(2x2)'s 4: 0.79-0.89x F(2x2)'s time at 64 channels, 0.85-1.00x at 128, AVX2 and AVX-512; on 10 and 14
+# rows, 2 of them past the output, 0.97-1.04x on AVX2 (bench/README.md).
 WINOGRAD_F4X2_MAX_REDUCTION = 128
 # The weight gradient sums over the batch's tiles, not channels: its F(4x4) error hardly grows with them (largest
 # error over the RMS of dW, batch 64, standard-normal data: 1.73e-5 at 32 channels, 1.74e-5 at 64, 2.44e-5 at
@@ -66,7 +66,7 @@ WINOGRAD_F4X2_MAX_REDUCTION = 128
 # F(2x2)'s per chunk against 0.56x the products, so past 32 channels it takes F(4x4) where the batch has at least
 # this many output pixels, up to this many channels: 0.69-0.84x F(2x2)'s time from 4096 pixels, 0.89-0.98x at
 # 1024, on AVX2 and AVX-512; 1.36x at 512 (bench/README.md). Past them F(4x2), whose partials of 24 positions are
-# 2/3 of F(4x4)'s: at 256 channels 0.70-0.89x F(2x2)'s time, where F(4x4) took 1.08-1.24x.
+# 2/3 of F(4x4)'s: at 256 channels 0.71-0.89x F(2x2)'s time, where F(4x4) took 1.08-1.52x.
 WINOGRAD_F4_WEIGHT_MIN_PIXELS = 1024
 WINOGRAD_F4_WEIGHT_MAX_CHANNELS = 128
 
