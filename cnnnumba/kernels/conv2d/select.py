@@ -293,7 +293,7 @@ def _select_forward(dtype, geometry, budget, machine):
     if winograd and winograd_f4_suits(channels_in) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
         return Variant.WINOGRAD_F4
     if winograd and winograd_f4x2_suits(channels_in, out_shape[1]) \
-            and winograd_f4.fits(dtype, channels_in, channels_out, budget):
+            and winograd_f4.fits(dtype, channels_in, channels_out, budget, winograd_f4.NARROW_TILE):
         return Variant.WINOGRAD_F4X2
     if winograd and winograd_f2.fits(dtype, channels_in, channels_out, budget):
         return Variant.WINOGRAD_F2
@@ -323,7 +323,7 @@ def _select_backward_input(dtype, geometry, budget, machine):
     if winograd and winograd_f4_suits(channels_out) and winograd_f4.fits(dtype, group_in, channels_out, budget):
         return Variant.WINOGRAD_F4
     if winograd and winograd_f4x2_suits(channels_out, x_shape[1]) \
-            and winograd_f4.fits(dtype, group_in, channels_out, budget):
+            and winograd_f4.fits(dtype, group_in, channels_out, budget, winograd_f4.NARROW_TILE):
         return Variant.WINOGRAD_F4X2
     if winograd and winograd_f2.fits(dtype, group_in, channels_out, budget):
         return Variant.WINOGRAD_F2
@@ -549,7 +549,8 @@ def applies(pass_, variant, dtype, geometry, budget=None):
                                                         groups))
         rules = {
             Variant.WINOGRAD_F4: lambda: winograd and winograd_f4.fits(dtype, group_in, channels_out, budget),
-            Variant.WINOGRAD_F4X2: lambda: winograd and winograd_f4.fits(dtype, group_in, channels_out, budget),
+            Variant.WINOGRAD_F4X2: lambda: winograd and winograd_f4.fits(dtype, group_in, channels_out, budget,
+                                                                         winograd_f4.NARROW_TILE),
             Variant.WINOGRAD_F2: lambda: winograd and winograd_f2.fits(dtype, group_in, channels_out, budget),
             Variant.POINTWISE: lambda: fits and pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride,
                                                                   padding, groups)

@@ -80,7 +80,7 @@ TABLE = [
     # F(4x4) while the pass's reduction is at most 32 channels: C_in forward, C_out backward-input
     (F, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4), (BI, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4X2),
     # the weight gradient past 32 channels: F(4x4) from select.WINOGRAD_F4_WEIGHT_MIN_PIXELS (1024) output pixels
-    # in the batch, up to 128 channels, F(4x2) past them, F(2x2) below them (resnet20 64->64 @8: 128 pixels)
+    # in the batch, up to 128 channels, F(4x2) past them, F(2x2) below them (resnet20 64->64 @8: 256 pixels)
     (BW, "cifar-cnn 32->64 @16", None, V.WINOGRAD_F4), (BW, "cifar-cnn 64->64 @16", None, V.WINOGRAD_F4),
     (BW, "cifar-cnn b64 64->64 @16", None, V.WINOGRAD_F4), (BW, "cifar-cnn b64 64->128 @8", None, V.WINOGRAD_F4),
     (BI, "cifar-cnn b64 64->64 @16", None, V.WINOGRAD_F4X2), (BW, "resnet18 224 b16 128->128 @28", None, V.WINOGRAD_F4),

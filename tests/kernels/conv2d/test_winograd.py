@@ -138,7 +138,12 @@ def test_a_non_finite_weight_gives_what_the_direct_variant_gives(value, winograd
 
 def test_f4_runs_16_and_32_channel_passes_in_place_in_jobs_of_one_register_tile():
     """The in-place CASES really are: no m scratch, jobs of one register tile's rows (16 or 8 tiles on AVX-512); a
-    pass whose channel counts differ keeps m."""
+    pass whose channel counts differ keeps m, and so does a 64-channel one (AVX-512's tiles hold all 64 channels,
+    but their 4-tile jobs ran slower)."""
+    for variant in (Variant.WINOGRAD_F4, Variant.WINOGRAD_F4X2):
+        with forced(variant, "forward"):
+            specs = plan(Pass.FORWARD, CASES[4].geometry, np.float32).specs
+        assert "m" in dict((name, shape) for name, shape, _ in specs), variant
     with forced(Variant.WINOGRAD_F4, "forward"):
         for case in (CASES[9], CASES[10], CASES[0]):
             _, specs, details = plan(Pass.FORWARD, case.geometry, np.float32)

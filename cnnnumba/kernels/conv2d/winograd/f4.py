@@ -404,9 +404,9 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped, columns=TILE):
     """(scratch specs, (job_tiles, slots, columns)) of an F(4x4) pass (F(4x2) with columns NARROW_TILE) whose
     forward convolution reads x_shape (N, H, W, C_in) and writes out_hw pixels of channels_out channels; flipped:
     the pass also needs the kernel flipped and transposed in the workspace (the backward-input). In place (16 or
-    32 channels in and out), a job is one register tile of rows (16 or 8 tiles on AVX-512): its v, 36 KiB, stays
-    in L1 from the input transform through the GEMMs (which overwrite it) to the output transform; otherwise jobs
-    as f2.job_tiles makes them, their v and m within f2.JOB_BYTES (L2)."""
+    32 channels in and out), a job is one register tile of rows (16 or 8 tiles on AVX-512): its v, 36 KiB (F(4x2):
+    24), stays in L1 from the input transform through the GEMMs (which overwrite it) to the output transform;
+    otherwise jobs as f2.job_tiles makes them, their v and m within f2.JOB_BYTES (L2)."""
     batch, channels_in = x_shape[0], x_shape[3]
     tiles = tiles_along(out_hw[0]) * tiles_along(out_hw[1], columns)
     count = positions(columns)
@@ -427,10 +427,10 @@ def plan(dtype, x_shape, channels_out, out_hw, budget, flipped, columns=TILE):
     return specs + tuple((name, (slots, *shape), dtype) for name, shape in per_slot), (per_job, slots, columns)
 
 
-def fits(dtype, channels_in, channels_out, budget):
-    """Whether an F(4x4) or F(4x2) pass's transformed weight (and the flipped copy of a backward-input) leave most
-    of the budget to the per-job scratch."""
-    return spec_bytes((POSITIONS + 9, channels_in, channels_out), dtype) <= budget // 4
+def fits(dtype, channels_in, channels_out, budget, columns=TILE):
+    """Whether an F(4x4) pass's (F(4x2)'s with columns NARROW_TILE) transformed weight, and the flipped copy of a
+    backward-input, leave most of the budget to the per-job scratch."""
+    return spec_bytes((positions(columns) + 9, channels_in, channels_out), dtype) <= budget // 4
 
 
 def forward(x, weight, bias, out, padding, relu, scratch, details):

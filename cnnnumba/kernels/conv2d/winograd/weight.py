@@ -33,21 +33,26 @@ def backward_weight_plan(dtype, x_shape, weight_shape, out_shape, padding, budge
     if chunks > 1 and tile != f4.TILE:
         specs += (("summed", partial, dtype),)
     capacity = min(JOB_TILES, total) + 1
-    # f4.py's tiles sum and inverse-transform the partials in blocks of pairs, each slot in scratch of its own
-    finishing = ((("finish_sums", (positions, weight_f4.FINISH_BLOCK_PAIRS), dtype),
-                  ("finish_rows", (f4.PATCH, 3, weight_f4.FINISH_BLOCK_PAIRS), np.float64))
-                 if tile == f4.TILE else ())
     per_slot = (spec_bytes((positions, capacity, channels_in), dtype)
                 + spec_bytes((positions * capacity * channels_out,), dtype)
-                + spec_bytes((PATCH, PATCH, channels_in), dtype)
-                + sum(spec_bytes(shape, kind) for _, shape, kind in finishing))
+                + spec_bytes((PATCH, PATCH, channels_in), dtype))
     slots = slots_within(per_slot, specs_bytes(specs), chunks, budget)
     if specs_bytes(specs) + slots * per_slot > budget:
         return None
     specs += (("vs", (slots, positions, capacity, channels_in), dtype),
               ("zs", (slots, positions * capacity * channels_out), dtype),
               ("patches", (slots, PATCH, PATCH, channels_in), dtype))
-    specs += tuple((name, (slots, *shape), kind) for name, shape, kind in finishing)
+    if tile == f4.TILE:
+        # f4.py's tiles sum and inverse-transform the partials in blocks of pairs, each worker in scratch of its own:
+        # as many as the blocks and threads allow, not the chunks
+        finishing = (("finish_sums", (positions, weight_f4.FINISH_BLOCK_PAIRS), dtype),
+                     ("finish_rows", (f4.PATCH, 3, weight_f4.FINISH_BLOCK_PAIRS), np.float64))
+        per_worker = sum(spec_bytes(shape, kind) for _, shape, kind in finishing)
+        blocks = -(-channels_in * channels_out // weight_f4.FINISH_BLOCK_PAIRS)
+        workers = slots_within(per_worker, specs_bytes(specs), blocks, budget)
+        if specs_bytes(specs) + workers * per_worker > budget:
+            return None
+        specs += tuple((name, (workers, *shape), kind) for name, shape, kind in finishing)
     return specs, (padding[0], padding[1], tiles_w, tiles_per_image, tile, columns)
 
 
