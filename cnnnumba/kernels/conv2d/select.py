@@ -276,6 +276,20 @@ def _untiled(dtype, x_shape, weight_shape, groups):
     return Variant.DEPTHWISE if depthwise_applies(dtype, x_shape, weight_shape, groups) else Variant.GENERAL
 
 
+def _winograd_variant(dtype, channels_in, channels_out, reduced, rows, budget):
+    """The Winograd forward (or input gradient) of a pass that reduces over `reduced` channels into `rows` output
+    rows: the first of F(4x4), F(4x2) and F(2x2) that suits them and whose transformed weight fits the budget, or
+    None."""
+    if winograd_f4_suits(reduced) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
+        return Variant.WINOGRAD_F4
+    if winograd_f4x2_suits(reduced, rows) \
+            and winograd_f4.fits(dtype, channels_in, channels_out, budget, winograd_f4.NARROW_TILE):
+        return Variant.WINOGRAD_F4X2
+    if winograd_f2.fits(dtype, channels_in, channels_out, budget):
+        return Variant.WINOGRAD_F2
+    return None
+
+
 def _select_forward(dtype, geometry, budget, machine):
     x_shape, weight_shape, out_shape, stride, padding, dilation, groups = geometry
     channels_in, channels_out = weight_shape[2], weight_shape[3]
@@ -290,13 +304,9 @@ def _select_forward(dtype, geometry, budget, machine):
             and direct_forward_applies(dtype, weight_shape, out_shape, groups, machine) \
             and not narrow_row(channels_out, out_shape[2]):
         return Variant.DIRECT
-    if winograd and winograd_f4_suits(channels_in) and winograd_f4.fits(dtype, channels_in, channels_out, budget):
-        return Variant.WINOGRAD_F4
-    if winograd and winograd_f4x2_suits(channels_in, out_shape[1]) \
-            and winograd_f4.fits(dtype, channels_in, channels_out, budget, winograd_f4.NARROW_TILE):
-        return Variant.WINOGRAD_F4X2
-    if winograd and winograd_f2.fits(dtype, channels_in, channels_out, budget):
-        return Variant.WINOGRAD_F2
+    variant = winograd and _winograd_variant(dtype, channels_in, channels_out, channels_in, out_shape[1], budget)
+    if variant:
+        return variant
     if pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and forward_tiles_fit(channels_out, out_shape[2], machine) and _weight_fits(dtype, weight_shape, budget):
         return Variant.POINTWISE
@@ -320,13 +330,9 @@ def _select_backward_input(dtype, geometry, budget, machine):
     if tiny_output(weight_shape, out_shape, groups):
         return Variant.GEMM
     winograd = winograd_applies(dtype, weight_shape, stride, padding, dilation, groups)
-    if winograd and winograd_f4_suits(channels_out) and winograd_f4.fits(dtype, group_in, channels_out, budget):
-        return Variant.WINOGRAD_F4
-    if winograd and winograd_f4x2_suits(channels_out, x_shape[1]) \
-            and winograd_f4.fits(dtype, group_in, channels_out, budget, winograd_f4.NARROW_TILE):
-        return Variant.WINOGRAD_F4X2
-    if winograd and winograd_f2.fits(dtype, group_in, channels_out, budget):
-        return Variant.WINOGRAD_F2
+    variant = winograd and _winograd_variant(dtype, group_in, channels_out, channels_out, x_shape[1], budget)
+    if variant:
+        return variant
     fits = _weight_fits(dtype, weight_shape, budget)
     if fits and pointwise_applies(dtype, x_shape, weight_shape, out_shape, stride, padding, groups) \
             and forward_tiles_fit(group_in, out_shape[2], machine):
